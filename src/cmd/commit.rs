@@ -1,0 +1,28 @@
+use super::Context;
+use crate::store::{Result, key};
+
+/// Turn active snapshot KEY into committed snapshot NAME.
+///
+/// KEY stops existing; its content becomes NAME, immutable, usable as a
+/// parent. Its size and inode count are recorded. A mounted KEY is unmounted
+/// first. As in containerd, NAME gets only the labels given here.
+///
+/// Examples:
+///   strata commit base build
+///   strata commit --label version=2 app-v2 app-work
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The committed snapshot's name
+    pub name: String,
+    /// The active snapshot to commit
+    pub key: String,
+    /// Set a label on NAME (repeatable)
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+}
+
+pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
+    let labels = key::parse_labels(&args.labels)?;
+    ctx.store()?.commit(&args.name, &args.key, &labels)
+}

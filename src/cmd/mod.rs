@@ -1,0 +1,164 @@
+//! The command tree. Each command has its own module with an `Args` struct
+//! (its doc comment is the help) and one `run` function; [`run`] dispatches.
+
+use crate::config;
+use crate::printer::{Format, Printer};
+use crate::store::{self, Error, Result, Store};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+pub mod commit;
+pub mod info;
+pub mod init;
+pub mod label;
+pub mod ls;
+pub mod mount;
+pub mod mounts;
+pub mod prepare;
+pub mod rm;
+pub mod tree;
+pub mod unmount;
+pub mod usage;
+pub mod view;
+
+/// strata: layered filesystem snapshots, without a daemon.
+///
+/// One store directory, a SQLite index of the parent chain, and overlay or
+/// bind mounts that strata performs itself or prints. Commands follow
+/// `ctr snapshots`: prepare, view, mounts, commit, rm, ls, usage, tree.
+#[derive(Debug, Parser)]
+#[command(
+    name = "strata",
+    version,
+    max_term_width = 100,
+    after_help = "Examples:\n  strata prepare build                 # an empty active snapshot\n  strata mount build /mnt/build        # mount it, write files\n  strata commit base build             # freeze it as `base`\n  strata view look base --mount /mnt/look\n  strata ls --json"
+)]
+pub struct Cli {
+    /// The store directory [default: /var/lib/strata as root, else
+    /// ~/.local/share/strata]
+    #[arg(long, global = true, value_name = "DIR", env = "STRATA_ROOT")]
+    pub root: Option<PathBuf>,
+
+    /// YAML config file [default: /etc/strata/config.yaml as root, else
+    /// ~/.config/strata/config.yaml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Output format for commands that print data
+    #[arg(short = 'o', long, global = true, value_enum, value_name = "FORMAT")]
+    pub output: Option<Format>,
+
+    /// Short for `-o json`
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// No progress bars or notes: data and errors only
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// More detail on stderr (repeatable)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Init(init::Args),
+    Prepare(prepare::Args),
+    View(view::Args),
+    Mounts(mounts::Args),
+    Mount(mount::Args),
+    #[command(alias = "umount")]
+    Unmount(unmount::Args),
+    Commit(commit::Args),
+    #[command(alias = "remove")]
+    Rm(rm::Args),
+    #[command(alias = "list")]
+    Ls(ls::Args),
+    #[command(alias = "stat")]
+    Info(info::Args),
+    Label(label::Args),
+    Usage(usage::Args),
+    Tree(tree::Args),
+}
+
+/// What every command gets: the printer, and the store, opened on demand.
+pub struct Context {
+    pub printer: Printer,
+    root: PathBuf,
+    options: store::Options,
+    store: Option<Store>,
+}
+
+impl Context {
+    pub fn store(&mut self) -> Result<&mut Store> {
+        if self.store.is_none() {
+            self.store = Some(Store::open(&self.root, self.options.clone())?);
+        }
+        Ok(self.store.as_mut().expect("store opened"))
+    }
+}
+
+/// Resolves settings from flags, environment, config file and defaults.
+pub fn context(cli: &Cli) -> Result<Context> {
+    let (_, file) = config::load(cli.config.as_deref())?;
+    let format = if cli.json {
+        Format::Json
+    } else {
+        cli.output.or(file.output).unwrap_or_default()
+    };
+    let printer = Printer::new(format, cli.quiet, cli.verbose);
+    let root = cli
+        .root
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty())
+        .or(file.root.clone())
+        .unwrap_or_else(config::default_root);
+    let options = store::Options {
+        driver: file.driver.map(Into::into),
+        overlay_mount_options: file.overlay.mount_options.clone(),
+    };
+    Ok(Context {
+        printer,
+        root,
+        options,
+        store: None,
+    })
+}
+
+/// Runs one command.
+pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
+    match command {
+        Command::Init(args) => init::run(args, ctx),
+        Command::Prepare(args) => prepare::run(args, ctx),
+        Command::View(args) => view::run(args, ctx),
+        Command::Mounts(args) => mounts::run(args, ctx),
+        Command::Mount(args) => mount::run(args, ctx),
+        Command::Unmount(args) => unmount::run(args, ctx),
+        Command::Commit(args) => commit::run(args, ctx),
+        Command::Rm(args) => rm::run(args, ctx),
+        Command::Ls(args) => ls::run(args, ctx),
+        Command::Info(args) => info::run(args, ctx),
+        Command::Label(args) => label::run(args, ctx),
+        Command::Usage(args) => usage::run(args, ctx),
+        Command::Tree(args) => tree::run(args, ctx),
+    }
+}
+
+/// Whether an error is a closed stdout pipe (`strata ls | head -1`), which
+/// ends the command quietly and successfully.
+pub fn is_broken_pipe(err: &Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}

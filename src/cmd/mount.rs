@@ -1,0 +1,28 @@
+use super::Context;
+use crate::store::Result;
+use std::path::PathBuf;
+
+/// Mount an active snapshot or a view at TARGET, and remember it.
+///
+/// TARGET is created if missing. Overlay mounts use the kernel's new mount
+/// API, so chains up to the kernel's 500 layers mount. The mount is recorded
+/// in the store: `ls`, `info` and `tree` show it, `unmount` undoes it.
+///
+/// Examples:
+///   strata mount build /mnt/build
+///   strata mount look /mnt/look && ls /mnt/look
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// An active snapshot or a view
+    pub key: String,
+    /// Where to mount it
+    pub target: PathBuf,
+}
+
+pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
+    let at = ctx.store()?.mount(&args.key, &args.target)?;
+    ctx.printer
+        .note(&format!("mounted `{}` at {}", args.key, at.display()));
+    Ok(())
+}

@@ -1,0 +1,35 @@
+use super::{Context, mounts};
+use crate::store::{Result, key};
+use std::path::PathBuf;
+
+/// Create an active (writable) snapshot KEY on committed PARENT.
+///
+/// Prints the mounts that expose it (or mounts it at TARGET with --mount).
+/// Without PARENT the snapshot starts empty.
+///
+/// Examples:
+///   strata prepare build                      # empty, print its mounts
+///   strata prepare app base --mount /mnt/app  # on `base`, mounted
+///   strata prepare --label stage=1 -- -x base # keys may start with `-`
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The new snapshot's key
+    pub key: String,
+    /// A committed snapshot to build on
+    pub parent: Option<String>,
+    /// Set a label (repeatable)
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Mount the new snapshot at TARGET instead of printing its mounts
+    #[arg(long, value_name = "TARGET")]
+    pub mount: Option<PathBuf>,
+}
+
+pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
+    let labels = key::parse_labels(&args.labels)?;
+    let list = ctx
+        .store()?
+        .prepare(&args.key, args.parent.as_deref(), &labels)?;
+    mounts::finish_create(ctx, &args.key, list, args.mount.as_deref())
+}

@@ -1,0 +1,51 @@
+use super::Context;
+use crate::store::{Error, Result};
+
+/// Remove snapshots.
+///
+/// A snapshot with children (committed snapshots, actives or views on it)
+/// is not removed unless --recursive, which removes the whole subtree, leaves
+/// first. A mounted snapshot is not removed unless --force, which unmounts
+/// it first. With several keys each is attempted; the exit code is that of
+/// the first failure.
+///
+/// Examples:
+///   strata rm build
+///   strata rm -r base        # base and everything built on it
+///   strata rm -f look        # unmount, then remove
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Snapshots to remove
+    #[arg(required = true, value_name = "KEY")]
+    pub keys: Vec<String>,
+    /// Remove the snapshots built on these too
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Unmount mounted snapshots first
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
+    let mut first: Option<Error> = None;
+    for key in &args.keys {
+        match ctx.store()?.remove(key, args.recursive, args.force) {
+            Ok(removed) => {
+                for name in removed {
+                    ctx.printer.note(&format!("removed `{name}`"));
+                }
+            }
+            Err(e) => match first {
+                // Later failures are reported as they come; the first one
+                // is returned and decides the exit code.
+                None => first = Some(e),
+                Some(_) => ctx.printer.error(&e),
+            },
+        }
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,31 @@
+use super::{Context, mounts};
+use crate::store::{Result, key};
+use std::path::PathBuf;
+
+/// Create a read-only view KEY of committed snapshot PARENT.
+///
+/// Prints the mounts that expose it (or mounts it at TARGET with --mount).
+///
+/// Examples:
+///   strata view look base
+///   strata view look base --mount /mnt/look
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The new view's key
+    pub key: String,
+    /// The committed snapshot to view
+    pub parent: String,
+    /// Set a label (repeatable)
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Mount the view at TARGET instead of printing its mounts
+    #[arg(long, value_name = "TARGET")]
+    pub mount: Option<PathBuf>,
+}
+
+pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
+    let labels = key::parse_labels(&args.labels)?;
+    let list = ctx.store()?.view(&args.key, &args.parent, &labels)?;
+    mounts::finish_create(ctx, &args.key, list, args.mount.as_deref())
+}

@@ -1,0 +1,141 @@
+//! The YAML config file and the resolution of settings from flags, the
+//! environment, the file and defaults.
+
+use crate::printer::Format;
+use crate::store::{Driver, Error, Result};
+use std::path::{Path, PathBuf};
+
+/// The config file's contents. Unknown keys are an error, so a typo is
+/// caught rather than silently ignored.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// The store directory.
+    pub root: Option<PathBuf>,
+    /// The driver for a new store.
+    pub driver: Option<DriverName>,
+    /// The default output format.
+    pub output: Option<Format>,
+    #[serde(default)]
+    pub overlay: Overlay,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overlay {
+    /// Extra overlay mount options (e.g. `metacopy=on`).
+    #[serde(default)]
+    pub mount_options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverName {
+    Overlay,
+    Native,
+}
+
+impl From<DriverName> for Driver {
+    fn from(d: DriverName) -> Driver {
+        match d {
+            DriverName::Overlay => Driver::Overlay,
+            DriverName::Native => Driver::Native,
+        }
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Flag,
+    Environment,
+    File,
+    Default,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Flag => "flag",
+            Source::Environment => "environment",
+            Source::File => "file",
+            Source::Default => "default",
+        }
+    }
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The default config file: `/etc/strata/config.yaml` as root, else
+/// `${XDG_CONFIG_HOME:-~/.config}/strata/config.yaml`.
+pub fn default_path() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/etc/strata/config.yaml")
+    } else {
+        env_path("XDG_CONFIG_HOME")
+            .unwrap_or_else(|| home().join(".config"))
+            .join("strata/config.yaml")
+    }
+}
+
+/// The default store: `/var/lib/strata` as root, else
+/// `${XDG_DATA_HOME:-$HOME/.local/share}/strata`.
+pub fn default_root() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/var/lib/strata")
+    } else {
+        env_path("XDG_DATA_HOME")
+            .unwrap_or_else(|| home().join(".local/share"))
+            .join("strata")
+    }
+}
+
+/// Reads the config file: `named` (which must exist) or the default path
+/// (which may be missing). Returns the path read, if any, and its contents.
+pub fn load(named: Option<&Path>) -> Result<(Option<PathBuf>, File)> {
+    let (path, required) = match named {
+        Some(p) => (p.to_path_buf(), true),
+        None => (default_path(), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok((None, File::default()));
+        }
+        Err(e) => {
+            return Err(Error::invalid(format!(
+                "cannot read the config file {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    if text.trim().is_empty() {
+        return Ok((Some(path), File::default()));
+    }
+    let file: File = serde_yaml::from_str(&text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(" line {}, column {}:", l.line(), l.column()))
+            .unwrap_or_else(|| ":".into());
+        // The library's message names the key; strip its own position suffix.
+        let msg = e.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        Error::invalid(format!("bad config file {}{at} {msg}", path.display()))
+    })?;
+    Ok((Some(path), file))
+}

@@ -1,0 +1,10 @@
+//! strata: a daemonless manager of layered filesystem snapshots.
+//!
+//! The library holds everything: [`store`] is the snapshot API (no terminal
+//! code), [`cmd`] the commands, [`printer`] the output. The `strata` binary
+//! only parses, dispatches and reports errors.
+
+pub mod cmd;
+pub mod config;
+pub mod printer;
+pub mod store;

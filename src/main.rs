@@ -1,0 +1,92 @@
+//! The `strata` binary: parse, dispatch, report. All the work lives in the
+//! library.
+
+use clap::Parser;
+use clap::error::ErrorKind as ClapKind;
+use std::process::ExitCode;
+use strata::cmd::{self, Cli};
+use strata::printer::{Format, Printer};
+use strata::store::{Error, Kind};
+
+fn main() -> ExitCode {
+    // color-eyre's hooks turn a panic into a readable report.
+    let _ = color_eyre::install();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let mut ctx = match cmd::context(&cli) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let format = if cli.json {
+                Format::Json
+            } else {
+                cli.output.unwrap_or_default()
+            };
+            Printer::new(format, cli.quiet, cli.verbose).error(&e);
+            return ExitCode::from(e.kind().exit_code());
+        }
+    };
+    match cmd::run(cli.command, &mut ctx) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `strata ls | head -1`: the reader is gone, nothing is wrong.
+        Err(e) if cmd::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            ctx.printer.error(&e);
+            ExitCode::from(e.kind().exit_code())
+        }
+    }
+}
+
+/// A bad command line: clap's own message (exit 2), or with JSON output
+/// asked for, one JSON error object. Help and version exit 0.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if matches!(
+        e.kind(),
+        ClapKind::DisplayHelp
+            | ClapKind::DisplayVersion
+            | ClapKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(
+            if e.kind() == ClapKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                2
+            } else {
+                0
+            },
+        );
+    }
+    if wants_json() {
+        let msg = e.kind().as_str().map(str::to_string).unwrap_or_else(|| {
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_string()
+        });
+        let first = e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_string();
+        let err = Error::new(Kind::Usage, if first.is_empty() { msg } else { first });
+        Printer::new(Format::Json, true, 0).error(&err);
+    } else {
+        let _ = e.print();
+    }
+    ExitCode::from(Kind::Usage.exit_code())
+}
+
+/// Whether the raw arguments ask for JSON output.
+fn wants_json() -> bool {
+    let args: Vec<String> = std::env::args().skip(1).take_while(|a| a != "--").collect();
+    args.iter().enumerate().any(|(i, a)| {
+        a == "--json"
+            || a == "--output=json"
+            || a == "-ojson"
+            || ((a == "-o" || a == "--output") && args.get(i + 1).is_some_and(|v| v == "json"))
+    })
+}

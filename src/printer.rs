@@ -1,0 +1,266 @@
+//! The one place that decides where output goes and how it looks: data to
+//! stdout as a table, JSON or YAML (all from the same serde structs), notes
+//! and errors to stderr, progress bars only on a terminal.
+
+use crate::store::{Error, Kind};
+use comfy_table::{ContentArrangement, Table, presets};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::io::{self, IsTerminal, Write};
+use std::time::Duration;
+
+/// Output format for commands that print data.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Table => "table",
+            Format::Json => "json",
+            Format::Yaml => "yaml",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Printer {
+    format: Format,
+    quiet: bool,
+    verbose: u8,
+    stdout_tty: bool,
+    stderr_tty: bool,
+    color: bool,
+}
+
+impl Printer {
+    pub fn new(format: Format, quiet: bool, verbose: u8) -> Printer {
+        let stderr_tty = io::stderr().is_terminal();
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Printer {
+            format,
+            quiet,
+            verbose,
+            stdout_tty: io::stdout().is_terminal(),
+            stderr_tty,
+            color: stderr_tty && !no_color,
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+    pub fn verbose(&self) -> u8 {
+        self.verbose
+    }
+
+    /// Prints data: `table` renders it for people; JSON and YAML come from
+    /// its serde form.
+    pub fn data<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        table: impl FnOnce(&T) -> String,
+    ) -> Result<(), Error> {
+        let text = match self.format {
+            Format::Table => table(value),
+            Format::Json => {
+                let mut s = serde_json::to_string_pretty(value)
+                    .map_err(|e| Error::internal("cannot encode JSON").with_source(e))?;
+                s.push('\n');
+                s
+            }
+            Format::Yaml => serde_yaml::to_string(value)
+                .map_err(|e| Error::internal("cannot encode YAML").with_source(e))?,
+        };
+        self.stdout(&text)
+    }
+
+    /// Writes raw text to stdout (a closed pipe surfaces as BrokenPipe,
+    /// which the binary turns into a quiet exit).
+    pub fn stdout(&self, text: &str) -> Result<(), Error> {
+        let mut out = io::stdout().lock();
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::io("cannot write to standard output", e))
+    }
+
+    /// A note for people on stderr; silent with `--quiet`.
+    pub fn note(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    /// A warning on stderr (shown even with `--quiet`).
+    pub fn warn(&self, text: &str) {
+        eprintln!("{} {text}", self.paint("warning:", "33;1"));
+    }
+
+    /// Reports an error: `error:` line, `caused by:` lines with `-v`, then
+    /// `hint:` lines; with JSON output, one JSON object instead.
+    pub fn error(&self, err: &Error) {
+        let mut stderr = io::stderr().lock();
+        if self.format == Format::Json {
+            let obj = serde_json::json!({
+                "error": {
+                    "kind": err.kind().as_str(),
+                    "message": err.message(),
+                    "hints": err.hints(),
+                    "causes": causes(err),
+                }
+            });
+            let _ = writeln!(stderr, "{obj}");
+            return;
+        }
+        let _ = writeln!(stderr, "{} {}", self.paint("error:", "31;1"), err.message());
+        if self.verbose > 0 || err.kind() == Kind::Internal {
+            for cause in causes(err) {
+                let _ = writeln!(stderr, "{} {cause}", self.paint("caused by:", "2"));
+            }
+        }
+        for hint in err.hints() {
+            let _ = writeln!(stderr, "{} {hint}", self.paint("hint:", "36;1"));
+        }
+    }
+
+    fn paint(&self, text: &str, sgr: &str) -> String {
+        if self.color {
+            format!("\x1b[{sgr}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// A table with `header`: boxed when stdout is a terminal and fitted to
+    /// its width, plain aligned columns when piped.
+    pub fn table(&self, header: &[&str], rows: Vec<Vec<String>>) -> String {
+        let mut table = Table::new();
+        table.load_style(presets::NOTHING);
+        if self.stdout_tty {
+            table.set_content_arrangement(ContentArrangement::Dynamic);
+        } else {
+            table.force_no_tty();
+            table.set_content_arrangement(ContentArrangement::Disabled);
+        }
+        table.set_header(header.to_vec());
+        for row in rows {
+            table.add_row(row);
+        }
+        for (i, column) in table.column_iter_mut().enumerate() {
+            column.set_padding((0, if i + 1 == header.len() { 0 } else { 3 }));
+        }
+        let mut out = String::new();
+        for line in table.lines() {
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// A progress bar on stderr for work that may take a while; it stays
+    /// hidden unless stderr is a terminal, not `--quiet`, and the work lasts
+    /// over half a second.
+    pub fn progress(&self, message: &str, total: Option<u64>) -> ProgressBar {
+        if self.quiet || !self.stderr_tty {
+            return ProgressBar::hidden();
+        }
+        let bar = match total {
+            Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::hidden()),
+            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()),
+        };
+        let style = match total {
+            Some(_) => ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})"),
+            None => ProgressStyle::with_template("{spinner} {msg} {pos} ({elapsed})"),
+        };
+        if let Ok(style) = style {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(message.to_string());
+        let shown = bar.clone();
+        // Drawn only once the work has lasted half a second.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            if !shown.is_finished() {
+                shown.set_draw_target(ProgressDrawTarget::stderr());
+                shown.enable_steady_tick(Duration::from_millis(120));
+            }
+        });
+        bar
+    }
+}
+
+fn causes(err: &Error) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = std::error::Error::source(err);
+    while let Some(c) = cur {
+        out.push(c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+/// Human-readable size: bytes below 1 KiB, then KiB, MiB, GiB…
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Quotes `arg` for a POSIX shell when it needs it.
+pub fn shell_quote(arg: &str) -> String {
+    let safe = !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=,:+@%".contains(&b));
+    if safe {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(5 * 1024 * 1024), "5.0 MiB");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("a/b"), "a/b");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

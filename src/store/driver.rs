@@ -1,0 +1,135 @@
+//! Drivers: how a snapshot's directory is built and which mounts expose it.
+//! Mounts are plain data computed from the chain; performing them is
+//! `mount.rs`'s job.
+
+use super::copy::copy_tree;
+use super::index::SnapshotKind;
+use super::layout::make_root_dir;
+use super::mount::{self, Mount};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The kernel's limit on overlay lower layers.
+pub const OVERLAY_MAX_LOWER: usize = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// An active snapshot is an empty upper directory over its parent chain.
+    Overlay,
+    /// An active snapshot is a full copy of its parent; mounts are binds.
+    Native,
+}
+
+impl Driver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Overlay => "overlay",
+            Driver::Native => "native",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Driver> {
+        match text {
+            "overlay" => Some(Driver::Overlay),
+            "native" => Some(Driver::Native),
+            _ => None,
+        }
+    }
+
+    /// Fills a staging directory for a new snapshot of `kind` whose parent's
+    /// tree is `parent_fs`.
+    pub fn build(self, dir: &Path, kind: SnapshotKind, parent_fs: Option<&Path>) -> io::Result<()> {
+        let fs = dir.join("fs");
+        make_root_dir(&fs, parent_fs)?;
+        match (self, kind) {
+            (Driver::Overlay, SnapshotKind::Active) => {
+                std::fs::create_dir(dir.join("work"))?;
+            }
+            (Driver::Native, SnapshotKind::Active) => {
+                if let Some(parent_fs) = parent_fs {
+                    copy_tree(parent_fs, &fs)?;
+                }
+            }
+            // A view needs no tree of its own: it mounts its parents.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// How many lower layers a snapshot with a chain of `depth` parents
+    /// needs, and whether this driver can mount that many.
+    pub fn check_depth(self, depth: usize) -> Result<(), String> {
+        if self == Driver::Overlay && depth > OVERLAY_MAX_LOWER {
+            return Err(format!(
+                "its parent chain has {depth} layers, more than the {OVERLAY_MAX_LOWER} lower layers overlayfs can stack"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The mounts of a snapshot of `kind` living in `dir`, whose parents'
+    /// trees are `chain` (nearest first).
+    pub fn mounts(
+        self,
+        kind: SnapshotKind,
+        dir: &Path,
+        chain: &[PathBuf],
+        extra: &[String],
+    ) -> Vec<Mount> {
+        let fs = dir.join("fs");
+        let overlay = self == Driver::Overlay;
+        match kind {
+            SnapshotKind::Committed => Vec::new(),
+            SnapshotKind::Active if !overlay || chain.is_empty() => vec![bind(&fs, false)],
+            // A committed parent never changes, so a view of one layer (or
+            // any view on native, where each layer is whole) is the parent's
+            // own tree, read-only.
+            SnapshotKind::View if !overlay || chain.len() <= 1 => {
+                vec![bind(chain.first().unwrap_or(&fs), true)]
+            }
+            kind => {
+                let mut options = overlay_base_options(extra);
+                if kind == SnapshotKind::Active {
+                    options.push(format!("workdir={}", dir.join("work").display()));
+                    options.push(format!("upperdir={}", fs.display()));
+                }
+                let lower: Vec<String> = chain.iter().map(|p| escape_lower(p)).collect();
+                options.push(format!("lowerdir={}", lower.join(":")));
+                vec![Mount {
+                    kind: "overlay".into(),
+                    source: "overlay".into(),
+                    options,
+                }]
+            }
+        }
+    }
+}
+
+/// `index=off` where the kernel has that parameter (as containerd does, so
+/// a layer can be mounted in several overlays at once), `userxattr` inside a
+/// user namespace, then the configured extras; a configured `index=` wins.
+fn overlay_base_options(extra: &[String]) -> Vec<String> {
+    let mut options = Vec::new();
+    if mount::overlay_has_index_param() && !extra.iter().any(|o| o.starts_with("index=")) {
+        options.push("index=off".to_string());
+    }
+    if mount::in_user_namespace() && !extra.iter().any(|o| o == "userxattr") {
+        options.push("userxattr".to_string());
+    }
+    options.extend(extra.iter().cloned());
+    options
+}
+
+fn bind(source: &Path, read_only: bool) -> Mount {
+    Mount {
+        kind: "bind".into(),
+        source: source.display().to_string(),
+        options: vec!["rbind".into(), if read_only { "ro" } else { "rw" }.into()],
+    }
+}
+
+/// overlayfs separates lower layers with `:`; a literal one is escaped.
+fn escape_lower(path: &Path) -> String {
+    path.display().to_string().replace(':', "\\:")
+}

@@ -1,0 +1,145 @@
+//! Typed errors of the store. Each carries a [`Kind`] that maps to one of the
+//! contract's exit codes; the binary decides how to show it.
+
+use std::fmt;
+
+/// The contract's error kinds (SPEC "Errors and exit codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Internal,
+    Usage,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Invalid,
+    Unsupported,
+}
+
+impl Kind {
+    /// The process exit code for this kind.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Kind::Internal => 1,
+            Kind::Usage => 2,
+            Kind::NotFound => 3,
+            Kind::AlreadyExists => 4,
+            Kind::FailedPrecondition => 5,
+            Kind::Invalid => 6,
+            Kind::Unsupported => 7,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Internal => "internal",
+            Kind::Usage => "usage",
+            Kind::NotFound => "not_found",
+            Kind::AlreadyExists => "already_exists",
+            Kind::FailedPrecondition => "failed_precondition",
+            Kind::Invalid => "invalid",
+            Kind::Unsupported => "unsupported",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error of the store: a kind, a one-line message naming the snapshot,
+/// optional hints a person can act on, and the underlying cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: Kind,
+    message: String,
+    hints: Vec<String>,
+    #[source]
+    source: Option<Source>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            hints: Vec::new(),
+            source: None,
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Kind::Internal, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Kind::NotFound, message)
+    }
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Self::new(Kind::AlreadyExists, message)
+    }
+    pub fn precondition(message: impl Into<String>) -> Self {
+        Self::new(Kind::FailedPrecondition, message)
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Kind::Invalid, message)
+    }
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(Kind::Unsupported, message)
+    }
+
+    /// An I/O failure while doing `what`.
+    pub fn io(what: impl Into<String>, err: std::io::Error) -> Self {
+        let kind = match err.kind() {
+            std::io::ErrorKind::Unsupported => Kind::Unsupported,
+            _ => match err.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::ENOSYS) | Some(libc::ENODEV) => Kind::Unsupported,
+                _ => Kind::Internal,
+            },
+        };
+        Self::new(kind, what).with_source(err)
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hints.push(hint.into());
+        self
+    }
+
+    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    pub fn hints(&self) -> &[String] {
+        &self.hints
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        Error::internal("the store's index failed").with_source(err)
+    }
+}
+
+/// Attach "while doing X" context to I/O results.
+pub trait IoContext<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(what(), e))
+    }
+}

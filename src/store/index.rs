@@ -1,0 +1,428 @@
+//! The SQLite index: which snapshots exist, their kinds, parents, labels and
+//! mount records. Every write runs inside `BEGIN IMMEDIATE` so concurrent
+//! processes queue on the busy timeout instead of failing to upgrade a read
+//! lock; transactions stay short (no copying, walking or mounting inside).
+
+use super::error::{Error, Result};
+use super::key::Labels;
+use super::time::Timestamp;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use std::path::Path;
+use std::time::Duration;
+
+/// The schema version this binary writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a writer waits for another process's transaction.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Deepest chain the recursive query will follow; far beyond the overlay
+/// limit, it only guards against a corrupt index with a cycle.
+pub const MAX_CHAIN: i64 = 1_000_000;
+
+/// The three kinds of snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    Active,
+    View,
+    Committed,
+}
+
+impl SnapshotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Active => "active",
+            SnapshotKind::View => "view",
+            SnapshotKind::Committed => "committed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(SnapshotKind::Active),
+            "view" => Some(SnapshotKind::View),
+            "committed" => Some(SnapshotKind::Committed),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of the `snapshots` table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: i64,
+    pub name: String,
+    pub kind: SnapshotKind,
+    pub parent_id: Option<i64>,
+    pub parent: Option<String>,
+    pub created: Timestamp,
+    pub updated: Timestamp,
+    pub size: Option<u64>,
+    pub inodes: Option<u64>,
+}
+
+/// One mount record: snapshot `id` is mounted at `target`.
+#[derive(Debug, Clone)]
+pub struct MountRecord {
+    pub snapshot_id: i64,
+    pub target: String,
+    pub created: Timestamp,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1
+    "CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE snapshots (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        name      TEXT NOT NULL UNIQUE,
+        kind      TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')),
+        parent_id INTEGER REFERENCES snapshots(id) ON DELETE RESTRICT,
+        created   INTEGER NOT NULL,
+        updated   INTEGER NOT NULL,
+        size      INTEGER,
+        inodes    INTEGER
+     );
+     CREATE INDEX snapshots_parent ON snapshots(parent_id);
+     CREATE TABLE labels (
+        snapshot_id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+        key         TEXT NOT NULL,
+        value       TEXT NOT NULL,
+        PRIMARY KEY (snapshot_id, key)
+     ) WITHOUT ROWID;
+     CREATE TABLE mounts (
+        target      TEXT PRIMARY KEY,
+        snapshot_id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+        created     INTEGER NOT NULL
+     );
+     CREATE INDEX mounts_snapshot ON mounts(snapshot_id);",
+];
+
+/// An open index.
+pub struct Index {
+    conn: Connection,
+}
+
+const ROW_COLUMNS: &str =
+    "s.id, s.name, s.kind, s.parent_id, p.name, s.created, s.updated, s.size, s.inodes";
+const ROW_FROM: &str = "snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id";
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let kind: String = r.get(2)?;
+    Ok(Row {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        kind: SnapshotKind::parse(&kind).unwrap_or(SnapshotKind::Active),
+        parent_id: r.get(3)?,
+        parent: r.get(4)?,
+        created: Timestamp(r.get(5)?),
+        updated: Timestamp(r.get(6)?),
+        size: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        inodes: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+    })
+}
+
+impl Index {
+    /// Opens (creating if needed) the index at `path` and brings its schema
+    /// up to date. A schema newer than this binary is refused, never rewritten.
+    pub fn open(path: &Path) -> Result<Index> {
+        let conn = Connection::open(path).map_err(|e| {
+            Error::internal(format!("cannot open the index {}", path.display())).with_source(e)
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL lets readers run beside the one writer; FULL survives power loss.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| corrupt(path, e))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Per connection and outside any transaction, or it is a no-op.
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut index = Index { conn };
+        index.migrate(path)?;
+        Ok(index)
+    }
+
+    fn migrate(&mut self, path: &Path) -> Result<()> {
+        let current: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| corrupt(path, e))?;
+        if current == SCHEMA_VERSION {
+            return Ok(());
+        }
+        check_version(path, current)?;
+        let tx = self.write()?;
+        // Re-read inside the lock: another process may have migrated meanwhile.
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        check_version(path, current)?;
+        for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.execute_batch(sql).map_err(|e| {
+                Error::internal(format!(
+                    "cannot upgrade the index {} to schema {}",
+                    path.display(),
+                    version + 1
+                ))
+                .with_source(e)
+            })?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE`).
+    pub fn write(&mut self) -> Result<Transaction<'_>> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+
+    /// Starts a read transaction: one consistent snapshot of the index.
+    pub fn read(&mut self) -> Result<Transaction<'_>> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)?)
+    }
+}
+
+fn check_version(path: &Path, version: i64) -> Result<()> {
+    if version > SCHEMA_VERSION {
+        return Err(Error::internal(format!(
+            "the index {} has schema version {version}, newer than this strata understands ({SCHEMA_VERSION})",
+            path.display()
+        ))
+        .with_hint("use a newer strata with this store; it was not modified"));
+    }
+    if version < 0 {
+        return Err(Error::internal(format!(
+            "the index {} has an invalid schema version {version}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
+    Error::internal(format!(
+        "the index {} cannot be read: it is corrupt or not a strata index",
+        path.display()
+    ))
+    .with_source(e)
+}
+
+// Queries, usable inside any transaction (read or write).
+
+pub fn get_meta(tx: &Transaction<'_>, key: &str) -> Result<Option<String>> {
+    Ok(tx
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn set_meta(tx: &Transaction<'_>, key: &str, value: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )?;
+    Ok(())
+}
+
+pub fn find(tx: &Transaction<'_>, name: &str) -> Result<Option<Row>> {
+    let sql = format!("SELECT {ROW_COLUMNS} FROM {ROW_FROM} WHERE s.name = ?1");
+    Ok(tx.query_row(&sql, [name], read_row).optional()?)
+}
+
+pub fn find_id(tx: &Transaction<'_>, id: i64) -> Result<Option<Row>> {
+    let sql = format!("SELECT {ROW_COLUMNS} FROM {ROW_FROM} WHERE s.id = ?1");
+    Ok(tx.query_row(&sql, [id], read_row).optional()?)
+}
+
+/// All snapshots, in byte order of their names (as `ctr snapshots ls`).
+pub fn all(tx: &Transaction<'_>) -> Result<Vec<Row>> {
+    let sql = format!("SELECT {ROW_COLUMNS} FROM {ROW_FROM} ORDER BY s.name");
+    let mut stmt = tx.prepare(&sql)?;
+    let rows = stmt.query_map([], read_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The ids and names of the parent chain of snapshot `id`, nearest first,
+/// in one recursive query.
+pub fn chain(tx: &Transaction<'_>, id: i64) -> Result<Vec<(i64, String)>> {
+    let mut stmt = tx.prepare_cached(
+        "WITH RECURSIVE chain(id, parent_id, depth) AS (
+             SELECT id, parent_id, 0 FROM snapshots WHERE id = ?1
+             UNION ALL
+             SELECT s.id, s.parent_id, c.depth + 1
+               FROM snapshots s JOIN chain c ON s.id = c.parent_id
+              WHERE c.depth < ?2
+         )
+         SELECT c.id, s.name FROM chain c JOIN snapshots s ON s.id = c.id
+          WHERE c.depth > 0 ORDER BY c.depth",
+    )?;
+    let rows = stmt.query_map(params![id, MAX_CHAIN], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Ids of snapshot `id` and every snapshot below it, deepest first.
+pub fn subtree(tx: &Transaction<'_>, id: i64) -> Result<Vec<Row>> {
+    let mut stmt = tx.prepare(
+        "WITH RECURSIVE sub(id, depth) AS (
+             SELECT id, 0 FROM snapshots WHERE id = ?1
+             UNION ALL
+             SELECT s.id, sub.depth + 1 FROM snapshots s JOIN sub ON s.parent_id = sub.id
+              WHERE sub.depth < ?2
+         )
+         SELECT id FROM sub ORDER BY depth DESC, id DESC",
+    )?;
+    let ids: Vec<i64> = stmt
+        .query_map(params![id, MAX_CHAIN], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(row) = find_id(tx, id)? {
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Names of the direct children of snapshot `id`.
+pub fn children(tx: &Transaction<'_>, id: i64) -> Result<Vec<String>> {
+    let mut stmt =
+        tx.prepare_cached("SELECT name FROM snapshots WHERE parent_id = ?1 ORDER BY name")?;
+    let rows = stmt.query_map([id], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn labels(tx: &Transaction<'_>, id: i64) -> Result<Labels> {
+    let mut stmt =
+        tx.prepare_cached("SELECT key, value FROM labels WHERE snapshot_id = ?1 ORDER BY key")?;
+    let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Labels of every snapshot, keyed by id.
+pub fn all_labels(tx: &Transaction<'_>) -> Result<std::collections::HashMap<i64, Labels>> {
+    let mut stmt = tx.prepare("SELECT snapshot_id, key, value FROM labels")?;
+    let mut map: std::collections::HashMap<i64, Labels> = Default::default();
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        map.entry(r.get(0)?)
+            .or_default()
+            .insert(r.get(1)?, r.get(2)?);
+    }
+    Ok(map)
+}
+
+/// Inserts a new snapshot row and its labels; returns its id, which
+/// AUTOINCREMENT guarantees was never used before (so its directory is new).
+pub fn insert(
+    tx: &Transaction<'_>,
+    name: &str,
+    kind: SnapshotKind,
+    parent_id: Option<i64>,
+    labels: &Labels,
+) -> Result<i64> {
+    let now = Timestamp::now().0;
+    tx.execute(
+        "INSERT INTO snapshots (name, kind, parent_id, created, updated)
+         VALUES (?1, ?2, ?3, ?4, ?4)",
+        params![name, kind.as_str(), parent_id, now],
+    )?;
+    let id = tx.last_insert_rowid();
+    set_labels(tx, id, labels)?;
+    Ok(id)
+}
+
+fn set_labels(tx: &Transaction<'_>, id: i64, labels: &Labels) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO labels (snapshot_id, key, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (snapshot_id, key) DO UPDATE SET value = excluded.value",
+    )?;
+    for (k, v) in labels {
+        stmt.execute(params![id, k, v])?;
+    }
+    Ok(())
+}
+
+/// Applies label changes: an empty value removes the label.
+pub fn update_labels(tx: &Transaction<'_>, id: i64, changes: &Labels) -> Result<()> {
+    for (k, v) in changes {
+        if v.is_empty() {
+            tx.execute(
+                "DELETE FROM labels WHERE snapshot_id = ?1 AND key = ?2",
+                params![id, k],
+            )?;
+        } else {
+            set_labels(tx, id, &Labels::from([(k.clone(), v.clone())]))?;
+        }
+    }
+    touch(tx, id)
+}
+
+pub fn touch(tx: &Transaction<'_>, id: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE snapshots SET updated = ?2 WHERE id = ?1",
+        params![id, Timestamp::now().0],
+    )?;
+    Ok(())
+}
+
+/// Turns active snapshot `id` into committed `name`, replacing its labels.
+pub fn commit(
+    tx: &Transaction<'_>,
+    id: i64,
+    name: &str,
+    labels: &Labels,
+    size: u64,
+    inodes: u64,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE snapshots SET name = ?2, kind = 'committed', size = ?3, inodes = ?4, updated = ?5
+         WHERE id = ?1",
+        params![id, name, size as i64, inodes as i64, Timestamp::now().0],
+    )?;
+    tx.execute("DELETE FROM labels WHERE snapshot_id = ?1", [id])?;
+    set_labels(tx, id, labels)
+}
+
+pub fn delete(tx: &Transaction<'_>, id: i64) -> Result<()> {
+    tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+pub fn mounts(tx: &Transaction<'_>) -> Result<Vec<MountRecord>> {
+    let mut stmt =
+        tx.prepare_cached("SELECT snapshot_id, target, created FROM mounts ORDER BY target")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(MountRecord {
+            snapshot_id: r.get(0)?,
+            target: r.get(1)?,
+            created: Timestamp(r.get(2)?),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn add_mount(tx: &Transaction<'_>, id: i64, target: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO mounts (target, snapshot_id, created) VALUES (?1, ?2, ?3)
+         ON CONFLICT (target) DO UPDATE SET snapshot_id = excluded.snapshot_id,
+                                            created = excluded.created",
+        params![target, id, Timestamp::now().0],
+    )?;
+    Ok(())
+}
+
+pub fn remove_mount(tx: &Transaction<'_>, target: &str) -> Result<()> {
+    tx.execute("DELETE FROM mounts WHERE target = ?1", [target])?;
+    Ok(())
+}

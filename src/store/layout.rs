@@ -1,0 +1,214 @@
+//! The on-disk layout of a store:
+//!
+//! ```text
+//! ROOT/                 mode 0700
+//!   index.db            the SQLite index (plus -wal and -shm)
+//!   snapshots/ID/fs     a snapshot's tree (overlay: its upper directory)
+//!   snapshots/ID/work   overlay work directory of an active snapshot
+//!   snapshots/new-*     a snapshot being built (locked by its builder)
+//!   snapshots/rm-*      a snapshot being deleted
+//! ```
+//!
+//! IDs come from the index and are never reused; keys never become paths.
+//! A snapshot directory appears under its final name only by a rename made
+//! inside the index transaction that inserts its row, and leaves it by a
+//! rename after the row is gone, so a crash leaves either state and at worst
+//! a `new-*`/`rm-*`/row-less directory that `prune` deletes.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Prefix of directories under construction.
+pub const STAGING_PREFIX: &str = "new-";
+/// Prefix of directories being deleted.
+pub const TRASH_PREFIX: &str = "rm-";
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+    snapshots: PathBuf,
+}
+
+impl Layout {
+    /// Creates the store's directories if missing. `root` must be absolute.
+    pub fn create(root: &Path) -> io::Result<Layout> {
+        let layout = Layout {
+            root: root.to_path_buf(),
+            snapshots: root.join("snapshots"),
+        };
+        if !root.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)?;
+            // DirBuilder applies the umask; the contract says 0700 exactly.
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
+        }
+        if !layout.snapshots.exists() {
+            match fs::DirBuilder::new().mode(0o700).create(&layout.snapshots) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(layout)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn index(&self) -> PathBuf {
+        self.root.join("index.db")
+    }
+    pub fn snapshots(&self) -> &Path {
+        &self.snapshots
+    }
+    pub fn dir(&self, id: i64) -> PathBuf {
+        self.snapshots.join(id.to_string())
+    }
+    pub fn fs(&self, id: i64) -> PathBuf {
+        self.dir(id).join("fs")
+    }
+    pub fn work(&self, id: i64) -> PathBuf {
+        self.dir(id).join("work")
+    }
+
+    /// A fresh, locked staging directory for a snapshot being built.
+    pub fn staging(&self) -> io::Result<Staging> {
+        let path = self.snapshots.join(format!("{STAGING_PREFIX}{}", unique()));
+        fs::DirBuilder::new().mode(0o700).create(&path)?;
+        // The builder holds an exclusive lock on the directory for as long as
+        // it lives; prune deletes only staging directories it can lock.
+        let lock = File::open(&path)?;
+        lock.try_lock().map_err(|e| match e {
+            fs::TryLockError::Error(e) => e,
+            fs::TryLockError::WouldBlock => io::Error::other("staging directory is locked"),
+        })?;
+        Ok(Staging {
+            path: Some(path),
+            _lock: lock,
+        })
+    }
+
+    /// Moves a built staging directory to its final name `snapshots/ID`.
+    /// Call inside the index transaction that inserts row `id`.
+    pub fn install(&self, mut staging: Staging, id: i64) -> io::Result<()> {
+        let dest = self.dir(id);
+        // A directory under this id can only be a leftover of a transaction
+        // that rolled back after its rename (the id was handed out again):
+        // it has no row, so it is garbage.
+        if dest.symlink_metadata().is_ok() {
+            self.discard_path(&dest)?;
+        }
+        let src = staging.path.take().expect("staging path");
+        fs::rename(&src, &dest)?;
+        sync_dir(&self.snapshots)
+    }
+
+    /// Deletes snapshot directory `id`: first renamed out of the way (so a
+    /// crash leaves only an `rm-*` name), then removed.
+    pub fn discard(&self, id: i64) -> io::Result<()> {
+        self.discard_path(&self.dir(id))
+    }
+
+    fn discard_path(&self, path: &Path) -> io::Result<()> {
+        let trash = self.snapshots.join(format!("{TRASH_PREFIX}{}", unique()));
+        match fs::rename(path, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        sync_dir(&self.snapshots)?;
+        remove_tree(&trash)
+    }
+}
+
+/// A snapshot directory under construction. Dropped without being
+/// installed, it removes itself.
+pub struct Staging {
+    path: Option<PathBuf>,
+    _lock: File,
+}
+
+impl Staging {
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().expect("staging path")
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = remove_tree(&path);
+        }
+    }
+}
+
+/// Removes a tree, tolerating entries that vanish meanwhile (prune may be
+/// deleting the same tree).
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            // Read-only directories inside a tree (e.g. 0555) block unlink of
+            // their entries; make them writable and try again.
+            make_writable(path);
+            match fs::remove_dir_all(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+fn make_writable(path: &Path) {
+    if let Ok(meta) = path.symlink_metadata()
+        && meta.is_dir()
+    {
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = fs::read_dir(path) {
+            for entry in entries.flatten() {
+                make_writable(&entry.path());
+            }
+        }
+    }
+}
+
+/// Makes directory `path` with the owner and mode of `like` (a parent
+/// snapshot's root), or root-owned 0755 for a snapshot without a parent.
+pub fn make_root_dir(path: &Path, like: Option<&Path>) -> io::Result<()> {
+    fs::create_dir(path)?;
+    let (mode, uid, gid) = match like {
+        Some(like) => {
+            let m = like.metadata()?;
+            (m.mode() & 0o7777, Some(m.uid()), Some(m.gid()))
+        }
+        None => (0o755, None, None),
+    };
+    if uid.is_some() {
+        std::os::unix::fs::chown(path, uid, gid)?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+/// fsync a directory so a rename or new entry in it survives power loss.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// A name unique among concurrent processes: pid, time and a counter.
+fn unique() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

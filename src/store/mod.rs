@@ -1,0 +1,816 @@
+//! The store: a small containerd-shaped snapshot API (prepare, view, mounts,
+//! commit, remove, walk, stat, update labels, usage) over one directory and
+//! its SQLite index. Nothing here prints; every failure is a typed [`Error`].
+//!
+//! Each operation is at most one short write transaction plus a directory
+//! rename made inside it (see `layout.rs`), so a crash leaves the old state
+//! or the new one. Slow work (copies, walks, mounts) happens outside
+//! transactions and is re-validated when the result is recorded.
+
+pub mod copy;
+pub mod driver;
+pub mod error;
+pub mod filter;
+pub mod index;
+pub mod key;
+pub mod layout;
+pub mod mount;
+pub mod time;
+pub mod usage;
+
+pub use driver::Driver;
+pub use error::{Error, Kind, Result};
+pub use index::SnapshotKind;
+pub use key::Labels;
+pub use mount::Mount;
+pub use time::Timestamp;
+pub use usage::Usage;
+
+use error::IoContext;
+use index::{Index, MountRecord, Row};
+use layout::Layout;
+use rusqlite::Transaction;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Settings a store is opened with.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Driver for a store created by this open (None: detect).
+    pub driver: Option<Driver>,
+    /// Extra options for overlay mounts (never for binds).
+    pub overlay_mount_options: Vec<String>,
+}
+
+/// A snapshot as shown to users (`info`, each element of `ls`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Info {
+    pub name: String,
+    pub kind: SnapshotKind,
+    pub parent: Option<String>,
+    pub labels: Labels,
+    pub created: Timestamp,
+    pub updated: Timestamp,
+    pub usage: Option<Usage>,
+    pub mounted_at: Vec<String>,
+}
+
+/// An open store.
+pub struct Store {
+    layout: Layout,
+    index: Index,
+    options: Options,
+}
+
+const DRIVER_META: &str = "driver";
+
+impl Store {
+    /// Opens the store at `root`, creating it (mode 0700) on first use.
+    pub fn open(root: &Path, options: Options) -> Result<Store> {
+        let root = std::path::absolute(root)
+            .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
+        let layout =
+            Layout::create(&root).ctx(|| format!("cannot create the store {}", root.display()))?;
+        // Absolute, symlink-free paths: printed mounts must work from anywhere.
+        let root = root
+            .canonicalize()
+            .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
+        let layout = if root == layout.root() {
+            layout
+        } else {
+            Layout::create(&root).ctx(|| format!("cannot open the store {}", root.display()))?
+        };
+        let index = Index::open(&layout.index())?;
+        Ok(Store {
+            layout,
+            index,
+            options,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// The driver recorded in the store, if one was chosen yet.
+    pub fn driver(&mut self) -> Result<Option<Driver>> {
+        let tx = self.index.read()?;
+        read_driver(&tx)
+    }
+
+    /// Creates the store explicitly with `driver` (or the best supported
+    /// one). Returns the store's driver and whether this call chose it.
+    /// Refuses to change the driver of an existing store.
+    pub fn init(&mut self, driver: Option<Driver>) -> Result<(Driver, bool)> {
+        if let Some(current) = self.driver()? {
+            return match driver {
+                Some(asked) if asked != current => Err(Error::precondition(format!(
+                    "the store {} already uses the {} driver, not {}",
+                    self.root().display(),
+                    current.as_str(),
+                    asked.as_str()
+                ))
+                .with_hint("a store's driver never changes: use another --root for a new store")),
+                _ => Ok((current, false)),
+            };
+        }
+        let wanted = match driver {
+            Some(Driver::Overlay) => {
+                if !self.overlay_works() {
+                    return Err(Error::unsupported(format!(
+                        "the overlay driver cannot be used for {}: a test overlay mount failed",
+                        self.root().display()
+                    ))
+                    .with_hint("run as root on a kernel with overlayfs, or use --driver native"));
+                }
+                Driver::Overlay
+            }
+            Some(d) => d,
+            None => self.detect_driver(),
+        };
+        self.record_driver(wanted)
+    }
+
+    /// The store's driver, choosing and recording one on the first write.
+    fn ensure_driver(&mut self) -> Result<Driver> {
+        if let Some(d) = self.driver()? {
+            return Ok(d);
+        }
+        let wanted = match self.options.driver {
+            Some(d) => d,
+            None => self.detect_driver(),
+        };
+        Ok(self.record_driver(wanted)?.0)
+    }
+
+    fn record_driver(&mut self, wanted: Driver) -> Result<(Driver, bool)> {
+        let tx = self.index.write()?;
+        // Another process may have chosen first; its choice stands.
+        if let Some(d) = read_driver(&tx)? {
+            return Ok((d, false));
+        }
+        index::set_meta(&tx, DRIVER_META, wanted.as_str())?;
+        tx.commit()?;
+        Ok((wanted, true))
+    }
+
+    fn detect_driver(&self) -> Driver {
+        if self.overlay_works() {
+            Driver::Overlay
+        } else {
+            Driver::Native
+        }
+    }
+
+    /// Mounts a two-lower overlay in a scratch directory of the store: the
+    /// only reliable test of overlay support on this filesystem, kernel and
+    /// privilege.
+    fn overlay_works(&self) -> bool {
+        let Ok(staging) = self.layout.staging() else {
+            return false;
+        };
+        let dir = staging.path();
+        let names = ["l1", "l2", "upper", "work", "merged"];
+        if names
+            .iter()
+            .any(|n| std::fs::create_dir(dir.join(n)).is_err())
+        {
+            return false;
+        }
+        let m = Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("workdir={}", dir.join("work").display()),
+                format!("upperdir={}", dir.join("upper").display()),
+                format!(
+                    "lowerdir={}:{}",
+                    dir.join("l1").display(),
+                    dir.join("l2").display()
+                ),
+            ],
+        };
+        let merged = dir.join("merged");
+        let ok = mount::mount_all(std::slice::from_ref(&m), &merged).is_ok();
+        if ok {
+            let _ = mount::unmount(&merged, true);
+        }
+        ok
+    }
+
+    /// Creates active snapshot `key` on `parent` and returns its mounts.
+    pub fn prepare(
+        &mut self,
+        key: &str,
+        parent: Option<&str>,
+        labels: &Labels,
+    ) -> Result<Vec<Mount>> {
+        self.create(SnapshotKind::Active, key, parent, labels)
+    }
+
+    /// Creates read-only view `key` of committed `parent`; returns its mounts.
+    pub fn view(&mut self, key: &str, parent: &str, labels: &Labels) -> Result<Vec<Mount>> {
+        self.create(SnapshotKind::View, key, Some(parent), labels)
+    }
+
+    fn create(
+        &mut self,
+        kind: SnapshotKind,
+        key: &str,
+        parent: Option<&str>,
+        labels: &Labels,
+    ) -> Result<Vec<Mount>> {
+        key::validate_key(key)?;
+        for (k, v) in labels {
+            key::validate_label(k, v)?;
+        }
+        let driver = self.ensure_driver()?;
+        // Check first without the write lock, so the common errors are cheap.
+        let (parent_row, chain) = {
+            let tx = self.index.read()?;
+            if index::find(&tx, key)?.is_some() {
+                return Err(exists(key));
+            }
+            let parent_row = match parent {
+                Some(p) => Some(committed_parent(&tx, p)?),
+                None => None,
+            };
+            let mut chain = Vec::new();
+            if let Some(p) = &parent_row {
+                chain.push(p.id);
+                chain.extend(index::chain(&tx, p.id)?.into_iter().map(|(id, _)| id));
+            }
+            (parent_row, chain)
+        };
+        if let Err(why) = driver.check_depth(chain.len()) {
+            return Err(Error::unsupported(format!(
+                "cannot {} `{key}` on `{}`: {why}",
+                if kind == SnapshotKind::View {
+                    "view"
+                } else {
+                    "prepare"
+                },
+                parent.unwrap_or_default()
+            ))
+            .with_hint("commit fewer, larger layers, or use a store with the native driver"));
+        }
+        let parent_fs = parent_row.as_ref().map(|p| self.layout.fs(p.id));
+        let staging = self.layout.staging().ctx(|| {
+            format!(
+                "cannot create a directory in {}",
+                self.layout.snapshots().display()
+            )
+        })?;
+        driver
+            .build(staging.path(), kind, parent_fs.as_deref())
+            .ctx(|| format!("cannot build snapshot `{key}`"))?;
+        if driver == Driver::Native && kind == SnapshotKind::Active && parent_fs.is_some() {
+            syncfs(staging.path()).ctx(|| format!("cannot sync snapshot `{key}`"))?;
+        } else {
+            layout::sync_dir(staging.path()).ctx(|| format!("cannot sync snapshot `{key}`"))?;
+        }
+
+        let tx = self.index.write()?;
+        // Re-validate under the lock: another process may have taken the key
+        // or removed the parent while we built.
+        if index::find(&tx, key)?.is_some() {
+            return Err(exists(key));
+        }
+        if let (Some(p), Some(name)) = (&parent_row, parent) {
+            let now = committed_parent(&tx, name)?;
+            if now.id != p.id {
+                return Err(Error::not_found(format!(
+                    "parent snapshot `{name}` was removed while `{key}` was being made"
+                )));
+            }
+        }
+        let id = index::insert(&tx, key, kind, parent_row.as_ref().map(|p| p.id), labels)?;
+        self.layout
+            .install(staging, id)
+            .ctx(|| format!("cannot install snapshot `{key}`"))?;
+        if let Err(e) = tx.commit() {
+            let _ = self.layout.discard(id);
+            return Err(e.into());
+        }
+        Ok(self.mounts_of(driver, kind, id, &chain))
+    }
+
+    fn mounts_of(&self, driver: Driver, kind: SnapshotKind, id: i64, chain: &[i64]) -> Vec<Mount> {
+        let chain: Vec<PathBuf> = chain.iter().map(|&p| self.layout.fs(p)).collect();
+        driver.mounts(
+            kind,
+            &self.layout.dir(id),
+            &chain,
+            &self.options.overlay_mount_options,
+        )
+    }
+
+    /// The mounts of an active snapshot or a view.
+    pub fn mounts(&mut self, key: &str) -> Result<Vec<Mount>> {
+        let driver = self.driver()?.unwrap_or(Driver::Native);
+        let tx = self.index.read()?;
+        let row = mountable(&tx, key)?;
+        let chain: Vec<i64> = match row.parent_id {
+            Some(p) => std::iter::once(p)
+                .chain(index::chain(&tx, p)?.into_iter().map(|(id, _)| id))
+                .collect(),
+            None => Vec::new(),
+        };
+        drop(tx);
+        Ok(self.mounts_of(driver, row.kind, row.id, &chain))
+    }
+
+    /// Mounts `key` at `target` (created if missing) and records the mount.
+    /// Returns the absolute target.
+    pub fn mount(&mut self, key: &str, target: &Path) -> Result<PathBuf> {
+        let mounts = self.mounts(key)?;
+        std::fs::create_dir_all(target)
+            .ctx(|| format!("cannot create the mount target {}", target.display()))?;
+        let target = target
+            .canonicalize()
+            .ctx(|| format!("cannot resolve the mount target {}", target.display()))?;
+        let live = self.live_mounts()?;
+        if let Some(rec) = live.iter().find(|r| Path::new(&r.target) == target) {
+            let tx = self.index.read()?;
+            let name = index::find_id(&tx, rec.snapshot_id)?.map(|r| r.name);
+            return Err(Error::already_exists(format!(
+                "{} is already a strata mount of `{}`",
+                target.display(),
+                name.unwrap_or_default()
+            ))
+            .with_hint(format!(
+                "unmount it first: strata unmount {}",
+                target.display()
+            )));
+        }
+        mount::mount_all(&mounts, &target).map_err(|e| mount_error(key, &target, e))?;
+        let recorded = (|| -> Result<()> {
+            let tx = self.index.write()?;
+            let row = mountable(&tx, key)?;
+            index::add_mount(&tx, row.id, &target.display().to_string())?;
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = recorded {
+            let _ = mount::unmount(&target, false);
+            return Err(e);
+        }
+        Ok(target)
+    }
+
+    /// Unmounts a mount made by strata, given its target or a key (all of
+    /// that snapshot's mounts), and forgets it. Returns the targets.
+    pub fn unmount(&mut self, what: &str, lazy: bool) -> Result<Vec<PathBuf>> {
+        let live = self.live_mounts()?;
+        let as_path = Path::new(what).canonicalize().ok();
+        let targets: Vec<PathBuf> = match as_path
+            .as_ref()
+            .and_then(|p| live.iter().find(|r| Path::new(&r.target) == p))
+        {
+            Some(rec) => vec![PathBuf::from(&rec.target)],
+            None => {
+                let tx = self.index.read()?;
+                let Some(row) = index::find(&tx, what)? else {
+                    return Err(Error::not_found(format!(
+                        "`{what}` is neither a mount made by strata nor a snapshot"
+                    ))
+                    .with_hint("see where snapshots are mounted with `strata ls`"));
+                };
+                let targets: Vec<PathBuf> = live
+                    .iter()
+                    .filter(|r| r.snapshot_id == row.id)
+                    .map(|r| PathBuf::from(&r.target))
+                    .collect();
+                if targets.is_empty() {
+                    return Err(Error::not_found(format!(
+                        "snapshot `{what}` is not mounted"
+                    )));
+                }
+                targets
+            }
+        };
+        for target in &targets {
+            self.unmount_target(target, lazy)?;
+        }
+        Ok(targets)
+    }
+
+    fn unmount_target(&mut self, target: &Path, lazy: bool) -> Result<()> {
+        match mount::unmount(target, lazy) {
+            Ok(()) => {}
+            // Not mounted any more: only the record is left to drop.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                return Err(Error::precondition(format!(
+                    "cannot unmount {}: it is busy",
+                    target.display()
+                ))
+                .with_hint("close the files and shells that use it, or use `strata unmount --lazy`")
+                .with_source(e));
+            }
+            Err(e) => {
+                return Err(Error::io(format!("cannot unmount {}", target.display()), e));
+            }
+        }
+        let tx = self.index.write()?;
+        index::remove_mount(&tx, &target.display().to_string())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Mount records whose mounts still exist; records of mounts that are
+    /// gone (unmounted by hand, lost in a reboot) are dropped.
+    fn live_mounts(&mut self) -> Result<Vec<MountRecord>> {
+        let records = {
+            let tx = self.index.read()?;
+            index::mounts(&tx)?
+        };
+        if records.is_empty() {
+            return Ok(records);
+        }
+        let points = mount::mount_points().ctx(|| "cannot read /proc/self/mountinfo".into())?;
+        let (live, stale): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|r| points.contains(Path::new(&r.target)));
+        if !stale.is_empty() {
+            let tx = self.index.write()?;
+            for r in &stale {
+                index::remove_mount(&tx, &r.target)?;
+            }
+            tx.commit()?;
+        }
+        Ok(live)
+    }
+
+    /// Turns active `key` into committed `name`, recording its usage.
+    /// A mounted `key` is unmounted first.
+    pub fn commit(&mut self, name: &str, key: &str, labels: &Labels) -> Result<()> {
+        key::validate_key(name)?;
+        for (k, v) in labels {
+            key::validate_label(k, v)?;
+        }
+        let row = {
+            let tx = self.index.read()?;
+            let row = active(&tx, key, "commit")?;
+            if index::find(&tx, name)?.is_some() {
+                return Err(exists(name));
+            }
+            row
+        };
+        let targets: Vec<PathBuf> = self
+            .live_mounts()?
+            .into_iter()
+            .filter(|r| r.snapshot_id == row.id)
+            .map(|r| PathBuf::from(r.target))
+            .collect();
+        for target in &targets {
+            self.unmount_target(target, false).map_err(|e| {
+                Error::precondition(format!(
+                    "cannot commit `{key}`: unmounting it from {} failed: {}",
+                    target.display(),
+                    e.message()
+                ))
+                .with_hint("close what uses the mount, then commit again")
+            })?;
+        }
+        let usage = usage::disk_usage(&self.layout.fs(row.id))
+            .ctx(|| format!("cannot measure the disk usage of `{key}`"))?;
+        if self.driver()? == Some(Driver::Native) {
+            syncfs(&self.layout.fs(row.id)).ctx(|| format!("cannot sync `{key}`"))?;
+        }
+        let tx = self.index.write()?;
+        let now = active(&tx, key, "commit")?;
+        if now.id != row.id {
+            return Err(Error::not_found(format!(
+                "snapshot `{key}` was replaced while it was being committed"
+            )));
+        }
+        if index::find(&tx, name)?.is_some() {
+            return Err(exists(name));
+        }
+        index::commit(&tx, row.id, name, labels, usage.size, usage.inodes)?;
+        tx.commit()?;
+        // The work directory is only needed while the snapshot is writable.
+        let _ = layout::remove_tree(&self.layout.work(row.id));
+        Ok(())
+    }
+
+    /// Removes `key`; with `recursive` its whole subtree (leaves first);
+    /// with `force` unmounting what is mounted. Returns removed names.
+    pub fn remove(&mut self, key: &str, recursive: bool, force: bool) -> Result<Vec<String>> {
+        let rows = {
+            let tx = self.index.read()?;
+            let row = existing(&tx, key)?;
+            let children = index::children(&tx, row.id)?;
+            if !children.is_empty() && !recursive {
+                return Err(has_children(key, &children));
+            }
+            if recursive {
+                index::subtree(&tx, row.id)?
+            } else {
+                vec![row]
+            }
+        };
+        let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        let mounted: Vec<MountRecord> = self
+            .live_mounts()?
+            .into_iter()
+            .filter(|r| ids.contains(&r.snapshot_id))
+            .collect();
+        if let Some(first) = mounted.first() {
+            if !force {
+                let name = rows
+                    .iter()
+                    .find(|r| r.id == first.snapshot_id)
+                    .map(|r| r.name.as_str())
+                    .unwrap_or(key);
+                return Err(Error::precondition(format!(
+                    "snapshot `{name}` is mounted at {}",
+                    first.target
+                ))
+                .with_hint(format!(
+                    "unmount it first (`strata unmount {}`), or use `rm -f`",
+                    first.target
+                )));
+            }
+            for rec in &mounted {
+                self.unmount_target(Path::new(&rec.target), false)?;
+            }
+        }
+        let tx = self.index.write()?;
+        for row in &rows {
+            match index::find_id(&tx, row.id)? {
+                Some(now) if now.name == row.name => {}
+                _ => {
+                    return Err(Error::not_found(format!(
+                        "snapshot `{}` was removed by another process",
+                        row.name
+                    )));
+                }
+            }
+            let children: Vec<String> = index::children(&tx, row.id)?;
+            let outside: Vec<String> = children
+                .into_iter()
+                .filter(|c| !rows.iter().any(|r| &r.name == c))
+                .collect();
+            if !outside.is_empty() {
+                return Err(has_children(&row.name, &outside));
+            }
+            index::delete(&tx, row.id)?;
+        }
+        tx.commit()?;
+        for row in &rows {
+            self.layout.discard(row.id).ctx(|| {
+                format!(
+                    "snapshot `{}` was removed, but deleting its files failed",
+                    row.name
+                )
+            })?;
+        }
+        Ok(rows.into_iter().map(|r| r.name).collect())
+    }
+
+    /// Every snapshot, in byte order of names.
+    pub fn list(&mut self) -> Result<Vec<Info>> {
+        let live = self.live_mounts()?;
+        let tx = self.index.read()?;
+        let rows = index::all(&tx)?;
+        let mut labels = index::all_labels(&tx)?;
+        let mut mounted = mounted_by_id(&live);
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let labels = labels.remove(&row.id).unwrap_or_default();
+                let at = mounted.remove(&row.id).unwrap_or_default();
+                info(row, labels, at)
+            })
+            .collect())
+    }
+
+    /// One snapshot's details.
+    pub fn stat(&mut self, key: &str) -> Result<Info> {
+        let live = self.live_mounts()?;
+        let tx = self.index.read()?;
+        let row = existing(&tx, key)?;
+        let labels = index::labels(&tx, row.id)?;
+        let at = mounted_by_id(&live).remove(&row.id).unwrap_or_default();
+        Ok(info(row, labels, at))
+    }
+
+    /// Sets labels of `key`; an empty value removes a label.
+    pub fn update_labels(&mut self, key: &str, changes: &Labels) -> Result<Info> {
+        for (k, v) in changes {
+            key::validate_label(k, v)?;
+        }
+        {
+            let tx = self.index.write()?;
+            let row = existing(&tx, key)?;
+            index::update_labels(&tx, row.id, changes)?;
+            tx.commit()?;
+        }
+        self.stat(key)
+    }
+
+    /// Disk usage of `key`: recorded at commit for a committed snapshot,
+    /// measured for an active one (its own layer only), zero for a view.
+    pub fn usage(&mut self, key: &str) -> Result<Usage> {
+        let row = {
+            let tx = self.index.read()?;
+            existing(&tx, key)?
+        };
+        self.usage_of(&row)
+    }
+
+    /// Usage of every snapshot, in byte order of names.
+    pub fn usage_all(&mut self) -> Result<Vec<(String, Usage)>> {
+        let rows = {
+            let tx = self.index.read()?;
+            index::all(&tx)?
+        };
+        rows.into_iter()
+            .map(|row| Ok((row.name.clone(), self.usage_of(&row)?)))
+            .collect()
+    }
+
+    fn usage_of(&self, row: &Row) -> Result<Usage> {
+        match row.kind {
+            SnapshotKind::Committed => Ok(Usage {
+                size: row.size.unwrap_or(0),
+                inodes: row.inodes.unwrap_or(0),
+            }),
+            SnapshotKind::View => Ok(Usage::default()),
+            SnapshotKind::Active => match usage::disk_usage(&self.layout.fs(row.id)) {
+                // Removed by another process meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::not_found(
+                    format!("snapshot `{}` was removed while being measured", row.name),
+                )),
+                other => other.ctx(|| format!("cannot measure the disk usage of `{}`", row.name)),
+            },
+        }
+    }
+}
+
+fn read_driver(tx: &Transaction<'_>) -> Result<Option<Driver>> {
+    match index::get_meta(tx, DRIVER_META)? {
+        None => Ok(None),
+        Some(text) => Driver::parse(&text).map(Some).ok_or_else(|| {
+            Error::internal(format!("the store records an unknown driver `{text}`"))
+        }),
+    }
+}
+
+fn info(row: Row, labels: Labels, mounted_at: Vec<String>) -> Info {
+    let usage = match row.kind {
+        SnapshotKind::Committed => Some(Usage {
+            size: row.size.unwrap_or(0),
+            inodes: row.inodes.unwrap_or(0),
+        }),
+        _ => None,
+    };
+    Info {
+        name: row.name,
+        kind: row.kind,
+        parent: row.parent,
+        labels,
+        created: row.created,
+        updated: row.updated,
+        usage,
+        mounted_at,
+    }
+}
+
+fn mounted_by_id(records: &[MountRecord]) -> HashMap<i64, Vec<String>> {
+    let mut map: HashMap<i64, Vec<String>> = HashMap::new();
+    for r in records {
+        map.entry(r.snapshot_id).or_default().push(r.target.clone());
+    }
+    map
+}
+
+fn exists(key: &str) -> Error {
+    Error::already_exists(format!("snapshot `{key}` already exists"))
+}
+
+fn has_children(key: &str, children: &[String]) -> Error {
+    let n = children.len();
+    Error::precondition(format!(
+        "snapshot `{key}` has {n} {}: {}",
+        if n == 1 { "child" } else { "children" },
+        children
+            .iter()
+            .take(5)
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+            + if n > 5 { ", …" } else { "" }
+    ))
+    .with_hint("remove them first, or use `rm -r`")
+}
+
+/// A snapshot that must exist.
+fn existing(tx: &Transaction<'_>, key: &str) -> Result<Row> {
+    match index::find(tx, key)? {
+        Some(row) => Ok(row),
+        None => Err(missing(tx, key, "snapshot")),
+    }
+}
+
+/// A not-found error, with a "did you mean" hint for a near-miss key.
+fn missing(tx: &Transaction<'_>, key: &str, what: &str) -> Error {
+    let err = Error::not_found(format!("{what} `{key}` does not exist"));
+    let Ok(rows) = index::all(tx) else {
+        return err;
+    };
+    let best = rows
+        .iter()
+        .map(|r| (edit_distance(key, &r.name), &r.name))
+        .filter(|(d, name)| *d <= (key.chars().count().max(name.chars().count()) / 3).max(1))
+        .min();
+    match best {
+        Some((_, name)) => err.with_hint(format!("did you mean `{name}`?")),
+        None => err,
+    }
+}
+
+/// A parent that must exist and be committed.
+fn committed_parent(tx: &Transaction<'_>, name: &str) -> Result<Row> {
+    let row = match index::find(tx, name)? {
+        Some(row) => row,
+        None => return Err(missing(tx, name, "parent snapshot")),
+    };
+    if row.kind != SnapshotKind::Committed {
+        return Err(Error::invalid(format!(
+            "parent snapshot `{name}` is {}, not committed",
+            article(row.kind)
+        ))
+        .with_hint(format!(
+            "only committed snapshots can be parents; commit it first (`strata commit NAME {name}`)"
+        )));
+    }
+    Ok(row)
+}
+
+/// A snapshot that must be active (for commit).
+fn active(tx: &Transaction<'_>, key: &str, op: &str) -> Result<Row> {
+    let row = existing(tx, key)?;
+    if row.kind != SnapshotKind::Active {
+        return Err(Error::precondition(format!(
+            "cannot {op} `{key}`: it is {}, not active",
+            article(row.kind)
+        )));
+    }
+    Ok(row)
+}
+
+/// A snapshot that has mounts: an active one or a view.
+fn mountable(tx: &Transaction<'_>, key: &str) -> Result<Row> {
+    let row = existing(tx, key)?;
+    if row.kind == SnapshotKind::Committed {
+        return Err(Error::precondition(format!(
+            "snapshot `{key}` is committed and has no mounts of its own"
+        ))
+        .with_hint(format!("mount a view of it: strata view VIEW {key}")));
+    }
+    Ok(row)
+}
+
+fn article(kind: SnapshotKind) -> &'static str {
+    match kind {
+        SnapshotKind::Active => "active",
+        SnapshotKind::View => "a view",
+        SnapshotKind::Committed => "committed",
+    }
+}
+
+fn mount_error(key: &str, target: &Path, e: std::io::Error) -> Error {
+    let msg = format!("cannot mount `{key}` at {}", target.display());
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => Error::unsupported(msg)
+            .with_hint("mounting needs root (or a user namespace with overlay support); `strata mounts` prints the mounts to perform elsewhere")
+            .with_source(e),
+        _ => Error::io(msg, e),
+    }
+}
+
+/// Flushes the filesystem holding `path` (after a native copy: one call
+/// instead of an fsync per file).
+fn syncfs(path: &Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(path)?;
+    rustix::fs::syncfs(&dir)?;
+    Ok(())
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

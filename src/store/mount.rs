@@ -1,0 +1,1562 @@
+//! Performing mounts: overlay and bind mounts described as plain data.
+//!
+//! Overlay mounts prefer the new mount API (`fsopen`/`fsconfig`/`fsmount`/
+//! `move_mount`) and hand every lower layer to the kernel separately with the
+//! `lowerdir+` key (Linux >= 6.8), so the length of a chain is limited only
+//! by overlayfs itself (500 lower layers), not by the one-page option string
+//! of mount(2). On older kernels, or when `STRATA_MOUNT_FALLBACK=1` is set,
+//! mount(2) is used; option strings longer than one page are then shortened
+//! by making the layer paths relative to their common parent directory and
+//! mounting from a forked child that changed into that directory.
+//!
+//! Bind mounts use `open_tree`/`mount_setattr`/`move_mount`, falling back to
+//! mount(2) with `MS_BIND` plus a read-only remount.
+
+use std::collections::HashSet;
+use std::ffi::{CString, OsStr};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+
+use rustix::fs::{CWD, Mode, OFlags};
+use rustix::io::Errno;
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
+};
+
+/// The longest option string mount(2) accepts: the kernel copies one page
+/// and needs the terminating NUL inside it. Longer strings are truncated and
+/// fail with a misleading error (typically ENOENT for a cut-off path).
+const MOUNT_DATA_MAX: usize = 4095;
+
+/// Environment switch that forces the mount(2) code paths.
+const FALLBACK_ENV: &str = "STRATA_MOUNT_FALLBACK";
+
+/// A mount as plain data, same shape as containerd's and the OCI runtime spec's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mount {
+    /// `"overlay"` or `"bind"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `"overlay"` for overlay, the directory for bind.
+    pub source: String,
+    /// e.g. `["index=off", "workdir=/…", "upperdir=/…", "lowerdir=/a:/b"]`
+    /// or `["rbind", "ro"]` / `["rbind", "rw"]`.
+    pub options: Vec<String>,
+}
+
+/// Perform `mounts` (in order, stacked) at `target`, which exists.
+///
+/// If one of them fails, the ones already mounted are unmounted again before
+/// the error is returned. Errors carry the kernel's own explanation when the
+/// new mount API provided one; use [`errno`] to get the errno back.
+pub fn mount_all(mounts: &[Mount], target: &Path) -> io::Result<()> {
+    let forced = fallback_forced(std::env::var_os(FALLBACK_ENV).as_deref());
+    mount_all_with(mounts, target, forced)
+}
+
+/// [`mount_all`] with the mount(2) fallback switch passed explicitly instead
+/// of read from the environment.
+pub(crate) fn mount_all_with(
+    mounts: &[Mount],
+    target: &Path,
+    force_fallback: bool,
+) -> io::Result<()> {
+    for (done, m) in mounts.iter().enumerate() {
+        if let Err(err) = mount_one(m, target, force_fallback) {
+            for _ in 0..done {
+                if unmount(target, false).is_err() {
+                    let _ = unmount(target, true);
+                }
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Unmount `target` with umount2(2); `lazy` adds `MNT_DETACH`.
+///
+/// The error is the plain OS error, so `raw_os_error()` is e.g. `EBUSY`
+/// when the mount is still in use.
+pub fn unmount(target: &Path, lazy: bool) -> io::Result<()> {
+    let flags = if lazy {
+        UnmountFlags::DETACH
+    } else {
+        UnmountFlags::empty()
+    };
+    rustix::mount::unmount(target, flags).map_err(io::Error::from)
+}
+
+/// Absolute mount points currently in /proc/self/mountinfo (field 5, with the
+/// kernel's octal escapes `\040 \011 \012 \134` decoded).
+pub fn mount_points() -> io::Result<HashSet<PathBuf>> {
+    let data = std::fs::read("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&data))
+}
+
+/// Does the running kernel expose the overlay `index` parameter
+/// (/sys/module/overlay/parameters/index)?
+pub fn overlay_has_index_param() -> bool {
+    Path::new("/sys/module/overlay/parameters/index").exists()
+}
+
+/// True when this process runs in a non-initial user namespace (the initial
+/// one maps the full range: /proc/self/uid_map is `0 0 4294967295`).
+pub fn in_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => uid_map_is_userns(&map),
+        Err(_) => false,
+    }
+}
+
+/// The errno behind a mount error: `raw_os_error()` for plain OS errors, or
+/// the errno wrapped together with the kernel's message by this module.
+pub fn errno(err: &io::Error) -> Option<i32> {
+    err.raw_os_error().or_else(|| {
+        err.get_ref()
+            .and_then(|inner| inner.downcast_ref::<MountError>())
+            .and_then(|m| m.errno.raw_os_error())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// A failed system call together with what we were doing and what the kernel
+/// wrote into the fs context's log.
+#[derive(Debug)]
+struct MountError {
+    context: String,
+    errno: io::Error,
+    log: Vec<String>,
+}
+
+impl fmt::Display for MountError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.errno)?;
+        if !self.log.is_empty() {
+            write!(f, " (kernel: {})", self.log.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for MountError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.errno)
+    }
+}
+
+fn mount_error(context: String, errno: io::Error, log: Vec<String>) -> io::Error {
+    io::Error::new(
+        errno.kind(),
+        MountError {
+            context,
+            errno,
+            log,
+        },
+    )
+}
+
+fn errno_error(context: String, e: Errno, log: Vec<String>) -> io::Error {
+    mount_error(context, io::Error::from_raw_os_error(e.raw_os_error()), log)
+}
+
+/// Drain the fs context's message log: each read(2) returns one line such as
+/// `e overlay: too many lower directories, limit is 500`.
+fn read_fs_log(fs: &OwnedFd) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    // The log keeps only a handful of messages; the bound is a safety net.
+    for _ in 0..64 {
+        match rustix::io::read(fs, &mut buf[..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let line = String::from_utf8_lossy(&buf[..n]);
+                let line = line.trim_end();
+                let text = match line.split_once(' ') {
+                    Some(("e", rest)) => rest.to_string(),
+                    Some(("w", rest)) => format!("warning: {rest}"),
+                    Some(("i", rest)) => format!("info: {rest}"),
+                    _ => line.to_string(),
+                };
+                lines.push(text);
+            }
+        }
+    }
+    lines
+}
+
+// ---------------------------------------------------------------------------
+// Dispatch
+
+fn fallback_forced(value: Option<&OsStr>) -> bool {
+    value.is_some_and(|v| v == "1")
+}
+
+fn mount_one(m: &Mount, target: &Path, force_fallback: bool) -> io::Result<()> {
+    match m.kind.as_str() {
+        "overlay" => mount_overlay(m, target, force_fallback),
+        "bind" => mount_bind(m, target, force_fallback),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "cannot mount {} at {}: unsupported mount type {other:?} (expected \"overlay\" or \"bind\")",
+                m.source,
+                target.display()
+            ),
+        )),
+    }
+}
+
+/// Outcome of trying the new mount API.
+enum Attempt {
+    Mounted,
+    /// The new API cannot express this mount here; the reason is reported if
+    /// the fallback cannot do it either.
+    Unavailable(String),
+}
+
+/// Generic per-mount flags: (`MOUNT_ATTR_*`, `MS_*`, changes the atime mode).
+fn vfs_flag(opt: &str) -> Option<(u64, libc::c_ulong, bool)> {
+    Some(match opt {
+        "ro" => (MOUNT_ATTR_RDONLY, libc::MS_RDONLY, false),
+        "rw" | "suid" | "dev" | "exec" | "atime" | "diratime" => (0, 0, false),
+        "nosuid" => (MOUNT_ATTR_NOSUID, libc::MS_NOSUID, false),
+        "nodev" => (MOUNT_ATTR_NODEV, libc::MS_NODEV, false),
+        "noexec" => (MOUNT_ATTR_NOEXEC, libc::MS_NOEXEC, false),
+        "noatime" => (MOUNT_ATTR_NOATIME, libc::MS_NOATIME, true),
+        "relatime" => (MOUNT_ATTR_RELATIME, libc::MS_RELATIME, true),
+        "strictatime" => (MOUNT_ATTR_STRICTATIME, libc::MS_STRICTATIME, true),
+        "nodiratime" => (MOUNT_ATTR_NODIRATIME, libc::MS_NODIRATIME, false),
+        _ => return None,
+    })
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+const MOUNT_ATTR_NOEXEC: u64 = 0x0000_0008;
+const MOUNT_ATTR_ATIME_MASK: u64 = 0x0000_0070;
+const MOUNT_ATTR_RELATIME: u64 = 0x0000_0000;
+const MOUNT_ATTR_NOATIME: u64 = 0x0000_0010;
+const MOUNT_ATTR_STRICTATIME: u64 = 0x0000_0020;
+const MOUNT_ATTR_NODIRATIME: u64 = 0x0000_0080;
+
+fn cstring(what: &str, s: impl Into<Vec<u8>>) -> io::Result<CString> {
+    CString::new(s).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} contains a NUL byte"),
+        )
+    })
+}
+
+fn path_cstring(p: &Path) -> io::Result<CString> {
+    cstring("path", p.as_os_str().as_bytes())
+}
+
+/// Plain mount(2).
+fn sys_mount(
+    source: &CString,
+    target: &CString,
+    fstype: Option<&CString>,
+    flags: libc::c_ulong,
+    data: Option<&CString>,
+) -> io::Result<()> {
+    // SAFETY: every pointer is either null or a valid NUL-terminated string
+    // that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.map_or(std::ptr::null(), |s| s.as_ptr()),
+            flags,
+            data.map_or(std::ptr::null(), |s| s.as_ptr().cast()),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Overlay
+
+/// One lower layer of a `lowerdir=` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Layer {
+    /// The path with mount(2)'s backslash escapes removed.
+    path: String,
+    /// A data-only layer (after `::`).
+    data: bool,
+}
+
+/// Split a `lowerdir=` value on unescaped `:`; `::` starts the data-only
+/// layers. Backslash escapes (`\:`, `\,`, `\\`) are removed from the paths.
+fn split_lowerdir(value: &str) -> Vec<Layer> {
+    let mut layers = Vec::new();
+    if value.is_empty() {
+        return layers;
+    }
+    let mut current = String::new();
+    let mut data = false;
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+            }
+            ':' => {
+                layers.push(Layer {
+                    path: std::mem::take(&mut current),
+                    data,
+                });
+                if chars.peek() == Some(&':') {
+                    chars.next();
+                    data = true;
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    layers.push(Layer {
+        path: current,
+        data,
+    });
+    layers
+}
+
+/// Remove mount(2)'s backslash escapes from an option value.
+fn unescape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escape a path for use inside a mount(2) overlay option value.
+fn escape_layer_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if matches!(c, '\\' | ':' | ',') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn join_lowerdir(layers: &[Layer]) -> String {
+    let mut out = String::new();
+    for (i, layer) in layers.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+            if layer.data && !layers[i - 1].data {
+                out.push(':');
+            }
+        }
+        out.push_str(&escape_layer_path(&layer.path));
+    }
+    out
+}
+
+fn mount_overlay(m: &Mount, target: &Path, force_fallback: bool) -> io::Result<()> {
+    let why = if force_fallback {
+        format!("mount(2) was forced with {FALLBACK_ENV}=1")
+    } else {
+        match overlay_new_api(m, target)? {
+            Attempt::Mounted => return Ok(()),
+            Attempt::Unavailable(why) => why,
+        }
+    };
+    overlay_mount2(m, target, &why)
+}
+
+/// Does fsopen("overlay") give a legacy fs context (Linux < 6.5), which
+/// accepts any key, queues it into a mount(2)-style page and fails only at
+/// create time? Probed once with a key no real overlay accepts.
+fn overlay_context_is_legacy() -> bool {
+    static LEGACY: OnceLock<bool> = OnceLock::new();
+    *LEGACY.get_or_init(
+        || match rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
+            Ok(fs) => rustix::mount::fsconfig_set_flag(&fs, "strata-probe-unknown-key").is_ok(),
+            Err(_) => false,
+        },
+    )
+}
+
+fn overlay_new_api(m: &Mount, target: &Path) -> io::Result<Attempt> {
+    let at = || format!("mounting overlay at {}", target.display());
+    let fs = match rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
+        Ok(fs) => fs,
+        Err(Errno::NOSYS) => {
+            return Ok(Attempt::Unavailable(
+                "this kernel lacks fsopen(2) (Linux < 5.2, or it is filtered)".into(),
+            ));
+        }
+        Err(e) => return Err(errno_error(format!("{}: fsopen", at()), e, Vec::new())),
+    };
+    if overlay_context_is_legacy() {
+        return Ok(Attempt::Unavailable(
+            "this kernel's overlayfs predates the new mount API and `lowerdir+` (Linux < 6.8)"
+                .into(),
+        ));
+    }
+    let fail =
+        |what: String, e: Errno| errno_error(format!("{}: {what}", at()), e, read_fs_log(&fs));
+
+    rustix::mount::fsconfig_set_string(&fs, "source", m.source.as_str())
+        .map_err(|e| fail(format!("fsconfig source={:?}", m.source), e))?;
+
+    let mut attrs = 0u64;
+    let mut first_layer = true;
+    for opt in &m.options {
+        if let Some((attr, _, _)) = vfs_flag(opt) {
+            attrs |= attr;
+            continue;
+        }
+        match opt.split_once('=') {
+            Some(("lowerdir", value)) => {
+                let layers = split_lowerdir(value);
+                let total = layers.len();
+                for (i, layer) in layers.iter().enumerate() {
+                    let key = if layer.data { "datadir+" } else { "lowerdir+" };
+                    match rustix::mount::fsconfig_set_string(&fs, key, layer.path.as_str()) {
+                        Ok(()) => {}
+                        Err(Errno::INVAL) if first_layer => {
+                            let log = read_fs_log(&fs);
+                            if log.is_empty() || log.iter().any(|l| l.contains("Unknown parameter"))
+                            {
+                                return Ok(Attempt::Unavailable(
+                                    "this kernel's overlayfs does not accept `lowerdir+` (Linux < 6.8)"
+                                        .into(),
+                                ));
+                            }
+                            return Err(errno_error(
+                                format!(
+                                    "{}: fsconfig {key} {:?} (layer 1 of {total})",
+                                    at(),
+                                    layer.path
+                                ),
+                                Errno::INVAL,
+                                log,
+                            ));
+                        }
+                        Err(e) => {
+                            return Err(fail(
+                                format!(
+                                    "fsconfig {key} {:?} (layer {} of {total})",
+                                    layer.path,
+                                    i + 1
+                                ),
+                                e,
+                            ));
+                        }
+                    }
+                    first_layer = false;
+                }
+            }
+            Some((key, value)) => rustix::mount::fsconfig_set_string(&fs, key, value)
+                .map_err(|e| fail(format!("fsconfig {key}={value:?}"), e))?,
+            None => rustix::mount::fsconfig_set_flag(&fs, opt.as_str())
+                .map_err(|e| fail(format!("fsconfig flag {opt:?}"), e))?,
+        }
+    }
+
+    rustix::mount::fsconfig_create(&fs).map_err(|e| fail("fsconfig create".into(), e))?;
+    let mnt = rustix::mount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::from_bits_retain(attrs as u32),
+    )
+    .map_err(|e| fail("fsmount".into(), e))?;
+    rustix::mount::move_mount(
+        &mnt,
+        "",
+        CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| errno_error(format!("{}: move_mount", at()), e, Vec::new()))?;
+    Ok(Attempt::Mounted)
+}
+
+/// The overlay options rewritten with lowerdir/upperdir/workdir relative to
+/// their longest common parent directory.
+struct RelativeOptions {
+    dir: PathBuf,
+    options: Vec<String>,
+    /// How many lower layers (nearest first) fit into one page.
+    layers_fitting: usize,
+    layers_total: usize,
+}
+
+fn relativize(options: &[String]) -> io::Result<Option<RelativeOptions>> {
+    // Absolute forms of every path-valued option, to find the common parent.
+    let mut abs: Vec<(usize, Vec<(PathBuf, bool)>)> = Vec::new();
+    for (i, opt) in options.iter().enumerate() {
+        let paths: Vec<(String, bool)> = match opt.split_once('=') {
+            Some(("lowerdir", v)) => split_lowerdir(v)
+                .into_iter()
+                .map(|l| (l.path, l.data))
+                .collect(),
+            Some(("upperdir" | "workdir", v)) => vec![(unescape(v), false)],
+            _ => continue,
+        };
+        let mut list = Vec::with_capacity(paths.len());
+        for (p, data) in paths {
+            list.push((std::path::absolute(&p)?, data));
+        }
+        abs.push((i, list));
+    }
+    let mut common: Option<Vec<Component<'_>>> = None;
+    for (_, list) in &abs {
+        for (p, _) in list {
+            let comps: Vec<Component<'_>> = p
+                .components()
+                .take_while(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+                .collect();
+            common = Some(match common {
+                None => comps,
+                Some(prev) => prev
+                    .iter()
+                    .zip(comps.iter())
+                    .take_while(|(a, b)| a == b)
+                    .map(|(a, _)| *a)
+                    .collect(),
+            });
+        }
+    }
+    let Some(common) = common else {
+        return Ok(None);
+    };
+    let dir: PathBuf = common.iter().collect();
+    let rel = |p: &Path| -> io::Result<String> {
+        let r = p.strip_prefix(&dir).unwrap_or(p);
+        let s = r.to_str().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "overlay path is not valid UTF-8",
+            )
+        })?;
+        Ok(if s.is_empty() {
+            ".".to_string()
+        } else {
+            s.to_string()
+        })
+    };
+
+    let mut out = options.to_vec();
+    let mut lowers: Vec<Layer> = Vec::new();
+    let mut lower_index = None;
+    for (i, list) in &abs {
+        let key = options[*i]
+            .split_once('=')
+            .map(|(k, _)| k)
+            .unwrap_or_default();
+        let layers = list
+            .iter()
+            .map(|(p, data)| {
+                Ok(Layer {
+                    path: rel(p)?,
+                    data: *data,
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        out[*i] = format!("{key}={}", join_lowerdir(&layers));
+        if key == "lowerdir" {
+            lowers = layers;
+            lower_index = Some(*i);
+        }
+    }
+
+    // How many layers would fit: everything but lowerdir, then layer by layer.
+    let layers_total = lowers.len();
+    let mut layers_fitting = layers_total;
+    if let Some(li) = lower_index {
+        let others: Vec<&str> = out
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != li)
+            .map(|(_, o)| o.as_str())
+            .collect();
+        let mut len = others.iter().map(|o| o.len() + 1).sum::<usize>() + "lowerdir=".len();
+        layers_fitting = 0;
+        for (n, layer) in lowers.iter().enumerate() {
+            let sep = match n {
+                0 => 0,
+                _ if layer.data && !lowers[n - 1].data => 2,
+                _ => 1,
+            };
+            len += sep + escape_layer_path(&layer.path).len();
+            if len > MOUNT_DATA_MAX {
+                break;
+            }
+            layers_fitting = n + 1;
+        }
+    }
+    Ok(Some(RelativeOptions {
+        dir,
+        options: out,
+        layers_fitting,
+        layers_total,
+    }))
+}
+
+fn overlay_mount2(m: &Mount, target: &Path, why: &str) -> io::Result<()> {
+    let at = format!("mounting overlay at {} with mount(2)", target.display());
+    let mut flags: libc::c_ulong = 0;
+    let mut data_opts = Vec::new();
+    for opt in &m.options {
+        match vfs_flag(opt) {
+            Some((_, ms, _)) => flags |= ms,
+            None => data_opts.push(opt.clone()),
+        }
+    }
+    let data = data_opts.join(",");
+    let source = cstring("overlay source", m.source.as_str())?;
+    let fstype = cstring("fstype", "overlay")?;
+    if data.len() <= MOUNT_DATA_MAX {
+        let c_target = path_cstring(target)?;
+        let c_data = cstring("overlay options", data)?;
+        return sys_mount(&source, &c_target, Some(&fstype), flags, Some(&c_data))
+            .map_err(|e| mount_error(at, e, Vec::new()));
+    }
+
+    let too_long = |rel_len: Option<(usize, &RelativeOptions)>| {
+        let mut msg = format!(
+            "cannot mount overlay at {}: its mount(2) option string is {} bytes, but mount(2) takes at most {MOUNT_DATA_MAX} (one page)",
+            target.display(),
+            data.len()
+        );
+        match rel_len {
+            Some((len, rel)) => msg.push_str(&format!(
+                "; even with paths relative to {} it is {len} bytes: {} lower layers were asked, only {} fit in one page",
+                rel.dir.display(),
+                rel.layers_total,
+                rel.layers_fitting
+            )),
+            None => msg.push_str("; the paths cannot be shortened"),
+        }
+        msg.push_str(&format!(
+            "; the new mount API, which passes each layer separately with fsconfig `lowerdir+` and has no such limit, was not used because {why}"
+        ));
+        io::Error::new(io::ErrorKind::Unsupported, msg)
+    };
+
+    let Some(rel) = relativize(&data_opts)? else {
+        return Err(too_long(None));
+    };
+    let rel_data = rel.options.join(",");
+    if rel_data.len() > MOUNT_DATA_MAX {
+        return Err(too_long(Some((rel_data.len(), &rel))));
+    }
+    let abs_target = std::path::absolute(target)?;
+    let c_target = path_cstring(&abs_target)?;
+    let c_data = cstring("overlay options", rel_data)?;
+    mount_from_dir(&rel.dir, &source, &c_target, &fstype, flags, &c_data).map_err(|e| {
+        mount_error(
+            format!(
+                "{at} (paths relative to {}, from a child process)",
+                rel.dir.display()
+            ),
+            e,
+            Vec::new(),
+        )
+    })
+}
+
+/// mount(2) from a forked child whose working directory is `dir`, so that
+/// relative paths in `data` resolve there while our own cwd stays untouched.
+fn mount_from_dir(
+    dir: &Path,
+    source: &CString,
+    target: &CString,
+    fstype: &CString,
+    flags: libc::c_ulong,
+    data: &CString,
+) -> io::Result<()> {
+    let dirfd = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let raw_dir = dirfd.as_fd().as_raw_fd();
+    // SAFETY: the child only makes async-signal-safe system calls on data
+    // prepared before the fork and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; all pointers are valid NUL-terminated strings.
+        unsafe {
+            let ok = libc::fchdir(raw_dir) == 0
+                && libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    fstype.as_ptr(),
+                    flags,
+                    data.as_ptr().cast(),
+                ) == 0;
+            let code = if ok {
+                0
+            } else {
+                io::Error::last_os_error()
+                    .raw_os_error()
+                    .filter(|e| (1..=255).contains(e))
+                    .unwrap_or(255)
+            };
+            libc::_exit(code);
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for the child we just forked.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    drop(dirfd);
+    if libc::WIFEXITED(status) {
+        match libc::WEXITSTATUS(status) {
+            0 => Ok(()),
+            code => Err(io::Error::from_raw_os_error(code)),
+        }
+    } else {
+        Err(io::Error::other(format!(
+            "mount child process ended abnormally (wait status {status:#x})"
+        )))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bind
+
+/// `struct mount_attr` for mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn mount_setattr(fd: &OwnedFd, recursive: bool, attr_set: u64, attr_clr: u64) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
+    // SAFETY: fd is a valid mount fd, the path is an empty C string and attr
+    // is a properly sized, initialized struct mount_attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::INVAL))
+    }
+}
+
+struct BindSpec {
+    recursive: bool,
+    attrs: u64,
+    atime: bool,
+    ms: libc::c_ulong,
+}
+
+fn mount_bind(m: &Mount, target: &Path, force_fallback: bool) -> io::Result<()> {
+    let mut spec = BindSpec {
+        recursive: false,
+        attrs: 0,
+        atime: false,
+        ms: 0,
+    };
+    for opt in &m.options {
+        match opt.as_str() {
+            "rbind" => spec.recursive = true,
+            "bind" => {}
+            other => match vfs_flag(other) {
+                Some((attr, ms, atime)) => {
+                    spec.attrs |= attr;
+                    spec.ms |= ms;
+                    spec.atime |= atime;
+                }
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "cannot bind-mount {} at {}: unsupported option {other:?}",
+                            m.source,
+                            target.display()
+                        ),
+                    ));
+                }
+            },
+        }
+    }
+    if !force_fallback && let Attempt::Mounted = bind_new_api(m, target, &spec)? {
+        return Ok(());
+    }
+    bind_mount2(m, target, &spec)
+}
+
+fn bind_new_api(m: &Mount, target: &Path, spec: &BindSpec) -> io::Result<Attempt> {
+    let at = || format!("bind-mounting {} at {}", m.source, target.display());
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    if spec.recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+    }
+    let tree = match rustix::mount::open_tree(CWD, m.source.as_str(), flags) {
+        Ok(fd) => fd,
+        Err(Errno::NOSYS) => return Ok(Attempt::Unavailable("no open_tree(2)".into())),
+        Err(e) => return Err(errno_error(format!("{}: open_tree", at()), e, Vec::new())),
+    };
+    if spec.attrs != 0 || spec.atime {
+        let clr = if spec.atime { MOUNT_ATTR_ATIME_MASK } else { 0 };
+        match mount_setattr(&tree, spec.recursive, spec.attrs, clr) {
+            Ok(()) => {}
+            Err(Errno::NOSYS) => return Ok(Attempt::Unavailable("no mount_setattr(2)".into())),
+            Err(e) => {
+                return Err(errno_error(
+                    format!("{}: mount_setattr", at()),
+                    e,
+                    Vec::new(),
+                ));
+            }
+        }
+    }
+    rustix::mount::move_mount(
+        &tree,
+        "",
+        CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| errno_error(format!("{}: move_mount", at()), e, Vec::new()))?;
+    Ok(Attempt::Mounted)
+}
+
+fn bind_mount2(m: &Mount, target: &Path, spec: &BindSpec) -> io::Result<()> {
+    let at = format!(
+        "bind-mounting {} at {} with mount(2)",
+        m.source,
+        target.display()
+    );
+    let source = cstring("bind source", m.source.as_str())?;
+    let c_target = path_cstring(target)?;
+    let mut flags = libc::MS_BIND;
+    if spec.recursive {
+        flags |= libc::MS_REC;
+    }
+    sys_mount(&source, &c_target, None, flags, None)
+        .map_err(|e| mount_error(at.clone(), e, Vec::new()))?;
+    if spec.ms != 0 {
+        let none = cstring("source", "none")?;
+        let remount = libc::MS_REMOUNT | libc::MS_BIND | spec.ms;
+        if let Err(e) = sys_mount(&none, &c_target, None, remount, None) {
+            if unmount(target, false).is_err() {
+                let _ = unmount(target, true);
+            }
+            return Err(mount_error(
+                format!("{at}: read-only/flags remount"),
+                e,
+                Vec::new(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// /proc parsing
+
+fn parse_mountinfo(data: &[u8]) -> HashSet<PathBuf> {
+    data.split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(unescape_octal)
+        .filter(|p| p.first() == Some(&b'/'))
+        .map(|p| PathBuf::from(std::ffi::OsString::from_vec(p)))
+        .collect()
+}
+
+/// Decode the kernel's `\ooo` escapes (used for space, tab, newline and
+/// backslash in /proc/self/mountinfo).
+fn unescape_octal(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\'
+            && i + 3 < field.len()
+            && field[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = field[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            if let Ok(byte) = u8::try_from(v) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(field[i]);
+        i += 1;
+    }
+    out
+}
+
+fn uid_map_is_userns(map: &str) -> bool {
+    let Some(first) = map.lines().next() else {
+        return false;
+    };
+    let fields: Vec<&str> = first.split_whitespace().collect();
+    fields != ["0", "0", "4294967295"]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Write;
+
+    /// Mount tests need root. Outside CI they are skipped without it; in CI
+    /// (CI=true) a missing privilege is a failure.
+    fn have_root(test: &str) -> bool {
+        if rustix::process::geteuid().is_root() {
+            return true;
+        }
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: mount tests need root and CI=true forbids skipping");
+        }
+        eprintln!("skipping {test}: mounting needs root (run as root, or set CI=true to fail)");
+        false
+    }
+
+    /// Lazily unmounts everything stacked at a path when dropped, so a failing
+    /// test never leaves mounts behind. Declare it after the tempdir so it is
+    /// dropped first.
+    struct Unmounter(PathBuf);
+
+    impl Drop for Unmounter {
+        fn drop(&mut self) {
+            for _ in 0..16 {
+                if unmount(&self.0, true).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn mkdir(p: &Path) -> PathBuf {
+        fs::create_dir_all(p).unwrap();
+        p.to_path_buf()
+    }
+
+    fn write(p: &Path, content: &str) {
+        fs::write(p, content).unwrap();
+    }
+
+    fn s(p: &Path) -> String {
+        p.to_str().unwrap().to_string()
+    }
+
+    fn is_mounted(p: &Path) -> bool {
+        mount_points().unwrap().contains(p)
+    }
+
+    /// Overlay options in containerd's order; `lowers` are nearest first.
+    fn overlay(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Mount {
+        let mut options = Vec::new();
+        if overlay_has_index_param() {
+            options.push("index=off".to_string());
+        }
+        if let Some((upper, work)) = upper {
+            options.push(format!("workdir={}", s(work)));
+            options.push(format!("upperdir={}", s(upper)));
+        }
+        let lower: Vec<String> = lowers.iter().map(|l| escape_layer_path(&s(l))).collect();
+        options.push(format!("lowerdir={}", lower.join(":")));
+        Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options,
+        }
+    }
+
+    fn bind(source: &Path, options: &[&str]) -> Mount {
+        Mount {
+            kind: "bind".into(),
+            source: s(source),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    /// `n` layers under `base/<name(i)>`, layer 0 nearest: every layer has
+    /// `who` naming itself and `only-<i>` of its own.
+    fn make_layers(base: &Path, n: usize, name: impl Fn(usize) -> String) -> Vec<PathBuf> {
+        (0..n)
+            .map(|i| {
+                let dir = mkdir(&base.join(name(i)));
+                write(&dir.join("who"), &format!("layer {i}"));
+                write(&dir.join(format!("only-{i}")), &i.to_string());
+                dir
+            })
+            .collect()
+    }
+
+    fn assert_chain(target: &Path, n: usize) {
+        assert_eq!(fs::read_to_string(target.join("who")).unwrap(), "layer 0");
+        assert_eq!(
+            fs::read_to_string(target.join(format!("only-{}", n - 1))).unwrap(),
+            (n - 1).to_string()
+        );
+        assert_eq!(fs::read_dir(target).unwrap().count(), n + 1);
+    }
+
+    #[test]
+    fn overlay_two_lowers_with_upper() {
+        if !have_root("overlay_two_lowers_with_upper") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let l1 = mkdir(&tmp.path().join("l1"));
+        let l2 = mkdir(&tmp.path().join("l2"));
+        let upper = mkdir(&tmp.path().join("upper"));
+        let work = mkdir(&tmp.path().join("work"));
+        let target = mkdir(&tmp.path().join("target"));
+        write(&l1.join("a"), "from l1");
+        write(&l1.join("shared"), "l1 wins");
+        write(&l2.join("b"), "from l2");
+        write(&l2.join("shared"), "l2 hidden");
+        let _guard = Unmounter(target.clone());
+
+        mount_all_with(
+            &[overlay(&[l1.clone(), l2.clone()], Some((&upper, &work)))],
+            &target,
+            false,
+        )
+        .unwrap();
+        assert!(is_mounted(&target));
+        assert_eq!(fs::read_to_string(target.join("a")).unwrap(), "from l1");
+        assert_eq!(fs::read_to_string(target.join("b")).unwrap(), "from l2");
+        assert_eq!(
+            fs::read_to_string(target.join("shared")).unwrap(),
+            "l1 wins"
+        );
+
+        write(&target.join("new"), "written");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(target.join("b"))
+            .unwrap()
+            .write_all(b" changed")
+            .unwrap();
+        assert_eq!(fs::read_to_string(upper.join("new")).unwrap(), "written");
+        assert_eq!(
+            fs::read_to_string(upper.join("b")).unwrap(),
+            "from l2 changed"
+        );
+        assert_eq!(fs::read_to_string(l2.join("b")).unwrap(), "from l2");
+        assert!(!l1.join("new").exists());
+
+        unmount(&target, false).unwrap();
+        assert!(!is_mounted(&target));
+    }
+
+    #[test]
+    fn overlay_500_layers_with_lowerdir_plus() {
+        if !have_root("overlay_500_layers_with_lowerdir_plus") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let layers = make_layers(&tmp.path().join("layers"), 500, |i| format!("{i:03}"));
+        let upper = mkdir(&tmp.path().join("upper"));
+        let work = mkdir(&tmp.path().join("work"));
+        let target = mkdir(&tmp.path().join("target"));
+        let _guard = Unmounter(target.clone());
+
+        let m = overlay(&layers, Some((&upper, &work)));
+        assert!(m.options.join(",").len() > MOUNT_DATA_MAX);
+        mount_all_with(&[m], &target, false).unwrap();
+        assert_chain(&target, 500);
+        unmount(&target, false).unwrap();
+    }
+
+    #[test]
+    fn overlay_501_layers_fail_with_kernel_reason() {
+        if !have_root("overlay_501_layers_fail_with_kernel_reason") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let layers = make_layers(&tmp.path().join("layers"), 501, |i| format!("{i:03}"));
+        let target = mkdir(&tmp.path().join("target"));
+        let _guard = Unmounter(target.clone());
+
+        let err = mount_all_with(&[overlay(&layers, None)], &target, false).unwrap_err();
+        eprintln!("501 layers: {err}");
+        assert_eq!(errno(&err), Some(libc::EINVAL), "{err}");
+        assert!(err.to_string().contains("layer 501 of 501"), "{err}");
+        assert!(err.to_string().contains("kernel:"), "{err}");
+        assert!(!is_mounted(&target));
+    }
+
+    #[test]
+    fn overlay_error_includes_kernel_log() {
+        if !have_root("overlay_error_includes_kernel_log") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let l1 = mkdir(&tmp.path().join("l1"));
+        let not_dir = tmp.path().join("file");
+        write(&not_dir, "x");
+        let target = mkdir(&tmp.path().join("target"));
+        let _guard = Unmounter(target.clone());
+
+        // A genuine EINVAL on the first `lowerdir+` must not be mistaken for
+        // an old kernel: the kernel's reason is reported instead.
+        for lowers in [[not_dir.clone(), l1.clone()], [l1.clone(), not_dir.clone()]] {
+            let err = mount_all_with(&[overlay(&lowers, None)], &target, false).unwrap_err();
+            eprintln!("lower is a file: {err}");
+            assert_eq!(errno(&err), Some(libc::EINVAL), "{err}");
+            assert!(err.to_string().contains("not a directory"), "{err}");
+        }
+        assert!(!is_mounted(&target));
+    }
+
+    #[test]
+    fn fallback_short_options_mounts_directly() {
+        if !have_root("fallback_short_options_mounts_directly") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let layers = make_layers(&tmp.path().join("layers"), 2, |i| {
+            format!("with:colon,comma {i}")
+        });
+        let upper = mkdir(&tmp.path().join("upper"));
+        let work = mkdir(&tmp.path().join("work"));
+        let target = mkdir(&tmp.path().join("target"));
+        let _guard = Unmounter(target.clone());
+
+        let mut m = overlay(&layers, Some((&upper, &work)));
+        m.options.push("ro".into());
+        mount_all_with(&[m], &target, true).unwrap();
+        assert_chain(&target, 2);
+        let err = fs::write(target.join("x"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        unmount(&target, false).unwrap();
+    }
+
+    #[test]
+    fn lowerdir_plus_takes_escaped_paths_literally() {
+        if !have_root("lowerdir_plus_takes_escaped_paths_literally") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let layers = make_layers(&tmp.path().join("layers"), 3, |i| {
+            format!("with:colon,comma\\ {i}")
+        });
+        let target = mkdir(&tmp.path().join("target"));
+        let _guard = Unmounter(target.clone());
+
+        let mut m = overlay(&layers, None);
+        m.options.push("ro".into());
+        mount_all_with(&[m], &target, false).unwrap();
+        assert_chain(&target, 3);
+        let err = fs::write(target.join("x"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    }
+
+    #[test]
+    fn escaped_upper_and_work_paths() {
+        if !have_root("escaped_upper_and_work_paths") {
+            return;
+        }
+        for force in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let layers = make_layers(&tmp.path().join("l"), 2, |i| format!("{i}"));
+            let upper = mkdir(&tmp.path().join("up:per,x\\y"));
+            let work = mkdir(&tmp.path().join("wo:rk,x\\y"));
+            let target = mkdir(&tmp.path().join("target"));
+            let _guard = Unmounter(target.clone());
+            let mut m = overlay(&layers, None);
+            m.options
+                .push(format!("workdir={}", escape_layer_path(&s(&work))));
+            m.options
+                .push(format!("upperdir={}", escape_layer_path(&s(&upper))));
+            mount_all_with(&[m], &target, force).unwrap();
+            assert_chain(&target, 2);
+            write(&target.join("new"), "up");
+            assert_eq!(fs::read_to_string(upper.join("new")).unwrap(), "up");
+            unmount(&target, false).unwrap();
+        }
+    }
+
+    #[test]
+    fn fallback_relative_form_200_long_layers() {
+        if !have_root("fallback_relative_form_200_long_layers") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("a".repeat(120)).join("b".repeat(120));
+        let layers = make_layers(&base.join("layers"), 200, |i| format!("{i:03}"));
+        let upper = mkdir(&base.join("upper"));
+        let work = mkdir(&base.join("work"));
+        let target = mkdir(&tmp.path().join("target"));
+        let _guard = Unmounter(target.clone());
+
+        let m = overlay(&layers, Some((&upper, &work)));
+        assert!(m.options.join(",").len() > 10 * MOUNT_DATA_MAX);
+        let cwd = std::env::current_dir().unwrap();
+        mount_all_with(&[m], &target, true).unwrap();
+        assert_eq!(std::env::current_dir().unwrap(), cwd);
+        assert_chain(&target, 200);
+        write(&target.join("new"), "up");
+        assert_eq!(fs::read_to_string(upper.join("new")).unwrap(), "up");
+        unmount(&target, false).unwrap();
+    }
+
+    #[test]
+    fn fallback_relative_form_500_short_layers() {
+        if !have_root("fallback_relative_form_500_short_layers") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let layers = make_layers(&tmp.path().join("l"), 500, |i| format!("{i:03}"));
+        let upper = mkdir(&tmp.path().join("upper"));
+        let work = mkdir(&tmp.path().join("work"));
+        let target = mkdir(&tmp.path().join("target"));
+        let _guard = Unmounter(target.clone());
+
+        let m = overlay(&layers, Some((&upper, &work)));
+        assert!(m.options.join(",").len() > MOUNT_DATA_MAX);
+        mount_all_with(&[m], &target, true).unwrap();
+        assert_chain(&target, 500);
+        unmount(&target, false).unwrap();
+    }
+
+    #[test]
+    fn fallback_too_long_is_unsupported() {
+        // No mount happens (the option string is rejected up front), but keep
+        // the guard in case one does.
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("chain");
+        let layers: Vec<PathBuf> = (0..300)
+            .map(|i| base.join(format!("layers/a-rather-long-layer-name-{i:03}")))
+            .collect();
+        let upper = base.join("upper");
+        let work = base.join("work");
+        let target = mkdir(&tmp.path().join("target"));
+        let _guard = Unmounter(target.clone());
+
+        let err =
+            mount_all_with(&[overlay(&layers, Some((&upper, &work)))], &target, true).unwrap_err();
+        eprintln!("too long: {err}");
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        let msg = err.to_string();
+        assert!(msg.contains("300 lower layers were asked"), "{msg}");
+        // Cross-check the reported count against the relative form itself.
+        let rel = |k: usize| {
+            let mut m = overlay(&layers[..k], Some((&upper, &work)));
+            let prefix = format!("{}/", s(&base));
+            for o in &mut m.options {
+                *o = o.replace(&prefix, "");
+            }
+            m.options.join(",").len()
+        };
+        let fit = (1..=300).take_while(|&k| rel(k) <= MOUNT_DATA_MAX).count();
+        assert!(fit > 100 && rel(fit + 1) > MOUNT_DATA_MAX);
+        assert!(
+            msg.contains(&format!("only {fit} fit in one page")),
+            "{msg}"
+        );
+        assert!(msg.contains(FALLBACK_ENV), "{msg}");
+        assert!(!is_mounted(&target));
+    }
+
+    fn check_bind_ro(force_fallback: bool) {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = mkdir(&tmp.path().join("src"));
+        let sub_src = mkdir(&tmp.path().join("sub-src"));
+        write(&src.join("file"), "hello");
+        write(&sub_src.join("inner"), "nested");
+        let sub = mkdir(&src.join("sub"));
+        let _sub_guard = Unmounter(sub.clone());
+        mount_all_with(&[bind(&sub_src, &["bind", "rw"])], &sub, force_fallback).unwrap();
+        let ro = mkdir(&tmp.path().join("ro"));
+        let rw = mkdir(&tmp.path().join("rw"));
+        let _ro_guard = Unmounter(ro.clone());
+        let _rw_guard = Unmounter(rw.clone());
+
+        mount_all_with(&[bind(&src, &["rbind", "ro"])], &ro, force_fallback).unwrap();
+        assert_eq!(fs::read_to_string(ro.join("file")).unwrap(), "hello");
+        assert_eq!(fs::read_to_string(ro.join("sub/inner")).unwrap(), "nested");
+        let err = fs::write(ro.join("file"), "changed").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        let err = fs::write(ro.join("new"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        if !force_fallback {
+            // mount_setattr with AT_RECURSIVE makes the submount read-only too.
+            let err = fs::write(ro.join("sub/inner"), "x").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        }
+        // The source stays writable.
+        write(&src.join("file"), "changed at source");
+        assert_eq!(
+            fs::read_to_string(ro.join("file")).unwrap(),
+            "changed at source"
+        );
+
+        mount_all_with(&[bind(&src, &["bind", "rw"])], &rw, force_fallback).unwrap();
+        write(&rw.join("via-rw"), "yes");
+        assert_eq!(fs::read_to_string(src.join("via-rw")).unwrap(), "yes");
+        // Non-recursive: the submount is not carried over.
+        assert!(!rw.join("sub/inner").exists());
+
+        unmount(&rw, false).unwrap();
+        // rbind carried the submount along; detach the whole tree.
+        unmount(&ro, true).unwrap();
+        unmount(&sub, false).unwrap();
+    }
+
+    #[test]
+    fn bind_ro_is_read_only() {
+        if have_root("bind_ro_is_read_only") {
+            check_bind_ro(false);
+        }
+    }
+
+    #[test]
+    fn bind_ro_is_read_only_with_fallback() {
+        if have_root("bind_ro_is_read_only_with_fallback") {
+            check_bind_ro(true);
+        }
+    }
+
+    #[test]
+    fn unmount_busy_then_ok() {
+        if !have_root("unmount_busy_then_ok") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let src = mkdir(&tmp.path().join("src"));
+        write(&src.join("file"), "x");
+        let target = mkdir(&tmp.path().join("target"));
+        let _guard = Unmounter(target.clone());
+        mount_all_with(&[bind(&src, &["rbind", "rw"])], &target, false).unwrap();
+
+        let open = fs::File::open(target.join("file")).unwrap();
+        let err = unmount(&target, false).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
+        assert!(is_mounted(&target));
+        drop(open);
+        unmount(&target, false).unwrap();
+        assert!(!is_mounted(&target));
+    }
+
+    #[test]
+    fn mount_points_decodes_escapes() {
+        if !have_root("mount_points_decodes_escapes") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let src = mkdir(&tmp.path().join("src"));
+        let target = mkdir(
+            &tmp.path()
+                .join("with space\tand tab\\and backslash\nand newline"),
+        );
+        let _guard = Unmounter(target.clone());
+        assert!(!is_mounted(&target));
+        mount_all_with(&[bind(&src, &["bind", "ro"])], &target, false).unwrap();
+        assert!(is_mounted(&target));
+        unmount(&target, false).unwrap();
+        assert!(!is_mounted(&target));
+    }
+
+    #[test]
+    fn later_failure_unmounts_earlier_mounts() {
+        if !have_root("later_failure_unmounts_earlier_mounts") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let src = mkdir(&tmp.path().join("src"));
+        let target = mkdir(&tmp.path().join("target"));
+        let _guard = Unmounter(target.clone());
+        let missing = tmp.path().join("missing");
+        let mounts = [
+            bind(&src, &["rbind", "rw"]),
+            bind(&src, &["rbind", "ro"]),
+            overlay(&[missing.clone(), missing], None),
+        ];
+        for force in [false, true] {
+            let err = mount_all_with(&mounts, &target, force).unwrap_err();
+            eprintln!("force_fallback={force}: {err}");
+            assert_eq!(errno(&err), Some(libc::ENOENT), "{err}");
+            assert!(!is_mounted(&target));
+        }
+    }
+
+    #[test]
+    fn stacked_mounts_at_one_target() {
+        if !have_root("stacked_mounts_at_one_target") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let a = mkdir(&tmp.path().join("a"));
+        let b = mkdir(&tmp.path().join("b"));
+        write(&a.join("which"), "a");
+        write(&b.join("which"), "b");
+        let target = mkdir(&tmp.path().join("target"));
+        let _guard = Unmounter(target.clone());
+        mount_all_with(
+            &[bind(&a, &["rbind", "rw"]), bind(&b, &["rbind", "ro"])],
+            &target,
+            false,
+        )
+        .unwrap();
+        assert_eq!(fs::read_to_string(target.join("which")).unwrap(), "b");
+        unmount(&target, false).unwrap();
+        assert_eq!(fs::read_to_string(target.join("which")).unwrap(), "a");
+        unmount(&target, false).unwrap();
+        assert!(!is_mounted(&target));
+    }
+
+    #[test]
+    fn invalid_input_is_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path();
+        let m = Mount {
+            kind: "tmpfs".into(),
+            source: "tmpfs".into(),
+            options: vec![],
+        };
+        let err = mount_all_with(&[m], target, false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let err = mount_all_with(&[bind(target, &["rbind", "bogus"])], target, false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn split_lowerdir_handles_escapes_and_data_layers() {
+        let layers = split_lowerdir(r"/a\:b:/c\,d\\e::/data1::/data2");
+        let got: Vec<(&str, bool)> = layers.iter().map(|l| (l.path.as_str(), l.data)).collect();
+        assert_eq!(
+            got,
+            [
+                ("/a:b", false),
+                ("/c,d\\e", false),
+                ("/data1", true),
+                ("/data2", true)
+            ]
+        );
+        assert_eq!(join_lowerdir(&layers), r"/a\:b:/c\,d\\e::/data1:/data2");
+        assert!(split_lowerdir("").is_empty());
+        assert_eq!(split_lowerdir("/only").len(), 1);
+    }
+
+    #[test]
+    fn relativize_uses_common_parent() {
+        let opts = vec![
+            "index=off".to_string(),
+            "workdir=/s/snap/9/work".to_string(),
+            "upperdir=/s/snap/9/fs".to_string(),
+            "lowerdir=/s/snap/2/fs:/s/snap/1/fs".to_string(),
+        ];
+        let rel = relativize(&opts).unwrap().unwrap();
+        assert_eq!(rel.dir, Path::new("/s/snap"));
+        assert_eq!(
+            rel.options,
+            [
+                "index=off",
+                "workdir=9/work",
+                "upperdir=9/fs",
+                "lowerdir=2/fs:1/fs"
+            ]
+        );
+        assert_eq!((rel.layers_total, rel.layers_fitting), (2, 2));
+
+        let opts = vec!["lowerdir=/x/y:/x/y/z".to_string()];
+        let rel = relativize(&opts).unwrap().unwrap();
+        assert_eq!(rel.dir, Path::new("/x/y"));
+        assert_eq!(rel.options, ["lowerdir=.:z"]);
+
+        // upperdir/workdir are single paths: an escaped ':' is not a separator.
+        let opts = vec![
+            r"upperdir=/x/u\:p\,1".to_string(),
+            r"workdir=/x/w:k".to_string(),
+            "lowerdir=/x/l/1::/x/d/1".to_string(),
+        ];
+        let rel = relativize(&opts).unwrap().unwrap();
+        assert_eq!(rel.dir, Path::new("/x"));
+        assert_eq!(
+            rel.options,
+            [r"upperdir=u\:p\,1", r"workdir=w\:k", "lowerdir=l/1::d/1"]
+        );
+
+        let opts = vec!["lowerdir=/x/y:/x/y/z".to_string()];
+        let rel = relativize(&opts).unwrap().unwrap();
+        assert_eq!(rel.options, ["lowerdir=.:z"]);
+        assert!(relativize(&["index=off".to_string()]).unwrap().is_none());
+    }
+
+    #[test]
+    fn mountinfo_parsing() {
+        let info = b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+            40 22 0:5 / /tmp/with\\040space\\011tab\\134back\\012nl rw - tmpfs tmpfs rw\n\
+            41 22 0:6 / /odd\\9 rw - tmpfs tmpfs rw\n";
+        let points = parse_mountinfo(info);
+        assert!(points.contains(Path::new("/")));
+        assert!(points.contains(Path::new("/tmp/with space\ttab\\back\nnl")));
+        assert!(points.contains(Path::new("/odd\\9")));
+        assert_eq!(points.len(), 3);
+    }
+
+    #[test]
+    fn environment_helpers() {
+        assert!(!uid_map_is_userns("         0          0 4294967295\n"));
+        assert!(uid_map_is_userns("         0       1000          1\n"));
+        assert!(!uid_map_is_userns(""));
+        assert_eq!(
+            overlay_has_index_param(),
+            Path::new("/sys/module/overlay/parameters/index").exists()
+        );
+        let _ = in_user_namespace();
+        assert!(fallback_forced(Some(OsStr::new("1"))));
+        assert!(!fallback_forced(Some(OsStr::new("0"))));
+        assert!(!fallback_forced(None));
+    }
+}
