@@ -1,6 +1,6 @@
 use super::Context;
-use crate::printer::shell_quote;
-use crate::store::{Mount, Result};
+use crate::printer::{Format, shell_quote};
+use crate::store::{Kind, Mount, Result};
 use std::path::Path;
 
 /// Print the mounts of an active snapshot or a view.
@@ -23,8 +23,52 @@ pub struct Args {
 }
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
-    let list = ctx.store()?.mounts(&args.key)?;
-    print(ctx, &list, &args.target)
+    if ctx.printer.format() != Format::Table {
+        // Scripts get absolute paths, always.
+        let list = ctx.store()?.mounts(&args.key)?;
+        return print(ctx, &list, &args.target);
+    }
+    let target = absolute_target(&args.target);
+    match ctx.store()?.shell_mounts(&args.key) {
+        Ok(shell) => {
+            let lines: String = shell
+                .mounts
+                .iter()
+                .map(|m| match &shell.dir {
+                    // A subshell, so the user's shell stays where it was.
+                    Some(dir) => format!(
+                        "(cd {} && {})\n",
+                        shell_quote(&dir.display().to_string()),
+                        command(m, &target)
+                    ),
+                    None => command(m, &target) + "\n",
+                })
+                .collect();
+            ctx.printer.stdout(&lines)
+        }
+        Err(e) if e.kind() == Kind::Unsupported => {
+            ctx.printer.warn(e.message());
+            let root = ctx.store()?.root().display().to_string();
+            ctx.printer.stdout(&format!(
+                "strata --root {} mount {} {}\n",
+                shell_quote(&root),
+                shell_quote(&args.key),
+                shell_quote(&target)
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The target as an absolute path (printed commands may change directory);
+/// the placeholder stays as it is.
+fn absolute_target(target: &str) -> String {
+    if target == "TARGET" {
+        return target.to_string();
+    }
+    std::path::absolute(target)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| target.to_string())
 }
 
 /// Prints `mounts` as JSON/YAML objects or as pasteable commands.
@@ -55,6 +99,13 @@ pub fn finish_create(
     target: Option<&Path>,
 ) -> Result<()> {
     match target {
+        None if ctx.printer.format() == Format::Table => run(
+            Args {
+                key: key.to_string(),
+                target: "TARGET".into(),
+            },
+            ctx,
+        ),
         None => print(ctx, &list, "TARGET"),
         Some(target) => {
             let at = ctx.store()?.mount(key, target)?;

@@ -75,6 +75,30 @@ impl Layout {
         self.dir(id).join("work")
     }
 
+    /// The directory of short links to snapshot trees, for printed mount
+    /// commands that must fit in one page.
+    pub fn links(&self) -> PathBuf {
+        self.root.join("l")
+    }
+
+    /// Creates `l/<short id>` -> `../snapshots/ID/fs` if missing. Links are
+    /// derived data: made on demand, removed with their snapshot.
+    pub fn ensure_link(&self, id: i64) -> io::Result<()> {
+        let dir = self.links();
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        let target = Path::new("..")
+            .join("snapshots")
+            .join(id.to_string())
+            .join("fs");
+        match std::os::unix::fs::symlink(&target, dir.join(link_name(id))) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// A fresh, locked staging directory for a snapshot being built.
     pub fn staging(&self) -> io::Result<Staging> {
         let path = self.snapshots.join(format!("{STAGING_PREFIX}{}", unique()));
@@ -110,6 +134,10 @@ impl Layout {
     /// Deletes snapshot directory `id`: first renamed out of the way (so a
     /// crash leaves only an `rm-*` name), then removed.
     pub fn discard(&self, id: i64) -> io::Result<()> {
+        match fs::remove_file(self.links().join(link_name(id))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         self.discard_path(&self.dir(id))
     }
 
@@ -196,6 +224,22 @@ pub fn make_root_dir(path: &Path, like: Option<&Path>) -> io::Result<()> {
 /// fsync a directory so a rename or new entry in it survives power loss.
 pub fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
+}
+
+/// The short name of snapshot `id`'s link: its id in base 36.
+pub fn link_name(id: i64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut n = id.unsigned_abs();
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii")
 }
 
 /// A name unique among concurrent processes: pid, time and a counter.

@@ -55,6 +55,17 @@ pub struct Info {
     pub mounted_at: Vec<String>,
 }
 
+/// The most option bytes mount(2) accepts: one page, with its NUL.
+pub const MAX_MOUNT_DATA: usize = 4095;
+
+/// Mounts to perform from a shell: from directory `dir` when set (their
+/// paths are then relative to it).
+#[derive(Debug, Clone)]
+pub struct ShellMounts {
+    pub dir: Option<PathBuf>,
+    pub mounts: Vec<Mount>,
+}
+
 /// An open store.
 pub struct Store {
     layout: Layout,
@@ -307,6 +318,11 @@ impl Store {
 
     /// The mounts of an active snapshot or a view.
     pub fn mounts(&mut self, key: &str) -> Result<Vec<Mount>> {
+        let (driver, row, chain) = self.mount_plan(key)?;
+        Ok(self.mounts_of(driver, row.kind, row.id, &chain))
+    }
+
+    fn mount_plan(&mut self, key: &str) -> Result<(Driver, Row, Vec<i64>)> {
         let driver = self.driver()?.unwrap_or(Driver::Native);
         let tx = self.index.read()?;
         let row = mountable(&tx, key)?;
@@ -316,8 +332,48 @@ impl Store {
                 .collect(),
             None => Vec::new(),
         };
-        drop(tx);
-        Ok(self.mounts_of(driver, row.kind, row.id, &chain))
+        Ok((driver, row, chain))
+    }
+
+    /// The mounts of `key` in a form a shell's `mount` can perform.
+    /// mount(2) copies at most one page of options; when the absolute form
+    /// is longer, the overlay is given relative to the store's `l/`
+    /// directory of short links (`l/<id in base 36>` -> `../snapshots/ID/fs`),
+    /// to be run from there. `dir` is then that directory.
+    pub fn shell_mounts(&mut self, key: &str) -> Result<ShellMounts> {
+        let (driver, row, chain) = self.mount_plan(key)?;
+        let mounts = self.mounts_of(driver, row.kind, row.id, &chain);
+        let too_long = mounts
+            .iter()
+            .any(|m| m.options.join(",").len() > MAX_MOUNT_DATA);
+        if !too_long {
+            return Ok(ShellMounts { dir: None, mounts });
+        }
+        for id in &chain {
+            self.layout
+                .ensure_link(*id)
+                .ctx(|| format!("cannot create the short link of a layer of `{key}`"))?;
+        }
+        let short: Vec<PathBuf> = chain
+            .iter()
+            .map(|&id| PathBuf::from(layout::link_name(id)))
+            .collect();
+        let own = Path::new("..").join("snapshots").join(row.id.to_string());
+        let mounts = driver.mounts(row.kind, &own, &short, &self.options.overlay_mount_options);
+        if mounts
+            .iter()
+            .any(|m| m.options.join(",").len() > MAX_MOUNT_DATA)
+        {
+            return Err(Error::unsupported(format!(
+                "the mount of `{key}` ({} layers) cannot be written within one page of mount options, even with short relative paths",
+                chain.len()
+            ))
+            .with_hint(format!("mount it with strata, which has no such limit: strata mount {key} TARGET")));
+        }
+        Ok(ShellMounts {
+            dir: Some(self.layout.links()),
+            mounts,
+        })
     }
 
     /// Mounts `key` at `target` (created if missing) and records the mount.
@@ -784,9 +840,12 @@ fn article(kind: SnapshotKind) -> &'static str {
 
 fn mount_error(key: &str, target: &Path, e: std::io::Error) -> Error {
     let msg = format!("cannot mount `{key}` at {}", target.display());
-    match e.raw_os_error() {
+    match mount::errno(&e) {
         Some(libc::EPERM) | Some(libc::EACCES) => Error::unsupported(msg)
             .with_hint("mounting needs root (or a user namespace with overlay support); `strata mounts` prints the mounts to perform elsewhere")
+            .with_source(e),
+        Some(libc::ENODEV) => Error::unsupported(msg)
+            .with_hint("this kernel has no overlayfs; use a store with the native driver")
             .with_source(e),
         _ => Error::io(msg, e),
     }
