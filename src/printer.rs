@@ -115,6 +115,9 @@ impl Printer {
     /// Reports an error: `error:` line, `caused by:` lines with `-v`, then
     /// `hint:` lines; with JSON output, one JSON object instead.
     pub fn error(&self, err: &Error) {
+        if err.is_reported() {
+            return;
+        }
         let mut stderr = io::stderr().lock();
         if self.format == Format::Json {
             let obj = serde_json::json!({

@@ -7,6 +7,7 @@ use crate::store::{self, Error, Result, Store};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+pub mod check;
 pub mod commit;
 pub mod info;
 pub mod init;
@@ -15,6 +16,7 @@ pub mod ls;
 pub mod mount;
 pub mod mounts;
 pub mod prepare;
+pub mod prune;
 pub mod rm;
 pub mod tree;
 pub mod unmount;
@@ -83,6 +85,8 @@ pub enum Command {
     Label(label::Args),
     Usage(usage::Args),
     Tree(tree::Args),
+    Prune(prune::Args),
+    Check(check::Args),
 }
 
 /// What every command gets: the printer, and the store, opened on demand.
@@ -145,6 +149,8 @@ pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
         Command::Label(args) => label::run(args, ctx),
         Command::Usage(args) => usage::run(args, ctx),
         Command::Tree(args) => tree::run(args, ctx),
+        Command::Prune(args) => prune::run(args, ctx),
+        Command::Check(args) => check::run(args, ctx),
     }
 }
 

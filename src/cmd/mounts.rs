@@ -108,7 +108,15 @@ pub fn finish_create(
         ),
         None => print(ctx, &list, "TARGET"),
         Some(target) => {
-            let at = ctx.store()?.mount(key, target)?;
+            let store = ctx.store()?;
+            // A create whose mount fails leaves nothing behind.
+            let at = match store.mount(key, target) {
+                Ok(at) => at,
+                Err(e) => {
+                    let _ = store.remove(key, false, true);
+                    return Err(e);
+                }
+            };
             ctx.printer
                 .note(&format!("mounted `{key}` at {}", at.display()));
             Ok(())

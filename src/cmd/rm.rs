@@ -36,12 +36,12 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                     ctx.printer.note(&format!("removed `{name}`"));
                 }
             }
-            Err(e) => match first {
-                // Later failures are reported as they come; the first one
-                // is returned and decides the exit code.
-                None => first = Some(e),
-                Some(_) => ctx.printer.error(&e),
-            },
+            // Each failure is reported as it happens; the first one decides
+            // the exit code.
+            Err(e) => {
+                ctx.printer.error(&e);
+                first.get_or_insert(e.reported());
+            }
         }
     }
     match first {

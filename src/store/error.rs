@@ -61,6 +61,7 @@ pub struct Error {
     hints: Vec<String>,
     #[source]
     source: Option<Source>,
+    reported: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -72,6 +73,7 @@ impl Error {
             message: message.into(),
             hints: Vec::new(),
             source: None,
+            reported: false,
         }
     }
 
@@ -114,6 +116,16 @@ impl Error {
     pub fn with_source(mut self, source: impl Into<Source>) -> Self {
         self.source = Some(source.into());
         self
+    }
+
+    /// Marks an error whose message was already shown (e.g. one of several
+    /// failures of `rm a b c`): it only decides the exit code.
+    pub fn reported(mut self) -> Self {
+        self.reported = true;
+        self
+    }
+    pub fn is_reported(&self) -> bool {
+        self.reported
     }
 
     pub fn kind(&self) -> Kind {

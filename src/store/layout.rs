@@ -141,8 +141,13 @@ impl Layout {
         self.discard_path(&self.dir(id))
     }
 
+    /// A fresh `rm-*` name to move a doomed directory to.
+    pub fn trash_path(&self) -> PathBuf {
+        self.snapshots.join(format!("{TRASH_PREFIX}{}", unique()))
+    }
+
     fn discard_path(&self, path: &Path) -> io::Result<()> {
-        let trash = self.snapshots.join(format!("{TRASH_PREFIX}{}", unique()));
+        let trash = self.trash_path();
         match fs::rename(path, &trash) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

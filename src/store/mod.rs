@@ -15,6 +15,7 @@ pub mod index;
 pub mod key;
 pub mod layout;
 pub mod mount;
+pub mod repair;
 pub mod time;
 pub mod usage;
 

@@ -1,1 +1,12 @@
+//! strata's CLI integration tests: each test is a shell session on its own store,
+//! reading and writing files through real mounts.
 
+#[macro_use]
+mod support;
+
+mod commands;
+mod conformance;
+mod errors;
+mod json;
+mod keys;
+mod mount_engine;

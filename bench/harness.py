@@ -1,0 +1,607 @@
+#!/usr/bin/env python3
+"""Workloads of the strata benchmark (standard library only).
+
+`bench/run` calls `harness.py GROUP` once per group (ops, chain, list, files) with a
+fresh private containerd and a fresh strata store, then `harness.py report RESULTS` to
+print the table. Every timed figure is a whole-process run (posix_spawn .. waitpid, so
+the same fixed harness cost for both tools), strata and ctr alternating run by run and
+swapping who goes first, with any state a run consumes set up outside the timed region.
+
+Environment (set by bench/run): STRATA_BIN, BENCH_CTR_BIN, BENCH_CTR_SOCK,
+BENCH_STRATA_ROOT, BENCH_WORK, BENCH_RESULTS_TMP, and the BENCH_* sizes.
+"""
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+
+def env_int(name, default):
+    return int(os.environ.get(name, default))
+
+
+def env_list(name, default):
+    raw = os.environ.get(name, default).replace(" ", "")
+    return [int(x) for x in raw.split(",") if x]
+
+
+RUNS = env_int("BENCH_RUNS", 50)
+WARMUP = env_int("BENCH_WARMUP", 3)
+CHAIN = env_list("BENCH_CHAIN", "100,500")
+CHAIN_REPS = env_int("BENCH_CHAIN_REPS", 3)
+LIST = env_list("BENCH_LIST", "1000,10000")
+LIST_RUNS = env_int("BENCH_LIST_RUNS", 15)
+USAGE_ALL_RUNS = env_int("BENCH_USAGE_ALL_RUNS", 5)
+FILES = env_int("BENCH_FILES", 100000)
+FILES_RUNS = env_int("BENCH_FILES_RUNS", 10)
+FILES_COMMITS = env_int("BENCH_FILES_COMMITS", 3)
+JOBS = env_int("BENCH_JOBS", 4)
+
+# Targets from the performance issue: strata median / peer median must be <= this.
+TARGET_OP = 0.125
+TARGET_CHAIN = 0.125  # at the largest chain (500)
+TARGET_LIST = 0.25  # ls and tree at the largest size (10,000)
+TARGET_USAGE_ALL = 0.03  # usage of all at the largest size
+TARGET_USAGE_DU = 0.5  # usage of the big active vs du -s
+TARGET_BIG_COMMIT = 0.4  # commit of the big active vs ctr
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ running processes
+
+NULL_FD = os.open(os.devnull, os.O_RDWR)
+
+
+def timed(argv, errfile):
+    """Run argv once with stdin/stdout on /dev/null; return (wall ns, CPU ns).
+
+    CPU is the child's user + system time (from wait4); for ctr it is the client's
+    only, the daemon's work is not in it."""
+    actions = [
+        (os.POSIX_SPAWN_DUP2, NULL_FD, 0),
+        (os.POSIX_SPAWN_DUP2, NULL_FD, 1),
+        (os.POSIX_SPAWN_OPEN, 2, errfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+    ]
+    t0 = time.perf_counter_ns()
+    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+    _, status, ru = os.wait4(pid, 0)
+    elapsed = time.perf_counter_ns() - t0
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        with open(errfile, errors="replace") as f:
+            err = f.read().strip()
+        raise BenchError(f"`{' '.join(argv)}` exited {rc}: {err}")
+    return elapsed, int((ru.ru_utime + ru.ru_stime) * 1e9)
+
+
+def sh(argv, capture=False):
+    """Run an untimed setup command; raise with its stderr if it fails."""
+    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise BenchError(f"`{' '.join(argv)}` exited {p.returncode}: {p.stderr.strip()}")
+    return p.stdout if capture else None
+
+
+def parallel(fn, items, jobs=JOBS):
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
+        for _ in ex.map(fn, items):
+            pass
+
+
+# ------------------------------------------------------------------ the two tools
+
+
+class Strata:
+    name = "strata"
+
+    def __init__(self, binary, root):
+        self.base = [binary, "--root", root]
+
+    def argv(self, *args):
+        return self.base + list(args)
+
+    def prepare(self, key, parent=None):
+        return self.argv("prepare", key, *([parent] if parent else []))
+
+    def view(self, key, parent):
+        return self.argv("view", key, parent)
+
+    def mounts(self, key):
+        return self.argv("mounts", key)
+
+    def commit(self, name, key):
+        return self.argv("commit", name, key)
+
+    def rm(self, *keys):
+        return self.argv("rm", *keys)
+
+    def info(self, key):
+        return self.argv("info", key)
+
+    def label(self, key, kv):
+        return self.argv("label", key, kv)
+
+    def usage(self, *keys):
+        return self.argv("usage", *keys)
+
+    def ls(self):
+        return self.argv("ls")
+
+    def tree(self):
+        return self.argv("tree")
+
+    def version(self):
+        return self.argv("--version")
+
+    def upperdir(self, key):
+        """The directory an active snapshot's writes land in (no mount needed)."""
+        mounts = json.loads(sh(self.argv("mounts", key, "-o", "json"), capture=True))
+        m = mounts[0]
+        if m["type"] == "bind":
+            return m["source"]
+        for opt in m["options"]:
+            if opt.startswith("upperdir="):
+                return opt[len("upperdir=") :]
+        raise BenchError(f"strata: no upperdir in the mounts of {key}: {m}")
+
+
+class Ctr:
+    name = "ctr"
+
+    def __init__(self, binary, sock, scratch):
+        self.binary = binary
+        self.base = [binary, "-a", sock, "snapshots", "--snapshotter", "overlayfs"]
+        self.target = os.path.join(scratch, "ctr-mount-target")  # only printed, never mounted
+
+    def argv(self, *args):
+        return self.base + list(args)
+
+    def prepare(self, key, parent=None):
+        return self.argv("prepare", key, *([parent] if parent else []))
+
+    def view(self, key, parent):
+        return self.argv("view", key, parent)
+
+    def mounts(self, key):
+        return self.argv("mounts", self.target, key)
+
+    def commit(self, name, key):
+        return self.argv("commit", name, key)
+
+    def rm(self, *keys):
+        return self.argv("rm", *keys)
+
+    def info(self, key):
+        return self.argv("info", key)
+
+    def label(self, key, kv):
+        return self.argv("label", key, kv)
+
+    def usage(self, *keys):
+        return self.argv("usage", *keys)
+
+    def ls(self):
+        return self.argv("ls")
+
+    def tree(self):
+        return self.argv("tree")
+
+    def version(self):
+        return [self.binary, "--version"]
+
+    def upperdir(self, key):
+        out = sh(self.mounts(key), capture=True)
+        m = re.search(r"upperdir=([^,\s]+)", out)
+        if m:
+            return m.group(1)
+        m = re.search(r"mount -t bind (\S+)", out)
+        if m:
+            return m.group(1)
+        raise BenchError(f"ctr: no upperdir in the mounts of {key}: {out!r}")
+
+
+class Plain:
+    """A peer that is just a command line (du -s, /bin/true)."""
+
+    def __init__(self, name):
+        self.name = name
+
+
+def tools():
+    work = os.environ["BENCH_WORK"]
+    s = Strata(os.environ["STRATA_BIN"], os.environ["BENCH_STRATA_ROOT"])
+    c = Ctr(os.environ["BENCH_CTR_BIN"], os.environ["BENCH_CTR_SOCK"], work)
+    return s, c
+
+
+# ------------------------------------------------------------------ measuring and recording
+
+
+def record(rec):
+    with open(os.environ["BENCH_RESULTS_TMP"], "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    a, b = statistics.median(rec["a_ns"]), statistics.median(rec["b_ns"])
+    log(
+        f"  {rec['title']}: {rec['a']} {fmt(a)}  {rec['b']} {fmt(b)}  ratio {a / b:.3f}"
+        + (f"  (target <= {rec['target']})" if rec.get("target") else "")
+    )
+
+
+def compare(title, contenders, op, runs, warmup=WARMUP, target=None, sync=True, note=""):
+    """Alternate the contenders run by run (rotating who goes first).
+
+    op(contender, i) -> (setup, argv): setup is None or a callable run untimed before
+    the timed argv. Returns the samples per contender name.
+    """
+    errfile = os.path.join(os.environ["BENCH_WORK"], "stderr")
+    samples = {c.name: [] for c in contenders}
+    cpu = {c.name: [] for c in contenders}
+    for i in range(warmup + runs):
+        k = i % len(contenders)
+        order = contenders[k:] + contenders[:k]
+        for c in order:
+            setup, argv = op(c, i)
+            if setup:
+                setup()
+            if sync:
+                os.sync()  # nobody pays for the previous run's writeback
+            ns, cpu_ns = timed(argv, errfile)
+            if i >= warmup:
+                samples[c.name].append(ns)
+                cpu[c.name].append(cpu_ns)
+    a, b = contenders[0].name, contenders[1].name
+    record(
+        {"title": title, "a": a, "b": b, "a_ns": samples[a], "b_ns": samples[b],
+         "a_cpu_ns": cpu[a], "b_cpu_ns": cpu[b], "target": target, "note": note}
+    )
+    return samples, cpu
+
+
+# ------------------------------------------------------------------ group: per-operation
+
+
+def group_ops():
+    s, c = tools()
+    sh(s.argv("init", "--driver", "overlay"))
+    for t in (s, c):
+        sh(t.prepare("base-work"))
+        with open(os.path.join(t.upperdir("base-work"), "hello.txt"), "w") as f:
+            f.write("hello\n")
+        sh(t.commit("base", "base-work"))
+        sh(t.prepare("active", "base"))
+
+    def small_active(t, key):
+        def setup():
+            sh(t.prepare(key, "base"))
+            with open(os.path.join(t.upperdir(key), "f.txt"), "w") as f:
+                f.write("layer content\n")
+
+        return setup
+
+    pair = [s, c]
+    n = f"{RUNS} runs"
+    compare("process start only (`--version`)", pair, lambda t, i: (None, t.version()), RUNS,
+            note="no store, no daemon: the floor of a whole-process run")
+    compare("prepare KEY base", pair, lambda t, i: (None, t.prepare(f"prep-{i}", "base")),
+            RUNS, target=TARGET_OP, note=n)
+    compare("view KEY base", pair, lambda t, i: (None, t.view(f"view-{i}", "base")),
+            RUNS, target=TARGET_OP, note=n)
+    compare("mounts (active, 1 parent)", pair, lambda t, i: (None, t.mounts("active")),
+            RUNS, target=TARGET_OP, note=n)
+    compare("commit (1 small file)", pair,
+            lambda t, i: (small_active(t, f"cw-{i}"), t.commit(f"cm-{i}", f"cw-{i}")),
+            RUNS, target=TARGET_OP, note=n)
+    compare("rm (active, 1 small file)", pair,
+            lambda t, i: (small_active(t, f"rw-{i}"), t.rm(f"rw-{i}")),
+            RUNS, target=TARGET_OP, note=n)
+    compare("info (committed)", pair, lambda t, i: (None, t.info("base")),
+            RUNS, target=TARGET_OP, note=n)
+    compare("label (committed)", pair, lambda t, i: (None, t.label("base", f"bench=v{i}")),
+            RUNS, target=TARGET_OP, note=n)
+    compare("usage (committed)", pair, lambda t, i: (None, t.usage("base")),
+            RUNS, target=TARGET_OP, note=n)
+
+
+# ------------------------------------------------------------------ group: chains
+
+
+def build_chain(t, prefix, depth, errfile):
+    """prepare + commit `depth` empty layers.
+
+    Returns (total wall ns, total CPU ns, [(wall, cpu) of each prepare])."""
+    total, total_cpu, prepares = 0, 0, []
+    parent = None
+    for i in range(depth):
+        work, name = f"{prefix}-w{i:04d}", f"{prefix}-{i:04d}"
+        p, p_cpu = timed(t.prepare(work, parent), errfile)
+        c, c_cpu = timed(t.commit(name, work), errfile)
+        total += p + c
+        total_cpu += p_cpu + c_cpu
+        prepares.append((p, p_cpu))
+        parent = name
+    return total, total_cpu, prepares
+
+
+def group_chain():
+    s, c = tools()
+    sh(s.argv("init", "--driver", "overlay"))
+    errfile = os.path.join(os.environ["BENCH_WORK"], "stderr")
+    pair = [s, c]
+    for depth in CHAIN:
+        wall = {t.name: [] for t in pair}
+        cpu = {t.name: [] for t in pair}
+        deep = {t.name: [] for t in pair}
+        for rep in range(CHAIN_REPS):
+            order = pair if rep % 2 == 0 else pair[::-1]
+            for t in order:
+                os.sync()
+                total, total_cpu, prepares = build_chain(t, f"c{depth}r{rep}", depth, errfile)
+                wall[t.name].append(total)
+                cpu[t.name].append(total_cpu)
+                deep[t.name].extend(prepares[-max(1, depth // 10):])
+        target = TARGET_CHAIN if depth == max(CHAIN) else None
+        record({"title": f"chain of {depth} layers (prepare+commit each)", "a": "strata",
+                "b": "ctr", "a_ns": wall["strata"], "b_ns": wall["ctr"],
+                "a_cpu_ns": cpu["strata"], "b_cpu_ns": cpu["ctr"],
+                "target": target, "note": f"{CHAIN_REPS} builds each; empty layers"})
+        record({"title": f"  prepare at depth > {depth - max(1, depth // 10)}",
+                "a": "strata", "b": "ctr",
+                "a_ns": [w for w, _ in deep["strata"]], "b_ns": [w for w, _ in deep["ctr"]],
+                "a_cpu_ns": [c for _, c in deep["strata"]],
+                "b_cpu_ns": [c for _, c in deep["ctr"]],
+                "target": None, "note": "from the chain builds above"})
+
+
+# ------------------------------------------------------------------ group: many snapshots
+
+
+def population(n):
+    """The first n snapshots of the listing workload, as (kind, key, parent) in order.
+
+    One committed root `base`; then groups of 10: a committed `gNNNNN` on base (made
+    by prepare + commit), 8 actives and 1 view on it. So the store is about 10%
+    committed, 80% active, 10% views, two to three levels deep.
+    """
+    items = [("committed", "base", None)]
+    g = 0
+    while len(items) < n:
+        gk = f"g{g:05d}"
+        items.append(("committed", gk, "base"))
+        for j in range(8):
+            items.append(("active", f"{gk}-a{j}", gk))
+        items.append(("view", f"{gk}-v", gk))
+        g += 1
+    return items[:n]
+
+
+def populate(t, items):
+    """Create items (a slice of population()) with JOBS parallel clients, a group at a
+    time; committed snapshots go before their children."""
+    groups, cur = [], []
+    for it in items:
+        if it[0] == "committed" and cur:
+            groups.append(cur)
+            cur = []
+        cur.append(it)
+    if cur:
+        groups.append(cur)
+
+    def make(group):
+        for kind, key, parent in group:
+            if kind == "committed":
+                sh(t.prepare(key + "-work", parent))
+                sh(t.commit(key, key + "-work"))
+            elif kind == "active":
+                sh(t.prepare(key, parent))
+            else:
+                sh(t.view(key, parent))
+
+    # the root must exist before anything is built on it
+    first, rest = (groups[0], groups[1:]) if groups and groups[0][0][1] == "base" else ([], groups)
+    if first:
+        make(first)
+    parallel(make, rest)
+
+
+def group_list():
+    s, c = tools()
+    sh(s.argv("init", "--driver", "overlay"))
+    pair = [s, c]
+    done = 0
+    for size in sorted(LIST):
+        items = population(size)[done:]
+        fill = {}
+        for t in pair:
+            t0 = time.perf_counter_ns()
+            populate(t, items)
+            fill[t.name] = [time.perf_counter_ns() - t0]
+        done = size
+        record({"title": f"populate to {size:,} ({JOBS} parallel clients, wall time)",
+                "a": "strata", "b": "ctr", "a_ns": fill["strata"], "b_ns": fill["ctr"],
+                "target": None, "note": f"{len(items)} snapshots added"})
+        big = size == max(LIST)
+        compare(f"ls of {size:,}", pair, lambda t, i: (None, t.ls()), LIST_RUNS, warmup=1,
+                target=TARGET_LIST if big else None, note=f"{LIST_RUNS} runs")
+        compare(f"tree of {size:,}", pair, lambda t, i: (None, t.tree()), LIST_RUNS, warmup=1,
+                target=TARGET_LIST if big else None, note=f"{LIST_RUNS} runs")
+        compare(f"usage of all {size:,}", pair, lambda t, i: (None, t.usage()), USAGE_ALL_RUNS,
+                warmup=1, target=TARGET_USAGE_ALL if big else None,
+                note=f"{USAGE_ALL_RUNS} runs")
+
+
+# ------------------------------------------------------------------ group: 100,000 files
+
+
+def make_template(path, n):
+    """n small files (40-200 bytes) in directories of 1,000."""
+    os.makedirs(path)
+    for i in range(n):
+        d = os.path.join(path, f"d{i // 1000:04d}")
+        if i % 1000 == 0:
+            os.mkdir(d)
+        with open(os.path.join(d, f"f{i:06d}"), "w") as f:
+            f.write(f"file {i}\n" * (4 + i % 20))
+
+
+def group_files():
+    s, c = tools()
+    sh(s.argv("init", "--driver", "overlay"))
+    work = os.environ["BENCH_WORK"]
+    template = os.path.join(work, "template")
+    t0 = time.monotonic()
+    make_template(template, FILES)
+    pair = [s, c]
+    uppers = {}
+    for t in pair:
+        sh(t.prepare("base-work"))
+        sh(t.commit("base", "base-work"))
+        for r in range(FILES_COMMITS):
+            key = f"big-{r}"
+            sh(t.prepare(key, "base"))
+            up = t.upperdir(key)
+            sh(["cp", "-a", "--", template + "/.", up + "/"])
+            uppers[(t.name, r)] = up
+    log(f"  made {FILES_COMMITS} x 2 snapshots of {FILES:,} files in {time.monotonic() - t0:.0f} s")
+    os.sync()
+
+    du = Plain("du -s")
+
+    def usage_op(t, i):
+        if t is du:
+            return None, ["/usr/bin/env", "du", "-s", uppers[("strata", 0)]]
+        return None, t.usage("big-0")
+
+    samples, cpu = compare(f"usage of an active with {FILES:,} files (vs du -s)", [s, du, c],
+                           usage_op, FILES_RUNS, warmup=1, target=TARGET_USAGE_DU,
+                           note="warm cache; du -s of the same directory")
+    record({"title": f"usage of an active with {FILES:,} files (vs ctr)", "a": "strata",
+            "b": "ctr", "a_ns": samples["strata"], "b_ns": samples["ctr"],
+            "a_cpu_ns": cpu["strata"], "b_cpu_ns": cpu["ctr"], "target": None,
+            "note": "same runs as above"})
+    if FILES_COMMITS:
+        compare(f"commit of an active with {FILES:,} files", pair,
+                lambda t, i: (None, t.commit(f"bigc-{i}", f"big-{i}")),
+                FILES_COMMITS, warmup=0, target=TARGET_BIG_COMMIT,
+                note=f"{FILES_COMMITS} commits each, warm cache")
+        compare(f"usage of that committed snapshot", pair, lambda t, i: (None, t.usage("bigc-0")),
+                FILES_RUNS, warmup=1, note="recorded at commit")
+
+
+# ------------------------------------------------------------------ report
+
+
+def fmt(ns):
+    if ns >= 10e9:
+        return f"{ns / 1e9:.1f} s"
+    if ns >= 1e9:
+        return f"{ns / 1e9:.2f} s"
+    if ns >= 100e6:
+        return f"{ns / 1e6:.0f} ms"
+    if ns >= 10e6:
+        return f"{ns / 1e6:.1f} ms"
+    return f"{ns / 1e6:.2f} ms"
+
+
+def report(path, markdown=None):
+    recs = [json.loads(line) for line in open(path) if line.strip()]
+    header = ["workload", "strata", "peer", "ratio", "target", "met?", "strata CPU"]
+    rows = []
+    missed = 0
+    for r in recs:
+        a, b = statistics.median(r["a_ns"]), statistics.median(r["b_ns"])
+        ratio = a / b if b else float("inf")
+        if r.get("target"):
+            ok = ratio <= r["target"]
+            missed += not ok
+            target, met = f"≤ {r['target']}", "yes" if ok else f"NO ({ratio / r['target']:.1f}x over)"
+        else:
+            target, met = "—", ""
+        a_cpu = fmt(statistics.median(r["a_cpu_ns"])) if r.get("a_cpu_ns") else ""
+        rows.append([r["title"], fmt(a), f"{fmt(b)} ({r['b']})", f"{ratio:.3f}", target, met,
+                     a_cpu])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    text = "\n".join(out)
+    print("Medians; ratio = strata / peer (lower is better); peer is ctr unless named;")
+    print("strata CPU = median user+system time of the strata process (the rest is waiting:")
+    print("fsync and other I/O, or the CPU being busy with other work).")
+    print(text)
+    targets = sum(1 for r in recs if r.get("target"))
+    print(f"\n{targets - missed} of {targets} targets met.")
+    if markdown:
+        with open(markdown, "w") as f:
+            f.write(text + "\n")
+    return 1 if missed and os.environ.get("BENCH_STRICT") == "1" else 0
+
+
+def check_no_tcp(pid):
+    """Exit 1 if process pid has a listening TCP socket."""
+    inodes = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for ln in lines:
+            f = ln.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A = LISTEN
+                log(f"containerd {pid} listens on TCP {f[1]}")
+                return 1
+    return 0
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    cmd = argv[1]
+    try:
+        if cmd == "ops":
+            group_ops()
+        elif cmd == "chain":
+            group_chain()
+        elif cmd == "list":
+            group_list()
+        elif cmd == "files":
+            group_files()
+        elif cmd == "report":
+            md = argv[argv.index("--markdown") + 1] if "--markdown" in argv else None
+            return report(argv[2], md)
+        elif cmd == "check-no-tcp":
+            return check_no_tcp(int(argv[2]))
+        else:
+            print(f"unknown command {cmd}", file=sys.stderr)
+            return 2
+    except BenchError as e:
+        log(f"error: {e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

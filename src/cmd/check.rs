@@ -1,0 +1,58 @@
+use super::Context;
+use crate::store::{Error, Result};
+
+/// Verify that the index and the disk agree.
+///
+/// Reports every mismatch, one line each: rows whose directory is missing,
+/// directories without rows, broken parent links, directories whose shape
+/// does not fit their kind, mount records that disagree with the mount
+/// table, leftovers of interrupted work. Exits 0 only when the store is
+/// consistent. --repair fixes what is safe to fix and says what it could not.
+///
+/// Examples:
+///   strata check
+///   strata check --repair --json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Fix what is safe to fix
+    #[arg(long)]
+    pub repair: bool,
+}
+
+pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
+    let report = ctx.store()?.check(args.repair)?;
+    ctx.printer.data(&report, |r| {
+        let mut out: String = r
+            .problems
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}{}: {}\n",
+                    if p.repaired { "repaired " } else { "" },
+                    p.kind,
+                    p.message
+                )
+            })
+            .collect();
+        if r.problems.is_empty() {
+            out.push_str("consistent\n");
+        }
+        out
+    })?;
+    if report.consistent {
+        return Ok(());
+    }
+    let left = report.problems.iter().filter(|p| !p.repaired).count();
+    let err = Error::internal(format!(
+        "the store is not consistent: {left} {} left",
+        if left == 1 { "problem" } else { "problems" }
+    ));
+    Err(if args.repair {
+        err.with_hint("these need a person: restore the missing data from a backup, or remove the snapshots concerned")
+    } else {
+        err.with_hint(
+            "`strata check --repair` fixes what is safe to fix; `strata prune` deletes leftovers",
+        )
+    })
+}

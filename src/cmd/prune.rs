@@ -1,0 +1,44 @@
+use super::Context;
+use crate::printer::human_size;
+use crate::store::Result;
+
+/// Delete leftovers of interrupted work.
+///
+/// Removes directories with no index row, half-made and half-removed
+/// snapshots, work directories of committed snapshots and records of mounts
+/// that are gone, and reports what it freed. Safe while other strata
+/// processes work: a snapshot still being built is never touched.
+///
+/// Examples:
+///   strata prune --dry-run
+///   strata prune --json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Only list what would be deleted
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
+    let report = ctx.store()?.prune(args.dry_run)?;
+    ctx.printer.data(&report, |r| {
+        let verb = if r.dry_run { "would free" } else { "freed" };
+        let mut out: String = r
+            .removed
+            .iter()
+            .map(|l| format!("{:<13}{:>10}  {}\n", l.kind, human_size(l.size), l.path))
+            .collect();
+        out.push_str(&format!(
+            "{verb} {} {} ({})\n",
+            r.count,
+            if r.count == 1 {
+                "leftover"
+            } else {
+                "leftovers"
+            },
+            human_size(r.size)
+        ));
+        out
+    })
+}

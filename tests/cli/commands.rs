@@ -1,0 +1,522 @@
+//! Command semantics beyond the conformance suite: rm, commit of mounted snapshots,
+//! labels, mount bookkeeping, unmount, tree, printed mount lines, aliases.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::support::*;
+
+both_drivers!(
+    store_is_created_0700,
+    rm_recursive_removes_leaves_first,
+    rm_force_unmounts,
+    rm_several_keys_one_failing,
+    commit_of_mounted_key_unmounts_first,
+    commit_to_taken_name_keeps_key,
+    labels,
+    mount_record_dropped_when_mount_disappears,
+    unmount_by_key_and_by_target,
+    prepare_and_view_with_mount,
+    tree_table,
+    ls_table,
+    printed_mounts_work_in_a_shell,
+    aliases,
+);
+
+fn store_is_created_0700(driver: &str) {
+    let s = setup!(driver);
+    let mode = fs::metadata(&s.root).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "store root mode {mode:o}");
+    // Created on first use, too.
+    let fresh = Store::uninitialized(driver);
+    fresh.strata(&["ls"]).success();
+    let mode = fs::metadata(&fresh.root).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "store root mode {mode:o}");
+}
+
+/// base ← mid ← {leaf (active), look (view)}, base ← other (active), solo (active).
+fn forest(s: &Store) {
+    s.layer("base", None, &[file("f", "base\n", 0o644)]);
+    s.layer("mid", Some("base"), &[file("g", "mid\n", 0o644)]);
+    s.strata(&["prepare", "leaf", "mid"]).success();
+    s.strata(&["view", "look", "mid"]).success();
+    s.strata(&["prepare", "other", "base"]).success();
+    s.strata(&["prepare", "solo"]).success();
+}
+
+fn rm_recursive_removes_leaves_first(driver: &str) {
+    let s = setup!(driver);
+    forest(&s);
+    let dirs_before = s.snapshot_dirs().len();
+    s.strata(&["rm", "-r", "mid"]).success();
+    assert_eq!(s.names(&[]), ["base", "other", "solo"]);
+    assert_eq!(s.snapshot_dirs().len(), dirs_before - 3);
+
+    s.strata(&["prepare", "leaf", "base"]).success();
+    s.layer("mid", Some("base"), &[]);
+    s.strata(&["view", "look", "mid"]).success();
+    let run = s.strata(&["rm", "--recursive", "base"]).success();
+    assert_eq!(s.names(&[]), ["solo"]);
+    // Where removals are reported, every snapshot is reported after its descendants.
+    let out = format!("{}{}", run.stdout, run.stderr);
+    let at = |k: &str| out.find(&format!("`{k}`"));
+    for (child, parent) in [
+        ("look", "mid"),
+        ("mid", "base"),
+        ("leaf", "base"),
+        ("other", "base"),
+    ] {
+        if let (Some(c), Some(p)) = (at(child), at(parent)) {
+            assert!(
+                c < p,
+                "{parent} reported removed before {child}:\n{}",
+                run.session()
+            );
+        }
+    }
+    assert_eq!(s.snapshot_dirs().len(), 1);
+    // Recursive rm of a leaf is a plain rm.
+    s.strata(&["rm", "-r", "solo"]).success();
+    assert!(s.names(&[]).is_empty() && s.snapshot_dirs().is_empty());
+}
+
+fn rm_force_unmounts(driver: &str) {
+    let s = setup!(driver);
+    forest(&s);
+    let leaf = s.mount("leaf");
+    let look = s.mount("look");
+    s.strata(&["rm", "leaf"]).fails_with(5, "leaf");
+    assert!(is_mount_point(&leaf.path));
+
+    s.strata(&["rm", "-f", "leaf"]).success();
+    assert!(!is_mount_point(&leaf.path), "rm -f left the mount");
+    s.strata(&["rm", "--force", "look"]).success();
+    assert!(!is_mount_point(&look.path), "rm --force left the mount");
+    assert_eq!(s.names(&[]), ["base", "mid", "other", "solo"]);
+
+    // A mounted snapshot deep in the subtree: -r alone refuses, -r -f unmounts it.
+    let other = s.mount("other");
+    s.strata(&["rm", "-r", "base"]).fails_with(5, "other");
+    assert!(is_mount_point(&other.path));
+    assert!(s.names(&[]).contains(&"other".to_string()));
+    s.strata(&["rm", "-r", "-f", "base"]).success();
+    assert!(!is_mount_point(&other.path));
+    assert_eq!(s.names(&[]), ["solo"]);
+}
+
+fn rm_several_keys_one_failing(driver: &str) {
+    let s = setup!(driver);
+    forest(&s);
+    // `mid` has children: it fails, the others are removed, exit code 5.
+    let run = s
+        .strata(&["rm", "solo", "mid", "other"])
+        .fails_with(5, "mid");
+    assert_eq!(
+        s.names(&[]),
+        ["base", "leaf", "look", "mid"],
+        "{}",
+        run.session()
+    );
+
+    s.strata(&["prepare", "a"]).success();
+    s.strata(&["prepare", "b"]).success();
+    // The exit code is that of the first failure in argument order.
+    s.strata(&["rm", "a", "ghost", "mid", "b"])
+        .fails_with(3, "ghost");
+    assert_eq!(s.names(&[]), ["base", "leaf", "look", "mid"]);
+
+    s.strata(&["prepare", "a"]).success();
+    s.strata(&["prepare", "b"]).success();
+    s.strata(&["rm", "a", "mid", "ghost", "b"])
+        .fails_with(5, "ghost");
+    assert_eq!(s.names(&[]), ["base", "leaf", "look", "mid"]);
+
+    // With -o json, each failure is one JSON error object (one per line).
+    let run = s
+        .strata(&["-o", "json", "rm", "mid", "ghost"])
+        .fails_with(5, "");
+    let mut kinds: Vec<String> = run
+        .stderr
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{}", run.session()));
+            v["error"]["kind"].as_str().unwrap().to_string()
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["failed_precondition", "not_found"],
+        "{}",
+        run.session()
+    );
+}
+
+fn commit_of_mounted_key_unmounts_first(driver: &str) {
+    let s = setup!(driver);
+    s.strata(&["prepare", "work"]).success();
+    let m = s.mount("work");
+    fs::write(m.join("written"), "while mounted\n").unwrap();
+    s.strata(&["commit", "done", "work"]).success();
+    assert!(!is_mount_point(&m.path), "commit left the active mounted");
+    assert_eq!(s.info("done")["mounted_at"], json!([]));
+
+    s.strata(&["view", "check", "done"]).success();
+    let v = s.mount("check");
+    assert_eq!(
+        fs::read_to_string(v.join("written")).unwrap(),
+        "while mounted\n"
+    );
+    s.unmount(&v);
+
+    // Busy (a process has its cwd in it): the commit fails and nothing changes.
+    s.strata(&["prepare", "busy", "done"]).success();
+    let m = s.mount("busy");
+    let mut holder = Command::new("sleep")
+        .arg("30")
+        .current_dir(&m.path)
+        .spawn()
+        .unwrap();
+    let run = s.strata(&["commit", "busy-c", "busy"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    run.fails_with(5, "busy");
+    assert_eq!(s.info("busy")["kind"], "active");
+    assert_eq!(
+        s.info("busy")["mounted_at"],
+        json!([m.path.to_str().unwrap()])
+    );
+    assert!(is_mount_point(&m.path));
+    s.fails(&["info", "busy-c"], "not_found");
+    s.unmount(&m);
+}
+
+fn commit_to_taken_name_keeps_key(driver: &str) {
+    let s = setup!(driver);
+    s.layer("taken", None, &[]);
+    s.strata(&["prepare", "work"]).success();
+    let m = s.mount("work");
+    fs::write(m.join("f"), "x").unwrap();
+    s.fails(&["commit", "taken", "work"], "already_exists");
+    assert_eq!(s.info("work")["kind"], "active");
+    s.strata(&["commit", "free", "work"]).success();
+    assert!(!is_mount_point(&m.path));
+}
+
+fn labels(driver: &str) {
+    let s = setup!(driver);
+    s.strata(&["prepare", "--label", "a=1", "--label", "b=2", "work"])
+        .success();
+    assert_eq!(s.info("work")["labels"], json!({"a": "1", "b": "2"}));
+
+    let out = s.strata(&["label", "work", "c=3", "a="]).success();
+    assert!(
+        out.stdout.contains("work"),
+        "label prints the snapshot:\n{}",
+        out.session()
+    );
+    assert_eq!(s.info("work")["labels"], json!({"b": "2", "c": "3"}));
+    // Values may contain `=`, spaces and UTF-8; keys may contain dots and slashes.
+    s.strata(&[
+        "label",
+        "work",
+        "eq=a=b",
+        "sp=x y",
+        "containerd.io/gc.root=ü",
+    ])
+    .success();
+    assert_eq!(
+        s.info("work")["labels"],
+        json!({"b": "2", "c": "3", "eq": "a=b", "sp": "x y", "containerd.io/gc.root": "ü"})
+    );
+    // Removing a label that is not there is fine.
+    s.strata(&["label", "work", "nothere="]).success();
+
+    // A committed snapshot gets only the labels given to commit.
+    s.strata(&["commit", "--label", "x=y", "done", "work"])
+        .success();
+    assert_eq!(s.info("done")["labels"], json!({"x": "y"}));
+    s.strata(&["prepare", "bare"]).success();
+    s.strata(&["commit", "bare-c", "bare"]).success();
+    assert_eq!(s.info("bare-c")["labels"], json!({}));
+
+    // Views take labels; committed snapshots can be relabelled.
+    s.strata(&["view", "--label", "v=1", "look", "done"])
+        .success();
+    assert_eq!(s.info("look")["labels"], json!({"v": "1"}));
+    s.strata(&["label", "done", "x=", "z=9"]).success();
+    assert_eq!(s.info("done")["labels"], json!({"z": "9"}));
+
+    // Labels are searchable right away.
+    assert_eq!(s.names(&["--filter", "labels.z==9"]), ["done"]);
+}
+
+fn mount_record_dropped_when_mount_disappears(driver: &str) {
+    let s = setup!(driver);
+    forest(&s);
+    let m = s.mount("leaf");
+    assert_eq!(
+        s.info("leaf")["mounted_at"],
+        json!([m.path.to_str().unwrap()])
+    );
+    let st = Command::new("/bin/umount").arg(&m.path).status().unwrap();
+    assert!(st.success());
+
+    let ls = s.strata(&["ls", "--json"]).success().json();
+    let leaf = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "leaf")
+        .unwrap();
+    assert_eq!(
+        leaf["mounted_at"],
+        json!([]),
+        "stale mount record: {leaf:#}"
+    );
+    assert_eq!(s.info("leaf")["mounted_at"], json!([]));
+    let table = s.strata(&["ls"]).success();
+    assert!(
+        !table.stdout.contains(m.path.to_str().unwrap()),
+        "{}",
+        table.session()
+    );
+    // Not mounted any more, so a plain rm works.
+    s.strata(&["rm", "leaf"]).success();
+}
+
+fn unmount_by_key_and_by_target(driver: &str) {
+    let s = setup!(driver);
+    forest(&s);
+    let a = s.mount("leaf");
+    let b = s.mount("leaf");
+    let v = s.mount("look");
+    let mut want = vec![a.path.to_str().unwrap(), b.path.to_str().unwrap()];
+    want.sort();
+    let mut got: Vec<String> = s.info("leaf")["mounted_at"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+
+    // By key: every mount of that snapshot.
+    s.strata(&["unmount", "leaf"]).success();
+    assert!(!is_mount_point(&a.path) && !is_mount_point(&b.path));
+    assert!(is_mount_point(&v.path));
+    assert_eq!(s.info("leaf")["mounted_at"], json!([]));
+
+    // By target, with the `umount` alias.
+    s.strata(&["umount", v.path.to_str().unwrap()]).success();
+    assert!(!is_mount_point(&v.path));
+    assert_eq!(s.info("look")["mounted_at"], json!([]));
+
+    // Nothing mounted there any more.
+    s.fails(&["unmount", v.path.to_str().unwrap()], "not_found");
+    // A mount strata did not make is not strata's to undo.
+    let foreign = s.scratch_dir("foreign");
+    let _g = MountGuard::new(&foreign);
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&foreign)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    s.fails(&["unmount", foreign.to_str().unwrap()], "not_found");
+    assert!(is_mount_point(&foreign));
+}
+
+fn prepare_and_view_with_mount(driver: &str) {
+    let s = setup!(driver);
+    let t = s.scratch("new/nested/target"); // created if missing
+    let g = MountGuard::new(&t);
+    let run = s
+        .strata(&["prepare", "work", "--mount", t.to_str().unwrap()])
+        .success();
+    assert!(is_mount_point(&t), "{}", run.session());
+    assert_eq!(s.info("work")["mounted_at"], json!([t.to_str().unwrap()]));
+    fs::write(t.join("f"), "via --mount").unwrap();
+    s.strata(&["commit", "c", "work"]).success();
+    drop(g);
+
+    let t = s.scratch("view-target");
+    let _g = MountGuard::new(&t);
+    s.strata(&["view", "look", "c", "--mount", t.to_str().unwrap()])
+        .success();
+    assert_eq!(fs::read_to_string(t.join("f")).unwrap(), "via --mount");
+    s.strata(&["unmount", "look"]).success();
+    assert!(!is_mount_point(&t));
+}
+
+fn tree_table(driver: &str) {
+    let s = setup!(driver);
+    forest(&s);
+    s.layer("zroot", None, &[]);
+    let m = s.mount("leaf");
+    let tree = s.strata(&["tree"]).success();
+    let mounted = format!(" [mounted at {}]", m.path.display());
+    let want = format!(
+        "base\n\
+         ├── mid\n\
+         │   ├── leaf (active){mounted}\n\
+         │   └── look (view)\n\
+         └── other (active)\n\
+         solo (active)\n\
+         zroot\n"
+    );
+    assert_eq!(tree.stdout, want, "{}", tree.session());
+    s.unmount(&m);
+
+    let sub = s.strata(&["tree", "mid"]).success();
+    assert_eq!(
+        sub.stdout,
+        "mid\n├── leaf (active)\n└── look (view)\n",
+        "{}",
+        sub.session()
+    );
+    let empty = setup!(driver);
+    assert_eq!(empty.strata(&["tree"]).success().stdout, "");
+}
+
+fn ls_table(driver: &str) {
+    let s = setup!(driver);
+    forest(&s);
+    let m = s.mount("leaf");
+    let ls = s.strata(&["ls"]).success();
+    let lines = ls.stdout_lines();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["KEY", "PARENT", "KIND", "SIZE", "CREATED", "MOUNTED", "AT"]
+    );
+    let keys: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(keys, ["base", "leaf", "look", "mid", "other", "solo"]);
+    let leaf = lines.iter().find(|l| l.starts_with("leaf ")).unwrap();
+    assert!(
+        leaf.contains(" mid ")
+            && leaf.contains(" active ")
+            && leaf.ends_with(m.path.to_str().unwrap()),
+        "{leaf}"
+    );
+    let base = lines.iter().find(|l| l.starts_with("base ")).unwrap();
+    assert!(
+        base.contains(" committed ") && base.contains("KiB"),
+        "human sizes: {base}"
+    );
+    assert!(!ls.stdout.contains('\u{1b}'));
+    s.unmount(&m);
+
+    let kind = s.strata(&["ls", "--kind", "view"]).success();
+    assert_eq!(kind.stdout_lines().len(), 2, "{}", kind.session());
+    assert!(kind.stdout_lines()[1].starts_with("look "));
+    // info as a table names the fields.
+    let info = s.strata(&["info", "base"]).success();
+    for field in ["base", "committed"] {
+        assert!(info.stdout.contains(field), "{}", info.session());
+    }
+}
+
+fn printed_mounts_work_in_a_shell(driver: &str) {
+    let s = setup!(driver);
+    s.layer("c1", None, &[file("one", "1", 0o644)]);
+    s.layer("c2", Some("c1"), &[file("two", "2", 0o644)]);
+    s.layer(
+        "c3",
+        Some("c2"),
+        &[file("three", "3", 0o644), remove_all("one")],
+    );
+    s.strata(&["prepare", "root"]).success();
+    s.strata(&["prepare", "top", "c3"]).success();
+    s.strata(&["view", "single", "c1"]).success();
+    s.strata(&["view", "deep", "c3"]).success();
+
+    for (key, want, writable) in [
+        ("root", vec![], true),
+        ("top", vec!["three", "two"], true),
+        ("single", vec!["one"], false),
+        ("deep", vec!["three", "two"], false),
+    ] {
+        // A target with a space checks the quoting.
+        let target = s.scratch(&format!("pasted {key}"));
+        fs::create_dir(&target).unwrap();
+        let _g = MountGuard::new(&target);
+        let lines = s
+            .strata(&["mounts", key, target.to_str().unwrap()])
+            .success();
+        assert!(
+            lines
+                .stdout
+                .lines()
+                .all(|l| l.starts_with("mount ") || l.starts_with("cd ")),
+            "{}",
+            lines.session()
+        );
+        let sh = Command::new("sh")
+            .arg("-c")
+            .arg(&lines.stdout)
+            .output()
+            .unwrap();
+        assert!(
+            sh.status.success(),
+            "sh -c failed: {}\n{}",
+            String::from_utf8_lossy(&sh.stderr),
+            lines.session()
+        );
+        assert!(is_mount_point(&target), "{}", lines.session());
+        let mut names: Vec<String> = fs::read_dir(&target)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, want, "{}", lines.session());
+        let write = fs::write(target.join("new"), "x");
+        assert_eq!(write.is_ok(), writable, "{write:?}");
+        let st = Command::new("umount").arg(&target).status().unwrap();
+        assert!(st.success());
+    }
+
+    // Without TARGET, a placeholder is printed.
+    let run = s.strata(&["mounts", "top"]).success();
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("mount -t ")),
+        "{}",
+        run.session()
+    );
+}
+
+fn aliases(driver: &str) {
+    let s = setup!(driver);
+    s.strata(&["prepare", "a"]).success();
+    assert_eq!(
+        s.strata(&["stat", "--json", "a"]).success().stdout,
+        s.strata(&["info", "--json", "a"]).success().stdout
+    );
+    assert_eq!(
+        s.strata(&["list", "--json"]).success().stdout,
+        s.strata(&["ls", "--json"]).success().stdout
+    );
+    s.strata(&["remove", "a"]).success();
+    assert!(s.names(&[]).is_empty());
+}
+
+#[test]
+fn store_from_environment() {
+    let s = setup!("native");
+    let root = s.root.to_str().unwrap();
+    let with = With {
+        env: &[("STRATA_ROOT", root)],
+        no_root: true,
+        ..Default::default()
+    };
+    s.strata_with(&["prepare", "from-env"], with).success();
+    assert_eq!(s.names(&[]), ["from-env"]);
+}

@@ -1,0 +1,415 @@
+//! Every error kind of the SPEC with its exit code, its one-line table form and its JSON
+//! form, and that failures change nothing.
+
+use std::fs;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// A store with `base` (committed), `child` (active on base), `look` (view of base) and
+/// `solo` (active, no parent).
+fn populated(driver: &str) -> Option<Store> {
+    let s = Store::setup(driver)?;
+    s.layer("base", None, &[file("f", "base\n", 0o644)]);
+    s.strata(&["prepare", "child", "base"]).success();
+    s.strata(&["view", "look", "base"]).success();
+    s.strata(&["prepare", "solo"]).success();
+    Some(s)
+}
+
+/// What `ls --json` and ROOT/snapshots show, to compare before and after a failure.
+fn state(s: &Store) -> (Value, Vec<String>) {
+    (
+        s.strata(&["ls", "--json"]).success().json(),
+        s.snapshot_dirs(),
+    )
+}
+
+#[track_caller]
+fn assert_unchanged(s: &Store, before: &(Value, Vec<String>), what: &str) {
+    let after = state(s);
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&after.0),
+        names(&before.0),
+        "snapshots changed after {what}"
+    );
+    assert_eq!(after.0, before.0, "`ls --json` changed after {what}");
+    assert_eq!(after.1, before.1, "ROOT/snapshots changed after {what}");
+}
+
+both_drivers!(
+    not_found,
+    already_exists,
+    failed_precondition,
+    invalid,
+    failed_create_leaves_nothing,
+    failed_create_with_mount_leaves_nothing,
+    table_errors_are_one_line,
+);
+
+#[test]
+fn usage_errors() {
+    // No store is touched: parsing fails first. Needs neither root nor overlay.
+    let s = Store::uninitialized("none");
+    for args in [
+        &["prepare", "--bogus", "k"][..],
+        &["ls", "--nope"],
+        &["frobnicate"],
+        &["prepare", "-x"],
+        &["ls", "--kind", "weird"],
+        &["-o", "xml", "ls"],
+        &["init", "--driver", "zfs"],
+    ] {
+        s.strata(args).fails_with(2, "");
+        s.fails(args, "usage");
+    }
+    for args in [
+        &["prepare"][..],
+        &["view", "k"],
+        &["commit", "n"],
+        &["mount", "k"],
+        &["mounts"],
+        &["info"],
+        &["label", "k"],
+        &["rm"],
+        &["unmount"],
+        &[],
+    ] {
+        let run = s.strata(args);
+        assert_eq!(run.code, 2, "{}", run.session());
+        assert!(!run.stderr.is_empty(), "{}", run.session());
+        s.fails(args, "usage");
+    }
+    // Nothing was created by a command line that does not parse.
+    assert!(!s.root.exists(), "a usage error created the store");
+}
+
+fn not_found(driver: &str) {
+    let Some(s) = populated(driver) else { return };
+    let before = state(&s);
+    let target = s.scratch("t");
+    let target = target.to_str().unwrap();
+    for args in [
+        &["info", "nope"][..],
+        &["stat", "nope"],
+        &["prepare", "k", "nope"],
+        &["view", "k", "nope"],
+        &["commit", "n", "nope"],
+        &["mounts", "nope"],
+        &["mount", "nope", target],
+        &["rm", "nope"],
+        &["rm", "-r", "nope"],
+        &["label", "nope", "a=b"],
+        &["usage", "nope"],
+        &["tree", "nope"],
+        &["unmount", target],
+        &["unmount", "nope"],
+    ] {
+        s.fails(args, "not_found");
+        // The table form names what is missing.
+        let named = if args.contains(&target) && args[0] == "unmount" {
+            target
+        } else {
+            "nope"
+        };
+        s.strata(args).fails_with(3, named);
+    }
+    assert_unchanged(&s, &before, "not_found errors");
+    assert!(
+        !std::path::Path::new(target).exists(),
+        "a failed mount created its target"
+    );
+}
+
+fn already_exists(driver: &str) {
+    let Some(s) = populated(driver) else { return };
+    let before = state(&s);
+    for args in [
+        &["prepare", "child"][..],
+        &["prepare", "child", "base"],
+        &["prepare", "base"],
+        &["prepare", "look", "base"],
+        &["view", "look", "base"],
+        &["view", "child", "base"],
+        &["view", "base", "base"],
+        &["commit", "base", "solo"],
+        &["commit", "look", "solo"],
+        &["commit", "child", "solo"],
+    ] {
+        s.fails(args, "already_exists");
+        s.strata(args).fails_with(4, "");
+    }
+    assert_unchanged(&s, &before, "already_exists errors");
+    // KEY stays active after a commit to a taken name.
+    assert_eq!(s.info("solo")["kind"], "active");
+}
+
+fn failed_precondition(driver: &str) {
+    let Some(s) = populated(driver) else { return };
+    let before = state(&s);
+    let target = s.scratch("t");
+    let target = target.to_str().unwrap();
+    for args in [
+        &["commit", "n", "look"][..],
+        &["commit", "n", "base"],
+        &["mounts", "base"],
+        &["mount", "base", target],
+        &["rm", "base"],
+    ] {
+        s.fails(args, "failed_precondition");
+        s.strata(args).fails_with(5, "");
+    }
+    assert_unchanged(&s, &before, "failed_precondition errors");
+    assert!(!s.names(&[]).contains(&"n".to_string()));
+
+    // rm of a mounted snapshot without -f: still there, still mounted.
+    let m = s.mount("child");
+    let look = s.mount("look");
+    let before = state(&s);
+    s.fails(&["rm", "child"], "failed_precondition");
+    s.fails(&["rm", "look"], "failed_precondition");
+    s.strata(&["rm", "look"]).fails_with(5, "look");
+    assert_unchanged(&s, &before, "rm of mounted snapshots");
+    assert!(is_mount_point(&m.path) && is_mount_point(&look.path));
+    assert_eq!(fs::read_to_string(look.join("f")).unwrap(), "base\n");
+    s.unmount(&m);
+    s.unmount(&look);
+}
+
+fn invalid(driver: &str) {
+    let Some(s) = populated(driver) else { return };
+    let before = state(&s);
+    // key and value together 4097 bytes
+    let long_label = format!("k={}", "v".repeat(4096));
+    for args in [
+        // bad keys
+        &["prepare", ""][..],
+        &["prepare", "a\nb"],
+        &["view", "a\tb", "base"],
+        &["commit", "", "solo"],
+        &["commit", "x\u{1}", "solo"],
+        // bad labels
+        &["prepare", "--label", "=v", "k"],
+        &["prepare", "--label", "novalue", "k"],
+        &["view", "--label", "=", "k", "base"],
+        &["commit", "--label", "=v", "n", "solo"],
+        &["prepare", "--label", &long_label, "k"],
+        &["label", "solo", "=v"],
+        &["label", "solo", "novalue"],
+        &["label", "solo", &long_label],
+        // parent not committed
+        &["prepare", "k", "child"],
+        &["prepare", "k", "look"],
+        &["view", "k", "child"],
+        &["view", "k", "look"],
+        // bad filters
+        &["ls", "--filter", "name=="],
+        &["ls", "--filter", "foo==x"],
+        &["ls", "--filter", "name~=("],
+        &["ls", "--filter", ""],
+        &["ls", "--filter", "name==a,,kind==active"],
+        &["ls", "--filter", "labels."],
+        &["ls", "--filter", "name==a,"],
+        &["ls", "--filter", r#"labels."unterminated==x"#],
+        &["ls", "--filter", "name==ok", "--filter", "bogus"],
+    ] {
+        s.fails(args, "invalid");
+        s.strata(args).fails_with(6, "");
+    }
+    assert_unchanged(&s, &before, "invalid errors");
+    assert_eq!(s.info("solo")["labels"], serde_json::json!({}));
+
+    // The limit is inclusive: key and value together at most 4096 bytes.
+    let max_label = format!("k={}", "v".repeat(4095));
+    s.strata(&["label", "solo", &max_label]).success();
+    assert_eq!(
+        s.info("solo")["labels"]["k"].as_str().map(str::len),
+        Some(4095)
+    );
+}
+
+#[test]
+fn init_refuses_another_driver() {
+    let s = setup!("overlay");
+    s.strata(&["init", "--driver", "overlay"]).success();
+    s.strata(&["init"]).success();
+    let run = s.strata(&["init", "--driver", "native"]);
+    assert!(
+        run.code > 1,
+        "changing the driver must fail cleanly:\n{}",
+        run.session()
+    );
+    // Still an overlay store.
+    s.strata(&["prepare", "a"]).success();
+    s.strata(&["commit", "c", "a"]).success();
+    s.strata(&["prepare", "b", "c"]).success();
+    let mounts = s.strata(&["mounts", "--json", "b"]).success().json();
+    assert_eq!(mounts[0]["type"], "overlay");
+}
+
+#[test]
+fn unsupported_mount_without_privilege() {
+    // Reachable by running strata as an unprivileged user (via util-linux setpriv).
+    if !require_root_and_overlay() {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv is not installed");
+        return;
+    }
+    let s = Store::uninitialized("native");
+    let tmp = s.tmp().to_path_buf();
+    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let nobody = |args: &[&str]| {
+        let mut all = vec![
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--root",
+            s.root.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let out = Command::new("setpriv")
+            .args(&all)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("NO_COLOR", "1")
+            .env("HOME", &tmp)
+            .output()
+            .unwrap();
+        Run {
+            cmdline: format!("setpriv … strata {}", args.join(" ")),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    nobody(&["init", "--driver", "native"]).success();
+    nobody(&["prepare", "a"]).success();
+    let target = tmp.join("m");
+    let _guard = MountGuard::new(&target);
+    nobody(&["-o", "json", "mount", "a", target.to_str().unwrap()]).fails_json("unsupported");
+    nobody(&["mount", "a", target.to_str().unwrap()]).fails_with(7, "");
+    assert!(!is_mount_point(&target));
+
+    let s2 = Store::uninitialized("overlay");
+    fs::set_permissions(
+        s2.tmp(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "-o",
+            "json",
+            "--root",
+        ])
+        .arg(&s2.root)
+        .args(["init", "--driver", "overlay"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", s2.tmp())
+        .output()
+        .unwrap();
+    Run {
+        cmdline: "setpriv … strata -o json init --driver overlay".into(),
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+    .fails_json("unsupported");
+}
+
+fn failed_create_leaves_nothing(driver: &str) {
+    let Some(s) = populated(driver) else { return };
+    let before = state(&s);
+    for args in [
+        &["prepare", "child"][..],
+        &["prepare", "k", "nope"],
+        &["prepare", "k", "child"],
+        &["view", "k", "look"],
+        &["view", "look", "base"],
+        &["prepare", "--label", "=x", "k", "base"],
+        &["prepare", "", "base"],
+        &["view", "k\n", "base"],
+    ] {
+        let run = s.strata(args);
+        assert!(run.code > 1, "expected a failure:\n{}", run.session());
+        assert_unchanged(&s, &before, &run.cmdline);
+    }
+}
+
+fn failed_create_with_mount_leaves_nothing(driver: &str) {
+    let Some(s) = populated(driver) else { return };
+    let before = state(&s);
+    // A create whose --mount cannot be performed fails as a whole, leaving nothing.
+    let not_a_dir = s.scratch("file");
+    fs::write(&not_a_dir, "").unwrap();
+    for args in [
+        &[
+            "prepare",
+            "k",
+            "base",
+            "--mount",
+            not_a_dir.to_str().unwrap(),
+        ][..],
+        &["view", "k", "base", "--mount", not_a_dir.to_str().unwrap()],
+        &["prepare", "k", "--mount", "/proc/no/such/dir"],
+    ] {
+        let run = s.strata(args);
+        assert!(run.code != 0, "expected a failure:\n{}", run.session());
+        assert_unchanged(&s, &before, &run.cmdline);
+    }
+}
+
+fn table_errors_are_one_line(driver: &str) {
+    let Some(s) = populated(driver) else { return };
+    // One clear line naming the snapshot (hints may follow on their own lines, but the
+    // first line says it all), nothing on stdout.
+    for (args, code, name) in [
+        (&["info", "ghost"][..], 3, "ghost"),
+        (&["prepare", "child"], 4, "child"),
+        (&["commit", "n", "look"], 5, "look"),
+        (&["prepare", "k", "child"], 6, "child"),
+    ] {
+        let run = s.strata(args).fails_with(code, name);
+        assert!(run.stdout.is_empty(), "{}", run.session());
+        let first = run.stderr.lines().next().unwrap();
+        assert!(
+            first.contains(name),
+            "first line does not name `{name}`:\n{}",
+            run.session()
+        );
+        assert!(
+            !run.stderr.contains('\u{1b}'),
+            "colours with NO_COLOR:\n{}",
+            run.session()
+        );
+        // JSON errors: exactly one object on stderr, nothing on stdout.
+        let mut json_args = vec!["-o", "json"];
+        json_args.extend_from_slice(args);
+        let run = s.strata(&json_args);
+        assert!(run.stdout.is_empty(), "{}", run.session());
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.session());
+        let v: Value = serde_json::from_str(run.stderr.trim()).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains(name));
+        // --json is the same as -o json, also for errors.
+        let mut short = vec!["--json"];
+        short.extend_from_slice(args);
+        assert_eq!(s.strata(&short).stderr, run.stderr);
+    }
+}

@@ -1,0 +1,414 @@
+//! The mount engine: chains up to the kernel's 500 layers mounted by strata
+//! and by a pasted command, the refusal past it, the mount(2) fallback,
+//! mount bookkeeping (stale records, busy unmounts) and unprivileged use.
+
+use crate::support::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The directory a new active snapshot writes to, read from its mounts:
+/// the overlay upperdir, or the bind source. Lets a test build a deep chain
+/// without mounting every layer.
+fn writable_dir(store: &Store, key: &str) -> PathBuf {
+    let run = store.strata(&["mounts", "--json", "--", key]).success();
+    let m = &run.json()[0];
+    let options: Vec<&str> = m["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    match options.iter().find_map(|o| o.strip_prefix("upperdir=")) {
+        Some(upper) => PathBuf::from(upper),
+        None => PathBuf::from(m["source"].as_str().unwrap()),
+    }
+}
+
+/// Commits layers `from..=to` on `parent`; layer i writes `files/f{i}` and
+/// overwrites `top`. Layer `delete_at` removes `files/f1` through a real
+/// mount (so overlay records a whiteout).
+fn build_chain(
+    store: &Store,
+    parent: Option<&str>,
+    from: usize,
+    to: usize,
+    delete_at: Option<usize>,
+) {
+    let mut parent = parent.map(str::to_string);
+    for i in from..=to {
+        let key = format!("w{i}");
+        let mut args = vec!["prepare".to_string(), "--".into(), key.clone()];
+        args.extend(parent.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        store.strata(&args).success();
+        if Some(i) == delete_at {
+            let m = store.mount(&key);
+            fs::remove_file(m.join("files/f1")).unwrap();
+            store.unmount(&m);
+        } else {
+            let dir = writable_dir(store, &key);
+            fs::create_dir_all(dir.join("files")).unwrap();
+            fs::write(dir.join(format!("files/f{i}")), i.to_string()).unwrap();
+            fs::write(dir.join("top"), i.to_string()).unwrap();
+        }
+        let name = format!("l{i}");
+        store.strata(&["commit", &name, &key]).success();
+        parent = Some(name);
+    }
+}
+
+/// Checks the tree of a chain 1..=top seen at `root`.
+fn check_chain(root: &Path, top: usize, deleted_f1: bool) {
+    assert_eq!(
+        fs::read_to_string(root.join("top")).unwrap(),
+        top.to_string()
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("files/f2")).unwrap(),
+        "2",
+        "a file of the bottom layers"
+    );
+    assert_eq!(
+        root.join("files/f1").exists(),
+        !deleted_f1,
+        "a file deleted in a middle layer stays deleted"
+    );
+    let n = fs::read_dir(root.join("files")).unwrap().count();
+    assert_eq!(n, top - 1 - usize::from(deleted_f1));
+}
+
+#[test]
+fn overlay_chain_of_500_layers_mounts_and_the_501st_is_refused() {
+    let store = setup!("overlay");
+    build_chain(&store, None, 1, 500, Some(250));
+
+    // Mounted by strata: an active snapshot on top of 500 layers.
+    store.strata(&["prepare", "top", "l500"]).success();
+    let m = store.mount("top");
+    check_chain(&m.path, 500, true);
+    assert_eq!(fs::read_to_string(m.join("files/f500")).unwrap(), "500");
+    fs::write(m.join("written"), "through 500 layers").unwrap();
+    fs::remove_file(m.join("files/f2")).unwrap();
+    store.unmount(&m);
+    store.strata(&["commit", "l501", "top"]).success();
+
+    // A view of the 501-layer chain would need 501 lowers: refused up front.
+    let run = store.fails(&["view", "v501", "l501"], "unsupported");
+    assert!(
+        run.stderr.contains("500"),
+        "names the kernel limit: {}",
+        run.stderr
+    );
+    store.fails(&["prepare", "p502", "l501"], "unsupported");
+    assert!(!store.names(&[]).contains(&"v501".to_string()));
+
+    // The view of the 500-layer chain, mounted by pasting the printed command.
+    store.strata(&["view", "look", "l500"]).success();
+    let target = store.scratch_dir("pasted");
+    let guard = MountGuard::new(&target);
+    let printed = store
+        .strata(&["mounts", "look", target.to_str().unwrap()])
+        .success();
+    let line = printed.stdout.trim();
+    assert!(
+        line.starts_with("(cd "),
+        "deep chains are printed relative: {line}"
+    );
+    let sh = Command::new("sh").arg("-c").arg(line).output().unwrap();
+    assert!(
+        sh.status.success(),
+        "pasted command failed: {line}\n{}",
+        String::from_utf8_lossy(&sh.stderr)
+    );
+    check_chain(&guard.path, 500, true);
+    assert!(
+        fs::write(guard.join("x"), "x").is_err(),
+        "a view is read-only"
+    );
+    drop(guard);
+
+    // JSON always carries absolute paths, nearest parent first.
+    let json = store.strata(&["mounts", "--json", "look"]).success().json();
+    let lower = json[0]["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|o| o.as_str().unwrap().strip_prefix("lowerdir="))
+        .unwrap()
+        .to_string();
+    let layers: Vec<&str> = lower.split(':').collect();
+    assert_eq!(layers.len(), 500);
+    assert!(layers.iter().all(|l| l.starts_with('/')));
+
+    // The mount(2) fallback (forced) mounts the same chain.
+    store.strata(&["view", "look2", "l500"]).success();
+    let target = store.scratch("fallback");
+    let guard = MountGuard::new(&target);
+    let run = store.strata_with(
+        &["mount", "look2", target.to_str().unwrap()],
+        With {
+            env: &[("STRATA_MOUNT_FALLBACK", "1")],
+            ..Default::default()
+        },
+    );
+    match run.code {
+        0 => check_chain(&guard.path, 500, true),
+        // Past one page even in relative form: a clear `unsupported`.
+        7 => assert!(run.stderr.contains("500"), "{}", run.session()),
+        _ => panic!("fallback mount failed:\n{}", run.session()),
+    }
+    drop(guard);
+
+    // The whole chain commits and reads back the change made on top of it.
+    store.strata(&["prepare", "check", "l500"]).success();
+    let m = store.mount("check");
+    assert!(!m.join("written").exists());
+    drop(m);
+}
+
+#[test]
+fn native_chains_are_not_limited_to_500() {
+    let store = setup!("native");
+    build_chain(&store, None, 1, 505, Some(3));
+    store.strata(&["view", "look", "l505"]).success();
+    let m = store.mount("look");
+    check_chain(&m.path, 505, true);
+    drop(m);
+}
+
+#[test]
+fn fallback_mounts_short_chains_with_mount2() {
+    for driver in ["overlay", "native"] {
+        let store = setup!(driver);
+        build_chain(&store, None, 1, 5, Some(4));
+        store.strata(&["prepare", "top", "l5"]).success();
+        let target = store.scratch("mnt");
+        let guard = MountGuard::new(&target);
+        store
+            .strata_with(
+                &["mount", "top", target.to_str().unwrap()],
+                With {
+                    env: &[("STRATA_MOUNT_FALLBACK", "1")],
+                    ..Default::default()
+                },
+            )
+            .success();
+        check_chain(&guard.path, 5, true);
+        fs::write(guard.join("new"), "new").unwrap();
+        store.strata(&["commit", "c", "top"]).success();
+        assert!(!is_mount_point(&guard.path), "commit unmounted it");
+        let tree = store.view_tree("c");
+        assert_eq!(tree.content("new").as_deref(), Some("new"));
+    }
+}
+
+#[test]
+fn stale_records_are_dropped_and_busy_unmounts_change_nothing() {
+    let store = setup!("overlay");
+    store.strata(&["prepare", "a"]).success();
+    let m = store.mount("a");
+    assert_eq!(store.info("a")["mounted_at"][0], m.path.to_str().unwrap());
+
+    // Unmounted behind strata's back: the record goes.
+    assert!(
+        Command::new("umount")
+            .arg(&m.path)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
+    store.fails(&["unmount", "a"], "not_found");
+
+    // Busy: an open file keeps it mounted, and the record stays.
+    let m = store.mount("a");
+    let file = fs::File::create(m.join("held")).unwrap();
+    let run = store.fails(
+        &["unmount", m.path.to_str().unwrap()],
+        "failed_precondition",
+    );
+    assert!(run.stderr.contains("busy"), "{}", run.stderr);
+    assert!(is_mount_point(&m.path));
+    assert_eq!(store.info("a")["mounted_at"][0], m.path.to_str().unwrap());
+    // commit of a busy mount fails and leaves `a` active and mounted.
+    store.fails(&["commit", "c", "a"], "failed_precondition");
+    assert_eq!(store.info("a")["kind"], "active");
+    // rm -f cannot unmount it either.
+    store.fails(&["rm", "-f", "a"], "failed_precondition");
+    // --lazy detaches it anyway.
+    store.strata(&["unmount", "--lazy", "a"]).success();
+    assert!(!is_mount_point(&m.path));
+    drop(file);
+    assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
+    store.strata(&["commit", "c", "a"]).success();
+}
+
+#[test]
+fn unmount_by_key_undoes_every_mount_of_the_snapshot() {
+    let store = setup!("overlay");
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    store.strata(&["view", "v", "base"]).success();
+    let a = store.mount("v");
+    let b = store.mount("v");
+    let run = store.strata(&["ls", "--json"]).success().json();
+    let v = run
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "v")
+        .unwrap()
+        .clone();
+    assert_eq!(v["mounted_at"].as_array().unwrap().len(), 2);
+    store.strata(&["unmount", "v"]).success();
+    assert!(!is_mount_point(&a.path) && !is_mount_point(&b.path));
+    // A second mount at a target strata already uses is refused.
+    let c = store.mount("v");
+    store.fails(&["mount", "v", c.path.to_str().unwrap()], "already_exists");
+}
+
+fn write_config(store: &Store, text: &str) -> PathBuf {
+    let path = store.scratch("config.yaml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn overlay_mount_options_come_from_the_config_file() {
+    let store = setup!("overlay");
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    store.layer("app", Some("base"), &[file("g", "y", 0o644)]);
+    let config = write_config(
+        &store,
+        "overlay:\n  mount_options: [\"metacopy=on\", \"index=on\"]\n",
+    );
+    let config = config.to_str().unwrap();
+    store.strata(&["prepare", "p", "app"]).success();
+    store.strata(&["prepare", "r"]).success();
+    let opts = |key: &str| -> Vec<String> {
+        let json = store
+            .strata(&["--config", config, "mounts", "--json", key])
+            .success()
+            .json();
+        json[0]["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap().to_string())
+            .collect()
+    };
+    let overlay = opts("p");
+    assert!(overlay.contains(&"metacopy=on".to_string()), "{overlay:?}");
+    assert!(overlay.contains(&"index=on".to_string()), "{overlay:?}");
+    assert!(
+        !overlay.contains(&"index=off".to_string()),
+        "a configured index= wins: {overlay:?}"
+    );
+    let bind = opts("r");
+    assert_eq!(bind, vec!["rbind", "rw"], "never applied to binds");
+    // And the mount really takes them.
+    let target = store.scratch("mnt");
+    let guard = MountGuard::new(&target);
+    store
+        .strata(&["--config", config, "mount", "p", target.to_str().unwrap()])
+        .success();
+    assert_eq!(fs::read_to_string(guard.join("f")).unwrap(), "x");
+    let bad = write_config(&store, "overlay:\n  mount_option: [x]\n");
+    let run = store.fails(&["--config", bad.to_str().unwrap(), "ls"], "invalid");
+    assert!(run.stderr.contains("mount_option"), "{}", run.stderr);
+}
+
+/// `unshare --user --map-root-user --mount`: overlay in a user namespace,
+/// with `userxattr` added automatically.
+#[test]
+fn user_namespace_mounts_overlay_with_userxattr() {
+    if !require_root_and_overlay() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let script = format!(
+        r#"set -e
+S="{bin} --root {root}"
+$S init
+$S prepare a --mount {t}/a
+echo bottom > {t}/a/f
+mkdir {t}/a/d && echo gone > {t}/a/d/x
+$S commit a1 a
+$S prepare b a1 --mount {t}/b
+rm {t}/b/d/x
+echo top > {t}/b/g
+$S mounts b
+$S commit b1 b
+$S view v b1 --mount {t}/v
+cat {t}/v/f {t}/v/g
+test ! -e {t}/v/d/x
+$S unmount v
+"#,
+        bin = BIN,
+        root = root.display(),
+        t = tmp.path().display()
+    );
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success()
+        && stderr.contains("unshare failed")
+        && std::env::var("CI").as_deref() != Ok("true")
+    {
+        eprintln!("skipped: user namespaces are not available: {stderr}");
+        return;
+    }
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("userxattr"), "{stdout}");
+    assert!(stdout.contains("bottom\ntop\n"), "{stdout}");
+}
+
+/// A plain non-root user: the store is native, everything but mounting
+/// works, and mounting is `unsupported` with a hint.
+#[test]
+fn plain_user_gets_native_store_and_unsupported_mounts() {
+    if !require_root_and_overlay() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let home = tmp.path().join("home");
+    fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    let script = format!(
+        r#"S={bin}
+$S init || exit 10
+$S prepare a || exit 11
+$S mount a {home}/m; echo "mount=$?"
+d=$($S mounts a -o json | sed -n 's/.*"source": "\(.*\)".*/\1/p')
+echo hello > "$d/f" || exit 12
+$S commit a1 a || exit 13
+$S prepare b a1 || exit 14
+$S ls || exit 15
+$S usage a1 -o json || exit 16
+$S rm -r a1 || exit 17
+"#,
+        bin = BIN,
+        home = home.display()
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["env", "-i", "PATH=/usr/bin:/bin", "NO_COLOR=1"])
+        .arg(format!("HOME={}", home.display()))
+        .args(["sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("native driver"), "{stdout}");
+    assert!(stdout.contains("mount=7"), "{stdout}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+    assert!(stdout.contains("\"inodes\": 2"), "{stdout}");
+    assert!(home.join(".local/share/strata/index.db").exists());
+}
