@@ -154,6 +154,7 @@ impl Layout {
             Err(e) => return Err(e),
         }
         sync_dir(&self.snapshots)?;
+        super::crash::point("discard:renamed");
         remove_tree(&trash)
     }
 }

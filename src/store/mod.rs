@@ -8,6 +8,7 @@
 //! transactions and is re-validated when the result is recorded.
 
 pub mod copy;
+pub mod crash;
 pub mod driver;
 pub mod error;
 pub mod filter;
@@ -267,15 +268,18 @@ impl Store {
             .with_hint("commit fewer, larger layers, or use a store with the native driver"));
         }
         let parent_fs = parent_row.as_ref().map(|p| self.layout.fs(p.id));
+        crash::point("create:validated");
         let staging = self.layout.staging().ctx(|| {
             format!(
                 "cannot create a directory in {}",
                 self.layout.snapshots().display()
             )
         })?;
+        crash::point("create:staging-made");
         driver
             .build(staging.path(), kind, parent_fs.as_deref())
             .ctx(|| format!("cannot build snapshot `{key}`"))?;
+        crash::point("create:built");
         if driver == Driver::Native && kind == SnapshotKind::Active && parent_fs.is_some() {
             syncfs(staging.path()).ctx(|| format!("cannot sync snapshot `{key}`"))?;
         } else {
@@ -297,13 +301,16 @@ impl Store {
             }
         }
         let id = index::insert(&tx, key, kind, parent_row.as_ref().map(|p| p.id), labels)?;
+        crash::point("create:row-inserted");
         self.layout
             .install(staging, id)
             .ctx(|| format!("cannot install snapshot `{key}`"))?;
+        crash::point("create:installed");
         if let Err(e) = tx.commit() {
             let _ = self.layout.discard(id);
             return Err(e.into());
         }
+        crash::point("create:committed");
         Ok(self.mounts_of(driver, kind, id, &chain))
     }
 
@@ -401,11 +408,13 @@ impl Store {
             )));
         }
         mount::mount_all(&mounts, &target).map_err(|e| mount_error(key, &target, e))?;
+        crash::point("mount:mounted");
         let recorded = (|| -> Result<()> {
             let tx = self.index.write()?;
             let row = mountable(&tx, key)?;
             index::add_mount(&tx, row.id, &target.display().to_string())?;
             tx.commit()?;
+            crash::point("mount:recorded");
             Ok(())
         })();
         if let Err(e) = recorded {
@@ -469,9 +478,11 @@ impl Store {
                 return Err(Error::io(format!("cannot unmount {}", target.display()), e));
             }
         }
+        crash::point("unmount:unmounted");
         let tx = self.index.write()?;
         index::remove_mount(&tx, &target.display().to_string())?;
         tx.commit()?;
+        crash::point("unmount:forgotten");
         Ok(())
     }
 
@@ -530,8 +541,10 @@ impl Store {
                 .with_hint("close what uses the mount, then commit again")
             })?;
         }
+        crash::point("commit:unmounted");
         let usage = usage::disk_usage(&self.layout.fs(row.id))
             .ctx(|| format!("cannot measure the disk usage of `{key}`"))?;
+        crash::point("commit:measured");
         if self.driver()? == Some(Driver::Native) {
             syncfs(&self.layout.fs(row.id)).ctx(|| format!("cannot sync `{key}`"))?;
         }
@@ -546,9 +559,12 @@ impl Store {
             return Err(exists(name));
         }
         index::commit(&tx, row.id, name, labels, usage.size, usage.inodes)?;
+        crash::point("commit:row-updated");
         tx.commit()?;
+        crash::point("commit:committed");
         // The work directory is only needed while the snapshot is writable.
         let _ = layout::remove_tree(&self.layout.work(row.id));
+        crash::point("commit:work-removed");
         Ok(())
     }
 
@@ -614,8 +630,10 @@ impl Store {
                 return Err(has_children(&row.name, &outside));
             }
             index::delete(&tx, row.id)?;
+            crash::point("rm:row-deleted");
         }
         tx.commit()?;
+        crash::point("rm:committed");
         for row in &rows {
             self.layout.discard(row.id).ctx(|| {
                 format!(
@@ -623,6 +641,7 @@ impl Store {
                     row.name
                 )
             })?;
+            crash::point("rm:files-deleted");
         }
         Ok(rows.into_iter().map(|r| r.name).collect())
     }
@@ -663,7 +682,9 @@ impl Store {
             let tx = self.index.write()?;
             let row = existing(&tx, key)?;
             index::update_labels(&tx, row.id, changes)?;
+            crash::point("label:updated");
             tx.commit()?;
+            crash::point("label:committed");
         }
         self.stat(key)
     }

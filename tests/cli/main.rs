@@ -6,6 +6,7 @@ mod support;
 
 mod commands;
 mod conformance;
+mod crash;
 mod errors;
 mod json;
 mod keys;

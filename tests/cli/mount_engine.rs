@@ -8,24 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The directory a new active snapshot writes to, read from its mounts:
-/// the overlay upperdir, or the bind source. Lets a test build a deep chain
-/// without mounting every layer.
-fn writable_dir(store: &Store, key: &str) -> PathBuf {
-    let run = store.strata(&["mounts", "--json", "--", key]).success();
-    let m = &run.json()[0];
-    let options: Vec<&str> = m["options"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o.as_str().unwrap())
-        .collect();
-    match options.iter().find_map(|o| o.strip_prefix("upperdir=")) {
-        Some(upper) => PathBuf::from(upper),
-        None => PathBuf::from(m["source"].as_str().unwrap()),
-    }
-}
-
 /// Commits layers `from..=to` on `parent`; layer i writes `files/f{i}` and
 /// overwrites `top`. Layer `delete_at` removes `files/f1` through a real
 /// mount (so overlay records a whiteout).

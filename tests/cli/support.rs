@@ -886,3 +886,21 @@ pub fn now_seconds() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// The directory a new active snapshot writes to, read from its mounts:
+/// the overlay upperdir, or the bind source. Lets a test build a deep chain
+/// without mounting every layer.
+pub fn writable_dir(store: &Store, key: &str) -> PathBuf {
+    let run = store.strata(&["mounts", "--json", "--", key]).success();
+    let m = &run.json()[0];
+    let options: Vec<&str> = m["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    match options.iter().find_map(|o| o.strip_prefix("upperdir=")) {
+        Some(upper) => PathBuf::from(upper),
+        None => PathBuf::from(m["source"].as_str().unwrap()),
+    }
+}
