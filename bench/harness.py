@@ -525,7 +525,9 @@ def report(path, markdown=None):
         if r.get("target"):
             ok = ratio <= r["target"]
             missed += not ok
-            target, met = f"≤ {r['target']}", "yes" if ok else f"NO ({ratio / r['target']:.1f}x over)"
+            over = ratio / r["target"]
+            target = f"≤ {r['target']}"
+            met = "yes" if ok else f"NO ({over:.2f}x over)" if over < 2 else f"NO ({over:.1f}x over)"
         else:
             target, met = "—", ""
         a_cpu = fmt(statistics.median(r["a_cpu_ns"])) if r.get("a_cpu_ns") else ""

@@ -276,9 +276,13 @@ impl Store {
             )
         })?;
         crash::point("create:staging-made");
-        driver
-            .build(staging.path(), kind, parent_fs.as_deref())
-            .ctx(|| format!("cannot build snapshot `{key}`"))?;
+        if let Err(e) = driver.build(staging.path(), kind, parent_fs.as_deref()) {
+            // A parent removed meanwhile explains the failure better.
+            if let (Some(p), Some(name)) = (&parent_row, parent) {
+                self.parent_still_there(p.id, name, key)?;
+            }
+            return Err(Error::io(format!("cannot build snapshot `{key}`"), e));
+        }
         crash::point("create:built");
         if driver == Driver::Native && kind == SnapshotKind::Active && parent_fs.is_some() {
             syncfs(staging.path()).ctx(|| format!("cannot sync snapshot `{key}`"))?;
@@ -293,12 +297,7 @@ impl Store {
             return Err(exists(key));
         }
         if let (Some(p), Some(name)) = (&parent_row, parent) {
-            let now = committed_parent(&tx, name)?;
-            if now.id != p.id {
-                return Err(Error::not_found(format!(
-                    "parent snapshot `{name}` was removed while `{key}` was being made"
-                )));
-            }
+            same_parent(&tx, p.id, name, key)?;
         }
         let id = index::insert(&tx, key, kind, parent_row.as_ref().map(|p| p.id), labels)?;
         crash::point("create:row-inserted");
@@ -312,6 +311,11 @@ impl Store {
         }
         crash::point("create:committed");
         Ok(self.mounts_of(driver, kind, id, &chain))
+    }
+
+    fn parent_still_there(&mut self, id: i64, name: &str, key: &str) -> Result<()> {
+        let tx = self.index.read()?;
+        same_parent(&tx, id, name, key)
     }
 
     fn mounts_of(&self, driver: Driver, kind: SnapshotKind, id: i64, chain: &[i64]) -> Vec<Mount> {
@@ -826,6 +830,17 @@ fn committed_parent(tx: &Transaction<'_>, name: &str) -> Result<Row> {
         )));
     }
     Ok(row)
+}
+
+/// Checks that parent `name` is still the snapshot `id` it was when a
+/// create started.
+fn same_parent(tx: &Transaction<'_>, id: i64, name: &str, key: &str) -> Result<()> {
+    match index::find(tx, name)? {
+        Some(now) if now.id == id => Ok(()),
+        _ => Err(Error::not_found(format!(
+            "parent snapshot `{name}` was removed while `{key}` was being made"
+        ))),
+    }
 }
 
 /// A snapshot that must be active (for commit).

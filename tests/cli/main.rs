@@ -5,6 +5,7 @@
 mod support;
 
 mod commands;
+mod concurrency;
 mod conformance;
 mod crash;
 mod errors;

@@ -1,0 +1,209 @@
+//! Many strata processes on one store at once: races on one key, on one
+//! commit name, a parent's removal against a child's prepare, and a few
+//! hundred mixed operations. Nothing may fail with a locked database, and
+//! nothing may be lost or duplicated.
+
+use crate::support::*;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::thread;
+
+const PROCS: usize = 8;
+
+fn run(root: &std::path::Path, args: &[String]) -> Output {
+    Command::new(BIN)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("NO_COLOR", "1")
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs `args_of(i)` in PROCS processes at once; returns their outputs.
+fn race(store: &Store, args_of: impl Fn(usize) -> Vec<String>) -> Vec<Output> {
+    let root = Arc::new(store.root.clone());
+    let barrier = Arc::new(std::sync::Barrier::new(PROCS));
+    let handles: Vec<_> = (0..PROCS)
+        .map(|i| {
+            let root = Arc::clone(&root);
+            let barrier = Arc::clone(&barrier);
+            let args = args_of(i);
+            thread::spawn(move || {
+                barrier.wait();
+                run(&root, &args)
+            })
+        })
+        .collect();
+    let outputs: Vec<Output> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for o in &outputs {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.contains("locked"),
+            "an operation hit a locked database: {err}"
+        );
+    }
+    outputs
+}
+
+fn codes(outputs: &[Output]) -> Vec<i32> {
+    let mut c: Vec<i32> = outputs
+        .iter()
+        .map(|o| o.status.code().unwrap_or(-1))
+        .collect();
+    c.sort();
+    c
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn same_key_one_winner(driver: &str) {
+    let store = Store::uninitialized(driver);
+    store.strata(&["init", "--driver", driver]).success();
+    store.strata(&["prepare", "b"]).success();
+    store.strata(&["commit", "base", "b"]).success();
+    for round in 0..5 {
+        let key = format!("k{round}");
+        let out = race(&store, |_| s(&["prepare", &key, "base"]));
+        let mut want = vec![4; PROCS - 1];
+        want.insert(0, 0);
+        assert_eq!(codes(&out), want, "exactly one prepare of `{key}` wins");
+        let out = race(&store, |_| s(&["view", &format!("v{round}"), "base"]));
+        assert_eq!(codes(&out), want, "exactly one view wins");
+    }
+    // One commit name, eight actives: one wins, the others stay active.
+    for i in 0..PROCS {
+        store
+            .strata(&["prepare", &format!("a{i}"), "base"])
+            .success();
+    }
+    let out = race(&store, |i| s(&["commit", "same", &format!("a{i}")]));
+    let mut want = vec![4; PROCS - 1];
+    want.insert(0, 0);
+    assert_eq!(codes(&out), want, "exactly one commit to `same` wins");
+    let names = store.names(&["--kind", "active"]);
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with('a')).count(),
+        PROCS - 1
+    );
+    store.strata(&["check"]).success();
+}
+
+fn remove_parent_races_prepare_child(driver: &str) {
+    let store = Store::uninitialized(driver);
+    store.strata(&["init", "--driver", driver]).success();
+    for round in 0..12 {
+        let p = format!("p{round}");
+        store.strata(&["prepare", "w"]).success();
+        store.strata(&["commit", &p, "w"]).success();
+        let out = race(&store, |i| {
+            if i % 2 == 0 {
+                s(&["rm", &p])
+            } else {
+                s(&["prepare", &format!("c{round}-{i}"), &p])
+            }
+        });
+        let parent_exists = store.names(&[]).contains(&p);
+        let children = store.names(&["--filter", &format!("parent=={p}")]);
+        // Never a child whose parent is gone.
+        if !parent_exists {
+            assert!(children.is_empty(), "children {children:?} of removed {p}");
+        }
+        for (i, o) in out.iter().enumerate() {
+            let code = o.status.code().unwrap();
+            if i % 2 == 1 {
+                assert!(matches!(code, 0 | 3), "prepare: {o:?}");
+                assert_eq!(code == 0, children.contains(&format!("c{round}-{i}")));
+            } else {
+                assert!(matches!(code, 0 | 3 | 5), "rm: {o:?}");
+            }
+        }
+        store.strata(&["rm", "-r", &p]).code;
+    }
+    store.strata(&["check"]).success();
+}
+
+fn mixed_operations(driver: &str) {
+    let store = Store::uninitialized(driver);
+    store.strata(&["init", "--driver", driver]).success();
+    store.strata(&["prepare", "b"]).success();
+    store.strata(&["commit", "base", "b"]).success();
+    let root = Arc::new(store.root.clone());
+    let per_proc = 40;
+    let handles: Vec<_> = (0..PROCS)
+        .map(|p| {
+            let root = Arc::clone(&root);
+            thread::spawn(move || {
+                let mut made = Vec::new();
+                let mut codes = Vec::new();
+                for i in 0..per_proc / 4 {
+                    let a = format!("p{p}-a{i}");
+                    let c = format!("p{p}-c{i}");
+                    let shared = format!("shared{}", i % 3);
+                    for args in [
+                        s(&["prepare", &a, "base", "--label", &format!("p={p}")]),
+                        s(&["commit", &c, &a]),
+                        s(&["prepare", &shared, &c]),
+                        s(&["label", &c, "x=y"]),
+                    ] {
+                        let o = run(&root, &args);
+                        let err = String::from_utf8_lossy(&o.stderr).to_string();
+                        assert!(!err.contains("locked"), "{args:?}: {err}");
+                        codes.push((args, o.status.code().unwrap(), err));
+                    }
+                    made.push(c);
+                    if i % 3 == 2 {
+                        let o = run(&root, &s(&["ls", "--json"]));
+                        assert!(o.status.success());
+                    }
+                }
+                (made, codes)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        let (made, codes) = h.join().unwrap();
+        for (args, code, err) in &codes {
+            total += 1;
+            let ok = match args[0].as_str() {
+                // Only the shared keys are contended; they may already exist.
+                "prepare" if args[1].starts_with("shared") => matches!(code, 0 | 4),
+                _ => *code == 0,
+            };
+            assert!(ok, "{args:?} exited {code}: {err}");
+        }
+        let names = store.names(&[]);
+        for c in made {
+            assert!(names.contains(&c), "{c} was lost");
+        }
+    }
+    let names = store.names(&[]);
+    let mut dedup = names.clone();
+    dedup.dedup();
+    assert_eq!(names, dedup, "a key is listed twice");
+    assert_eq!(names.iter().filter(|n| n.starts_with("shared")).count(), 3);
+    assert_eq!(
+        names.iter().filter(|n| n.contains("-c")).count(),
+        PROCS * per_proc / 4
+    );
+    eprintln!("{driver}: {total} concurrent operations");
+    store.strata(&["check"]).success();
+}
+
+fn same_key(driver: &str) {
+    same_key_one_winner(driver)
+}
+fn parent_removal(driver: &str) {
+    remove_parent_races_prepare_child(driver)
+}
+fn mixed(driver: &str) {
+    mixed_operations(driver)
+}
+
+both_drivers!(same_key, parent_removal, mixed);
