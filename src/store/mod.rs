@@ -549,9 +549,8 @@ impl Store {
         let usage = usage::disk_usage(&self.layout.fs(row.id))
             .ctx(|| format!("cannot measure the disk usage of `{key}`"))?;
         crash::point("commit:measured");
-        if self.driver()? == Some(Driver::Native) {
-            syncfs(&self.layout.fs(row.id)).ctx(|| format!("cannot sync `{key}`"))?;
-        }
+        // Committed content must be on disk before the index says so.
+        syncfs(&self.layout.fs(row.id)).ctx(|| format!("cannot sync `{key}`"))?;
         let tx = self.index.write()?;
         let now = active(&tx, key, "commit")?;
         if now.id != row.id {

@@ -12,3 +12,4 @@ mod errors;
 mod json;
 mod keys;
 mod mount_engine;
+mod resources;

@@ -1,0 +1,169 @@
+//! Resource faults: a full disk in the middle of prepare, commit and the
+//! native driver's copy gives a clean error and nothing half-made; a corrupt
+//! index or one from a newer strata is a clear error, never rewritten.
+
+use crate::support::*;
+use std::fs;
+use std::io::Write;
+use std::process::Command;
+
+/// A small tmpfs holding the store; unmounted when dropped.
+struct SmallDisk {
+    guard: MountGuard,
+}
+
+fn small_disk(store: &Store, size: &str) -> SmallDisk {
+    let dir = store.scratch_dir("small");
+    let guard = MountGuard::new(&dir);
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cannot mount a small tmpfs");
+    SmallDisk { guard }
+}
+
+/// Fills the filesystem at `dir` until writes fail; returns the filler.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("filler");
+    let mut f = fs::File::create(&path).unwrap();
+    let block = vec![7u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+fn strata_at(store: &Store, root: &std::path::Path, args: &[&str]) -> Run {
+    let mut all = vec!["--root", root.to_str().unwrap()];
+    all.extend_from_slice(args);
+    store.strata_with(
+        &all,
+        With {
+            no_root: true,
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn native_copy_on_a_full_disk_fails_cleanly() {
+    if !require_root_and_overlay() {
+        return;
+    }
+    let store = Store::uninitialized("native");
+    let disk = small_disk(&store, "8m");
+    let root = disk.guard.join("store");
+    let s = |args: &[&str]| strata_at(&store, &root, args);
+    s(&["init", "--driver", "native"]).success();
+    s(&["prepare", "w"]).success();
+    let dir = {
+        let run = s(&["mounts", "--json", "w"]).success();
+        std::path::PathBuf::from(run.json()[0]["source"].as_str().unwrap())
+    };
+    fs::write(dir.join("big"), vec![1u8; 3 << 20]).unwrap();
+    s(&["commit", "base", "w"]).success();
+    s(&["prepare", "c1", "base"]).success();
+    // The second copy does not fit.
+    let run = s(&["prepare", "c2", "base"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    assert!(run.stderr.contains("No space left"), "{}", run.session());
+    let ls = s(&["ls", "--json"]).success().json();
+    let names: Vec<&str> = ls.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["base", "c1"], "nothing half-made");
+    let dirs: Vec<String> = fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs.len(), 2, "no leftover directories: {dirs:?}");
+    s(&["check"]).success();
+    // Room again: it works.
+    s(&["rm", "c1"]).success();
+    s(&["prepare", "c2", "base"]).success();
+}
+
+#[test]
+fn full_disk_during_prepare_and_commit_changes_nothing() {
+    for driver in ["overlay", "native"] {
+        if !require_root_and_overlay() {
+            return;
+        }
+        let store = Store::uninitialized(driver);
+        let disk = small_disk(&store, "4m");
+        let root = disk.guard.join("store");
+        let s = |args: &[&str]| strata_at(&store, &root, args);
+        s(&["init", "--driver", driver]).success();
+        s(&["prepare", "a"]).success();
+        s(&["commit", "base", "a"]).success();
+        s(&["prepare", "act", "base"]).success();
+        let before = s(&["ls", "--json"]).success().stdout;
+        let filler = fill(&disk.guard.path);
+        for args in [
+            vec!["prepare", "new", "base"],
+            vec!["commit", "done", "act"],
+            vec!["view", "v", "base"],
+            vec!["label", "base", "k=v"],
+        ] {
+            let run = s(&args);
+            // Either it fit (tmpfs directories need no blocks) or it failed
+            // cleanly; in both cases the store stays consistent.
+            assert!(matches!(run.code, 0 | 1), "{}", run.session());
+            if run.code == 1 {
+                assert!(run.stderr.starts_with("error: "), "{}", run.session());
+            }
+        }
+        fs::remove_file(filler).unwrap();
+        s(&["prune"]).success();
+        s(&["check"]).success();
+        let after = s(&["ls", "--json"]).success().json();
+        for v in after.as_array().unwrap() {
+            let name = v["name"].as_str().unwrap();
+            assert!(["base", "act", "new", "done", "v"].contains(&name), "{name}");
+        }
+        // The active snapshot is still whole (or was committed whole).
+        let names: Vec<&str> = after.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"act") != names.contains(&"done"), "{before}");
+    }
+}
+
+fn write_at(path: &std::path::Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+#[test]
+fn corrupt_index_is_an_error_and_is_not_rewritten() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    store.strata(&["prepare", "a"]).success();
+    let index = store.root.join("index.db");
+    write_at(&index, 0, b"this is not a database, it is garbage....");
+    let before = fs::read(&index).unwrap();
+    let run = store.strata(&["ls"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    assert!(run.stderr.contains("corrupt"), "{}", run.session());
+    assert_eq!(run.stderr.lines().next().unwrap().matches("error:").count(), 1);
+    store.strata(&["prepare", "b"]).fails_with(1, "corrupt");
+    assert_eq!(fs::read(&index).unwrap(), before, "the index was modified");
+}
+
+#[test]
+fn index_from_a_newer_strata_is_refused_untouched() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    store.strata(&["prepare", "a"]).success();
+    let index = store.root.join("index.db");
+    // SQLite keeps `user_version` big-endian at byte 60 of the header.
+    write_at(&index, 60, &99u32.to_be_bytes());
+    let before = fs::read(&index).unwrap();
+    for args in [vec!["ls"], vec!["prepare", "b"], vec!["check"]] {
+        let run = store.strata(&args);
+        assert_eq!(run.code, 1, "{}", run.session());
+        assert!(run.stderr.contains("newer"), "{}", run.session());
+    }
+    let json = store.strata(&["-o", "json", "ls"]);
+    assert!(json.stderr.contains("\"kind\":\"internal\""), "{}", json.session());
+    assert_eq!(fs::read(&index).unwrap(), before, "the index was modified");
+}
