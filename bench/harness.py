@@ -602,6 +602,9 @@ def main(argv):
     except BenchError as e:
         log(f"error: {e}")
         return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
     return 0
 
 

@@ -139,3 +139,110 @@ pub fn load(named: Option<&Path>) -> Result<(Option<PathBuf>, File)> {
     })?;
     Ok((Some(path), file))
 }
+
+/// One resolved setting and its source.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Setting<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+/// The effective configuration (`strata config`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Settings {
+    pub config_file: Option<String>,
+    pub root: Setting<PathBuf>,
+    pub driver: Setting<Option<DriverName>>,
+    pub output: Setting<Format>,
+    pub overlay_mount_options: Setting<Vec<String>>,
+}
+
+impl Settings {
+    /// (name, value, source) rows for the table.
+    pub fn rows(&self) -> Vec<(&'static str, String, Source)> {
+        vec![
+            (
+                "root",
+                self.root.value.display().to_string(),
+                self.root.source,
+            ),
+            (
+                "driver",
+                match self.driver.value {
+                    Some(DriverName::Overlay) => "overlay".into(),
+                    Some(DriverName::Native) => "native".into(),
+                    None => "detect (overlay if it can mount, else native)".into(),
+                },
+                self.driver.source,
+            ),
+            (
+                "output",
+                self.output.value.as_str().into(),
+                self.output.source,
+            ),
+            (
+                "overlay.mount_options",
+                self.overlay_mount_options.value.join(","),
+                self.overlay_mount_options.source,
+            ),
+        ]
+    }
+}
+
+/// What the command line said, with where `--root` came from.
+pub struct Given<'a> {
+    pub root: Option<(&'a Path, Source)>,
+    pub config: Option<&'a Path>,
+    pub output: Option<Format>,
+}
+
+/// Resolves every setting: flag, then environment, then file, then default.
+pub fn resolve(given: Given<'_>) -> Result<Settings> {
+    let (path, file) = load(given.config)?;
+    let root = match given.root {
+        Some((p, source)) if !p.as_os_str().is_empty() => Setting {
+            value: p.to_path_buf(),
+            source,
+        },
+        _ => match file.root.clone() {
+            Some(p) => Setting {
+                value: p,
+                source: Source::File,
+            },
+            None => Setting {
+                value: default_root(),
+                source: Source::Default,
+            },
+        },
+    };
+    let from_file = |present: bool| {
+        if present {
+            Source::File
+        } else {
+            Source::Default
+        }
+    };
+    let output = match given.output {
+        Some(f) => Setting {
+            value: f,
+            source: Source::Flag,
+        },
+        None => Setting {
+            value: file.output.unwrap_or_default(),
+            source: from_file(file.output.is_some()),
+        },
+    };
+    Ok(Settings {
+        config_file: path.map(|p| p.display().to_string()),
+        root,
+        driver: Setting {
+            value: file.driver,
+            source: from_file(file.driver.is_some()),
+        },
+        output,
+        overlay_mount_options: Setting {
+            source: from_file(!file.overlay.mount_options.is_empty()),
+            value: file.overlay.mount_options,
+        },
+    })
+}

@@ -7,4 +7,5 @@
 pub mod cmd;
 pub mod config;
 pub mod printer;
+pub mod reference;
 pub mod store;

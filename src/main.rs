@@ -1,21 +1,33 @@
 //! The `strata` binary: parse, dispatch, report. All the work lives in the
 //! library.
 
-use clap::Parser;
 use clap::error::ErrorKind as ClapKind;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 use strata::cmd::{self, Cli};
+use strata::config::Source;
 use strata::printer::{Format, Printer};
 use strata::store::{Error, Kind};
 
 fn main() -> ExitCode {
     // color-eyre's hooks turn a panic into a readable report.
     let _ = color_eyre::install();
-    let cli = match Cli::try_parse() {
+    // `COMPLETE=bash strata …` answers the shell's completion requests.
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    let mut ctx = match cmd::context(&cli) {
+    let root_source = match matches.value_source("root") {
+        Some(ValueSource::EnvVariable) => Source::Environment,
+        _ => Source::Flag,
+    };
+    let mut ctx = match cmd::context(&cli, root_source) {
         Ok(ctx) => ctx,
         Err(e) => {
             let format = if cli.json {

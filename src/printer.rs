@@ -196,15 +196,30 @@ impl Printer {
         }
         bar.set_message(message.to_string());
         let shown = bar.clone();
-        // Drawn only once the work has lasted half a second.
+        // Drawn only once the work has lasted half a second (tests shorten
+        // the wait to see a bar without slow work).
+        let delay = std::env::var("STRATA_PROGRESS_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500);
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(delay));
             if !shown.is_finished() {
                 shown.set_draw_target(ProgressDrawTarget::stderr());
                 shown.enable_steady_tick(Duration::from_millis(120));
             }
         });
         bar
+    }
+}
+
+impl Printer {
+    /// Runs `work` under a spinner (shown per the rules of [`progress`]).
+    pub fn spin<T>(&self, message: &str, work: impl FnOnce() -> T) -> T {
+        let bar = self.progress(message, None);
+        let out = work();
+        bar.finish_and_clear();
+        out
     }
 }
 

@@ -16,6 +16,7 @@ pub struct Args {
     /// The committed snapshot's name
     pub name: String,
     /// The active snapshot to commit
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
     pub key: String,
     /// Set a label on NAME (repeatable)
     #[arg(long = "label", value_name = "K=V")]
@@ -24,5 +25,9 @@ pub struct Args {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let labels = key::parse_labels(&args.labels)?;
-    ctx.store()?.commit(&args.name, &args.key, &labels)
+    ctx.store()?;
+    let store = ctx.store.as_mut().expect("opened");
+    ctx.printer.spin(&format!("committing `{}`", args.key), || {
+        store.commit(&args.name, &args.key, &labels)
+    })
 }

@@ -11,6 +11,7 @@ use crate::store::{Info, Result};
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The snapshot
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
     pub key: String,
 }
 

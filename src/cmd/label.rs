@@ -12,6 +12,7 @@ use crate::store::{Labels, Result, key};
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The snapshot
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
     pub key: String,
     /// Labels to set (K=V) or remove (K=)
     #[arg(required = true, value_name = "K=V")]

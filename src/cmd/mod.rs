@@ -1,7 +1,7 @@
 //! The command tree. Each command has its own module with an `Args` struct
 //! (its doc comment is the help) and one `run` function; [`run`] dispatches.
 
-use crate::config;
+use crate::config as settings;
 use crate::printer::{Format, Printer};
 use crate::store::{self, Error, Result, Store};
 use clap::{Parser, Subcommand};
@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 pub mod check;
 pub mod commit;
+pub mod completions;
+pub mod config;
 pub mod info;
 pub mod init;
 pub mod label;
@@ -87,47 +89,53 @@ pub enum Command {
     Tree(tree::Args),
     Prune(prune::Args),
     Check(check::Args),
+    Completions(completions::Args),
+    Config(config::Args),
 }
 
-/// What every command gets: the printer, and the store, opened on demand.
+/// What every command gets: the printer, the effective settings, and the
+/// store, opened on demand.
 pub struct Context {
     pub printer: Printer,
-    root: PathBuf,
+    pub settings: settings::Settings,
     options: store::Options,
-    store: Option<Store>,
+    pub(crate) store: Option<Store>,
 }
 
 impl Context {
     pub fn store(&mut self) -> Result<&mut Store> {
         if self.store.is_none() {
-            self.store = Some(Store::open(&self.root, self.options.clone())?);
+            self.store = Some(Store::open(
+                &self.settings.root.value,
+                self.options.clone(),
+            )?);
         }
         Ok(self.store.as_mut().expect("store opened"))
     }
 }
 
 /// Resolves settings from flags, environment, config file and defaults.
-pub fn context(cli: &Cli) -> Result<Context> {
-    let (_, file) = config::load(cli.config.as_deref())?;
-    let format = if cli.json {
-        Format::Json
+/// `root_source` says whether `--root` came from the command line or
+/// `$STRATA_ROOT`.
+pub fn context(cli: &Cli, root_source: settings::Source) -> Result<Context> {
+    let output = if cli.json {
+        Some(Format::Json)
     } else {
-        cli.output.or(file.output).unwrap_or_default()
+        cli.output
     };
-    let printer = Printer::new(format, cli.quiet, cli.verbose);
-    let root = cli
-        .root
-        .clone()
-        .filter(|p| !p.as_os_str().is_empty())
-        .or(file.root.clone())
-        .unwrap_or_else(config::default_root);
+    let settings = settings::resolve(settings::Given {
+        root: cli.root.as_deref().map(|p| (p, root_source)),
+        config: cli.config.as_deref(),
+        output,
+    })?;
+    let printer = Printer::new(settings.output.value, cli.quiet, cli.verbose);
     let options = store::Options {
-        driver: file.driver.map(Into::into),
-        overlay_mount_options: file.overlay.mount_options.clone(),
+        driver: settings.driver.value.map(Into::into),
+        overlay_mount_options: settings.overlay_mount_options.value.clone(),
     };
     Ok(Context {
         printer,
-        root,
+        settings,
         options,
         store: None,
     })
@@ -151,6 +159,8 @@ pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
         Command::Tree(args) => tree::run(args, ctx),
         Command::Prune(args) => prune::run(args, ctx),
         Command::Check(args) => check::run(args, ctx),
+        Command::Completions(args) => completions::run(args, ctx),
+        Command::Config(args) => config::run(args, ctx),
     }
 }
 

@@ -17,6 +17,7 @@ pub struct Args {
     /// The new snapshot's key
     pub key: String,
     /// A committed snapshot to build on
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
     pub parent: Option<String>,
     /// Set a label (repeatable)
     #[arg(long = "label", value_name = "K=V")]
@@ -28,8 +29,10 @@ pub struct Args {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let labels = key::parse_labels(&args.labels)?;
-    let list = ctx
-        .store()?
-        .prepare(&args.key, args.parent.as_deref(), &labels)?;
+    ctx.store()?;
+    let store = ctx.store.as_mut().expect("opened");
+    let list = ctx.printer.spin(&format!("preparing `{}`", args.key), || {
+        store.prepare(&args.key, args.parent.as_deref(), &labels)
+    })?;
     mounts::finish_create(ctx, &args.key, list, args.mount.as_deref())
 }

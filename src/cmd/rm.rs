@@ -18,6 +18,7 @@ use crate::store::{Error, Result};
 pub struct Args {
     /// Snapshots to remove
     #[arg(required = true, value_name = "KEY")]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
     pub keys: Vec<String>,
     /// Remove the snapshots built on these too
     #[arg(short, long)]
@@ -30,7 +31,12 @@ pub struct Args {
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let mut first: Option<Error> = None;
     for key in &args.keys {
-        match ctx.store()?.remove(key, args.recursive, args.force) {
+        ctx.store()?;
+        let store = ctx.store.as_mut().expect("opened");
+        let removed = ctx.printer.spin(&format!("removing `{key}`"), || {
+            store.remove(key, args.recursive, args.force)
+        });
+        match removed {
             Ok(removed) => {
                 for name in removed {
                     ctx.printer.note(&format!("removed `{name}`"));

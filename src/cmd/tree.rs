@@ -11,6 +11,7 @@ use std::collections::HashMap;
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// Show only this snapshot and what is built on it
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
     pub key: Option<String>,
 }
 

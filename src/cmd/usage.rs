@@ -16,6 +16,7 @@ use crate::store::{Result, Usage};
 pub struct Args {
     /// Snapshots to measure (default: all)
     #[arg(value_name = "KEY")]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
     pub keys: Vec<String>,
 }
 

@@ -12,4 +12,5 @@ mod errors;
 mod json;
 mod keys;
 mod mount_engine;
+mod references;
 mod resources;

@@ -70,7 +70,12 @@ fn native_copy_on_a_full_disk_fails_cleanly() {
     assert_eq!(run.code, 1, "{}", run.session());
     assert!(run.stderr.contains("No space left"), "{}", run.session());
     let ls = s(&["ls", "--json"]).success().json();
-    let names: Vec<&str> = ls.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["base", "c1"], "nothing half-made");
     let dirs: Vec<String> = fs::read_dir(root.join("snapshots"))
         .unwrap()
@@ -119,11 +124,22 @@ fn full_disk_during_prepare_and_commit_changes_nothing() {
         let after = s(&["ls", "--json"]).success().json();
         for v in after.as_array().unwrap() {
             let name = v["name"].as_str().unwrap();
-            assert!(["base", "act", "new", "done", "v"].contains(&name), "{name}");
+            assert!(
+                ["base", "act", "new", "done", "v"].contains(&name),
+                "{name}"
+            );
         }
         // The active snapshot is still whole (or was committed whole).
-        let names: Vec<&str> = after.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
-        assert!(names.contains(&"act") != names.contains(&"done"), "{before}");
+        let names: Vec<&str> = after
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"act") != names.contains(&"done"),
+            "{before}"
+        );
     }
 }
 
@@ -144,7 +160,10 @@ fn corrupt_index_is_an_error_and_is_not_rewritten() {
     let run = store.strata(&["ls"]);
     assert_eq!(run.code, 1, "{}", run.session());
     assert!(run.stderr.contains("corrupt"), "{}", run.session());
-    assert_eq!(run.stderr.lines().next().unwrap().matches("error:").count(), 1);
+    assert_eq!(
+        run.stderr.lines().next().unwrap().matches("error:").count(),
+        1
+    );
     store.strata(&["prepare", "b"]).fails_with(1, "corrupt");
     assert_eq!(fs::read(&index).unwrap(), before, "the index was modified");
 }
@@ -164,6 +183,10 @@ fn index_from_a_newer_strata_is_refused_untouched() {
         assert!(run.stderr.contains("newer"), "{}", run.session());
     }
     let json = store.strata(&["-o", "json", "ls"]);
-    assert!(json.stderr.contains("\"kind\":\"internal\""), "{}", json.session());
+    assert!(
+        json.stderr.contains("\"kind\":\"internal\""),
+        "{}",
+        json.session()
+    );
     assert_eq!(fs::read(&index).unwrap(), before, "the index was modified");
 }
