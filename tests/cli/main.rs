@@ -14,3 +14,4 @@ mod keys;
 mod mount_engine;
 mod references;
 mod resources;
+mod terminal;

@@ -1,0 +1,186 @@
+//! Output on a terminal versus a pipe, through a real pseudo-terminal
+//! (`script` from util-linux): colour only on a terminal and never with
+//! NO_COLOR, tables that fit the terminal's width, progress only on a
+//! terminal and not with --quiet, and a closed pipe that ends quietly.
+
+use crate::support::*;
+use std::io::Read;
+use std::process::{Command, Stdio};
+
+/// Runs `strata --root ROOT ARGS` on a pseudo-terminal `cols` wide;
+/// returns everything it wrote (stdout and stderr, as the terminal saw it).
+fn on_tty(store: &Store, cols: u16, env: &[(&str, &str)], args: &str) -> String {
+    let line = format!(
+        "stty cols {cols} rows 40; {} --root {} {args}",
+        BIN,
+        shell_quote(store.root.to_str().unwrap())
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("TERM", "xterm")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("script(1) from util-linux");
+    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+}
+
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    let tty = on_tty(&store, 80, &[], "info ghost");
+    assert!(tty.contains("\x1b[31;1merror:\x1b[0m"), "{tty:?}");
+    let no_color = on_tty(&store, 80, &[("NO_COLOR", "1")], "info ghost");
+    assert!(no_color.starts_with("error: "), "{no_color:?}");
+    assert!(!no_color.contains('\x1b'), "{no_color:?}");
+    let piped = store.strata(&["info", "ghost"]);
+    assert!(!piped.stderr.contains('\x1b'), "{}", piped.session());
+}
+
+#[test]
+fn tables_fit_the_terminal_and_stay_plain_when_piped() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    let long = "a-rather-long-snapshot-key-that-needs-wrapping-on-narrow-terminals";
+    store.strata(&["prepare", long]).success();
+    store
+        .strata(&["commit", "base-with-a-long-name-too", long])
+        .success();
+    store
+        .strata(&["prepare", "child", "base-with-a-long-name-too"])
+        .success();
+    let tty = on_tty(&store, 60, &[("NO_COLOR", "1")], "ls");
+    for line in tty.lines() {
+        assert!(
+            line.chars().count() <= 60,
+            "wider than the terminal: {line:?}\n{tty}"
+        );
+    }
+    assert!(tty.contains("KEY"), "{tty}");
+    // Piped: one line per snapshot, whatever the width.
+    let piped = store.strata(&["ls"]).success();
+    assert_eq!(piped.stdout.lines().count(), 3, "{}", piped.stdout);
+    assert!(
+        piped
+            .stdout
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("base-with-a-long-name-too")
+    );
+}
+
+#[test]
+fn progress_only_on_a_terminal_and_not_when_quiet() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    store.strata(&["prepare", "w"]).success();
+    let dir = writable_dir(&store, "w");
+    for i in 0..3000 {
+        std::fs::write(dir.join(format!("f{i}")), "x").unwrap();
+    }
+    store.strata(&["commit", "base", "w"]).success();
+    let env = [("NO_COLOR", "1"), ("STRATA_PROGRESS_DELAY_MS", "0")];
+    let tty = on_tty(&store, 80, &env, "prepare c1 base");
+    assert!(
+        tty.contains("preparing `c1`"),
+        "no progress on a terminal: {tty:?}"
+    );
+    let quiet = on_tty(&store, 80, &env, "--quiet prepare c2 base");
+    assert!(
+        !quiet.contains("preparing"),
+        "progress despite --quiet: {quiet:?}"
+    );
+    let piped = store.strata_with(
+        &["prepare", "c3", "base"],
+        With {
+            env: &[("STRATA_PROGRESS_DELAY_MS", "0")],
+            ..Default::default()
+        },
+    );
+    assert!(!piped.stderr.contains("preparing"), "{}", piped.session());
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly_with_success() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    for i in 0..300 {
+        store
+            .strata(&["prepare", &format!("snapshot-{i:04}")])
+            .success();
+    }
+    // `strata ls | head -1`, with the reader gone before strata writes.
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .arg("--root")
+        .arg(&store.root)
+        .args(["ls", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}, stderr {stderr:?}");
+    assert_eq!(stderr, "");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{BIN} --root {} ls | head -1",
+            store.root.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+#[test]
+fn verbose_shows_the_cause_chain_and_hints_help() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    store.strata(&["prepare", "w"]).success();
+    store.strata(&["commit", "base-v2", "w"]).success();
+    store.strata(&["prepare", "c", "base-v2"]).success();
+    let run = store.strata(&["prepare", "x", "base-v3"]);
+    assert_eq!(run.code, 3);
+    assert!(
+        run.stderr.contains("hint: did you mean `base-v2`?"),
+        "{}",
+        run.session()
+    );
+    let run = store.strata(&["rm", "base-v2"]);
+    assert!(
+        run.stderr
+            .contains("hint: remove them first, or use `rm -r`"),
+        "{}",
+        run.session()
+    );
+    assert!(run.stderr.contains("has 1 child"), "{}", run.session());
+    // -v adds the cause chain of an internal error.
+    let bad = store.scratch("not-a-dir");
+    std::fs::write(&bad, "x").unwrap();
+    let target = format!("{}/sub", bad.display());
+    let quiet = store.strata(&["mount", "c", &target]);
+    let verbose = store.strata(&["-v", "mount", "c", &target]);
+    assert_ne!(quiet.code, 0);
+    assert!(
+        verbose.stderr.contains("caused by:"),
+        "{}",
+        verbose.session()
+    );
+}
