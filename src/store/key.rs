@@ -120,7 +120,8 @@ mod tests {
         assert_eq!(parse_label("a=").unwrap(), ("a".into(), "".into()));
         assert!(parse_label("=b").is_err());
         assert!(parse_label("ab").is_err());
-        assert!(parse_label(&format!("a={}", "v".repeat(4095))).is_err());
-        parse_label(&format!("a={}", "v".repeat(4095 - 1))).unwrap();
+        // Key and value together: 1 + 4095 bytes is the limit.
+        assert!(parse_label(&format!("a={}", "v".repeat(4096))).is_err());
+        parse_label(&format!("a={}", "v".repeat(4095))).unwrap();
     }
 }
