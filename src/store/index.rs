@@ -145,6 +145,14 @@ impl Index {
         conn.pragma_update(None, "synchronous", "FULL")?;
         // Per connection and outside any transaction, or it is a no-op.
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Every command is a short-lived process: checkpointing and deleting
+        // the WAL at each close cost fsyncs and file creations per command.
+        // Leave it for the next process; SQLite still checkpoints
+        // automatically once it reaches 1000 pages.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
         let mut index = Index { conn };
         index.migrate(path)?;
         Ok(index)

@@ -143,6 +143,19 @@ fn full_disk_during_prepare_and_commit_changes_nothing() {
     }
 }
 
+/// Runs SQL on the index with another SQLite (Python's), as a tool or a
+/// newer strata would; `wal_checkpoint(TRUNCATE)` first, so the main file
+/// holds everything.
+fn sqlite(index: &std::path::Path, sql: &str) {
+    let script = format!(
+        "import sqlite3; c = sqlite3.connect({:?}); c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); c.executescript({:?}); c.commit(); c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); c.close()",
+        index.to_str().unwrap(),
+        sql
+    );
+    let ok = Command::new("python3").args(["-c", &script]).status().unwrap().success();
+    assert!(ok, "python3 sqlite3 failed");
+}
+
 fn write_at(path: &std::path::Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     let f = fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -155,6 +168,7 @@ fn corrupt_index_is_an_error_and_is_not_rewritten() {
     store.strata(&["init", "--driver", "native"]).success();
     store.strata(&["prepare", "a"]).success();
     let index = store.root.join("index.db");
+    sqlite(&index, "");
     write_at(&index, 0, b"this is not a database, it is garbage....");
     let before = fs::read(&index).unwrap();
     let run = store.strata(&["ls"]);
@@ -174,8 +188,7 @@ fn index_from_a_newer_strata_is_refused_untouched() {
     store.strata(&["init", "--driver", "native"]).success();
     store.strata(&["prepare", "a"]).success();
     let index = store.root.join("index.db");
-    // SQLite keeps `user_version` big-endian at byte 60 of the header.
-    write_at(&index, 60, &99u32.to_be_bytes());
+    sqlite(&index, "PRAGMA user_version = 99;");
     let before = fs::read(&index).unwrap();
     for args in [vec!["ls"], vec!["prepare", "b"], vec!["check"]] {
         let run = store.strata(&args);
