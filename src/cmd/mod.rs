@@ -7,10 +7,12 @@ use crate::store::{self, Error, Result, Store};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+pub mod apply;
 pub mod check;
 pub mod commit;
 pub mod completions;
 pub mod config;
+pub mod diff;
 pub mod info;
 pub mod init;
 pub mod label;
@@ -87,6 +89,8 @@ pub enum Command {
     Label(label::Args),
     Usage(usage::Args),
     Tree(tree::Args),
+    Diff(diff::Args),
+    Apply(apply::Args),
     Prune(prune::Args),
     Check(check::Args),
     Completions(completions::Args),
@@ -157,6 +161,8 @@ pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
         Command::Label(args) => label::run(args, ctx),
         Command::Usage(args) => usage::run(args, ctx),
         Command::Tree(args) => tree::run(args, ctx),
+        Command::Diff(args) => diff::run(args, ctx),
+        Command::Apply(args) => apply::run(args, ctx),
         Command::Prune(args) => prune::run(args, ctx),
         Command::Check(args) => check::run(args, ctx),
         Command::Completions(args) => completions::run(args, ctx),

@@ -46,7 +46,9 @@ impl Driver {
             (Driver::Overlay, SnapshotKind::Active) => {
                 std::fs::create_dir(dir.join("work"))?;
             }
-            (Driver::Native, SnapshotKind::Active) => {
+            // A committed snapshot is built only by apply, on a copy of its
+            // parent when layers are whole trees.
+            (Driver::Native, SnapshotKind::Active | SnapshotKind::Committed) => {
                 if let Some(parent_fs) = parent_fs {
                     copy_tree(parent_fs, &fs)?;
                 }

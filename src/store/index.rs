@@ -402,6 +402,15 @@ pub fn commit(
     set_labels(tx, id, labels)
 }
 
+/// Records the usage of a snapshot made committed (by apply).
+pub fn set_usage(tx: &Transaction<'_>, id: i64, size: u64, inodes: u64) -> Result<()> {
+    tx.execute(
+        "UPDATE snapshots SET size = ?2, inodes = ?3 WHERE id = ?1",
+        params![id, size as i64, inodes as i64],
+    )?;
+    Ok(())
+}
+
 pub fn delete(tx: &Transaction<'_>, id: i64) -> Result<()> {
     tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
     Ok(())

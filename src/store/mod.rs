@@ -11,9 +11,11 @@ pub mod copy;
 pub mod crash;
 pub mod driver;
 pub mod error;
+pub mod exchange;
 pub mod filter;
 pub mod index;
 pub mod key;
+pub mod layer;
 pub mod layout;
 pub mod mount;
 pub mod repair;
@@ -66,6 +68,13 @@ pub const MAX_MOUNT_DATA: usize = 4095;
 pub struct ShellMounts {
     pub dir: Option<PathBuf>,
     pub mounts: Vec<Mount>,
+}
+
+/// A snapshot just made: its store's driver, id and parent chain.
+pub(crate) struct Made {
+    pub driver: Driver,
+    pub id: i64,
+    pub chain: Vec<i64>,
 }
 
 /// An open store.
@@ -233,6 +242,22 @@ impl Store {
         parent: Option<&str>,
         labels: &Labels,
     ) -> Result<Vec<Mount>> {
+        let made = self.make(kind, key, parent, labels, &mut |_| Ok(()))?;
+        Ok(self.mounts_of(made.driver, kind, made.id, &made.chain))
+    }
+
+    /// Makes snapshot `key` of `kind` on `parent`: checks, builds it under a
+    /// staging name, lets `fill` write into its tree (apply unpacks a layer
+    /// there), then records it and renames it into place in one
+    /// transaction. A committed snapshot made this way gets its usage.
+    pub(crate) fn make(
+        &mut self,
+        kind: SnapshotKind,
+        key: &str,
+        parent: Option<&str>,
+        labels: &Labels,
+        fill: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<Made> {
         key::validate_key(key)?;
         for (k, v) in labels {
             key::validate_label(k, v)?;
@@ -255,7 +280,10 @@ impl Store {
             }
             (parent_row, chain)
         };
-        if let Err(why) = driver.check_depth(chain.len()) {
+        // Only what gets mounted is limited; a committed layer may be deep.
+        if kind != SnapshotKind::Committed
+            && let Err(why) = driver.check_depth(chain.len())
+        {
             return Err(Error::unsupported(format!(
                 "cannot {} `{key}` on `{}`: {why}",
                 if kind == SnapshotKind::View {
@@ -284,7 +312,17 @@ impl Store {
             return Err(Error::io(format!("cannot build snapshot `{key}`"), e));
         }
         crash::point("create:built");
-        if driver == Driver::Native && kind == SnapshotKind::Active && parent_fs.is_some() {
+        let tree = staging.path().join("fs");
+        fill(&tree)?;
+        let usage = match kind {
+            SnapshotKind::Committed => Some(
+                usage::disk_usage(&tree)
+                    .ctx(|| format!("cannot measure the disk usage of `{key}`"))?,
+            ),
+            _ => None,
+        };
+        let copied = driver == Driver::Native && kind != SnapshotKind::View && parent_fs.is_some();
+        if copied || kind == SnapshotKind::Committed {
             syncfs(staging.path()).ctx(|| format!("cannot sync snapshot `{key}`"))?;
         } else {
             layout::sync_dir(staging.path()).ctx(|| format!("cannot sync snapshot `{key}`"))?;
@@ -300,6 +338,9 @@ impl Store {
             same_parent(&tx, p.id, name, key)?;
         }
         let id = index::insert(&tx, key, kind, parent_row.as_ref().map(|p| p.id), labels)?;
+        if let Some(u) = usage {
+            index::set_usage(&tx, id, u.size, u.inodes)?;
+        }
         crash::point("create:row-inserted");
         self.layout
             .install(staging, id)
@@ -310,7 +351,7 @@ impl Store {
             return Err(e.into());
         }
         crash::point("create:committed");
-        Ok(self.mounts_of(driver, kind, id, &chain))
+        Ok(Made { driver, id, chain })
     }
 
     fn parent_still_there(&mut self, id: i64, name: &str, key: &str) -> Result<()> {
@@ -789,7 +830,7 @@ fn has_children(key: &str, children: &[String]) -> Error {
 }
 
 /// A snapshot that must exist.
-fn existing(tx: &Transaction<'_>, key: &str) -> Result<Row> {
+pub(crate) fn existing(tx: &Transaction<'_>, key: &str) -> Result<Row> {
     match index::find(tx, key)? {
         Some(row) => Ok(row),
         None => Err(missing(tx, key, "snapshot")),
@@ -814,7 +855,7 @@ fn missing(tx: &Transaction<'_>, key: &str, what: &str) -> Error {
 }
 
 /// A parent that must exist and be committed.
-fn committed_parent(tx: &Transaction<'_>, name: &str) -> Result<Row> {
+pub(crate) fn committed_parent(tx: &Transaction<'_>, name: &str) -> Result<Row> {
     let row = match index::find(tx, name)? {
         Some(row) => row,
         None => return Err(missing(tx, name, "parent snapshot")),

@@ -152,7 +152,11 @@ fn sqlite(index: &std::path::Path, sql: &str) {
         index.to_str().unwrap(),
         sql
     );
-    let ok = Command::new("python3").args(["-c", &script]).status().unwrap().success();
+    let ok = Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "python3 sqlite3 failed");
 }
 

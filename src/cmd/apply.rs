@@ -1,0 +1,133 @@
+use super::Context;
+use crate::printer::human_size;
+use crate::store::exchange::ApplyLimits;
+use crate::store::{Error, Result, key};
+use std::io::Read;
+use std::path::PathBuf;
+
+/// Unpack an OCI image layer onto PARENT and commit it as NAME.
+///
+/// The layer is a tarball, plain, gzip or zstd (detected from its first
+/// bytes), read from FILE or from stdin. `.wh.` whiteouts and opaque
+/// markers become overlay whiteouts on the overlay driver and deletions on
+/// the native one. Atomic: NAME exists only once everything is unpacked.
+/// Unsafe entries (`..`, paths through symlinks, links out of the layer,
+/// devices without privilege) and corrupt archives are refused.
+/// The second argument is always PARENT, so a root layer comes from stdin.
+///
+/// Examples:
+///   strata apply base < base.tar
+///   strata apply app base app.tar.gz
+///   curl -s https://…/layer.tar.zst | strata apply app base
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The committed snapshot to make
+    pub name: String,
+    /// The committed snapshot to unpack onto
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    pub parent: Option<String>,
+    /// The layer tarball (default: stdin; `-` is stdin)
+    pub file: Option<PathBuf>,
+    /// Set a label on NAME (repeatable)
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Refuse layers that expand beyond this size (e.g. 512M, 20G)
+    #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
+    pub max_size: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Applied {
+    name: String,
+    parent: Option<String>,
+    #[serde(flatten)]
+    digests: crate::store::layer::Digests,
+}
+
+/// `512`, `64K`, `512M`, `20G`, `1T` (powers of 1024).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        None => (t, 1u64),
+        Some((i, _)) => {
+            let mult = match t[i..]
+                .to_ascii_uppercase()
+                .trim_end_matches("IB")
+                .trim_end_matches('B')
+            {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                other => return Err(format!("unknown size unit `{other}`")),
+            };
+            (&t[..i], mult)
+        }
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("`{text}` is not a size"))
+}
+
+pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
+    let labels = key::parse_labels(&args.labels)?;
+    let (mut input, total): (Box<dyn Read>, Option<u64>) = match &args.file {
+        None => (Box::new(std::io::stdin().lock()), None),
+        Some(p) if p.as_os_str() == "-" => (Box::new(std::io::stdin().lock()), None),
+        Some(p) => {
+            let f = std::fs::File::open(p).map_err(|e| {
+                let err = Error::io(format!("cannot open the layer {}", p.display()), e);
+                if err.kind() == crate::store::Kind::Internal {
+                    Error::not_found(format!("cannot open the layer {}", p.display()))
+                } else {
+                    err
+                }
+            })?;
+            let len = f.metadata().ok().map(|m| m.len());
+            (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len)
+        }
+    };
+    if args.file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(Error::invalid("no layer to apply: stdin is a terminal")
+            .with_hint("give a FILE, or pipe a layer in: strata apply NAME [PARENT] < layer.tar"));
+    }
+    let bar = ctx
+        .printer
+        .progress(&format!("applying `{}`", args.name), total);
+    let store = ctx.store()?;
+    let digests = store.apply(
+        &args.name,
+        args.parent.as_deref(),
+        &labels,
+        &mut input,
+        ApplyLimits {
+            max_size: args.max_size,
+        },
+        &mut |n| bar.set_position(n),
+    );
+    bar.finish_and_clear();
+    let digests = digests?;
+    let applied = Applied {
+        name: args.name,
+        parent: args.parent,
+        digests,
+    };
+    ctx.printer.data(&applied, |a| {
+        format!(
+            "applied `{}` ({} {}, {})\ndigest   {}\ndiff_id  {}\n",
+            a.name,
+            human_size(a.digests.size),
+            a.digests.compression,
+            match &a.parent {
+                Some(p) => format!("on `{p}`"),
+                None => "a root layer".into(),
+            },
+            a.digests.digest,
+            a.digests.diff_id
+        )
+    })
+}

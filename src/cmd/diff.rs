@@ -1,0 +1,175 @@
+use super::Context;
+use crate::printer::Format;
+use crate::store::layer::{Compression, Digests};
+use crate::store::{Error, Result};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+/// Write the changes of a snapshot as an OCI image layer tarball.
+///
+/// KEY is an active or committed snapshot; the changes are against its
+/// parent, or against committed snapshot P. The tarball goes to
+/// --output-file (written under a temporary name, then renamed) or stdout.
+/// Output is reproducible: entries sorted, owners numeric, mtimes clamped to
+/// $SOURCE_DATE_EPOCH when set. The compressed digest and the uncompressed
+/// digest (the OCI diff_id) are printed on stderr, or as JSON with -o json.
+///
+/// Examples:
+///   strata diff app > app.tar
+///   strata diff app --compression gzip --output-file app.tar.gz
+///   SOURCE_DATE_EPOCH=0 strata diff app --parent base -o json --output-file l.tar
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// An active or committed snapshot
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    pub key: String,
+    /// Compare against this committed snapshot instead of KEY's parent
+    #[arg(long, value_name = "P", add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    pub parent: Option<String>,
+    /// Write the tarball here instead of stdout
+    #[arg(long, value_name = "F")]
+    pub output_file: Option<PathBuf>,
+    /// Compression of the tarball
+    #[arg(long, value_enum, default_value = "none")]
+    pub compression: CompressionArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Compression {
+        match c {
+            CompressionArg::None => Compression::None,
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Written {
+    name: String,
+    parent: Option<String>,
+    output_file: Option<String>,
+    #[serde(flatten)]
+    digests: Digests,
+}
+
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v.trim().parse().map(Some).map_err(|_| {
+            Error::invalid(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+            ))
+        }),
+        _ => Ok(None),
+    }
+}
+
+pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
+    let sde = source_date_epoch()?;
+    let compression = Compression::from(args.compression);
+    let bar = ctx
+        .printer
+        .progress(&format!("writing the changes of `{}`", args.key), None);
+    let mut progress = |n: u64| bar.set_position(n);
+    let digests = match &args.output_file {
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let mut tmp = tempfile_in(dir, path)?;
+            let written = ctx.store()?.diff(
+                &args.key,
+                args.parent.as_deref(),
+                &mut tmp.1,
+                compression,
+                sde,
+                &mut progress,
+            );
+            let written = written.and_then(|d| {
+                tmp.1
+                    .flush()
+                    .and_then(|()| tmp.1.get_ref().sync_all())
+                    .and_then(|()| std::fs::rename(&tmp.0, path))
+                    .map(|()| d)
+                    .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+            });
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp.0);
+            }
+            written?
+        }
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                return Err(
+                    Error::invalid("refusing to write a layer tarball to a terminal").with_hint(
+                        "use --output-file F, or redirect stdout: strata diff KEY > layer.tar",
+                    ),
+                );
+            }
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let d = ctx.store()?.diff(
+                &args.key,
+                args.parent.as_deref(),
+                &mut out,
+                compression,
+                sde,
+                &mut progress,
+            )?;
+            out.flush()
+                .map_err(|e| Error::io("cannot write to standard output", e))?;
+            d
+        }
+    };
+    bar.finish_and_clear();
+    let written = Written {
+        name: args.key,
+        parent: args.parent,
+        output_file: args.output_file.map(|p| p.display().to_string()),
+        digests,
+    };
+    // Digests go to stderr when stdout carries the tarball.
+    if written.output_file.is_none() {
+        let text = match ctx.printer.format() {
+            Format::Json => serde_json::to_string(&written).unwrap_or_default(),
+            _ => format!(
+                "digest   {}\ndiff_id  {}",
+                written.digests.digest, written.digests.diff_id
+            ),
+        };
+        eprintln!("{text}");
+        return Ok(());
+    }
+    ctx.printer.data(&written, |w| {
+        format!(
+            "wrote {}\ndigest   {}\ndiff_id  {}\n",
+            w.output_file.as_deref().unwrap_or("-"),
+            w.digests.digest,
+            w.digests.diff_id
+        )
+    })
+}
+
+/// A new file beside `path` to write into before the final rename.
+fn tempfile_in(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+) -> Result<(PathBuf, std::io::BufWriter<std::fs::File>)> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let f = std::fs::File::create(&tmp)
+        .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+    Ok((tmp, std::io::BufWriter::with_capacity(1 << 20, f)))
+}

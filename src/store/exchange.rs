@@ -1,0 +1,228 @@
+//! OCI image layers in and out of the store: `apply` unpacks a layer
+//! tarball into a new committed snapshot, `diff` writes a snapshot's changes
+//! as one.
+
+use super::error::{Error, IoContext, Result};
+use super::index::{self, SnapshotKind};
+use super::layer::{self, ApplyOptions, Changes, Compression, Digests, LayerError, Whiteouts};
+use super::{Driver, Labels, Store, crash, mount};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Limits for `apply`.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyLimits {
+    /// Most uncompressed bytes a layer may expand to (decompression bombs).
+    pub max_size: u64,
+}
+
+impl Default for ApplyLimits {
+    fn default() -> Self {
+        ApplyLimits { max_size: 64 << 30 }
+    }
+}
+
+fn layer_error(name: &str, e: LayerError) -> Error {
+    match e {
+        LayerError::Invalid(msg) => Error::invalid(format!("cannot apply `{name}`: {msg}")),
+        LayerError::Io { what, source } => {
+            Error::io(format!("cannot apply `{name}`: {what}"), source)
+        }
+    }
+}
+
+impl Store {
+    /// Unpacks the layer read from `input` (plain, gzip or zstd, detected)
+    /// onto committed `parent` and commits it as `name`, atomically: `name`
+    /// exists only when everything is unpacked. `progress` gets the bytes
+    /// read so far.
+    pub fn apply(
+        &mut self,
+        name: &str,
+        parent: Option<&str>,
+        labels: &Labels,
+        input: &mut dyn Read,
+        limits: ApplyLimits,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Digests> {
+        let driver = self.ensure_driver()?;
+        let in_userns = mount::in_user_namespace();
+        let options = ApplyOptions {
+            whiteouts: match driver {
+                Driver::Overlay => Whiteouts::Overlay {
+                    user_xattr: in_userns,
+                },
+                Driver::Native => Whiteouts::Delete,
+            },
+            max_size: limits.max_size,
+            allow_devices: rustix::process::geteuid().is_root() && !in_userns,
+        };
+        let mut digests = None;
+        self.make(SnapshotKind::Committed, name, parent, labels, &mut |tree| {
+            let d =
+                layer::apply(input, tree, &options, progress).map_err(|e| layer_error(name, e))?;
+            crash::point("apply:unpacked");
+            digests = Some(d);
+            Ok(())
+        })?;
+        digests.ok_or_else(|| Error::internal(format!("applying `{name}` produced no digest")))
+    }
+
+    /// Writes the changes of `key` (active or committed) against its parent,
+    /// or against committed `base`, as a layer tarball to `out`.
+    pub fn diff(
+        &mut self,
+        key: &str,
+        base: Option<&str>,
+        out: &mut dyn Write,
+        compression: Compression,
+        source_date_epoch: Option<i64>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Digests> {
+        let driver = self.driver()?.unwrap_or(Driver::Native);
+        let (row, base_row, chain, base_chain) = {
+            let tx = self.index.read()?;
+            let row = super::existing(&tx, key)?;
+            if row.kind == SnapshotKind::View {
+                return Err(Error::precondition(format!(
+                    "snapshot `{key}` is a view: it has no changes of its own"
+                ))
+                .with_hint("diff the committed snapshot it views instead"));
+            }
+            let base_row = match base {
+                Some(b) => Some(super::committed_parent(&tx, b)?),
+                None => None,
+            };
+            let chain: Vec<i64> = index::chain(&tx, row.id)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            let base_chain: Vec<i64> = match &base_row {
+                Some(b) => std::iter::once(b.id)
+                    .chain(index::chain(&tx, b.id)?.into_iter().map(|(id, _)| id))
+                    .collect(),
+                None => Vec::new(),
+            };
+            (row, base_row, chain, base_chain)
+        };
+        let against_parent = match &base_row {
+            None => true,
+            Some(b) => Some(b.id) == row.parent_id,
+        };
+        let write = |changes: Changes<'_>, out: &mut dyn Write, progress: &mut dyn FnMut(u64)| {
+            layer::write(changes, out, compression, source_date_epoch, progress).map_err(
+                |e| match e {
+                    LayerError::Invalid(msg) => {
+                        Error::invalid(format!("cannot diff `{key}`: {msg}"))
+                    }
+                    LayerError::Io { what, source } => {
+                        Error::io(format!("cannot diff `{key}`: {what}"), source)
+                    }
+                },
+            )
+        };
+        match driver {
+            // The upper directory is exactly the change against the parent:
+            // cost proportional to the change, not to the tree.
+            Driver::Overlay if against_parent => {
+                write(Changes::Upper(&self.layout.fs(row.id)), out, progress)
+            }
+            // Every native layer is a whole tree.
+            Driver::Native => {
+                let new = self.layout.fs(row.id);
+                let old = match (&base_row, row.parent_id) {
+                    (Some(b), _) => Some(self.layout.fs(b.id)),
+                    (None, Some(p)) => Some(self.layout.fs(p)),
+                    (None, None) => None,
+                };
+                write(
+                    Changes::Compare {
+                        old: old.as_deref(),
+                        new: &new,
+                    },
+                    out,
+                    progress,
+                )
+            }
+            // Two overlay chains: compare their merged trees, mounted
+            // read-only for the walk.
+            Driver::Overlay => {
+                let mut new_layers = vec![row.id];
+                new_layers.extend(&chain);
+                let new = self.merged(&new_layers)?;
+                let old = self.merged(&base_chain)?;
+                write(
+                    Changes::Compare {
+                        old: Some(old.path()),
+                        new: new.path(),
+                    },
+                    out,
+                    progress,
+                )
+            }
+        }
+    }
+
+    /// Mounts layers `ids` (nearest first) read-only in a scratch directory.
+    fn merged(&self, ids: &[i64]) -> Result<Merged> {
+        let staging = self
+            .layout
+            .staging()
+            .ctx(|| "cannot create a scratch directory".into())?;
+        let target = staging.path().join("merged");
+        std::fs::create_dir(&target).ctx(|| "cannot create a scratch directory".into())?;
+        let m = match ids {
+            [one] => mount::Mount {
+                kind: "bind".into(),
+                source: self.layout.fs(*one).display().to_string(),
+                options: vec!["rbind".into(), "ro".into()],
+            },
+            _ => mount::Mount {
+                kind: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![format!(
+                    "lowerdir={}",
+                    ids.iter()
+                        .map(|id| self
+                            .layout
+                            .fs(*id)
+                            .display()
+                            .to_string()
+                            .replace(':', "\\:"))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                )],
+            },
+        };
+        mount::mount_all(std::slice::from_ref(&m), &target).map_err(|e| {
+            Error::unsupported("cannot mount the trees to compare")
+                .with_hint(
+                    "a diff against another parent on the overlay driver needs mount privilege",
+                )
+                .with_source(e)
+        })?;
+        Ok(Merged {
+            _staging: staging,
+            target,
+        })
+    }
+}
+
+/// A read-only merged tree, unmounted (and its scratch directory removed)
+/// when dropped.
+struct Merged {
+    _staging: super::layout::Staging,
+    target: PathBuf,
+}
+
+impl Merged {
+    fn path(&self) -> &Path {
+        &self.target
+    }
+}
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        let _ = mount::unmount(&self.target, true);
+    }
+}

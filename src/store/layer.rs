@@ -1,0 +1,3873 @@
+//! OCI image-layer tarballs in and out.
+//!
+//! [`apply`] unpacks a layer (plain, gzip or zstd tar, detected from its
+//! first bytes) into a snapshot directory; [`write`] produces one from an
+//! overlay upper directory or from the comparison of two full trees. The
+//! format is the one docker, containerd, buildah, umoci and skopeo use: a tar
+//! stream where `DIR/.wh.NAME` deletes `DIR/NAME` of the layers below and
+//! `DIR/.wh..wh..opq` hides everything below in `DIR`.
+//!
+//! # Reading: decisions
+//!
+//! * The tar stream is parsed here, block by block; the `tar` crate only
+//!   decodes header fields. This keeps PAX records length-delimited (a
+//!   binary `security.capability` value may contain newlines), bounds the
+//!   memory spent on extension headers (GNU long names 1 MiB, PAX 16 MiB),
+//!   and follows Go's `archive/tar` (which produced nearly every layer in
+//!   existence) where parsers differ: PAX `path`/`linkpath` win over GNU
+//!   long names, a `\0` type with a trailing `/` is a directory.
+//! * Refused as [`LayerError::Invalid`], naming the entry: bad checksums,
+//!   short reads, a stream that ends without its end-of-archive block (a
+//!   plain tar cut on a block boundary), anything but zeros after that
+//!   block, decompression errors, GNU sparse and other unknown entry types,
+//!   data attached to header-only entries (directories, links, devices,
+//!   FIFOs: Go ignores such sizes while GNU tar skips the data, so they
+//!   would be read differently), more uncompressed bytes than
+//!   `max_size`, `..` components, names with a NUL, symlinks or non-
+//!   directories in a parent position, hardlinks that do not point to an
+//!   earlier entry of the same layer, and device nodes unless allowed.
+//! * Absolute names and `./` prefixes are taken relative to `dest`, as
+//!   containerd does (`/etc/passwd` and `./etc/passwd` are `etc/passwd`);
+//!   `..` is refused rather than cleaned, even where it would stay inside.
+//! * Every path is resolved from a directory descriptor of `dest` with
+//!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` and created with the
+//!   `*at` calls relative to its parent's descriptor, so nothing can be
+//!   written outside `dest` whatever the archive holds. A layer that writes
+//!   through a symlink of a lower layer (`lib/x` over `lib -> usr/lib`) is
+//!   refused on the native driver; the overlay driver cannot see the lower
+//!   layers and creates a directory `lib` in the upper instead, as
+//!   containerd's overlay applier does.
+//! * Entries for the root directory itself (`./`) are ignored, as in
+//!   containerd; [`write`] never emits one.
+//! * A hardlink must point to an earlier entry of the same layer (the only
+//!   kind docker/containerd/buildah write). This keeps both drivers
+//!   identical: an overlay upper does not contain the parent's files.
+//! * Whiteouts only hide what the layers below have (OCI image spec): a
+//!   `.wh.X` for an `X` that this layer itself created is ignored, and an
+//!   opaque marker keeps the entries this layer created before it. In an
+//!   overlay upper, a directory that replaces a whiteout made by this layer
+//!   is made opaque, which is what the pair means.
+//! * `trusted.overlay.*` and `user.overlay.*` xattrs in an archive are never
+//!   applied (they steer overlayfs: redirects, metacopy); opaque directories
+//!   only come from `.wh..wh..opq` markers. `.wh..wh.*` aufs metadata
+//!   entries are skipped.
+//! * Metadata order: ownership, then xattrs (chown drops
+//!   `security.capability`), then mode (chown clears setuid/setgid), then
+//!   times. Directories get all of it after the whole archive is unpacked,
+//!   deepest first, so their times are not disturbed by their children and
+//!   a read-only directory can still be filled. A directory entry for an
+//!   existing directory keeps its contents and replaces its xattrs (except
+//!   overlay's own). Missing parent directories are created 0755 root-owned.
+//! * Not running as root, ownership that cannot be set (EPERM) is left to
+//!   the caller, like GNU tar; as root every failure is an error.
+//! * atime is the PAX `atime` when present, else the mtime.
+//!
+//! # Writing: decisions
+//!
+//! * Plain ustar headers, with a PAX header (named `DIR/PaxHeaders.0/NAME`,
+//!   records sorted by key, as Go writes them) only when needed: names over
+//!   100 bytes that cannot be split into ustar prefix/name, link targets over
+//!   100 bytes, ids over 2097151, sizes of 8 GiB or more, sub-second or
+//!   out-of-range mtimes, and xattrs (`SCHILY.xattr.NAME`). No atime, ctime,
+//!   user or group names; directories are named with a trailing `/`; the
+//!   archive ends with two zero blocks (no padding to a 10 KiB record).
+//! * Whiteouts and opaque markers are empty regular files with mode 0, owner
+//!   0:0 and mtime 0, so they do not depend on when a file was deleted.
+//! * The root directory itself is never emitted (its metadata is not part of
+//!   a layer, as with containerd).
+//! * `Compare` also emits every parent directory of an emitted entry (with
+//!   its metadata in `new`), as containerd does, so that an overlay upper
+//!   built from the layer does not get 0755 root-owned stand-ins; and when a
+//!   changed file has other hardlinks in `new`, all of them, so the link
+//!   survives. Directory sizes are never compared (they depend on history).
+//! * gzip: level 6, no name, mtime 0, OS byte 255. zstd: level 3 with
+//!   frame checksums. Sockets are skipped; a file that shrinks while being
+//!   read is an error, one that grows is cut at the size in its header.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::{File, Metadata};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::mpsc;
+
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::io::Errno;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// Malformed, corrupt, truncated or unsafe input: maps to strata's
+    /// `invalid` (exit 6). The message names the entry.
+    #[error("{0}")]
+    Invalid(String),
+    /// I/O failure on our side (disk full, permission…): `internal`.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T, E = LayerError> = std::result::Result<T, E>;
+
+fn invalid(msg: impl Into<String>) -> LayerError {
+    LayerError::Invalid(msg.into())
+}
+
+fn io_err(what: impl Into<String>, source: impl Into<io::Error>) -> LayerError {
+    LayerError::Io {
+        what: what.into(),
+        source: source.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// How whiteouts are materialised when applying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteouts {
+    /// Overlay upper dir: `.wh.X` -> char device 0/0 named X;
+    /// `.wh..wh..opq` -> xattr `trusted.overlay.opaque=y` (or
+    /// `user.overlay.opaque=y` when `user_xattr`) on that directory.
+    Overlay { user_xattr: bool },
+    /// A full tree (native driver): `.wh.X` deletes X (recursively);
+    /// `.wh..wh..opq` deletes everything in that dir that this layer did not
+    /// itself create.
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    pub whiteouts: Whiteouts,
+    /// Max uncompressed bytes read (decompression-bomb guard).
+    pub max_size: u64,
+    /// May create device nodes (false when not privileged: devices are
+    /// refused as Invalid).
+    pub allow_devices: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Digests {
+    /// "sha256:<hex>" of the bytes as read/written (compressed).
+    pub digest: String,
+    /// "sha256:<hex>" of the uncompressed tar (OCI diff_id).
+    pub diff_id: String,
+    /// "none" | "gzip" | "zstd".
+    pub compression: &'static str,
+    /// Compressed bytes.
+    pub size: u64,
+}
+
+fn sha256_string(h: Sha256) -> String {
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+const BLOCK: usize = 512;
+const COPY_BUF: usize = 256 * 1024;
+const PROGRESS_STEP: u64 = 1 << 20;
+const MAX_LONG_NAME: u64 = 1 << 20;
+const MAX_PAX: u64 = 16 << 20;
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+const META_PREFIX: &[u8] = b".wh..wh.";
+const XATTR_PAX_PREFIX: &[u8] = b"SCHILY.xattr.";
+
+/// Whether an xattr belongs to overlayfs (never copied into or out of a
+/// layer).
+fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+}
+
+fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// apply: the input side
+// ---------------------------------------------------------------------------
+
+/// SHA-256 computed on a helper thread (hashing is a third of the CPU time
+/// of an apply otherwise). Buffers are handed over once used and come back
+/// for reuse; without a thread, hashing happens inline.
+struct Hashing {
+    inline: Option<Sha256>,
+    tx: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
+    back: Option<mpsc::Receiver<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<Sha256>>,
+}
+
+impl Hashing {
+    fn new() -> Hashing {
+        let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(4);
+        let (back_tx, back) = mpsc::sync_channel::<Vec<u8>>(8);
+        let spawned = std::thread::Builder::new()
+            .name("layer-sha256".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                for (buf, len) in rx {
+                    h.update(&buf[..len]);
+                    let _ = back_tx.try_send(buf);
+                }
+                h
+            });
+        let spawned = if std::env::var_os("LAYER_INLINE").is_some() {
+            Err(io::Error::other("x"))
+        } else {
+            spawned
+        };
+        match spawned {
+            Ok(worker) => Hashing {
+                inline: None,
+                tx: Some(tx),
+                back: Some(back),
+                worker: Some(worker),
+            },
+            Err(_) => Hashing {
+                inline: Some(Sha256::new()),
+                tx: None,
+                back: None,
+                worker: None,
+            },
+        }
+    }
+
+    /// Hashes `buf[..len]`, taking the buffer.
+    fn feed(&mut self, buf: Vec<u8>, len: usize) {
+        if let Some(h) = &mut self.inline {
+            h.update(&buf[..len]);
+            return;
+        }
+        if let Some(tx) = &self.tx
+            && let Err(mpsc::SendError((buf, len))) = tx.send((buf, len))
+        {
+            // The worker is gone (it cannot fail, but be safe): finish inline.
+            self.tx = None;
+            let mut h = self
+                .worker
+                .take()
+                .and_then(|w| w.join().ok())
+                .unwrap_or_default();
+            h.update(&buf[..len]);
+            self.inline = Some(h);
+        }
+    }
+
+    /// A buffer of `size` bytes, reused when one came back.
+    fn buffer(&mut self, size: usize) -> Vec<u8> {
+        match self.back.as_ref().and_then(|b| b.try_recv().ok()) {
+            Some(mut v) => {
+                v.resize(size, 0);
+                v
+            }
+            None => vec![0u8; size],
+        }
+    }
+
+    fn finish(mut self) -> Sha256 {
+        if let Some(h) = self.inline.take() {
+            return h;
+        }
+        self.tx = None;
+        self.worker
+            .take()
+            .and_then(|w| w.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// State shared with the reader at the bottom of the decoder chain.
+#[derive(Default)]
+struct InputState {
+    bytes: Cell<u64>,
+    failed: Cell<bool>,
+    /// For compressed input: the digest of the raw bytes, and bytes not yet
+    /// handed to it.
+    raw: RefCell<Option<(Hashing, Vec<u8>)>>,
+}
+
+impl InputState {
+    fn digest(&self) -> Option<Sha256> {
+        let (mut hashing, pending) = self.raw.borrow_mut().take()?;
+        let len = pending.len();
+        hashing.feed(pending, len);
+        Some(hashing.finish())
+    }
+}
+
+/// Reads the caller's input, counting and (for compressed layers) hashing.
+struct RawReader<'a> {
+    inner: &'a mut dyn Read,
+    state: Rc<InputState>,
+}
+
+impl Read for RawReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.state.bytes.set(self.state.bytes.get() + n as u64);
+                if let Some((hashing, pending)) = self.state.raw.borrow_mut().as_mut() {
+                    pending.extend_from_slice(&buf[..n]);
+                    if pending.len() >= CHUNK {
+                        let mut next = hashing.buffer(0);
+                        next.reserve(CHUNK + buf.len());
+                        let full = std::mem::replace(pending, next);
+                        let len = full.len();
+                        hashing.feed(full, len);
+                    }
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.state.failed.set(true);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The uncompressed tar stream, read in chunks: hashed (diff_id), counted
+/// and limited.
+struct Stream<'a> {
+    src: Box<dyn Read + 'a>,
+    input: Rc<InputState>,
+    chunk: Vec<u8>,
+    pos: usize,
+    len: usize,
+    hashing: Hashing,
+    count: u64,
+    max: u64,
+    compression: Compression,
+}
+
+impl Stream<'_> {
+    /// The bytes available now; empty at the end of the stream.
+    fn fill(&mut self) -> Result<&[u8]> {
+        if self.pos == self.len {
+            if self.len > 0 {
+                let next = self.hashing.buffer(CHUNK);
+                let used = std::mem::replace(&mut self.chunk, next);
+                self.hashing.feed(used, self.len);
+                self.pos = 0;
+                self.len = 0;
+            }
+            // Fill the chunk (or up to the end): fewer, larger hand-overs.
+            while self.len < self.chunk.len() {
+                let n = match self.src.read(&mut self.chunk[self.len..]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(self.input_error(e)),
+                };
+                self.len += n;
+                self.count += n as u64;
+                if self.count > self.max {
+                    return Err(invalid(format!(
+                        "the layer is larger than the limit of {} bytes uncompressed",
+                        self.max
+                    )));
+                }
+            }
+        }
+        Ok(&self.chunk[self.pos..self.len])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    fn input_error(&self, e: io::Error) -> LayerError {
+        if self.input.failed.get() {
+            io_err("cannot read the layer", e)
+        } else if self.compression == Compression::None {
+            invalid(format!("corrupt layer: {e}"))
+        } else {
+            invalid(format!(
+                "corrupt or truncated {} data: {e}",
+                self.compression.as_str()
+            ))
+        }
+    }
+
+    /// Fills `buf` unless the stream ends first; returns the bytes read.
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            let avail = self.fill()?;
+            if avail.is_empty() {
+                break;
+            }
+            let n = avail.len().min(buf.len() - got);
+            buf[got..got + n].copy_from_slice(&avail[..n]);
+            self.consume(n);
+            got += n;
+        }
+        Ok(got)
+    }
+
+    /// Reads exactly `n` bytes into a new buffer (extension headers).
+    fn read_vec(&mut self, n: u64) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; n as usize];
+        if self.read_full(&mut v)? < v.len() {
+            return Err(invalid("truncated archive (unexpected end of data)"));
+        }
+        Ok(v)
+    }
+
+    /// Skips exactly `n` bytes.
+    fn skip(&mut self, mut n: u64) -> Result<()> {
+        while n > 0 {
+            let avail = self.fill()?.len();
+            if avail == 0 {
+                return Err(invalid("truncated archive (unexpected end of data)"));
+            }
+            let k = n.min(avail as u64);
+            self.consume(k as usize);
+            n -= k;
+        }
+        Ok(())
+    }
+
+    fn skip_padding(&mut self, size: u64) -> Result<()> {
+        let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
+        self.skip(pad)
+    }
+
+    /// The diff_id, once everything was read.
+    fn finish(mut self) -> Sha256 {
+        let used = std::mem::take(&mut self.chunk);
+        self.hashing.feed(used, self.len);
+        self.hashing.finish()
+    }
+}
+
+/// One archive member with its extension headers folded in.
+struct Member {
+    header: tar::Header,
+    path: Vec<u8>,
+    link: Vec<u8>,
+    size: u64,
+    uid: u64,
+    gid: u64,
+    mtime: Timespec,
+    atime: Option<Timespec>,
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+fn checksum_ok(block: &[u8; BLOCK]) -> bool {
+    let field = &block[148..156];
+    let text: Vec<u8> = field
+        .iter()
+        .copied()
+        .take_while(|b| *b != 0)
+        .filter(|b| *b != b' ')
+        .collect();
+    let Ok(text) = std::str::from_utf8(&text) else {
+        return false;
+    };
+    let Ok(want) = i64::from_str_radix(text, 8) else {
+        return false;
+    };
+    let (mut unsigned, mut signed) = (0i64, 0i64);
+    for (i, b) in block.iter().enumerate() {
+        let b = if (148..156).contains(&i) { b' ' } else { *b };
+        unsigned += i64::from(b);
+        signed += i64::from(b as i8);
+    }
+    want == unsigned || want == signed
+}
+
+/// Parses PAX records (`LEN key=value\n`, length-delimited).
+/// Key/value byte pairs (PAX records, xattrs).
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn parse_pax(data: &[u8]) -> std::result::Result<Pairs, String> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let sp = rest
+            .iter()
+            .take(20)
+            .position(|b| *b == b' ')
+            .ok_or("malformed PAX record (no length)")?;
+        let len: usize = std::str::from_utf8(&rest[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("malformed PAX record length")?;
+        if len <= sp + 1 || len > rest.len() || rest[len - 1] != b'\n' {
+            return Err("malformed PAX record".into());
+        }
+        let kv = &rest[sp + 1..len - 1];
+        let eq = kv
+            .iter()
+            .position(|b| *b == b'=')
+            .filter(|eq| *eq > 0)
+            .ok_or("malformed PAX record (no key)")?;
+        out.push((kv[..eq].to_vec(), kv[eq + 1..].to_vec()));
+        rest = &rest[len..];
+    }
+    Ok(out)
+}
+
+/// Parses a PAX time: `[-]SECONDS[.FRACTION]`.
+fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (s, ""),
+    };
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = int.parse().ok()?;
+    let mut nsec: i64 = 0;
+    for (i, d) in frac.bytes().take(9).enumerate() {
+        nsec += i64::from(d - b'0') * 10i64.pow(8 - i as u32);
+    }
+    Some(if !neg {
+        Timespec {
+            tv_sec: secs,
+            tv_nsec: nsec,
+        }
+    } else if nsec == 0 {
+        Timespec {
+            tv_sec: -secs,
+            tv_nsec: 0,
+        }
+    } else {
+        Timespec {
+            tv_sec: -secs - 1,
+            tv_nsec: 1_000_000_000 - nsec,
+        }
+    })
+}
+
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Cuts a GNU long name at its first NUL.
+fn cut_nul(mut v: Vec<u8>) -> Vec<u8> {
+    if let Some(i) = v.iter().position(|b| *b == 0) {
+        v.truncate(i);
+    }
+    v
+}
+
+/// Reads the next member; None at the end-of-archive block.
+fn next_member(s: &mut Stream<'_>, after: &str) -> Result<Option<Member>> {
+    let at = || {
+        if after.is_empty() {
+            "at the start of the layer".to_string()
+        } else {
+            format!("after entry `{after}`")
+        }
+    };
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut long_link: Option<Vec<u8>> = None;
+    let mut pax: Option<Vec<(Vec<u8>, Vec<u8>)>> = None;
+    loop {
+        let mut block = [0u8; BLOCK];
+        let got = s.read_full(&mut block).map_err(|e| context(e, &at()))?;
+        let pending = long_name.is_some() || long_link.is_some() || pax.is_some();
+        if got == 0 {
+            return Err(invalid(format!(
+                "truncated archive {}: the stream ends without an end-of-archive block",
+                at()
+            )));
+        }
+        if got < BLOCK {
+            return Err(invalid(format!(
+                "truncated archive {}: the stream ends inside a header block",
+                at()
+            )));
+        }
+        if block.iter().all(|b| *b == 0) {
+            if pending {
+                return Err(invalid(format!(
+                    "extension header {} describes no entry",
+                    at()
+                )));
+            }
+            return Ok(None);
+        }
+        if !checksum_ok(&block) {
+            return Err(invalid(format!(
+                "corrupt archive {}: header checksum mismatch",
+                at()
+            )));
+        }
+        let header = tar::Header::from_byte_slice(&block).clone();
+        let kind = header.entry_type().as_byte();
+        let hname = show(&header.path_bytes());
+        let size = header.entry_size().map_err(|e| {
+            invalid(format!(
+                "corrupt archive: entry `{hname}` has a bad size field: {e}"
+            ))
+        })?;
+        match kind {
+            b'L' | b'K' => {
+                if size > MAX_LONG_NAME {
+                    return Err(invalid(format!(
+                        "corrupt archive {}: a GNU long name of {size} bytes",
+                        at()
+                    )));
+                }
+                let slot = if kind == b'L' {
+                    &mut long_name
+                } else {
+                    &mut long_link
+                };
+                if slot.is_some() {
+                    return Err(invalid(format!(
+                        "corrupt archive {}: two GNU long-name headers for one entry",
+                        at()
+                    )));
+                }
+                let v = s.read_vec(size).map_err(|e| context(e, &at()))?;
+                s.skip_padding(size).map_err(|e| context(e, &at()))?;
+                *slot = Some(cut_nul(v));
+            }
+            b'x' => {
+                if size > MAX_PAX {
+                    return Err(invalid(format!(
+                        "corrupt archive {}: a PAX header of {size} bytes",
+                        at()
+                    )));
+                }
+                if pax.is_some() {
+                    return Err(invalid(format!(
+                        "corrupt archive {}: two PAX headers for one entry",
+                        at()
+                    )));
+                }
+                let v = s.read_vec(size).map_err(|e| context(e, &at()))?;
+                s.skip_padding(size).map_err(|e| context(e, &at()))?;
+                pax = Some(
+                    parse_pax(&v).map_err(|e| invalid(format!("corrupt archive {}: {e}", at())))?,
+                );
+            }
+            b'g' => {
+                // Global PAX headers (e.g. `git archive`'s comment) carry
+                // nothing a layer needs.
+                s.skip(size).map_err(|e| context(e, &at()))?;
+                s.skip_padding(size).map_err(|e| context(e, &at()))?;
+            }
+            _ => {
+                let mut m = Member {
+                    path: long_name
+                        .take()
+                        .unwrap_or_else(|| header.path_bytes().into_owned()),
+                    link: long_link.take().unwrap_or_else(|| {
+                        header
+                            .link_name_bytes()
+                            .map(|c| c.into_owned())
+                            .unwrap_or_default()
+                    }),
+                    size,
+                    uid: 0,
+                    gid: 0,
+                    mtime: Timespec {
+                        tv_sec: 0,
+                        tv_nsec: 0,
+                    },
+                    atime: None,
+                    xattrs: BTreeMap::new(),
+                    header,
+                };
+                let bad = |what: &str, e: &dyn std::fmt::Display| {
+                    invalid(format!(
+                        "corrupt archive: entry `{hname}` has a bad {what}: {e}"
+                    ))
+                };
+                m.uid = m.header.uid().map_err(|e| bad("uid", &e))?;
+                m.gid = m.header.gid().map_err(|e| bad("gid", &e))?;
+                let mtime = m.header.mtime().map_err(|e| bad("mtime", &e))?;
+                m.mtime.tv_sec = i64::try_from(mtime).unwrap_or(i64::MAX);
+                for (k, v) in pax.take().unwrap_or_default() {
+                    let name = show(&m.path);
+                    let bad_pax = || {
+                        invalid(format!(
+                            "corrupt archive: entry `{name}` has a bad PAX `{}` record",
+                            show(&k)
+                        ))
+                    };
+                    if let Some(attr) = k.strip_prefix(XATTR_PAX_PREFIX) {
+                        if attr.is_empty() || attr.contains(&0) {
+                            return Err(bad_pax());
+                        }
+                        m.xattrs.insert(attr.to_vec(), v);
+                        continue;
+                    }
+                    if k.starts_with(b"GNU.sparse.") {
+                        return Err(invalid(format!(
+                            "entry `{name}`: GNU sparse files are not supported"
+                        )));
+                    }
+                    // An empty value removes the record (POSIX): the header
+                    // field stands.
+                    if v.is_empty() {
+                        continue;
+                    }
+                    match k.as_slice() {
+                        b"path" => m.path = v,
+                        b"linkpath" => m.link = v,
+                        b"size" => m.size = parse_decimal(&v).ok_or_else(bad_pax)?,
+                        b"uid" => m.uid = parse_decimal(&v).ok_or_else(bad_pax)?,
+                        b"gid" => m.gid = parse_decimal(&v).ok_or_else(bad_pax)?,
+                        b"mtime" => m.mtime = parse_pax_time(&v).ok_or_else(bad_pax)?,
+                        b"atime" => m.atime = Some(parse_pax_time(&v).ok_or_else(bad_pax)?),
+                        _ => {}
+                    }
+                }
+                return Ok(Some(m));
+            }
+        }
+    }
+}
+
+/// Adds `ctx` to an Invalid message.
+fn context(e: LayerError, ctx: &str) -> LayerError {
+    match e {
+        LayerError::Invalid(m) => LayerError::Invalid(format!("{m} ({ctx})")),
+        other => other,
+    }
+}
+
+/// Unpack a layer read from `input` (compression detected from the first
+/// bytes: gzip 1f 8b, zstd 28 b5 2f fd, else plain tar) into directory
+/// `dest` (which exists; for Overlay it is an empty upper dir, for Delete a
+/// copy of the parent tree). `progress` is called with the number of
+/// compressed bytes consumed so far, now and then.
+pub fn apply(
+    input: &mut dyn Read,
+    dest: &Path,
+    opts: &ApplyOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Digests> {
+    let state = Rc::new(InputState::default());
+    let mut raw = RawReader {
+        inner: input,
+        state: state.clone(),
+    };
+    let mut magic = [0u8; 6];
+    let mut got = 0;
+    while got < magic.len() {
+        match raw.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err("cannot read the layer", e)),
+        }
+    }
+    let magic = &magic[..got];
+    let compression = if magic.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        return Err(invalid(
+            "xz-compressed layers are not supported (only gzip and zstd)",
+        ));
+    } else if magic.starts_with(b"BZh") {
+        return Err(invalid(
+            "bzip2-compressed layers are not supported (only gzip and zstd)",
+        ));
+    } else {
+        Compression::None
+    };
+    if compression != Compression::None {
+        let mut pending = Vec::with_capacity(2 * CHUNK);
+        pending.extend_from_slice(magic);
+        *state.raw.borrow_mut() = Some((Hashing::new(), pending));
+    }
+    let head = io::Cursor::new(magic.to_vec()).chain(raw);
+    let buffered = BufReader::with_capacity(128 * 1024, head);
+    let src: Box<dyn Read> = match compression {
+        Compression::None => Box::new(buffered),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered)
+                .map_err(|e| io_err("cannot start a zstd decoder", e))?,
+        ),
+    };
+    let mut stream = Stream {
+        src,
+        input: state.clone(),
+        chunk: vec![0u8; CHUNK],
+        pos: 0,
+        len: 0,
+        hashing: Hashing::new(),
+        count: 0,
+        max: opts.max_size,
+        compression,
+    };
+
+    let mut ex = Extractor::new(dest, opts)?;
+    let mut last_progress = 0u64;
+    let mut tick = || {
+        let now = state.bytes.get();
+        if now - last_progress >= PROGRESS_STEP {
+            last_progress = now;
+            progress(now);
+        }
+    };
+    let mut last = String::new();
+    while let Some(m) = next_member(&mut stream, &last)? {
+        last = show(&m.path);
+        ex.member(m, &mut stream, &mut tick)?;
+        tick();
+    }
+    // The tar ends with its first zero block; the rest of the stream (the
+    // second zero block, record padding) still belongs to the diff_id and
+    // must be zeros: anything else would be read differently by a tool that
+    // skips zero blocks.
+    loop {
+        let rest = stream.fill()?;
+        if rest.is_empty() {
+            break;
+        }
+        if rest.iter().any(|b| *b != 0) {
+            return Err(invalid(format!(
+                "corrupt archive: data after the end-of-archive block (after entry `{last}`)"
+            )));
+        }
+        let n = rest.len();
+        stream.consume(n);
+    }
+    ex.finish()?;
+    let diff_id = sha256_string(stream.finish());
+    progress(state.bytes.get());
+    let digest = match state.digest() {
+        Some(h) => sha256_string(h),
+        None => diff_id.clone(),
+    };
+    Ok(Digests {
+        digest,
+        diff_id,
+        compression: compression.as_str(),
+        size: state.bytes.get(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// apply: writing into dest
+// ---------------------------------------------------------------------------
+
+/// Metadata of an entry, applied after its data.
+struct Meta {
+    mode: u32,
+    uid: Uid,
+    gid: Gid,
+    mtime: Timespec,
+    atime: Timespec,
+    xattrs: Vec<(CString, Vec<u8>)>,
+}
+
+struct DirMeta {
+    meta: Meta,
+    /// The directory existed before this layer (its xattrs are replaced).
+    existed: bool,
+}
+
+enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+    Char,
+    Block,
+    Fifo,
+}
+
+struct Extractor<'o> {
+    opts: &'o ApplyOptions,
+    dest: PathBuf,
+    root: Rc<OwnedFd>,
+    cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
+    /// Paths this layer created (entries and implicit parents).
+    created: HashSet<Vec<u8>>,
+    /// Directories that contain something this layer created.
+    holds: HashSet<Vec<u8>>,
+    dirs: HashMap<Vec<u8>, DirMeta>,
+    privileged: bool,
+    proc_fd: bool,
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(parent.len() + 1 + name.len());
+    if !parent.is_empty() {
+        v.extend_from_slice(parent);
+        v.push(b'/');
+    }
+    v.extend_from_slice(name);
+    v
+}
+
+/// Splits an archive name into its components: `.`, empty components and a
+/// leading `/` are dropped; `..` and NUL are refused.
+fn split_name(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
+    if raw.contains(&0) {
+        return Err("a NUL byte in the name");
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("a `..` component (it would escape the layer)"),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn cstr(b: &[u8]) -> CString {
+    // Callers have checked for NUL bytes.
+    CString::new(b).unwrap_or_default()
+}
+
+impl<'o> Extractor<'o> {
+    fn new(dest: &Path, opts: &'o ApplyOptions) -> Result<Self> {
+        let root = rustix::fs::open(
+            dest,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err(format!("cannot open {}", dest.display()), e))?;
+        Ok(Extractor {
+            opts,
+            dest: dest.to_path_buf(),
+            root: Rc::new(root),
+            cache: None,
+            created: HashSet::new(),
+            holds: HashSet::new(),
+            dirs: HashMap::new(),
+            privileged: nix::unistd::geteuid().is_root(),
+            proc_fd: Path::new("/proc/self/fd").is_dir(),
+        })
+    }
+
+    fn mark_created(&mut self, rel: &[u8]) {
+        self.created.insert(rel.to_vec());
+        let mut p = rel;
+        while let Some(i) = p.iter().rposition(|b| *b == b'/') {
+            p = &p[..i];
+            if !self.holds.insert(p.to_vec()) {
+                break;
+            }
+        }
+    }
+
+    /// Opens directory `rel` (components) under the root, refusing symlinks
+    /// and non-directories; creates missing ones (0755) when `create`.
+    /// None when missing and not created.
+    fn open_dir(
+        &mut self,
+        comps: &[&[u8]],
+        create: bool,
+        entry: &str,
+    ) -> Result<Option<Rc<OwnedFd>>> {
+        if comps.is_empty() {
+            return Ok(Some(self.root.clone()));
+        }
+        let rel = comps.join(&b'/');
+        if let Some((p, fd)) = &self.cache
+            && *p == rel
+        {
+            return Ok(Some(fd.clone()));
+        }
+        let how = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        let fd = match rustix::fs::openat2(
+            &*self.root,
+            cstr(&rel).as_c_str(),
+            how,
+            Mode::empty(),
+            resolve,
+        ) {
+            Ok(fd) => Rc::new(fd),
+            Err(Errno::NOENT) | Err(Errno::LOOP) | Err(Errno::NOTDIR) | Err(Errno::NOSYS)
+            | Err(Errno::XDEV) | Err(Errno::AGAIN) => {
+                // Walk component by component: creates what is missing and
+                // names the component at fault.
+                let mut cur = self.root.clone();
+                for (i, c) in comps.iter().enumerate() {
+                    let sub = comps[..=i].join(&b'/');
+                    let name = cstr(c);
+                    let opened =
+                        match rustix::fs::openat(&*cur, name.as_c_str(), how, Mode::empty()) {
+                            Err(Errno::NOENT) if create => {
+                                match rustix::fs::mkdirat(
+                                    &*cur,
+                                    name.as_c_str(),
+                                    Mode::from_raw_mode(0o755),
+                                ) {
+                                    Ok(()) | Err(Errno::EXIST) => {}
+                                    Err(e) => {
+                                        return Err(io_err(
+                                            format!(
+                                                "cannot create directory {}",
+                                                self.dest.join(OsStr::from_bytes(&sub)).display()
+                                            ),
+                                            e,
+                                        ));
+                                    }
+                                }
+                                self.mark_created(&sub);
+                                rustix::fs::openat(&*cur, name.as_c_str(), how, Mode::empty())
+                            }
+                            other => other,
+                        };
+                    cur = match opened {
+                        Ok(fd) => Rc::new(fd),
+                        Err(Errno::NOENT) => return Ok(None),
+                        Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                            let symlink = rustix::fs::statat(
+                                &*cur,
+                                name.as_c_str(),
+                                AtFlags::SYMLINK_NOFOLLOW,
+                            )
+                            .is_ok_and(|st| {
+                                rustix::fs::FileType::from_raw_mode(st.st_mode)
+                                    == rustix::fs::FileType::Symlink
+                            });
+                            return Err(invalid(if symlink {
+                                format!(
+                                    "entry `{entry}`: its parent `{}` is a symlink (refused: it could lead outside the layer)",
+                                    show(&sub)
+                                )
+                            } else {
+                                format!(
+                                    "entry `{entry}`: its parent `{}` is not a directory",
+                                    show(&sub)
+                                )
+                            }));
+                        }
+                        Err(Errno::NAMETOOLONG) => {
+                            return Err(invalid(format!(
+                                "entry `{entry}`: a name component is too long"
+                            )));
+                        }
+                        Err(e) => {
+                            return Err(io_err(
+                                format!(
+                                    "cannot open directory {}",
+                                    self.dest.join(OsStr::from_bytes(&sub)).display()
+                                ),
+                                e,
+                            ));
+                        }
+                    };
+                }
+                cur
+            }
+            Err(Errno::NAMETOOLONG) => {
+                return Err(invalid(format!(
+                    "entry `{entry}`: a name component is too long"
+                )));
+            }
+            Err(e) => {
+                return Err(io_err(
+                    format!(
+                        "cannot open directory {}",
+                        self.dest.join(OsStr::from_bytes(&rel)).display()
+                    ),
+                    e,
+                ));
+            }
+        };
+        self.cache = Some((rel, fd.clone()));
+        Ok(Some(fd))
+    }
+
+    fn path_of(&self, rel: &[u8]) -> PathBuf {
+        self.dest.join(OsStr::from_bytes(rel))
+    }
+
+    /// A path naming `name` in directory `dir` for the path-only xattr calls
+    /// (symlinks and special files cannot be opened safely).
+    fn at_path(&self, dir: &OwnedFd, name: &CStr, rel: &[u8]) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        if self.proc_fd {
+            let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+            p.push(OsStr::from_bytes(name.to_bytes()));
+            p
+        } else {
+            self.path_of(rel)
+        }
+    }
+
+    /// Removes whatever is at `name` in `dir` (recursively for directories).
+    fn remove(&mut self, dir: &OwnedFd, name: &CStr, rel: &[u8]) -> Result<()> {
+        self.cache = None;
+        self.dirs.remove(rel);
+        remove_all_at(dir.as_fd(), name)
+            .map_err(|e| io_err(format!("cannot remove {}", self.path_of(rel).display()), e))
+    }
+
+    fn member(&mut self, m: Member, s: &mut Stream<'_>, progress: &mut dyn FnMut()) -> Result<()> {
+        let name = show(&m.path);
+        let type_byte = m.header.entry_type().as_byte();
+        let kind = match type_byte {
+            b'0' | b'7' => Kind::File,
+            0 if m.path.ends_with(b"/") => Kind::Dir,
+            0 => Kind::File,
+            b'1' => Kind::Hardlink,
+            b'2' => Kind::Symlink,
+            b'3' => Kind::Char,
+            b'4' => Kind::Block,
+            b'5' => Kind::Dir,
+            b'6' => Kind::Fifo,
+            b'S' => {
+                return Err(invalid(format!(
+                    "entry `{name}`: GNU sparse files are not supported"
+                )));
+            }
+            t => {
+                return Err(invalid(format!(
+                    "entry `{name}`: unsupported entry type `{}`",
+                    (t as char).escape_default()
+                )));
+            }
+        };
+        if !matches!(kind, Kind::File) && m.size != 0 {
+            return Err(invalid(format!(
+                "entry `{name}`: a {} entry with {} bytes of data",
+                match kind {
+                    Kind::Dir => "directory",
+                    Kind::Symlink => "symlink",
+                    Kind::Hardlink => "hardlink",
+                    Kind::Char | Kind::Block => "device",
+                    _ => "FIFO",
+                },
+                m.size
+            )));
+        }
+        let comps = split_name(&m.path).map_err(|why| invalid(format!("entry `{name}`: {why}")))?;
+        let Some((last, parent)) = comps.split_last() else {
+            // The root itself: containerd ignores it, and so do we.
+            if matches!(kind, Kind::Dir) {
+                return Ok(());
+            }
+            return Err(invalid(format!(
+                "entry `{name}`: a non-directory names the root of the layer"
+            )));
+        };
+        let base: &[u8] = last;
+        let rel = comps.join(&b'/');
+        let parent_rel = parent.join(&b'/');
+
+        if base.starts_with(WHITEOUT_PREFIX) {
+            // Data of a whiteout (normally none) is not used.
+            s.skip(m.size)
+                .map_err(|e| context(e, &format!("entry `{name}`")))?;
+            s.skip_padding(m.size)
+                .map_err(|e| context(e, &format!("entry `{name}`")))?;
+            if base == OPAQUE_MARKER {
+                return self.opaque(parent, &parent_rel, &name);
+            }
+            if base.starts_with(META_PREFIX) {
+                return Ok(()); // aufs metadata
+            }
+            let target = &base[WHITEOUT_PREFIX.len()..];
+            if target.is_empty() || target == b"." || target == b".." {
+                return Err(invalid(format!(
+                    "entry `{name}`: a whiteout for an invalid name"
+                )));
+            }
+            return self.whiteout(parent, &parent_rel, target, &name);
+        }
+
+        if matches!(kind, Kind::Char | Kind::Block) && !self.opts.allow_devices {
+            return Err(invalid(format!(
+                "entry `{name}`: device nodes are not allowed here (creating them needs privilege)"
+            )));
+        }
+        if m.uid >= u64::from(u32::MAX) || m.gid >= u64::from(u32::MAX) {
+            return Err(invalid(format!(
+                "entry `{name}`: owner {}:{} is out of range",
+                m.uid, m.gid
+            )));
+        }
+        let mut xattrs = Vec::with_capacity(m.xattrs.len());
+        for (k, v) in m.xattrs {
+            if !is_overlay_xattr(&k) {
+                xattrs.push((cstr(&k), v));
+            }
+        }
+        let meta = Meta {
+            mode: m
+                .header
+                .mode()
+                .map_err(|e| invalid(format!("entry `{name}`: bad mode field: {e}")))?
+                & 0o7777,
+            uid: Uid::from_raw(m.uid as u32),
+            gid: Gid::from_raw(m.gid as u32),
+            mtime: m.mtime,
+            atime: m.atime.unwrap_or(m.mtime),
+            xattrs,
+        };
+        let Some(dir) = self.open_dir(parent, true, &name)? else {
+            return Err(invalid(format!(
+                "entry `{name}`: its parent directory vanished"
+            )));
+        };
+        let cname = cstr(base);
+        let cname = cname.as_c_str();
+        match kind {
+            Kind::Dir => {
+                let mut existed = false;
+                match rustix::fs::mkdirat(&*dir, cname, Mode::from_raw_mode(0o700)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => {
+                        let st = rustix::fs::statat(&*dir, cname, AtFlags::SYMLINK_NOFOLLOW)
+                            .map_err(|e| {
+                                io_err(format!("cannot stat {}", self.path_of(&rel).display()), e)
+                            })?;
+                        let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
+                        if ft == rustix::fs::FileType::Directory {
+                            existed = !self.created.contains(&rel);
+                        } else {
+                            let was_whiteout =
+                                ft == rustix::fs::FileType::CharacterDevice && st.st_rdev == 0;
+                            self.remove(&dir, cname, &rel)?;
+                            rustix::fs::mkdirat(&*dir, cname, Mode::from_raw_mode(0o700)).map_err(
+                                |e| {
+                                    io_err(
+                                        format!(
+                                            "cannot create directory {}",
+                                            self.path_of(&rel).display()
+                                        ),
+                                        e,
+                                    )
+                                },
+                            )?;
+                            if was_whiteout
+                                && let Whiteouts::Overlay { user_xattr } = self.opts.whiteouts
+                            {
+                                // Deleted below, recreated here: opaque.
+                                let fd = self.open_dir(&comps, false, &name)?.ok_or_else(|| {
+                                    invalid(format!("entry `{name}`: the directory vanished"))
+                                })?;
+                                set_opaque(&fd, user_xattr).map_err(|e| {
+                                    io_err(
+                                        format!(
+                                            "cannot mark {} opaque",
+                                            self.path_of(&rel).display()
+                                        ),
+                                        e,
+                                    )
+                                })?;
+                            }
+                        }
+                    }
+                    Err(Errno::NAMETOOLONG) => {
+                        return Err(invalid(format!(
+                            "entry `{name}`: a name component is too long"
+                        )));
+                    }
+                    Err(e) => {
+                        return Err(io_err(
+                            format!("cannot create directory {}", self.path_of(&rel).display()),
+                            e,
+                        ));
+                    }
+                }
+                let existed = self.dirs.get(&rel).map(|d| d.existed).unwrap_or(existed);
+                self.dirs.insert(rel.clone(), DirMeta { meta, existed });
+            }
+            Kind::File => {
+                let fd = self.create(&dir, cname, &rel, &name, |d, n| {
+                    rustix::fs::openat(
+                        d,
+                        n,
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                })?;
+                let mut file = File::from(fd);
+                let mut left = m.size;
+                while left > 0 {
+                    let avail = s
+                        .fill()
+                        .map_err(|e| context(e, &format!("entry `{name}`")))?;
+                    if avail.is_empty() {
+                        return Err(invalid(format!(
+                            "truncated archive: entry `{name}` ends {left} bytes early"
+                        )));
+                    }
+                    let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    file.write_all(&avail[..n]).map_err(|e| {
+                        io_err(format!("cannot write {}", self.path_of(&rel).display()), e)
+                    })?;
+                    s.consume(n);
+                    left -= n as u64;
+                    progress();
+                }
+                s.skip_padding(m.size)
+                    .map_err(|e| context(e, &format!("entry `{name}`")))?;
+                self.set_meta_fd(file.as_fd(), &meta, &rel, false, true)?;
+            }
+            Kind::Symlink => {
+                if m.link.is_empty() || m.link.contains(&0) {
+                    return Err(invalid(format!(
+                        "entry `{name}`: a symlink with an empty or invalid target"
+                    )));
+                }
+                let target = cstr(&m.link);
+                self.create(&dir, cname, &rel, &name, |d, n| {
+                    rustix::fs::symlinkat(target.as_c_str(), d, n)
+                })?;
+                self.set_meta_at(&dir, cname, &rel, &meta, false)?;
+            }
+            Kind::Char | Kind::Block | Kind::Fifo => {
+                let (ft, dev) = match kind {
+                    Kind::Char | Kind::Block => {
+                        let bad = |e: io::Error| {
+                            invalid(format!("entry `{name}`: bad device number: {e}"))
+                        };
+                        let major = m.header.device_major().map_err(bad)?.unwrap_or(0);
+                        let minor = m.header.device_minor().map_err(bad)?.unwrap_or(0);
+                        let ft = if matches!(kind, Kind::Char) {
+                            rustix::fs::FileType::CharacterDevice
+                        } else {
+                            rustix::fs::FileType::BlockDevice
+                        };
+                        (ft, rustix::fs::makedev(major, minor))
+                    }
+                    _ => (rustix::fs::FileType::Fifo, 0),
+                };
+                self.create(&dir, cname, &rel, &name, |d, n| {
+                    rustix::fs::mknodat(d, n, ft, Mode::from_raw_mode(0o600), dev)
+                })?;
+                self.set_meta_at(&dir, cname, &rel, &meta, true)?;
+            }
+            Kind::Hardlink => {
+                let tcomps = split_name(&m.link).map_err(|why| {
+                    invalid(format!(
+                        "entry `{name}`: hardlink target `{}` has {why}",
+                        show(&m.link)
+                    ))
+                })?;
+                let trel = tcomps.join(&b'/');
+                if trel == rel || !self.created.contains(&trel) {
+                    return Err(invalid(format!(
+                        "entry `{name}`: hardlink target `{}` is not an earlier entry of this layer",
+                        show(&m.link)
+                    )));
+                }
+                let (tlast, tparent) = tcomps
+                    .split_last()
+                    .ok_or_else(|| invalid(format!("entry `{name}`: hardlink to the root")))?;
+                let tdir = self.open_dir(tparent, false, &name)?.ok_or_else(|| {
+                    invalid(format!(
+                        "entry `{name}`: hardlink target `{}` does not exist",
+                        show(&m.link)
+                    ))
+                })?;
+                let tname = cstr(tlast);
+                let st = rustix::fs::statat(&*tdir, tname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW);
+                match st {
+                    Ok(st)
+                        if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                            != rustix::fs::FileType::Directory => {}
+                    _ => {
+                        return Err(invalid(format!(
+                            "entry `{name}`: hardlink target `{}` is missing or a directory",
+                            show(&m.link)
+                        )));
+                    }
+                }
+                self.create(&dir, cname, &rel, &name, |d, n| {
+                    rustix::fs::linkat(&*tdir, tname.as_c_str(), d, n, AtFlags::empty())
+                })?;
+            }
+        }
+        self.mark_created(&rel);
+        Ok(())
+    }
+
+    /// Creates `name` in `dir` with `make`, replacing what is there.
+    fn create<T>(
+        &mut self,
+        dir: &OwnedFd,
+        name: &CStr,
+        rel: &[u8],
+        entry: &str,
+        make: impl Fn(BorrowedFd<'_>, &CStr) -> rustix::io::Result<T>,
+    ) -> Result<T> {
+        match make(dir.as_fd(), name) {
+            Ok(t) => return Ok(t),
+            Err(Errno::EXIST) => {}
+            Err(Errno::NAMETOOLONG) => {
+                return Err(invalid(format!(
+                    "entry `{entry}`: a name component is too long"
+                )));
+            }
+            Err(e) => {
+                return Err(io_err(
+                    format!("cannot create {}", self.path_of(rel).display()),
+                    e,
+                ));
+            }
+        }
+        self.remove(dir, name, rel)?;
+        make(dir.as_fd(), name)
+            .map_err(|e| io_err(format!("cannot create {}", self.path_of(rel).display()), e))
+    }
+
+    fn chown_failed(&self, e: Errno) -> bool {
+        e != Errno::PERM || self.privileged
+    }
+
+    fn xattr_failed(&self, e: Errno) -> bool {
+        self.privileged || !matches!(e, Errno::PERM | Errno::NOTSUP | Errno::ACCESS)
+    }
+
+    /// Ownership, xattrs, mode and times through an open descriptor.
+    fn set_meta_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        meta: &Meta,
+        rel: &[u8],
+        existed: bool,
+        set_times: bool,
+    ) -> Result<()> {
+        let what = |op: &str| format!("cannot set the {op} of {}", self.path_of(rel).display());
+        if let Err(e) = rustix::fs::fchown(fd, Some(meta.uid), Some(meta.gid))
+            && self.chown_failed(e)
+        {
+            return Err(io_err(what("owner"), e));
+        }
+        if existed {
+            // Replace, not merge: xattrs the layer does not list are gone.
+            let mut list = vec![0u8; 64 * 1024];
+            let n =
+                rustix::fs::flistxattr(fd, &mut list[..]).map_err(|e| io_err(what("xattrs"), e))?;
+            for old in list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+                if is_overlay_xattr(old) || meta.xattrs.iter().any(|(k, _)| k.to_bytes() == old) {
+                    continue;
+                }
+                if let Err(e) = rustix::fs::fremovexattr(fd, cstr(old).as_c_str())
+                    && self.xattr_failed(e)
+                {
+                    return Err(io_err(what("xattrs"), e));
+                }
+            }
+        }
+        for (k, v) in &meta.xattrs {
+            if let Err(e) = rustix::fs::fsetxattr(fd, k.as_c_str(), v, XattrFlags::empty())
+                && self.xattr_failed(e)
+            {
+                return Err(io_err(
+                    format!("{} `{}`", what("xattr"), k.to_string_lossy()),
+                    e,
+                ));
+            }
+        }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+            .map_err(|e| io_err(what("mode"), e))?;
+        if set_times {
+            rustix::fs::futimens(fd, &times(meta)).map_err(|e| io_err(what("times"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The same for entries that are not opened (symlinks, devices, FIFOs).
+    fn set_meta_at(
+        &self,
+        dir: &OwnedFd,
+        name: &CStr,
+        rel: &[u8],
+        meta: &Meta,
+        chmod: bool,
+    ) -> Result<()> {
+        let what = |op: &str| format!("cannot set the {op} of {}", self.path_of(rel).display());
+        if let Err(e) = rustix::fs::chownat(
+            dir,
+            name,
+            Some(meta.uid),
+            Some(meta.gid),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) && self.chown_failed(e)
+        {
+            return Err(io_err(what("owner"), e));
+        }
+        if !meta.xattrs.is_empty() {
+            let p = self.at_path(dir, name, rel);
+            for (k, v) in &meta.xattrs {
+                if let Err(e) = rustix::fs::lsetxattr(&p, k.as_c_str(), v, XattrFlags::empty())
+                    && self.xattr_failed(e)
+                {
+                    return Err(io_err(
+                        format!("{} `{}`", what("xattr"), k.to_string_lossy()),
+                        e,
+                    ));
+                }
+            }
+        }
+        if chmod {
+            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                .map_err(|e| io_err(what("mode"), e))?;
+        }
+        rustix::fs::utimensat(dir, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_err(what("times"), e))?;
+        Ok(())
+    }
+
+    fn whiteout(
+        &mut self,
+        parent: &[&[u8]],
+        parent_rel: &[u8],
+        target: &[u8],
+        entry: &str,
+    ) -> Result<()> {
+        let rel = join(parent_rel, target);
+        let cname = cstr(target);
+        match self.opts.whiteouts {
+            Whiteouts::Overlay { .. } => {
+                let Some(dir) = self.open_dir(parent, true, entry)? else {
+                    return Ok(());
+                };
+                match rustix::fs::statat(&*dir, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                    // Made by this layer (or a duplicate whiteout): whiteouts
+                    // only hide the layers below.
+                    Ok(_) => Ok(()),
+                    Err(Errno::NOENT) => rustix::fs::mknodat(
+                        &*dir,
+                        cname.as_c_str(),
+                        rustix::fs::FileType::CharacterDevice,
+                        Mode::empty(),
+                        rustix::fs::makedev(0, 0),
+                    )
+                    .map_err(|e| {
+                        io_err(
+                            format!(
+                                "cannot create the whiteout {}",
+                                self.path_of(&rel).display()
+                            ),
+                            e,
+                        )
+                    }),
+                    Err(Errno::NAMETOOLONG) => Err(invalid(format!(
+                        "entry `{entry}`: a name component is too long"
+                    ))),
+                    Err(e) => Err(io_err(
+                        format!("cannot stat {}", self.path_of(&rel).display()),
+                        e,
+                    )),
+                }
+            }
+            Whiteouts::Delete => {
+                if self.created.contains(&rel) {
+                    return Ok(());
+                }
+                let Some(dir) = self.open_dir(parent, false, entry)? else {
+                    return Ok(());
+                };
+                self.remove(&dir, cname.as_c_str(), &rel)
+            }
+        }
+    }
+
+    fn opaque(&mut self, dir: &[&[u8]], rel: &[u8], entry: &str) -> Result<()> {
+        match self.opts.whiteouts {
+            Whiteouts::Overlay { user_xattr } => {
+                let Some(fd) = self.open_dir(dir, true, entry)? else {
+                    return Ok(());
+                };
+                set_opaque(&fd, user_xattr).map_err(|e| {
+                    io_err(
+                        format!("cannot mark {} opaque", self.path_of(rel).display()),
+                        e,
+                    )
+                })
+            }
+            Whiteouts::Delete => {
+                let Some(fd) = self.open_dir(dir, false, entry)? else {
+                    return Ok(());
+                };
+                self.cache = None;
+                // Walk down, keeping only what this layer created.
+                let mut stack: Vec<(Rc<OwnedFd>, Vec<u8>)> = vec![(fd, rel.to_vec())];
+                while let Some((fd, rel)) = stack.pop() {
+                    let names = list_dir(&fd).map_err(|e| {
+                        io_err(format!("cannot read {}", self.path_of(&rel).display()), e)
+                    })?;
+                    for (name, is_dir) in names {
+                        let child = join(&rel, name.to_bytes());
+                        if self.created.contains(&child) || self.holds.contains(&child) {
+                            if is_dir {
+                                let sub = rustix::fs::openat(
+                                    &*fd,
+                                    name.as_c_str(),
+                                    OFlags::RDONLY
+                                        | OFlags::DIRECTORY
+                                        | OFlags::NOFOLLOW
+                                        | OFlags::CLOEXEC,
+                                    Mode::empty(),
+                                )
+                                .map_err(|e| {
+                                    io_err(
+                                        format!("cannot open {}", self.path_of(&child).display()),
+                                        e,
+                                    )
+                                })?;
+                                stack.push((Rc::new(sub), child));
+                            }
+                        } else {
+                            self.remove(&fd, name.as_c_str(), &child)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Directory metadata, deepest first, once everything is in place.
+    fn finish(&mut self) -> Result<()> {
+        self.cache = None;
+        let mut dirs: Vec<(Vec<u8>, DirMeta)> = self.dirs.drain().collect();
+        dirs.sort_by(|a, b| path_order(&b.0, &a.0));
+        let how = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        for (rel, d) in dirs {
+            let fd = match rustix::fs::openat2(
+                &*self.root,
+                cstr(&rel).as_c_str(),
+                how,
+                Mode::empty(),
+                resolve,
+            ) {
+                Ok(fd) => fd,
+                // Replaced by a later entry, or removed by a whiteout.
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => continue,
+                Err(e) => {
+                    return Err(io_err(
+                        format!("cannot open {}", self.path_of(&rel).display()),
+                        e,
+                    ));
+                }
+            };
+            self.set_meta_fd(fd.as_fd(), &d.meta, &rel, d.existed, true)?;
+        }
+        Ok(())
+    }
+}
+
+fn times(meta: &Meta) -> Timestamps {
+    Timestamps {
+        last_access: meta.atime,
+        last_modification: meta.mtime,
+    }
+}
+
+fn set_opaque(fd: &OwnedFd, user_xattr: bool) -> rustix::io::Result<()> {
+    let name = if user_xattr {
+        c"user.overlay.opaque"
+    } else {
+        c"trusted.overlay.opaque"
+    };
+    rustix::fs::fsetxattr(fd, name, b"y", XattrFlags::empty())
+}
+
+/// The entries of a directory: (name, is a directory).
+fn list_dir(fd: &OwnedFd) -> io::Result<Vec<(CString, bool)>> {
+    let mut out = Vec::new();
+    let mut dir = rustix::fs::Dir::read_from(fd)?;
+    while let Some(ent) = dir.read() {
+        let ent = ent?;
+        let name = ent.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let is_dir = match ent.file_type() {
+            rustix::fs::FileType::Directory => true,
+            rustix::fs::FileType::Unknown => {
+                let st = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+            }
+            _ => false,
+        };
+        out.push((name.to_owned(), is_dir));
+    }
+    Ok(out)
+}
+
+/// Removes `name` in `dir`, recursively, without following symlinks and
+/// without recursion on the call stack.
+fn remove_all_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let how = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let top = rustix::fs::openat(dir, name, how, Mode::empty())?;
+    let mut frames: Vec<(OwnedFd, CString)> = vec![(top, name.to_owned())];
+    while let Some((fd, _)) = frames.last() {
+        let mut descend = None;
+        for (child, is_dir) in list_dir(fd)? {
+            if is_dir {
+                descend = Some(child);
+                break;
+            }
+            match rustix::fs::unlinkat(fd, child.as_c_str(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(Errno::ISDIR) => {
+                    descend = Some(child);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match descend {
+            Some(child) => {
+                let sub = rustix::fs::openat(fd, child.as_c_str(), how, Mode::empty())?;
+                frames.push((sub, child));
+            }
+            None => {
+                let (fd, n) = frames.pop().expect("a frame");
+                drop(fd);
+                let parent = match frames.last() {
+                    Some((p, _)) => p.as_fd(),
+                    None => dir,
+                };
+                match rustix::fs::unlinkat(parent, n.as_c_str(), AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Path order of tar entries: component by component (`a/b` before `a-b`),
+/// so a directory's entries follow it directly.
+fn path_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let key = |c: &u8| if *c == b'/' { 0u8 } else { *c };
+    a.iter().map(key).cmp(b.iter().map(key))
+}
+
+// ---------------------------------------------------------------------------
+// write: change sets
+// ---------------------------------------------------------------------------
+
+/// What to put in a layer.
+pub enum Changes<'a> {
+    /// An overlay upper directory taken as the change set: walk only it
+    /// (cost proportional to the change); char 0/0 devices become
+    /// `.wh.NAME`, directories with trusted.overlay.opaque=y (or
+    /// user.overlay.opaque=y) get a `DIR/.wh..wh..opq` entry, the overlay.*
+    /// xattrs themselves are not emitted.
+    Upper(&'a Path),
+    /// Compare two full trees (`old` None = empty): added/changed entries
+    /// from `new`, deletions as `.wh.` whiteouts (a deleted directory yields
+    /// one whiteout, not one per child), a non-dir replaced by a dir or vice
+    /// versa handled. Changed = differs in type, mode, uid, gid, size, mtime
+    /// (ns), xattrs, symlink target, rdev, or (regular files with identical
+    /// size and mtime) content.
+    Compare {
+        old: Option<&'a Path>,
+        new: &'a Path,
+    },
+}
+
+enum Item {
+    /// An empty marker file (`.wh.NAME` or `.wh..wh..opq`), by tar path.
+    Marker(Vec<u8>),
+    /// A filesystem object: its path in the layer, on disk, and lstat.
+    Node(Vec<u8>, PathBuf, Metadata),
+}
+
+impl Item {
+    fn rel(&self) -> &[u8] {
+        match self {
+            Item::Marker(r) | Item::Node(r, _, _) => r,
+        }
+    }
+}
+
+fn read_err(p: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
+    move |e| io_err(format!("cannot read {}", p.display()), e)
+}
+
+/// Sorted names of a directory's entries.
+fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let mut names = Vec::new();
+    for ent in std::fs::read_dir(dir).map_err(read_err(dir))? {
+        names.push(ent.map_err(read_err(dir))?.file_name());
+    }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+fn lstat(p: &Path) -> Result<Metadata> {
+    std::fs::symlink_metadata(p).map_err(read_err(p))
+}
+
+fn is_whiteout_dev(md: &Metadata) -> bool {
+    md.file_type().is_char_device() && md.rdev() == 0
+}
+
+fn is_opaque(p: &Path) -> bool {
+    let mut buf = [0u8; 4];
+    [c"trusted.overlay.opaque", c"user.overlay.opaque"]
+        .iter()
+        .any(
+            |name| matches!(rustix::fs::lgetxattr(p, *name, &mut buf[..]), Ok(1) if buf[0] == b'y'),
+        )
+}
+
+fn walk_upper(upper: &Path) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    if is_opaque(upper) {
+        items.push(Item::Marker(OPAQUE_MARKER.to_vec()));
+    }
+    let mut stack = vec![(Vec::new(), upper.to_path_buf())];
+    while let Some((rel, dir)) = stack.pop() {
+        for name in sorted_names(&dir)? {
+            let path = dir.join(&name);
+            let md = lstat(&path)?;
+            let crel = join(&rel, name.as_bytes());
+            if is_whiteout_dev(&md) {
+                items.push(Item::Marker(join(
+                    &rel,
+                    &[WHITEOUT_PREFIX, name.as_bytes()].concat(),
+                )));
+                continue;
+            }
+            if md.file_type().is_socket() {
+                continue;
+            }
+            if md.is_dir() {
+                if is_opaque(&path) {
+                    items.push(Item::Marker(join(&crel, OPAQUE_MARKER)));
+                }
+                stack.push((crel.clone(), path.clone()));
+            }
+            items.push(Item::Node(crel, path, md));
+        }
+    }
+    Ok(items)
+}
+
+/// Non-overlay xattrs of `p`, sorted by name.
+fn xattrs_of(p: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut list = vec![0u8; 64 * 1024];
+    let n = match rustix::fs::llistxattr(p, &mut list[..]) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => 0,
+        Err(e) => {
+            return Err(io_err(
+                format!("cannot list the xattrs of {}", p.display()),
+                e,
+            ));
+        }
+    };
+    let mut out = Vec::new();
+    let mut value = vec![0u8; 64 * 1024];
+    for name in list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if is_overlay_xattr(name) {
+            continue;
+        }
+        match rustix::fs::lgetxattr(p, cstr(name).as_c_str(), &mut value[..]) {
+            Ok(len) => out.push((name.to_vec(), value[..len].to_vec())),
+            // Removed meanwhile.
+            Err(Errno::NODATA) => {}
+            Err(e) => {
+                return Err(io_err(
+                    format!("cannot read xattr `{}` of {}", show(name), p.display()),
+                    e,
+                ));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn same_content(a: &Path, b: &Path) -> Result<bool> {
+    let mut fa = File::open(a).map_err(read_err(a))?;
+    let mut fb = File::open(b).map_err(read_err(b))?;
+    let mut ba = vec![0u8; 128 * 1024];
+    let mut bb = vec![0u8; 128 * 1024];
+    loop {
+        let na = read_fill(&mut fa, &mut ba).map_err(read_err(a))?;
+        let nb = read_fill(&mut fb, &mut bb).map_err(read_err(b))?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_fill(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Whether `new` differs from `old` (same name in the two trees).
+fn changed(old: &Path, om: &Metadata, new: &Path, nm: &Metadata) -> Result<bool> {
+    let (ot, nt) = (om.file_type(), nm.file_type());
+    let same_type = ot.is_dir() == nt.is_dir()
+        && ot.is_file() == nt.is_file()
+        && ot.is_symlink() == nt.is_symlink()
+        && ot.is_char_device() == nt.is_char_device()
+        && ot.is_block_device() == nt.is_block_device()
+        && ot.is_fifo() == nt.is_fifo();
+    if !same_type
+        || om.mode() != nm.mode()
+        || om.uid() != nm.uid()
+        || om.gid() != nm.gid()
+        || om.mtime() != nm.mtime()
+        || om.mtime_nsec() != nm.mtime_nsec()
+        || (!nt.is_dir() && om.size() != nm.size())
+        || ((nt.is_char_device() || nt.is_block_device()) && om.rdev() != nm.rdev())
+    {
+        return Ok(true);
+    }
+    if nt.is_symlink() {
+        let ol = std::fs::read_link(old).map_err(read_err(old))?;
+        let nl = std::fs::read_link(new).map_err(read_err(new))?;
+        if ol != nl {
+            return Ok(true);
+        }
+    }
+    if xattrs_of(old)? != xattrs_of(new)? {
+        return Ok(true);
+    }
+    if nt.is_file() && !(om.dev() == nm.dev() && om.ino() == nm.ino()) {
+        return Ok(!same_content(old, new)?);
+    }
+    Ok(false)
+}
+
+/// A path in the layer and on disk.
+type Located = (Vec<u8>, PathBuf);
+
+fn walk_compare(old: Option<&Path>, new: &Path) -> Result<Vec<Item>> {
+    let mut items: Vec<Item> = Vec::new();
+    // Every multiply-linked non-directory of `new`, by inode.
+    let mut links: HashMap<(u64, u64), Vec<Located>> = HashMap::new();
+    let mut stack: Vec<(Vec<u8>, Option<PathBuf>, PathBuf)> =
+        vec![(Vec::new(), old.map(Path::to_path_buf), new.to_path_buf())];
+    let mut note_link = |rel: &[u8], path: &Path, md: &Metadata| {
+        if !md.is_dir() && md.nlink() > 1 {
+            links
+                .entry((md.dev(), md.ino()))
+                .or_default()
+                .push((rel.to_vec(), path.to_path_buf()));
+        }
+    };
+    while let Some((rel, odir, ndir)) = stack.pop() {
+        let nnames = sorted_names(&ndir)?;
+        let onames = match &odir {
+            Some(o) => sorted_names(o)?,
+            None => Vec::new(),
+        };
+        // Sockets are never in a layer: treat them as absent on both sides.
+        let mut olive: BTreeMap<Vec<u8>, (PathBuf, Metadata)> = BTreeMap::new();
+        if let Some(o) = &odir {
+            for n in onames {
+                let p = o.join(&n);
+                let md = lstat(&p)?;
+                if !md.file_type().is_socket() {
+                    olive.insert(n.as_bytes().to_vec(), (p, md));
+                }
+            }
+        }
+        for n in nnames {
+            let np = ndir.join(&n);
+            let nm = lstat(&np)?;
+            if nm.file_type().is_socket() {
+                continue;
+            }
+            let crel = join(&rel, n.as_bytes());
+            note_link(&crel, &np, &nm);
+            match olive.remove(n.as_bytes()) {
+                None => {
+                    if nm.is_dir() {
+                        stack.push((crel.clone(), None, np.clone()));
+                    }
+                    items.push(Item::Node(crel, np, nm));
+                }
+                Some((op, om)) => {
+                    let is_changed = changed(&op, &om, &np, &nm)?;
+                    if nm.is_dir() {
+                        stack.push((crel.clone(), om.is_dir().then_some(op), np.clone()));
+                    }
+                    if is_changed {
+                        items.push(Item::Node(crel, np, nm));
+                    }
+                }
+            }
+        }
+        for gone in olive.into_keys() {
+            items.push(Item::Marker(join(&rel, &[WHITEOUT_PREFIX, &gone].concat())));
+        }
+    }
+    let mut have: HashSet<Vec<u8>> = items.iter().map(|i| i.rel().to_vec()).collect();
+    // Every link of a changed multiply-linked file.
+    let mut extra = Vec::new();
+    for item in &items {
+        if let Item::Node(_, _, md) = item
+            && let Some(group) = links.get(&(md.dev(), md.ino()))
+        {
+            for (r, p) in group {
+                if have.insert(r.clone()) {
+                    extra.push(Item::Node(r.clone(), p.clone(), lstat(p)?));
+                }
+            }
+        }
+    }
+    items.extend(extra);
+    // Every parent directory of an emitted entry.
+    let mut parents = Vec::new();
+    for item in &items {
+        let mut r = item.rel();
+        while let Some(i) = r.iter().rposition(|b| *b == b'/') {
+            r = &r[..i];
+            if !have.insert(r.to_vec()) {
+                break;
+            }
+            let p = new.join(OsStr::from_bytes(r));
+            parents.push(Item::Node(r.to_vec(), p.clone(), lstat(&p)?));
+        }
+    }
+    items.extend(parents);
+    Ok(items)
+}
+
+// ---------------------------------------------------------------------------
+// write: the tar stream
+// ---------------------------------------------------------------------------
+
+/// Hashes and counts what passes through.
+struct HashWriter<W> {
+    inner: W,
+    hasher: Option<Sha256>,
+    count: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Encoder<'a> {
+    None(HashWriter<&'a mut dyn Write>),
+    Gzip(flate2::write::GzEncoder<HashWriter<&'a mut dyn Write>>),
+    Zstd(zstd::stream::write::Encoder<'static, HashWriter<&'a mut dyn Write>>),
+}
+
+impl Write for Encoder<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::None(w) => w.write(buf),
+            Encoder::Gzip(w) => w.write(buf),
+            Encoder::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::None(w) => w.flush(),
+            Encoder::Gzip(w) => w.flush(),
+            Encoder::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+impl<'a> Encoder<'a> {
+    fn finish(self) -> io::Result<HashWriter<&'a mut dyn Write>> {
+        match self {
+            Encoder::None(w) => Ok(w),
+            Encoder::Gzip(w) => w.finish(),
+            Encoder::Zstd(w) => w.finish(),
+        }
+    }
+}
+
+struct TarWriter<'a, 'p> {
+    out: BufWriter<HashWriter<Encoder<'a>>>,
+    progress: &'p mut dyn FnMut(u64),
+    reported: u64,
+    epoch: Option<i64>,
+    buf: Vec<u8>,
+}
+
+const USTAR_MAX_ID: u64 = 0o7777777;
+const USTAR_MAX_SIZE: u64 = 0o77777777777;
+
+fn out_err(e: io::Error) -> LayerError {
+    io_err("cannot write the layer", e)
+}
+
+fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let base = key.len() + value.len() + 3;
+    let mut len = base + 1;
+    while len != base + len.to_string().len() {
+        len = base + len.to_string().len();
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+fn set_field(field: &mut [u8], value: &[u8]) {
+    field.fill(0);
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+}
+
+/// Splits a long name into ustar prefix and name, if possible.
+fn ustar_split(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    if path.len() <= 100 {
+        return Some((b"", path));
+    }
+    // The prefix takes as much as it can; the rest must fit in name.
+    let limit = path.len().min(156);
+    let i = path[..limit].iter().rposition(|b| *b == b'/')?;
+    let (prefix, name) = (&path[..i], &path[i + 1..]);
+    (i > 0 && !name.is_empty() && name.len() <= 100).then_some((prefix, name))
+}
+
+struct EntryHead<'x> {
+    path: &'x [u8],
+    kind: u8,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    mtime: (i64, i64),
+    link: &'x [u8],
+    dev: (u32, u32),
+    xattrs: &'x [(Vec<u8>, Vec<u8>)],
+}
+
+impl TarWriter<'_, '_> {
+    fn tick(&mut self) {
+        let now = self.out.get_ref().count + self.out.buffer().len() as u64;
+        if now - self.reported >= PROGRESS_STEP {
+            self.reported = now;
+            (self.progress)(now);
+        }
+    }
+
+    fn pad(&mut self, size: u64) -> Result<()> {
+        let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
+        self.out
+            .write_all(&[0u8; BLOCK][..pad as usize])
+            .map_err(out_err)
+    }
+
+    fn head(&mut self, h: &EntryHead<'_>) -> Result<()> {
+        let mut pax = Vec::new();
+        let (mut sec, mut nsec) = h.mtime;
+        if let Some(epoch) = self.epoch
+            && (sec, nsec) > (epoch, 0)
+        {
+            (sec, nsec) = (epoch, 0);
+        }
+        let split = ustar_split(h.path);
+        let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if split.is_none() {
+            records.push((b"path".to_vec(), h.path.to_vec()));
+        }
+        if h.link.len() > 100 {
+            records.push((b"linkpath".to_vec(), h.link.to_vec()));
+        }
+        if h.uid > USTAR_MAX_ID {
+            records.push((b"uid".to_vec(), h.uid.to_string().into_bytes()));
+        }
+        if h.gid > USTAR_MAX_ID {
+            records.push((b"gid".to_vec(), h.gid.to_string().into_bytes()));
+        }
+        if h.size > USTAR_MAX_SIZE {
+            records.push((b"size".to_vec(), h.size.to_string().into_bytes()));
+        }
+        if nsec != 0 || sec < 0 || sec as u64 > USTAR_MAX_SIZE {
+            let mut t = if sec < 0 && nsec != 0 {
+                // -1.25 s is sec -2, nsec 750000000.
+                format!("-{}.{:09}", -(sec + 1), 1_000_000_000 - nsec)
+            } else {
+                format!("{sec}.{nsec:09}")
+            };
+            while t.ends_with('0') {
+                t.pop();
+            }
+            if t.ends_with('.') {
+                t.pop();
+            }
+            records.push((b"mtime".to_vec(), t.into_bytes()));
+        }
+        for (k, v) in h.xattrs {
+            records.push(([XATTR_PAX_PREFIX, k].concat(), v.clone()));
+        }
+        records.sort();
+        for (k, v) in &records {
+            pax_record(&mut pax, k, v);
+        }
+        if !pax.is_empty() {
+            let trimmed = h.path.strip_suffix(b"/").unwrap_or(h.path);
+            let (dir, base) = match trimmed.iter().rposition(|b| *b == b'/') {
+                Some(i) => (&trimmed[..=i], &trimmed[i + 1..]),
+                None => (&b""[..], trimmed),
+            };
+            let name = [dir, b"PaxHeaders.0/", base].concat();
+            let mut x = tar::Header::new_ustar();
+            set_field(&mut x.as_old_mut().name, &name);
+            x.set_mode(0o644);
+            x.set_uid(0);
+            x.set_gid(0);
+            x.set_mtime(0);
+            x.set_size(pax.len() as u64);
+            x.set_entry_type(tar::EntryType::XHeader);
+            x.set_cksum();
+            self.out.write_all(x.as_bytes()).map_err(out_err)?;
+            self.out.write_all(&pax).map_err(out_err)?;
+            self.pad(pax.len() as u64)?;
+        }
+        let mut hd = tar::Header::new_ustar();
+        {
+            let u = hd.as_ustar_mut().expect("a ustar header");
+            match split {
+                Some((prefix, name)) => {
+                    set_field(&mut u.prefix, prefix);
+                    set_field(&mut u.name, name);
+                }
+                None => set_field(&mut u.name, h.path),
+            }
+            set_field(&mut u.linkname, h.link);
+        }
+        hd.set_mode(h.mode);
+        hd.set_uid(h.uid);
+        hd.set_gid(h.gid);
+        hd.set_size(h.size);
+        hd.set_mtime(sec.clamp(0, USTAR_MAX_SIZE as i64) as u64);
+        hd.set_entry_type(tar::EntryType::new(h.kind));
+        if matches!(h.kind, b'3' | b'4') {
+            hd.set_device_major(h.dev.0).map_err(out_err)?;
+            hd.set_device_minor(h.dev.1).map_err(out_err)?;
+        }
+        hd.set_cksum();
+        self.out.write_all(hd.as_bytes()).map_err(out_err)
+    }
+
+    fn marker(&mut self, path: &[u8]) -> Result<()> {
+        self.head(&EntryHead {
+            path,
+            kind: b'0',
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: (0, 0),
+            link: b"",
+            dev: (0, 0),
+            xattrs: &[],
+        })
+    }
+
+    fn node(
+        &mut self,
+        rel: &[u8],
+        path: &Path,
+        md: &Metadata,
+        first_link: Option<&[u8]>,
+    ) -> Result<()> {
+        let ft = md.file_type();
+        let xattrs = xattrs_of(path)?;
+        let mut head = EntryHead {
+            path: rel,
+            kind: b'0',
+            mode: md.mode() & 0o7777,
+            uid: u64::from(md.uid()),
+            gid: u64::from(md.gid()),
+            size: 0,
+            mtime: (md.mtime(), md.mtime_nsec()),
+            link: b"",
+            dev: (0, 0),
+            xattrs: &xattrs,
+        };
+        if let Some(target) = first_link {
+            head.kind = b'1';
+            head.link = target;
+            return self.head(&head);
+        }
+        if ft.is_dir() {
+            let name = [rel, b"/"].concat();
+            head.path = &name;
+            head.kind = b'5';
+            return self.head(&head);
+        }
+        if ft.is_symlink() {
+            let target = std::fs::read_link(path).map_err(read_err(path))?;
+            head.kind = b'2';
+            head.link = target.as_os_str().as_bytes();
+            return self.head(&head);
+        }
+        if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+            head.kind = if ft.is_char_device() {
+                b'3'
+            } else if ft.is_block_device() {
+                b'4'
+            } else {
+                b'6'
+            };
+            let rdev = md.rdev();
+            head.dev = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+            return self.head(&head);
+        }
+        // A regular file.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(read_err(path))?;
+        let size = md.len();
+        head.size = size;
+        self.head(&head)?;
+        let mut left = size;
+        let mut buf = std::mem::take(&mut self.buf);
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let got = match file.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(io_err(
+                        format!("cannot read {}", path.display()),
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the file shrank while being read",
+                        ),
+                    ));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(format!("cannot read {}", path.display()), e)),
+            };
+            self.out.write_all(&buf[..got]).map_err(out_err)?;
+            left -= got as u64;
+            self.tick();
+        }
+        self.buf = buf;
+        self.pad(size)
+    }
+}
+
+/// Write the layer tarball to `out`. Reproducible: entries sorted by path
+/// (parents before children, `.wh.` markers in path order), numeric uid/gid
+/// only, mtimes clamped to `source_date_epoch` when Some, gzip header without
+/// mtime/name, same tree => same bytes. Hardlinks within the layer are
+/// emitted once as a file and then as hardlink entries (first path in sort
+/// order is the file). xattrs (all namespaces except overlay's own) as PAX
+/// `SCHILY.xattr.NAME` records. Sockets are skipped. `progress` gets the
+/// uncompressed bytes written so far.
+pub fn write(
+    changes: Changes<'_>,
+    out: &mut dyn Write,
+    compression: Compression,
+    source_date_epoch: Option<i64>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Digests> {
+    let mut items = match changes {
+        Changes::Upper(upper) => walk_upper(upper)?,
+        Changes::Compare { old, new } => walk_compare(old, new)?,
+    };
+    items.sort_by(|a, b| path_order(a.rel(), b.rel()));
+    items.dedup_by(|a, b| a.rel() == b.rel());
+
+    let raw = HashWriter {
+        inner: out,
+        hasher: (compression != Compression::None).then(Sha256::new),
+        count: 0,
+    };
+    let enc = match compression {
+        Compression::None => Encoder::None(raw),
+        Compression::Gzip => Encoder::Gzip(
+            flate2::GzBuilder::new()
+                .operating_system(255)
+                .write(raw, flate2::Compression::new(6)),
+        ),
+        Compression::Zstd => {
+            let mut z = zstd::stream::write::Encoder::new(raw, 3)
+                .map_err(|e| io_err("cannot start a zstd encoder", e))?;
+            z.include_checksum(true)
+                .map_err(|e| io_err("cannot start a zstd encoder", e))?;
+            Encoder::Zstd(z)
+        }
+    };
+    let mut tw = TarWriter {
+        out: BufWriter::with_capacity(
+            COPY_BUF,
+            HashWriter {
+                inner: enc,
+                hasher: Some(Sha256::new()),
+                count: 0,
+            },
+        ),
+        progress,
+        reported: 0,
+        epoch: source_date_epoch,
+        buf: vec![0u8; COPY_BUF],
+    };
+    let mut first: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    for item in &items {
+        match item {
+            Item::Marker(rel) => tw.marker(rel)?,
+            Item::Node(rel, path, md) => {
+                let mut link = None;
+                if !md.is_dir() && md.nlink() > 1 {
+                    match first.get(&(md.dev(), md.ino())) {
+                        Some(target) => link = Some(target.clone()),
+                        None => {
+                            first.insert((md.dev(), md.ino()), rel.clone());
+                        }
+                    }
+                }
+                tw.node(rel, path, md, link.as_deref())?;
+            }
+        }
+        tw.tick();
+    }
+    tw.out.write_all(&[0u8; 2 * BLOCK]).map_err(out_err)?;
+    let TarWriter { out, progress, .. } = tw;
+    let tar = out.into_inner().map_err(|e| out_err(e.into_error()))?;
+    let HashWriter {
+        inner: enc,
+        hasher: diff_hasher,
+        count: tar_bytes,
+    } = tar;
+    let mut raw = enc.finish().map_err(out_err)?;
+    raw.flush().map_err(out_err)?;
+    progress(tar_bytes);
+    let diff_id = sha256_string(diff_hasher.expect("a hasher"));
+    let digest = match raw.hasher {
+        Some(h) => sha256_string(h),
+        None => diff_id.clone(),
+    };
+    Ok(Digests {
+        digest,
+        diff_id,
+        compression: compression.as_str(),
+        size: raw.count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::process::Command;
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    /// Skips a test that needs root (devices, chown, trusted xattrs, mounts).
+    macro_rules! need_root {
+        () => {
+            if !is_root() {
+                eprintln!("skipped: needs root");
+                return;
+            }
+        };
+    }
+
+    fn sh(cmd: &str) {
+        let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+        assert!(st.success(), "command failed: {cmd}");
+    }
+
+    fn set_mtime(p: &Path, sec: i64, nsec: i64) {
+        let t = Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            p,
+            &Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        rustix::fs::chmod(p, Mode::from_raw_mode(mode)).unwrap();
+    }
+
+    fn setx(p: &Path, name: &CStr, value: &[u8]) {
+        rustix::fs::lsetxattr(p, name, value, XattrFlags::empty()).unwrap();
+    }
+
+    fn mknod(p: &Path, ft: rustix::fs::FileType, major: u32, minor: u32) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            p,
+            ft,
+            Mode::from_raw_mode(0o640),
+            rustix::fs::makedev(major, minor),
+        )
+        .unwrap();
+    }
+
+    /// A v2 file capability (cap_dac_override|cap_fowner = 0x0a, a newline).
+    const CAP: [u8; 20] = [
+        0, 0, 0, 2, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+
+    /// A tree with every kind of entry `write` and `apply` support.
+    fn build_full_tree(root: &Path) {
+        std::fs::write(root.join("file"), b"hello\n").unwrap();
+        std::fs::write(root.join("empty"), b"").unwrap();
+        let big: Vec<u8> = (0..5 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(root.join("big"), &big).unwrap();
+        std::fs::create_dir(root.join("private")).unwrap();
+        std::fs::write(root.join("private/secret"), b"s").unwrap();
+        chmod(&root.join("private"), 0o700);
+        std::fs::create_dir(root.join("sgid")).unwrap();
+        chmod(&root.join("sgid"), 0o2755);
+        std::fs::create_dir(root.join("tmp")).unwrap();
+        chmod(&root.join("tmp"), 0o1777);
+        std::fs::write(root.join("suid"), b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("file", root.join("link")).unwrap();
+        std::fs::write(root.join("hard1"), b"linked").unwrap();
+        std::fs::hard_link(root.join("hard1"), root.join("hard2")).unwrap();
+        mknod(&root.join("fifo"), rustix::fs::FileType::Fifo, 0, 0);
+        std::fs::create_dir(root.join("dev")).unwrap();
+        mknod(
+            &root.join("dev/null"),
+            rustix::fs::FileType::CharacterDevice,
+            1,
+            3,
+        );
+        mknod(
+            &root.join("dev/loop0"),
+            rustix::fs::FileType::BlockDevice,
+            7,
+            0,
+        );
+        std::fs::write(root.join("owned"), b"mine").unwrap();
+        std::os::unix::fs::lchown(root.join("owned"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(root.join("private"), Some(1234), Some(5678)).unwrap();
+        std::fs::write(root.join("capped"), b"\x7fELF").unwrap();
+        setx(&root.join("capped"), c"security.capability", &CAP);
+        setx(&root.join("file"), c"user.comment", b"a\nbinary\0value=1");
+        setx(&root.join("sgid"), c"trusted.note", b"t");
+        setx(&root.join("link"), c"trusted.onlink", b"l");
+        let long = "n".repeat(200);
+        std::fs::create_dir_all(root.join("deep/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")).unwrap();
+        std::fs::write(root.join(&long), b"long name").unwrap();
+        std::fs::write(
+            root.join(format!("deep/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb/{long}")),
+            b"long path",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("t".repeat(150), root.join("longlink")).unwrap();
+        std::os::unix::fs::symlink(&long, root.join("to-long")).unwrap();
+        std::fs::hard_link(root.join(&long), root.join("hard-long")).unwrap();
+        chmod(&root.join("suid"), 0o4755);
+        set_mtime(&root.join("file"), 1_600_000_000, 123_456_789);
+        set_mtime(&root.join("link"), 1_500_000_000, 5);
+        set_mtime(&root.join("fifo"), 1_400_000_000, 0);
+        set_mtime(&root.join("sgid"), 1_300_000_000, 999_999_999);
+        set_mtime(&root.join("private"), 1_200_000_000, 1);
+        set_mtime(&root.join("dev"), 1_100_000_000, 0);
+    }
+
+    fn list_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut v = xattrs_of(p).unwrap();
+        v.retain(|(k, _)| !k.starts_with(b"security.selinux"));
+        v
+    }
+
+    /// Everything `apply` must reproduce, by path (the root excluded).
+    fn snapshot(root: &Path) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut groups: HashMap<(u64, u64), String> = HashMap::new();
+        let mut stack = vec![(String::new(), root.to_path_buf())];
+        while let Some((rel, dir)) = stack.pop() {
+            for name in sorted_names(&dir).unwrap() {
+                let p = dir.join(&name);
+                let r = if rel.is_empty() {
+                    name.to_string_lossy().into_owned()
+                } else {
+                    format!("{rel}/{}", name.to_string_lossy())
+                };
+                let md = std::fs::symlink_metadata(&p).unwrap();
+                let ft = md.file_type();
+                let mut d = format!(
+                    "mode={:o} owner={}:{} mtime={}.{:09}",
+                    md.mode(),
+                    md.uid(),
+                    md.gid(),
+                    md.mtime(),
+                    md.mtime_nsec()
+                );
+                if ft.is_file() {
+                    let data = std::fs::read(&p).unwrap();
+                    d += &format!(
+                        " size={} sha={}",
+                        data.len(),
+                        hex::encode(Sha256::digest(&data))
+                    );
+                }
+                if ft.is_symlink() {
+                    d += &format!(" target={}", std::fs::read_link(&p).unwrap().display());
+                }
+                if ft.is_char_device() || ft.is_block_device() {
+                    d += &format!(
+                        " rdev={}:{}",
+                        rustix::fs::major(md.rdev()),
+                        rustix::fs::minor(md.rdev())
+                    );
+                }
+                for (k, v) in list_xattrs(&p) {
+                    d += &format!(" xattr:{}={}", show(&k), hex::encode(v));
+                }
+                if !ft.is_dir() && md.nlink() > 1 {
+                    let g = groups
+                        .entry((md.dev(), md.ino()))
+                        .or_insert_with(|| r.clone());
+                    d += &format!(" group={g}");
+                }
+                if ft.is_dir() {
+                    stack.push((r.clone(), p.clone()));
+                }
+                out.insert(r, d);
+            }
+        }
+        out
+    }
+
+    fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) {
+        for (k, v) in a {
+            assert_eq!(Some(v), b.get(k), "entry {k}");
+        }
+        for k in b.keys() {
+            assert!(a.contains_key(k), "extra entry {k}");
+        }
+    }
+
+    fn opts(whiteouts: Whiteouts) -> ApplyOptions {
+        ApplyOptions {
+            whiteouts,
+            max_size: 1 << 40,
+            allow_devices: true,
+        }
+    }
+
+    fn write_vec(changes: Changes<'_>, c: Compression, sde: Option<i64>) -> (Vec<u8>, Digests) {
+        let mut out = Vec::new();
+        let mut last = 0;
+        let d = write(changes, &mut out, c, sde, &mut |n| {
+            assert!(n >= last);
+            last = n;
+        })
+        .unwrap();
+        assert_eq!(d.size, out.len() as u64);
+        (out, d)
+    }
+
+    fn apply_vec(data: &[u8], dest: &Path, o: &ApplyOptions) -> Result<Digests> {
+        apply(&mut &data[..], dest, o, &mut |_| {})
+    }
+
+    fn sha(data: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    }
+
+    /// The entry names of a plain tar, in order.
+    fn names(tar: &[u8]) -> Vec<String> {
+        let mut a = tar::Archive::new(tar);
+        a.entries()
+            .unwrap()
+            .map(|e| show(&e.unwrap().path_bytes()))
+            .collect()
+    }
+
+    fn decompress(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if data.starts_with(&[0x1f, 0x8b]) {
+            flate2::read::GzDecoder::new(data)
+                .read_to_end(&mut out)
+                .unwrap();
+        } else if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            zstd::stream::read::Decoder::new(data)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+        } else {
+            out = data.to_vec();
+        }
+        out
+    }
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("layer-test")
+            .tempdir_in("/tmp")
+            .unwrap()
+    }
+
+    #[test]
+    fn round_trip_every_kind() {
+        need_root!();
+        let t = tmp();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        build_full_tree(&src);
+        let want = snapshot(&src);
+        assert!(want["capped"].contains("xattr:security.capability"));
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let (data, d) = write_vec(
+                Changes::Compare {
+                    old: None,
+                    new: &src,
+                },
+                c,
+                None,
+            );
+            assert_eq!(d.compression, c.as_str());
+            assert_eq!(d.digest, sha(&data));
+            assert_eq!(d.diff_id, sha(&decompress(&data)));
+            let dst = t.path().join(format!("dst-{}", c.as_str()));
+            std::fs::create_dir(&dst).unwrap();
+            let got = apply_vec(&data, &dst, &opts(Whiteouts::Delete)).unwrap();
+            assert_eq!(got, d);
+            assert_same(&want, &snapshot(&dst));
+        }
+        // The long names went through PAX, the hardlinks as links.
+        let (data, _) = write_vec(
+            Changes::Compare {
+                old: None,
+                new: &src,
+            },
+            Compression::None,
+            None,
+        );
+        let names = names(&data);
+        assert!(names.iter().any(|n| n.len() > 250));
+        let mut a = tar::Archive::new(&data[..]);
+        let links: Vec<(String, String)> = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.header().entry_type() == tar::EntryType::Link)
+            .map(|e| (show(&e.path_bytes()), show(&e.link_name_bytes().unwrap())))
+            .collect();
+        assert!(
+            links.contains(&("hard2".into(), "hard1".into())),
+            "{links:?}"
+        );
+        assert!(
+            links.contains(&("n".repeat(200), "hard-long".into())),
+            "{links:?}"
+        );
+    }
+
+    #[test]
+    fn deterministic_and_clamped() {
+        need_root!();
+        let t = tmp();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        build_full_tree(&src);
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let (a, da) = write_vec(
+                Changes::Compare {
+                    old: None,
+                    new: &src,
+                },
+                c,
+                None,
+            );
+            let (b, db) = write_vec(
+                Changes::Compare {
+                    old: None,
+                    new: &src,
+                },
+                c,
+                None,
+            );
+            assert!(a == b, "{c:?}: two writes differ");
+            assert_eq!(da, db);
+        }
+        // The same tree elsewhere (other inodes, other directory order).
+        let copy = t.path().join("copy");
+        sh(&format!("cp -a {} {}", src.display(), copy.display()));
+        let (a, _) = write_vec(
+            Changes::Compare {
+                old: None,
+                new: &src,
+            },
+            Compression::Gzip,
+            None,
+        );
+        let (b, _) = write_vec(
+            Changes::Compare {
+                old: None,
+                new: &copy,
+            },
+            Compression::Gzip,
+            None,
+        );
+        assert!(a == b, "a copy writes differently");
+        // No gzip name (flags) or mtime.
+        assert_eq!(&a[3..8], &[0, 0, 0, 0, 0]);
+
+        let epoch = 1_450_000_000;
+        let (data, _) = write_vec(
+            Changes::Compare {
+                old: None,
+                new: &src,
+            },
+            Compression::None,
+            Some(epoch),
+        );
+        let mut ar = tar::Archive::new(&data[..]);
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            assert!(e.header().mtime().unwrap() <= epoch as u64);
+        }
+        let dst = t.path().join("dst");
+        std::fs::create_dir(&dst).unwrap();
+        apply_vec(&data, &dst, &opts(Whiteouts::Delete)).unwrap();
+        let md = std::fs::symlink_metadata(dst.join("file")).unwrap();
+        assert_eq!((md.mtime(), md.mtime_nsec()), (epoch, 0));
+        let md = std::fs::symlink_metadata(dst.join("fifo")).unwrap();
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_400_000_000, 0));
+        let md = std::fs::symlink_metadata(dst.join("sgid")).unwrap();
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_300_000_000, 999_999_999));
+    }
+
+    fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) {
+        sh(&format!(
+            "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={} {}",
+            lower.display(),
+            upper.display(),
+            work.display(),
+            merged.display()
+        ));
+    }
+
+    fn mkdirs(base: &Path, names: &[&str]) -> Vec<PathBuf> {
+        names
+            .iter()
+            .map(|n| {
+                let p = base.join(n);
+                std::fs::create_dir_all(&p).unwrap();
+                p
+            })
+            .collect()
+    }
+
+    fn build_lower(lower: &Path) {
+        std::fs::write(lower.join("file"), b"lower file").unwrap();
+        std::fs::write(lower.join("keep"), b"kept").unwrap();
+        std::fs::create_dir_all(lower.join("dir/sub")).unwrap();
+        std::fs::write(lower.join("dir/a"), b"a").unwrap();
+        std::fs::write(lower.join("dir/sub/c"), b"c").unwrap();
+        std::fs::create_dir_all(lower.join("etc")).unwrap();
+        std::fs::write(lower.join("etc/conf"), b"x=1").unwrap();
+        chmod(&lower.join("etc"), 0o750);
+        std::fs::create_dir_all(lower.join("gone/deeper")).unwrap();
+        std::fs::write(lower.join("gone/deeper/f"), b"f").unwrap();
+    }
+
+    #[test]
+    fn upper_round_trip() {
+        need_root!();
+        let t = tmp();
+        let [lower, upper, work, merged, upper2, work2, merged2] =
+            <[PathBuf; 7]>::try_from(mkdirs(
+                t.path(),
+                &[
+                    "lower", "upper", "work", "merged", "upper2", "work2", "merged2",
+                ],
+            ))
+            .unwrap();
+        build_lower(&lower);
+        mount_overlay(&lower, &upper, &work, &merged);
+        let m = |p: &str| merged.join(p);
+        std::fs::remove_file(m("file")).unwrap();
+        std::fs::remove_dir_all(m("dir")).unwrap();
+        std::fs::create_dir(m("dir")).unwrap();
+        std::fs::write(m("dir/new"), b"new").unwrap();
+        std::fs::remove_dir_all(m("gone")).unwrap();
+        std::fs::write(m("etc/conf"), b"x=2").unwrap();
+        std::fs::write(m("added"), b"added").unwrap();
+        std::fs::hard_link(m("added"), m("added-too")).unwrap();
+        setx(&m("keep"), c"user.tag", b"v");
+        let want = snapshot(&merged);
+        sh(&format!("umount {}", merged.display()));
+
+        let (data, _) = write_vec(Changes::Upper(&upper), Compression::None, None);
+        let names = names(&data);
+        assert!(names.contains(&".wh.file".to_string()), "{names:?}");
+        assert!(names.contains(&".wh.gone".to_string()), "{names:?}");
+        assert!(names.contains(&"dir/.wh..wh..opq".to_string()), "{names:?}");
+        assert!(names.contains(&"etc/".to_string()), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("deeper")), "{names:?}");
+        let mut sorted = names.clone();
+        sorted.sort_by(|a, b| {
+            path_order(
+                a.trim_end_matches('/').as_bytes(),
+                b.trim_end_matches('/').as_bytes(),
+            )
+        });
+        assert_eq!(names, sorted);
+        // No overlay xattrs leak into the layer.
+        assert!(!data.windows(8).any(|w| w == b".overlay"));
+
+        // Into an empty upper: char 0/0 and the opaque xattr.
+        apply_vec(
+            &data,
+            &upper2,
+            &opts(Whiteouts::Overlay { user_xattr: false }),
+        )
+        .unwrap();
+        let md = std::fs::symlink_metadata(upper2.join("file")).unwrap();
+        assert!(md.file_type().is_char_device() && md.rdev() == 0);
+        let mut v = [0u8; 4];
+        let n = rustix::fs::lgetxattr(upper2.join("dir"), c"trusted.overlay.opaque", &mut v[..])
+            .unwrap();
+        assert_eq!(&v[..n], b"y");
+        mount_overlay(&lower, &upper2, &work2, &merged2);
+        let got = snapshot(&merged2);
+        sh(&format!("umount {}", merged2.display()));
+        assert_same(&want, &got);
+
+        // The user-xattr flavour.
+        let upper3 = t.path().join("upper3");
+        std::fs::create_dir(&upper3).unwrap();
+        apply_vec(
+            &data,
+            &upper3,
+            &opts(Whiteouts::Overlay { user_xattr: true }),
+        )
+        .unwrap();
+        let n =
+            rustix::fs::lgetxattr(upper3.join("dir"), c"user.overlay.opaque", &mut v[..]).unwrap();
+        assert_eq!(&v[..n], b"y");
+
+        // Onto a copy of the lower (native driver).
+        let native = t.path().join("native");
+        sh(&format!("cp -a {} {}", lower.display(), native.display()));
+        apply_vec(&data, &native, &opts(Whiteouts::Delete)).unwrap();
+        assert_same(&want, &snapshot(&native));
+
+        // And the upper written again from the applied upper: same bytes.
+        let (again, _) = write_vec(Changes::Upper(&upper2), Compression::None, None);
+        assert!(again == data, "{:?}", names);
+    }
+
+    #[test]
+    fn compare_changes() {
+        need_root!();
+        let t = tmp();
+        let old = t.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        build_lower(&old);
+        build_full_tree(&old);
+        std::fs::write(old.join("same-size"), b"aaaa").unwrap();
+        set_mtime(&old.join("same-size"), 1_000_000_000, 0);
+        std::fs::write(old.join("to-dir"), b"file").unwrap();
+        std::fs::create_dir_all(old.join("to-file/x")).unwrap();
+        let new = t.path().join("new");
+        sh(&format!("cp -a {} {}", old.display(), new.display()));
+        let n = |p: &str| new.join(p);
+        std::fs::remove_file(n("file")).unwrap();
+        std::fs::remove_dir_all(n("gone")).unwrap();
+        std::fs::write(n("same-size"), b"bbbb").unwrap();
+        set_mtime(&n("same-size"), 1_000_000_000, 0);
+        chmod(&n("keep"), 0o600);
+        std::fs::remove_file(n("to-dir")).unwrap();
+        std::fs::create_dir(n("to-dir")).unwrap();
+        std::fs::write(n("to-dir/inside"), b"in").unwrap();
+        std::fs::remove_dir_all(n("to-file")).unwrap();
+        std::fs::write(n("to-file"), b"now a file").unwrap();
+        setx(&n("empty"), c"user.new", b"1");
+        rustix::fs::lremovexattr(n("sgid"), c"trusted.note").unwrap();
+        std::fs::remove_file(n("link")).unwrap();
+        std::os::unix::fs::symlink("empty", n("link")).unwrap();
+        std::fs::hard_link(n("keep"), n("etc/keep-link")).unwrap();
+        std::fs::write(n("dir/sub/c"), b"changed").unwrap();
+        let want = snapshot(&new);
+
+        let (data, _) = write_vec(
+            Changes::Compare {
+                old: Some(&old),
+                new: &new,
+            },
+            Compression::Zstd,
+            None,
+        );
+        let plain = decompress(&data);
+        let names = names(&plain);
+        assert!(names.contains(&".wh.file".to_string()), "{names:?}");
+        assert!(names.contains(&".wh.gone".to_string()), "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("gone/")), "{names:?}");
+        assert!(names.contains(&"same-size".to_string()), "{names:?}");
+        assert!(names.contains(&"to-dir/inside".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"dir/".to_string()),
+            "parent of a change: {names:?}"
+        );
+        assert!(
+            names.contains(&"dir/sub/".to_string()),
+            "parent of a change: {names:?}"
+        );
+        assert!(!names.contains(&"big".to_string()), "unchanged: {names:?}");
+        assert!(
+            !names.contains(&"private/".to_string()),
+            "unchanged: {names:?}"
+        );
+
+        let native = t.path().join("native");
+        sh(&format!("cp -a {} {}", old.display(), native.display()));
+        apply_vec(&data, &native, &opts(Whiteouts::Delete)).unwrap();
+        assert_same(&want, &snapshot(&native));
+
+        // The same layer as an overlay upper over the old tree.
+        let [upper, work, merged] =
+            <[PathBuf; 3]>::try_from(mkdirs(t.path(), &["upper", "work", "merged"])).unwrap();
+        apply_vec(
+            &data,
+            &upper,
+            &opts(Whiteouts::Overlay { user_xattr: false }),
+        )
+        .unwrap();
+        mount_overlay(&old, &upper, &work, &merged);
+        let got = snapshot(&merged);
+        sh(&format!("umount {}", merged.display()));
+        assert_same(&want, &got);
+
+        // Nothing changed: an empty layer.
+        let (data, _) = write_vec(
+            Changes::Compare {
+                old: Some(&new),
+                new: &native,
+            },
+            Compression::None,
+            None,
+        );
+        assert_eq!(names_of(&data), Vec::<String>::new());
+        assert_eq!(data.len(), 1024);
+    }
+
+    fn names_of(data: &[u8]) -> Vec<String> {
+        names(data)
+    }
+
+    #[test]
+    fn gnu_tar_with_whiteouts() {
+        need_root!();
+        let t = tmp();
+        let base = t.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        build_lower(&base);
+        std::fs::create_dir(base.join("opq")).unwrap();
+        std::fs::write(base.join("opq/old"), b"old").unwrap();
+        let want_dir = t.path().join("want");
+        sh(&format!("cp -a {} {}", base.display(), want_dir.display()));
+
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("opq")).unwrap();
+        std::fs::write(src.join(".wh.file"), b"").unwrap();
+        std::fs::write(src.join("opq/.wh..wh..opq"), b"").unwrap();
+        std::fs::write(src.join("opq/new"), b"new").unwrap();
+        std::fs::write(src.join("added"), b"added").unwrap();
+        std::fs::create_dir_all(src.join("dir")).unwrap();
+        std::fs::write(src.join("dir/.wh.sub"), b"").unwrap();
+        let long = "L".repeat(180);
+        std::fs::write(src.join(&long), b"long").unwrap();
+        setx(&src.join("added"), c"user.x", b"y");
+        setx(&src.join("added"), c"trusted.t", b"z");
+        std::os::unix::fs::lchown(src.join("added"), Some(42), Some(43)).unwrap();
+        sh(&format!(
+            "cd {} && tar --xattrs --xattrs-include='*' --numeric-owner -cf {}/layer.tar .",
+            src.display(),
+            t.path().display()
+        ));
+        let data = std::fs::read(t.path().join("layer.tar")).unwrap();
+        apply_vec(&data, &base, &opts(Whiteouts::Delete)).unwrap();
+
+        // What the layer means, done by hand.
+        let w = |p: &str| want_dir.join(p);
+        std::fs::remove_file(w("file")).unwrap();
+        std::fs::remove_file(w("opq/old")).unwrap();
+        std::fs::remove_dir_all(w("dir/sub")).unwrap();
+        sh(&format!(
+            "cd {} && tar --exclude='.wh.*' --xattrs --xattrs-include='*' --numeric-owner -cf - . | tar --xattrs --xattrs-include='*' --numeric-owner -xpf - -C {}",
+            src.display(),
+            want_dir.display()
+        ));
+        assert!(!base.join("file").exists());
+        assert!(!base.join("opq/old").exists());
+        assert!(base.join("opq/new").exists());
+        assert!(!base.join("dir/sub").exists());
+        assert_eq!(std::fs::read(base.join(&long)).unwrap(), b"long");
+        let md = std::fs::metadata(base.join("added")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (42, 43));
+        assert_same(&snapshot(&want_dir), &snapshot(&base));
+    }
+
+    // ---- hostile input ----
+
+    /// A raw tar member, written without the `tar` crate's path checks.
+    struct Raw<'a> {
+        name: &'a [u8],
+        kind: u8,
+        data: &'a [u8],
+        link: &'a [u8],
+    }
+
+    fn raw(name: &[u8], kind: u8, data: &[u8], link: &[u8]) -> Vec<u8> {
+        tar_of(&[Raw {
+            name,
+            kind,
+            data,
+            link,
+        }])
+    }
+
+    fn tar_of(members: &[Raw<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in members {
+            let mut h = tar::Header::new_gnu();
+            set_field(&mut h.as_old_mut().name, m.name);
+            set_field(&mut h.as_old_mut().linkname, m.link);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_000_000_000);
+            h.set_size(m.data.len() as u64);
+            h.set_entry_type(tar::EntryType::new(m.kind));
+            if m.kind == b'3' {
+                h.set_device_major(1).unwrap();
+                h.set_device_minor(3).unwrap();
+            }
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(m.data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn file<'a>(name: &'a [u8], data: &'a [u8]) -> Raw<'a> {
+        Raw {
+            name,
+            kind: b'0',
+            data,
+            link: b"",
+        }
+    }
+
+    /// A `dest` beside a `sibling` directory holding one file.
+    struct Jail {
+        _t: tempfile::TempDir,
+        top: PathBuf,
+        dest: PathBuf,
+    }
+
+    fn jail() -> Jail {
+        let t = tmp();
+        let top = t.path().to_path_buf();
+        std::fs::create_dir(top.join("dest")).unwrap();
+        std::fs::create_dir(top.join("sibling")).unwrap();
+        std::fs::write(top.join("sibling/x"), b"precious").unwrap();
+        Jail {
+            dest: top.join("dest"),
+            top,
+            _t: t,
+        }
+    }
+
+    impl Jail {
+        fn untouched(&self) {
+            let mut top: Vec<_> = std::fs::read_dir(&self.top)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            top.sort();
+            assert_eq!(top, ["dest", "sibling"]);
+            let sib: Vec<_> = std::fs::read_dir(self.top.join("sibling"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(sib, ["x"]);
+            assert_eq!(
+                std::fs::read(self.top.join("sibling/x")).unwrap(),
+                b"precious"
+            );
+            assert!(!Path::new("/evil").exists());
+            assert!(!Path::new("/etc/evil").exists());
+        }
+
+        fn refuse(&self, data: &[u8], o: &ApplyOptions, needle: &str) {
+            match apply_vec(data, &self.dest, o) {
+                Err(LayerError::Invalid(msg)) => {
+                    assert!(msg.contains(needle), "message `{msg}` lacks `{needle}`")
+                }
+                other => panic!("expected Invalid ({needle}), got {other:?}"),
+            }
+            self.untouched();
+        }
+    }
+
+    fn delete() -> ApplyOptions {
+        opts(Whiteouts::Delete)
+    }
+
+    #[test]
+    fn refuses_dotdot() {
+        let j = jail();
+        j.refuse(&raw(b"../evil", b'0', b"x", b""), &delete(), "../evil");
+        j.refuse(
+            &raw(b"a/../../evil", b'0', b"x", b""),
+            &delete(),
+            "a/../../evil",
+        );
+        j.refuse(&raw(b"../sibling/x", b'0', b"x", b""), &delete(), "..");
+        j.refuse(
+            &raw(b"a/b/../../../sibling/x", b'5', b"", b""),
+            &delete(),
+            "..",
+        );
+        j.refuse(&raw(b"../.wh.sibling", b'0', b"", b""), &delete(), "..");
+        j.refuse(
+            &raw(b"../sibling/.wh..wh..opq", b'0', b"", b""),
+            &delete(),
+            "..",
+        );
+        j.refuse(&raw(b"ok/.wh...", b'0', b"", b""), &delete(), "whiteout");
+        j.refuse(&raw(b"link", b'2', b"", b""), &delete(), "symlink");
+        // PAX path with `..`.
+        let mut pax = Vec::new();
+        pax_record(&mut pax, b"path", b"../sibling/evil");
+        let mut data = raw(b"PaxHeaders/x", b'x', &pax, b"");
+        data.truncate(data.len() - 1024);
+        data.extend(raw(b"harmless", b'0', b"x", b""));
+        j.refuse(&data, &delete(), "../sibling/evil");
+    }
+
+    #[test]
+    fn absolute_names_stay_inside() {
+        let j = jail();
+        let data = tar_of(&[
+            Raw {
+                name: b"/etc/",
+                kind: b'5',
+                data: b"",
+                link: b"",
+            },
+            file(b"/etc/evil", b"x"),
+            file(b"./rel", b"y"),
+            file(b"//double//slash", b"z"),
+        ]);
+        apply_vec(&data, &j.dest, &delete()).unwrap();
+        assert_eq!(std::fs::read(j.dest.join("etc/evil")).unwrap(), b"x");
+        assert_eq!(std::fs::read(j.dest.join("rel")).unwrap(), b"y");
+        assert_eq!(std::fs::read(j.dest.join("double/slash")).unwrap(), b"z");
+        j.untouched();
+    }
+
+    #[test]
+    fn refuses_symlink_parents() {
+        let j = jail();
+        let outside = j.top.join("sibling");
+        let data = tar_of(&[
+            Raw {
+                name: b"s",
+                kind: b'2',
+                data: b"",
+                link: outside.as_os_str().as_bytes(),
+            },
+            file(b"s/evil", b"x"),
+        ]);
+        j.refuse(&data, &delete(), "s/evil");
+        let j = jail();
+        let data = tar_of(&[
+            Raw {
+                name: b"s",
+                kind: b'2',
+                data: b"",
+                link: b"../sibling",
+            },
+            Raw {
+                name: b"s/sub/",
+                kind: b'5',
+                data: b"",
+                link: b"",
+            },
+        ]);
+        j.refuse(&data, &delete(), "symlink");
+        // Relative symlink inside dest, then through it: refused too.
+        let j = jail();
+        let data = tar_of(&[
+            Raw {
+                name: b"d/",
+                kind: b'5',
+                data: b"",
+                link: b"",
+            },
+            Raw {
+                name: b"s",
+                kind: b'2',
+                data: b"",
+                link: b"d",
+            },
+            file(b"s/f", b"x"),
+        ]);
+        j.refuse(&data, &delete(), "symlink");
+        // Whiteouts and opaque markers through a symlink.
+        for name in [&b"s/.wh.x"[..], b"s/.wh..wh..opq"] {
+            let j = jail();
+            let data = tar_of(&[
+                Raw {
+                    name: b"s",
+                    kind: b'2',
+                    data: b"",
+                    link: outside.as_os_str().as_bytes(),
+                },
+                file(name, b""),
+            ]);
+            j.refuse(&data, &delete(), "symlink");
+            let j = jail();
+            j.refuse(
+                &data,
+                &opts(Whiteouts::Overlay { user_xattr: false }),
+                "symlink",
+            );
+        }
+        // A hardlink named through a symlink.
+        let j = jail();
+        let data = tar_of(&[
+            file(b"f", b"x"),
+            Raw {
+                name: b"s",
+                kind: b'2',
+                data: b"",
+                link: outside.as_os_str().as_bytes(),
+            },
+            Raw {
+                name: b"s/h",
+                kind: b'1',
+                data: b"",
+                link: b"f",
+            },
+        ]);
+        j.refuse(&data, &delete(), "symlink");
+    }
+
+    #[test]
+    fn replaces_symlinks_instead_of_following() {
+        let j = jail();
+        let outside = j.top.join("sibling/x");
+        let data = tar_of(&[
+            Raw {
+                name: b"s",
+                kind: b'2',
+                data: b"",
+                link: outside.as_os_str().as_bytes(),
+            },
+            file(b"s", b"replaced"),
+            Raw {
+                name: b"d",
+                kind: b'2',
+                data: b"",
+                link: b"../sibling",
+            },
+            Raw {
+                name: b"d/",
+                kind: b'5',
+                data: b"",
+                link: b"",
+            },
+            file(b"d/in", b"in"),
+        ]);
+        apply_vec(&data, &j.dest, &delete()).unwrap();
+        assert_eq!(std::fs::read(j.dest.join("s")).unwrap(), b"replaced");
+        assert!(
+            std::fs::symlink_metadata(j.dest.join("d"))
+                .unwrap()
+                .is_dir()
+        );
+        assert_eq!(std::fs::read(j.dest.join("d/in")).unwrap(), b"in");
+        j.untouched();
+    }
+
+    #[test]
+    fn refuses_bad_hardlinks() {
+        let j = jail();
+        j.refuse(
+            &tar_of(&[Raw {
+                name: b"h",
+                kind: b'1',
+                data: b"",
+                link: b"../sibling/x",
+            }]),
+            &delete(),
+            "..",
+        );
+        j.refuse(
+            &tar_of(&[Raw {
+                name: b"h",
+                kind: b'1',
+                data: b"",
+                link: b"/etc/passwd",
+            }]),
+            &delete(),
+            "earlier entry",
+        );
+        j.refuse(
+            &tar_of(&[
+                Raw {
+                    name: b"h",
+                    kind: b'1',
+                    data: b"",
+                    link: b"later",
+                },
+                file(b"later", b"x"),
+            ]),
+            &delete(),
+            "earlier entry",
+        );
+        j.refuse(
+            &tar_of(&[Raw {
+                name: b"h",
+                kind: b'1',
+                data: b"",
+                link: b"h",
+            }]),
+            &delete(),
+            "earlier entry",
+        );
+        j.refuse(
+            &tar_of(&[
+                Raw {
+                    name: b"d/",
+                    kind: b'5',
+                    data: b"",
+                    link: b"",
+                },
+                Raw {
+                    name: b"h",
+                    kind: b'1',
+                    data: b"",
+                    link: b"d",
+                },
+            ]),
+            &delete(),
+            "directory",
+        );
+        // A file of the parent layer is not a valid target either.
+        std::fs::write(j.dest.join("parent-file"), b"p").unwrap();
+        j.refuse(
+            &tar_of(&[Raw {
+                name: b"h",
+                kind: b'1',
+                data: b"",
+                link: b"parent-file",
+            }]),
+            &delete(),
+            "earlier entry",
+        );
+        // A link to an earlier symlink pointing outside links the symlink.
+        let j = jail();
+        let data = tar_of(&[
+            Raw {
+                name: b"s",
+                kind: b'2',
+                data: b"",
+                link: b"/etc/passwd",
+            },
+            Raw {
+                name: b"h",
+                kind: b'1',
+                data: b"",
+                link: b"s",
+            },
+        ]);
+        apply_vec(&data, &j.dest, &delete()).unwrap();
+        assert!(
+            std::fs::symlink_metadata(j.dest.join("h"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        j.untouched();
+    }
+
+    #[test]
+    fn refuses_devices_when_not_allowed() {
+        let j = jail();
+        let o = ApplyOptions {
+            allow_devices: false,
+            ..delete()
+        };
+        j.refuse(&raw(b"dev/null", b'3', b"", b""), &o, "dev/null");
+        j.refuse(&raw(b"dev/sda", b'4', b"", b""), &o, "dev/sda");
+        // FIFOs are fine.
+        apply_vec(&raw(b"fifo", b'6', b"", b""), &j.dest, &o).unwrap();
+        assert!(
+            std::fs::symlink_metadata(j.dest.join("fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+    }
+
+    fn sample_tar() -> Vec<u8> {
+        let big = vec![7u8; 100_000];
+        tar_of(&[
+            Raw {
+                name: b"d/",
+                kind: b'5',
+                data: b"",
+                link: b"",
+            },
+            file(b"d/a", b"aaa"),
+            file(b"d/big", &big),
+            file(b"d/z", b"zzz"),
+        ])
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn zstd_of(data: &[u8]) -> Vec<u8> {
+        zstd::stream::encode_all(data, 3).unwrap()
+    }
+
+    #[test]
+    fn refuses_truncated_and_corrupt() {
+        let good = sample_tar();
+        let j = jail();
+        apply_vec(&good, &j.dest, &delete()).unwrap();
+        for (what, data) in [
+            ("half", good[..good.len() / 2].to_vec()),
+            ("no end block", good[..good.len() - 1024].to_vec()),
+            ("mid header", good[..good.len() - 1024 - 512 - 100].to_vec()),
+            ("empty", Vec::new()),
+            ("gzip half", gzip(&good)[..gzip(&good).len() / 2].to_vec()),
+            (
+                "zstd half",
+                zstd_of(&good)[..zstd_of(&good).len() / 2].to_vec(),
+            ),
+        ] {
+            let j = jail();
+            match apply_vec(&data, &j.dest, &delete()) {
+                Err(LayerError::Invalid(msg)) => eprintln!("{what}: {msg}"),
+                other => panic!("{what}: expected Invalid, got {other:?}"),
+            }
+            j.untouched();
+        }
+        // A flipped byte in a header name: checksum.
+        let mut bad = good.clone();
+        bad[512 + 2] ^= 0x20;
+        jail().refuse(&bad, &delete(), "checksum");
+        // Corrupt deflate data.
+        let mut gz = gzip(&good);
+        let mid = gz.len() / 2;
+        for b in &mut gz[mid..mid + 16] {
+            *b ^= 0x55;
+        }
+        jail().refuse(&gz, &delete(), "gzip");
+        let mut zs = zstd_of(&good);
+        let mid = zs.len() / 2;
+        for b in &mut zs[mid..mid + 16] {
+            *b ^= 0x55;
+        }
+        jail().refuse(&zs, &delete(), "zstd");
+        // Garbage after the end of the archive, and after the gzip stream.
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(b"garbage");
+        jail().refuse(&trailing, &delete(), "after the end");
+        let mut gz = gzip(&good);
+        gz.extend_from_slice(b"garbage");
+        jail().refuse(&gz, &delete(), "gzip");
+        // A directory with data, a sparse file, an unknown type.
+        jail().refuse(&raw(b"d/", b'5', b"data", b""), &delete(), "d/");
+        jail().refuse(&raw(b"s", b'S', b"", b""), &delete(), "sparse");
+        jail().refuse(&raw(b"v", b'V', b"", b""), &delete(), "unsupported");
+        // Extension header with no entry.
+        let mut pax = Vec::new();
+        pax_record(&mut pax, b"path", b"x");
+        jail().refuse(&raw(b"p", b'x', &pax, b""), &delete(), "no entry");
+        // Malformed PAX.
+        jail().refuse(&raw(b"p", b'x', b"99 path=x\n", b""), &delete(), "PAX");
+        // Zero padding after the end is fine (GNU tar pads to 10 KiB).
+        let mut padded = good.clone();
+        padded.resize(padded.len() + 9216, 0);
+        apply_vec(&padded, &jail().dest, &delete()).unwrap();
+    }
+
+    #[test]
+    fn refuses_bombs() {
+        let zeros = vec![0u8; 10 << 20];
+        let data = gzip(&tar_of(&[file(b"zeros", &zeros)]));
+        assert!(data.len() < 100_000);
+        let j = jail();
+        let o = ApplyOptions {
+            max_size: 1 << 20,
+            ..delete()
+        };
+        j.refuse(&data, &o, "limit");
+        let meta = std::fs::metadata(j.dest.join("zeros"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(meta <= 1 << 20);
+        // A huge GNU long name is refused before it is read.
+        let mut h = tar::Header::new_gnu();
+        set_field(&mut h.as_old_mut().name, b"././@LongLink");
+        h.set_size(1 << 40);
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_cksum();
+        jail().refuse(h.as_bytes(), &delete(), "long name");
+        // Within the limit: fine.
+        let o = ApplyOptions {
+            max_size: 11 << 20,
+            ..delete()
+        };
+        apply_vec(&data, &jail().dest, &o).unwrap();
+    }
+
+    #[test]
+    fn digests_and_progress() {
+        let good = sample_tar();
+        for data in [good.clone(), gzip(&good), zstd_of(&good)] {
+            let j = jail();
+            let mut seen = Vec::new();
+            let d = apply(&mut &data[..], &j.dest, &delete(), &mut |n| seen.push(n)).unwrap();
+            assert_eq!(d.digest, sha(&data));
+            assert_eq!(d.diff_id, sha(&good));
+            assert_eq!(d.size, data.len() as u64);
+            assert_eq!(seen.last(), Some(&(data.len() as u64)));
+        }
+    }
+
+    #[test]
+    fn whiteout_semantics() {
+        // Delete: `.wh.X` removes the parent's X, but not one this layer made;
+        // an opaque marker keeps what this layer made before it.
+        let j = jail();
+        let d = &j.dest;
+        std::fs::create_dir_all(d.join("o/sub")).unwrap();
+        std::fs::write(d.join("o/old"), b"").unwrap();
+        std::fs::write(d.join("o/sub/old"), b"").unwrap();
+        std::fs::create_dir_all(d.join("w/deep")).unwrap();
+        std::fs::write(d.join("w/deep/f"), b"").unwrap();
+        std::fs::create_dir_all(d.join("p/q")).unwrap();
+        std::fs::write(d.join("p/q/old"), b"").unwrap();
+        let data = tar_of(&[
+            file(b"mine", b"1"),
+            file(b".wh.mine", b""),
+            file(b".wh.w", b""),
+            file(b".wh.absent", b""),
+            Raw {
+                name: b"o/",
+                kind: b'5',
+                data: b"",
+                link: b"",
+            },
+            file(b"o/-first", b"before the marker"),
+            Raw {
+                name: b"o/sub/",
+                kind: b'5',
+                data: b"",
+                link: b"",
+            },
+            file(b"o/.wh..wh..opq", b""),
+            file(b"o/sub/new", b""),
+            file(b"p/q/new", b""),
+            file(b"p/.wh..wh..opq", b""),
+            file(b".wh..wh.plnk", b""),
+        ]);
+        apply_vec(&data, d, &delete()).unwrap();
+        let mut left: Vec<String> = snapshot(d).into_keys().collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "mine",
+                "o",
+                "o/-first",
+                "o/sub",
+                "o/sub/new",
+                "p",
+                "p/q",
+                "p/q/new"
+            ]
+        );
+        j.untouched();
+
+        // Overlay: a directory replacing a whiteout of the same layer is opaque.
+        let j = jail();
+        let data = tar_of(&[
+            file(b".wh.x", b""),
+            Raw {
+                name: b"x/",
+                kind: b'5',
+                data: b"",
+                link: b"",
+            },
+            file(b"x/f", b""),
+        ]);
+        apply_vec(
+            &data,
+            &j.dest,
+            &opts(Whiteouts::Overlay { user_xattr: true }),
+        )
+        .unwrap();
+        let mut v = [0u8; 4];
+        let n =
+            rustix::fs::lgetxattr(j.dest.join("x"), c"user.overlay.opaque", &mut v[..]).unwrap();
+        assert_eq!(&v[..n], b"y");
+        // Overlay xattrs in an archive are not applied.
+        let j = jail();
+        let mut pax = Vec::new();
+        pax_record(&mut pax, b"SCHILY.xattr.user.overlay.redirect", b"/etc");
+        pax_record(&mut pax, b"SCHILY.xattr.user.ok", b"fine");
+        let mut data = raw(b"x", b'x', &pax, b"");
+        data.truncate(data.len() - 1024);
+        data.extend(raw(b"f", b'0', b"", b""));
+        apply_vec(&data, &j.dest, &delete()).unwrap();
+        let names: Vec<Vec<u8>> = list_xattrs(&j.dest.join("f"))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(names, [b"user.ok".to_vec()]);
+    }
+
+    #[test]
+    fn dir_entry_updates_existing_dir() {
+        let j = jail();
+        std::fs::create_dir(j.dest.join("d")).unwrap();
+        std::fs::write(j.dest.join("d/keep"), b"k").unwrap();
+        setx(&j.dest.join("d"), c"user.stale", b"1");
+        let mut data = tar_of(&[Raw {
+            name: b"d/",
+            kind: b'5',
+            data: b"",
+            link: b"",
+        }]);
+        // Mode 0700 via a hand-edited header.
+        let h = tar::Header::from_byte_slice(&data[..512]).clone();
+        let mut h = h;
+        h.set_mode(0o700);
+        h.set_cksum();
+        data[..512].copy_from_slice(h.as_bytes());
+        apply_vec(&data, &j.dest, &delete()).unwrap();
+        assert_eq!(std::fs::read(j.dest.join("d/keep")).unwrap(), b"k");
+        let md = std::fs::metadata(j.dest.join("d")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o700);
+        assert_eq!(md.mtime(), 1_000_000_000);
+        assert!(list_xattrs(&j.dest.join("d")).is_empty());
+    }
+
+    #[test]
+    fn pax_helpers() {
+        let mut v = Vec::new();
+        pax_record(&mut v, b"path", b"abc");
+        assert_eq!(v, b"12 path=abc\n");
+        let mut v = Vec::new();
+        pax_record(&mut v, b"k", &[b'x'; 95]);
+        assert_eq!(&v[..4], b"102 ");
+        assert_eq!(v.len(), 102);
+        assert_eq!(parse_pax(&v).unwrap()[0].1.len(), 95);
+        let t = parse_pax_time(b"1.5").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (1, 500_000_000));
+        let t = parse_pax_time(b"-1.25").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (-2, 750_000_000));
+        let t = parse_pax_time(b"1700000000.1234567891").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 123_456_789));
+        assert!(parse_pax_time(b"x").is_none());
+        assert_eq!(
+            ustar_split(&[b'a'; 100]),
+            Some((&b""[..], &[b'a'; 100][..]))
+        );
+        let p = [&[b'd'; 120][..], b"/", &[b'f'; 90]].concat();
+        assert_eq!(ustar_split(&p), Some((&[b'd'; 120][..], &[b'f'; 90][..])));
+        assert_eq!(ustar_split(&[b'a'; 101]), None);
+        assert!(path_order(b"a/b", b"a-b").is_lt());
+        assert!(path_order(b"a", b"a/b").is_lt());
+    }
+}
