@@ -8,7 +8,7 @@ use crate::support::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// The fixture every case starts from:
@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 struct Fixture {
     store: Store,
     target: PathBuf,
+    layer: PathBuf,
     _mounted: MountGuard,
 }
 
@@ -39,9 +40,24 @@ fn fixture(driver: &str) -> Option<Fixture> {
     let mounted = store.mount("busy");
     fs::write(mounted.join("m"), "mounted").unwrap();
     let target = store.scratch("target");
+    // A layer to apply: the change of `mid` written by GNU tar.
+    let layer = store.scratch("layer.tar");
+    let src = store.scratch_dir("layer-src");
+    fs::write(src.join("new-file"), "from a layer").unwrap();
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
     Some(Fixture {
         store,
         target,
+        layer,
         _mounted: mounted,
     })
 }
@@ -116,7 +132,7 @@ fn points_of(driver: &str, op: &[String]) -> Vec<String> {
         return Vec::new();
     };
     let trace = fx.store.scratch("trace");
-    let op = retarget(op, &fx.target);
+    let op = retarget(op, &fx);
     let _guard = MountGuard::new(&fx.target);
     let status = run_op(
         &fx.store,
@@ -131,35 +147,35 @@ fn points_of(driver: &str, op: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// `op` with its mount target replaced by `target`.
-fn retarget(op: &[String], target: &Path) -> Vec<String> {
+/// `op` with the placeholders TARGET and LAYER filled from the fixture.
+fn retarget(op: &[String], fx: &Fixture) -> Vec<String> {
     op.iter()
-        .map(|a| {
-            if a.starts_with('/') {
-                target.to_str().unwrap().to_string()
-            } else {
-                a.clone()
-            }
+        .map(|a| match a.as_str() {
+            "TARGET" => fx.target.to_str().unwrap().to_string(),
+            "LAYER" => fx.layer.to_str().unwrap().to_string(),
+            _ => a.clone(),
         })
         .collect()
 }
 
-/// The operations walked, with the fixture's target filled in.
-fn operations(target: &Path) -> Vec<Vec<String>> {
-    let t = target.to_str().unwrap().to_string();
+/// The operations walked (TARGET and LAYER are filled in per fixture).
+fn operations() -> Vec<Vec<String>> {
+    let t = "TARGET";
     let ops: Vec<Vec<&str>> = vec![
         vec!["prepare", "new", "mid", "--label", "x=1"],
         vec!["prepare", "root2"],
         vec!["view", "v2", "base"],
-        vec!["prepare", "newm", "mid", "--mount", &t],
+        vec!["prepare", "newm", "mid", "--mount", t],
         vec!["commit", "done", "act", "--label", "y=2"],
         vec!["commit", "busy-c", "busy"],
         vec!["rm", "v"],
         vec!["rm", "-r", "mid"],
         vec!["rm", "-f", "busy"],
         vec!["label", "mid", "z=3", "a="],
-        vec!["mount", "act", &t],
+        vec!["mount", "act", t],
         vec!["unmount", "busy"],
+        vec!["apply", "lay", "mid", "LAYER"],
+        vec!["apply", "--label", "l=1", "lay2", "base", "LAYER"],
     ];
     ops.into_iter()
         .map(|o| o.into_iter().map(str::to_string).collect())
@@ -170,9 +186,7 @@ fn crash_every_point(driver: &str) {
     if !require_root_and_overlay() {
         return;
     }
-    let probe = fixture(driver).unwrap();
-    let ops = operations(&probe.target);
-    drop(probe);
+    let ops = operations();
     let mut walked = 0;
     for op in ops {
         let points = points_of(driver, &op);
@@ -196,7 +210,7 @@ fn crash_at(driver: &str, op: &[String], point: &str) {
     let before = state(store);
     let base_before = contents(store, "base");
     let mid_before = contents(store, "mid");
-    let op = retarget(op, &fx.target);
+    let op = retarget(op, &fx);
     let _target_guard = MountGuard::new(&fx.target);
     let status = run_op(store, &op, &[("STRATA_CRASH_AT", point)]);
     let what = format!("{driver}: {op:?} killed at {point}");
@@ -287,6 +301,21 @@ fn judge(
                 expect.retain(|k, (_, parent, _)| !(parent == "mid" || k == "act" || k == "v"));
             }
         }
+        "apply" => {
+            let args: Vec<&String> = op
+                .iter()
+                .filter(|a| !a.starts_with('-') && *a != "l=1")
+                .collect();
+            let labels = if op.contains(&"l=1".to_string()) {
+                r#"{"l":"1"}"#
+            } else {
+                "{}"
+            };
+            expect.insert(
+                args[1].clone(),
+                ("committed".into(), args[2].clone(), labels.into()),
+            );
+        }
         "label" => {
             expect.get_mut(&op[1]).unwrap().2 = r#"{"z":"3"}"#.into();
         }
@@ -348,7 +377,7 @@ fn random_sigkills_leave_a_consistent_store() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_micros(rand(4000)));
+        std::thread::sleep(std::time::Duration::from_micros(rand(15_000)));
         if child.try_wait().unwrap().is_none() {
             let _ = child.kill();
             killed += 1;

@@ -11,6 +11,7 @@ mod crash;
 mod errors;
 mod json;
 mod keys;
+mod layers;
 mod mount_engine;
 mod references;
 mod resources;

@@ -1,0 +1,497 @@
+//! OCI layers: `diff` then `apply` reproduces trees with every file kind on
+//! both drivers (and across them), layers made by GNU tar with hand-made
+//! whiteouts apply to the tree tar itself unpacks, hostile archives are
+//! refused with nothing left behind, and apply reads gzip from a pipeline.
+
+use crate::support::*;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn every_kind() -> Vec<Op> {
+    vec![
+        dir("/bin", 0o755),
+        dir("/private", 0o700),
+        dir("/shared", 0o2775),
+        dir("/tmp", 0o1777),
+        file("/bin/tool", "#!/bin/sh\necho tool\n", 0o4755),
+        file("/empty", "", 0o644),
+        file("/private/key", "secret", 0o600),
+        chown("/private/key", 1234, 5678),
+        symlink("bin/tool", "/tool-link"),
+        symlink("/nowhere/dangling", "/dangling"),
+        link("/private/key", "/key-hardlink"),
+        fifo("/pipe"),
+        device("/null-ish", 'c', 1, 3),
+        device("/loop-ish", 'b', 7, 200),
+        xattr("/bin/tool", "user.origin", "layer 0"),
+        xattr("/shared", "user.dir", "d"),
+        dir("/long", 0o755),
+        file(&format!("/long/{}", "n".repeat(200)), "long name", 0o644),
+        symlink(&"t".repeat(150), "/long-target"),
+        dir("/d", 0o755),
+        file("/d/x", "x", 0o644),
+        file("/d/keep", "k", 0o644),
+        file("/gone", "g", 0o644),
+        mtime("/bin/tool", 1_000_000_000),
+    ]
+}
+
+fn changes() -> Vec<Op> {
+    vec![
+        remove_all("/gone"),
+        remove_all("/d"),
+        dir("/d", 0o755),
+        file("/d/new", "new", 0o644),
+        file("/bin/tool", "#!/bin/sh\necho v2\n", 0o4755),
+        rename("/empty", "/renamed"),
+        xattr("/private/key", "user.added", "child"),
+        chown("/pipe", 5, 6),
+        mtime("/bin/tool", 1_100_000_000),
+    ]
+}
+
+fn mtime_of(store: &Store, name: &str, path: &str) -> i64 {
+    let view = format!("{name}-mt");
+    store.strata(&["view", &view, name]).success();
+    let m = store.mount(&view);
+    let t = fs::symlink_metadata(m.join(path)).unwrap().mtime();
+    drop(m);
+    store.strata(&["rm", "-f", &view]).success();
+    t
+}
+
+fn diff_to(store: &Store, key: &str, compression: &str) -> (PathBuf, serde_json::Value) {
+    let out = store.scratch(&format!("{key}.tar"));
+    let run = store
+        .strata(&[
+            "diff",
+            key,
+            "--compression",
+            compression,
+            "--output-file",
+            out.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .success();
+    (out, run.json())
+}
+
+fn round_trip(from: &str, to: &str) {
+    let a = setup!(from);
+    a.layer("l0", None, &every_kind());
+    a.layer("l1", Some("l0"), &changes());
+    let want0 = a.view_tree("l0");
+    let want1 = a.view_tree("l1");
+    let (tar0, d0) = diff_to(&a, "l0", "gzip");
+    let (tar1, d1) = diff_to(&a, "l1", "zstd");
+    assert!(d0["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_ne!(
+        d1["digest"], d1["diff_id"],
+        "zstd digest differs from diff_id"
+    );
+
+    let b = setup!(to);
+    b.strata(&["apply", "l0", tar0.to_str().unwrap()])
+        .fails_with(3, "");
+    b.strata_with(
+        &["apply", "l0"],
+        With {
+            stdin: Some(&fs::read(&tar0).unwrap()),
+            ..Default::default()
+        },
+    )
+    .success();
+    let applied = b
+        .strata(&["apply", "l1", "l0", tar1.to_str().unwrap(), "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(applied["diff_id"], d1["diff_id"]);
+    b.view_tree("l0")
+        .assert_eq(&want0, &format!("l0 applied {from} -> {to}"));
+    b.view_tree("l1")
+        .assert_eq(&want1, &format!("l1 applied {from} -> {to}"));
+    assert_eq!(mtime_of(&b, "l0", "bin/tool"), 1_000_000_000);
+    assert_eq!(mtime_of(&b, "l1", "bin/tool"), 1_100_000_000);
+    let info = b.info("l1");
+    assert_eq!(info["kind"], "committed");
+    assert_eq!(info["parent"], "l0");
+    assert!(info["usage"]["inodes"].as_u64().unwrap() > 0);
+    // The same change gives the same bytes, whichever store it is in. (An
+    // overlay layer and a native one describe one change differently: the
+    // upper directory lists its parent directories and opaque markers, a
+    // tree comparison lists only what differs. Both unpack to one tree.)
+    if from == to {
+        let (_, again) = diff_to(&b, "l1", "zstd");
+        assert_eq!(again["diff_id"], d1["diff_id"], "diff of the applied layer");
+        assert_eq!(again["digest"], d1["digest"]);
+    }
+}
+
+fn same_driver(driver: &str) {
+    round_trip(driver, driver);
+}
+
+#[test]
+fn overlay_layers_apply_on_native_and_back() {
+    round_trip("overlay", "native");
+    round_trip("native", "overlay");
+}
+
+fn diff_of_an_active_snapshot_and_against_another_parent(driver: &str) {
+    let s = setup!(driver);
+    s.layer(
+        "base",
+        None,
+        &[file("/a", "a", 0o644), file("/b", "b", 0o644)],
+    );
+    s.layer("mid", Some("base"), &[file("/c", "c", 0o644)]);
+    s.strata(&["prepare", "work", "mid"]).success();
+    let m = s.mount("work");
+    fs::write(m.join("d"), "d").unwrap();
+    fs::remove_file(m.join("a")).unwrap();
+    let (tar, _) = diff_to(&s, "work", "none");
+    let list = tar_list(&tar);
+    assert_eq!(list, vec![".wh.a", "d"], "only the change against mid");
+    // Against base: mid's file too.
+    let out = s.scratch("vs-base.tar");
+    s.strata(&[
+        "diff",
+        "work",
+        "--parent",
+        "base",
+        "--output-file",
+        out.to_str().unwrap(),
+    ])
+    .success();
+    assert_eq!(tar_list(&out), vec![".wh.a", "c", "d"]);
+    drop(m);
+    // A view has no changes of its own.
+    s.strata(&["view", "v", "mid"]).success();
+    s.fails(
+        &["diff", "v", "--output-file", out.to_str().unwrap()],
+        "failed_precondition",
+    );
+    s.fails(
+        &["diff", "ghost", "--output-file", out.to_str().unwrap()],
+        "not_found",
+    );
+}
+
+/// Names in a tarball, sorted, without directories and `./`.
+fn tar_list(path: &Path) -> Vec<String> {
+    let out = Command::new("tar").arg("-tf").arg(path).output().unwrap();
+    assert!(out.status.success());
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_start_matches("./").to_string())
+        .filter(|l| !l.is_empty() && !l.ends_with('/'))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn reproducible_with_source_date_epoch() {
+    let s = setup!("overlay");
+    s.layer("l", None, &[file("/f", "f", 0o644), dir("/d", 0o755)]);
+    let run = |out: &Path| {
+        s.strata_with(
+            &[
+                "diff",
+                "l",
+                "--compression",
+                "gzip",
+                "--output-file",
+                out.to_str().unwrap(),
+            ],
+            With {
+                env: &[("SOURCE_DATE_EPOCH", "86400")],
+                ..Default::default()
+            },
+        )
+        .success();
+        fs::read(out).unwrap()
+    };
+    let first = s.scratch("one.tar.gz");
+    let one = run(&first);
+    let two = run(&s.scratch("two.tar.gz"));
+    assert_eq!(one, two, "same tree, same bytes");
+    let verbose = Command::new("tar")
+        .args(["--full-time", "--numeric-owner", "-tvzf"])
+        .arg(&first)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&verbose.stdout);
+    assert!(
+        text.contains("1970-01-02 00:00:00"),
+        "mtimes clamped: {text}"
+    );
+    assert!(text.contains(" 0/0 "), "numeric owners: {text}");
+}
+
+/// Layers made by GNU tar, with whiteouts made by hand, apply to the tree
+/// tar itself unpacks (with the whiteouts then carried out by hand).
+fn gnu_tar_layers(driver: &str) {
+    let s = setup!(driver);
+    let t0 = s.scratch_dir("t0");
+    apply(&t0, &every_kind());
+    let t1 = s.scratch_dir("t1");
+    apply(
+        &t1,
+        &[
+            dir("/d", 0o755),
+            dir("/shared", 0o2775),
+            file("/d/added", "added", 0o644),
+            file("/d/.wh.x", "", 0o644),
+            file("/.wh.gone", "", 0o644),
+            file("/shared/.wh..wh..opq", "", 0o644),
+            file("/shared/fresh", "fresh", 0o644),
+        ],
+    );
+    let l0 = s.scratch("l0.tar");
+    let l1 = s.scratch("l1.tar.gz");
+    for (dir, out, z) in [(&t0, &l0, ""), (&t1, &l1, "z")] {
+        let ok = Command::new("tar")
+            .arg(format!("-c{z}f"))
+            .arg(out)
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"])
+            .arg("-C")
+            .arg(dir)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    s.strata_with(
+        &["apply", "l0"],
+        With {
+            stdin: Some(&fs::read(&l0).unwrap()),
+            ..Default::default()
+        },
+    )
+    .success();
+    s.strata(&["apply", "l1", "l0", l1.to_str().unwrap()])
+        .success();
+    // What tar unpacks, with the whiteouts carried out by hand.
+    let e = s.scratch_dir("expected");
+    for l in [&l0, &l1] {
+        let ok = Command::new("tar")
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+            .arg(l)
+            .arg("-C")
+            .arg(&e)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    for p in ["d/.wh.x", "d/x", ".wh.gone", "gone", "shared/.wh..wh..opq"] {
+        let _ = fs::remove_file(e.join(p));
+    }
+    fs::remove_dir_all(e.join("shared")).unwrap();
+    // The opaque directory is l1's own entry: its metadata, not l0's xattr.
+    apply(
+        &e,
+        &[
+            dir("/shared", 0o2775),
+            file("/shared/fresh", "fresh", 0o644),
+        ],
+    );
+    s.view_tree("l1")
+        .assert_eq(&Tree::read(&e), "GNU tar layers");
+}
+both_drivers!(
+    same_driver,
+    diff_of_an_active_snapshot_and_against_another_parent,
+    gnu_tar_layers
+);
+
+/// A tarball written by Python's tarfile, which writes whatever it is told.
+fn python_tar(out: &Path, body: &str) {
+    let script = format!(
+        "import tarfile, io\nt = tarfile.open({:?}, 'w', format=tarfile.GNU_FORMAT)\ndef f(name, data=b'x', **kw):\n    i = tarfile.TarInfo(name); i.size = len(data)\n    for k, v in kw.items(): setattr(i, k, v)\n    t.addfile(i, io.BytesIO(data))\n{body}\nt.close()\n",
+        out.to_str().unwrap()
+    );
+    let ok = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "python3 tarfile failed:\n{script}");
+}
+
+#[test]
+fn hostile_layers_are_refused_with_nothing_left() {
+    for driver in ["overlay", "native"] {
+        let s = setup!(driver);
+        s.layer("base", None, &[file("/f", "f", 0o644)]);
+        let outside = s.scratch_dir("outside");
+        let cases: Vec<(&str, String)> = vec![
+            ("dotdot", "f('../evil')".into()),
+            ("nested-dotdot", "f('a/../../evil')".into()),
+            (
+                "through-symlink",
+                format!(
+                    "f('s', b'', type=tarfile.SYMTYPE, linkname={:?})\nf('s/evil')",
+                    outside.to_str().unwrap()
+                ),
+            ),
+            (
+                "relative-symlink",
+                "f('up', b'', type=tarfile.SYMTYPE, linkname='../../../..')\nf('up/tmp/evil')"
+                    .into(),
+            ),
+            (
+                "hardlink-out",
+                "f('h', b'', type=tarfile.LNKTYPE, linkname='../../etc/passwd')".into(),
+            ),
+            (
+                "hardlink-later",
+                "f('h', b'', type=tarfile.LNKTYPE, linkname='later')\nf('later')".into(),
+            ),
+        ];
+        for (name, body) in cases {
+            let tar = s.scratch(&format!("{name}.tar"));
+            python_tar(&tar, &body);
+            let dirs = s.snapshot_dirs();
+            let run = s.fails(&["apply", name, "base", tar.to_str().unwrap()], "invalid");
+            assert!(
+                run.stderr.contains(name)
+                    || run.stderr.contains("evil")
+                    || run.stderr.contains("h"),
+                "{}",
+                run.session()
+            );
+            assert!(
+                !s.names(&[]).contains(&name.to_string()),
+                "{driver} {name}: committed"
+            );
+            assert_eq!(s.snapshot_dirs(), dirs, "{driver} {name}: left a directory");
+            assert_eq!(
+                fs::read_dir(&outside).unwrap().count(),
+                0,
+                "{driver} {name}: wrote outside"
+            );
+            assert!(!s.tmp().join("evil").exists() && !Path::new("/tmp/evil").exists());
+        }
+        // Truncated, corrupt, and a bomb.
+        let good = s.scratch("good.tar");
+        python_tar(&good, "f('a', b'y' * 100000)\nf('b', b'z' * 100000)");
+        let bytes = fs::read(&good).unwrap();
+        let cut = s.scratch("cut.tar");
+        fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+        s.fails(&["apply", "cut", "base", cut.to_str().unwrap()], "invalid");
+        let bad_gz = s.scratch("bad.tar.gz");
+        let mut gz = Command::new("gzip")
+            .arg("-c")
+            .arg(&good)
+            .output()
+            .unwrap()
+            .stdout;
+        let mid = gz.len() / 2;
+        for b in &mut gz[mid..mid + 64] {
+            *b ^= 0x5a;
+        }
+        fs::write(&bad_gz, gz).unwrap();
+        s.fails(
+            &["apply", "badgz", "base", bad_gz.to_str().unwrap()],
+            "invalid",
+        );
+        let bomb = s.scratch("bomb.tar");
+        python_tar(&bomb, "f('zeros', bytes(10 * 1024 * 1024))");
+        let bomb_gz = s.scratch("bomb.tar.gz");
+        let gz = Command::new("gzip")
+            .arg("-c")
+            .arg(&bomb)
+            .output()
+            .unwrap()
+            .stdout;
+        fs::write(&bomb_gz, gz).unwrap();
+        s.fails(
+            &[
+                "apply",
+                "bomb",
+                "base",
+                "--max-size",
+                "1M",
+                bomb_gz.to_str().unwrap(),
+            ],
+            "invalid",
+        );
+        assert_eq!(s.names(&[]), vec!["base"]);
+        s.strata(&["check"]).success();
+    }
+}
+
+#[test]
+fn devices_need_privilege() {
+    if !require_root_and_overlay() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = tmp.path().join("dev.tar");
+    python_tar(
+        &tar,
+        "f('null', b'', type=tarfile.CHRTYPE, devmajor=1, devminor=3)",
+    );
+    let script = format!(
+        "{bin} --root {root} init --driver native >/dev/null && {bin} --root {root} apply d < {tar}; echo \"rc=$?\"",
+        bin = BIN,
+        root = tmp.path().join("store").display(),
+        tar = tar.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("rc=6"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("null"), "names the entry: {stderr}");
+}
+
+#[test]
+fn apply_reads_gzip_from_a_pipeline() {
+    let s = setup!("overlay");
+    let t = s.scratch_dir("tree");
+    apply(&t, &[file("/hello", "from a pipe", 0o644)]);
+    let line = format!(
+        "tar -C {} -cf - . | gzip | {} --root {} apply piped",
+        t.display(),
+        BIN,
+        s.root.display()
+    );
+    let out = Command::new("sh").arg("-c").arg(&line).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        s.view_tree("piped").content("hello").as_deref(),
+        Some("from a pipe")
+    );
+    // And a layer can be piped from one store into another.
+    let other = setup!("native");
+    let line = format!(
+        "{bin} --root {a} diff piped | {bin} --root {b} apply copy",
+        bin = BIN,
+        a = s.root.display(),
+        b = other.root.display()
+    );
+    let out = Command::new("sh").arg("-c").arg(&line).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        other.view_tree("copy").content("hello").as_deref(),
+        Some("from a pipe")
+    );
+}
