@@ -100,20 +100,41 @@ impl Layout {
     }
 
     /// A fresh, locked staging directory for a snapshot being built.
+    ///
+    /// The builder holds an exclusive lock on the directory for as long as
+    /// it lives; prune deletes only staging directories it can lock. Prune
+    /// may lock (and take away) a directory in the instant between its
+    /// `mkdir` and our lock, so after locking we check that the name still
+    /// holds the directory we locked, and start over if not.
     pub fn staging(&self) -> io::Result<Staging> {
-        let path = self.snapshots.join(format!("{STAGING_PREFIX}{}", unique()));
-        fs::DirBuilder::new().mode(0o700).create(&path)?;
-        // The builder holds an exclusive lock on the directory for as long as
-        // it lives; prune deletes only staging directories it can lock.
-        let lock = File::open(&path)?;
-        lock.try_lock().map_err(|e| match e {
-            fs::TryLockError::Error(e) => e,
-            fs::TryLockError::WouldBlock => io::Error::other("staging directory is locked"),
-        })?;
-        Ok(Staging {
-            path: Some(path),
-            _lock: lock,
-        })
+        let mut last = None;
+        for _ in 0..16 {
+            let path = self.snapshots.join(format!("{STAGING_PREFIX}{}", unique()));
+            fs::DirBuilder::new().mode(0o700).create(&path)?;
+            let lock = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => continue,
+                Err(fs::TryLockError::Error(e)) => return Err(e),
+            }
+            let same = match (lock.metadata(), fs::symlink_metadata(&path)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            };
+            if same {
+                return Ok(Staging {
+                    path: Some(path),
+                    _lock: lock,
+                });
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("could not claim a staging directory")))
     }
 
     /// Moves a built staging directory to its final name `snapshots/ID`.

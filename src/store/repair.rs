@@ -131,6 +131,8 @@ impl Store {
         let rows = index::all(&tx)?;
         let ids: HashMap<i64, SnapshotKind> = rows.iter().map(|r| (r.id, r.kind)).collect();
         let mut found = Vec::new();
+        // Locks of dead builders' directories, held until they are moved.
+        let mut claimed = Vec::new();
         let entries =
             fs::read_dir(&snapshots).ctx(|| format!("cannot read {}", snapshots.display()))?;
         for entry in entries {
@@ -147,8 +149,9 @@ impl Store {
                     Some(_) => continue,
                 }
             } else if name.starts_with(STAGING_PREFIX) {
-                if builder_alive(&path) {
-                    continue;
+                match claim(&path) {
+                    Some(lock) => claimed.push(lock),
+                    None => continue,
                 }
                 "staging"
             } else if name.starts_with(TRASH_PREFIX) {
@@ -181,6 +184,7 @@ impl Store {
             layout::sync_dir(&snapshots).ctx(|| format!("cannot sync {}", snapshots.display()))?;
         }
         tx.commit()?;
+        drop(claimed);
         Ok(found)
     }
 
@@ -367,16 +371,13 @@ fn problem(kind: &'static str, snapshot: Option<&str>, message: String) -> Probl
     }
 }
 
-/// Whether the process building staging directory `path` is still alive:
-/// it holds an exclusive lock on the directory for as long as it lives.
-fn builder_alive(path: &Path) -> bool {
-    let Ok(dir) = fs::File::open(path) else {
-        return false;
-    };
+/// Locks staging directory `path` if its builder is gone (a live builder
+/// holds the lock for as long as it lives); None while it is alive.
+fn claim(path: &Path) -> Option<fs::File> {
+    let dir = fs::File::open(path).ok()?;
     match dir.try_lock() {
-        Ok(()) => false,
-        Err(fs::TryLockError::WouldBlock) => true,
-        Err(fs::TryLockError::Error(_)) => true,
+        Ok(()) => Some(dir),
+        Err(_) => None,
     }
 }
 

@@ -135,6 +135,22 @@ fn mixed_operations(driver: &str) {
     store.strata(&["commit", "base", "b"]).success();
     let root = Arc::new(store.root.clone());
     let per_proc = 40;
+    // prune and check run all along: they must never take what a concurrent
+    // operation is building.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pruner = {
+        let root = Arc::clone(&root);
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let o = run(&root, &s(&["prune"]));
+                assert!(o.status.success(), "prune: {o:?}");
+                runs += 1;
+            }
+            runs
+        })
+    };
     let handles: Vec<_> = (0..PROCS)
         .map(|p| {
             let root = Arc::clone(&root);
@@ -167,8 +183,11 @@ fn mixed_operations(driver: &str) {
         })
         .collect();
     let mut total = 0;
-    for h in handles {
-        let (made, codes) = h.join().unwrap();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let prunes = pruner.join().unwrap();
+    assert!(prunes > 0);
+    for (made, codes) in results {
         for (args, code, err) in &codes {
             total += 1;
             let ok = match args[0].as_str() {
@@ -192,7 +211,7 @@ fn mixed_operations(driver: &str) {
         names.iter().filter(|n| n.contains("-c")).count(),
         PROCS * per_proc / 4
     );
-    eprintln!("{driver}: {total} concurrent operations");
+    eprintln!("{driver}: {total} concurrent operations, {prunes} concurrent prunes");
     store.strata(&["check"]).success();
 }
 
