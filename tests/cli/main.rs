@@ -12,6 +12,7 @@ mod errors;
 mod json;
 mod keys;
 mod layers;
+mod maintenance;
 mod mount_engine;
 mod references;
 mod resources;

@@ -47,3 +47,70 @@ fn man_page_renders_with_man() {
     assert!(page.contains("prepare"), "{page}");
     assert!(page.contains("Examples"), "the examples are in the page");
 }
+
+/// Every command's `--help` explains itself and shows at least one example.
+#[test]
+fn every_command_has_help_with_an_example() {
+    use clap::CommandFactory;
+    let cmd = strata::cmd::Cli::command();
+    for sub in cmd.get_subcommands() {
+        let name = sub.get_name();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args([name, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "strata {name} --help");
+        assert!(
+            help.contains("Examples:"),
+            "strata {name} --help has no example:\n{help}"
+        );
+        assert!(help.contains(&format!("strata {name}")), "{help}");
+        assert!(
+            help.lines().next().unwrap().len() > 10,
+            "a description: {help}"
+        );
+    }
+}
+
+/// The bash script completes subcommands and, dynamically, the keys of
+/// the store in `$STRATA_ROOT`.
+#[test]
+fn bash_completion_lists_snapshot_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let bin = env!("CARGO_BIN_EXE_strata");
+    let strata = |args: &[&str]| {
+        let ok = std::process::Command::new(bin)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "{args:?}");
+    };
+    strata(&["init", "--driver", "native"]);
+    strata(&["prepare", "alpha"]);
+    strata(&["prepare", "beta"]);
+    let bindir = std::path::Path::new(bin).parent().unwrap();
+    let script = r#"source <(strata completions bash)
+complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}; _clap_complete_strata strata "${COMP_WORDS[-1]}" "${COMP_WORDS[-2]}"; printf '%s\n' "${COMPREPLY[@]}"; }
+echo "--- rm"; complete_words strata rm ""
+echo "--- pre"; complete_words strata pre"#;
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .env("PATH", format!("{}:/usr/bin:/bin", bindir.display()))
+        .env("STRATA_ROOT", &root)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (rm, pre) = text.split_once("--- pre").unwrap();
+    assert!(
+        rm.lines().any(|l| l == "alpha") && rm.lines().any(|l| l == "beta"),
+        "{text}"
+    );
+    assert!(pre.lines().any(|l| l == "prepare"), "{text}");
+}

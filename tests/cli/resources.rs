@@ -104,7 +104,23 @@ fn full_disk_during_prepare_and_commit_changes_nothing() {
         s(&["prepare", "act", "base"]).success();
         let before = s(&["ls", "--json"]).success().stdout;
         let filler = fill(&disk.guard.path);
+        let layer = store.scratch("layer.tar");
+        let src = store.scratch_dir("layer-src");
+        fs::write(src.join("big"), vec![3u8; 1 << 20]).unwrap();
+        assert!(
+            Command::new("tar")
+                .arg("-cf")
+                .arg(&layer)
+                .arg("-C")
+                .arg(&src)
+                .arg(".")
+                .status()
+                .unwrap()
+                .success()
+        );
+        let layer = layer.to_str().unwrap().to_string();
         for args in [
+            vec!["apply", "applied", "base", &layer],
             vec!["prepare", "new", "base"],
             vec!["commit", "done", "act"],
             vec!["view", "v", "base"],
