@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Workloads of the strata benchmark (standard library only).
 
-`bench/run` calls `harness.py GROUP` once per group (ops, chain, list, files) with a
-fresh private containerd and a fresh strata store, then `harness.py report RESULTS` to
+`bench/run` calls `harness.py GROUP` once per group (ops, chain, list, files with a
+fresh private containerd; diff and apply, which have no ctr peer, without one) and a
+fresh strata store, then `harness.py report RESULTS` to
 print the table. Every timed figure is a whole-process run (posix_spawn .. waitpid, so
 the same fixed harness cost for both tools), strata and ctr alternating run by run and
 swapping who goes first, with any state a run consumes set up outside the timed region.
@@ -11,12 +12,17 @@ Environment (set by bench/run): STRATA_BIN, BENCH_CTR_BIN, BENCH_CTR_SOCK,
 BENCH_STRATA_ROOT, BENCH_WORK, BENCH_RESULTS_TMP, and the BENCH_* sizes.
 """
 
+import io
 import json
+import math
 import os
+import random
 import re
+import stat
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,6 +47,10 @@ FILES = env_int("BENCH_FILES", 100000)
 FILES_RUNS = env_int("BENCH_FILES_RUNS", 10)
 FILES_COMMITS = env_int("BENCH_FILES_COMMITS", 3)
 JOBS = env_int("BENCH_JOBS", 4)
+DIFF_RUNS = env_int("BENCH_DIFF_RUNS", 20)
+APPLY_MB = env_int("BENCH_APPLY_MB", 200)
+APPLY_FILES = env_int("BENCH_APPLY_FILES", 20000)
+APPLY_RUNS = env_int("BENCH_APPLY_RUNS", 5)
 
 # Targets from the performance issue: strata median / peer median must be <= this.
 TARGET_OP = 0.125
@@ -49,6 +59,9 @@ TARGET_LIST = 0.25  # ls and tree at the largest size (10,000)
 TARGET_USAGE_ALL = 0.03  # usage of all at the largest size
 TARGET_USAGE_DU = 0.5  # usage of the big active vs du -s
 TARGET_BIG_COMMIT = 0.4  # commit of the big active vs ctr
+TARGET_APPLY = 1.0  # apply of a large layer vs tar -x (+ sync) of the same archive
+# An absolute target (no peer: ctr's diff needs containerd's content store and differ).
+TARGET_DIFF_NS = 50e6  # diff of a one-file change on a 100,000-file parent
 
 
 class BenchError(Exception):
@@ -64,13 +77,16 @@ def log(msg):
 NULL_FD = os.open(os.devnull, os.O_RDWR)
 
 
-def timed(argv, errfile):
+def timed(argv, errfile, stdin=None):
     """Run argv once with stdin/stdout on /dev/null; return (wall ns, CPU ns).
 
+    stdin: a file to open (read-only) as the child's stdin instead, by the spawn
+    itself, so a `cmd < file` costs the same as `cmd file`.
     CPU is the child's user + system time (from wait4); for ctr it is the client's
     only, the daemon's work is not in it."""
     actions = [
-        (os.POSIX_SPAWN_DUP2, NULL_FD, 0),
+        (os.POSIX_SPAWN_OPEN, 0, stdin, os.O_RDONLY, 0) if stdin
+        else (os.POSIX_SPAWN_DUP2, NULL_FD, 0),
         (os.POSIX_SPAWN_DUP2, NULL_FD, 1),
         (os.POSIX_SPAWN_OPEN, 2, errfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
     ]
@@ -232,18 +248,27 @@ def tools():
 def record(rec):
     with open(os.environ["BENCH_RESULTS_TMP"], "a") as f:
         f.write(json.dumps(rec) + "\n")
-    a, b = statistics.median(rec["a_ns"]), statistics.median(rec["b_ns"])
+    a = statistics.median(rec["a_ns"])
+    if rec.get("b"):
+        b = statistics.median(rec["b_ns"])
+        peer = f"  {rec['b']} {fmt(b)}  ratio {a / b:.3f}"
+    else:
+        peer = "  (no peer)"
     log(
-        f"  {rec['title']}: {rec['a']} {fmt(a)}  {rec['b']} {fmt(b)}  ratio {a / b:.3f}"
+        f"  {rec['title']}: {rec['a']} {fmt(a)}" + peer
         + (f"  (target <= {rec['target']})" if rec.get("target") else "")
+        + (f"  (target <= {fmt(rec['target_ns'])})" if rec.get("target_ns") else "")
     )
 
 
-def compare(title, contenders, op, runs, warmup=WARMUP, target=None, sync=True, note=""):
+def compare(title, contenders, op, runs, warmup=WARMUP, target=None, sync=True, note="",
+            target_ns=None):
     """Alternate the contenders run by run (rotating who goes first).
 
-    op(contender, i) -> (setup, argv): setup is None or a callable run untimed before
-    the timed argv. Returns the samples per contender name.
+    op(contender, i) -> (setup, argv) or (setup, argv, stdin): setup is None or a
+    callable run untimed before the timed argv; stdin a file for the command's stdin.
+    With one contender there is no peer (b is None): the target is then absolute, in
+    ns (target_ns). Returns the samples per contender name.
     """
     errfile = os.path.join(os.environ["BENCH_WORK"], "stderr")
     samples = {c.name: [] for c in contenders}
@@ -252,19 +277,21 @@ def compare(title, contenders, op, runs, warmup=WARMUP, target=None, sync=True, 
         k = i % len(contenders)
         order = contenders[k:] + contenders[:k]
         for c in order:
-            setup, argv = op(c, i)
+            setup, argv, *stdin = op(c, i)
             if setup:
                 setup()
             if sync:
                 os.sync()  # nobody pays for the previous run's writeback
-            ns, cpu_ns = timed(argv, errfile)
+            ns, cpu_ns = timed(argv, errfile, *stdin)
             if i >= warmup:
                 samples[c.name].append(ns)
                 cpu[c.name].append(cpu_ns)
-    a, b = contenders[0].name, contenders[1].name
+    a = contenders[0].name
+    b = contenders[1].name if len(contenders) > 1 else None
     record(
-        {"title": title, "a": a, "b": b, "a_ns": samples[a], "b_ns": samples[b],
-         "a_cpu_ns": cpu[a], "b_cpu_ns": cpu[b], "target": target, "note": note}
+        {"title": title, "a": a, "b": b, "a_ns": samples[a], "b_ns": samples.get(b, []),
+         "a_cpu_ns": cpu[a], "b_cpu_ns": cpu.get(b, []), "target": target,
+         "target_ns": target_ns, "note": note}
     )
     return samples, cpu
 
@@ -445,8 +472,8 @@ def group_list():
 
 
 def make_template(path, n):
-    """n small files (40-200 bytes) in directories of 1,000."""
-    os.makedirs(path)
+    """n small files (40-200 bytes) in directories of 1,000 (path may exist, empty)."""
+    os.makedirs(path, exist_ok=True)
     for i in range(n):
         d = os.path.join(path, f"d{i // 1000:04d}")
         if i % 1000 == 0:
@@ -499,6 +526,235 @@ def group_files():
                 FILES_RUNS, warmup=1, note="recorded at commit")
 
 
+# ------------------------------------------------------------------ group: diff
+
+
+def strata_only():
+    s = Strata(os.environ["STRATA_BIN"], os.environ["BENCH_STRATA_ROOT"])
+    sh(s.argv("init", "--driver", "overlay"))
+    return s
+
+
+def group_diff():
+    """`strata diff` of a one-file change on top of a FILES-file committed parent.
+
+    No peer: `ctr snapshots diff` exists, but it runs containerd's differ inside the
+    daemon and writes the layer into the daemon's content store (a different output,
+    and not a snapshot-only operation), so the figure is against an absolute target."""
+    s = strata_only()
+    work = os.environ["BENCH_WORK"]
+    t0 = time.monotonic()
+    sh(s.prepare("big-work"))
+    make_template(s.upperdir("big-work"), FILES)  # a root active is a bind of its fs dir
+    sh(s.commit("big", "big-work"))
+    sh(s.prepare("child", "big"))
+    with open(os.path.join(s.upperdir("child"), "changed.txt"), "w") as f:
+        f.write("the one change\n")
+    log(f"  committed `big` ({FILES:,} files) and `child` with one file in "
+        f"{time.monotonic() - t0:.0f} s")
+    out = os.path.join(work, "child.tar")
+
+    def clear():
+        if os.path.exists(out):
+            os.unlink(out)
+
+    # check once, untimed, that the layer holds exactly the one change
+    sh(s.argv("diff", "child", "--output-file", out))
+    with tarfile.open(out) as tf:
+        names = tf.getnames()
+    if names != ["changed.txt"]:
+        raise BenchError(f"diff of child: expected one entry changed.txt, got {names[:10]}")
+    size = os.path.getsize(out)
+    compare(f"diff of a one-file change on a {FILES:,}-file parent", [s],
+            lambda t, i: (clear, s.argv("diff", "child", "--output-file", out)),
+            DIFF_RUNS, warmup=WARMUP, target_ns=TARGET_DIFF_NS,
+            note=f"{DIFF_RUNS} runs; --output-file, uncompressed, {size} bytes; "
+                 "no ctr figure (its diff needs the content store)")
+    clear()
+
+
+# ------------------------------------------------------------------ group: apply
+
+
+TEXT_WORDS = ("the of and to in is that for it as with was on be by this are or at from "
+              "layer snapshot file directory commit parent overlay mount usage index "
+              "static const return struct include define error value void unsigned "
+              "0 1 2 16 32 64 128 256 1024 4096 true false null none").split()
+
+
+def layer_files(n, total, seed=20261122):
+    """The deterministic content of the apply layer: [(path, bytes)], n files, ~total bytes.
+
+    Sizes are log-uniform within three classes, then scaled to the total: 85% of the
+    files 64 B-16 KiB, 14.5% 16-64 KiB, 0.5% 256 KiB-1 MiB. Half the files are text
+    (words; gzip ~3-4x), half random bytes (incompressible), taken from two 8 MiB pools.
+    Directories of 100 files, two levels deep."""
+    rng = random.Random(seed)
+    raw = []
+    for _ in range(n):
+        u = rng.random()
+        lo, hi = (64, 16 << 10) if u < 0.85 else (16 << 10, 64 << 10) if u < 0.995 \
+            else (256 << 10, 1 << 20)
+        raw.append(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    k = total / sum(raw)
+    pool_size = 8 << 20
+    binary = rng.randbytes(pool_size)
+    words = []
+    length = 0
+    while length < pool_size:
+        w = rng.choice(TEXT_WORDS)
+        words.append(w)
+        length += len(w) + 1
+        if rng.random() < 0.08:
+            words.append("\n")
+    text = " ".join(words).encode()[:pool_size]
+    files = []
+    for i, r in enumerate(raw):
+        size = min(int(r * k), pool_size)
+        pool = text if rng.random() < 0.5 else binary
+        off = rng.randrange(pool_size - size + 1)
+        d = i // 100
+        files.append((f"usr/d{d // 20:02d}/d{d % 20:02d}/f{i:05d}", pool[off:off + size]))
+    return files
+
+
+def write_layer(path, files):
+    """A PAX tar of files, directories first, root-owned, fixed mtime."""
+    mtime = 1700000000
+
+    def info(name, kind, size=0):
+        ti = tarfile.TarInfo(name)
+        ti.type, ti.size, ti.mtime = kind, size, mtime
+        ti.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = "root"
+        return ti
+
+    seen = set()
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in files:
+            parts = name.split("/")[:-1]
+            for j in range(1, len(parts) + 1):
+                d = "/".join(parts[:j])
+                if d not in seen:
+                    seen.add(d)
+                    tf.addfile(info(d, tarfile.DIRTYPE))
+            tf.addfile(info(name, tarfile.REGTYPE, len(data)), io.BytesIO(data))
+
+
+def warm(path):
+    """Read path through, so the archive is in the page cache for every run."""
+    with open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
+
+
+def tree_summary(root):
+    """{relative path: (mode, size, uid, gid, mtime)} of everything under root."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+            out[os.path.relpath(p, root)] = (st.st_mode, size, st.st_uid, st.st_gid,
+                                             int(st.st_mtime))
+    return out
+
+
+def group_apply():
+    """`strata apply` of a large root layer against `tar -x` of the same archive into a
+    fresh empty directory on the same filesystem. strata syncs the filesystem
+    (syncfs) before it commits, so the fair peer is `tar -x && sync -f DIR` (the same
+    syncfs call); plain `tar -x` is reported too."""
+    s = strata_only()
+    work = os.environ["BENCH_WORK"]
+    t0 = time.monotonic()
+    files = layer_files(APPLY_FILES, APPLY_MB << 20)
+    plain = os.path.join(work, "layer.tar")
+    write_layer(plain, files)
+    nbytes = sum(len(d) for _, d in files)
+    del files
+    gz = plain + ".gz"
+    with open(gz, "wb") as f:
+        p = subprocess.run(["gzip", "-6", "-n", "-c", plain], stdout=f, stderr=subprocess.PIPE)
+    if p.returncode != 0:
+        raise BenchError(f"gzip exited {p.returncode}: {p.stderr.decode().strip()}")
+    mib = 1 << 20
+    log(f"  made the layer: {APPLY_FILES:,} files, {nbytes / mib:.0f} MiB of content, "
+        f"tar {os.path.getsize(plain) / mib:.0f} MiB, tar.gz {os.path.getsize(gz) / mib:.0f} "
+        f"MiB (gzip -6) in {time.monotonic() - t0:.0f} s")
+
+    # untimed check: strata's snapshot and tar's directory hold the same tree
+    warm(plain)
+    sh(["/bin/sh", "-c", 'exec "$0" --root "$1" apply check < "$2"', s.base[0], s.base[2],
+        plain])
+    sh(s.view("check-v", "check"))
+    ref = os.path.join(work, "check-tar")
+    os.mkdir(ref)
+    sh(["tar", "-xf", plain, "-C", ref])
+    a, b = tree_summary(s.upperdir("check-v")), tree_summary(ref)
+    if a != b:
+        diff = sorted(set(a.items()) ^ set(b.items()))[:5]
+        raise BenchError(f"strata apply and tar -x disagree ({len(a)} vs {len(b)} entries): "
+                         f"{diff}")
+    sh(s.rm("check-v", "check"))
+    sh(["rm", "-rf", "--one-file-system", ref])
+    log(f"  checked: strata apply and tar -x give the same {len(a):,} entries")
+
+    synced = Plain("tar -x + sync")
+    bare = Plain("tar -x")
+    made = {}  # contender name -> what its last run made (removed before its next run)
+
+    def target(t, zflag, i):  # what run i of contender t makes
+        if t is s:
+            return f"layer{zflag}-{i}"
+        return os.path.join(work, f"x{zflag}-{'sync' if t is synced else 'bare'}-{i}")
+
+    def clean(name):
+        what = made.pop(name, None)
+        if what is None:
+            return
+        if name == "strata":
+            sh(s.rm(what))
+        else:
+            sh(["rm", "-rf", "--one-file-system", what])
+
+    for archive, label, zflag in ((plain, "plain tar", "-xf"), (gz, "tar.gz", "-xzf")):
+        size = os.path.getsize(archive)
+
+        def op(t, i, archive=archive, zflag=zflag):
+            made_by_run = target(t, zflag, i)
+
+            def setup():
+                clean(t.name)  # outside the timed region, before the sync
+                warm(archive)
+                if t is not s:
+                    os.mkdir(made_by_run)  # a fresh empty directory
+                made[t.name] = made_by_run
+
+            if t is s:
+                return setup, s.argv("apply", made_by_run), archive
+            d = made_by_run
+            if t is synced:
+                return setup, ["/bin/sh", "-c", f'tar {zflag} "$0" -C "$1" && sync -f "$1"',
+                               archive, d]
+            return setup, ["/usr/bin/env", "tar", zflag, archive, "-C", d]
+
+        title = f"apply of a {APPLY_MB} MB layer, {APPLY_FILES:,} files, {label}"
+        samples, cpu = compare(f"{title} (vs tar {zflag} + sync)", [s, synced, bare], op,
+                               APPLY_RUNS, warmup=1, target=TARGET_APPLY,
+                               note=f"{APPLY_RUNS} runs each, alternating; archive "
+                                    f"{size / mib:.0f} MiB, warm in page cache; "
+                                    f"root layer from stdin")
+        record({"title": f"{title} (vs plain tar {zflag})", "a": "strata", "b": "tar -x",
+                "a_ns": samples["strata"], "b_ns": samples["tar -x"],
+                "a_cpu_ns": cpu["strata"], "b_cpu_ns": cpu["tar -x"], "target": None,
+                "note": "same runs as above; tar without the sync"})
+        for t in (s, synced, bare):
+            clean(t.name)
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -520,19 +776,28 @@ def report(path, markdown=None):
     rows = []
     missed = 0
     for r in recs:
-        a, b = statistics.median(r["a_ns"]), statistics.median(r["b_ns"])
-        ratio = a / b if b else float("inf")
-        if r.get("target"):
-            ok = ratio <= r["target"]
-            missed += not ok
+        a = statistics.median(r["a_ns"])
+        if r.get("b"):
+            b = statistics.median(r["b_ns"])
+            ratio = a / b if b else float("inf")
+            peer, ratio_s = f"{fmt(b)} ({r['b']})", f"{ratio:.3f}"
+        else:
+            ratio, peer, ratio_s = None, r.get("peer_note", "—"), "—"
+        over = None
+        if r.get("target") and ratio is not None:
             over = ratio / r["target"]
             target = f"≤ {r['target']}"
-            met = "yes" if ok else f"NO ({over:.2f}x over)" if over < 2 else f"NO ({over:.1f}x over)"
+        elif r.get("target_ns"):
+            over = a / r["target_ns"]
+            target = f"≤ {fmt(r['target_ns'])}"
         else:
             target, met = "—", ""
+        if over is not None:
+            ok = over <= 1
+            missed += not ok
+            met = "yes" if ok else f"NO ({over:.2f}x over)" if over < 2 else f"NO ({over:.1f}x over)"
         a_cpu = fmt(statistics.median(r["a_cpu_ns"])) if r.get("a_cpu_ns") else ""
-        rows.append([r["title"], fmt(a), f"{fmt(b)} ({r['b']})", f"{ratio:.3f}", target, met,
-                     a_cpu])
+        rows.append([r["title"], fmt(a), peer, ratio_s, target, met, a_cpu])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 
     def line(cells):
@@ -545,7 +810,7 @@ def report(path, markdown=None):
     print("strata CPU = median user+system time of the strata process (the rest is waiting:")
     print("fsync and other I/O, or the CPU being busy with other work).")
     print(text)
-    targets = sum(1 for r in recs if r.get("target"))
+    targets = sum(1 for r in recs if r.get("target") or r.get("target_ns"))
     print(f"\n{targets - missed} of {targets} targets met.")
     if markdown:
         with open(markdown, "w") as f:
@@ -591,6 +856,10 @@ def main(argv):
             group_list()
         elif cmd == "files":
             group_files()
+        elif cmd == "diff":
+            group_diff()
+        elif cmd == "apply":
+            group_apply()
         elif cmd == "report":
             md = argv[argv.index("--markdown") + 1] if "--markdown" in argv else None
             return report(argv[2], md)

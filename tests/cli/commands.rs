@@ -37,19 +37,9 @@ fn store_is_created_0700(driver: &str) {
     assert_eq!(mode, 0o700, "store root mode {mode:o}");
 }
 
-/// base ← mid ← {leaf (active), look (view)}, base ← other (active), solo (active).
-fn forest(s: &Store) {
-    s.layer("base", None, &[file("f", "base\n", 0o644)]);
-    s.layer("mid", Some("base"), &[file("g", "mid\n", 0o644)]);
-    s.strata(&["prepare", "leaf", "mid"]).success();
-    s.strata(&["view", "look", "mid"]).success();
-    s.strata(&["prepare", "other", "base"]).success();
-    s.strata(&["prepare", "solo"]).success();
-}
-
 fn rm_recursive_removes_leaves_first(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, false);
     let dirs_before = s.snapshot_dirs().len();
     s.strata(&["rm", "-r", "mid"]).success();
     assert_eq!(s.names(&[]), ["base", "other", "solo"]);
@@ -85,7 +75,7 @@ fn rm_recursive_removes_leaves_first(driver: &str) {
 
 fn rm_force_unmounts(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, false);
     let leaf = s.mount("leaf");
     let look = s.mount("look");
     s.strata(&["rm", "leaf"]).fails_with(5, "leaf");
@@ -109,7 +99,7 @@ fn rm_force_unmounts(driver: &str) {
 
 fn rm_several_keys_one_failing(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, false);
     // `mid` has children: it fails, the others are removed, exit code 5.
     let run = s
         .strata(&["rm", "solo", "mid", "other"])
@@ -257,7 +247,7 @@ fn labels(driver: &str) {
 
 fn mount_record_dropped_when_mount_disappears(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, false);
     let m = s.mount("leaf");
     assert_eq!(
         s.info("leaf")["mounted_at"],
@@ -291,7 +281,7 @@ fn mount_record_dropped_when_mount_disappears(driver: &str) {
 
 fn unmount_by_key_and_by_target(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, false);
     let a = s.mount("leaf");
     let b = s.mount("leaf");
     let v = s.mount("look");
@@ -356,7 +346,7 @@ fn prepare_and_view_with_mount(driver: &str) {
 
 fn tree_table(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, false);
     s.layer("zroot", None, &[]);
     let m = s.mount("leaf");
     let tree = s.strata(&["tree"]).success();
@@ -386,7 +376,7 @@ fn tree_table(driver: &str) {
 
 fn ls_table(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, false);
     let m = s.mount("leaf");
     let ls = s.strata(&["ls"]).success();
     let lines = ls.stdout_lines();

@@ -44,16 +44,7 @@ fn fixture(driver: &str) -> Option<Fixture> {
     let layer = store.scratch("layer.tar");
     let src = store.scratch_dir("layer-src");
     fs::write(src.join("new-file"), "from a layer").unwrap();
-    let ok = Command::new("tar")
-        .arg("-cf")
-        .arg(&layer)
-        .arg("-C")
-        .arg(&src)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    tar_dir(&src, &layer, &[]);
     Some(Fixture {
         store,
         target,

@@ -17,18 +17,6 @@ both_drivers!(
     tree_json_shape,
 );
 
-/// base ← mid ← {leaf (active), look (view)}, base ← other (active), solo (active),
-/// zroot (committed, no children).
-fn forest(s: &Store) {
-    s.layer("base", None, &[file("f", "base\n", 0o644)]);
-    s.layer("mid", Some("base"), &[file("g", "mid\n", 0o644)]);
-    s.strata(&["prepare", "leaf", "mid"]).success();
-    s.strata(&["view", "look", "mid"]).success();
-    s.strata(&["prepare", "other", "base"]).success();
-    s.strata(&["prepare", "solo"]).success();
-    s.layer("zroot", None, &[]);
-}
-
 const SNAPSHOT_FIELDS: [&str; 8] = [
     "created",
     "kind",
@@ -90,7 +78,7 @@ fn assert_snapshot_object(v: &Value) {
 
 fn snapshot_object_shape(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, true);
     s.strata(&["label", "other", "stage=build", "owner=ci"])
         .success();
     let m = s.mount("leaf");
@@ -146,7 +134,7 @@ fn snapshot_object_shape(driver: &str) {
 
 fn json_flag_equals_output_json(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, true);
     for args in [
         &["info", "base"][..],
         &["info", "leaf"],
@@ -188,7 +176,7 @@ fn json_flag_equals_output_json(driver: &str) {
 
 fn yaml_parses_back(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, true);
     s.strata(&["label", "base", "stage=build"]).success();
     for args in [
         &["info", "base"][..],
@@ -382,7 +370,7 @@ fn mounts_json_shape(driver: &str) {
 
 fn usage_json_shape(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, true);
     let all = s.strata(&["usage", "--json"]).success().json();
     let all = all.as_array().unwrap();
     let mut names: Vec<&str> = all.iter().map(|u| u["name"].as_str().unwrap()).collect();
@@ -463,7 +451,7 @@ fn node(name: &str, kind: &str, children: Vec<Value>) -> Value {
 
 fn tree_json_shape(driver: &str) {
     let s = setup!(driver);
-    forest(&s);
+    forest(&s, true);
     let tree = s.strata(&["tree", "--json"]).success().json();
     let got: Vec<Value> = tree.as_array().unwrap().iter().map(strip).collect();
     let mid = node(

@@ -253,19 +253,9 @@ fn gnu_tar_layers(driver: &str) {
     );
     let l0 = s.scratch("l0.tar");
     let l1 = s.scratch("l1.tar.gz");
-    for (dir, out, z) in [(&t0, &l0, ""), (&t1, &l1, "z")] {
-        let ok = Command::new("tar")
-            .arg(format!("-c{z}f"))
-            .arg(out)
-            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"])
-            .arg("-C")
-            .arg(dir)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
+    let opts = ["--numeric-owner", "--xattrs", "--xattrs-include=*"];
+    tar_dir(&t0, &l0, &opts);
+    tar_dir(&t1, &l1, &[&opts[..], &["--gzip"]].concat());
     s.strata_with(
         &["apply", "l0"],
         With {

@@ -107,17 +107,7 @@ fn full_disk_during_prepare_and_commit_changes_nothing() {
         let layer = store.scratch("layer.tar");
         let src = store.scratch_dir("layer-src");
         fs::write(src.join("big"), vec![3u8; 1 << 20]).unwrap();
-        assert!(
-            Command::new("tar")
-                .arg("-cf")
-                .arg(&layer)
-                .arg("-C")
-                .arg(&src)
-                .arg(".")
-                .status()
-                .unwrap()
-                .success()
-        );
+        tar_dir(&src, &layer, &[]);
         let layer = layer.to_str().unwrap().to_string();
         for args in [
             vec!["apply", "applied", "base", &layer],

@@ -904,3 +904,32 @@ pub fn writable_dir(store: &Store, key: &str) -> PathBuf {
         None => PathBuf::from(m["source"].as_str().unwrap()),
     }
 }
+
+/// base ← mid ← {leaf (active), look (view)}, base ← other (active), solo
+/// (active), and with `zroot` a committed root without children.
+pub fn forest(s: &Store, zroot: bool) {
+    s.layer("base", None, &[file("f", "base\n", 0o644)]);
+    s.layer("mid", Some("base"), &[file("g", "mid\n", 0o644)]);
+    s.strata(&["prepare", "leaf", "mid"]).success();
+    s.strata(&["view", "look", "mid"]).success();
+    s.strata(&["prepare", "other", "base"]).success();
+    s.strata(&["prepare", "solo"]).success();
+    if zroot {
+        s.layer("zroot", None, &[]);
+    }
+}
+
+/// `tar -cf OUT -C DIR .` (GNU tar), plus `extra` options.
+pub fn tar_dir(dir: &Path, out: &Path, extra: &[&str]) {
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(out)
+        .args(extra)
+        .arg("-C")
+        .arg(dir)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar -cf {} failed", out.display());
+}
