@@ -226,3 +226,104 @@ impl Drop for Merged {
         let _ = mount::unmount(&self.target, true);
     }
 }
+
+/// One committed layer of a chain, root first.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChainLayer {
+    pub name: String,
+    pub parent: Option<String>,
+    pub labels: Labels,
+}
+
+impl Store {
+    /// The chain ending at committed `key`, root first (`key` last).
+    pub fn chain_of(&mut self, key: &str) -> Result<Vec<ChainLayer>> {
+        let tx = self.index.read()?;
+        let row = super::existing(&tx, key)?;
+        if row.kind != SnapshotKind::Committed {
+            return Err(Error::precondition(format!(
+                "snapshot `{key}` is {}, not committed",
+                row.kind
+            ))
+            .with_hint(format!("commit it first: strata commit NAME {key}")));
+        }
+        let mut ids = vec![(row.id, row.name.clone())];
+        ids.extend(index::chain(&tx, row.id)?);
+        ids.reverse();
+        let mut out = Vec::with_capacity(ids.len());
+        let mut parent: Option<String> = None;
+        for (id, name) in ids {
+            out.push(ChainLayer {
+                name: name.clone(),
+                parent: parent.clone(),
+                labels: index::labels(&tx, id)?,
+            });
+            parent = Some(name);
+        }
+        Ok(out)
+    }
+
+    /// Digests of committed `key`'s layer (its diff against its parent)
+    /// made with `compression` and `source_date_epoch`, if known.
+    pub fn known_digests(
+        &mut self,
+        key: &str,
+        compression: Compression,
+        source_date_epoch: Option<i64>,
+    ) -> Result<Option<Digests>> {
+        let tx = self.index.read()?;
+        let row = super::existing(&tx, key)?;
+        let variant = variant(compression, source_date_epoch);
+        Ok(index::layer_digests(&tx, row.id, &variant)?.map(|(digest, diff_id, size)| Digests {
+            digest,
+            diff_id,
+            compression: compression.as_str(),
+            size,
+        }))
+    }
+
+    /// Writes committed `key`'s layer to `out` and remembers its digests,
+    /// so later pushes and exports only check them.
+    pub fn layer_blob(
+        &mut self,
+        key: &str,
+        out: &mut dyn Write,
+        compression: Compression,
+        source_date_epoch: Option<i64>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Digests> {
+        let digests = self.diff(key, None, out, compression, source_date_epoch, progress)?;
+        let tx = self.index.write()?;
+        let row = super::existing(&tx, key)?;
+        if row.kind == SnapshotKind::Committed {
+            let v = variant(compression, source_date_epoch);
+            index::set_layer_digests(&tx, row.id, &v, &digests.digest, &digests.diff_id, digests.size)?;
+            tx.commit()?;
+        }
+        Ok(digests)
+    }
+
+    /// Records digests of a committed layer learnt elsewhere (a pull knows
+    /// them from the manifest, verified while applying).
+    pub fn remember_digests(
+        &mut self,
+        key: &str,
+        compression: Compression,
+        source_date_epoch: Option<i64>,
+        digests: &Digests,
+    ) -> Result<()> {
+        let tx = self.index.write()?;
+        let row = super::existing(&tx, key)?;
+        let v = variant(compression, source_date_epoch);
+        index::set_layer_digests(&tx, row.id, &v, &digests.digest, &digests.diff_id, digests.size)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn variant(compression: Compression, source_date_epoch: Option<i64>) -> String {
+    match source_date_epoch {
+        Some(t) => format!("{}@{t}", compression.as_str()),
+        None => compression.as_str().to_string(),
+    }
+}

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a writer waits for another process's transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -105,6 +105,16 @@ const MIGRATIONS: &[&str] = &[
         created     INTEGER NOT NULL
      );
      CREATE INDEX mounts_snapshot ON mounts(snapshot_id);",
+    // 1 -> 2: digests of the layer tarball of committed snapshots, computed
+    // once (a committed snapshot never changes) and reused by push/export.
+    "CREATE TABLE layer_digests (
+        snapshot_id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+        variant     TEXT NOT NULL,
+        digest      TEXT NOT NULL,
+        diff_id     TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        PRIMARY KEY (snapshot_id, variant)
+     ) WITHOUT ROWID;",
 ];
 
 /// An open index.
@@ -407,6 +417,40 @@ pub fn set_usage(tx: &Transaction<'_>, id: i64, size: u64, inodes: u64) -> Resul
     tx.execute(
         "UPDATE snapshots SET size = ?2, inodes = ?3 WHERE id = ?1",
         params![id, size as i64, inodes as i64],
+    )?;
+    Ok(())
+}
+
+/// The remembered layer digests of snapshot `id` for `variant` (the
+/// compression and clamp time the tarball was made with).
+pub fn layer_digests(
+    tx: &Transaction<'_>,
+    id: i64,
+    variant: &str,
+) -> Result<Option<(String, String, u64)>> {
+    Ok(tx
+        .query_row(
+            "SELECT digest, diff_id, size FROM layer_digests WHERE snapshot_id = ?1 AND variant = ?2",
+            params![id, variant],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)),
+        )
+        .optional()?)
+}
+
+pub fn set_layer_digests(
+    tx: &Transaction<'_>,
+    id: i64,
+    variant: &str,
+    digest: &str,
+    diff_id: &str,
+    size: u64,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO layer_digests (snapshot_id, variant, digest, diff_id, size)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (snapshot_id, variant) DO UPDATE SET
+            digest = excluded.digest, diff_id = excluded.diff_id, size = excluded.size",
+        params![id, variant, digest, diff_id, size as i64],
     )?;
     Ok(())
 }

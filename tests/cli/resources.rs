@@ -213,3 +213,19 @@ fn index_from_a_newer_strata_is_refused_untouched() {
     );
     assert_eq!(fs::read(&index).unwrap(), before, "the index was modified");
 }
+
+#[test]
+fn an_older_index_is_migrated_in_place() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    store.strata(&["prepare", "a"]).success();
+    store.strata(&["commit", "base", "a"]).success();
+    // Back to schema 1, as the first release wrote it.
+    let index = store.root.join("index.db");
+    sqlite(&index, "DROP TABLE layer_digests; PRAGMA user_version = 1;");
+    assert_eq!(store.names(&[]), vec!["base"]);
+    store.strata(&["check"]).success();
+    // Schema 2 is there: remembered digests work.
+    let out = store.scratch("l.tar");
+    store.strata(&["diff", "base", "--output-file", out.to_str().unwrap()]).success();
+}
