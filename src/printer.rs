@@ -153,14 +153,12 @@ impl Printer {
     /// A table with `header`: boxed when stdout is a terminal and fitted to
     /// its width, plain aligned columns when piped.
     pub fn table(&self, header: &[&str], rows: Vec<Vec<String>>) -> String {
+        if !self.stdout_tty {
+            return plain_table(header, &rows);
+        }
         let mut table = Table::new();
         table.load_style(presets::NOTHING);
-        if self.stdout_tty {
-            table.set_content_arrangement(ContentArrangement::Dynamic);
-        } else {
-            table.force_no_tty();
-            table.set_content_arrangement(ContentArrangement::Disabled);
-        }
+        table.set_content_arrangement(ContentArrangement::Dynamic);
         table.set_header(header.to_vec());
         for row in rows {
             table.add_row(row);
@@ -223,6 +221,36 @@ impl Printer {
     }
 }
 
+/// Aligned columns for pipes and files: no wrapping (a line per row, as
+/// scripts expect) and no table machinery, so 10,000 rows stay cheap.
+fn plain_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::with_capacity((rows.len() + 1) * (widths.iter().sum::<usize>() + 16));
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let start = out.len();
+        for (i, cell) in cells.enumerate() {
+            out.push_str(cell);
+            if i + 1 < widths.len() {
+                let pad = widths[i] - cell.chars().count() + 3;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        let trimmed = out[start..].trim_end().len();
+        out.truncate(start + trimmed);
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
 fn causes(err: &Error) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = std::error::Error::source(err);
@@ -272,6 +300,18 @@ mod tests {
         assert_eq!(human_size(1023), "1023 B");
         assert_eq!(human_size(1536), "1.5 KiB");
         assert_eq!(human_size(5 * 1024 * 1024), "5.0 MiB");
+    }
+
+    #[test]
+    fn plain_tables_align() {
+        let t = plain_table(
+            &["KEY", "KIND"],
+            &[
+                vec!["a".into(), "active".into()],
+                vec!["long-key".into(), "".into()],
+            ],
+        );
+        assert_eq!(t, "KEY        KIND\na          active\nlong-key\n");
     }
 
     #[test]

@@ -740,35 +740,71 @@ impl Store {
             let tx = self.index.read()?;
             existing(&tx, key)?
         };
-        self.usage_of(&row)
+        usage_of(&self.layout, &row)
     }
 
-    /// Usage of every snapshot, in byte order of names.
+    /// Usage of every snapshot, in byte order of names. Committed ones are
+    /// an index read; active ones are walked, several at once.
     pub fn usage_all(&mut self) -> Result<Vec<(String, Usage)>> {
         let rows = {
             let tx = self.index.read()?;
             index::all(&tx)?
         };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get().min(4))
+            .unwrap_or(2);
+        let mut results: Vec<Option<Result<Usage>>> = (0..rows.len()).map(|_| None).collect();
+        let layout = &self.layout;
+        let done: Vec<Vec<(usize, Result<Usage>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(row) = rows.get(i) else { break };
+                            out.push((i, usage_of(layout, row)));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for (i, r) in done.into_iter().flatten() {
+            results[i] = Some(r);
+        }
         rows.into_iter()
-            .map(|row| Ok((row.name.clone(), self.usage_of(&row)?)))
+            .zip(results)
+            .map(|(row, r)| {
+                let usage = r.unwrap_or_else(|| Err(Error::internal("a usage worker failed")))?;
+                Ok((row.name, usage))
+            })
             .collect()
     }
+}
 
-    fn usage_of(&self, row: &Row) -> Result<Usage> {
-        match row.kind {
-            SnapshotKind::Committed => Ok(Usage {
-                size: row.size.unwrap_or(0),
-                inodes: row.inodes.unwrap_or(0),
-            }),
-            SnapshotKind::View => Ok(Usage::default()),
-            SnapshotKind::Active => match usage::disk_usage(&self.layout.fs(row.id)) {
-                // Removed by another process meanwhile.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::not_found(
-                    format!("snapshot `{}` was removed while being measured", row.name),
-                )),
-                other => other.ctx(|| format!("cannot measure the disk usage of `{}`", row.name)),
-            },
-        }
+/// Disk usage of one snapshot: recorded at commit for a committed one,
+/// measured for an active one (its own layer only), zero for a view.
+fn usage_of(layout: &Layout, row: &Row) -> Result<Usage> {
+    match row.kind {
+        SnapshotKind::Committed => Ok(Usage {
+            size: row.size.unwrap_or(0),
+            inodes: row.inodes.unwrap_or(0),
+        }),
+        SnapshotKind::View => Ok(Usage::default()),
+        SnapshotKind::Active => match usage::disk_usage(&layout.fs(row.id)) {
+            // Removed by another process meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::not_found(format!(
+                "snapshot `{}` was removed while being measured",
+                row.name
+            ))),
+            other => other.ctx(|| format!("cannot measure the disk usage of `{}`", row.name)),
+        },
     }
 }
 
