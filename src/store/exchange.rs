@@ -274,12 +274,14 @@ impl Store {
         let tx = self.index.read()?;
         let row = super::existing(&tx, key)?;
         let variant = variant(compression, source_date_epoch);
-        Ok(index::layer_digests(&tx, row.id, &variant)?.map(|(digest, diff_id, size)| Digests {
-            digest,
-            diff_id,
-            compression: compression.as_str(),
-            size,
-        }))
+        Ok(
+            index::layer_digests(&tx, row.id, &variant)?.map(|(digest, diff_id, size)| Digests {
+                digest,
+                diff_id,
+                compression: compression.as_str(),
+                size,
+            }),
+        )
     }
 
     /// Writes committed `key`'s layer to `out` and remembers its digests,
@@ -297,7 +299,14 @@ impl Store {
         let row = super::existing(&tx, key)?;
         if row.kind == SnapshotKind::Committed {
             let v = variant(compression, source_date_epoch);
-            index::set_layer_digests(&tx, row.id, &v, &digests.digest, &digests.diff_id, digests.size)?;
+            index::set_layer_digests(
+                &tx,
+                row.id,
+                &v,
+                &digests.digest,
+                &digests.diff_id,
+                digests.size,
+            )?;
             tx.commit()?;
         }
         Ok(digests)
@@ -315,7 +324,14 @@ impl Store {
         let tx = self.index.write()?;
         let row = super::existing(&tx, key)?;
         let v = variant(compression, source_date_epoch);
-        index::set_layer_digests(&tx, row.id, &v, &digests.digest, &digests.diff_id, digests.size)?;
+        index::set_layer_digests(
+            &tx,
+            row.id,
+            &v,
+            &digests.digest,
+            &digests.diff_id,
+            digests.size,
+        )?;
         tx.commit()?;
         Ok(())
     }

@@ -227,5 +227,7 @@ fn an_older_index_is_migrated_in_place() {
     store.strata(&["check"]).success();
     // Schema 2 is there: remembered digests work.
     let out = store.scratch("l.tar");
-    store.strata(&["diff", "base", "--output-file", out.to_str().unwrap()]).success();
+    store
+        .strata(&["diff", "base", "--output-file", out.to_str().unwrap()])
+        .success();
 }
