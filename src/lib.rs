@@ -6,6 +6,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod oci;
 pub mod printer;
 pub mod reference;
 pub mod store;

@@ -61,19 +61,9 @@ struct Written {
     digests: Digests,
 }
 
-fn source_date_epoch() -> Result<Option<i64>> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => v.trim().parse().map(Some).map_err(|_| {
-            Error::invalid(format!(
-                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
-            ))
-        }),
-        _ => Ok(None),
-    }
-}
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
-    let sde = source_date_epoch()?;
+    let sde = crate::oci::source_date_epoch()?;
     let compression = Compression::from(args.compression);
     let bar = ctx
         .printer

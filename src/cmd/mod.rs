@@ -13,14 +13,19 @@ pub mod commit;
 pub mod completions;
 pub mod config;
 pub mod diff;
+pub mod export;
+pub mod import;
 pub mod info;
 pub mod init;
 pub mod label;
+pub mod login;
 pub mod ls;
 pub mod mount;
 pub mod mounts;
 pub mod prepare;
 pub mod prune;
+pub mod pull;
+pub mod push;
 pub mod rm;
 pub mod tree;
 pub mod unmount;
@@ -91,6 +96,11 @@ pub enum Command {
     Tree(tree::Args),
     Diff(diff::Args),
     Apply(apply::Args),
+    Push(push::Args),
+    Pull(pull::Args),
+    Login(login::Args),
+    Export(export::Args),
+    Import(import::Args),
     Prune(prune::Args),
     Check(check::Args),
     Completions(completions::Args),
@@ -163,6 +173,11 @@ pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
         Command::Tree(args) => tree::run(args, ctx),
         Command::Diff(args) => diff::run(args, ctx),
         Command::Apply(args) => apply::run(args, ctx),
+        Command::Push(args) => push::run(args, ctx),
+        Command::Pull(args) => pull::run(args, ctx),
+        Command::Login(args) => login::run(args, ctx),
+        Command::Export(args) => export::run(args, ctx),
+        Command::Import(args) => import::run(args, ctx),
         Command::Prune(args) => prune::run(args, ctx),
         Command::Check(args) => check::run(args, ctx),
         Command::Completions(args) => completions::run(args, ctx),

@@ -15,5 +15,6 @@ mod layers;
 mod maintenance;
 mod mount_engine;
 mod references;
+mod registry;
 mod resources;
 mod terminal;

@@ -1,0 +1,196 @@
+//! Registry credentials: `--username/--password-stdin`, else the
+//! Podman/Docker auth files, else anonymous; and `strata login`'s file.
+//!
+//! Files read, first match wins (Podman's order): `$REGISTRY_AUTH_FILE`,
+//! `$XDG_RUNTIME_DIR/containers/auth.json`,
+//! `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`,
+//! `$DOCKER_CONFIG/config.json` (else `~/.docker/config.json`). Each has
+//! `{"auths": {"HOST": {"auth": base64("user:password")}}}`; credential
+//! helpers are not run.
+
+use crate::store::{Error, Result};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+/// A username and password for one registry.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The auth files consulted, in order.
+pub fn files() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = env_path("REGISTRY_AUTH_FILE") {
+        out.push(p);
+    }
+    if let Some(d) = env_path("XDG_RUNTIME_DIR") {
+        out.push(d.join("containers/auth.json"));
+    }
+    if let Some(d) = env_path("XDG_CONFIG_HOME").or_else(|| home().map(|h| h.join(".config"))) {
+        out.push(d.join("containers/auth.json"));
+    }
+    match env_path("DOCKER_CONFIG") {
+        Some(d) => out.push(d.join("config.json")),
+        None => {
+            if let Some(h) = home() {
+                out.push(h.join(".docker/config.json"));
+            }
+        }
+    }
+    out
+}
+
+/// Where `strata login` writes: `$REGISTRY_AUTH_FILE`, else
+/// `$XDG_RUNTIME_DIR/containers/auth.json` (as Podman), else
+/// `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`.
+pub fn login_file() -> Result<PathBuf> {
+    env_path("REGISTRY_AUTH_FILE")
+        .or_else(|| env_path("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")))
+        .or_else(|| {
+            env_path("XDG_CONFIG_HOME")
+                .or_else(|| home().map(|h| h.join(".config")))
+                .map(|d| d.join("containers/auth.json"))
+        })
+        .ok_or_else(|| {
+            Error::invalid("no place for credentials: neither XDG_RUNTIME_DIR nor HOME is set")
+                .with_hint("set REGISTRY_AUTH_FILE=FILE")
+        })
+}
+
+/// The keys a registry's entry may have in an auth file.
+fn host_keys(registry: &str) -> Vec<String> {
+    let mut keys = vec![
+        registry.to_string(),
+        format!("https://{registry}"),
+        format!("http://{registry}"),
+        format!("https://{registry}/v1/"),
+        format!("https://{registry}/v2/"),
+    ];
+    if registry == "docker.io" || registry == "index.docker.io" {
+        keys.push("https://index.docker.io/v1/".into());
+        keys.push("docker.io".into());
+        keys.push("index.docker.io".into());
+    }
+    keys
+}
+
+fn decode(entry: &Value) -> Option<Credentials> {
+    let auth = entry.get("auth")?.as_str()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(auth.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some(Credentials {
+        username: u.to_string(),
+        password: p.to_string(),
+    })
+}
+
+fn read_file(path: &Path) -> Result<Option<Value>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            Error::invalid(format!("{} is not valid JSON", path.display())).with_source(e)
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+    }
+}
+
+/// Credentials for `registry` from the auth files, if any.
+pub fn lookup(registry: &str) -> Result<Option<Credentials>> {
+    for f in files() {
+        let Some(v) = read_file(&f)? else { continue };
+        let Some(auths) = v.get("auths") else {
+            continue;
+        };
+        for k in host_keys(registry) {
+            if let Some(c) = auths.get(&k).and_then(decode) {
+                return Ok(Some(c));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Reads a password from stdin (one line, the newline dropped).
+pub fn password_from_stdin() -> Result<String> {
+    use std::io::Read;
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| Error::io("cannot read the password from stdin", e))?;
+    let p = s.strip_suffix('\n').unwrap_or(&s);
+    let p = p.strip_suffix('\r').unwrap_or(p);
+    if p.is_empty() {
+        return Err(Error::invalid("the password on stdin is empty"));
+    }
+    Ok(p.to_string())
+}
+
+/// Stores credentials for `registry` in `path` (created with mode 0600;
+/// other entries kept). Returns the file written.
+pub fn store(path: &Path, registry: &str, c: &Credentials) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let mut v = read_file(path)?.unwrap_or_else(|| json!({}));
+    if !v.is_object() {
+        v = json!({});
+    }
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
+    let obj = v.as_object_mut().expect("an object");
+    let auths = obj.entry("auths").or_insert_with(|| json!({}));
+    if !auths.is_object() {
+        *auths = json!({});
+    }
+    auths
+        .as_object_mut()
+        .expect("an object")
+        .insert(registry.to_string(), json!({ "auth": auth }));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let text = serde_json::to_vec_pretty(&v).map_err(|e| Error::internal(e.to_string()))?;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&text)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(format!("cannot write {}", path.display()), e)
+    })
+}

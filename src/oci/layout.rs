@@ -1,0 +1,277 @@
+//! OCI image layout directories (`oci-layout`, `index.json`,
+//! `blobs/sha256/…`), as skopeo, umoci and oras read and write them.
+//! Images in `index.json` are told apart by their
+//! `org.opencontainers.image.ref.name` annotation (the tag).
+
+use super::{MT_MANIFEST, Source, Target};
+use crate::store::{Error, Result};
+use indicatif::ProgressBar;
+use serde_json::{Value, json};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// An OCI layout directory and the tag of one image in it.
+pub struct Layout {
+    dir: PathBuf,
+    tag: Option<String>,
+}
+
+/// Splits `DIR[:TAG]`: a path that exists as given is a directory without
+/// a tag; otherwise the text after the last `:` is the tag.
+pub fn split_dir_tag(text: &str) -> (PathBuf, Option<String>) {
+    if Path::new(text).exists() {
+        return (PathBuf::from(text), None);
+    }
+    match text.rsplit_once(':') {
+        Some((d, t)) if !d.is_empty() && !t.is_empty() && !t.contains('/') => {
+            (PathBuf::from(d), Some(t.to_string()))
+        }
+        _ => (PathBuf::from(text), None),
+    }
+}
+
+fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| Error::invalid(format!("`{digest}` is not a sha256 digest")))?;
+    Ok(dir.join("blobs/sha256").join(hex))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| Error::io(format!("cannot write in {}", dir.display()), e))?;
+    tmp.write_all(bytes)
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    persist(tmp, path)
+}
+
+fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = tmp
+        .as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644));
+    tmp.persist(path)
+        .map(|_| ())
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e.error))
+}
+
+impl Layout {
+    /// A layout to write to, created if missing.
+    pub fn create(dir: &Path, tag: &str) -> Result<Layout> {
+        std::fs::create_dir_all(dir.join("blobs/sha256"))
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let marker = dir.join("oci-layout");
+        if !marker.exists() {
+            write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        Ok(Layout {
+            dir: dir.to_path_buf(),
+            tag: Some(tag.to_string()),
+        })
+    }
+
+    /// A layout to read from.
+    pub fn open(dir: &Path, tag: Option<String>) -> Result<Layout> {
+        if !dir.join("oci-layout").is_file() || !dir.join("index.json").is_file() {
+            return Err(Error::not_found(format!(
+                "{} is not an OCI image layout (no oci-layout or index.json)",
+                dir.display()
+            )));
+        }
+        Ok(Layout {
+            dir: dir.to_path_buf(),
+            tag,
+        })
+    }
+
+    fn index(&self) -> Result<Value> {
+        let p = self.dir.join("index.json");
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                Error::invalid(format!("{} is not valid JSON", p.display())).with_source(e)
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(json!({"schemaVersion": 2, "mediaType": super::MT_INDEX, "manifests": []}))
+            }
+            Err(e) => Err(Error::io(format!("cannot read {}", p.display()), e)),
+        }
+    }
+
+    fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let p = blob_path(&self.dir, digest)?;
+        let bytes = std::fs::read(&p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::not_found(format!(
+                    "{} lacks blob {digest}",
+                    describe(&self.dir, self.tag.as_deref())
+                ))
+            } else {
+                Error::io(format!("cannot read {}", p.display()), e)
+            }
+        })?;
+        let got = super::sha256(&bytes);
+        if got != digest {
+            return Err(super::digest_mismatch(
+                &describe(&self.dir, self.tag.as_deref()),
+                digest,
+                &got,
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+fn describe(dir: &Path, tag: Option<&str>) -> String {
+    match tag {
+        Some(t) => format!("{}:{t}", dir.display()),
+        None => dir.display().to_string(),
+    }
+}
+
+impl Source for Layout {
+    fn describe(&self) -> String {
+        describe(&self.dir, self.tag.as_deref())
+    }
+
+    fn manifest(&mut self, digest: Option<&str>) -> Result<(Vec<u8>, String)> {
+        if let Some(d) = digest {
+            return Ok((self.read_blob(d)?, d.to_string()));
+        }
+        let index = self.index()?;
+        let entries = index
+            .get("manifests")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let tag_of = |e: &Value| {
+            e.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let chosen = match &self.tag {
+            Some(t) => entries.iter().find(|e| tag_of(e).as_deref() == Some(t)),
+            None if entries.len() == 1 => entries.first(),
+            None => None,
+        };
+        let Some(entry) = chosen else {
+            let tags: Vec<String> = entries.iter().filter_map(tag_of).collect();
+            let err = match &self.tag {
+                Some(t) => {
+                    Error::not_found(format!("{} has no image tagged `{t}`", self.dir.display()))
+                }
+                None => Error::invalid(format!(
+                    "{} holds {} images: name one with DIR:TAG",
+                    self.dir.display(),
+                    entries.len()
+                )),
+            };
+            return Err(err.with_hint(format!(
+                "its tags: {}",
+                if tags.is_empty() {
+                    "none".to_string()
+                } else {
+                    tags.join(", ")
+                }
+            )));
+        };
+        let d = entry
+            .get("digest")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid("an index.json entry has no digest"))?
+            .to_string();
+        Ok((self.read_blob(&d)?, d))
+    }
+
+    fn blob(&mut self, digest: &str, _size: u64, _progress: &ProgressBar) -> Result<File> {
+        let p = blob_path(&self.dir, digest)?;
+        File::open(&p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::not_found(format!(
+                    "{} lacks blob {digest}",
+                    describe(&self.dir, self.tag.as_deref())
+                ))
+            } else {
+                Error::io(format!("cannot read {}", p.display()), e)
+            }
+        })
+    }
+}
+
+impl Target for Layout {
+    fn describe(&self) -> String {
+        describe(&self.dir, self.tag.as_deref())
+    }
+
+    fn has_blob(&mut self, digest: &str) -> Result<bool> {
+        Ok(blob_path(&self.dir, digest)?.is_file())
+    }
+
+    fn put_blob(
+        &mut self,
+        digest: &str,
+        _size: u64,
+        file: &mut File,
+        progress: &ProgressBar,
+    ) -> Result<()> {
+        let path = blob_path(&self.dir, digest)?;
+        let dir = path.parent().expect("blobs/sha256");
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .map_err(|e| Error::io(format!("cannot write in {}", dir.display()), e))?;
+        let mut w = ProgressWriter {
+            inner: tmp.as_file_mut(),
+            n: 0,
+            bar: progress,
+        };
+        std::io::copy(file, &mut w)
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        persist(tmp, &path)
+    }
+
+    fn put_manifest(&mut self, media_type: &str, bytes: &[u8], digest: &str) -> Result<()> {
+        let path = blob_path(&self.dir, digest)?;
+        write_atomic(&path, bytes)?;
+        let tag = self.tag.clone().unwrap_or_else(|| "latest".into());
+        let mut index = self.index()?;
+        let mut entries = index
+            .get("manifests")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let pointer = format!("/annotations/{}", REF_NAME.replace('/', "~1"));
+        entries.retain(|e| e.pointer(&pointer).and_then(Value::as_str) != Some(tag.as_str()));
+        entries.push(json!({
+            "mediaType": if media_type.is_empty() { MT_MANIFEST } else { media_type },
+            "digest": digest,
+            "size": bytes.len(),
+            "annotations": { REF_NAME: tag },
+        }));
+        index["schemaVersion"] = json!(2);
+        index["mediaType"] = json!(super::MT_INDEX);
+        index["manifests"] = Value::Array(entries);
+        let text = serde_json::to_vec(&index).map_err(|e| Error::internal(e.to_string()))?;
+        write_atomic(&self.dir.join("index.json"), &text)
+    }
+}
+
+struct ProgressWriter<'a> {
+    inner: &'a mut File,
+    n: u64,
+    bar: &'a ProgressBar,
+}
+
+impl Write for ProgressWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        self.bar.set_position(self.n);
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,624 @@
+//! OCI images in and out of the store: `push`/`pull` against registries,
+//! `export`/`import` with OCI image layout directories.
+//!
+//! An image is a chain of committed snapshots. Pulled layers are committed
+//! snapshots named by their OCI chain ID (`sha256:…`), each the child of the
+//! previous one, so every image that has a layer shares its snapshot; the
+//! friendly name is an empty committed snapshot on top (an *alias*, labelled
+//! [`LABEL_REF`]). Transports implement [`Source`] (where images come from)
+//! and [`Target`] (where they go); the chain logic is the same for both.
+
+pub mod auth;
+pub mod layout;
+pub mod registry;
+
+use crate::printer::Printer;
+use crate::store::layer::{Compression, Digests};
+use crate::store::{Error, Kind, Labels, Result, SnapshotKind, Store, exchange::ApplyLimits};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+
+/// Label of an alias snapshot: the reference it was pulled or imported as.
+pub const LABEL_REF: &str = "strata.image.ref";
+/// Label of an alias snapshot: the digest of the image manifest.
+pub const LABEL_DIGEST: &str = "strata.image.digest";
+
+pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MT_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MT_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MT_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const MT_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Where an image comes from: a registry or an OCI layout.
+pub trait Source {
+    /// What the image is called, for messages.
+    fn describe(&self) -> String;
+    /// The raw manifest (or index) the reference names when `digest` is
+    /// None, else the manifest with that digest; with its digest.
+    fn manifest(&mut self, digest: Option<&str>) -> Result<(Vec<u8>, String)>;
+    /// The blob with `digest`, as a readable file positioned at its start.
+    /// The caller verifies the digest.
+    fn blob(&mut self, digest: &str, size: u64, progress: &ProgressBar) -> Result<File>;
+}
+
+/// Where an image goes: a registry or an OCI layout.
+pub trait Target {
+    fn describe(&self) -> String;
+    /// Whether the target already has the blob.
+    fn has_blob(&mut self, digest: &str) -> Result<bool>;
+    /// Stores the blob read from `file` (at its start).
+    fn put_blob(
+        &mut self,
+        digest: &str,
+        size: u64,
+        file: &mut File,
+        progress: &ProgressBar,
+    ) -> Result<()>;
+    /// Stores the manifest (and tags it, for registries and layouts).
+    fn put_manifest(&mut self, media_type: &str, bytes: &[u8], digest: &str) -> Result<()>;
+}
+
+/// One layer of a pushed or exported image.
+#[derive(Debug, Serialize)]
+pub struct PushedLayer {
+    pub name: String,
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    pub uploaded: bool,
+}
+
+/// A pushed or exported image.
+#[derive(Debug, Serialize)]
+pub struct Pushed {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub digest: String,
+    pub layers: Vec<PushedLayer>,
+}
+
+/// One layer of a pulled or imported image.
+#[derive(Debug, Serialize)]
+pub struct PulledLayer {
+    pub chain_id: String,
+    pub digest: String,
+    pub downloaded: bool,
+}
+
+/// A pulled or imported image.
+#[derive(Debug, Serialize)]
+pub struct Pulled {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub digest: String,
+    pub name: String,
+    pub layers: Vec<PulledLayer>,
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// OCI chain IDs of layers with these diff IDs: chainID(L0) = diffID(L0),
+/// chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)).
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let id = match out.last() {
+            None => d.clone(),
+            Some(prev) => sha256(format!("{prev} {d}").as_bytes()),
+        };
+        out.push(id);
+    }
+    out
+}
+
+/// `SOURCE_DATE_EPOCH`, if set.
+pub fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v.trim().parse().map(Some).map_err(|_| {
+            Error::invalid(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+            ))
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// The OCI name of the host's architecture.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
+fn rfc3339(seconds: i64) -> String {
+    crate::store::Timestamp(seconds.saturating_mul(1_000_000_000)).to_string()
+}
+
+fn layer_media_type(c: Compression) -> &'static str {
+    match c {
+        Compression::None => MT_LAYER_TAR,
+        Compression::Gzip => MT_LAYER_GZIP,
+        Compression::Zstd => MT_LAYER_ZSTD,
+    }
+}
+
+fn compression_of(media_type: &str) -> Result<Compression> {
+    match media_type {
+        MT_LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => Ok(Compression::None),
+        MT_LAYER_GZIP | MT_DOCKER_LAYER => Ok(Compression::Gzip),
+        MT_LAYER_ZSTD => Ok(Compression::Zstd),
+        other => Err(
+            Error::unsupported(format!("unsupported layer media type `{other}`"))
+                .with_hint("strata applies OCI and Docker tar layers (plain, gzip or zstd)"),
+        ),
+    }
+}
+
+/// Whether a chain layer is an alias made by pull/import (no content of
+/// its own; never pushed).
+pub fn is_alias(labels: &Labels) -> bool {
+    labels.contains_key(LABEL_REF)
+}
+
+fn temp_file() -> Result<File> {
+    tempfile::tempfile().map_err(|e| Error::io("cannot create a temporary file", e))
+}
+
+/// Publishes the chain ending at committed `key` to `target` as an image.
+pub fn push(
+    store: &mut Store,
+    key: &str,
+    target: &mut dyn Target,
+    compression: Compression,
+    printer: &Printer,
+) -> Result<Pushed> {
+    let sde = source_date_epoch()?;
+    let chain: Vec<_> = store
+        .chain_of(key)?
+        .into_iter()
+        .filter(|l| !is_alias(&l.labels))
+        .collect();
+    let mut layers = Vec::with_capacity(chain.len());
+    for layer in &chain {
+        let known = store.known_digests(&layer.name, compression, sde)?;
+        let (digests, mut file) = match known {
+            Some(d) => (d, None),
+            None => {
+                let (d, f) = write_layer(store, &layer.name, compression, sde, printer)?;
+                (d, Some(f))
+            }
+        };
+        let mut digests = digests;
+        let mut uploaded = false;
+        if !target.has_blob(&digests.digest)? {
+            if file.is_none() {
+                // Known digests but the target lacks the blob: write it again.
+                let (d, f) = write_layer(store, &layer.name, compression, sde, printer)?;
+                digests = d;
+                file = Some(f);
+                if target.has_blob(&digests.digest)? {
+                    file = None;
+                }
+            }
+            if let Some(f) = file.as_mut() {
+                let bar = printer.progress(
+                    &format!("uploading `{}` ({})", layer.name, short(&digests.digest)),
+                    Some(digests.size),
+                );
+                let r = target.put_blob(&digests.digest, digests.size, f, &bar);
+                bar.finish_and_clear();
+                r?;
+                uploaded = true;
+            }
+        }
+        layers.push(PushedLayer {
+            name: layer.name.clone(),
+            digest: digests.digest,
+            diff_id: digests.diff_id,
+            size: digests.size,
+            uploaded,
+        });
+    }
+    let created = rfc3339(sde.unwrap_or_else(|| crate::store::Timestamp::now().seconds()));
+    let config = json!({
+        "created": created,
+        "architecture": host_arch(),
+        "os": "linux",
+        "config": {},
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
+        },
+        "history": layers.iter().map(|l| json!({
+            "created": created,
+            "created_by": format!("strata commit {}", l.name),
+        })).collect::<Vec<_>>(),
+    });
+    let config = serde_json::to_vec(&config).map_err(|e| Error::internal(e.to_string()))?;
+    let config_digest = sha256(&config);
+    if !target.has_blob(&config_digest)? {
+        let mut f = temp_file()?;
+        f.write_all(&config)
+            .and_then(|()| f.seek(SeekFrom::Start(0)).map(|_| ()))
+            .map_err(|e| Error::io("cannot write the image config", e))?;
+        target.put_blob(
+            &config_digest,
+            config.len() as u64,
+            &mut f,
+            &ProgressBar::hidden(),
+        )?;
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MT_MANIFEST,
+        "config": {"mediaType": MT_CONFIG, "digest": config_digest, "size": config.len()},
+        "layers": layers.iter().map(|l| json!({
+            "mediaType": layer_media_type(compression),
+            "digest": l.digest,
+            "size": l.size,
+        })).collect::<Vec<_>>(),
+    });
+    let manifest = serde_json::to_vec(&manifest).map_err(|e| Error::internal(e.to_string()))?;
+    let digest = sha256(&manifest);
+    target.put_manifest(MT_MANIFEST, &manifest, &digest)?;
+    Ok(Pushed {
+        reference: target.describe(),
+        digest,
+        layers,
+    })
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+/// Writes committed `name`'s layer to a temporary file (remembering its
+/// digests in the index); returns the file rewound.
+fn write_layer(
+    store: &mut Store,
+    name: &str,
+    compression: Compression,
+    sde: Option<i64>,
+    printer: &Printer,
+) -> Result<(Digests, File)> {
+    let file = temp_file()?;
+    let bar = printer.progress(&format!("writing the layer of `{name}`"), None);
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let d = store.layer_blob(name, &mut w, compression, sde, &mut |n| bar.set_position(n));
+    bar.finish_and_clear();
+    let d = d?;
+    let mut file = w
+        .into_inner()
+        .map_err(|e| Error::io("cannot write a temporary file", e.into_error()))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("cannot read a temporary file", e))?;
+    Ok((d, file))
+}
+
+fn parse_json(bytes: &[u8], what: &str) -> Result<Value> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid(format!("the {what} is not valid JSON")).with_source(e))
+}
+
+fn is_index(v: &Value) -> bool {
+    matches!(
+        v.get("mediaType").and_then(Value::as_str),
+        Some(MT_INDEX) | Some(MT_DOCKER_LIST)
+    ) || (v.get("manifests").is_some() && v.get("layers").is_none())
+}
+
+/// The digest of the manifest for linux and the host architecture in an
+/// image index.
+pub fn pick_platform(index: &Value, what: &str) -> Result<String> {
+    let arch = host_arch();
+    let manifests = index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut seen = Vec::new();
+    for m in &manifests {
+        let p = m.get("platform");
+        let os = p.and_then(|p| p.get("os")).and_then(Value::as_str);
+        let a = p
+            .and_then(|p| p.get("architecture"))
+            .and_then(Value::as_str);
+        if os == Some("linux")
+            && a == Some(arch)
+            && let Some(d) = m.get("digest").and_then(Value::as_str)
+        {
+            return Ok(d.to_string());
+        }
+        seen.push(format!("{}/{}", os.unwrap_or("?"), a.unwrap_or("?")));
+    }
+    Err(Error::not_found(format!(
+        "{what} has no image for linux/{arch} (it has: {})",
+        if seen.is_empty() {
+            "none".to_string()
+        } else {
+            seen.join(", ")
+        }
+    )))
+}
+
+/// Reads a small blob (a config) fully and verifies its digest.
+fn small_blob(source: &mut dyn Source, digest: &str, size: u64) -> Result<Vec<u8>> {
+    if size > 64 << 20 {
+        return Err(Error::invalid(format!(
+            "the image config {digest} is too large"
+        )));
+    }
+    let mut f = source.blob(digest, size, &ProgressBar::hidden())?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(format!("cannot read blob {digest}"), e))?;
+    let got = sha256(&bytes);
+    if got != digest {
+        return Err(digest_mismatch(&source.describe(), digest, &got));
+    }
+    Ok(bytes)
+}
+
+fn digest_mismatch(what: &str, want: &str, got: &str) -> Error {
+    Error::invalid(format!(
+        "blob {want} of {what} has digest {got}: it is corrupt or was tampered with"
+    ))
+    .with_hint("nothing was committed from it; fix the registry or layout and pull again")
+}
+
+/// Verifies a file's sha256 against `want`, then rewinds it.
+fn verify_file(f: &mut File, want: &str, what: &str) -> Result<()> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    f.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("cannot read a downloaded blob", e))?;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io("cannot read a downloaded blob", e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let got = format!("sha256:{}", hex::encode(h.finalize()));
+    if got != want {
+        return Err(digest_mismatch(what, want, &got));
+    }
+    f.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("cannot read a downloaded blob", e))?;
+    Ok(())
+}
+
+fn string_of<'a>(v: &'a Value, key: &str, what: &str) -> Result<&'a str> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::invalid(format!("the {what} has no `{key}`")))
+}
+
+/// Fetches the image `source` names into the store: layers as chain-ID
+/// snapshots (only the missing ones are downloaded), then the alias `name`.
+pub fn pull(
+    store: &mut Store,
+    source: &mut dyn Source,
+    name: &str,
+    reference: &str,
+    printer: &Printer,
+) -> Result<Pulled> {
+    crate::store::key::validate_key(name)?;
+    let what = source.describe();
+    let (mut bytes, mut digest) = source.manifest(None)?;
+    let mut manifest = parse_json(&bytes, "manifest")?;
+    if is_index(&manifest) {
+        let d = pick_platform(&manifest, &what)?;
+        (bytes, digest) = source.manifest(Some(&d))?;
+        manifest = parse_json(&bytes, "manifest")?;
+    }
+    let _ = bytes;
+    let config_desc = manifest
+        .get("config")
+        .ok_or_else(|| Error::invalid(format!("the manifest of {what} has no config")))?;
+    let config_digest = string_of(config_desc, "digest", "config descriptor")?;
+    let config_size = config_desc.get("size").and_then(Value::as_u64).unwrap_or(0);
+    let config = small_blob(source, config_digest, config_size)?;
+    let config = parse_json(&config, "image config")?;
+    let diff_ids: Vec<String> = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let descs = manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if descs.len() != diff_ids.len() {
+        return Err(Error::invalid(format!(
+            "{what}: the manifest lists {} layers but the config {} diff_ids",
+            descs.len(),
+            diff_ids.len()
+        )));
+    }
+    if descs.is_empty() {
+        return Err(Error::invalid(format!("{what} has no layers")));
+    }
+    let chain = chain_ids(&diff_ids);
+    let mut layers = Vec::with_capacity(descs.len());
+    let mut parent: Option<String> = None;
+    for (i, desc) in descs.iter().enumerate() {
+        let chain_id = &chain[i];
+        let blob_digest = string_of(desc, "digest", "layer descriptor")?.to_string();
+        let media_type = desc
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .unwrap_or(MT_LAYER_GZIP);
+        let compression = compression_of(media_type)?;
+        let size = desc.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let present = match store.stat(chain_id) {
+            Ok(info) if info.kind == SnapshotKind::Committed => true,
+            Ok(_) => {
+                return Err(Error::already_exists(format!(
+                    "`{chain_id}` exists but is not a committed layer"
+                )));
+            }
+            Err(e) if e.kind() == Kind::NotFound => false,
+            Err(e) => return Err(e),
+        };
+        if !present {
+            let bar = printer.progress(
+                &format!(
+                    "downloading layer {}/{} ({})",
+                    i + 1,
+                    descs.len(),
+                    short(&blob_digest)
+                ),
+                Some(size),
+            );
+            let f = source.blob(&blob_digest, size, &bar);
+            bar.finish_and_clear();
+            let mut f = f?;
+            verify_file(&mut f, &blob_digest, &what)?;
+            let bar = printer.progress(
+                &format!("applying layer {}/{}", i + 1, descs.len()),
+                Some(size),
+            );
+            let mut input = std::io::BufReader::with_capacity(1 << 20, f);
+            let applied = store.apply(
+                chain_id,
+                parent.as_deref(),
+                &Labels::new(),
+                &mut input,
+                ApplyLimits::default(),
+                &mut |n| bar.set_position(n),
+            );
+            bar.finish_and_clear();
+            match applied {
+                Ok(d) => {
+                    if d.digest != blob_digest || d.diff_id != diff_ids[i] {
+                        let _ = store.remove(chain_id, false, true);
+                        return Err(Error::invalid(format!(
+                            "layer {blob_digest} of {what} unpacks to diff_id {} but the image config says {}",
+                            d.diff_id, diff_ids[i]
+                        ))
+                        .with_hint("nothing was committed from it"));
+                    }
+                    store.remember_digests(
+                        chain_id,
+                        compression,
+                        None,
+                        &Digests {
+                            digest: blob_digest.clone(),
+                            diff_id: d.diff_id.clone(),
+                            compression: compression.as_str(),
+                            size: d.size,
+                        },
+                    )?;
+                }
+                // Another process pulled the same layer meanwhile.
+                Err(e) if e.kind() == Kind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        layers.push(PulledLayer {
+            chain_id: chain_id.clone(),
+            digest: blob_digest,
+            downloaded: !present,
+        });
+        parent = Some(chain_id.clone());
+    }
+    let top = parent.expect("at least one layer");
+    make_alias(store, name, &top, reference, &digest)?;
+    Ok(Pulled {
+        reference: reference.to_string(),
+        digest,
+        name: name.to_string(),
+        layers,
+    })
+}
+
+/// Makes `name` an empty committed snapshot on `top` labelled with the
+/// image's reference and digest. An existing alias on the same parent only
+/// gets its labels updated; an alias elsewhere without children is
+/// replaced; anything else is `already_exists`.
+fn make_alias(
+    store: &mut Store,
+    name: &str,
+    top: &str,
+    reference: &str,
+    digest: &str,
+) -> Result<()> {
+    let mut labels = Labels::new();
+    labels.insert(LABEL_REF.to_string(), reference.to_string());
+    labels.insert(LABEL_DIGEST.to_string(), digest.to_string());
+    match store.stat(name) {
+        Err(e) if e.kind() == Kind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(info) => {
+            if info.kind == SnapshotKind::Committed
+                && info.parent.as_deref() == Some(top)
+                && is_alias(&info.labels)
+            {
+                store.update_labels(name, &labels)?;
+                return Ok(());
+            }
+            if info.kind != SnapshotKind::Committed || !is_alias(&info.labels) {
+                return Err(Error::already_exists(format!(
+                    "`{name}` exists and is not an image pulled by strata"
+                ))
+                .with_hint("give another NAME: strata pull REF NAME"));
+            }
+            store.remove(name, false, false).map_err(|e| {
+                if e.kind() == Kind::FailedPrecondition {
+                    Error::already_exists(format!(
+                        "`{name}` names another image and has snapshots built on it"
+                    ))
+                    .with_hint("give another NAME, or remove what is built on it")
+                } else {
+                    e
+                }
+            })?;
+        }
+    }
+    // An empty layer: just the end-of-archive blocks.
+    let empty = [0u8; 1024];
+    let r = store.apply(
+        name,
+        Some(top),
+        &labels,
+        &mut &empty[..],
+        ApplyLimits::default(),
+        &mut |_| {},
+    );
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == Kind::AlreadyExists => {
+            // A concurrent pull of the same image made it.
+            match store.stat(name) {
+                Ok(info) if info.parent.as_deref() == Some(top) => Ok(()),
+                _ => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}

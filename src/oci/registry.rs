@@ -1,0 +1,495 @@
+//! OCI registries through `oci-client`, driven from a current-thread tokio
+//! runtime made only for the command that needs it. Blob operations are
+//! retried (3 tries, 0.5 s then 1 s apart) on connection errors, timeouts,
+//! 429 and 5xx answers.
+//!
+//! Errors: a registry that cannot be reached or answers with a server error
+//! is `internal` (with the cause); missing images are `not_found`; refused
+//! credentials or access (401/403, a failed token exchange) are `invalid`
+//! with a hint to `strata login`; a blob whose content does not match its
+//! digest is `invalid`.
+
+use super::auth::{self, Credentials};
+use super::{Source, Target};
+use crate::store::{Error, Result};
+use bytes::Bytes;
+use indicatif::ProgressBar;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+/// How to reach a registry.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// HTTP instead of HTTPS.
+    pub plain_http: bool,
+    /// Credentials given on the command line (else the auth files).
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+const ACCEPTED: &[&str] = &[
+    super::MT_MANIFEST,
+    super::MT_INDEX,
+    super::MT_DOCKER_MANIFEST,
+    super::MT_DOCKER_LIST,
+];
+
+/// One repository on one registry, ready to pull from or push to.
+pub struct Registry {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    monolithic: Option<Client>,
+    plain_http: bool,
+    reference: Reference,
+    given: String,
+    auth: RegistryAuth,
+}
+
+fn client(plain_http: bool, monolithic: bool) -> Client {
+    Client::new(ClientConfig {
+        protocol: if plain_http {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        use_monolithic_push: monolithic,
+        connect_timeout: Some(Duration::from_secs(30)),
+        read_timeout: Some(Duration::from_secs(300)),
+        user_agent: concat!("strata/", env!("CARGO_PKG_VERSION")),
+        ..ClientConfig::default()
+    })
+}
+
+/// Parses an image reference (`host[:port]/repo[:tag][@digest]`).
+pub fn parse_reference(text: &str) -> Result<Reference> {
+    Reference::try_from(text).map_err(|e| {
+        Error::invalid(format!("`{text}` is not an image reference: {e}"))
+            .with_hint("write HOST[:PORT]/REPOSITORY[:TAG], e.g. registry.example.com/app:v1")
+    })
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the network runtime", e))
+}
+
+/// Credentials from `access`, else the auth files, else anonymous.
+pub fn credentials(registry: &str, access: &Access) -> Result<RegistryAuth> {
+    if let (Some(u), Some(p)) = (&access.username, &access.password) {
+        return Ok(RegistryAuth::Basic(u.clone(), p.clone()));
+    }
+    Ok(match auth::lookup(registry)? {
+        Some(Credentials { username, password }) => RegistryAuth::Basic(username, password),
+        None => RegistryAuth::Anonymous,
+    })
+}
+
+impl Registry {
+    /// Connects to the registry of `text` and authenticates for `op`.
+    pub fn open(text: &str, access: &Access, op: RegistryOperation) -> Result<Registry> {
+        let reference = parse_reference(text)?;
+        let auth = credentials(reference.registry(), access)?;
+        let reg = Registry {
+            rt: runtime()?,
+            client: client(access.plain_http, false),
+            monolithic: None,
+            plain_http: access.plain_http,
+            reference,
+            given: text.to_string(),
+            auth,
+        };
+        reg.retry("authenticate", || {
+            reg.client.auth(&reg.reference, &reg.auth, op)
+        })?;
+        Ok(reg)
+    }
+
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    /// Runs `f` on the runtime, retrying transient failures.
+    fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1.. {
+            match self.rt.block_on(f()) {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < 3 && transient(&e) => {
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                Err(e) => return Err(self.error(what, e)),
+            }
+        }
+        unreachable!()
+    }
+
+    fn error(&self, what: &str, e: OciDistributionError) -> Error {
+        map_error(&self.given, what, self.plain_http, e)
+    }
+
+    fn download(
+        &self,
+        digest: &str,
+        out: &mut File,
+        bar: &ProgressBar,
+    ) -> std::result::Result<(), OciDistributionError> {
+        out.set_len(0)?;
+        out.seek(SeekFrom::Start(0))?;
+        bar.set_position(0);
+        self.rt.block_on(async {
+            use futures_util::StreamExt;
+            let mut s = self
+                .client
+                .pull_blob_stream(&self.reference, digest)
+                .await?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
+            let mut n = 0u64;
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk?;
+                w.write_all(&chunk)?;
+                n += chunk.len() as u64;
+                bar.set_position(n);
+            }
+            w.flush()?;
+            Ok(())
+        })
+    }
+
+    fn upload(
+        &mut self,
+        digest: &str,
+        size: u64,
+        file: &mut File,
+        bar: &ProgressBar,
+    ) -> std::result::Result<(), OciDistributionError> {
+        file.seek(SeekFrom::Start(0))?;
+        bar.set_position(0);
+        let chunks = Chunks {
+            file: file.try_clone()?,
+            sent: 0,
+            bar: bar.clone(),
+        };
+        let stream = futures_util::stream::iter(chunks);
+        let client = self.monolithic.as_ref().unwrap_or(&self.client);
+        match self
+            .rt
+            .block_on(client.push_blob_stream(&self.reference, stream, digest, Some(size)))
+        {
+            // Chunked upload refused: the registry wants one PUT.
+            Err(OciDistributionError::SpecViolationError(_)) if self.monolithic.is_none() => {
+                let mono = client_for(self.plain_http, true);
+                self.rt.block_on(mono.auth(
+                    &self.reference,
+                    &self.auth,
+                    RegistryOperation::Push,
+                ))?;
+                self.monolithic = Some(mono);
+                self.upload(digest, size, file, bar)
+            }
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        }
+    }
+}
+
+fn client_for(plain_http: bool, monolithic: bool) -> Client {
+    client(plain_http, monolithic)
+}
+
+/// A file read as a stream of 8 MiB chunks (each one PATCH of a chunked
+/// upload).
+struct Chunks {
+    file: File,
+    sent: u64,
+    bar: ProgressBar,
+}
+
+impl Iterator for Chunks {
+    type Item = std::result::Result<Bytes, OciDistributionError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut buf = Vec::with_capacity(8 << 20);
+        match (&mut self.file).take(8 << 20).read_to_end(&mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                self.sent += n as u64;
+                self.bar.set_position(self.sent);
+                Some(Ok(Bytes::from(buf)))
+            }
+            Err(e) => Some(Err(e.into())),
+        }
+    }
+}
+
+fn is_digest_error(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::DigestError(_) => true,
+        OciDistributionError::IoError(io) => io.to_string().contains("Invalid digest"),
+        _ => false,
+    }
+}
+
+/// Connection errors, timeouts, 429 and 5xx are worth another try.
+fn transient(e: &OciDistributionError) -> bool {
+    if is_digest_error(e) {
+        return false;
+    }
+    match e {
+        OciDistributionError::RequestError(r) => {
+            r.is_connect()
+                || r.is_timeout()
+                || r.is_body()
+                || r.status()
+                    .is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
+        }
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| e.code == OciErrorCode::Toomanyrequests),
+        OciDistributionError::IoError(_) => true,
+        _ => false,
+    }
+}
+
+fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Maps a registry failure to the contract's error kinds.
+pub fn map_error(given: &str, what: &str, plain_http: bool, e: OciDistributionError) -> Error {
+    let login = format!(
+        "log in first: strata login {}",
+        given.split('/').next().unwrap_or(given)
+    );
+    let msg = |m: &str| format!("cannot {what} {given}: {m}");
+    let err = match &e {
+        OciDistributionError::AuthenticationFailure(m) => {
+            Error::invalid(msg(&format!("authentication failed: {}", m.trim()))).with_hint(login)
+        }
+        OciDistributionError::UnauthorizedError { .. } => {
+            Error::invalid(msg("not authorized")).with_hint(login)
+        }
+        OciDistributionError::ImageManifestNotFoundError(_) => {
+            Error::not_found(msg("no such image"))
+        }
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            let text = envelope
+                .errors
+                .iter()
+                .map(|e| e.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) {
+                Error::not_found(msg(&text))
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                Error::invalid(msg(&text)).with_hint(login)
+            } else if codes.iter().any(|c| matches!(c, OciErrorCode::Unsupported)) {
+                Error::unsupported(msg(&text))
+            } else {
+                Error::invalid(msg(&text))
+            }
+        }
+        OciDistributionError::ServerError { code, message, .. } => match code {
+            401 | 403 => Error::invalid(msg(&format!("refused ({code})"))).with_hint(login),
+            404 => Error::not_found(msg(&format!("not found: {message}"))),
+            _ => Error::internal(msg(&format!("the registry answered {code}: {message}"))),
+        },
+        _ if is_digest_error(&e) => Error::invalid(msg(
+            "a blob does not match its digest: it is corrupt or was tampered with",
+        ))
+        .with_hint("nothing was committed from it"),
+        OciDistributionError::RequestError(r) => {
+            let chain = cause_chain(r);
+            let mut err = Error::internal(msg("the registry cannot be reached"));
+            if !plain_http
+                && (chain.contains("http")
+                    || chain.contains("certificate")
+                    || chain.contains("tls")
+                    || chain.contains("TLS"))
+            {
+                err = err.with_hint("for a registry without TLS, add --plain-http");
+            }
+            err
+        }
+        _ => Error::internal(msg("the registry request failed")),
+    };
+    err.with_source(e)
+}
+
+impl Source for Registry {
+    fn describe(&self) -> String {
+        self.given.clone()
+    }
+
+    fn manifest(&mut self, digest: Option<&str>) -> Result<(Vec<u8>, String)> {
+        let r = match digest {
+            Some(d) => self.reference.clone_with_digest(d.to_string()),
+            None => self.reference.clone(),
+        };
+        let (bytes, _) = self.retry("pull", || {
+            self.client.pull_manifest_raw(&r, &self.auth, ACCEPTED)
+        })?;
+        let got = super::sha256(&bytes);
+        if let Some(want) = digest.or(self.reference.digest())
+            && got != want
+        {
+            return Err(super::digest_mismatch(&self.given, want, &got));
+        }
+        Ok((bytes.to_vec(), got))
+    }
+
+    fn blob(&mut self, digest: &str, _size: u64, bar: &ProgressBar) -> Result<File> {
+        let mut f = super::temp_file()?;
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1.. {
+            match self.download(digest, &mut f, bar) {
+                Ok(()) => break,
+                Err(e) if attempt < 3 && transient(&e) => {
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                Err(e) if is_digest_error(&e) => {
+                    return Err(
+                        super::digest_mismatch(&self.given, digest, "another digest")
+                            .with_source(e),
+                    );
+                }
+                Err(e) => return Err(self.error("pull", e)),
+            }
+        }
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("cannot read a downloaded blob", e))?;
+        Ok(f)
+    }
+}
+
+impl Target for Registry {
+    fn describe(&self) -> String {
+        self.given.clone()
+    }
+
+    fn has_blob(&mut self, digest: &str) -> Result<bool> {
+        self.retry("push to", || {
+            self.client.blob_exists(&self.reference, digest)
+        })
+    }
+
+    fn put_blob(
+        &mut self,
+        digest: &str,
+        size: u64,
+        file: &mut File,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1.. {
+            match self.upload(digest, size, file, bar) {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 3 && transient(&e) => {
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                Err(e) => return Err(self.error("push to", e)),
+            }
+        }
+        unreachable!()
+    }
+
+    fn put_manifest(&mut self, media_type: &str, bytes: &[u8], _digest: &str) -> Result<()> {
+        let ct = reqwest::header::HeaderValue::from_str(media_type)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let body = Bytes::copy_from_slice(bytes);
+        self.retry("push to", || {
+            self.client
+                .push_manifest_raw(&self.reference, body.clone(), ct.clone())
+        })?;
+        Ok(())
+    }
+}
+
+/// Verifies credentials against `registry` (`GET /v2/`, with a token
+/// exchange when the registry asks for one).
+pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Result<bool> {
+    let rt = runtime()?;
+    let scheme = if access.plain_http { "http" } else { "https" };
+    let url = format!("{scheme}://{registry}/v2/");
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Error::internal("cannot make an HTTP client").with_source(e))?;
+    let unreachable = |e: reqwest::Error| {
+        let mut err = Error::internal(format!(
+            "cannot log in to {registry}: the registry cannot be reached"
+        ));
+        if !access.plain_http {
+            err = err.with_hint("for a registry without TLS, add --plain-http");
+        }
+        err.with_source(e)
+    };
+    let res = rt.block_on(http.get(&url).send()).map_err(unreachable)?;
+    if res.status().is_success() {
+        // The registry asks for no credentials at all.
+        return Ok(false);
+    }
+    let challenge = res
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if challenge.to_ascii_lowercase().starts_with("bearer") {
+        // Token auth: let oci-client do the exchange for a dummy repository.
+        let reference = parse_reference(&format!("{registry}/strata-login-check:latest"))?;
+        let c = client(access.plain_http, false);
+        let auth = RegistryAuth::Basic(creds.username.clone(), creds.password.clone());
+        rt.block_on(c.auth(&reference, &auth, RegistryOperation::Pull))
+            .map_err(|e| map_error(registry, "log in to", access.plain_http, e))?;
+        return Ok(true);
+    }
+    let res = rt
+        .block_on(
+            http.get(&url)
+                .basic_auth(&creds.username, Some(&creds.password))
+                .send(),
+        )
+        .map_err(unreachable)?;
+    if res.status().is_success() {
+        Ok(true)
+    } else {
+        Err(Error::invalid(format!(
+            "cannot log in to {registry}: the registry refused the credentials ({})",
+            res.status()
+        )))
+    }
+}
