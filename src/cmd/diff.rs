@@ -61,7 +61,6 @@ struct Written {
     digests: Digests,
 }
 
-
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let sde = crate::oci::source_date_epoch()?;
     let compression = Compression::from(args.compression);
