@@ -89,7 +89,13 @@ pub fn pushed_text(p: &oci::Pushed, verb: &str) -> String {
     for l in &p.layers {
         out.push_str(&format!(
             "{} {}  {}  {}\n",
-            if l.uploaded { verb } else { "exists" },
+            if l.uploaded {
+                verb
+            } else if l.mounted {
+                "mounted"
+            } else {
+                "exists"
+            },
             &l.digest,
             human_size(l.size),
             l.name

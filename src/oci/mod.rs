@@ -26,6 +26,14 @@ use std::io::{Read, Seek, SeekFrom, Write};
 pub const LABEL_REF: &str = "strata.image.ref";
 /// Label of an alias snapshot: the digest of the image manifest.
 pub const LABEL_DIGEST: &str = "strata.image.digest";
+/// Label of a layer snapshot: where its blobs are known to be, as
+/// space-separated `HOST[:PORT]/REPOSITORY@DIGEST` entries, newest first
+/// (at most [`MAX_LOCATIONS`]). Written by push and pull; push mounts a blob
+/// from one of them instead of uploading it to another repository of the
+/// same registry.
+pub const LABEL_LAYER_REPO: &str = "strata.layer.repo";
+/// How many locations [`LABEL_LAYER_REPO`] keeps.
+pub const MAX_LOCATIONS: usize = 8;
 
 pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -47,6 +55,11 @@ pub trait Source {
     /// The blob with `digest`, as a readable file positioned at its start.
     /// The caller verifies the digest.
     fn blob(&mut self, digest: &str, size: u64, progress: &ProgressBar) -> Result<File>;
+    /// `HOST[:PORT]/REPOSITORY` for a registry (remembered on pulled layers
+    /// for cross-repository mounts); None for a layout.
+    fn location(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Where an image goes: a registry or an OCI layout.
@@ -64,6 +77,17 @@ pub trait Target {
     ) -> Result<()>;
     /// Stores the manifest (and tags it, for registries and layouts).
     fn put_manifest(&mut self, media_type: &str, bytes: &[u8], digest: &str) -> Result<()>;
+    /// `HOST[:PORT]/REPOSITORY` for a registry; None for a layout.
+    fn location(&self) -> Option<String> {
+        None
+    }
+    /// Makes the blob `digest`, which the repository at location `from`
+    /// has, part of this target without uploading it (a cross-repository
+    /// mount). False when the target cannot (another registry, the blob is
+    /// gone, the registry refuses): the caller uploads it then.
+    fn mount_blob(&mut self, _digest: &str, _from: &str) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// One layer of a pushed or exported image.
@@ -73,7 +97,10 @@ pub struct PushedLayer {
     pub digest: String,
     pub diff_id: String,
     pub size: u64,
+    /// The blob was sent (false: the target had it, or it was mounted).
     pub uploaded: bool,
+    /// The registry took the blob from another of its repositories.
+    pub mounted: bool,
 }
 
 /// A pushed or exported image.
@@ -206,8 +233,12 @@ pub fn push(
         };
         let mut digests = digests;
         let mut uploaded = false;
+        let mut mounted = false;
         if !target.has_blob(&digests.digest)? {
-            if file.is_none() {
+            mounted = try_mount(target, &layer.labels, &digests.digest)?;
+            if mounted {
+                file = None;
+            } else if file.is_none() {
                 // Known digests but the target lacks the blob: write it again.
                 let (d, f) = write_layer(store, &layer.name, compression, sde, printer)?;
                 digests = d;
@@ -227,12 +258,22 @@ pub fn push(
                 uploaded = true;
             }
         }
+        if let Some(location) = target.location() {
+            remember_location(
+                store,
+                &layer.name,
+                &layer.labels,
+                &location,
+                &digests.digest,
+            )?;
+        }
         layers.push(PushedLayer {
             name: layer.name.clone(),
             digest: digests.digest,
             diff_id: digests.diff_id,
             size: digests.size,
             uploaded,
+            mounted,
         });
     }
     let created = rfc3339(sde.unwrap_or_else(|| crate::store::Timestamp::now().seconds()));
@@ -282,6 +323,68 @@ pub fn push(
         digest,
         layers,
     })
+}
+
+/// The `(location, digest)` entries of a layer's [`LABEL_LAYER_REPO`].
+pub fn locations(labels: &Labels) -> Vec<(String, String)> {
+    labels
+        .get(LABEL_LAYER_REPO)
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|e| e.rsplit_once('@'))
+                .map(|(l, d)| (l.to_string(), d.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Records on layer `name` that `location` has its blob `digest` (first in
+/// the list; the oldest entries beyond [`MAX_LOCATIONS`] are dropped).
+/// Writes only when that changes the label.
+fn remember_location(
+    store: &mut Store,
+    name: &str,
+    labels: &Labels,
+    location: &str,
+    digest: &str,
+) -> Result<()> {
+    let mut entries = locations(labels);
+    if entries
+        .first()
+        .is_some_and(|(l, d)| l == location && d == digest)
+    {
+        return Ok(());
+    }
+    entries.retain(|(l, d)| !(l == location && d == digest));
+    entries.insert(0, (location.to_string(), digest.to_string()));
+    entries.truncate(MAX_LOCATIONS);
+    let value = entries
+        .iter()
+        .map(|(l, d)| format!("{l}@{d}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut change = Labels::new();
+    change.insert(LABEL_LAYER_REPO.to_string(), value);
+    store.update_labels(name, &change).map(|_| ())
+}
+
+/// Asks `target` to mount `digest` from each repository the layer's label
+/// says has it (other repositories of the target's registry only); true
+/// when one mount worked.
+fn try_mount(target: &mut dyn Target, labels: &Labels, digest: &str) -> Result<bool> {
+    let Some(here) = target.location() else {
+        return Ok(false);
+    };
+    let registry = here.split('/').next().unwrap_or_default();
+    for (from, d) in locations(labels) {
+        if d != digest || from == here || from.split('/').next() != Some(registry) {
+            continue;
+        }
+        if target.mount_blob(digest, &from)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn short(digest: &str) -> &str {
@@ -475,8 +578,12 @@ pub fn pull(
             .unwrap_or(MT_LAYER_GZIP);
         let compression = compression_of(media_type)?;
         let size = desc.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let mut labels = Labels::new();
         let present = match store.stat(chain_id) {
-            Ok(info) if info.kind == SnapshotKind::Committed => true,
+            Ok(info) if info.kind == SnapshotKind::Committed => {
+                labels = info.labels;
+                true
+            }
             Ok(_) => {
                 return Err(Error::already_exists(format!(
                     "`{chain_id}` exists but is not a committed layer"
@@ -536,9 +643,14 @@ pub fn pull(
                     )?;
                 }
                 // Another process pulled the same layer meanwhile.
-                Err(e) if e.kind() == Kind::AlreadyExists => {}
+                Err(e) if e.kind() == Kind::AlreadyExists => {
+                    labels = store.stat(chain_id)?.labels;
+                }
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(location) = source.location() {
+            remember_location(store, chain_id, &labels, &location, &blob_digest)?;
         }
         layers.push(PulledLayer {
             chain_id: chain_id.clone(),

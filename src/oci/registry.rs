@@ -1,7 +1,9 @@
 //! OCI registries through `oci-client`, driven from a current-thread tokio
-//! runtime made only for the command that needs it. Blob operations are
-//! retried (3 tries, 0.5 s then 1 s apart) on connection errors, timeouts,
-//! 429 and 5xx answers.
+//! runtime made only for the command that needs it. Every request is
+//! tried up to [`TRIES`] times (0.5 s then 1 s apart) on connection errors,
+//! timeouts, 429 and 5xx answers; untrusted TLS certificates are not
+//! retried. Blobs another repository of the registry has are mounted
+//! (`mount_blob`) rather than uploaded.
 //!
 //! Errors: a registry that cannot be reached or answers with a server error
 //! is `internal` (with the cause); missing images are `not_found`; refused
@@ -121,22 +123,20 @@ impl Registry {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
     {
-        let mut delay = Duration::from_millis(500);
-        for attempt in 1.. {
-            match self.rt.block_on(f()) {
-                Ok(v) => return Ok(v),
-                Err(e) if attempt < 3 && transient(&e) => {
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
-                Err(e) => return Err(self.error(what, e)),
-            }
-        }
-        unreachable!()
+        with_retries(|| self.rt.block_on(f())).map_err(|(e, tries)| self.error(what, e, tries))
     }
 
-    fn error(&self, what: &str, e: OciDistributionError) -> Error {
-        map_error(&self.given, what, self.plain_http, e)
+    fn error(&self, what: &str, e: OciDistributionError, tries: u32) -> Error {
+        map_error(&self.given, what, self.plain_http, tries, e)
+    }
+
+    /// `HOST[:PORT]/REPOSITORY` of this reference.
+    fn location_of(&self) -> String {
+        format!(
+            "{}/{}",
+            self.reference.registry(),
+            self.reference.repository()
+        )
     }
 
     fn download(
@@ -208,6 +208,30 @@ fn client_for(plain_http: bool, monolithic: bool) -> Client {
     client(plain_http, monolithic)
 }
 
+/// How many times a registry operation is tried.
+pub const TRIES: u32 = 3;
+
+/// Calls `f` until it succeeds, fails for good, or has been tried
+/// [`TRIES`] times, sleeping 0.5 s then 1 s between tries; on failure gives
+/// the last error and the number of tries.
+fn with_retries<T>(
+    mut f: impl FnMut() -> std::result::Result<T, OciDistributionError>,
+) -> std::result::Result<T, (OciDistributionError, u32)> {
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < TRIES && transient(&e) => {
+                std::thread::sleep(delay);
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err((e, attempt)),
+        }
+    }
+}
+
 /// A file read as a stream of 8 MiB chunks (each one PATCH of a chunked
 /// upload).
 struct Chunks {
@@ -240,16 +264,40 @@ fn is_digest_error(e: &OciDistributionError) -> bool {
     }
 }
 
+/// What to do about a TLS failure whose causes are `chain`.
+fn tls_hint(chain: &str, plain_http: bool) -> Option<&'static str> {
+    if plain_http {
+        None
+    } else if chain.contains("certificate") {
+        Some(
+            "trust the CA that signed the registry's certificate: add it to the system's \
+             store, or name a PEM file of CAs with SSL_CERT_FILE=FILE (for a registry \
+             without TLS, add --plain-http)",
+        )
+    } else if chain.contains("tls") || chain.contains("TLS") || chain.contains("corrupt message") {
+        Some("for a registry without TLS, add --plain-http")
+    } else {
+        None
+    }
+}
+
+fn is_certificate_error(r: &reqwest::Error) -> bool {
+    cause_chain(r).contains("certificate")
+}
+
 /// Connection errors, timeouts, 429 and 5xx are worth another try.
 fn transient(e: &OciDistributionError) -> bool {
     if is_digest_error(e) {
         return false;
     }
     match e {
+        // A certificate the client does not trust stays so.
+        OciDistributionError::RequestError(r) if is_certificate_error(r) => false,
         OciDistributionError::RequestError(r) => {
             r.is_connect()
                 || r.is_timeout()
                 || r.is_body()
+                || r.is_request()
                 || r.status()
                     .is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
         }
@@ -275,12 +323,26 @@ fn cause_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Maps a registry failure to the contract's error kinds.
-pub fn map_error(given: &str, what: &str, plain_http: bool, e: OciDistributionError) -> Error {
+/// `tries` is how many times the request was made (said when more than one).
+pub fn map_error(
+    given: &str,
+    what: &str,
+    plain_http: bool,
+    tries: u32,
+    e: OciDistributionError,
+) -> Error {
+    let host = given.split('/').next().unwrap_or(given);
     let login = format!(
-        "log in first: strata login {}",
-        given.split('/').next().unwrap_or(given)
+        "log in first: strata login {host}{} --username USER --password-stdin",
+        if plain_http { " --plain-http" } else { "" }
     );
-    let msg = |m: &str| format!("cannot {what} {given}: {m}");
+    let msg = |m: &str| {
+        if tries > 1 {
+            format!("cannot {what} {given}: {m} (tried {tries} times)")
+        } else {
+            format!("cannot {what} {given}: {m}")
+        }
+    };
     let err = match &e {
         OciDistributionError::AuthenticationFailure(m) => {
             Error::invalid(msg(&format!("authentication failed: {}", m.trim()))).with_hint(login)
@@ -329,18 +391,29 @@ pub fn map_error(given: &str, what: &str, plain_http: bool, e: OciDistributionEr
             "a blob does not match its digest: it is corrupt or was tampered with",
         ))
         .with_hint("nothing was committed from it"),
+        OciDistributionError::RequestError(r) if r.status().is_some() => {
+            let code = r.status().map(|s| s.as_u16()).unwrap_or_default();
+            match code {
+                401 | 403 => Error::invalid(msg(&format!(
+                    "refused ({code}): credentials are missing or wrong"
+                )))
+                .with_hint(login),
+                404 => Error::not_found(msg("not found (404)")),
+                _ => Error::internal(msg(&format!("the registry answered {code}"))),
+            }
+        }
         OciDistributionError::RequestError(r) => {
             let chain = cause_chain(r);
-            let mut err = Error::internal(msg("the registry cannot be reached"));
-            if !plain_http
-                && (chain.contains("http")
-                    || chain.contains("certificate")
-                    || chain.contains("tls")
-                    || chain.contains("TLS"))
-            {
-                err = err.with_hint("for a registry without TLS, add --plain-http");
+            let what = if is_certificate_error(r) {
+                "its TLS certificate is not trusted"
+            } else {
+                "the registry cannot be reached"
+            };
+            let err = Error::internal(msg(what));
+            match tls_hint(&chain, plain_http) {
+                Some(h) => err.with_hint(h),
+                None => err,
             }
-            err
         }
         _ => Error::internal(msg("the registry request failed")),
     };
@@ -350,6 +423,10 @@ pub fn map_error(given: &str, what: &str, plain_http: bool, e: OciDistributionEr
 impl Source for Registry {
     fn describe(&self) -> String {
         self.given.clone()
+    }
+
+    fn location(&self) -> Option<String> {
+        Some(self.location_of())
     }
 
     fn manifest(&mut self, digest: Option<&str>) -> Result<(Vec<u8>, String)> {
@@ -371,22 +448,14 @@ impl Source for Registry {
 
     fn blob(&mut self, digest: &str, _size: u64, bar: &ProgressBar) -> Result<File> {
         let mut f = super::temp_file()?;
-        let mut delay = Duration::from_millis(500);
-        for attempt in 1.. {
-            match self.download(digest, &mut f, bar) {
-                Ok(()) => break,
-                Err(e) if attempt < 3 && transient(&e) => {
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
-                Err(e) if is_digest_error(&e) => {
-                    return Err(
-                        super::digest_mismatch(&self.given, digest, "another digest")
-                            .with_source(e),
-                    );
-                }
-                Err(e) => return Err(self.error("pull", e)),
+        match with_retries(|| self.download(digest, &mut f, bar)) {
+            Ok(()) => {}
+            Err((e, _)) if is_digest_error(&e) => {
+                return Err(
+                    super::digest_mismatch(&self.given, digest, "another digest").with_source(e),
+                );
             }
+            Err((e, tries)) => return Err(self.error("pull", e, tries)),
         }
         f.seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("cannot read a downloaded blob", e))?;
@@ -412,18 +481,45 @@ impl Target for Registry {
         file: &mut File,
         bar: &ProgressBar,
     ) -> Result<()> {
+        // `upload` needs `&mut self` (it may switch to monolithic uploads).
         let mut delay = Duration::from_millis(500);
-        for attempt in 1.. {
+        let mut attempt = 1;
+        loop {
             match self.upload(digest, size, file, bar) {
                 Ok(()) => return Ok(()),
-                Err(e) if attempt < 3 && transient(&e) => {
+                Err(e) if attempt < TRIES && transient(&e) => {
                     std::thread::sleep(delay);
                     delay *= 2;
+                    attempt += 1;
                 }
-                Err(e) => return Err(self.error("push to", e)),
+                Err(e) => return Err(self.error("push to", e, attempt)),
             }
         }
-        unreachable!()
+    }
+
+    fn location(&self) -> Option<String> {
+        Some(self.location_of())
+    }
+
+    fn mount_blob(&mut self, digest: &str, from: &str) -> Result<bool> {
+        let Some((registry, repository)) = from.split_once('/') else {
+            return Ok(false);
+        };
+        if registry != self.reference.registry() || repository == self.reference.repository() {
+            return Ok(false);
+        }
+        let source = Reference::with_tag(
+            registry.to_string(),
+            repository.to_string(),
+            "latest".to_string(),
+        );
+        // One try: a registry that cannot mount answers 202 (it opened an
+        // upload instead, which is abandoned) or an error; either way the
+        // caller uploads the blob.
+        Ok(self
+            .rt
+            .block_on(self.client.mount_blob(&self.reference, &source, digest))
+            .is_ok())
     }
 
     fn put_manifest(&mut self, media_type: &str, bytes: &[u8], _digest: &str) -> Result<()> {
@@ -449,13 +545,12 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
         .build()
         .map_err(|e| Error::internal("cannot make an HTTP client").with_source(e))?;
     let unreachable = |e: reqwest::Error| {
-        let mut err = Error::internal(format!(
+        let err = Error::internal(format!(
             "cannot log in to {registry}: the registry cannot be reached"
         ));
-        if !access.plain_http {
-            err = err.with_hint("for a registry without TLS, add --plain-http");
-        }
-        err.with_source(e)
+        let hint = tls_hint(&cause_chain(&e), access.plain_http)
+            .unwrap_or("is HOST[:PORT] right? for a registry without TLS, add --plain-http");
+        err.with_hint(hint).with_source(e)
     };
     let res = rt.block_on(http.get(&url).send()).map_err(unreachable)?;
     if res.status().is_success() {
@@ -474,7 +569,7 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
         let c = client(access.plain_http, false);
         let auth = RegistryAuth::Basic(creds.username.clone(), creds.password.clone());
         rt.block_on(c.auth(&reference, &auth, RegistryOperation::Pull))
-            .map_err(|e| map_error(registry, "log in to", access.plain_http, e))?;
+            .map_err(|e| map_error(registry, "log in to", access.plain_http, 1, e))?;
         return Ok(true);
     }
     let res = rt
@@ -490,6 +585,7 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
         Err(Error::invalid(format!(
             "cannot log in to {registry}: the registry refused the credentials ({})",
             res.status()
-        )))
+        ))
+        .with_hint("check the user name and the password (or token) given on stdin"))
     }
 }

@@ -39,7 +39,7 @@ fn require(tools: &[&str]) -> bool {
         return true;
     }
     let why = format!(
-        "missing {} (apt-get install docker-registry skopeo umoci)",
+        "missing {} (apt-get install docker-registry skopeo umoci apache2-utils openssl)",
         missing.join(", ")
     );
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -51,7 +51,20 @@ fn require(tools: &[&str]) -> bool {
 
 impl Registry {
     fn start() -> Option<Registry> {
+        Registry::start_with(None, false)
+    }
+
+    /// With `Some((user, password))`, the registry wants that user (htpasswd, bcrypt,
+    /// basic auth); with `tls`, it speaks HTTPS with a self-signed certificate for
+    /// 127.0.0.1 ([`Registry::cert`]).
+    fn start_with(user: Option<(&str, &str)>, tls: bool) -> Option<Registry> {
         if !Path::new(REGISTRY_BIN).exists() && !require(&["docker-registry"]) {
+            return None;
+        }
+        if user.is_some() && !require(&["htpasswd"]) {
+            return None;
+        }
+        if tls && !require(&["openssl"]) {
             return None;
         }
         let dir = tempfile::Builder::new()
@@ -65,10 +78,57 @@ impl Registry {
             .unwrap()
             .port();
         let config = dir.path().join("config.yml");
+        let mut auth = String::new();
+        if let Some((u, p)) = user {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "htpasswd failed");
+            let file = dir.path().join("htpasswd");
+            fs::write(&file, &out.stdout).unwrap();
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
+                file.display()
+            );
+        }
+        let mut http_tls = String::new();
+        if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let out = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                    // rustls refuses a CA certificate as the server's own.
+                    "-addext",
+                    "basicConstraints=critical,CA:FALSE",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl req: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            http_tls = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+        }
         fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{auth}http:\n  addr: 127.0.0.1:{port}\n{http_tls}",
                 storage.display()
             ),
         )
@@ -104,7 +164,13 @@ impl Registry {
         }
     }
 
-    /// `GET /v2/` answers 200.
+    /// The registry's self-signed certificate (with `tls`).
+    fn cert(&self) -> PathBuf {
+        self._dir.path().join("cert.pem")
+    }
+
+    /// `GET /v2/` answers (200, 401 when it wants credentials, 400 for plain HTTP to
+    /// its HTTPS port).
     fn ping(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
@@ -117,7 +183,9 @@ impl Registry {
         }
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
-        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200")
+        ["200", "401", "400"].iter().any(|c| {
+            out.starts_with(&format!("HTTP/1.0 {c}")) || out.starts_with(&format!("HTTP/1.1 {c}"))
+        })
     }
 
     fn host(&self) -> String {
@@ -449,10 +517,480 @@ fn login_and_errors() {
     );
 }
 
+/// `strata -o json ARGS…` with `env` (and stdin), for commands that read credentials.
+fn with_env(s: &Store, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Run {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    s.strata_with(
+        &all,
+        With {
+            stdin,
+            env,
+            ..Default::default()
+        },
+    )
+}
+
+/// A registry with htpasswd auth: anonymous push is `invalid` with a hint to log in; a
+/// wrong password does not log in; `login` stores the credentials under $HOME (mode
+/// 0600) and push and pull use them; `--username/--password-stdin` work on push; and
+/// Docker's `~/.docker/config.json` is read too.
+#[test]
+fn credentials() {
+    let a = setup!("native");
+    let Some(reg) = Registry::start_with(Some(("ci", "s3cret")), false) else {
+        return;
+    };
+    a.layer("base", None, &base_ops());
+    a.layer("app", Some("base"), &app_ops("v1"));
+    let home = a.scratch_dir("home");
+    let home_env = [("HOME", home.to_str().unwrap())];
+    let r = reg.reference("team/app:v1");
+
+    let run =
+        with_env(&a, &["push", "--plain-http", "app", &r], &home_env, None).fails_json("invalid");
+    assert!(run.stderr.contains("strata login"), "{}", run.session());
+    let run = with_env(&a, &["pull", "--plain-http", &r], &home_env, None);
+    assert!(run.code == 6 || run.code == 3, "{}", run.session());
+
+    let login = |pass: &[u8]| {
+        with_env(
+            &a,
+            &[
+                "login",
+                &reg.host(),
+                "-u",
+                "ci",
+                "--password-stdin",
+                "--plain-http",
+            ],
+            &home_env,
+            Some(pass),
+        )
+    };
+    let run = login(b"wrong\n").fails_json("invalid");
+    assert!(run.stderr.contains("refused"), "{}", run.session());
+    let auth = home.join(".config/containers/auth.json");
+    assert!(!auth.exists(), "a failed login wrote {}", auth.display());
+    let out = login(b"s3cret\n").success().json();
+    assert_eq!(out["auth_file"], auth.to_str().unwrap());
+    assert_eq!(out["verified"], true);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&auth).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let pushed = with_env(&a, &["push", "--plain-http", "app", &r], &home_env, None)
+        .success()
+        .json();
+    assert!(
+        pushed["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["uploaded"] == true)
+    );
+    let b = setup!("native");
+    with_env(&b, &["pull", "--plain-http", &r, "app"], &home_env, None).success();
+    b.view_tree("app")
+        .assert_eq(&a.view_tree("app"), "pulled with stored credentials");
+
+    // On the command line, without any auth file.
+    let direct = reg.reference("direct/app:v1");
+    with_env(
+        &a,
+        &[
+            "push",
+            "--plain-http",
+            "-u",
+            "ci",
+            "--password-stdin",
+            "app",
+            &direct,
+        ],
+        &[],
+        Some(b"s3cret\n"),
+    )
+    .success();
+    let run = with_env(
+        &a,
+        &[
+            "push",
+            "--plain-http",
+            "-u",
+            "ci",
+            "--password-stdin",
+            "app",
+            &direct,
+        ],
+        &[],
+        Some(b"nope\n"),
+    )
+    .fails_json("invalid");
+    assert!(run.stderr.contains("strata login"), "{}", run.session());
+
+    // Docker's config file, found through $HOME.
+    let docker_home = a.scratch_dir("docker-home");
+    fs::create_dir(docker_home.join(".docker")).unwrap();
+    fs::write(
+        docker_home.join(".docker/config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "Y2k6czNjcmV0"}}}}}}"#,
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let c = setup!("native");
+    let docker_env = [("HOME", docker_home.to_str().unwrap())];
+    with_env(
+        &c,
+        &["pull", "--plain-http", &direct, "app"],
+        &docker_env,
+        None,
+    )
+    .success();
+    c.view_tree("app")
+        .assert_eq(&a.view_tree("app"), "pulled with Docker's credentials");
+    // And through $DOCKER_CONFIG.
+    let d = setup!("native");
+    let dc = docker_home.join(".docker");
+    let dc_env = [("DOCKER_CONFIG", dc.to_str().unwrap())];
+    with_env(&d, &["pull", "--plain-http", &r, "app"], &dc_env, None).success();
+}
+
+/// Pushing a chain to a second repository of the same registry mounts its blobs from
+/// the first instead of uploading them; a pulled chain remembers where it came from,
+/// so pushing it to a third repository mounts too.
+fn cross_repository_mount(driver: &str) {
+    let a = setup!(driver);
+    let Some(reg) = Registry::start() else { return };
+    a.layer("base", None, &base_ops());
+    a.layer("app", Some("base"), &app_ops("v1"));
+    let one = plain(&a, &["push", "--json", "app", &reg.reference("one/app:v1")]).json();
+    assert!(
+        one["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["uploaded"] == true && l["mounted"] == false),
+        "{one}"
+    );
+    let labels = &a.info("base")["labels"];
+    let loc = labels["strata.layer.repo"].as_str().unwrap_or_default();
+    assert_eq!(
+        loc,
+        format!(
+            "{}@{}",
+            reg.reference("one/app"),
+            one["layers"][0]["digest"].as_str().unwrap()
+        )
+    );
+
+    let two = plain(&a, &["push", "--json", "app", &reg.reference("two/app:v1")]).json();
+    for l in two["layers"].as_array().unwrap() {
+        assert_eq!(
+            (&l["uploaded"], &l["mounted"]),
+            (&false.into(), &true.into()),
+            "{two}"
+        );
+    }
+    let text = plain(&a, &["push", "app", &reg.reference("three/app:v1")]);
+    assert!(text.stdout.starts_with("mounted "), "{}", text.session());
+    // The registry links the blobs into the new repository.
+    let digest = two["layers"][1]["digest"].as_str().unwrap();
+    let link = reg
+        .storage
+        .join("docker/registry/v2/repositories/two/app/_layers/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap())
+        .join("link");
+    assert!(link.is_file(), "{} is missing", link.display());
+
+    let b = setup!(driver);
+    plain(&b, &["pull", "--json", &reg.reference("two/app:v1"), "app"]);
+    b.view_tree("app")
+        .assert_eq(&a.view_tree("app"), "pulled mounted blobs");
+    b.layer("more", Some("app"), &[file("/more", "more", 0o644)]);
+    let four = plain(
+        &b,
+        &["push", "--json", "more", &reg.reference("four/app:v1")],
+    )
+    .json();
+    let l = four["layers"].as_array().unwrap();
+    assert_eq!(l.len(), 3, "{four}");
+    assert!(
+        l[..2]
+            .iter()
+            .all(|l| l["mounted"] == true && l["uploaded"] == false),
+        "{four}"
+    );
+    assert_eq!(
+        (&l[2]["uploaded"], &l[2]["mounted"]),
+        (&true.into(), &false.into())
+    );
+}
+
+/// A TCP proxy in front of a registry that answers the first N connections with
+/// `503 Service Unavailable`, then forwards.
+struct FlakyProxy {
+    port: u16,
+    fail: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FlakyProxy {
+    fn start(upstream: u16) -> FlakyProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fail = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, fd, st) = (fail.clone(), failed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                if f.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    fd.fetch_add(1, Ordering::SeqCst);
+                    std::thread::spawn(move || refuse(client));
+                } else {
+                    std::thread::spawn(move || forward(client, upstream));
+                }
+            }
+        });
+        FlakyProxy {
+            port,
+            fail,
+            failed,
+            stop,
+        }
+    }
+
+    /// Makes the next `n` connections fail.
+    fn arm(&self, n: usize) {
+        self.fail.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn failed(&self) -> usize {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn reference(&self, repo_tag: &str) -> String {
+        format!("127.0.0.1:{}/{repo_tag}", self.port)
+    }
+}
+
+impl Drop for FlakyProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Reads one request (head and a Content-Length body) and answers 503.
+fn refuse(mut c: TcpStream) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 << 10 {
+        match c.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let _ = std::io::copy(&mut (&mut c).take(length), &mut std::io::sink());
+    let _ = c.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    let _ = c.shutdown(std::net::Shutdown::Both);
+}
+
+fn forward(mut c: TcpStream, upstream: u16) {
+    let Ok(mut u) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let (Ok(mut c2), Ok(mut u2)) = (c.try_clone(), u.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut u2);
+        let _ = u2.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut u, &mut c);
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}
+
+/// Push and pull get through a registry that answers 503 to the first requests (they
+/// are retried); one that keeps failing, or a dead port, is `internal` after the
+/// bounded tries, naming the registry.
+#[test]
+fn retries() {
+    let a = setup!("native");
+    let Some(reg) = Registry::start() else { return };
+    let proxy = FlakyProxy::start(reg.port);
+    a.layer("base", None, &base_ops());
+    a.layer("app", Some("base"), &app_ops("v1"));
+    let r = proxy.reference("flaky/app:v1");
+    // The first answers the version check (taken as "no auth needed"), the next two
+    // use up the tries of one request but the last.
+    proxy.arm(3);
+    let pushed = plain(&a, &["push", "--json", "app", &r]).json();
+    assert_eq!(proxy.failed(), 3);
+    assert!(
+        pushed["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["uploaded"] == true)
+    );
+
+    let b = setup!("native");
+    proxy.arm(3);
+    plain(&b, &["pull", "--json", &r, "app"]);
+    assert_eq!(proxy.failed(), 6);
+    b.view_tree("app")
+        .assert_eq(&a.view_tree("app"), "pulled through retries");
+
+    proxy.arm(100);
+    let run = b.fails(&["pull", "--plain-http", &r, "again"], "internal");
+    assert!(
+        run.stderr.contains(&r) && run.stderr.contains("tried 3 times"),
+        "{}",
+        run.session()
+    );
+    assert!(run.stderr.contains("503"), "{}", run.session());
+    // At least the three tries of the manifest (oci-client also checks /v2/ first).
+    assert!(proxy.failed() >= 6 + 3, "{}", proxy.failed());
+
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead_ref = format!("127.0.0.1:{dead}/x:y");
+    let start = Instant::now();
+    let run = b.fails(&["push", "--plain-http", "app", &dead_ref], "internal");
+    assert!(
+        run.stderr.contains(&format!("127.0.0.1:{dead}")) && run.stderr.contains("tried 3 times"),
+        "{}",
+        run.session()
+    );
+    // 0.5 s then 1 s between the tries.
+    assert!(
+        start.elapsed() >= Duration::from_millis(1400),
+        "{}",
+        run.session()
+    );
+}
+
+/// `strata --root ROOT ARGS` on a pseudo-terminal (`script`), progress shown at once;
+/// what the terminal saw.
+fn on_tty(store: &Store, args: &str) -> String {
+    let line = format!(
+        "stty cols 120 rows 40; {BIN} --root {} {args}",
+        shell_quote(store.root.to_str().unwrap())
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .env("STRATA_PROGRESS_DELAY_MS", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+}
+
+/// `pull` and `import` show a progress bar per layer on a terminal.
+#[test]
+fn progress_per_layer() {
+    let Some(reg) = Registry::start() else { return };
+    let a = Store::uninitialized("native");
+    a.strata(&["init", "--driver", "native"]).success();
+    a.strata(&["prepare", "w"]).success();
+    let dir = writable_dir(&a, "w");
+    for i in 0..3000 {
+        fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    a.strata(&["commit", "big", "w"]).success();
+    let layout = a.scratch("layout");
+    a.strata(&["export", "big", layout.to_str().unwrap()])
+        .success();
+    let r = reg.reference("big:v1");
+    plain(&a, &["push", "big", &r]);
+
+    let b = Store::uninitialized("native");
+    b.strata(&["init", "--driver", "native"]).success();
+    let tty = on_tty(&b, &format!("import {} big", layout.display()));
+    assert!(tty.contains("applying layer 1/1"), "no progress: {tty:?}");
+    let c = Store::uninitialized("native");
+    c.strata(&["init", "--driver", "native"]).success();
+    let tty = on_tty(&c, &format!("pull --plain-http {r} big"));
+    assert!(tty.contains("layer 1/1"), "no progress: {tty:?}");
+    assert_eq!(c.info("big")["parent"], b.info("big")["parent"]);
+}
+
+/// HTTPS with a CA the system does not know: refused (no retries) with a hint; trusted
+/// through `SSL_CERT_FILE`, `login`, push and pull work (basic auth over TLS).
+#[test]
+fn tls_with_a_private_ca() {
+    let a = setup!("native");
+    let Some(reg) = Registry::start_with(Some(("ci", "s3cret")), true) else {
+        return;
+    };
+    a.layer("base", None, &base_ops());
+    let r = reg.reference("tls/app:v1");
+    let auth = a.scratch("auth.json");
+    let cert = reg.cert();
+    let untrusted = [("REGISTRY_AUTH_FILE", auth.to_str().unwrap())];
+    let run = with_env(&a, &["push", "base", &r], &untrusted, None).fails_json("internal");
+    assert!(
+        run.stderr.contains("not trusted")
+            && run.stderr.contains("SSL_CERT_FILE")
+            && !run.stderr.contains("tried"),
+        "{}",
+        run.session()
+    );
+    let env = [
+        ("REGISTRY_AUTH_FILE", auth.to_str().unwrap()),
+        ("SSL_CERT_FILE", cert.to_str().unwrap()),
+    ];
+    with_env(&a, &["push", "base", &r], &env, None).fails_json("invalid");
+    with_env(
+        &a,
+        &["login", &reg.host(), "-u", "ci", "--password-stdin"],
+        &env,
+        Some(b"s3cret"),
+    )
+    .success();
+    with_env(&a, &["push", "base", &r], &env, None).success();
+    let b = setup!("native");
+    with_env(&b, &["pull", &r, "base"], &env, None).success();
+    b.view_tree("base")
+        .assert_eq(&a.view_tree("base"), "pulled over HTTPS");
+}
+
 both_drivers!(
     push_pull_round_trip,
     shared_base,
     corrupted_blob,
     export_skopeo_pull,
-    push_skopeo_umoci
+    push_skopeo_umoci,
+    cross_repository_mount
 );
