@@ -184,3 +184,44 @@ fn verbose_shows_the_cause_chain_and_hints_help() {
         verbose.session()
     );
 }
+
+#[test]
+fn apply_and_diff_show_progress_on_a_terminal() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    let src = store.scratch_dir("layer");
+    for i in 0..200 {
+        std::fs::write(src.join(format!("f{i}")), vec![i as u8; 100_000]).unwrap();
+    }
+    let layer = store.scratch("layer.tar");
+    tar_dir(&src, &layer, &[]);
+    let env = [("NO_COLOR", "1"), ("STRATA_PROGRESS_DELAY_MS", "0")];
+    let tty = on_tty(
+        &store,
+        80,
+        &env,
+        &format!("apply big < {}", layer.display()),
+    );
+    assert!(
+        tty.contains("applying `big`"),
+        "no progress on a terminal: {tty:?}"
+    );
+    let out = store.scratch("out.tar");
+    let tty = on_tty(
+        &store,
+        80,
+        &env,
+        &format!("diff big --output-file {}", out.display()),
+    );
+    assert!(tty.contains("writing the changes of `big`"), "{tty:?}");
+    let quiet = on_tty(
+        &store,
+        80,
+        &env,
+        &format!("-q apply big2 < {}", layer.display()),
+    );
+    assert!(
+        !quiet.contains("applying"),
+        "progress despite --quiet: {quiet:?}"
+    );
+}
