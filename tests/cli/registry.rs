@@ -313,6 +313,44 @@ fn push_pull_round_trip(driver: &str) {
     assert_eq!(pl[2]["uploaded"], true);
 }
 
+/// A pull killed (SIGKILL) right after its first layer is committed leaves
+/// no partial snapshot, and the next pull resumes: the first layer is not
+/// downloaded again.
+fn interrupted_pull_resumes(driver: &str) {
+    let a = setup!(driver);
+    let Some(reg) = Registry::start() else { return };
+    a.layer("base", None, &base_ops());
+    a.layer("app", Some("base"), &app_ops("v1"));
+    let r = reg.reference("team/resume:v1");
+    plain(&a, &["push", "app", &r]);
+
+    let b = setup!(driver);
+    let killed = b.strata_with(
+        &["pull", "--plain-http", &r],
+        With {
+            env: &[("STRATA_CRASH_AT", "create:committed")],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        killed.code,
+        -1,
+        "the pull was not killed: {}",
+        killed.session()
+    );
+    b.strata(&["prune"]).success();
+    b.strata(&["check"]).success();
+    let names = b.names(&[]);
+    assert_eq!(names.len(), 1, "only the first layer is there: {names:?}");
+    assert!(names[0].starts_with("sha256:"), "{names:?}");
+    let resumed = plain(&b, &["pull", "--json", &r]).json();
+    let layers = resumed["layers"].as_array().unwrap();
+    assert_eq!(layers[0]["downloaded"], false, "{resumed}");
+    assert_eq!(layers[1]["downloaded"], true, "{resumed}");
+    b.view_tree(&r)
+        .assert_eq(&a.view_tree("app"), "resumed pull");
+}
+
 /// Two images on one base share the base's chain-ID snapshot after pull.
 fn shared_base(driver: &str) {
     let a = setup!(driver);
@@ -987,6 +1025,7 @@ fn tls_with_a_private_ca() {
 }
 
 both_drivers!(
+    interrupted_pull_resumes,
     push_pull_round_trip,
     shared_base,
     corrupted_blob,
