@@ -313,6 +313,91 @@ fn push_pull_round_trip(driver: &str) {
     assert_eq!(pl[2]["uploaded"], true);
 }
 
+/// Writes `bytes` as a blob of the layout at `dir`; returns its digest.
+fn put_blob(dir: &std::path::Path, bytes: &[u8]) -> String {
+    let tmp = dir.join("blob.tmp");
+    fs::write(&tmp, bytes).unwrap();
+    let out = std::process::Command::new("sha256sum")
+        .arg(&tmp)
+        .output()
+        .unwrap();
+    let hex = String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    fs::rename(&tmp, dir.join("blobs/sha256").join(&hex)).unwrap();
+    format!("sha256:{hex}")
+}
+
+/// An image index (multi-platform image): import picks linux and the host's
+/// architecture, and says which platforms there are when none fits.
+fn image_index_picks_the_host_platform(driver: &str) {
+    let a = setup!(driver);
+    a.layer("base", None, &base_ops());
+    a.layer("app", Some("base"), &app_ops("v1"));
+    let dir = a.scratch("layout");
+    a.strata(&["export", "app", dir.to_str().unwrap(), "--tag", "v1"])
+        .success();
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut real = index["manifests"][0].clone();
+    real.as_object_mut().unwrap().remove("annotations");
+    let host = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let other = if host == "amd64" { "arm64" } else { "amd64" };
+    real["platform"] = serde_json::json!({"os": "linux", "architecture": host});
+    let foreign = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": format!("sha256:{}", "0".repeat(64)),
+        "size": 2,
+        "platform": {"os": "linux", "architecture": other}
+    });
+    let write_index = |manifests: Vec<serde_json::Value>, tag: &str| {
+        let nested = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        let bytes = serde_json::to_vec(&nested).unwrap();
+        let digest = put_blob(&dir, &bytes);
+        let mut top: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        top["manifests"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": digest,
+                "size": bytes.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag}
+            }));
+        fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    };
+    write_index(vec![foreign.clone(), real], "multi");
+    write_index(vec![foreign], "elsewhere");
+
+    let b = setup!(driver);
+    let layout = dir.to_str().unwrap();
+    b.strata(&["import", &format!("{layout}:multi"), "multi"])
+        .success();
+    b.view_tree("multi")
+        .assert_eq(&a.view_tree("app"), "the host's image");
+    let run = b.fails(
+        &["import", &format!("{layout}:elsewhere"), "nope"],
+        "not_found",
+    );
+    assert!(
+        run.stderr.contains(other),
+        "names the platforms there are: {}",
+        run.session()
+    );
+    assert!(!b.names(&[]).contains(&"nope".to_string()));
+}
+
 /// A pull killed (SIGKILL) right after its first layer is committed leaves
 /// no partial snapshot, and the next pull resumes: the first layer is not
 /// downloaded again.
@@ -1025,6 +1110,7 @@ fn tls_with_a_private_ca() {
 }
 
 both_drivers!(
+    image_index_picks_the_host_platform,
     interrupted_pull_resumes,
     push_pull_round_trip,
     shared_base,
