@@ -295,19 +295,9 @@ impl Store {
         progress: &mut dyn FnMut(u64),
     ) -> Result<Digests> {
         let digests = self.diff(key, None, out, compression, source_date_epoch, progress)?;
-        let tx = self.index.write()?;
-        let row = super::existing(&tx, key)?;
-        if row.kind == SnapshotKind::Committed {
-            let v = variant(compression, source_date_epoch);
-            index::set_layer_digests(
-                &tx,
-                row.id,
-                &v,
-                &digests.digest,
-                &digests.diff_id,
-                digests.size,
-            )?;
-            tx.commit()?;
+        // An active snapshot may still change: only committed ones are remembered.
+        if self.stat(key)?.kind == SnapshotKind::Committed {
+            self.remember_digests(key, compression, source_date_epoch, &digests)?;
         }
         Ok(digests)
     }
