@@ -69,23 +69,11 @@ fn usage_error(e: clap::Error) -> ExitCode {
         );
     }
     if wants_json() {
-        let msg = e.kind().as_str().map(str::to_string).unwrap_or_else(|| {
-            e.to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ")
-                .to_string()
-        });
-        let first = e
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim_start_matches("error: ")
-            .to_string();
-        let err = Error::new(Kind::Usage, if first.is_empty() { msg } else { first });
-        Printer::new(Format::Json, true, 0).error(&err);
+        // clap's first line, without its own `error: ` prefix.
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        let message = first.trim_start_matches("error: ").to_string();
+        Printer::new(Format::Json, true, 0).error(&Error::new(Kind::Usage, message));
     } else {
         let _ = e.print();
     }

@@ -80,11 +80,10 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         Some(p) if p.as_os_str() == "-" => (Box::new(std::io::stdin().lock()), None),
         Some(p) => {
             let f = std::fs::File::open(p).map_err(|e| {
-                let err = Error::io(format!("cannot open the layer {}", p.display()), e);
-                if err.kind() == crate::store::Kind::Internal {
-                    Error::not_found(format!("cannot open the layer {}", p.display()))
-                } else {
-                    err
+                let what = format!("cannot open the layer {}", p.display());
+                match e.kind() {
+                    std::io::ErrorKind::NotFound => Error::not_found(what).with_source(e),
+                    _ => Error::io(what, e),
                 }
             })?;
             let len = f.metadata().ok().map(|m| m.len());

@@ -29,8 +29,14 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         let list = ctx.store()?.mounts(&args.key)?;
         return print(ctx, &list, &args.target);
     }
-    let target = absolute_target(&args.target);
-    match ctx.store()?.shell_mounts(&args.key) {
+    print_for_shell(ctx, &args.key, &args.target)
+}
+
+/// Prints the mounts of `key` as commands a shell can run (shortened for
+/// deep chains), or the `strata mount` line where none fits in a page.
+fn print_for_shell(ctx: &mut Context, key: &str, target: &str) -> Result<()> {
+    let target = absolute_target(target);
+    match ctx.store()?.shell_mounts(key) {
         Ok(shell) => {
             let lines: String = shell
                 .mounts
@@ -53,7 +59,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             ctx.printer.stdout(&format!(
                 "strata --root {} mount {} {}\n",
                 shell_quote(&root),
-                shell_quote(&args.key),
+                shell_quote(key),
                 shell_quote(&target)
             ))
         }
@@ -100,13 +106,7 @@ pub fn finish_create(
     target: Option<&Path>,
 ) -> Result<()> {
     match target {
-        None if ctx.printer.format() == Format::Table => run(
-            Args {
-                key: key.to_string(),
-                target: "TARGET".into(),
-            },
-            ctx,
-        ),
+        None if ctx.printer.format() == Format::Table => print_for_shell(ctx, key, "TARGET"),
         None => print(ctx, &list, "TARGET"),
         Some(target) => {
             let store = ctx.store()?;

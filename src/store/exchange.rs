@@ -171,30 +171,10 @@ impl Store {
             .ctx(|| "cannot create a scratch directory".into())?;
         let target = staging.path().join("merged");
         std::fs::create_dir(&target).ctx(|| "cannot create a scratch directory".into())?;
-        let m = match ids {
-            [one] => mount::Mount {
-                kind: "bind".into(),
-                source: self.layout.fs(*one).display().to_string(),
-                options: vec!["rbind".into(), "ro".into()],
-            },
-            _ => mount::Mount {
-                kind: "overlay".into(),
-                source: "overlay".into(),
-                options: vec![format!(
-                    "lowerdir={}",
-                    ids.iter()
-                        .map(|id| self
-                            .layout
-                            .fs(*id)
-                            .display()
-                            .to_string()
-                            .replace(':', "\\:"))
-                        .collect::<Vec<_>>()
-                        .join(":")
-                )],
-            },
-        };
-        mount::mount_all(std::slice::from_ref(&m), &target).map_err(|e| {
+        // A read-only view of the chain, as the overlay driver mounts one.
+        let layers: Vec<PathBuf> = ids.iter().map(|id| self.layout.fs(*id)).collect();
+        let mounts = Driver::Overlay.mounts(SnapshotKind::View, staging.path(), &layers, &[]);
+        mount::mount_all(&mounts, &target).map_err(|e| {
             Error::unsupported("cannot mount the trees to compare")
                 .with_hint(
                     "a diff against another parent on the overlay driver needs mount privilege",

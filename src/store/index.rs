@@ -68,6 +68,16 @@ pub struct Row {
     pub inodes: Option<u64>,
 }
 
+impl Row {
+    /// The usage recorded at commit (committed snapshots only).
+    pub fn recorded_usage(&self) -> Option<super::Usage> {
+        (self.kind == SnapshotKind::Committed).then(|| super::Usage {
+            size: self.size.unwrap_or(0),
+            inodes: self.inodes.unwrap_or(0),
+        })
+    }
+}
+
 /// One mount record: snapshot `id` is mounted at `target`.
 #[derive(Debug, Clone)]
 pub struct MountRecord {

@@ -33,12 +33,17 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Creates the store's directories if missing. `root` must be absolute.
-    pub fn create(root: &Path) -> io::Result<Layout> {
-        let layout = Layout {
+    /// The layout of the store at `root` (absolute), without touching disk.
+    pub fn at(root: &Path) -> Layout {
+        Layout {
             root: root.to_path_buf(),
             snapshots: root.join("snapshots"),
-        };
+        }
+    }
+
+    /// Creates the store's directories if missing. `root` must be absolute.
+    pub fn create(root: &Path) -> io::Result<Layout> {
+        let layout = Layout::at(root);
         if !root.exists() {
             fs::DirBuilder::new()
                 .recursive(true)

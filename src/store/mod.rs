@@ -91,17 +91,12 @@ impl Store {
     pub fn open(root: &Path, options: Options) -> Result<Store> {
         let root = std::path::absolute(root)
             .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
-        let layout =
-            Layout::create(&root).ctx(|| format!("cannot create the store {}", root.display()))?;
+        Layout::create(&root).ctx(|| format!("cannot create the store {}", root.display()))?;
         // Absolute, symlink-free paths: printed mounts must work from anywhere.
         let root = root
             .canonicalize()
             .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
-        let layout = if root == layout.root() {
-            layout
-        } else {
-            Layout::create(&root).ctx(|| format!("cannot open the store {}", root.display()))?
-        };
+        let layout = Layout::at(&root);
         let index = Index::open(&layout.index())?;
         Ok(Store {
             layout,
@@ -534,25 +529,34 @@ impl Store {
     /// Mount records whose mounts still exist; records of mounts that are
     /// gone (unmounted by hand, lost in a reboot) are dropped.
     fn live_mounts(&mut self) -> Result<Vec<MountRecord>> {
+        Ok(self.sort_mount_records(true)?.0)
+    }
+
+    /// Mount records split into (live, stale) against /proc/self/mountinfo;
+    /// with `drop_stale`, the stale ones are deleted from the index.
+    fn sort_mount_records(
+        &mut self,
+        drop_stale: bool,
+    ) -> Result<(Vec<MountRecord>, Vec<MountRecord>)> {
         let records = {
             let tx = self.index.read()?;
             index::mounts(&tx)?
         };
         if records.is_empty() {
-            return Ok(records);
+            return Ok((records, Vec::new()));
         }
         let points = mount::mount_points().ctx(|| "cannot read /proc/self/mountinfo".into())?;
         let (live, stale): (Vec<_>, Vec<_>) = records
             .into_iter()
             .partition(|r| points.contains(Path::new(&r.target)));
-        if !stale.is_empty() {
+        if drop_stale && !stale.is_empty() {
             let tx = self.index.write()?;
             for r in &stale {
                 index::remove_mount(&tx, &r.target)?;
             }
             tx.commit()?;
         }
-        Ok(live)
+        Ok((live, stale))
     }
 
     /// Turns active `key` into committed `name`, recording its usage.
@@ -792,10 +796,7 @@ impl Store {
 /// measured for an active one (its own layer only), zero for a view.
 fn usage_of(layout: &Layout, row: &Row) -> Result<Usage> {
     match row.kind {
-        SnapshotKind::Committed => Ok(Usage {
-            size: row.size.unwrap_or(0),
-            inodes: row.inodes.unwrap_or(0),
-        }),
+        SnapshotKind::Committed => Ok(row.recorded_usage().unwrap_or_default()),
         SnapshotKind::View => Ok(Usage::default()),
         SnapshotKind::Active => match usage::disk_usage(&layout.fs(row.id)) {
             // Removed by another process meanwhile.
@@ -818,13 +819,7 @@ fn read_driver(tx: &Transaction<'_>) -> Result<Option<Driver>> {
 }
 
 fn info(row: Row, labels: Labels, mounted_at: Vec<String>) -> Info {
-    let usage = match row.kind {
-        SnapshotKind::Committed => Some(Usage {
-            size: row.size.unwrap_or(0),
-            inodes: row.inodes.unwrap_or(0),
-        }),
-        _ => None,
-    };
+    let usage = row.recorded_usage();
     Info {
         name: row.name,
         kind: row.kind,

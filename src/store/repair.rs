@@ -60,11 +60,11 @@ impl Store {
     /// Deletes leftovers of interrupted work; with `dry_run` only lists them.
     pub fn prune(&mut self, dry_run: bool) -> Result<PruneReport> {
         let mut removed = Vec::new();
-        let dropped = self.stale_mount_records(!dry_run)?;
-        for target in dropped {
+        let (_, stale) = self.sort_mount_records(!dry_run)?;
+        for record in stale {
             removed.push(Leftover {
                 kind: "mount-record",
-                path: target,
+                path: record.target,
                 size: 0,
                 inodes: 0,
             });
@@ -94,31 +94,6 @@ impl Store {
             size: removed.iter().map(|l| l.size).sum(),
             removed,
         })
-    }
-
-    /// Mount records whose mount is gone; dropped when `drop` is set.
-    fn stale_mount_records(&mut self, drop: bool) -> Result<Vec<String>> {
-        let records = {
-            let tx = self.index.read()?;
-            index::mounts(&tx)?
-        };
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let points = mount::mount_points().ctx(|| "cannot read /proc/self/mountinfo".into())?;
-        let stale: Vec<String> = records
-            .into_iter()
-            .filter(|r| !points.contains(Path::new(&r.target)))
-            .map(|r| r.target)
-            .collect();
-        if drop && !stale.is_empty() {
-            let tx = self.index.write()?;
-            for t in &stale {
-                index::remove_mount(&tx, t)?;
-            }
-            tx.commit()?;
-        }
-        Ok(stale)
     }
 
     /// Finds leftovers under the write lock. With `take`, each is moved to
@@ -193,9 +168,9 @@ impl Store {
         let mut problems = Vec::new();
         self.check_index(&mut problems)?;
         let driver = self.driver()?;
-        let (rows, records) = {
+        let rows = {
             let tx = self.index.read()?;
-            (index::all(&tx)?, index::mounts(&tx)?)
+            index::all(&tx)?
         };
         let by_id: HashMap<i64, &index::Row> = rows.iter().map(|r| (r.id, r)).collect();
         let mut children: HashSet<i64> = HashSet::new();
@@ -279,27 +254,20 @@ impl Store {
                 problems.push(p);
             }
         }
-        let points = mount::mount_points().ctx(|| "cannot read /proc/self/mountinfo".into())?;
-        for r in &records {
-            if !points.contains(Path::new(&r.target)) {
-                let name = by_id.get(&r.snapshot_id).map(|r| r.name.clone());
-                let mut p = problem(
-                    "stale-mount-record",
-                    name.as_deref(),
-                    format!(
-                        "snapshot `{}` is recorded as mounted at {}, which is not mounted",
-                        name.as_deref().unwrap_or("?"),
-                        r.target
-                    ),
-                );
-                if repair {
-                    let tx = self.index.write()?;
-                    index::remove_mount(&tx, &r.target)?;
-                    tx.commit()?;
-                    p.repaired = true;
-                }
-                problems.push(p);
-            }
+        let (_, stale) = self.sort_mount_records(repair)?;
+        for r in &stale {
+            let name = by_id.get(&r.snapshot_id).map(|r| r.name.clone());
+            let mut p = problem(
+                "stale-mount-record",
+                name.as_deref(),
+                format!(
+                    "snapshot `{}` is recorded as mounted at {}, which is not mounted",
+                    name.as_deref().unwrap_or("?"),
+                    r.target
+                ),
+            );
+            p.repaired = repair;
+            problems.push(p);
         }
         // Leftovers: reported, and with --repair deleted as prune would.
         let leftovers = self.leftovers(false)?;

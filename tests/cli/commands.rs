@@ -450,17 +450,7 @@ fn printed_mounts_work_in_a_shell(driver: &str) {
             "{}",
             lines.session()
         );
-        let sh = Command::new("sh")
-            .arg("-c")
-            .arg(&lines.stdout)
-            .output()
-            .unwrap();
-        assert!(
-            sh.status.success(),
-            "sh -c failed: {}\n{}",
-            String::from_utf8_lossy(&sh.stderr),
-            lines.session()
-        );
+        sh_ok(&lines.stdout, &lines.session());
         assert!(is_mount_point(&target), "{}", lines.session());
         let mut names: Vec<String> = fs::read_dir(&target)
             .unwrap()

@@ -725,17 +725,7 @@ fn layers_128(driver: &str) {
     let lines = s
         .strata(&["mounts", "fullview", target.to_str().unwrap()])
         .success();
-    let sh = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&lines.stdout)
-        .output()
-        .unwrap();
-    assert!(
-        sh.status.success(),
-        "pasting the printed mounts into sh failed: {}\n{}",
-        String::from_utf8_lossy(&sh.stderr),
-        lines.session()
-    );
+    sh_ok(&lines.stdout, &lines.session());
     Tree::read(&target).assert_eq(&Tree::read(&flat), "pasted mount of fullview");
 }
 

@@ -456,12 +456,7 @@ fn apply_reads_gzip_from_a_pipeline() {
         BIN,
         s.root.display()
     );
-    let out = Command::new("sh").arg("-c").arg(&line).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sh_ok(&line, "a pipeline");
     assert_eq!(
         s.view_tree("piped").content("hello").as_deref(),
         Some("from a pipe")
@@ -474,12 +469,7 @@ fn apply_reads_gzip_from_a_pipeline() {
         a = s.root.display(),
         b = other.root.display()
     );
-    let out = Command::new("sh").arg("-c").arg(&line).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sh_ok(&line, "a pipeline");
     assert_eq!(
         other.view_tree("copy").content("hello").as_deref(),
         Some("from a pipe")

@@ -98,12 +98,7 @@ fn overlay_chain_of_500_layers_mounts_and_the_501st_is_refused() {
         line.starts_with("(cd "),
         "deep chains are printed relative: {line}"
     );
-    let sh = Command::new("sh").arg("-c").arg(line).output().unwrap();
-    assert!(
-        sh.status.success(),
-        "pasted command failed: {line}\n{}",
-        String::from_utf8_lossy(&sh.stderr)
-    );
+    sh_ok(line, "the pasted mount command");
     check_chain(&guard.path, 500, true);
     assert!(
         fs::write(guard.join("x"), "x").is_err(),

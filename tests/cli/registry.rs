@@ -721,9 +721,8 @@ fn credentials() {
 
     // On the command line, without any auth file.
     let direct = reg.reference("direct/app:v1");
-    with_env(
-        &a,
-        &[
+    let push_as_ci = |password: &[u8]| {
+        let args = [
             "push",
             "--plain-http",
             "-u",
@@ -731,26 +730,11 @@ fn credentials() {
             "--password-stdin",
             "app",
             &direct,
-        ],
-        &[],
-        Some(b"s3cret\n"),
-    )
-    .success();
-    let run = with_env(
-        &a,
-        &[
-            "push",
-            "--plain-http",
-            "-u",
-            "ci",
-            "--password-stdin",
-            "app",
-            &direct,
-        ],
-        &[],
-        Some(b"nope\n"),
-    )
-    .fails_json("invalid");
+        ];
+        with_env(&a, &args, &[], Some(password))
+    };
+    push_as_ci(b"s3cret\n").success();
+    let run = push_as_ci(b"nope\n").fails_json("invalid");
     assert!(run.stderr.contains("strata login"), "{}", run.session());
 
     // Docker's config file, found through $HOME.

@@ -933,3 +933,16 @@ pub fn tar_dir(dir: &Path, out: &Path, extra: &[&str]) {
         .success();
     assert!(ok, "tar -cf {} failed", out.display());
 }
+
+/// Runs `script` with `sh -c`, asserting it succeeds (`what` explains the
+/// failure); returns its stdout.
+#[track_caller]
+pub fn sh_ok(script: &str, what: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sh -c failed: {}\n{script}\n{what}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
