@@ -568,9 +568,20 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
         let reference = parse_reference(&format!("{registry}/strata-login-check:latest"))?;
         let c = client(access.plain_http, false);
         let auth = RegistryAuth::Basic(creds.username.clone(), creds.password.clone());
-        rt.block_on(c.auth(&reference, &auth, RegistryOperation::Pull))
-            .map_err(|e| map_error(registry, "log in to", access.plain_http, 1, e))?;
-        return Ok(true);
+        return match rt.block_on(c.auth(&reference, &auth, RegistryOperation::Pull)) {
+            Ok(_) => Ok(true),
+            // The token server answered other than 200: said as a refused
+            // basic login, not "log in first" (this is the login). Its
+            // answer (often `{"details": ...}`) is the cause, shown with -v.
+            Err(e @ OciDistributionError::AuthenticationFailure(_)) => {
+                let msg = format!(
+                    "cannot log in to {registry}: the registry's token server refused the \
+                     credentials"
+                );
+                Err(Error::invalid(msg).with_hint(REFUSED_HINT).with_source(e))
+            }
+            Err(e) => Err(map_error(registry, "log in to", access.plain_http, 1, e)),
+        };
     }
     let res = rt
         .block_on(
@@ -586,6 +597,9 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
             "cannot log in to {registry}: the registry refused the credentials ({})",
             res.status()
         ))
-        .with_hint("check the user name and the password (or token) given on stdin"))
+        .with_hint(REFUSED_HINT))
     }
 }
+
+/// What to do when `login` is refused.
+const REFUSED_HINT: &str = "check the user name and the password (or token) given on stdin";

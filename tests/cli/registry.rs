@@ -2,7 +2,8 @@
 //! tree, a second push uploads nothing, images sharing a base share its snapshots, a
 //! corrupted blob commits nothing, and skopeo/umoci interoperate through `export`,
 //! `push` and OCI layouts. Runs Debian's `docker-registry` (CNCF distribution) on a
-//! loopback port, stopped by its PID.
+//! loopback port, stopped by its PID: open, with htpasswd basic auth, or with token
+//! auth from `token_server.py` beside this file.
 
 use crate::support::*;
 use std::fs;
@@ -19,8 +20,104 @@ struct Registry {
     child: Child,
     port: u16,
     storage: PathBuf,
+    /// The token server of a registry with [`Auth::Token`].
+    token: Option<TokenServer>,
     _dir: tempfile::TempDir,
 }
+
+/// How a [`Registry`] wants clients to authenticate.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    /// Not at all: anyone pushes and pulls.
+    None,
+    /// HTTP basic auth for one user and password (htpasswd, bcrypt).
+    Htpasswd(&'a str, &'a str),
+    /// Bearer tokens (`auth: token`, the Docker Hub / Harbor flow) from a
+    /// [`TokenServer`] that knows one user and password and gives anonymous
+    /// clients `pull` only.
+    Token(&'a str, &'a str),
+}
+
+/// `tests/cli/token_server.py` on 127.0.0.1 (Python's standard library, tokens signed
+/// by `openssl`), killed by PID when dropped.
+struct TokenServer {
+    child: Child,
+    port: u16,
+    /// The certificate that signs the tokens: the registry's `rootcertbundle`.
+    cert: PathBuf,
+    log: PathBuf,
+}
+
+impl TokenServer {
+    /// Makes an RSA key and a self-signed certificate in `dir` (the certificate is the
+    /// registry's `rootcertbundle`, and goes in each token's `x5c`) and starts the
+    /// server for `user`/`password`; it prints the port it listens on.
+    fn start(dir: &Path, user: &str, password: &str) -> TokenServer {
+        let (key, cert) = (dir.join("token-key.pem"), dir.join("token-cert.pem"));
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=strata-token-issuer"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl req: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = dir.join("token.log");
+        let stderr = dir.join("token-server.stderr");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/token_server.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args([&key, &cert])
+            .args([TOKEN_ISSUER, TOKEN_SERVICE, user, password])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("cannot start python3");
+        let mut line = String::new();
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        let Ok(port) = line.trim().parse() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the token server did not start: {}",
+                fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        };
+        TokenServer {
+            child,
+            port,
+            cert,
+            log,
+        }
+    }
+
+    /// One line per token request: `USER|- SCOPES -> GRANTED | STATUS` (`-` is
+    /// anonymous, `?` refused credentials).
+    fn requests(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const TOKEN_ISSUER: &str = "strata-issuer";
+const TOKEN_SERVICE: &str = "strata-test";
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -39,7 +136,7 @@ fn require(tools: &[&str]) -> bool {
         return true;
     }
     let why = format!(
-        "missing {} (apt-get install docker-registry skopeo umoci apache2-utils openssl)",
+        "missing {} (apt-get install docker-registry skopeo umoci apache2-utils openssl python3)",
         missing.join(", ")
     );
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -51,17 +148,19 @@ fn require(tools: &[&str]) -> bool {
 
 impl Registry {
     fn start() -> Option<Registry> {
-        Registry::start_with(None, false)
+        Registry::start_with(Auth::None, false)
     }
 
-    /// With `Some((user, password))`, the registry wants that user (htpasswd, bcrypt,
-    /// basic auth); with `tls`, it speaks HTTPS with a self-signed certificate for
-    /// 127.0.0.1 ([`Registry::cert`]).
-    fn start_with(user: Option<(&str, &str)>, tls: bool) -> Option<Registry> {
+    /// A registry that wants `auth_by`; with `tls`, it speaks HTTPS with a self-signed
+    /// certificate for 127.0.0.1 ([`Registry::cert`]).
+    fn start_with(auth_by: Auth, tls: bool) -> Option<Registry> {
         if !Path::new(REGISTRY_BIN).exists() && !require(&["docker-registry"]) {
             return None;
         }
-        if user.is_some() && !require(&["htpasswd"]) {
+        if matches!(auth_by, Auth::Htpasswd(..)) && !require(&["htpasswd"]) {
+            return None;
+        }
+        if matches!(auth_by, Auth::Token(..)) && !require(&["python3", "openssl"]) {
             return None;
         }
         if tls && !require(&["openssl"]) {
@@ -79,7 +178,8 @@ impl Registry {
             .port();
         let config = dir.path().join("config.yml");
         let mut auth = String::new();
-        if let Some((u, p)) = user {
+        let mut token = None;
+        if let Auth::Htpasswd(u, p) = auth_by {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", u, p])
                 .output()
@@ -91,6 +191,15 @@ impl Registry {
                 "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
                 file.display()
             );
+        }
+        if let Auth::Token(u, p) = auth_by {
+            let server = TokenServer::start(dir.path(), u, p);
+            auth = format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                server.port,
+                server.cert.display()
+            );
+            token = Some(server);
         }
         let mut http_tls = String::new();
         if tls {
@@ -145,6 +254,7 @@ impl Registry {
             child,
             port,
             storage,
+            token,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -661,7 +771,7 @@ fn with_env(s: &Store, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>
 #[test]
 fn credentials() {
     let a = setup!("native");
-    let Some(reg) = Registry::start_with(Some(("ci", "s3cret")), false) else {
+    let Some(reg) = Registry::start_with(Auth::Htpasswd("ci", "s3cret"), false) else {
         return;
     };
     a.layer("base", None, &base_ops());
@@ -764,6 +874,160 @@ fn credentials() {
     let dc = docker_home.join(".docker");
     let dc_env = [("DOCKER_CONFIG", dc.to_str().unwrap())];
     with_env(&d, &["pull", "--plain-http", &r, "app"], &dc_env, None).success();
+}
+
+/// A registry with token auth (distribution's `auth: token` and a separate JWT token
+/// server, the Docker Hub / Harbor flow; see `token_server.py`, which gives anonymous
+/// clients `pull` only): anonymous push is `invalid` with the hint to log in; a wrong
+/// password does not log in and writes nothing; `login` checks the password through the
+/// token server and stores it; push then pull round-trip the files with tokens for the
+/// repository; anonymous pull works; `--username/--password-stdin` work on push, and a
+/// chain pushed to a second repository gets there (uploaded: a mount would need a
+/// token for both repositories, which oci-client does not ask for).
+#[test]
+fn token_auth() {
+    let a = setup!("native");
+    let Some(reg) = Registry::start_with(Auth::Token("ci", "s3cret"), false) else {
+        return;
+    };
+    let tokens = reg.token.as_ref().unwrap();
+    a.layer("base", None, &base_ops());
+    a.layer("app", Some("base"), &app_ops("v1"));
+    let home = a.scratch_dir("home");
+    let home_env = [("HOME", home.to_str().unwrap())];
+    let r = reg.reference("team/app:v1");
+
+    // Anonymous: a token for pull only, so the registry refuses the upload.
+    let run =
+        with_env(&a, &["push", "--plain-http", "app", &r], &home_env, None).fails_json("invalid");
+    let login_hint = format!("strata login {} --plain-http", reg.host());
+    assert!(run.stderr.contains(&login_hint), "{}", run.session());
+    assert!(
+        tokens
+            .requests()
+            .contains("-|repository:team/app:pull,push -> repository:team/app:pull | 200"),
+        "no anonymous token: {}",
+        tokens.requests()
+    );
+    with_env(&a, &["pull", "--plain-http", &r], &home_env, None).fails_json("not_found");
+
+    let login = |pass: &[u8]| {
+        with_env(
+            &a,
+            &[
+                "login",
+                &reg.host(),
+                "-u",
+                "ci",
+                "--password-stdin",
+                "--plain-http",
+            ],
+            &home_env,
+            Some(pass),
+        )
+    };
+    let run = login(b"wrong\n").fails_json("invalid");
+    assert!(
+        run.stderr.contains("refused") && !run.stderr.contains("log in first"),
+        "{}",
+        run.session()
+    );
+    assert!(
+        tokens.requests().contains("?|repository:") && tokens.requests().contains("| 401"),
+        "the token server was not asked: {}",
+        tokens.requests()
+    );
+    let auth = home.join(".config/containers/auth.json");
+    assert!(!auth.exists(), "a failed login wrote {}", auth.display());
+    let out = login(b"s3cret\n").success().json();
+    assert_eq!(out["auth_file"], auth.to_str().unwrap());
+    assert_eq!(out["verified"], true);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&auth).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let pushed = with_env(&a, &["push", "--plain-http", "app", &r], &home_env, None)
+        .success()
+        .json();
+    let layers = pushed["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{pushed}");
+    assert!(layers.iter().all(|l| l["uploaded"] == true), "{pushed}");
+    assert!(
+        tokens
+            .requests()
+            .contains("ci|repository:team/app:pull,push -> repository:team/app:pull,push | 200"),
+        "no push token for ci: {}",
+        tokens.requests()
+    );
+    let again = with_env(&a, &["push", "--plain-http", "app", &r], &home_env, None)
+        .success()
+        .json();
+    assert!(
+        again["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["uploaded"] == false),
+        "second push uploaded again: {again}"
+    );
+
+    let b = setup!("native");
+    let pulled = with_env(&b, &["pull", "--plain-http", &r, "app"], &home_env, None)
+        .success()
+        .json();
+    assert_eq!(pulled["digest"], again["digest"]);
+    let tree = b.view_tree("app");
+    tree.assert_eq(&a.view_tree("app"), "pulled with a token");
+    assert_eq!(tree.content("app").as_deref(), Some("app v1\n"));
+    assert_eq!(
+        tree.content("etc/passwd").as_deref(),
+        Some("root:x:0:0::/root:/bin/sh\napp:x:1:1::/:/bin/sh\n")
+    );
+    assert_eq!(
+        tree.content("bin/tool").as_deref(),
+        Some("#!/bin/sh\necho tool\n")
+    );
+    assert!(
+        tree.content("var/old").is_none(),
+        "a removed file came back"
+    );
+    // Anonymous clients may pull.
+    let c = setup!("native");
+    with_env(&c, &["pull", "--plain-http", &r, "app"], &[], None).success();
+    c.view_tree("app")
+        .assert_eq(&a.view_tree("app"), "pulled anonymously");
+
+    // On the command line, without any auth file, to a second repository.
+    let direct = reg.reference("direct/app:v1");
+    let push_as_ci = |password: &[u8]| {
+        let args = [
+            "push",
+            "--plain-http",
+            "-u",
+            "ci",
+            "--password-stdin",
+            "app",
+            &direct,
+        ];
+        with_env(&a, &args, &[], Some(password))
+    };
+    let run = push_as_ci(b"nope\n").fails_json("invalid");
+    assert!(run.stderr.contains(&login_hint), "{}", run.session());
+    let pushed = push_as_ci(b"s3cret\n").success().json();
+    assert!(
+        pushed["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["uploaded"] == true || l["mounted"] == true),
+        "{pushed}"
+    );
+    let d = setup!("native");
+    with_env(&d, &["pull", "--plain-http", &direct, "app"], &[], None).success();
+    d.view_tree("app")
+        .assert_eq(&a.view_tree("app"), "pulled from the second repository");
 }
 
 /// Pushing a chain to a second repository of the same registry mounts its blobs from
@@ -1058,7 +1322,7 @@ fn progress_per_layer() {
 #[test]
 fn tls_with_a_private_ca() {
     let a = setup!("native");
-    let Some(reg) = Registry::start_with(Some(("ci", "s3cret")), true) else {
+    let Some(reg) = Registry::start_with(Auth::Htpasswd("ci", "s3cret"), true) else {
         return;
     };
     a.layer("base", None, &base_ops());
