@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
-bin=$PWD/target/release/strata
+bin=$PWD/target/x86_64-unknown-linux-gnu/release/strata  # see .cargo/config.toml
 work=$(mktemp -d /tmp/strata-ci.XXXXXX)
 trap 'for m in "$work"/mnt/*; do umount -l "$m" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 export STRATA_ROOT=$work/build        # the build machine's store

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
-strata() { ./target/release/strata --root "$store" "$@"; }
+# .cargo/config.toml names the target, so cargo puts the binary here.
+strata() { ./target/x86_64-unknown-linux-gnu/release/strata --root "$store" "$@"; }
 
 work=$(mktemp -d /tmp/strata-quickstart.XXXXXX)
 store=$work/store
