@@ -15,9 +15,14 @@ fn main() -> ExitCode {
     let _ = color_eyre::install();
     // `COMPLETE=bash strata …` answers the shell's completion requests.
     clap_complete::CompleteEnv::with_factory(Cli::command).complete();
-    let matches = match Cli::command().try_get_matches() {
+    let matches = match cmd::parse_lazily() {
         Ok(m) => m,
-        Err(e) => return usage_error(e),
+        Err(e) if e.kind() == ClapKind::DisplayVersion => return usage_error(e),
+        // Help and usage errors come from the complete tree.
+        Err(_) => match Cli::command().try_get_matches() {
+            Ok(m) => m,
+            Err(e) => return usage_error(e),
+        },
     };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

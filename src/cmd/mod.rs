@@ -77,34 +77,93 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    Init(init::Args),
-    Prepare(prepare::Args),
-    View(view::Args),
-    Mounts(mounts::Args),
-    Mount(mount::Args),
+    Init(Lazy<init::Args>),
+    Prepare(Lazy<prepare::Args>),
+    View(Lazy<view::Args>),
+    Mounts(Lazy<mounts::Args>),
+    Mount(Lazy<mount::Args>),
     #[command(alias = "umount")]
-    Unmount(unmount::Args),
-    Commit(commit::Args),
+    Unmount(Lazy<unmount::Args>),
+    Commit(Lazy<commit::Args>),
     #[command(alias = "remove")]
-    Rm(rm::Args),
+    Rm(Lazy<rm::Args>),
     #[command(alias = "list")]
-    Ls(ls::Args),
+    Ls(Lazy<ls::Args>),
     #[command(alias = "stat")]
-    Info(info::Args),
-    Label(label::Args),
-    Usage(usage::Args),
-    Tree(tree::Args),
-    Diff(diff::Args),
-    Apply(apply::Args),
-    Push(push::Args),
-    Pull(pull::Args),
-    Login(login::Args),
-    Export(export::Args),
-    Import(import::Args),
-    Prune(prune::Args),
-    Check(check::Args),
-    Completions(completions::Args),
-    Config(config::Args),
+    Info(Lazy<info::Args>),
+    Label(Lazy<label::Args>),
+    Usage(Lazy<usage::Args>),
+    Tree(Lazy<tree::Args>),
+    Diff(Lazy<diff::Args>),
+    Apply(Lazy<apply::Args>),
+    Push(Lazy<push::Args>),
+    Pull(Lazy<pull::Args>),
+    Login(Lazy<login::Args>),
+    Export(Lazy<export::Args>),
+    Import(Lazy<import::Args>),
+    Prune(Lazy<prune::Args>),
+    Check(Lazy<check::Args>),
+    Completions(Lazy<completions::Args>),
+    Config(Lazy<config::Args>),
+}
+
+/// A subcommand's arguments, built only when that subcommand is used.
+///
+/// clap builds every subcommand's arguments before parsing; for a process
+/// that lives about a millisecond that is a fifth of its CPU time. Under
+/// [`parse_lazily`] each subcommand defers its arguments (clap's
+/// `Command::defer`) until the parser descends into it. Help and errors
+/// list the subcommands' abouts, which are deferred too, so `main` renders
+/// those from the eager tree ([`clap::CommandFactory::command`]).
+#[derive(Debug)]
+pub struct Lazy<T>(pub T);
+
+static LAZY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Builds the command tree with deferred subcommands and parses the process's
+/// arguments with it. Any error (including help and version) is to be
+/// reported from the eager tree instead, whose messages are complete.
+pub fn parse_lazily() -> std::result::Result<clap::ArgMatches, clap::Error> {
+    use clap::CommandFactory;
+    LAZY.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut cmd = Cli::command();
+    LAZY.store(false, std::sync::atomic::Ordering::Relaxed);
+    let result = cmd.try_get_matches_from_mut(std::env::args_os());
+    // Freeing the tree costs more than building the used part of it, and
+    // the process is about to end.
+    std::mem::forget(cmd);
+    result
+}
+
+impl<T: clap::Args> clap::Args for Lazy<T> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        if LAZY.load(std::sync::atomic::Ordering::Relaxed) {
+            cmd.defer(T::augment_args)
+        } else {
+            T::augment_args(cmd)
+        }
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        if LAZY.load(std::sync::atomic::Ordering::Relaxed) {
+            cmd.defer(T::augment_args_for_update)
+        } else {
+            T::augment_args_for_update(cmd)
+        }
+    }
+}
+
+impl<T: clap::FromArgMatches> clap::FromArgMatches for Lazy<T> {
+    fn from_arg_matches(m: &clap::ArgMatches) -> std::result::Result<Self, clap::Error> {
+        T::from_arg_matches(m).map(Lazy)
+    }
+
+    fn update_from_arg_matches(
+        &mut self,
+        m: &clap::ArgMatches,
+    ) -> std::result::Result<(), clap::Error> {
+        self.0.update_from_arg_matches(m)
+    }
 }
 
 /// What every command gets: the printer, the effective settings, and the
@@ -158,30 +217,30 @@ pub fn context(cli: &Cli, root_source: settings::Source) -> Result<Context> {
 /// Runs one command.
 pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
     match command {
-        Command::Init(args) => init::run(args, ctx),
-        Command::Prepare(args) => prepare::run(args, ctx),
-        Command::View(args) => view::run(args, ctx),
-        Command::Mounts(args) => mounts::run(args, ctx),
-        Command::Mount(args) => mount::run(args, ctx),
-        Command::Unmount(args) => unmount::run(args, ctx),
-        Command::Commit(args) => commit::run(args, ctx),
-        Command::Rm(args) => rm::run(args, ctx),
-        Command::Ls(args) => ls::run(args, ctx),
-        Command::Info(args) => info::run(args, ctx),
-        Command::Label(args) => label::run(args, ctx),
-        Command::Usage(args) => usage::run(args, ctx),
-        Command::Tree(args) => tree::run(args, ctx),
-        Command::Diff(args) => diff::run(args, ctx),
-        Command::Apply(args) => apply::run(args, ctx),
-        Command::Push(args) => push::run(args, ctx),
-        Command::Pull(args) => pull::run(args, ctx),
-        Command::Login(args) => login::run(args, ctx),
-        Command::Export(args) => export::run(args, ctx),
-        Command::Import(args) => import::run(args, ctx),
-        Command::Prune(args) => prune::run(args, ctx),
-        Command::Check(args) => check::run(args, ctx),
-        Command::Completions(args) => completions::run(args, ctx),
-        Command::Config(args) => config::run(args, ctx),
+        Command::Init(args) => init::run(args.0, ctx),
+        Command::Prepare(args) => prepare::run(args.0, ctx),
+        Command::View(args) => view::run(args.0, ctx),
+        Command::Mounts(args) => mounts::run(args.0, ctx),
+        Command::Mount(args) => mount::run(args.0, ctx),
+        Command::Unmount(args) => unmount::run(args.0, ctx),
+        Command::Commit(args) => commit::run(args.0, ctx),
+        Command::Rm(args) => rm::run(args.0, ctx),
+        Command::Ls(args) => ls::run(args.0, ctx),
+        Command::Info(args) => info::run(args.0, ctx),
+        Command::Label(args) => label::run(args.0, ctx),
+        Command::Usage(args) => usage::run(args.0, ctx),
+        Command::Tree(args) => tree::run(args.0, ctx),
+        Command::Diff(args) => diff::run(args.0, ctx),
+        Command::Apply(args) => apply::run(args.0, ctx),
+        Command::Push(args) => push::run(args.0, ctx),
+        Command::Pull(args) => pull::run(args.0, ctx),
+        Command::Login(args) => login::run(args.0, ctx),
+        Command::Export(args) => export::run(args.0, ctx),
+        Command::Import(args) => import::run(args.0, ctx),
+        Command::Prune(args) => prune::run(args.0, ctx),
+        Command::Check(args) => check::run(args.0, ctx),
+        Command::Completions(args) => completions::run(args.0, ctx),
+        Command::Config(args) => config::run(args.0, ctx),
     }
 }
 
