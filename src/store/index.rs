@@ -158,21 +158,12 @@ impl Index {
         let conn = Connection::open(path).map_err(|e| {
             Error::internal(format!("cannot open the index {}", path.display())).with_source(e)
         })?;
+        set_journal(&conn, path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        // WAL lets readers run beside the one writer; FULL survives power loss.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| corrupt(path, e))?;
+        // FULL: a command that returned has its change on disk (power loss).
         conn.pragma_update(None, "synchronous", "FULL")?;
         // Per connection and outside any transaction, or it is a no-op.
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Every command is a short-lived process, and the last connection
-        // to close checkpoints the WAL. Keep the WAL file instead of deleting
-        // and recreating it in every process (an unlink and a create per
-        // command); it is truncated after each checkpoint. (Skipping the
-        // checkpoint at close is worse: the next process must then rebuild
-        // the WAL index by reading the whole WAL, and it never restarts.)
-        persist_wal(&conn)?;
-        conn.pragma_update(None, "journal_size_limit", 0)?;
         let mut index = Index { conn };
         index.migrate(path)?;
         Ok(index)
@@ -219,6 +210,47 @@ impl Index {
             .conn
             .transaction_with_behavior(TransactionBehavior::Deferred)?)
     }
+}
+
+/// Chooses the rollback journal, kept between transactions (`PERSIST`).
+///
+/// Every strata command is a process of about a millisecond with its own
+/// connection. In WAL mode each such process is the first connection to
+/// open the database and the last to close it, so it rebuilds the WAL's
+/// shared-memory index on open (a truncate and eight page writes) and
+/// checkpoints and truncates the WAL on close: 0.25 to 0.4 ms per command
+/// that no reader or writer saves (measured, docs/benchmarks.md). WAL's gift,
+/// readers that never wait for a writer, matters little when every
+/// transaction is a few statements long: with the journal a reader waits at
+/// most for one commit, on the busy timeout like a second writer does.
+///
+/// Stores made before this choice are in WAL mode, which the file remembers;
+/// they are switched when no other process has them open (the switch needs
+/// the only connection, so it is tried without waiting) and otherwise keep
+/// WAL for this process.
+fn set_journal(conn: &Connection, path: &Path) -> Result<()> {
+    match conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| {
+        r.get::<_, String>(0)
+    }) {
+        Ok(mode) if mode.eq_ignore_ascii_case("persist") => Ok(()),
+        Ok(_) => keep_wal(conn),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            keep_wal(conn)
+        }
+        Err(e) => Err(corrupt(path, e)),
+    }
+}
+
+/// Settings for a store still in WAL mode: keep the WAL file between
+/// processes (no unlink and create per command), truncated after each
+/// checkpoint. (Skipping the checkpoint at close is worse: the next process
+/// must rebuild the WAL index by reading the whole WAL, which never restarts.)
+fn keep_wal(conn: &Connection) -> Result<()> {
+    persist_wal(conn)?;
+    conn.pragma_update(None, "journal_size_limit", 0)?;
+    Ok(())
 }
 
 /// Sets SQLITE_FCNTL_PERSIST_WAL on the main database of `conn`.

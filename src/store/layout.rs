@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! ROOT/                 mode 0700
-//!   index.db            the SQLite index (plus -wal and -shm)
+//!   index.db            the SQLite index (plus its rollback journal, index.db-journal)
 //!   snapshots/ID/fs     a snapshot's tree (overlay: its upper directory)
 //!   snapshots/ID/work   overlay work directory of an active snapshot
 //!   snapshots/new-*     a snapshot being built (locked by its builder)
