@@ -23,7 +23,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
 /// `Field: value` lines, as people read them.
 pub fn render(i: &Info) -> String {
     let mut out = String::new();
-    let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<11}{v}\n"));
+    let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<12}{v}\n"));
     line("Name:", &i.name);
     line("Kind:", i.kind.as_str());
     line("Parent:", i.parent.as_deref().unwrap_or("-"));
@@ -40,12 +40,12 @@ pub fn render(i: &Info) -> String {
         line("Labels:", "-");
     } else {
         let labels: Vec<String> = i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        line("Labels:", &labels.join("\n           "));
+        line("Labels:", &labels.join("\n            "));
     }
     if i.mounted_at.is_empty() {
         line("Mounted at:", "-");
     } else {
-        line("Mounted at:", &i.mounted_at.join("\n           "));
+        line("Mounted at:", &i.mounted_at.join("\n            "));
     }
     out
 }

@@ -1,6 +1,6 @@
 use super::Context;
 use crate::printer::{Format, shell_quote};
-use crate::store::{Kind, Mount, Result};
+use crate::store::{Kind, Mount, Result, ShellMounts};
 use std::path::Path;
 
 /// Print the mounts of an active snapshot or a view.
@@ -29,14 +29,24 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         let list = ctx.store()?.mounts(&args.key)?;
         return print(ctx, &list, &args.target);
     }
-    print_for_shell(ctx, &args.key, &args.target)
+    print_for_shell(ctx, &args.key, &args.target, None)
 }
 
 /// Prints the mounts of `key` as commands a shell can run (shortened for
 /// deep chains), or the `strata mount` line where none fits in a page.
-fn print_for_shell(ctx: &mut Context, key: &str, target: &str) -> Result<()> {
+/// `known` are the mounts of `key` when the caller has them already.
+fn print_for_shell(
+    ctx: &mut Context,
+    key: &str,
+    target: &str,
+    known: Option<Vec<Mount>>,
+) -> Result<()> {
     let target = absolute_target(target);
-    match ctx.store()?.shell_mounts(key) {
+    let shell = match known.and_then(ShellMounts::absolute) {
+        Some(shell) => Ok(shell),
+        None => ctx.store()?.shell_mounts(key),
+    };
+    match shell {
         Ok(shell) => {
             let lines: String = shell
                 .mounts
@@ -106,7 +116,9 @@ pub fn finish_create(
     target: Option<&Path>,
 ) -> Result<()> {
     match target {
-        None if ctx.printer.format() == Format::Table => print_for_shell(ctx, key, "TARGET"),
+        None if ctx.printer.format() == Format::Table => {
+            print_for_shell(ctx, key, "TARGET", Some(list))
+        }
         None => print(ctx, &list, "TARGET"),
         Some(target) => {
             let store = ctx.store()?;

@@ -70,6 +70,20 @@ pub struct ShellMounts {
     pub mounts: Vec<Mount>,
 }
 
+impl ShellMounts {
+    /// `mounts` as they are (absolute paths), when each fits in one page.
+    pub fn absolute(mounts: Vec<Mount>) -> Option<ShellMounts> {
+        fit_one_page(&mounts).then_some(ShellMounts { dir: None, mounts })
+    }
+}
+
+/// Whether mount(2) can take each mount's options (at most one page).
+fn fit_one_page(mounts: &[Mount]) -> bool {
+    mounts
+        .iter()
+        .all(|m| m.options.join(",").len() <= MAX_MOUNT_DATA)
+}
+
 /// A snapshot just made: its store's driver, id and parent chain.
 pub(crate) struct Made {
     pub driver: Driver,
@@ -391,11 +405,8 @@ impl Store {
     pub fn shell_mounts(&mut self, key: &str) -> Result<ShellMounts> {
         let (driver, row, chain) = self.mount_plan(key)?;
         let mounts = self.mounts_of(driver, row.kind, row.id, &chain);
-        let too_long = mounts
-            .iter()
-            .any(|m| m.options.join(",").len() > MAX_MOUNT_DATA);
-        if !too_long {
-            return Ok(ShellMounts { dir: None, mounts });
+        if let Some(shell) = ShellMounts::absolute(mounts) {
+            return Ok(shell);
         }
         for id in &chain {
             self.layout
@@ -408,10 +419,7 @@ impl Store {
             .collect();
         let own = Path::new("..").join("snapshots").join(row.id.to_string());
         let mounts = driver.mounts(row.kind, &own, &short, &self.options.overlay_mount_options);
-        if mounts
-            .iter()
-            .any(|m| m.options.join(",").len() > MAX_MOUNT_DATA)
-        {
+        if !fit_one_page(&mounts) {
             return Err(Error::unsupported(format!(
                 "the mount of `{key}` ({} layers) cannot be written within one page of mount options, even with short relative paths",
                 chain.len()
