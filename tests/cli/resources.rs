@@ -231,3 +231,59 @@ fn an_older_index_is_migrated_in_place() {
         .strata(&["diff", "base", "--output-file", out.to_str().unwrap()])
         .success();
 }
+
+/// Bytes 18 and 19 of an SQLite file: 2 in WAL mode, 1 with a rollback journal.
+fn journal_bytes(index: &std::path::Path) -> [u8; 2] {
+    let header = fs::read(index).unwrap();
+    [header[18], header[19]]
+}
+
+/// A store an earlier strata left in WAL mode keeps working while another
+/// process has it open, and switches to the rollback journal (its -wal and
+/// -shm files gone) the first time a process has it to itself.
+#[test]
+fn a_wal_mode_index_switches_to_the_journal_when_alone() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    store.strata(&["prepare", "a"]).success();
+    let index = store.root.join("index.db");
+    assert_eq!(
+        journal_bytes(&index),
+        [1, 1],
+        "a new store has a rollback journal"
+    );
+    sqlite(&index, "PRAGMA journal_mode = WAL;");
+    assert_eq!(journal_bytes(&index), [2, 2], "the fixture is in WAL mode");
+
+    // Another process holds the WAL-mode index open (a reader in WAL mode):
+    // strata cannot switch, and works in WAL mode meanwhile.
+    let holder_script = format!(
+        "import sqlite3, sys; c = sqlite3.connect({:?}); c.execute('SELECT count(*) FROM snapshots').fetchall(); print('open', flush=True); sys.stdin.read()",
+        index.to_str().unwrap()
+    );
+    let mut holder = Command::new("python3")
+        .args(["-c", &holder_script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "open");
+    store.strata(&["commit", "base", "a"]).success();
+    store.strata(&["prepare", "b", "base"]).success();
+    assert_eq!(journal_bytes(&index), [2, 2], "still WAL while shared");
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+
+    // Alone: the next command switches, and the data is all there.
+    assert_eq!(store.names(&[]), vec!["b", "base"]);
+    assert_eq!(journal_bytes(&index), [1, 1]);
+    assert!(!store.root.join("index.db-wal").exists());
+    assert!(!store.root.join("index.db-shm").exists());
+    store.strata(&["check"]).success();
+}
