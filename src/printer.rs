@@ -264,17 +264,22 @@ fn causes(err: &Error) -> Vec<String> {
 /// Human-readable size: bytes below 1 KiB, then KiB, MiB, GiB…
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
     let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
+    while unit + 1 < UNITS.len() && u128::from(bytes) >= 1u128 << (10 * (unit + 1)) {
         unit += 1;
     }
     if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+        return format!("{bytes} B");
     }
+    // Tenths, rounded half to even as `{:.1}` rounds an f64, in integers:
+    // float formatting's exact mode is slow, and `ls` prints thousands.
+    let den = 1u128 << (10 * unit);
+    let num = u128::from(bytes) * 10;
+    let (mut tenths, rest) = (num / den, num % den);
+    if 2 * rest > den || (2 * rest == den && tenths % 2 == 1) {
+        tenths += 1;
+    }
+    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[unit])
 }
 
 /// Quotes `arg` for a POSIX shell when it needs it.
@@ -300,6 +305,38 @@ mod tests {
         assert_eq!(human_size(1023), "1023 B");
         assert_eq!(human_size(1536), "1.5 KiB");
         assert_eq!(human_size(5 * 1024 * 1024), "5.0 MiB");
+        assert_eq!(human_size(1280), "1.2 KiB", "a tie rounds to even");
+        assert_eq!(human_size(1024 * 1024 - 1), "1024.0 KiB");
+        assert_eq!(human_size(u64::MAX), "16384.0 PiB");
+    }
+
+    /// The integer rounding gives what `{:.1}` of the f64 quotient gives.
+    #[test]
+    fn sizes_match_float_formatting() {
+        let float = |bytes: u64| {
+            let mut value = bytes as f64;
+            let mut unit = 0;
+            while value >= 1024.0 && unit < 5 {
+                value /= 1024.0;
+                unit += 1;
+            }
+            let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+            if unit == 0 {
+                format!("{bytes} B")
+            } else {
+                format!("{value:.1} {}", units[unit])
+            }
+        };
+        let mut x: u64 = 1;
+        for i in 0..200_000u64 {
+            // Small values densely, then a pseudo-random spread up to 2^53
+            // (where the f64 quotient is still exact).
+            let bytes = if i < 100_000 { i * 7 } else { x % (1 << 53) };
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            assert_eq!(human_size(bytes), float(bytes), "{bytes}");
+        }
     }
 
     #[test]

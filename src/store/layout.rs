@@ -74,7 +74,11 @@ impl Layout {
         self.snapshots.join(id.to_string())
     }
     pub fn fs(&self, id: i64) -> PathBuf {
-        self.dir(id).join("fs")
+        self.snapshots.join(Self::fs_under_snapshots(id))
+    }
+    /// [`Layout::fs`] relative to [`Layout::snapshots`].
+    pub fn fs_under_snapshots(id: i64) -> PathBuf {
+        Path::new(&id.to_string()).join("fs")
     }
     pub fn work(&self, id: i64) -> PathBuf {
         self.dir(id).join("work")

@@ -34,6 +34,7 @@ use error::IoContext;
 use index::{Index, MountRecord, Row};
 use layout::Layout;
 use rusqlite::Transaction;
+use rustix::fd::{AsFd, BorrowedFd};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -752,7 +753,7 @@ impl Store {
             let tx = self.index.read()?;
             existing(&tx, key)?
         };
-        usage_of(&self.layout, &row)
+        usage_of(&self.layout, &row, None)
     }
 
     /// Usage of every snapshot, in byte order of names. Committed ones are
@@ -768,6 +769,17 @@ impl Store {
             .unwrap_or(2);
         let mut results: Vec<Option<Result<Usage>>> = (0..rows.len()).map(|_| None).collect();
         let layout = &self.layout;
+        // Actives are measured relative to the snapshots directory, opened once.
+        let snapshots = rustix::fs::open(
+            layout.snapshots(),
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .ctx(|| format!("cannot open {}", layout.snapshots().display()))?;
+        let snapshots = snapshots.as_fd();
         let done: Vec<Vec<(usize, Result<Usage>)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
@@ -776,7 +788,7 @@ impl Store {
                         loop {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let Some(row) = rows.get(i) else { break };
-                            out.push((i, usage_of(layout, row)));
+                            out.push((i, usage_of(layout, row, Some(snapshots))));
                         }
                         out
                     })
@@ -802,11 +814,17 @@ impl Store {
 
 /// Disk usage of one snapshot: recorded at commit for a committed one,
 /// measured for an active one (its own layer only), zero for a view.
-fn usage_of(layout: &Layout, row: &Row) -> Result<Usage> {
+/// `snapshots`, when given, is the open snapshots directory.
+fn usage_of(layout: &Layout, row: &Row, snapshots: Option<BorrowedFd<'_>>) -> Result<Usage> {
+    let tree = layout.fs(row.id);
+    let measured = || match snapshots {
+        Some(dir) => usage::disk_usage_at(dir, &Layout::fs_under_snapshots(row.id), &tree),
+        None => usage::disk_usage(&tree),
+    };
     match row.kind {
         SnapshotKind::Committed => Ok(row.recorded_usage().unwrap_or_default()),
         SnapshotKind::View => Ok(Usage::default()),
-        SnapshotKind::Active => match usage::disk_usage(&layout.fs(row.id)) {
+        SnapshotKind::Active => match measured() {
             // Removed by another process meanwhile.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::not_found(format!(
                 "snapshot `{}` was removed while being measured",
