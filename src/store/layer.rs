@@ -3871,6 +3871,86 @@ mod tests {
         assert_eq!(names, [b"user.ok".to_vec()]);
     }
 
+    /// Files of several read chunks (and of exactly one), a file replaced by
+    /// a later entry, a hardlink to a large file and a whiteout after one of
+    /// this layer's files all end as the archive says, with their metadata.
+    #[test]
+    fn large_replaced_and_linked_files() {
+        let j = jail();
+        let big: Vec<u8> = (0..(3 * CHUNK + 12_345)).map(|i| (i % 251) as u8).collect();
+        let exact = vec![7u8; CHUNK];
+        let data = tar_of(&[
+            file(b"big", &big),
+            Raw {
+                name: b"big-link",
+                kind: b'1',
+                data: b"",
+                link: b"big",
+            },
+            file(b"exact", &exact),
+            file(b"again", &big),
+            file(b"again", b"second"),
+            file(b"gone", &big),
+            file(b".wh.gone", b""),
+            file(b"small", b"tiny"),
+        ]);
+        apply_vec(&data, &j.dest, &opts(Whiteouts::Delete)).unwrap();
+        let read = |n: &str| std::fs::read(j.dest.join(n)).unwrap();
+        assert_eq!(read("big"), big);
+        assert_eq!(read("big-link"), big);
+        let (a, b) = (
+            std::fs::metadata(j.dest.join("big")).unwrap(),
+            std::fs::metadata(j.dest.join("big-link")).unwrap(),
+        );
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+        assert_eq!(a.mode() & 0o7777, 0o644);
+        assert_eq!(a.mtime(), 1_000_000_000);
+        assert_eq!(read("exact"), exact);
+        assert_eq!(read("again"), b"second");
+        // A whiteout only hides lower layers' files, not this layer's own.
+        assert_eq!(read("gone"), big);
+        assert_eq!(read("small"), b"tiny");
+        j.untouched();
+    }
+
+    /// A failure to write (a full filesystem) is an I/O error naming the file.
+    #[test]
+    fn write_errors_name_the_file() {
+        let t = tmp();
+        let small = t.path().join("small");
+        std::fs::create_dir(&small).unwrap();
+        // A 1 MiB tmpfs: the second big file cannot fit.
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&small)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "cannot mount a tmpfs (needs root)"
+            );
+            eprintln!("skipped: cannot mount a tmpfs (needs root)");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _guard = Unmount(&small);
+        let big = vec![1u8; 700 * 1024];
+        let data = tar_of(&[file(b"one", &big), file(b"two", &big), file(b"three", b"x")]);
+        let err = apply_vec(&data, &small, &opts(Whiteouts::Delete)).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, LayerError::Io { .. }), "{text}");
+        assert!(
+            text.contains("cannot write") && text.contains("two"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn dir_entry_updates_existing_dir() {
         let j = jail();
