@@ -75,9 +75,11 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let labels = key::parse_labels(&args.labels)?;
-    let (mut input, total): (Box<dyn Read>, Option<u64>) = match &args.file {
-        None => (Box::new(std::io::stdin().lock()), None),
-        Some(p) if p.as_os_str() == "-" => (Box::new(std::io::stdin().lock()), None),
+    // Send: a compressed layer is read on a second thread.
+    let stdin = || Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()));
+    let (mut input, total): (Box<dyn Read + Send>, Option<u64>) = match &args.file {
+        None => (stdin(), None),
+        Some(p) if p.as_os_str() == "-" => (stdin(), None),
         Some(p) => {
             let f = std::fs::File::open(p).map_err(|e| {
                 let what = format!("cannot open the layer {}", p.display());

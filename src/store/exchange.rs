@@ -41,7 +41,7 @@ impl Store {
         name: &str,
         parent: Option<&str>,
         labels: &Labels,
-        input: &mut dyn Read,
+        input: &mut (dyn Read + Send),
         limits: ApplyLimits,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Digests> {

@@ -93,7 +93,6 @@
 //!   frame checksums. Sockets are skipped; a file that shrinks while being
 //!   read is an error, one that grows is cut at the size in its header.
 
-use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, Metadata};
@@ -103,7 +102,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
@@ -340,32 +340,42 @@ impl Digester {
 /// State shared with the reader at the bottom of the decoder chain.
 #[derive(Default)]
 struct InputState {
-    bytes: Cell<u64>,
-    failed: Cell<bool>,
+    bytes: AtomicU64,
+    failed: AtomicBool,
     /// For compressed input: the digest of the raw bytes, and bytes not yet
     /// handed to it.
-    raw: RefCell<Option<Digester>>,
+    raw: Mutex<Option<Digester>>,
+}
+
+impl InputState {
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn raw(&self) -> std::sync::MutexGuard<'_, Option<Digester>> {
+        self.raw.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Reads the caller's input, counting and (for compressed layers) hashing.
 struct RawReader<'a> {
-    inner: &'a mut dyn Read,
-    state: Rc<InputState>,
+    inner: &'a mut (dyn Read + Send),
+    state: Arc<InputState>,
 }
 
 impl Read for RawReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inner.read(buf) {
             Ok(n) => {
-                self.state.bytes.set(self.state.bytes.get() + n as u64);
-                if let Some(d) = self.state.raw.borrow_mut().as_mut() {
+                self.state.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(d) = self.state.raw().as_mut() {
                     d.update(&buf[..n]);
                 }
                 Ok(n)
             }
             Err(e) => {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    self.state.failed.set(true);
+                    self.state.failed.store(true, Ordering::Relaxed);
                 }
                 Err(e)
             }
@@ -373,11 +383,81 @@ impl Read for RawReader<'_> {
     }
 }
 
+/// Decompresses on a second thread. Inflating is a large share of an
+/// unpack's CPU time (`tar -xzf` has a gzip process do it beside tar); here
+/// the reading thread parses and writes while this one reads the input,
+/// hashes it and inflates, at most `AHEAD` chunks ahead (a bomb still stops
+/// at the size limit).
+fn behind<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    mut decoder: impl Read + Send + 'scope,
+) -> Result<Box<dyn Read + 'scope>> {
+    const AHEAD: usize = 4;
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(AHEAD);
+    std::thread::Builder::new()
+        .name("layer-inflate".into())
+        .spawn_scoped(scope, move || {
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut len = 0;
+                while len < buf.len() {
+                    match decoder.read(&mut buf[len..]) {
+                        Ok(0) => break,
+                        Ok(n) => len += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                buf.truncate(len);
+                // Stop at the end, or when the reader gave up (an error).
+                if len == 0 || tx.send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| io_err("cannot start a thread to decompress the layer", e))?;
+    Ok(Box::new(Inflated {
+        rx,
+        cur: Vec::new(),
+        pos: 0,
+    }))
+}
+
+/// The decompressed stream, as [`behind`]'s thread hands it over.
+struct Inflated {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Inflated {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(next)) => {
+                    self.cur = next;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The thread ended: the end of the stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// The uncompressed tar stream, read in chunks: hashed (diff_id), counted
 /// and limited.
 struct Stream<'a> {
     src: Box<dyn Read + 'a>,
-    input: Rc<InputState>,
+    input: Arc<InputState>,
     chunk: Vec<u8>,
     pos: usize,
     len: usize,
@@ -424,7 +504,7 @@ impl Stream<'_> {
     }
 
     fn input_error(&self, e: io::Error) -> LayerError {
-        if self.input.failed.get() {
+        if self.input.failed.load(Ordering::Relaxed) {
             io_err("cannot read the layer", e)
         } else if self.compression == Compression::None {
             invalid(format!("corrupt layer: {e}"))
@@ -797,12 +877,12 @@ fn context(e: LayerError, ctx: &str) -> LayerError {
 /// copy of the parent tree). `progress` is called with the number of
 /// compressed bytes consumed so far, now and then.
 pub fn apply(
-    input: &mut dyn Read,
+    input: &mut (dyn Read + Send),
     dest: &Path,
     opts: &ApplyOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Digests> {
-    let state = Rc::new(InputState::default());
+    let state = Arc::new(InputState::default());
     let mut raw = RawReader {
         inner: input,
         state: state.clone(),
@@ -836,18 +916,34 @@ pub fn apply(
     if compression != Compression::None {
         let mut d = Digester::new();
         d.update(magic);
-        *state.raw.borrow_mut() = Some(d);
+        *state.raw() = Some(d);
     }
     let head = io::Cursor::new(magic.to_vec()).chain(raw);
     let buffered = BufReader::with_capacity(128 * 1024, head);
-    let src: Box<dyn Read> = match compression {
-        Compression::None => Box::new(buffered),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(buffered)
-                .map_err(|e| io_err("cannot start a zstd decoder", e))?,
-        ),
-    };
+    std::thread::scope(|scope| {
+        let src: Box<dyn Read> = match compression {
+            Compression::None => Box::new(buffered),
+            Compression::Gzip => behind(scope, flate2::bufread::MultiGzDecoder::new(buffered))?,
+            Compression::Zstd => behind(
+                scope,
+                zstd::stream::read::Decoder::with_buffer(buffered)
+                    .map_err(|e| io_err("cannot start a zstd decoder", e))?,
+            )?,
+        };
+        unpack(src, &state, compression, dest, opts, progress)
+    })
+}
+
+/// Unpacks the uncompressed tar `src` into `dest`; `state` tracks the raw
+/// input (bytes read, its digest when compressed).
+fn unpack(
+    src: Box<dyn Read + '_>,
+    state: &Arc<InputState>,
+    compression: Compression,
+    dest: &Path,
+    opts: &ApplyOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Digests> {
     let mut stream = Stream {
         src,
         input: state.clone(),
@@ -863,7 +959,7 @@ pub fn apply(
     let mut ex = Extractor::new(dest, opts)?;
     let mut last_progress = 0u64;
     let mut tick = || {
-        let now = state.bytes.get();
+        let now = state.bytes();
         if now - last_progress >= PROGRESS_STEP {
             last_progress = now;
             progress(now);
@@ -894,8 +990,8 @@ pub fn apply(
     }
     ex.finish()?;
     let diff_id = sha256_string(stream.finish());
-    progress(state.bytes.get());
-    let raw_digest = state.raw.borrow_mut().take().map(Digester::finish);
+    progress(state.bytes());
+    let raw_digest = state.raw().take().map(Digester::finish);
     let digest = match raw_digest {
         Some(h) => sha256_string(h),
         None => diff_id.clone(),
@@ -904,7 +1000,7 @@ pub fn apply(
         digest,
         diff_id,
         compression: compression.as_str(),
-        size: state.bytes.get(),
+        size: state.bytes(),
     })
 }
 
@@ -3350,6 +3446,10 @@ mod tests {
             "..",
         );
         j.refuse(&raw(b"../.wh.sibling", b'0', b"", b""), &delete(), "..");
+        // Compressed: the decompressing thread, chunks ahead, stops too.
+        let big = vec![1u8; 20 << 20];
+        let data = gzip(&tar_of(&[file(b"../evil", b"x"), file(b"big", &big)]));
+        j.refuse(&data, &delete(), "../evil");
         j.refuse(
             &raw(b"../sibling/.wh..wh..opq", b'0', b"", b""),
             &delete(),
