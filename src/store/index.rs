@@ -334,6 +334,17 @@ pub fn all(tx: &Transaction<'_>) -> Result<Vec<Row>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// [`all`] without the parents' names (`parent` is `None`): no join, for
+/// callers that need only each row's own fields.
+pub fn all_own(tx: &Transaction<'_>) -> Result<Vec<Row>> {
+    let mut stmt = tx.prepare(
+        "SELECT s.id, s.name, s.kind, s.parent_id, NULL, s.created, s.updated, s.size, s.inodes
+           FROM snapshots s ORDER BY s.name",
+    )?;
+    let rows = stmt.query_map([], read_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// The ids and names of the parent chain of snapshot `id`, nearest first,
 /// in one recursive query.
 pub fn chain(tx: &Transaction<'_>, id: i64) -> Result<Vec<(i64, String)>> {

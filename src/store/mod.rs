@@ -761,7 +761,7 @@ impl Store {
     pub fn usage_all(&mut self) -> Result<Vec<(String, Usage)>> {
         let rows = {
             let tx = self.index.read()?;
-            index::all(&tx)?
+            index::all_own(&tx)?
         };
         let next = std::sync::atomic::AtomicUsize::new(0);
         let workers = std::thread::available_parallelism()
