@@ -19,6 +19,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -221,13 +222,25 @@ pub fn push(
         .into_iter()
         .filter(|l| !is_alias(&l.labels))
         .collect();
-    let mut layers = Vec::with_capacity(chain.len());
+    let mut known = Vec::with_capacity(chain.len());
     for layer in &chain {
-        let known = store.known_digests(&layer.name, compression, sde)?;
+        known.push(store.known_digests(&layer.name, compression, sde)?);
+    }
+    let missing: Vec<&str> = chain
+        .iter()
+        .zip(&known)
+        .filter(|(_, k)| k.is_none())
+        .map(|(l, _)| l.name.as_str())
+        .collect();
+    let mut written = write_layers(store, &missing, compression, sde, printer)?;
+    let mut layers = Vec::with_capacity(chain.len());
+    for (layer, known) in chain.iter().zip(known) {
         let (digests, mut file) = match known {
             Some(d) => (d, None),
             None => {
-                let (d, f) = write_layer(store, &layer.name, compression, sde, printer)?;
+                let (d, f) = written.remove(&layer.name).ok_or_else(|| {
+                    Error::internal(format!("no layer written for `{}`", layer.name))
+                })?;
                 (d, Some(f))
             }
         };
@@ -401,12 +414,90 @@ fn write_layer(
     sde: Option<i64>,
     printer: &Printer,
 ) -> Result<(Digests, File)> {
-    let file = temp_file()?;
     let bar = printer.progress(&format!("writing the layer of `{name}`"), None);
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let d = store.layer_blob(name, &mut w, compression, sde, &mut |n| bar.set_position(n));
+    let written = layer_to_file(store, name, compression, sde, &mut |n| bar.set_position(n));
     bar.finish_and_clear();
-    let d = d?;
+    written
+}
+
+/// Writes the layers named `names` to temporary files, several at once:
+/// diffing and above all compressing are CPU-bound and every layer is
+/// independent, so a chain of many new layers is written in about the time
+/// of its largest few. Each thread has its own handle on the store.
+fn write_layers(
+    store: &mut Store,
+    names: &[&str],
+    compression: Compression,
+    sde: Option<i64>,
+    printer: &Printer,
+) -> Result<HashMap<String, (Digests, File)>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(names.len());
+    if threads <= 1 {
+        let mut out = HashMap::new();
+        for name in names {
+            let written = write_layer(store, name, compression, sde, printer)?;
+            out.insert(name.to_string(), written);
+        }
+        return Ok(out);
+    }
+    let handles = (0..threads)
+        .map(|_| store.reopen())
+        .collect::<Result<Vec<_>>>()?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let message = format!("writing {} layers, {threads} at a time", names.len());
+    let results = printer.spin(&message, || {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = handles
+                .into_iter()
+                .map(|mut handle| {
+                    let next = &next;
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(name) = names.get(i) else { break };
+                            let written =
+                                layer_to_file(&mut handle, name, compression, sde, &mut |_| {});
+                            let failed = written.is_err();
+                            out.push((name.to_string(), written));
+                            if failed {
+                                // Let the others finish what they hold; take no more.
+                                next.store(names.len(), std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| match w.join() {
+                    Ok(out) => out,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    let mut out = HashMap::new();
+    for (name, written) in results {
+        out.insert(name, written?);
+    }
+    Ok(out)
+}
+
+/// The layer of `name` in a temporary file, rewound, and its digests.
+fn layer_to_file(
+    store: &mut Store,
+    name: &str,
+    compression: Compression,
+    sde: Option<i64>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Digests, File)> {
+    let file = temp_file()?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let d = store.layer_blob(name, &mut w, compression, sde, progress)?;
     let mut file = w
         .into_inner()
         .map_err(|e| Error::io("cannot write a temporary file", e.into_error()))?;

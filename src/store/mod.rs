@@ -124,6 +124,12 @@ impl Store {
         self.layout.root()
     }
 
+    /// A second handle on the same store, with the same options, for work
+    /// on another thread (each handle has its own index connection).
+    pub fn reopen(&self) -> Result<Store> {
+        Store::open(self.root(), self.options.clone())
+    }
+
     /// The driver recorded in the store, if one was chosen yet.
     pub fn driver(&mut self) -> Result<Option<Driver>> {
         let tx = self.index.read()?;
