@@ -118,17 +118,28 @@ pub enum Command {
 #[derive(Debug)]
 pub struct Lazy<T>(pub T);
 
-static LAZY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+thread_local! {
+    /// Whether the tree being built on this thread defers its subcommands.
+    static LAZY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// Builds the command tree with deferred subcommands and parses the process's
 /// arguments with it. Any error (including help and version) is to be
 /// reported from the eager tree instead, whose messages are complete.
 pub fn parse_lazily() -> std::result::Result<clap::ArgMatches, clap::Error> {
+    parse_lazily_from(std::env::args_os())
+}
+
+fn parse_lazily_from<I, T>(args: I) -> std::result::Result<clap::ArgMatches, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     use clap::CommandFactory;
-    LAZY.store(true, std::sync::atomic::Ordering::Relaxed);
+    LAZY.set(true);
     let mut cmd = Cli::command();
-    LAZY.store(false, std::sync::atomic::Ordering::Relaxed);
-    let result = cmd.try_get_matches_from_mut(std::env::args_os());
+    LAZY.set(false);
+    let result = cmd.try_get_matches_from_mut(args);
     // Freeing the tree costs more than building the used part of it, and
     // the process is about to end.
     std::mem::forget(cmd);
@@ -137,7 +148,7 @@ pub fn parse_lazily() -> std::result::Result<clap::ArgMatches, clap::Error> {
 
 impl<T: clap::Args> clap::Args for Lazy<T> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        if LAZY.load(std::sync::atomic::Ordering::Relaxed) {
+        if LAZY.get() {
             cmd.defer(T::augment_args)
         } else {
             T::augment_args(cmd)
@@ -145,7 +156,7 @@ impl<T: clap::Args> clap::Args for Lazy<T> {
     }
 
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-        if LAZY.load(std::sync::atomic::Ordering::Relaxed) {
+        if LAZY.get() {
             cmd.defer(T::augment_args_for_update)
         } else {
             T::augment_args_for_update(cmd)
@@ -257,4 +268,58 @@ pub fn is_broken_pipe(err: &Error) -> bool {
         cur = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    /// The lazily built tree parses command lines exactly as the complete one.
+    #[test]
+    fn lazy_and_eager_trees_parse_alike() {
+        let lines: &[&[&str]] = &[
+            &["strata", "prepare", "k", "base", "--label", "a=b", "--json"],
+            &[
+                "strata", "--root", "/s", "-q", "view", "v", "base", "--mount", "/mnt",
+            ],
+            &[
+                "strata",
+                "ls",
+                "--filter",
+                "kind==active",
+                "-o",
+                "yaml",
+                "-vv",
+            ],
+            &["strata", "rm", "-r", "-f", "a", "b"],
+            &["strata", "list"],
+            &["strata", "stat", "base", "--config", "/c.yaml"],
+            &["strata", "usage"],
+            &["strata", "mounts", "k", "/mnt/x"],
+            &["strata", "commit", "name", "key"],
+            &["strata", "diff", "k", "--output-file", "f.tar"],
+            &["strata", "push", "k", "reg/x:1", "--plain-http"],
+            &["strata", "completions", "bash"],
+        ];
+        for line in lines {
+            let lazy = parse_lazily_from(line.iter()).unwrap();
+            let eager = Cli::command().try_get_matches_from(line.iter()).unwrap();
+            let (lazy, eager) = (
+                Cli::from_arg_matches(&lazy).unwrap(),
+                Cli::from_arg_matches(&eager).unwrap(),
+            );
+            assert_eq!(format!("{lazy:?}"), format!("{eager:?}"), "{line:?}");
+        }
+        // Errors and help come from the complete tree in `main`; the lazy
+        // one still rejects what the complete one rejects.
+        for line in [
+            &["strata", "prepare"][..],
+            &["strata", "ls", "--nope"],
+            &["strata", "nope"],
+        ] {
+            assert!(parse_lazily_from(line.iter()).is_err(), "{line:?}");
+            assert!(Cli::command().try_get_matches_from(line.iter()).is_err());
+        }
+    }
 }
