@@ -226,22 +226,31 @@ pub fn push(
     for layer in &chain {
         known.push(store.known_digests(&layer.name, compression, sde)?);
     }
-    let missing: Vec<&str> = chain
-        .iter()
-        .zip(&known)
-        .filter(|(_, k)| k.is_none())
-        .map(|(l, _)| l.name.as_str())
-        .collect();
+    // Written up front, several at once: layers never written with these
+    // settings, and (where no cross-repository mount can stand in, as in a
+    // layout) those whose blob the target lacks.
+    let mounts = target.location().is_some();
+    let mut missing: Vec<&str> = Vec::new();
+    for (layer, known) in chain.iter().zip(&known) {
+        let write = match known {
+            None => true,
+            Some(d) => !mounts && !target.has_blob(&d.digest)?,
+        };
+        if write {
+            missing.push(&layer.name);
+        }
+    }
     let mut written = write_layers(store, &missing, compression, sde, printer)?;
     let mut layers = Vec::with_capacity(chain.len());
     for (layer, known) in chain.iter().zip(known) {
-        let (digests, mut file) = match known {
-            Some(d) => (d, None),
-            None => {
-                let (d, f) = written.remove(&layer.name).ok_or_else(|| {
-                    Error::internal(format!("no layer written for `{}`", layer.name))
-                })?;
-                (d, Some(f))
+        let (digests, mut file) = match (written.remove(&layer.name), known) {
+            (Some((d, f)), _) => (d, Some(f)),
+            (None, Some(d)) => (d, None),
+            (None, None) => {
+                return Err(Error::internal(format!(
+                    "no layer written for `{}`",
+                    layer.name
+                )));
             }
         };
         let mut digests = digests;
