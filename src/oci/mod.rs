@@ -14,7 +14,9 @@ pub mod registry;
 
 use crate::printer::Printer;
 use crate::store::layer::{Compression, Digests};
-use crate::store::{Error, Kind, Labels, Result, SnapshotKind, Store, exchange::ApplyLimits};
+use crate::store::{
+    Error, Kind, Labels, Result, SnapshotKind, Store, exchange::ApplyLimits, parallel,
+};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -454,44 +456,31 @@ fn write_layers(
     let handles = (0..threads)
         .map(|_| store.reopen())
         .collect::<Result<Vec<_>>>()?;
-    let next = std::sync::atomic::AtomicUsize::new(0);
     let message = format!("writing {} layers, {threads} at a time", names.len());
     let results = printer.spin(&message, || {
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = handles
-                .into_iter()
-                .map(|mut handle| {
-                    let next = &next;
-                    scope.spawn(move || {
-                        let mut out = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(name) = names.get(i) else { break };
-                            let written =
-                                layer_to_file(&mut handle, name, compression, sde, &mut |_| {});
-                            let failed = written.is_err();
-                            out.push((name.to_string(), written));
-                            if failed {
-                                // Let the others finish what they hold; take no more.
-                                next.store(names.len(), std::sync::atomic::Ordering::Relaxed);
-                            }
-                        }
-                        out
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| match w.join() {
-                    Ok(out) => out,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                })
-                .collect::<Vec<_>>()
-        })
+        parallel::run(
+            handles,
+            names.len(),
+            |handle, i| layer_to_file(handle, names[i], compression, sde, &mut |_| {}),
+            // Let the others finish what they hold; take no more.
+            |written| written.is_err(),
+        )
     });
     let mut out = HashMap::new();
-    for (name, written) in results {
-        out.insert(name, written?);
+    let mut lost = false;
+    for (name, written) in names.iter().zip(results) {
+        match written {
+            Some(Ok(w)) => {
+                out.insert(name.to_string(), w);
+            }
+            Some(Err(e)) => return Err(e),
+            // A thread that panicked (indexes skipped after an error come
+            // after it, so that error is returned first).
+            None => lost = true,
+        }
+    }
+    if lost {
+        return Err(Error::internal("a layer worker failed"));
     }
     Ok(out)
 }

@@ -18,6 +18,7 @@ pub mod key;
 pub mod layer;
 pub mod layout;
 pub mod mount;
+pub mod parallel;
 pub mod repair;
 pub mod time;
 pub mod usage;
@@ -769,11 +770,9 @@ impl Store {
             let tx = self.index.read()?;
             index::all_own(&tx)?
         };
-        let next = std::sync::atomic::AtomicUsize::new(0);
         let workers = std::thread::available_parallelism()
             .map(|n| n.get().min(4))
             .unwrap_or(2);
-        let mut results: Vec<Option<Result<Usage>>> = (0..rows.len()).map(|_| None).collect();
         let layout = &self.layout;
         // Actives are measured relative to the snapshots directory, opened once.
         let snapshots = rustix::fs::open(
@@ -786,28 +785,12 @@ impl Store {
         .map_err(std::io::Error::from)
         .ctx(|| format!("cannot open {}", layout.snapshots().display()))?;
         let snapshots = snapshots.as_fd();
-        let done: Vec<Vec<(usize, Result<Usage>)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut out = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(row) = rows.get(i) else { break };
-                            out.push((i, usage_of(layout, row, Some(snapshots))));
-                        }
-                        out
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
-        for (i, r) in done.into_iter().flatten() {
-            results[i] = Some(r);
-        }
+        let results = parallel::run(
+            vec![(); workers],
+            rows.len(),
+            |_, i| usage_of(layout, &rows[i], Some(snapshots)),
+            |_| false,
+        );
         rows.into_iter()
             .zip(results)
             .map(|(row, r)| {
