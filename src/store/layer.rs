@@ -3365,6 +3365,33 @@ mod tests {
         out
     }
 
+    fn dir(name: &[u8]) -> Raw<'_> {
+        Raw {
+            name,
+            kind: b'5',
+            data: b"",
+            link: b"",
+        }
+    }
+
+    fn symlink<'a>(name: &'a [u8], link: &'a [u8]) -> Raw<'a> {
+        Raw {
+            name,
+            kind: b'2',
+            data: b"",
+            link,
+        }
+    }
+
+    fn hardlink<'a>(name: &'a [u8], link: &'a [u8]) -> Raw<'a> {
+        Raw {
+            name,
+            kind: b'1',
+            data: b"",
+            link,
+        }
+    }
+
     fn file<'a>(name: &'a [u8], data: &'a [u8]) -> Raw<'a> {
         Raw {
             name,
@@ -3470,12 +3497,7 @@ mod tests {
     fn absolute_names_stay_inside() {
         let j = jail();
         let data = tar_of(&[
-            Raw {
-                name: b"/etc/",
-                kind: b'5',
-                data: b"",
-                link: b"",
-            },
+            dir(b"/etc/"),
             file(b"/etc/evil", b"x"),
             file(b"./rel", b"y"),
             file(b"//double//slash", b"z"),
@@ -3492,59 +3514,22 @@ mod tests {
         let j = jail();
         let outside = j.top.join("sibling");
         let data = tar_of(&[
-            Raw {
-                name: b"s",
-                kind: b'2',
-                data: b"",
-                link: outside.as_os_str().as_bytes(),
-            },
+            symlink(b"s", outside.as_os_str().as_bytes()),
             file(b"s/evil", b"x"),
         ]);
         j.refuse(&data, &delete(), "s/evil");
         let j = jail();
-        let data = tar_of(&[
-            Raw {
-                name: b"s",
-                kind: b'2',
-                data: b"",
-                link: b"../sibling",
-            },
-            Raw {
-                name: b"s/sub/",
-                kind: b'5',
-                data: b"",
-                link: b"",
-            },
-        ]);
+        let data = tar_of(&[symlink(b"s", b"../sibling"), dir(b"s/sub/")]);
         j.refuse(&data, &delete(), "symlink");
         // Relative symlink inside dest, then through it: refused too.
         let j = jail();
-        let data = tar_of(&[
-            Raw {
-                name: b"d/",
-                kind: b'5',
-                data: b"",
-                link: b"",
-            },
-            Raw {
-                name: b"s",
-                kind: b'2',
-                data: b"",
-                link: b"d",
-            },
-            file(b"s/f", b"x"),
-        ]);
+        let data = tar_of(&[dir(b"d/"), symlink(b"s", b"d"), file(b"s/f", b"x")]);
         j.refuse(&data, &delete(), "symlink");
         // Whiteouts and opaque markers through a symlink.
         for name in [&b"s/.wh.x"[..], b"s/.wh..wh..opq"] {
             let j = jail();
             let data = tar_of(&[
-                Raw {
-                    name: b"s",
-                    kind: b'2',
-                    data: b"",
-                    link: outside.as_os_str().as_bytes(),
-                },
+                symlink(b"s", outside.as_os_str().as_bytes()),
                 file(name, b""),
             ]);
             j.refuse(&data, &delete(), "symlink");
@@ -3559,18 +3544,8 @@ mod tests {
         let j = jail();
         let data = tar_of(&[
             file(b"f", b"x"),
-            Raw {
-                name: b"s",
-                kind: b'2',
-                data: b"",
-                link: outside.as_os_str().as_bytes(),
-            },
-            Raw {
-                name: b"s/h",
-                kind: b'1',
-                data: b"",
-                link: b"f",
-            },
+            symlink(b"s", outside.as_os_str().as_bytes()),
+            hardlink(b"s/h", b"f"),
         ]);
         j.refuse(&data, &delete(), "symlink");
     }
@@ -3580,25 +3555,10 @@ mod tests {
         let j = jail();
         let outside = j.top.join("sibling/x");
         let data = tar_of(&[
-            Raw {
-                name: b"s",
-                kind: b'2',
-                data: b"",
-                link: outside.as_os_str().as_bytes(),
-            },
+            symlink(b"s", outside.as_os_str().as_bytes()),
             file(b"s", b"replaced"),
-            Raw {
-                name: b"d",
-                kind: b'2',
-                data: b"",
-                link: b"../sibling",
-            },
-            Raw {
-                name: b"d/",
-                kind: b'5',
-                data: b"",
-                link: b"",
-            },
+            symlink(b"d", b"../sibling"),
+            dir(b"d/"),
             file(b"d/in", b"in"),
         ]);
         apply_vec(&data, &j.dest, &delete()).unwrap();
@@ -3615,108 +3575,38 @@ mod tests {
     #[test]
     fn refuses_bad_hardlinks() {
         let j = jail();
+        j.refuse(&tar_of(&[hardlink(b"h", b"../sibling/x")]), &delete(), "..");
         j.refuse(
-            &tar_of(&[Raw {
-                name: b"h",
-                kind: b'1',
-                data: b"",
-                link: b"../sibling/x",
-            }]),
-            &delete(),
-            "..",
-        );
-        j.refuse(
-            &tar_of(&[Raw {
-                name: b"h",
-                kind: b'1',
-                data: b"",
-                link: b"/etc/passwd",
-            }]),
+            &tar_of(&[hardlink(b"h", b"/etc/passwd")]),
             &delete(),
             "earlier entry",
         );
         j.refuse(
-            &tar_of(&[
-                Raw {
-                    name: b"h",
-                    kind: b'1',
-                    data: b"",
-                    link: b"later",
-                },
-                file(b"later", b"x"),
-            ]),
+            &tar_of(&[hardlink(b"h", b"later"), file(b"later", b"x")]),
+            &delete(),
+            "earlier entry",
+        );
+        j.refuse(&tar_of(&[hardlink(b"h", b"h")]), &delete(), "earlier entry");
+        j.refuse(
+            &tar_of(&[file(b"d/f", b"x"), hardlink(b"d", b"d/f")]),
             &delete(),
             "earlier entry",
         );
         j.refuse(
-            &tar_of(&[Raw {
-                name: b"h",
-                kind: b'1',
-                data: b"",
-                link: b"h",
-            }]),
-            &delete(),
-            "earlier entry",
-        );
-        j.refuse(
-            &tar_of(&[
-                file(b"d/f", b"x"),
-                Raw {
-                    name: b"d",
-                    kind: b'1',
-                    data: b"",
-                    link: b"d/f",
-                },
-            ]),
-            &delete(),
-            "earlier entry",
-        );
-        j.refuse(
-            &tar_of(&[
-                Raw {
-                    name: b"d/",
-                    kind: b'5',
-                    data: b"",
-                    link: b"",
-                },
-                Raw {
-                    name: b"h",
-                    kind: b'1',
-                    data: b"",
-                    link: b"d",
-                },
-            ]),
+            &tar_of(&[dir(b"d/"), hardlink(b"h", b"d")]),
             &delete(),
             "directory",
         );
         // A file of the parent layer is not a valid target either.
         std::fs::write(j.dest.join("parent-file"), b"p").unwrap();
         j.refuse(
-            &tar_of(&[Raw {
-                name: b"h",
-                kind: b'1',
-                data: b"",
-                link: b"parent-file",
-            }]),
+            &tar_of(&[hardlink(b"h", b"parent-file")]),
             &delete(),
             "earlier entry",
         );
         // A link to an earlier symlink pointing outside links the symlink.
         let j = jail();
-        let data = tar_of(&[
-            Raw {
-                name: b"s",
-                kind: b'2',
-                data: b"",
-                link: b"/etc/passwd",
-            },
-            Raw {
-                name: b"h",
-                kind: b'1',
-                data: b"",
-                link: b"s",
-            },
-        ]);
+        let data = tar_of(&[symlink(b"s", b"/etc/passwd"), hardlink(b"h", b"s")]);
         apply_vec(&data, &j.dest, &delete()).unwrap();
         assert!(
             std::fs::symlink_metadata(j.dest.join("h"))
@@ -3749,12 +3639,7 @@ mod tests {
     fn sample_tar() -> Vec<u8> {
         let big = vec![7u8; 100_000];
         tar_of(&[
-            Raw {
-                name: b"d/",
-                kind: b'5',
-                data: b"",
-                link: b"",
-            },
+            dir(b"d/"),
             file(b"d/a", b"aaa"),
             file(b"d/big", &big),
             file(b"d/z", b"zzz"),
@@ -3896,19 +3781,9 @@ mod tests {
             file(b".wh.mine", b""),
             file(b".wh.w", b""),
             file(b".wh.absent", b""),
-            Raw {
-                name: b"o/",
-                kind: b'5',
-                data: b"",
-                link: b"",
-            },
+            dir(b"o/"),
             file(b"o/-first", b"before the marker"),
-            Raw {
-                name: b"o/sub/",
-                kind: b'5',
-                data: b"",
-                link: b"",
-            },
+            dir(b"o/sub/"),
             file(b"o/.wh..wh..opq", b""),
             file(b"o/sub/new", b""),
             file(b"p/q/new", b""),
@@ -3935,16 +3810,7 @@ mod tests {
 
         // Overlay: a directory replacing a whiteout of the same layer is opaque.
         let j = jail();
-        let data = tar_of(&[
-            file(b".wh.x", b""),
-            Raw {
-                name: b"x/",
-                kind: b'5',
-                data: b"",
-                link: b"",
-            },
-            file(b"x/f", b""),
-        ]);
+        let data = tar_of(&[file(b".wh.x", b""), dir(b"x/"), file(b"x/f", b"")]);
         apply_vec(
             &data,
             &j.dest,
@@ -3981,12 +3847,7 @@ mod tests {
         let exact = vec![7u8; CHUNK];
         let data = tar_of(&[
             file(b"big", &big),
-            Raw {
-                name: b"big-link",
-                kind: b'1',
-                data: b"",
-                link: b"big",
-            },
+            hardlink(b"big-link", b"big"),
             file(b"exact", &exact),
             file(b"again", &big),
             file(b"again", b"second"),
@@ -4057,12 +3918,7 @@ mod tests {
         std::fs::create_dir(j.dest.join("d")).unwrap();
         std::fs::write(j.dest.join("d/keep"), b"k").unwrap();
         setx(&j.dest.join("d"), c"user.stale", b"1");
-        let mut data = tar_of(&[Raw {
-            name: b"d/",
-            kind: b'5',
-            data: b"",
-            link: b"",
-        }]);
+        let mut data = tar_of(&[dir(b"d/")]);
         // Mode 0700 via a hand-edited header.
         let h = tar::Header::from_byte_slice(&data[..512]).clone();
         let mut h = h;

@@ -435,6 +435,17 @@ mod tests {
         text.split_whitespace().next().unwrap().parse().unwrap()
     }
 
+    /// `disk_usage` of `root` agrees with `du`, and is the same across runs
+    /// despite the parallel walk.
+    fn assert_matches_du(root: &Path) {
+        let usage = disk_usage(root).unwrap();
+        assert_eq!(usage.size, du(root, "--block-size=1"));
+        assert_eq!(usage.inodes, du(root, "--inodes"));
+        for _ in 0..5 {
+            assert_eq!(disk_usage(root).unwrap(), usage);
+        }
+    }
+
     #[test]
     fn empty_dir_counts_the_root() {
         let tmp = tempfile::tempdir().unwrap();
@@ -535,13 +546,7 @@ mod tests {
             fs::hard_link(root.join("multi"), root.join(format!("multi{i}"))).unwrap();
         }
 
-        let usage = disk_usage(&root).unwrap();
-        assert_eq!(usage.size, du(&root, "--block-size=1"));
-        assert_eq!(usage.inodes, du(&root, "--inodes"));
-        // Deterministic across runs despite the parallel walk.
-        for _ in 0..5 {
-            assert_eq!(disk_usage(&root).unwrap(), usage);
-        }
+        assert_matches_du(&root);
     }
 
     /// Large directories are split into batches of names shared between
@@ -566,12 +571,7 @@ mod tests {
                 }
             }
         }
-        let usage = disk_usage(&root).unwrap();
-        assert_eq!(usage.size, du(&root, "--block-size=1"));
-        assert_eq!(usage.inodes, du(&root, "--inodes"));
-        for _ in 0..5 {
-            assert_eq!(disk_usage(&root).unwrap(), usage);
-        }
+        assert_matches_du(&root);
     }
 
     #[test]

@@ -764,6 +764,46 @@ fn with_env(s: &Store, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>
     )
 }
 
+/// `strata login HOST -u ci --password-stdin --plain-http`, `pass` on stdin.
+fn login_as_ci(s: &Store, reg: &Registry, env: &[(&str, &str)], pass: &[u8]) -> Run {
+    let host = reg.host();
+    let args = [
+        "login",
+        &host,
+        "-u",
+        "ci",
+        "--password-stdin",
+        "--plain-http",
+    ];
+    with_env(s, &args, env, Some(pass))
+}
+
+/// A login that succeeded: verified, and the credentials in `auth`, mode 0600.
+fn assert_logged_in(run: Run, auth: &std::path::Path) {
+    let out = run.success().json();
+    assert_eq!(out["auth_file"], auth.to_str().unwrap());
+    assert_eq!(out["verified"], true);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(auth).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// `strata push --plain-http -u ci --password-stdin app REF`, no auth file.
+fn push_app_as_ci(s: &Store, reference: &str, password: &[u8]) -> Run {
+    let args = [
+        "push",
+        "--plain-http",
+        "-u",
+        "ci",
+        "--password-stdin",
+        "app",
+        reference,
+    ];
+    with_env(s, &args, &[], Some(password))
+}
+
 /// A registry with htpasswd auth: anonymous push is `invalid` with a hint to log in; a
 /// wrong password does not log in; `login` stores the credentials under $HOME (mode
 /// 0600) and push and pull use them; `--username/--password-stdin` work on push; and
@@ -786,33 +826,12 @@ fn credentials() {
     let run = with_env(&a, &["pull", "--plain-http", &r], &home_env, None);
     assert!(run.code == 6 || run.code == 3, "{}", run.session());
 
-    let login = |pass: &[u8]| {
-        with_env(
-            &a,
-            &[
-                "login",
-                &reg.host(),
-                "-u",
-                "ci",
-                "--password-stdin",
-                "--plain-http",
-            ],
-            &home_env,
-            Some(pass),
-        )
-    };
+    let login = |pass: &[u8]| login_as_ci(&a, &reg, &home_env, pass);
     let run = login(b"wrong\n").fails_json("invalid");
     assert!(run.stderr.contains("refused"), "{}", run.session());
     let auth = home.join(".config/containers/auth.json");
     assert!(!auth.exists(), "a failed login wrote {}", auth.display());
-    let out = login(b"s3cret\n").success().json();
-    assert_eq!(out["auth_file"], auth.to_str().unwrap());
-    assert_eq!(out["verified"], true);
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        fs::metadata(&auth).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_logged_in(login(b"s3cret\n"), &auth);
 
     let pushed = with_env(&a, &["push", "--plain-http", "app", &r], &home_env, None)
         .success()
@@ -831,18 +850,7 @@ fn credentials() {
 
     // On the command line, without any auth file.
     let direct = reg.reference("direct/app:v1");
-    let push_as_ci = |password: &[u8]| {
-        let args = [
-            "push",
-            "--plain-http",
-            "-u",
-            "ci",
-            "--password-stdin",
-            "app",
-            &direct,
-        ];
-        with_env(&a, &args, &[], Some(password))
-    };
+    let push_as_ci = |password: &[u8]| push_app_as_ci(&a, &direct, password);
     push_as_ci(b"s3cret\n").success();
     let run = push_as_ci(b"nope\n").fails_json("invalid");
     assert!(run.stderr.contains("strata login"), "{}", run.session());
@@ -911,21 +919,7 @@ fn token_auth() {
     );
     with_env(&a, &["pull", "--plain-http", &r], &home_env, None).fails_json("not_found");
 
-    let login = |pass: &[u8]| {
-        with_env(
-            &a,
-            &[
-                "login",
-                &reg.host(),
-                "-u",
-                "ci",
-                "--password-stdin",
-                "--plain-http",
-            ],
-            &home_env,
-            Some(pass),
-        )
-    };
+    let login = |pass: &[u8]| login_as_ci(&a, &reg, &home_env, pass);
     let run = login(b"wrong\n").fails_json("invalid");
     assert!(
         run.stderr.contains("refused") && !run.stderr.contains("log in first"),
@@ -939,14 +933,7 @@ fn token_auth() {
     );
     let auth = home.join(".config/containers/auth.json");
     assert!(!auth.exists(), "a failed login wrote {}", auth.display());
-    let out = login(b"s3cret\n").success().json();
-    assert_eq!(out["auth_file"], auth.to_str().unwrap());
-    assert_eq!(out["verified"], true);
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        fs::metadata(&auth).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_logged_in(login(b"s3cret\n"), &auth);
 
     let pushed = with_env(&a, &["push", "--plain-http", "app", &r], &home_env, None)
         .success()
@@ -1001,18 +988,7 @@ fn token_auth() {
 
     // On the command line, without any auth file, to a second repository.
     let direct = reg.reference("direct/app:v1");
-    let push_as_ci = |password: &[u8]| {
-        let args = [
-            "push",
-            "--plain-http",
-            "-u",
-            "ci",
-            "--password-stdin",
-            "app",
-            &direct,
-        ];
-        with_env(&a, &args, &[], Some(password))
-    };
+    let push_as_ci = |password: &[u8]| push_app_as_ci(&a, &direct, password);
     let run = push_as_ci(b"nope\n").fails_json("invalid");
     assert!(run.stderr.contains(&login_hint), "{}", run.session());
     let pushed = push_as_ci(b"s3cret\n").success().json();
