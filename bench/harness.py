@@ -121,11 +121,10 @@ def parallel(fn, items, jobs=JOBS):
 # ------------------------------------------------------------------ the two tools
 
 
-class Strata:
-    name = "strata"
+class Tool:
+    """The command lines both tools share: `base` + the subcommand's words."""
 
-    def __init__(self, binary, root):
-        self.base = [binary, "--root", root]
+    base = []
 
     def argv(self, *args):
         return self.base + list(args)
@@ -135,9 +134,6 @@ class Strata:
 
     def view(self, key, parent):
         return self.argv("view", key, parent)
-
-    def mounts(self, key):
-        return self.argv("mounts", key)
 
     def commit(self, name, key):
         return self.argv("commit", name, key)
@@ -159,6 +155,16 @@ class Strata:
 
     def tree(self):
         return self.argv("tree")
+
+
+class Strata(Tool):
+    name = "strata"
+
+    def __init__(self, binary, root):
+        self.base = [binary, "--root", root]
+
+    def mounts(self, key):
+        return self.argv("mounts", key)
 
     def version(self):
         return self.argv("--version")
@@ -175,7 +181,7 @@ class Strata:
         raise BenchError(f"strata: no upperdir in the mounts of {key}: {m}")
 
 
-class Ctr:
+class Ctr(Tool):
     name = "ctr"
 
     def __init__(self, binary, sock, scratch):
@@ -183,38 +189,8 @@ class Ctr:
         self.base = [binary, "-a", sock, "snapshots", "--snapshotter", "overlayfs"]
         self.target = os.path.join(scratch, "ctr-mount-target")  # only printed, never mounted
 
-    def argv(self, *args):
-        return self.base + list(args)
-
-    def prepare(self, key, parent=None):
-        return self.argv("prepare", key, *([parent] if parent else []))
-
-    def view(self, key, parent):
-        return self.argv("view", key, parent)
-
     def mounts(self, key):
         return self.argv("mounts", self.target, key)
-
-    def commit(self, name, key):
-        return self.argv("commit", name, key)
-
-    def rm(self, *keys):
-        return self.argv("rm", *keys)
-
-    def info(self, key):
-        return self.argv("info", key)
-
-    def label(self, key, kv):
-        return self.argv("label", key, kv)
-
-    def usage(self, *keys):
-        return self.argv("usage", *keys)
-
-    def ls(self):
-        return self.argv("ls")
-
-    def tree(self):
-        return self.argv("tree")
 
     def version(self):
         return [self.binary, "--version"]

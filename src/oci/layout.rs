@@ -102,18 +102,21 @@ impl Layout {
         }
     }
 
+    /// A failure to read blob `digest` at `path`: missing is `not_found`.
+    fn blob_error(&self, digest: &str, path: &Path, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::not_found(format!(
+                "{} lacks blob {digest}",
+                describe(&self.dir, self.tag.as_deref())
+            ))
+        } else {
+            Error::io(format!("cannot read {}", path.display()), e)
+        }
+    }
+
     fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let p = blob_path(&self.dir, digest)?;
-        let bytes = std::fs::read(&p).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::not_found(format!(
-                    "{} lacks blob {digest}",
-                    describe(&self.dir, self.tag.as_deref())
-                ))
-            } else {
-                Error::io(format!("cannot read {}", p.display()), e)
-            }
-        })?;
+        let bytes = std::fs::read(&p).map_err(|e| self.blob_error(digest, &p, e))?;
         let got = super::sha256(&bytes);
         if got != digest {
             return Err(super::digest_mismatch(
@@ -189,16 +192,7 @@ impl Source for Layout {
 
     fn blob(&mut self, digest: &str, _size: u64, _progress: &ProgressBar) -> Result<File> {
         let p = blob_path(&self.dir, digest)?;
-        File::open(&p).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::not_found(format!(
-                    "{} lacks blob {digest}",
-                    describe(&self.dir, self.tag.as_deref())
-                ))
-            } else {
-                Error::io(format!("cannot read {}", p.display()), e)
-            }
-        })
+        File::open(&p).map_err(|e| self.blob_error(digest, &p, e))
     }
 }
 
