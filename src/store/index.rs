@@ -328,8 +328,15 @@ pub fn find_id(tx: &Transaction<'_>, id: i64) -> Result<Option<Row>> {
 
 /// All snapshots, in byte order of their names (as `ctr snapshots ls`).
 pub fn all(tx: &Transaction<'_>) -> Result<Vec<Row>> {
-    let sql = format!("SELECT {ROW_COLUMNS} FROM {ROW_FROM} ORDER BY s.name");
-    let mut stmt = tx.prepare(&sql)?;
+    rows(
+        tx,
+        &format!("SELECT {ROW_COLUMNS} FROM {ROW_FROM} ORDER BY s.name"),
+    )
+}
+
+/// Every row `sql` (selecting [`ROW_COLUMNS`]) yields.
+fn rows(tx: &Transaction<'_>, sql: &str) -> Result<Vec<Row>> {
+    let mut stmt = tx.prepare(sql)?;
     let rows = stmt.query_map([], read_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -337,12 +344,11 @@ pub fn all(tx: &Transaction<'_>) -> Result<Vec<Row>> {
 /// [`all`] without the parents' names (`parent` is `None`): no join, for
 /// callers that need only each row's own fields.
 pub fn all_own(tx: &Transaction<'_>) -> Result<Vec<Row>> {
-    let mut stmt = tx.prepare(
+    rows(
+        tx,
         "SELECT s.id, s.name, s.kind, s.parent_id, NULL, s.created, s.updated, s.size, s.inodes
            FROM snapshots s ORDER BY s.name",
-    )?;
-    let rows = stmt.query_map([], read_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    )
 }
 
 /// The ids and names of the parent chain of snapshot `id`, nearest first,
