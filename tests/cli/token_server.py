@@ -106,17 +106,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def answer(self, status, body, who, scopes, access):
+        # Logged before answering: once a client has its answer, the test
+        # finds the request in the log.
+        granted = " ".join(
+            "repository:%s:%s" % (a["name"], ",".join(a["actions"])) for a in access
+        )
+        with LOG_LOCK, open(LOG, "a") as log:
+            log.write("%s|%s -> %s | %d\n" % (who, " ".join(scopes), granted, status))
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-        granted = " ".join(
-            "repository:%s:%s" % (a["name"], ",".join(a["actions"])) for a in access
-        )
-        with LOG_LOCK, open(LOG, "a") as log:
-            log.write("%s|%s -> %s | %d\n" % (who, " ".join(scopes), granted, status))
 
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
