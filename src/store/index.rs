@@ -428,8 +428,9 @@ pub fn insert(
     kind: SnapshotKind,
     parent_id: Option<i64>,
     labels: &Labels,
+    created: Timestamp,
 ) -> Result<i64> {
-    let now = Timestamp::now().0;
+    let now = created.0;
     tx.execute(
         "INSERT INTO snapshots (name, kind, parent_id, created, updated)
          VALUES (?1, ?2, ?3, ?4, ?4)",

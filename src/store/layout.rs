@@ -257,6 +257,25 @@ pub fn make_root_dir(path: &Path, like: Option<&Path>) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
+/// Sets the modification time of `path` (not following a symlink), leaving
+/// its access time alone.
+pub fn set_mtime(path: &Path, when: super::Timestamp) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_OMIT};
+    let (secs, nanos) = when.split();
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: secs,
+            tv_nsec: nanos.into(),
+        },
+    };
+    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
+
 /// fsync a directory so a rename or new entry in it survives power loss.
 pub fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()

@@ -331,6 +331,12 @@ impl Store {
         crash::point("create:built");
         let tree = staging.path().join("fs");
         fill(&tree)?;
+        // Stamped after filling: an empty active's root keeps this mtime
+        // until an entry is added to it (see `untouched_usage`).
+        let created = Timestamp::now();
+        if kind == SnapshotKind::Active && starts_empty(driver, parent_fs.is_some()) {
+            layout::set_mtime(&tree, created).ctx(|| format!("cannot build snapshot `{key}`"))?;
+        }
         let usage = match kind {
             SnapshotKind::Committed => Some(
                 usage::disk_usage(&tree)
@@ -354,7 +360,8 @@ impl Store {
         if let (Some(p), Some(name)) = (&parent_row, parent) {
             same_parent(&tx, p.id, name, key)?;
         }
-        let id = index::insert(&tx, key, kind, parent_row.as_ref().map(|p| p.id), labels)?;
+        let parent_id = parent_row.as_ref().map(|p| p.id);
+        let id = index::insert(&tx, key, kind, parent_id, labels, created)?;
         if let Some(u) = usage {
             index::set_usage(&tx, id, u.size, u.inodes)?;
         }
@@ -756,19 +763,19 @@ impl Store {
     /// Disk usage of `key`: recorded at commit for a committed snapshot,
     /// measured for an active one (its own layer only), zero for a view.
     pub fn usage(&mut self, key: &str) -> Result<Usage> {
-        let row = {
+        let (row, driver) = {
             let tx = self.index.read()?;
-            existing(&tx, key)?
+            (existing(&tx, key)?, read_driver(&tx)?)
         };
-        usage_of(&self.layout, &row, None)
+        usage_of(&self.layout, driver, &row, None)
     }
 
     /// Usage of every snapshot, in byte order of names. Committed ones are
     /// an index read; active ones are walked, several at once.
     pub fn usage_all(&mut self) -> Result<Vec<(String, Usage)>> {
-        let rows = {
+        let (rows, driver) = {
             let tx = self.index.read()?;
-            index::all_own(&tx)?
+            (index::all_own(&tx)?, read_driver(&tx)?)
         };
         let workers = std::thread::available_parallelism()
             .map(|n| n.get().min(4))
@@ -788,7 +795,7 @@ impl Store {
         let results = parallel::run(
             vec![(); workers],
             rows.len(),
-            |_, i| usage_of(layout, &rows[i], Some(snapshots)),
+            |_, i| usage_of(layout, driver, &rows[i], Some(snapshots)),
             |_| false,
         );
         rows.into_iter()
@@ -804,11 +811,26 @@ impl Store {
 /// Disk usage of one snapshot: recorded at commit for a committed one,
 /// measured for an active one (its own layer only), zero for a view.
 /// `snapshots`, when given, is the open snapshots directory.
-fn usage_of(layout: &Layout, row: &Row, snapshots: Option<BorrowedFd<'_>>) -> Result<Usage> {
+fn usage_of(
+    layout: &Layout,
+    driver: Option<Driver>,
+    row: &Row,
+    snapshots: Option<BorrowedFd<'_>>,
+) -> Result<Usage> {
     let tree = layout.fs(row.id);
-    let measured = || match snapshots {
-        Some(dir) => usage::disk_usage_at(dir, &Layout::fs_under_snapshots(row.id), &tree),
-        None => usage::disk_usage(&tree),
+    let measured = || {
+        // Relative to the open snapshots directory when there is one.
+        let rel = Layout::fs_under_snapshots(row.id);
+        let (base, at) = match snapshots {
+            Some(dir) => (dir, rel.as_path()),
+            None => (rustix::fs::CWD, tree.as_path()),
+        };
+        if driver.is_some_and(|d| starts_empty(d, row.parent_id.is_some()))
+            && let Some(u) = untouched_usage(base, at, row.created)
+        {
+            return Ok(u);
+        }
+        usage::disk_usage_at(base, at, &tree)
     };
     match row.kind {
         SnapshotKind::Committed => Ok(row.recorded_usage().unwrap_or_default()),
@@ -822,6 +844,38 @@ fn usage_of(layout: &Layout, row: &Row, snapshots: Option<BorrowedFd<'_>>) -> Re
             other => other.ctx(|| format!("cannot measure the disk usage of `{}`", row.name)),
         },
     }
+}
+
+/// Whether an active snapshot of this driver starts with an empty tree: an
+/// overlay upper directory always does; a native one only without a parent
+/// (otherwise it starts as a copy of the parent).
+fn starts_empty(driver: Driver, has_parent: bool) -> bool {
+    driver == Driver::Overlay || !has_parent
+}
+
+/// The usage of an active tree that is still exactly as it was made, found
+/// with one `stat` instead of a walk; `None` when it must be walked.
+///
+/// An empty active's root gets `created` (to the nanosecond) as its mtime
+/// when it is made. Adding, removing or renaming any entry in a directory
+/// sets its mtime to the current time, so while the root's mtime still
+/// equals `created` the root has no entries and the tree is that one
+/// directory. Only an explicit `touch -d` to that very nanosecond defeats
+/// this; a file system that keeps coarser times never matches (the stored
+/// mtime is rounded), and neither does a `created` of a whole second.
+fn untouched_usage(base: BorrowedFd<'_>, rel: &Path, created: Timestamp) -> Option<Usage> {
+    let (secs, nanos) = created.split();
+    if nanos == 0 {
+        return None;
+    }
+    let st = rustix::fs::statat(base, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+    (is_dir && st.st_mtime as i64 == secs && st.st_mtime_nsec as i64 == i64::from(nanos)).then(
+        || Usage {
+            size: st.st_blocks as u64 * 512,
+            inodes: 1,
+        },
+    )
 }
 
 fn read_driver(tx: &Transaction<'_>) -> Result<Option<Driver>> {

@@ -16,6 +16,11 @@ impl Timestamp {
         Timestamp(d.as_nanos().min(i64::MAX as u128) as i64)
     }
 
+    /// Seconds since the epoch and the nanoseconds past them (0..1e9).
+    pub fn split(self) -> (i64, u32) {
+        (self.seconds(), self.0.rem_euclid(1_000_000_000) as u32)
+    }
+
     /// Whole seconds since the epoch.
     pub fn seconds(self) -> i64 {
         self.0.div_euclid(1_000_000_000)

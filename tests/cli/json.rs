@@ -14,6 +14,7 @@ both_drivers!(
     yaml_parses_back,
     mounts_json_shape,
     usage_json_shape,
+    usage_of_untouched_actives,
     tree_json_shape,
 );
 
@@ -430,6 +431,54 @@ fn usage_json_shape(driver: &str) {
         "{info:#}"
     );
     assert!(info["usage"]["inodes"].as_u64().unwrap() >= 3, "{info:#}");
+}
+
+/// An active that nothing was written to is measured with one stat (its
+/// root keeps the mtime it was made with); anything added to it, or added
+/// and removed again, must still be counted exactly as a walk counts it.
+fn usage_of_untouched_actives(driver: &str) {
+    let s = setup!(driver);
+    s.strata(&["prepare", "base-a"]).success();
+    s.strata(&["commit", "base", "base-a"]).success();
+    s.strata(&["prepare", "root"]).success();
+    s.strata(&["prepare", "child", "base"]).success();
+    let usage_of = |key: &str| {
+        let all = s.strata(&["usage", "--json"]).success().json();
+        let from_all = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == key)
+            .unwrap()
+            .clone();
+        let one = s.strata(&["usage", "--json", key]).success().json();
+        assert_eq!(one[0], from_all, "usage {key} vs usage of all");
+        (
+            from_all["size"].as_u64().unwrap(),
+            from_all["inodes"].as_u64().unwrap(),
+        )
+    };
+    for key in ["root", "child"] {
+        let (size, inodes) = usage_of(key);
+        assert_eq!(inodes, 1, "untouched `{key}`");
+        assert!(size > 0, "untouched `{key}`: {size}");
+
+        // A file added and removed: the walk finds the same single inode.
+        let m = s.mount(key);
+        fs::write(m.join("tmp"), b"x").unwrap();
+        fs::remove_file(m.join("tmp")).unwrap();
+        s.unmount(&m);
+        assert_eq!(usage_of(key), (size, 1), "`{key}` after add + remove");
+
+        // Written to: every new inode counts, deep ones included.
+        let m = s.mount(key);
+        fs::create_dir_all(m.join("d/e")).unwrap();
+        fs::write(m.join("d/e/f"), vec![1u8; 64 * 1024]).unwrap();
+        s.unmount(&m);
+        let (grown, inodes) = usage_of(key);
+        assert_eq!(inodes, 4, "`{key}` with d, d/e, d/e/f");
+        assert!(grown >= size + 64 * 1024, "`{key}`: {size} -> {grown}");
+    }
 }
 
 /// A tree node reduced to the SPEC's fields.
