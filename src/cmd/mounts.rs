@@ -1,6 +1,6 @@
 use super::Context;
 use crate::printer::{Format, shell_quote};
-use crate::store::{Kind, Mount, Result, ShellMounts};
+use crate::store::{Created, Kind, Mount, Result};
 use std::path::Path;
 
 /// Print the mounts of an active snapshot or a view.
@@ -39,12 +39,13 @@ fn print_for_shell(
     ctx: &mut Context,
     key: &str,
     target: &str,
-    known: Option<Vec<Mount>>,
+    known: Option<Created>,
 ) -> Result<()> {
     let target = absolute_target(target);
-    let shell = match known.and_then(ShellMounts::absolute) {
-        Some(shell) => Ok(shell),
-        None => ctx.store()?.shell_mounts(key),
+    let store = ctx.store()?;
+    let shell = match known {
+        Some(created) => store.shell_mounts_of(key, created),
+        None => store.shell_mounts(key),
     };
     match shell {
         Ok(shell) => {
@@ -112,14 +113,14 @@ pub fn command(m: &Mount, target: &str) -> String {
 pub fn finish_create(
     ctx: &mut Context,
     key: &str,
-    list: Vec<Mount>,
+    created: Created,
     target: Option<&Path>,
 ) -> Result<()> {
     match target {
         None if ctx.printer.format() == Format::Table => {
-            print_for_shell(ctx, key, "TARGET", Some(list))
+            print_for_shell(ctx, key, "TARGET", Some(created))
         }
-        None => print(ctx, &list, "TARGET"),
+        None => print(ctx, &created.mounts, "TARGET"),
         Some(target) => {
             let store = ctx.store()?;
             // A create whose mount fails leaves nothing behind.

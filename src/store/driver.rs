@@ -96,8 +96,7 @@ impl Driver {
                     options.push(format!("workdir={}", dir.join("work").display()));
                     options.push(format!("upperdir={}", fs.display()));
                 }
-                let lower: Vec<String> = chain.iter().map(|p| escape_lower(p)).collect();
-                options.push(format!("lowerdir={}", lower.join(":")));
+                options.push(lowerdir(chain));
                 vec![Mount {
                     kind: "overlay".into(),
                     source: "overlay".into(),
@@ -131,7 +130,33 @@ fn bind(source: &Path, read_only: bool) -> Mount {
     }
 }
 
-/// overlayfs separates lower layers with `:`; a literal one is escaped.
-fn escape_lower(path: &Path) -> String {
-    path.display().to_string().replace(':', "\\:")
+/// `lowerdir=` with the layers in order. overlayfs separates them with `:`;
+/// a literal one is escaped. Written into one string: a chain may have 500.
+fn lowerdir(chain: &[PathBuf]) -> String {
+    let mut out = String::with_capacity(10 + chain.len() * 48);
+    out.push_str("lowerdir=");
+    for (i, p) in chain.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        for c in p.to_string_lossy().chars() {
+            if c == ':' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowerdir_keeps_order_and_escapes_colons() {
+        let chain = [PathBuf::from("/s/2/fs"), PathBuf::from("/odd:dir/1/fs")];
+        assert_eq!(lowerdir(&chain), r"lowerdir=/s/2/fs:/odd\:dir/1/fs");
+        assert_eq!(lowerdir(&[]), "lowerdir=");
+    }
 }

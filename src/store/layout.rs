@@ -74,7 +74,12 @@ impl Layout {
         self.snapshots.join(id.to_string())
     }
     pub fn fs(&self, id: i64) -> PathBuf {
-        self.snapshots.join(Self::fs_under_snapshots(id))
+        // Sized once: a deep chain or `usage` of a big store makes thousands.
+        let mut path = PathBuf::with_capacity(self.snapshots.as_os_str().len() + 24);
+        path.push(&self.snapshots);
+        path.push(id.to_string());
+        path.push("fs");
+        path
     }
     /// [`Layout::fs`] relative to [`Layout::snapshots`].
     pub fn fs_under_snapshots(id: i64) -> PathBuf {
@@ -90,22 +95,25 @@ impl Layout {
         self.root.join("l")
     }
 
-    /// Creates `l/<short id>` -> `../snapshots/ID/fs` if missing. Links are
-    /// derived data: made on demand, removed with their snapshot.
-    pub fn ensure_link(&self, id: i64) -> io::Result<()> {
+    /// Creates `l/<short id>` -> `../snapshots/ID/fs` for each of `ids`
+    /// where missing. Links are derived data: made on demand, removed with
+    /// their snapshot. One `symlinkat` per link, relative to `l/` opened
+    /// once (a 500-layer chain asks for 500 of them).
+    pub fn ensure_links(&self, ids: &[i64]) -> io::Result<()> {
         let dir = self.links();
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
-        let target = Path::new("..")
-            .join("snapshots")
-            .join(id.to_string())
-            .join("fs");
-        match std::os::unix::fs::symlink(&target, dir.join(link_name(id))) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-            _ => Ok(()),
+        let dir = File::open(&dir)?;
+        for &id in ids {
+            let target = format!("../snapshots/{id}/fs");
+            match rustix::fs::symlinkat(target.as_str(), &dir, link_name(id).as_str()) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(())
     }
 
     /// A fresh, locked staging directory for a snapshot being built.

@@ -93,6 +93,25 @@ pub(crate) struct Made {
     pub chain: Vec<i64>,
 }
 
+/// What a snapshot's mounts are computed from: the store's driver, the
+/// snapshot's kind and id, and its parent chain (nearest first).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    driver: Driver,
+    kind: SnapshotKind,
+    id: i64,
+    chain: Vec<i64>,
+}
+
+/// An active snapshot or view just created: its mounts, and the plan they
+/// came from, so printing them for a shell needs no second look at the
+/// index (a deep chain is hundreds of lookups).
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub mounts: Vec<Mount>,
+    pub plan: Plan,
+}
+
 /// An open store.
 pub struct Store {
     layout: Layout,
@@ -238,17 +257,12 @@ impl Store {
     }
 
     /// Creates active snapshot `key` on `parent` and returns its mounts.
-    pub fn prepare(
-        &mut self,
-        key: &str,
-        parent: Option<&str>,
-        labels: &Labels,
-    ) -> Result<Vec<Mount>> {
+    pub fn prepare(&mut self, key: &str, parent: Option<&str>, labels: &Labels) -> Result<Created> {
         self.create(SnapshotKind::Active, key, parent, labels)
     }
 
     /// Creates read-only view `key` of committed `parent`; returns its mounts.
-    pub fn view(&mut self, key: &str, parent: &str, labels: &Labels) -> Result<Vec<Mount>> {
+    pub fn view(&mut self, key: &str, parent: &str, labels: &Labels) -> Result<Created> {
         self.create(SnapshotKind::View, key, Some(parent), labels)
     }
 
@@ -258,9 +272,18 @@ impl Store {
         key: &str,
         parent: Option<&str>,
         labels: &Labels,
-    ) -> Result<Vec<Mount>> {
+    ) -> Result<Created> {
         let made = self.make(kind, key, parent, labels, &mut |_| Ok(()))?;
-        Ok(self.mounts_of(made.driver, kind, made.id, &made.chain))
+        let plan = Plan {
+            driver: made.driver,
+            kind,
+            id: made.id,
+            chain: made.chain,
+        };
+        Ok(Created {
+            mounts: self.mounts_of(&plan),
+            plan,
+        })
     }
 
     /// Makes snapshot `key` of `kind` on `parent`: checks, builds it under a
@@ -383,11 +406,11 @@ impl Store {
         same_parent(&tx, id, name, key)
     }
 
-    fn mounts_of(&self, driver: Driver, kind: SnapshotKind, id: i64, chain: &[i64]) -> Vec<Mount> {
-        let chain: Vec<PathBuf> = chain.iter().map(|&p| self.layout.fs(p)).collect();
-        driver.mounts(
-            kind,
-            &self.layout.dir(id),
+    fn mounts_of(&self, plan: &Plan) -> Vec<Mount> {
+        let chain: Vec<PathBuf> = plan.chain.iter().map(|&p| self.layout.fs(p)).collect();
+        plan.driver.mounts(
+            plan.kind,
+            &self.layout.dir(plan.id),
             &chain,
             &self.options.overlay_mount_options,
         )
@@ -395,11 +418,11 @@ impl Store {
 
     /// The mounts of an active snapshot or a view.
     pub fn mounts(&mut self, key: &str) -> Result<Vec<Mount>> {
-        let (driver, row, chain) = self.mount_plan(key)?;
-        Ok(self.mounts_of(driver, row.kind, row.id, &chain))
+        let plan = self.mount_plan(key)?;
+        Ok(self.mounts_of(&plan))
     }
 
-    fn mount_plan(&mut self, key: &str) -> Result<(Driver, Row, Vec<i64>)> {
+    fn mount_plan(&mut self, key: &str) -> Result<Plan> {
         let driver = self.driver()?.unwrap_or(Driver::Native);
         let tx = self.index.read()?;
         let row = mountable(&tx, key)?;
@@ -409,7 +432,12 @@ impl Store {
                 .collect(),
             None => Vec::new(),
         };
-        Ok((driver, row, chain))
+        Ok(Plan {
+            driver,
+            kind: row.kind,
+            id: row.id,
+            chain,
+        })
     }
 
     /// The mounts of `key` in a form a shell's `mount` can perform.
@@ -418,26 +446,34 @@ impl Store {
     /// directory of short links (`l/<id in base 36>` -> `../snapshots/ID/fs`),
     /// to be run from there. `dir` is then that directory.
     pub fn shell_mounts(&mut self, key: &str) -> Result<ShellMounts> {
-        let (driver, row, chain) = self.mount_plan(key)?;
-        let mounts = self.mounts_of(driver, row.kind, row.id, &chain);
+        let plan = self.mount_plan(key)?;
+        let mounts = self.mounts_of(&plan);
+        self.shell_mounts_of(key, Created { mounts, plan })
+    }
+
+    /// [`Store::shell_mounts`] of a snapshot just created, from what the
+    /// create computed.
+    pub fn shell_mounts_of(&mut self, key: &str, created: Created) -> Result<ShellMounts> {
+        let Created { mounts, plan } = created;
         if let Some(shell) = ShellMounts::absolute(mounts) {
             return Ok(shell);
         }
-        for id in &chain {
-            self.layout
-                .ensure_link(*id)
-                .ctx(|| format!("cannot create the short link of a layer of `{key}`"))?;
-        }
-        let short: Vec<PathBuf> = chain
+        self.layout
+            .ensure_links(&plan.chain)
+            .ctx(|| format!("cannot create the short links of the layers of `{key}`"))?;
+        let short: Vec<PathBuf> = plan
+            .chain
             .iter()
             .map(|&id| PathBuf::from(layout::link_name(id)))
             .collect();
-        let own = Path::new("..").join("snapshots").join(row.id.to_string());
-        let mounts = driver.mounts(row.kind, &own, &short, &self.options.overlay_mount_options);
+        let own = Path::new("..").join("snapshots").join(plan.id.to_string());
+        let mounts =
+            plan.driver
+                .mounts(plan.kind, &own, &short, &self.options.overlay_mount_options);
         if !fit_one_page(&mounts) {
             return Err(Error::unsupported(format!(
                 "the mount of `{key}` ({} layers) cannot be written within one page of mount options, even with short relative paths",
-                chain.len()
+                plan.chain.len()
             ))
             .with_hint(format!("mount it with strata, which has no such limit: strata mount {key} TARGET")));
         }

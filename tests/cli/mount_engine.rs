@@ -87,7 +87,10 @@ fn overlay_chain_of_500_layers_mounts_and_the_501st_is_refused() {
     assert!(!store.names(&[]).contains(&"v501".to_string()));
 
     // The view of the 500-layer chain, mounted by pasting the printed command.
-    store.strata(&["view", "look", "l500"]).success();
+    let made = store.strata(&["view", "look", "l500"]).success();
+    // What the create printed is what `mounts` prints for it.
+    let again = store.strata(&["mounts", "look"]).success();
+    assert_eq!(made.stdout, again.stdout, "view vs mounts of a 500-layer view");
     let target = store.scratch_dir("pasted");
     let guard = MountGuard::new(&target);
     let printed = store
