@@ -90,7 +90,10 @@ fn overlay_chain_of_500_layers_mounts_and_the_501st_is_refused() {
     let made = store.strata(&["view", "look", "l500"]).success();
     // What the create printed is what `mounts` prints for it.
     let again = store.strata(&["mounts", "look"]).success();
-    assert_eq!(made.stdout, again.stdout, "view vs mounts of a 500-layer view");
+    assert_eq!(
+        made.stdout, again.stdout,
+        "view vs mounts of a 500-layer view"
+    );
     let target = store.scratch_dir("pasted");
     let guard = MountGuard::new(&target);
     let printed = store
