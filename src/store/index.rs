@@ -429,7 +429,7 @@ pub fn all_labels(tx: &Transaction<'_>) -> Result<std::collections::HashMap<i64,
     Ok(map)
 }
 
-/// Inserts a new snapshot row and its labels; returns its id, which
+/// Inserts a new snapshot row made at `created` and its labels; returns its id, which
 /// AUTOINCREMENT guarantees was never used before (so its directory is new).
 pub fn insert(
     tx: &Transaction<'_>,
@@ -439,11 +439,10 @@ pub fn insert(
     labels: &Labels,
     created: Timestamp,
 ) -> Result<i64> {
-    let now = created.0;
     tx.execute(
         "INSERT INTO snapshots (name, kind, parent_id, created, updated)
          VALUES (?1, ?2, ?3, ?4, ?4)",
-        params![name, kind.as_str(), parent_id, now],
+        params![name, kind.as_str(), parent_id, created.0],
     )?;
     let id = tx.last_insert_rowid();
     set_labels(tx, id, labels)?;
