@@ -406,18 +406,13 @@ fn behind<'scope>(
         .spawn_scoped(scope, move || {
             loop {
                 let mut buf = vec![0u8; CHUNK];
-                let mut len = 0;
-                while len < buf.len() {
-                    match decoder.read(&mut buf[len..]) {
-                        Ok(0) => break,
-                        Ok(n) => len += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
+                let len = match read_up_to(&mut decoder, &mut buf) {
+                    Ok(len) => len,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
                     }
-                }
+                };
                 buf.truncate(len);
                 // Stop at the end, or when the reader gave up (an error).
                 if len == 0 || tx.send(Ok(buf)).is_err() {
@@ -431,6 +426,20 @@ fn behind<'scope>(
         cur: Vec::new(),
         pos: 0,
     }))
+}
+
+/// Reads into `buf` until it is full or the input ends; returns how much.
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match input.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
 }
 
 /// The decompressed stream, as [`behind`]'s thread hands it over.
@@ -895,15 +904,7 @@ pub fn apply(
         state: state.clone(),
     };
     let mut magic = [0u8; 6];
-    let mut got = 0;
-    while got < magic.len() {
-        match raw.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err("cannot read the layer", e)),
-        }
-    }
+    let got = read_up_to(&mut raw, &mut magic).map_err(|e| io_err("cannot read the layer", e))?;
     let magic = &magic[..got];
     let compression = if magic.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip

@@ -38,6 +38,27 @@ enum Auth<'a> {
     Token(&'a str, &'a str),
 }
 
+/// A self-signed RSA key and certificate from `openssl req`, with `extra`
+/// arguments (subject, extensions).
+fn self_signed(key: &Path, cert: &Path, extra: &[&str]) {
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(extra)
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `tests/cli/token_server.py` on 127.0.0.1 (Python's standard library, tokens signed
 /// by `openssl`), killed by PID when dropped.
 struct TokenServer {
@@ -54,22 +75,7 @@ impl TokenServer {
     /// server for `user`/`password`; it prints the port it listens on.
     fn start(dir: &Path, user: &str, password: &str) -> TokenServer {
         let (key, cert) = (dir.join("token-key.pem"), dir.join("token-cert.pem"));
-        let out = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", "/CN=strata-token-issuer"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl req: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self_signed(&key, &cert, &["-subj", "/CN=strata-token-issuer"]);
         let log = dir.join("token.log");
         let stderr = dir.join("token-server.stderr");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/token_server.py");
@@ -204,11 +210,10 @@ impl Registry {
         let mut http_tls = String::new();
         if tls {
             let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-            let out = Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                ])
-                .args([
+            self_signed(
+                &key,
+                &cert,
+                &[
                     "-subj",
                     "/CN=127.0.0.1",
                     "-addext",
@@ -216,17 +221,7 @@ impl Registry {
                     // rustls refuses a CA certificate as the server's own.
                     "-addext",
                     "basicConstraints=critical,CA:FALSE",
-                ])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl req: {}",
-                String::from_utf8_lossy(&out.stderr)
+                ],
             );
             http_tls = format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
