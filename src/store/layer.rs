@@ -2157,8 +2157,8 @@ fn same_content(a: &Path, b: &Path) -> Result<bool> {
     let mut ba = vec![0u8; 128 * 1024];
     let mut bb = vec![0u8; 128 * 1024];
     loop {
-        let na = read_fill(&mut fa, &mut ba).map_err(read_err(a))?;
-        let nb = read_fill(&mut fb, &mut bb).map_err(read_err(b))?;
+        let na = read_up_to(&mut fa, &mut ba).map_err(read_err(a))?;
+        let nb = read_up_to(&mut fb, &mut bb).map_err(read_err(b))?;
         if na != nb || ba[..na] != bb[..nb] {
             return Ok(false);
         }
@@ -2166,19 +2166,6 @@ fn same_content(a: &Path, b: &Path) -> Result<bool> {
             return Ok(true);
         }
     }
-}
-
-fn read_fill(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// Whether `new` differs from `old` (same name in the two trees).

@@ -799,6 +799,14 @@ fn push_app_as_ci(s: &Store, reference: &str, password: &[u8]) -> Run {
     with_env(s, &args, &[], Some(password))
 }
 
+/// Layers `base` and `app` (on it) in `a`, an empty HOME of their own for
+/// credentials, and the reference `app` is pushed to on `reg`.
+fn app_with_home(a: &Store, reg: &Registry) -> (PathBuf, String) {
+    a.layer("base", None, &base_ops());
+    a.layer("app", Some("base"), &app_ops("v1"));
+    (a.scratch_dir("home"), reg.reference("team/app:v1"))
+}
+
 /// A registry with htpasswd auth: anonymous push is `invalid` with a hint to log in; a
 /// wrong password does not log in; `login` stores the credentials under $HOME (mode
 /// 0600) and push and pull use them; `--username/--password-stdin` work on push; and
@@ -809,11 +817,8 @@ fn credentials() {
     let Some(reg) = Registry::start_with(Auth::Htpasswd("ci", "s3cret"), false) else {
         return;
     };
-    a.layer("base", None, &base_ops());
-    a.layer("app", Some("base"), &app_ops("v1"));
-    let home = a.scratch_dir("home");
+    let (home, r) = app_with_home(&a, &reg);
     let home_env = [("HOME", home.to_str().unwrap())];
-    let r = reg.reference("team/app:v1");
 
     let run =
         with_env(&a, &["push", "--plain-http", "app", &r], &home_env, None).fails_json("invalid");
@@ -894,11 +899,8 @@ fn token_auth() {
         return;
     };
     let tokens = reg.token.as_ref().unwrap();
-    a.layer("base", None, &base_ops());
-    a.layer("app", Some("base"), &app_ops("v1"));
-    let home = a.scratch_dir("home");
+    let (home, r) = app_with_home(&a, &reg);
     let home_env = [("HOME", home.to_str().unwrap())];
-    let r = reg.reference("team/app:v1");
 
     // Anonymous: a token for pull only, so the registry refuses the upload.
     let run =
