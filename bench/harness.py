@@ -52,7 +52,7 @@ DIFF_RUNS = env_int("BENCH_DIFF_RUNS", 20)
 APPLY_MB = env_int("BENCH_APPLY_MB", 200)
 APPLY_FILES = env_int("BENCH_APPLY_FILES", 20000)
 APPLY_RUNS = env_int("BENCH_APPLY_RUNS", 5)
-SETTLE = os.environ.get("BENCH_SETTLE", "")  # seconds; empty: 60 on ext4 without a journal
+SETTLE = os.environ.get("BENCH_SETTLE", "")  # seconds; empty: 360 on ext4 without a journal
 
 # Targets from the performance issue: strata median / peer median must be <= this.
 TARGET_OP = 0.125
@@ -508,15 +508,20 @@ def group_files():
 
 
 def settle_seconds(path):
-    """How long file creation must wait after mass deletion: BENCH_SETTLE, else 60 s
+    """How long after a mass deletion file creation is slow: BENCH_SETTLE, else 360 s
     when path is on ext4 without a journal, else 0.
 
-    Without a journal, ext4's inode allocator skips every free inode whose deletion
-    time is less than 30 s (35 while its inode-table block is dirty) old, checking
-    each in the buffer cache (recently_deleted() in find_inode_bit()): right after
-    20,000 files are deleted, `tar -x` of 2,000 files measured 0.55 s of system time
-    here instead of 0.03 s, and it took about a minute to return to that. Timed runs
-    that create many files therefore never follow a deletion of ours closely."""
+    Without a journal, ext4's inode allocator will not reuse an inode deleted less
+    than 60 s ago, or less than 360 s ago while the inode-table block holding it is
+    dirty (RECENTCY_MIN = 60 and RECENTCY_DIRTY = 300 in recently_deleted(),
+    fs/ext4/ialloc.c); find_inode_bit() checks every free inode it passes, one
+    buffer-cache lookup each, and skips the recent ones. Creating files dirties the
+    inode-table blocks it allocates from, so a tree unpacked into groups where many
+    files were deleted a few minutes earlier pays the long window: `tar -x` of the
+    apply layer took 3.1 s of CPU instead of 0.4 s four minutes after the previous
+    run's cleanup, half of it in recently_deleted(). Timed runs that create many files
+    therefore never follow a deletion of ours closely: apply and diff run first and
+    keep their trees to the end, and otherwise wait (settle())."""
     if SETTLE:
         return float(SETTLE)
     st = os.stat(path)
@@ -529,18 +534,21 @@ def settle_seconds(path):
                 name = os.path.basename(os.path.realpath(post.split()[1]))
                 try:
                     with open(f"/sys/fs/ext4/{name}/journal_task") as j:
-                        return 60.0 if j.read().strip() == "<none>" else 0.0
+                        return 360.0 if j.read().strip() == "<none>" else 0.0
                 except OSError:
                     return 0.0
     return 0.0
 
 
-def settle(since, seconds, what):
-    """Sleep until `seconds` have passed since monotonic time `since`."""
-    left = seconds - (time.monotonic() - since)
+def settle(path):
+    """Sleep until settle_seconds(path) have passed since this harness (or a previous
+    run of it) last deleted many files (BENCH_DELETED_AT, seconds since the epoch,
+    kept by bench/run)."""
+    since = int(os.environ.get("BENCH_DELETED_AT") or 0)
+    left = since + settle_seconds(path) - time.time()
     if left > 0:
-        log(f"  waiting {left:.0f} s: inodes {what} must age out of ext4's "
-            f"recently-deleted window first (BENCH_SETTLE)")
+        log(f"  waiting {left:.0f} s: inodes deleted {time.time() - since:.0f} s ago must age "
+            f"out of ext4's recently-deleted window first (BENCH_SETTLE)")
         time.sleep(left)
 
 
@@ -559,7 +567,7 @@ def group_diff():
     s = strata_only()
     work = os.environ["BENCH_WORK"]
     t0 = time.monotonic()
-    settle_s = settle_seconds(work)
+    settle(work)
     sh(s.prepare("big-work"))
     make_template(s.upperdir("big-work"), FILES)  # a root active is a bind of its fs dir
     sh(s.commit("big", "big-work"))
@@ -577,8 +585,7 @@ def group_diff():
     if names != ["changed.txt"]:
         raise BenchError(f"diff of child: expected one entry changed.txt, got {names[:10]}")
     size = os.path.getsize(out)
-    settle(t0, settle_s, "the previous group deleted")
-    # a new output file each run (nothing deleted in between, see settle())
+    # a new output file each run (nothing deleted in between, see settle_seconds())
     compare(f"diff of a one-file change on a {FILES:,}-file parent", [s],
             lambda t, i: (None, s.argv("diff", "child", "--output-file",
                                        os.path.join(work, f"child-{i}.tar"))),
@@ -685,17 +692,15 @@ def group_apply():
     target is `tar -x` followed at once by `sync -f DIR` (the same syncfs call), timed
     as the sum of the two processes; `tar -x` alone is reported too, from the same runs.
     Run 0 of each format is an untimed warm-up whose two results are compared entry by
-    entry. Every run makes a new snapshot / a new empty directory; they are removed
-    (`strata rm`, `rm -rf`) after the last round of each format, outside the timed
-    region, and the next format waits for those inodes to age out (see settle()), as
-    does the first for the previous group's. os.sync() runs before every timed process."""
+    entry. Every run makes a new snapshot / a new empty directory, and nothing is
+    deleted until the whole benchmark ends (see settle_seconds()); a deletion by an
+    earlier group or run is waited out first. os.sync() runs before every timed
+    process."""
     s = strata_only()
     work = os.environ["BENCH_WORK"]
     errfile = os.path.join(work, "stderr")
     tar, sync = shutil.which("tar"), shutil.which("sync")
     t0 = time.monotonic()
-    settle_s = settle_seconds(work)
-    deleted = t0  # when we (or the previous group) last deleted many files
     files = layer_files(APPLY_FILES, APPLY_MB << 20)
     plain = os.path.join(work, "layer.tar")
     write_layer(plain, files)
@@ -710,9 +715,16 @@ def group_apply():
     log(f"  made the layer: {APPLY_FILES:,} files, {nbytes / mib:.0f} MiB of content, "
         f"tar {os.path.getsize(plain) / mib:.0f} MiB, tar.gz {os.path.getsize(gz) / mib:.0f} "
         f"MiB (gzip -6) in {time.monotonic() - t0:.0f} s")
+    # Every tree is kept to the end: two formats, 1 + APPLY_RUNS rounds, two tools.
+    need = 2 * (1 + APPLY_RUNS) * 2 * os.path.getsize(plain) * 1.2
+    free = shutil.disk_usage(work).free
+    if free < need:
+        raise BenchError(f"the apply group keeps {need / 2**30:.1f} GiB of trees until the end "
+                         f"and {work} has {free / 2**30:.1f} GiB free: lower BENCH_APPLY_MB "
+                         "or BENCH_APPLY_RUNS")
+    settle(work)
 
     for archive, label, zflag in ((plain, "plain tar", "-xf"), (gz, "tar.gz", "-xzf")):
-        settle(deleted, settle_s, "deleted before")
         t0 = time.monotonic()
         w = {"strata": [], "tar": [], "tar+sync": [], "sync": []}
         cpu = {"strata": [], "tar": []}
@@ -744,11 +756,6 @@ def group_apply():
                                      f"{len(b)} entries), e.g. {diff}")
                 log(f"  {label}: strata apply and tar {zflag} give the same {len(a):,} entries")
         elapsed = time.monotonic() - t0
-        for i in range(1 + APPLY_RUNS):  # clean up, untimed
-            sh(s.rm(f"layer{zflag}-{i}"))
-            sh(["rm", "-rf", "--one-file-system", os.path.join(work, f"x{zflag}-{i}")])
-        os.sync()
-        deleted = time.monotonic()
         w = {k: v[1:] for k, v in w.items()}
         cpu = {k: v[1:] for k, v in cpu.items()}
         size = os.path.getsize(archive)
@@ -764,8 +771,7 @@ def group_apply():
                 "a_ns": w["strata"], "b_ns": w["tar"], "a_cpu_ns": cpu["strata"],
                 "b_cpu_ns": cpu["tar"], "target": None,
                 "note": "same runs; tar without the sync"})
-        log(f"  {label}: {1 + APPLY_RUNS} rounds in {elapsed:.0f} s, cleanup "
-            f"{deleted - t0 - elapsed:.0f} s; "
+        log(f"  {label}: {1 + APPLY_RUNS} rounds in {elapsed:.0f} s; "
             f"median sync -f after tar {fmt(statistics.median(w['sync']))}")
 
 
