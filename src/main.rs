@@ -35,12 +35,13 @@ fn main() -> ExitCode {
     let mut ctx = match cmd::context(&cli, root_source) {
         Ok(ctx) => ctx,
         Err(e) => {
-            let format = if cli.json {
+            let g = &cli.global;
+            let format = if g.json {
                 Format::Json
             } else {
-                cli.output.unwrap_or_default()
+                g.output.unwrap_or_default()
             };
-            Printer::new(format, cli.quiet, cli.verbose).error(&e);
+            Printer::new(format, g.quiet, g.verbose).error(&e);
             return ExitCode::from(e.kind().exit_code());
         }
     };

@@ -45,6 +45,16 @@ pub mod view;
     after_help = "Examples:\n  strata prepare build                 # an empty active snapshot\n  strata mount build /mnt/build        # mount it, write files\n  strata commit base build             # freeze it as `base`\n  strata view look base --mount /mnt/look\n  strata ls --json"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The options every command takes, before or after its name.
+#[derive(Debug, clap::Args)]
+pub struct Global {
     /// The store directory [default: /var/lib/strata as root, else
     /// ~/.local/share/strata]
     #[arg(long, global = true, value_name = "DIR", env = "STRATA_ROOT")]
@@ -70,9 +80,6 @@ pub struct Cli {
     /// More detail on stderr (repeatable)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,14 +143,73 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     use clap::CommandFactory;
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
     LAZY.set(true);
-    let mut cmd = Cli::command();
+    let mut cmd = subcommand_named(&args)
+        .and_then(tree_with_only)
+        .unwrap_or_else(Cli::command);
     LAZY.set(false);
     let result = cmd.try_get_matches_from_mut(args);
     // Freeing the tree costs more than building the used part of it, and
     // the process is about to end.
     std::mem::forget(cmd);
     result
+}
+
+/// The top-level command with subcommand `name` (or an alias) as its only
+/// subcommand, or None if there is no such subcommand.
+///
+/// clap copies every global option into every subcommand before parsing
+/// (6 options into 25 subcommands: more instructions and heap pages than
+/// the rest of a `strata info` process spends in clap). A command line
+/// that names its subcommand only needs that one; anything else gets the
+/// whole tree. `Cli::from_arg_matches` reads either tree's matches alike.
+fn tree_with_only(name: &str) -> Option<clap::Command> {
+    use clap::{Args, Subcommand};
+    let all = Command::augment_subcommands(clap::Command::new("strata"));
+    let sub = all.find_subcommand(name)?.clone();
+    std::mem::forget(all);
+    let root = clap::Command::new("strata")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true);
+    Some(Global::augment_args(root).subcommand(sub))
+}
+
+/// The subcommand a command line names, found as clap finds it: the first
+/// argument that is neither an option nor an option's value. None when
+/// there is none, or when an option before it is not one of the global
+/// options (clap then parses with the whole tree and reports it).
+fn subcommand_named(args: &[std::ffi::OsString]) -> Option<&str> {
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        let arg = arg.to_str()?;
+        match arg {
+            "--root" | "--config" | "--output" | "-o" => {
+                rest.next()?;
+            }
+            "--json" | "--quiet" | "--verbose" => {}
+            _ if ["--root=", "--config=", "--output="]
+                .iter()
+                .any(|p| arg.starts_with(p)) => {}
+            _ if arg.starts_with("--") => return None,
+            _ if arg.len() > 1 && arg.starts_with('-') => {
+                // Short flags together: -q, -v, and -o with its value
+                // attached or next.
+                let flags = &arg[1..];
+                match flags.find(|c| c != 'q' && c != 'v') {
+                    None => {}
+                    // `-o` last: its value is the next argument.
+                    Some(i) if &flags[i..] == "o" => {
+                        rest.next()?;
+                    }
+                    Some(i) if flags[i..].starts_with('o') => {}
+                    Some(_) => return None,
+                }
+            }
+            _ => return Some(arg),
+        }
+    }
+    None
 }
 
 impl<T: clap::Args> clap::Args for Lazy<T> {
@@ -202,17 +268,18 @@ impl Context {
 /// `root_source` says whether `--root` came from the command line or
 /// `$STRATA_ROOT`.
 pub fn context(cli: &Cli, root_source: settings::Source) -> Result<Context> {
-    let output = if cli.json {
+    let global = &cli.global;
+    let output = if global.json {
         Some(Format::Json)
     } else {
-        cli.output
+        global.output
     };
     let settings = settings::resolve(settings::Given {
-        root: cli.root.as_deref().map(|p| (p, root_source)),
-        config: cli.config.as_deref(),
+        root: global.root.as_deref().map(|p| (p, root_source)),
+        config: global.config.as_deref(),
         output,
     })?;
-    let printer = Printer::new(settings.output.value, cli.quiet, cli.verbose);
+    let printer = Printer::new(settings.output.value, global.quiet, global.verbose);
     let options = store::Options {
         driver: settings.driver.value.map(Into::into),
         overlay_mount_options: settings.overlay_mount_options.value.clone(),
@@ -301,6 +368,13 @@ mod tests {
             &["strata", "diff", "k", "--output-file", "f.tar"],
             &["strata", "push", "k", "reg/x:1", "--plain-http"],
             &["strata", "completions", "bash"],
+            // Global options before the subcommand, one with a subcommand's
+            // name as its value; short clusters; an alias.
+            &["strata", "--root", "info", "info", "base"],
+            &["strata", "-qo", "json", "ls"],
+            &["strata", "-ojson", "-v", "usage", "a"],
+            &["strata", "--output=yaml", "--config", "/c.yaml", "tree"],
+            &["strata", "-q", "remove", "k", "--json"],
         ];
         for line in lines {
             let lazy = parse_lazily_from(line.iter()).unwrap();
@@ -311,6 +385,28 @@ mod tests {
             );
             assert_eq!(format!("{lazy:?}"), format!("{eager:?}"), "{line:?}");
         }
+        // Which subcommand a line names, as the one-subcommand tree needs.
+        let named = |line: &[&str]| {
+            let args: Vec<std::ffi::OsString> = line.iter().map(Into::into).collect();
+            subcommand_named(&args).map(str::to_string)
+        };
+        assert_eq!(
+            named(&["strata", "--root", "info", "ls"]).as_deref(),
+            Some("ls")
+        );
+        assert_eq!(
+            named(&["strata", "-vqo", "json", "rm", "k"]).as_deref(),
+            Some("rm")
+        );
+        assert_eq!(
+            named(&["strata", "-qojson", "stat", "k"]).as_deref(),
+            Some("stat")
+        );
+        assert_eq!(named(&["strata", "--nope", "ls"]), None);
+        assert_eq!(named(&["strata", "-x", "ls"]), None);
+        assert_eq!(named(&["strata", "--json"]), None);
+        assert!(tree_with_only("list").is_some());
+        assert!(tree_with_only("help").is_none());
         // Errors and help come from the complete tree in `main`; the lazy
         // one still rejects what the complete one rejects.
         for line in [
