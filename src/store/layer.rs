@@ -108,12 +108,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
-use rustix::fs::{
-    AtFlags, Gid, Mode, OFlags, RawDir, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
-};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
@@ -1043,240 +1042,11 @@ enum Kind {
     Fifo,
 }
 
-/// The largest regular file handed to the [`Writer`]; larger ones are
-/// written by the unpacking thread (the copy would only add memory).
-const HANDOFF_MAX: u64 = 1 << 20;
-/// A directory's files go to the [`Writer`] when fewer than this many are
-/// waiting for it as the unpacking thread reaches the directory.
-const HANDOFF_BACKLOG: u64 = 128;
-/// At most this many files, and this many bytes, wait for the [`Writer`].
-const HANDOFF_QUEUE: usize = 1024;
-const HANDOFF_BYTES: u64 = 64 << 20;
-
-/// A regular file for the [`Writer`] to create, with its content.
-struct NewFile {
-    dir: Arc<OwnedFd>,
-    name: CString,
-    rel: Vec<u8>,
-    mode: u32,
-    data: Vec<u8>,
-    meta: Meta,
-    preset: Preset,
-}
-
-/// Creates regular files on a second thread while the unpacking thread
-/// reads the stream and makes everything else.
-///
-/// Unpacking is system calls, and one thread issues them one at a time:
-/// two `tar -x` of the two halves of the benchmark layer into one directory
-/// take 0.44 s where one `tar -x` of all of it takes 0.77 s (2 cores). So
-/// new regular files are handed over, and only where the order of creation
-/// cannot be observed: in a destination that was empty at the start (nothing
-/// can exist at a path this layer has not made), at a path not made before,
-/// up to HANDOFF_MAX bytes. Who writes is decided per directory (two threads
-/// creating files in one directory queue on its lock: both got slower than
-/// one), handing a directory over while the writer is not far behind, so
-/// that both threads stay busy in different directories. Before an
-/// entry that could touch a queued file (its path, a path under it, a
-/// directory above it replaced, a hardlink, a whiteout) and before directory
-/// times are set, the queue is drained.
-struct Writer {
-    tx: Option<mpsc::SyncSender<NewFile>>,
-    worker: Option<std::thread::JoinHandle<()>>,
-    state: Arc<WriterState>,
-    sent: u64,
-    /// Bytes of content handed over (the writer counts what it wrote).
-    sent_bytes: u64,
-    /// The directory last decided on, and whether its files go to the writer.
-    current: Option<(Vec<u8>, bool)>,
-    /// Files handed over since the last drain, and the directories above them.
-    files: HashSet<Vec<u8>>,
-    above: HashSet<Vec<u8>>,
-}
-
-#[derive(Default)]
-struct WriterState {
-    /// Files finished, and the first error.
-    done: Mutex<(u64, Option<LayerError>)>,
-    /// Bytes of content written.
-    done_bytes: AtomicU64,
-    changed: Condvar,
-}
-
-impl Writer {
-    /// A writer for `dest`; none (everything stays on the calling thread)
-    /// when `enabled` is false or no thread can be started.
-    fn new(dest: &Path, privileged: bool, enabled: bool) -> Writer {
-        let state = Arc::new(WriterState::default());
-        let mut w = Writer {
-            tx: None,
-            worker: None,
-            state: state.clone(),
-            sent: 0,
-            sent_bytes: 0,
-            current: None,
-            files: HashSet::new(),
-            above: HashSet::new(),
-        };
-        if !enabled {
-            return w;
-        }
-        let (tx, rx) = mpsc::sync_channel::<NewFile>(HANDOFF_QUEUE);
-        let dest = dest.to_path_buf();
-        let spawned = std::thread::Builder::new()
-            .name("layer-writer".into())
-            .spawn(move || {
-                for f in rx {
-                    let failed = lock(&state.done).1.is_some();
-                    let result = if failed {
-                        Ok(())
-                    } else {
-                        write_new_file(&f, &dest, privileged)
-                    };
-                    state
-                        .done_bytes
-                        .fetch_add(f.data.len() as u64, Ordering::Relaxed);
-                    let mut done = lock(&state.done);
-                    done.0 += 1;
-                    if let Err(e) = result {
-                        done.1.get_or_insert(e);
-                    }
-                    state.changed.notify_all();
-                }
-            });
-        if let Ok(worker) = spawned {
-            w.tx = Some(tx);
-            w.worker = Some(worker);
-        }
-        w
-    }
-
-    /// Whether a file of `size` bytes in directory `dir` goes to the writer.
-    fn wants(&mut self, dir: &[u8], size: u64) -> bool {
-        if self.tx.is_none()
-            || size > HANDOFF_MAX
-            || self.sent_bytes - self.state.done_bytes.load(Ordering::Relaxed) + size
-                > HANDOFF_BYTES
-        {
-            return false;
-        }
-        if let Some((known, yes)) = &self.current
-            && known == dir
-        {
-            return *yes;
-        }
-        let yes = self.sent - lock(&self.state.done).0 < HANDOFF_BACKLOG;
-        self.current = Some((dir.to_vec(), yes));
-        yes
-    }
-
-    /// Hands `f` over; gives it back if the writer cannot take it.
-    fn hand(&mut self, f: NewFile) -> Option<NewFile> {
-        let Some(tx) = &self.tx else {
-            return Some(f);
-        };
-        let rel = f.rel.clone();
-        let size = f.data.len() as u64;
-        match tx.try_send(f) {
-            Ok(()) => {}
-            Err(mpsc::TrySendError::Full(f) | mpsc::TrySendError::Disconnected(f)) => {
-                return Some(f);
-            }
-        }
-        self.sent += 1;
-        self.sent_bytes += size;
-        let mut p = rel.as_slice();
-        while let Some(i) = p.iter().rposition(|b| *b == b'/') {
-            p = &p[..i];
-            if !self.above.insert(p.to_vec()) {
-                break;
-            }
-        }
-        self.files.insert(rel);
-        None
-    }
-
-    /// Whether an entry at `rel` (a directory if `dir`) could touch a file
-    /// still queued.
-    fn touches(&self, rel: &[u8], dir: bool) -> bool {
-        if self.files.is_empty() {
-            return false;
-        }
-        if self.files.contains(rel) || (!dir && self.above.contains(rel)) {
-            return true;
-        }
-        let mut p = rel;
-        while let Some(i) = p.iter().rposition(|b| *b == b'/') {
-            p = &p[..i];
-            if self.files.contains(p) {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Waits until every file handed over is written; the first error.
-    fn drain(&mut self) -> Result<()> {
-        let mut done = lock(&self.state.done);
-        while done.0 < self.sent {
-            done = self
-                .state
-                .changed
-                .wait(done)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        self.files.clear();
-        self.above.clear();
-        match done.1.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// The first error of the files written so far, without waiting.
-    fn check(&self) -> Result<()> {
-        match lock(&self.state.done).1.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.tx = None;
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
-    }
-}
-
-/// Locks a mutex, ignoring poisoning (no code holding these locks panics).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Creates the new regular file `f` in directory `f.dir` (of `dest`).
-fn write_new_file(f: &NewFile, dest: &Path, privileged: bool) -> Result<()> {
-    let path = || dest.join(OsStr::from_bytes(&f.rel));
-    let fd = rustix::fs::openat(
-        &*f.dir,
-        f.name.as_c_str(),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(f.mode),
-    )
-    .map_err(|e| io_err(format!("cannot create {}", path().display()), e))?;
-    let mut file = File::from(fd);
-    file.write_all(&f.data)
-        .map_err(|e| io_err(format!("cannot write {}", path().display()), e))?;
-    set_meta_fd(file.as_fd(), &f.meta, &path, false, f.preset, privileged)
-}
-
 struct Extractor<'o> {
     opts: &'o ApplyOptions,
     dest: PathBuf,
-    root: Arc<OwnedFd>,
-    cache: Option<(Vec<u8>, Arc<OwnedFd>)>,
+    root: Rc<OwnedFd>,
+    cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
     /// Paths this layer created (entries and implicit parents).
     created: HashSet<Vec<u8>>,
     /// Directories that contain something this layer created.
@@ -1289,10 +1059,6 @@ struct Extractor<'o> {
     creator: Option<(Uid, Gid, u32)>,
     /// What a file created in the directory at this path starts with.
     new_files: Option<(Vec<u8>, Option<NewFiles>)>,
-    /// Creates new regular files on a second thread.
-    writer: Writer,
-    /// Overlay whiteouts this layer made (they are not in `created`).
-    whiteouts: HashSet<Vec<u8>>,
 }
 
 /// The owner and mode a regular file gets from `open(O_CREAT)` in some
@@ -1379,24 +1145,19 @@ impl<'o> Extractor<'o> {
             Mode::empty(),
         )
         .map_err(|e| io_err(format!("cannot open {}", dest.display()), e))?;
-        let privileged = nix::unistd::geteuid().is_root();
-        let empty = is_empty_dir(&root)
-            .map_err(|e| io_err(format!("cannot read {}", dest.display()), e))?;
         Ok(Extractor {
             opts,
             dest: dest.to_path_buf(),
-            root: Arc::new(root),
+            root: Rc::new(root),
             cache: None,
             created: HashSet::new(),
             holds: HashSet::new(),
             dirs: HashMap::new(),
-            privileged,
+            privileged: nix::unistd::geteuid().is_root(),
             proc_fd: Path::new("/proc/self/fd").is_dir(),
             creator: current_umask()
                 .map(|m| (rustix::process::geteuid(), rustix::process::getegid(), m)),
             new_files: None,
-            writer: Writer::new(dest, privileged, empty),
-            whiteouts: HashSet::new(),
         })
     }
 
@@ -1419,7 +1180,7 @@ impl<'o> Extractor<'o> {
         comps: &[&[u8]],
         create: bool,
         entry: &str,
-    ) -> Result<Option<Arc<OwnedFd>>> {
+    ) -> Result<Option<Rc<OwnedFd>>> {
         if comps.is_empty() {
             return Ok(Some(self.root.clone()));
         }
@@ -1439,7 +1200,7 @@ impl<'o> Extractor<'o> {
             Mode::empty(),
             resolve,
         ) {
-            Ok(fd) => Arc::new(fd),
+            Ok(fd) => Rc::new(fd),
             Err(Errno::NOENT)
             | Err(Errno::LOOP)
             | Err(Errno::NOTDIR)
@@ -1483,7 +1244,7 @@ impl<'o> Extractor<'o> {
                             other => other,
                         };
                     cur = match opened {
-                        Ok(fd) => Arc::new(fd),
+                        Ok(fd) => Rc::new(fd),
                         Err(Errno::NOENT) => return Ok(None),
                         Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
                             let symlink = rustix::fs::statat(
@@ -1635,12 +1396,6 @@ impl<'o> Extractor<'o> {
         let base: &[u8] = last;
         let rel = comps.join(&b'/');
         let parent_rel = parent.join(&b'/');
-        if base.starts_with(WHITEOUT_PREFIX)
-            || matches!(kind, Kind::Hardlink)
-            || self.writer.touches(&rel, matches!(kind, Kind::Dir))
-        {
-            self.writer.drain()?;
-        }
 
         if base.starts_with(WHITEOUT_PREFIX) {
             // Data of a whiteout (normally none) is not used.
@@ -1772,32 +1527,6 @@ impl<'o> Extractor<'o> {
                     mode: born.is_some_and(|b| meta.mode & b.umask == 0),
                 };
                 let mode = if preset.mode { meta.mode } else { 0o600 };
-                if base.len() <= NAME_MAX
-                    && !self.created.contains(&rel)
-                    && !self.whiteouts.contains(&rel)
-                    && self.writer.wants(&parent_rel, m.size)
-                {
-                    self.writer.check()?;
-                    let mut data = Vec::with_capacity(m.size as usize);
-                    read_data(s, m.size, &name, progress, |b| {
-                        data.extend_from_slice(b);
-                        Ok(())
-                    })?;
-                    let f = NewFile {
-                        dir: dir.clone(),
-                        name: cname.to_owned(),
-                        rel: rel.clone(),
-                        mode,
-                        data,
-                        meta,
-                        preset,
-                    };
-                    if let Some(f) = self.writer.hand(f) {
-                        write_new_file(&f, &self.dest, self.privileged)?;
-                    }
-                    self.mark_created(&rel);
-                    return Ok(());
-                }
                 let fd = self.create(&dir, cname, &rel, &name, |d, n| {
                     rustix::fs::openat(
                         d,
@@ -1811,11 +1540,26 @@ impl<'o> Extractor<'o> {
                     )
                 })?;
                 let mut file = File::from(fd);
-                read_data(s, m.size, &name, progress, |b| {
-                    file.write_all(b).map_err(|e| {
+                let mut left = m.size;
+                while left > 0 {
+                    let avail = s
+                        .fill()
+                        .map_err(|e| context(e, &format!("entry `{name}`")))?;
+                    if avail.is_empty() {
+                        return Err(invalid(format!(
+                            "truncated archive: entry `{name}` ends {left} bytes early"
+                        )));
+                    }
+                    let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    file.write_all(&avail[..n]).map_err(|e| {
                         io_err(format!("cannot write {}", self.path_of(&rel).display()), e)
-                    })
-                })?;
+                    })?;
+                    s.consume(n);
+                    left -= n as u64;
+                    progress();
+                }
+                s.skip_padding(m.size)
+                    .map_err(|e| context(e, &format!("entry `{name}`")))?;
                 self.set_meta_fd(file.as_fd(), &meta, &rel, false, preset)?;
             }
             Kind::Symlink => {
@@ -1929,11 +1673,11 @@ impl<'o> Extractor<'o> {
     }
 
     fn chown_failed(&self, e: Errno) -> bool {
-        chown_failed(e, self.privileged)
+        e != Errno::PERM || self.privileged
     }
 
     fn xattr_failed(&self, e: Errno) -> bool {
-        xattr_failed(e, self.privileged)
+        self.privileged || !matches!(e, Errno::PERM | Errno::NOTSUP | Errno::ACCESS)
     }
 
     /// Ownership, xattrs, mode and times through an open descriptor.
@@ -1945,14 +1689,44 @@ impl<'o> Extractor<'o> {
         existed: bool,
         preset: Preset,
     ) -> Result<()> {
-        set_meta_fd(
-            fd,
-            meta,
-            &|| self.path_of(rel),
-            existed,
-            preset,
-            self.privileged,
-        )
+        let what = |op: &str| format!("cannot set the {op} of {}", self.path_of(rel).display());
+        if !preset.owner
+            && let Err(e) = rustix::fs::fchown(fd, Some(meta.uid), Some(meta.gid))
+            && self.chown_failed(e)
+        {
+            return Err(io_err(what("owner"), e));
+        }
+        if existed {
+            // Replace, not merge: xattrs the layer does not list are gone.
+            let list = xattr_call(|b| rustix::fs::flistxattr(fd, b))
+                .map_err(|e| io_err(what("xattrs"), e))?;
+            for old in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+                if is_overlay_xattr(old) || meta.xattrs.iter().any(|(k, _)| k.to_bytes() == old) {
+                    continue;
+                }
+                if let Err(e) = rustix::fs::fremovexattr(fd, cstr(old).as_c_str())
+                    && self.xattr_failed(e)
+                {
+                    return Err(io_err(what("xattrs"), e));
+                }
+            }
+        }
+        for (k, v) in &meta.xattrs {
+            if let Err(e) = rustix::fs::fsetxattr(fd, k.as_c_str(), v, XattrFlags::empty())
+                && self.xattr_failed(e)
+            {
+                return Err(io_err(
+                    format!("{} `{}`", what("xattr"), k.to_string_lossy()),
+                    e,
+                ));
+            }
+        }
+        if !preset.mode {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+                .map_err(|e| io_err(what("mode"), e))?;
+        }
+        rustix::fs::futimens(fd, &times(meta)).map_err(|e| io_err(what("times"), e))?;
+        Ok(())
     }
 
     /// The same for entries that are not opened (symlinks, devices, FIFOs).
@@ -2015,26 +1789,22 @@ impl<'o> Extractor<'o> {
                     // Made by this layer (or a duplicate whiteout): whiteouts
                     // only hide the layers below.
                     Ok(_) => Ok(()),
-                    Err(Errno::NOENT) => {
-                        rustix::fs::mknodat(
-                            &*dir,
-                            cname.as_c_str(),
-                            rustix::fs::FileType::CharacterDevice,
-                            Mode::empty(),
-                            rustix::fs::makedev(0, 0),
+                    Err(Errno::NOENT) => rustix::fs::mknodat(
+                        &*dir,
+                        cname.as_c_str(),
+                        rustix::fs::FileType::CharacterDevice,
+                        Mode::empty(),
+                        rustix::fs::makedev(0, 0),
+                    )
+                    .map_err(|e| {
+                        io_err(
+                            format!(
+                                "cannot create the whiteout {}",
+                                self.path_of(&rel).display()
+                            ),
+                            e,
                         )
-                        .map_err(|e| {
-                            io_err(
-                                format!(
-                                    "cannot create the whiteout {}",
-                                    self.path_of(&rel).display()
-                                ),
-                                e,
-                            )
-                        })?;
-                        self.whiteouts.insert(rel);
-                        Ok(())
-                    }
+                    }),
                     Err(Errno::NAMETOOLONG) => Err(invalid(format!(
                         "entry `{entry}`: a name component is too long"
                     ))),
@@ -2075,7 +1845,7 @@ impl<'o> Extractor<'o> {
                 };
                 self.forget_dirs();
                 // Walk down, keeping only what this layer created.
-                let mut stack: Vec<(Arc<OwnedFd>, Vec<u8>)> = vec![(fd, rel.to_vec())];
+                let mut stack: Vec<(Rc<OwnedFd>, Vec<u8>)> = vec![(fd, rel.to_vec())];
                 while let Some((fd, rel)) = stack.pop() {
                     let names = list_dir(&fd).map_err(|e| {
                         io_err(format!("cannot read {}", self.path_of(&rel).display()), e)
@@ -2099,7 +1869,7 @@ impl<'o> Extractor<'o> {
                                         e,
                                     )
                                 })?;
-                                stack.push((Arc::new(sub), child));
+                                stack.push((Rc::new(sub), child));
                             }
                         } else {
                             self.remove(&fd, name.as_c_str(), &child)?;
@@ -2113,7 +1883,6 @@ impl<'o> Extractor<'o> {
 
     /// Directory metadata, deepest first, once everything is in place.
     fn finish(&mut self) -> Result<()> {
-        self.writer.drain()?;
         self.forget_dirs();
         let mut dirs: Vec<(Vec<u8>, DirMeta)> = self.dirs.drain().collect();
         dirs.sort_by(|a, b| path_order(&b.0, &a.0));
@@ -2130,113 +1899,6 @@ impl<'o> Extractor<'o> {
         self.forget_dirs();
         Ok(())
     }
-}
-
-/// The longest name of a directory entry (Linux's NAME_MAX).
-const NAME_MAX: usize = 255;
-
-/// Passes the `size` bytes of data of entry `name` to `sink` a piece at a
-/// time, then skips its padding.
-fn read_data(
-    s: &mut Stream<'_>,
-    size: u64,
-    name: &str,
-    progress: &mut dyn FnMut(),
-    mut sink: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<()> {
-    let mut left = size;
-    while left > 0 {
-        let avail = s
-            .fill()
-            .map_err(|e| context(e, &format!("entry `{name}`")))?;
-        if avail.is_empty() {
-            return Err(invalid(format!(
-                "truncated archive: entry `{name}` ends {left} bytes early"
-            )));
-        }
-        let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        sink(&avail[..n])?;
-        s.consume(n);
-        left -= n as u64;
-        progress();
-    }
-    s.skip_padding(size)
-        .map_err(|e| context(e, &format!("entry `{name}`")))
-}
-
-/// Whether the open directory `dir` has no entries.
-fn is_empty_dir(dir: &OwnedFd) -> io::Result<bool> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut entries = RawDir::new(dir, buf.spare_capacity_mut());
-    while let Some(entry) = entries.next() {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Whether a failed chown is an error: without privilege, files stay ours.
-fn chown_failed(e: Errno, privileged: bool) -> bool {
-    e != Errno::PERM || privileged
-}
-
-/// Whether a failed xattr call is an error: without privilege, xattrs that
-/// need it (trusted.*, security.*) are skipped.
-fn xattr_failed(e: Errno, privileged: bool) -> bool {
-    privileged || !matches!(e, Errno::PERM | Errno::NOTSUP | Errno::ACCESS)
-}
-
-/// Ownership, xattrs, mode and times of the entry at `path()` through its
-/// open descriptor.
-fn set_meta_fd(
-    fd: BorrowedFd<'_>,
-    meta: &Meta,
-    path: &dyn Fn() -> PathBuf,
-    existed: bool,
-    preset: Preset,
-    privileged: bool,
-) -> Result<()> {
-    let what = |op: &str| format!("cannot set the {op} of {}", path().display());
-    if !preset.owner
-        && let Err(e) = rustix::fs::fchown(fd, Some(meta.uid), Some(meta.gid))
-        && chown_failed(e, privileged)
-    {
-        return Err(io_err(what("owner"), e));
-    }
-    if existed {
-        // Replace, not merge: xattrs the layer does not list are gone.
-        let list =
-            xattr_call(|b| rustix::fs::flistxattr(fd, b)).map_err(|e| io_err(what("xattrs"), e))?;
-        for old in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            if is_overlay_xattr(old) || meta.xattrs.iter().any(|(k, _)| k.to_bytes() == old) {
-                continue;
-            }
-            if let Err(e) = rustix::fs::fremovexattr(fd, cstr(old).as_c_str())
-                && xattr_failed(e, privileged)
-            {
-                return Err(io_err(what("xattrs"), e));
-            }
-        }
-    }
-    for (k, v) in &meta.xattrs {
-        if let Err(e) = rustix::fs::fsetxattr(fd, k.as_c_str(), v, XattrFlags::empty())
-            && xattr_failed(e, privileged)
-        {
-            return Err(io_err(
-                format!("{} `{}`", what("xattr"), k.to_string_lossy()),
-                e,
-            ));
-        }
-    }
-    if !preset.mode {
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
-            .map_err(|e| io_err(what("mode"), e))?;
-    }
-    rustix::fs::futimens(fd, &times(meta)).map_err(|e| io_err(what("times"), e))?;
-    Ok(())
 }
 
 fn times(meta: &Meta) -> Timestamps {
@@ -4050,59 +3712,6 @@ mod tests {
                 .file_type()
                 .is_fifo()
         );
-    }
-
-    /// Files written on the second thread give the tree that writing
-    /// everything in order gives, including entries that replace, link to
-    /// or remove a file that may still be queued.
-    #[test]
-    fn handed_over_files_land_as_in_order() {
-        let fill: Vec<(String, Vec<u8>)> = (0..300)
-            .map(|i| (format!("u{}/f{i}", i / 50), vec![b'x'; i * 37 % 5000]))
-            .collect();
-        let dirs: Vec<String> = (0..6).map(|i| format!("u{i}/")).collect();
-        let mut members = vec![dir(b"t/")];
-        members.extend(dirs.iter().map(|d| dir(d.as_bytes())));
-        members.extend([
-            file(b"t/a", b"one"),
-            file(b"t/a", b"two"),
-            file(b"t/b", b"file first"),
-            dir(b"t/b/"),
-            file(b"t/c/y", b"under c"),
-            symlink(b"t/c", b"elsewhere"),
-            file(b"t/d", b"linked"),
-            hardlink(b"t/e", b"t/d"),
-            file(b"t/f", b"made here"),
-            file(b"t/.wh.f", b""),
-            file(b"t/g/h", b"under g"),
-            file(b"t/g", b"g is a file now"),
-        ]);
-        members.extend(fill.iter().map(|(n, d)| file(n.as_bytes(), d)));
-        members.push(file(b"u0/f1", b"replaced at the end"));
-        let data = tar_of(&members);
-        let mut kinds = vec![Whiteouts::Delete];
-        if is_root() {
-            kinds.push(Whiteouts::Overlay { user_xattr: false });
-        }
-        for whiteouts in kinds {
-            let o = opts(whiteouts);
-            // A destination that is not empty keeps every file on one thread.
-            let t = tmp();
-            let in_order = t.path().join("in-order");
-            std::fs::create_dir(&in_order).unwrap();
-            std::fs::write(in_order.join("zz"), b"").unwrap();
-            apply_vec(&data, &in_order, &o).unwrap();
-            std::fs::remove_file(in_order.join("zz")).unwrap();
-            let want = snapshot(&in_order);
-            assert!(want["t/e"].contains("group=t/d"), "{want:?}");
-            // Interleavings vary from run to run.
-            for round in 0..10 {
-                let dest = t.path().join(format!("handed-{round}"));
-                std::fs::create_dir(&dest).unwrap();
-                apply_vec(&data, &dest, &o).unwrap();
-                assert_same(&want, &snapshot(&dest));
-            }
-        }
     }
 
     fn sample_tar() -> Vec<u8> {
