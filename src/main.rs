@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::from(e.kind().exit_code());
         }
     };
-    match cmd::run(cli.command, &mut ctx) {
+    let code = match cmd::run(cli.command, &mut ctx) {
         Ok(()) => ExitCode::SUCCESS,
         // `strata ls | head -1`: the reader is gone, nothing is wrong.
         Err(e) if cmd::is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -53,7 +53,9 @@ fn main() -> ExitCode {
             ctx.printer.error(&e);
             ExitCode::from(e.kind().exit_code())
         }
-    }
+    };
+    ctx.close();
+    code
 }
 
 /// A bad command line: clap's own message (exit 2), or with JSON output

@@ -253,6 +253,13 @@ pub struct Context {
 }
 
 impl Context {
+    /// Ends the command: the process exits next.
+    pub fn close(mut self) {
+        if let Some(store) = self.store.take() {
+            store.close_at_exit();
+        }
+    }
+
     pub fn store(&mut self) -> Result<&mut Store> {
         if self.store.is_none() {
             self.store = Some(Store::open(

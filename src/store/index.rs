@@ -130,6 +130,8 @@ const MIGRATIONS: &[&str] = &[
 /// An open index.
 pub struct Index {
     conn: Connection,
+    /// Whether the connection kept WAL mode (a store made before PERSIST).
+    wal: bool,
 }
 
 const ROW_COLUMNS: &str =
@@ -158,22 +160,35 @@ impl Index {
         let conn = Connection::open(path).map_err(|e| {
             Error::internal(format!("cannot open the index {}", path.display())).with_source(e)
         })?;
-        set_journal(&conn, path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        // FULL: a command that returned has its change on disk (power loss).
-        conn.pragma_update(None, "synchronous", "FULL")?;
         // Per connection and outside any transaction, or it is a no-op.
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut index = Index { conn };
-        index.migrate(path)?;
+        let (persist, version) = first_read(&conn).map_err(|e| corrupt(path, e))?;
+        // FULL: a command that returned has its change on disk (power loss).
+        // Not inside a transaction (SQLite refuses); after the first read,
+        // the schema it needs is loaded, so this reads nothing.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let wal = !persist && !set_journal(&conn, path)?;
+        let mut index = Index { conn, wal };
+        index.migrate(path, version)?;
         Ok(index)
     }
 
-    fn migrate(&mut self, path: &Path) -> Result<()> {
-        let current: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| corrupt(path, e))?;
+    /// Ends this process's use of the index. A connection in a rollback
+    /// journal mode with no transaction open has nothing left to write, so
+    /// it is not closed: the process is about to exit, and closing (freeing
+    /// every statement, page and schema object) would be a twentieth of a
+    /// short command's instructions. A WAL connection is closed, so that the
+    /// last one checkpoints.
+    pub fn close_at_exit(self) {
+        if self.wal || !self.conn.is_autocommit() {
+            drop(self);
+        } else {
+            std::mem::forget(self);
+        }
+    }
+
+    fn migrate(&mut self, path: &Path, current: i64) -> Result<()> {
         if current == SCHEMA_VERSION {
             return Ok(());
         }
@@ -228,19 +243,45 @@ impl Index {
 /// they are switched when no other process has them open (the switch needs
 /// the only connection, so it is tried without waiting) and otherwise keep
 /// WAL for this process.
-fn set_journal(conn: &Connection, path: &Path) -> Result<()> {
-    match conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| {
+///
+/// Returns whether the connection uses PERSIST.
+fn set_journal(conn: &Connection, path: &Path) -> Result<bool> {
+    conn.busy_timeout(Duration::ZERO)?;
+    let mode = conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| {
         r.get::<_, String>(0)
-    }) {
-        Ok(mode) if mode.eq_ignore_ascii_case("persist") => Ok(()),
-        Ok(_) => keep_wal(conn),
+    });
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    match mode {
+        Ok(mode) if mode.eq_ignore_ascii_case("persist") => Ok(true),
+        Ok(_) => keep_wal(conn).map(|()| false),
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::DatabaseBusy =>
         {
-            keep_wal(conn)
+            keep_wal(conn).map(|()| false)
         }
         Err(e) => Err(corrupt(path, e)),
     }
+}
+
+/// The first read of a new connection, in one transaction (one round of
+/// locks and of the check that the journal is not hot, instead of three):
+/// reads the schema version, loads the schema and chooses PERSIST (see
+/// [`set_journal`]).
+/// Returns whether PERSIST was chosen: inside a transaction only a rollback
+/// journal mode can be set, so a store still in WAL mode answers with an
+/// error here, and `set_journal` switches it outside one.
+fn first_read(conn: &Connection) -> rusqlite::Result<(bool, i64)> {
+    conn.execute_batch("BEGIN")?;
+    // The version first: it starts the read without needing the schema, so
+    // loading the schema (for the journal mode) happens inside it.
+    let version = conn.query_row("PRAGMA user_version", [], |r| r.get(0));
+    let persist = conn
+        .query_row("PRAGMA journal_mode = PERSIST", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .is_ok_and(|mode| mode.eq_ignore_ascii_case("persist"));
+    conn.execute_batch("COMMIT")?;
+    Ok((persist, version?))
 }
 
 /// Settings for a store still in WAL mode: keep the WAL file between
@@ -575,4 +616,39 @@ pub fn add_mount(tx: &Transaction<'_>, id: i64, target: &str) -> Result<()> {
 pub fn remove_mount(tx: &Transaction<'_>, target: &str) -> Result<()> {
     tx.execute("DELETE FROM mounts WHERE target = ?1", [target])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings durability rests on hold on a new and on a reopened
+    /// index, whatever order the first read sets them in.
+    #[test]
+    fn connections_are_durable_and_keep_their_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        for _ in 0..2 {
+            let index = Index::open(&path).unwrap();
+            let pragma = |name: &str| -> String {
+                index
+                    .conn
+                    .query_row(&format!("PRAGMA {name}"), [], |r| {
+                        r.get::<_, rusqlite::types::Value>(0)
+                    })
+                    .map(|v| match v {
+                        rusqlite::types::Value::Integer(i) => i.to_string(),
+                        rusqlite::types::Value::Text(t) => t,
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap()
+            };
+            assert_eq!(pragma("synchronous"), "2", "FULL");
+            assert_eq!(pragma("journal_mode"), "persist");
+            assert_eq!(pragma("foreign_keys"), "1");
+            assert_eq!(pragma("user_version"), SCHEMA_VERSION.to_string());
+            assert!(!index.wal);
+            index.close_at_exit();
+        }
+    }
 }

@@ -144,6 +144,11 @@ impl Store {
         self.layout.root()
     }
 
+    /// Ends this process's use of the store (see [`Index::close_at_exit`]).
+    pub fn close_at_exit(self) {
+        self.index.close_at_exit();
+    }
+
     /// A second handle on the same store, with the same options, for work
     /// on another thread (each handle has its own index connection).
     pub fn reopen(&self) -> Result<Store> {
