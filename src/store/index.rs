@@ -234,10 +234,11 @@ impl Index {
 /// open the database and the last to close it, so it rebuilds the WAL's
 /// shared-memory index on open (a truncate and eight page writes) and
 /// checkpoints and truncates the WAL on close: 0.25 to 0.4 ms per command
-/// that no reader or writer saves (measured, docs/benchmarks.md). WAL's gift,
-/// readers that never wait for a writer, matters little when every
-/// transaction is a few statements long: with the journal a reader waits at
-/// most for one commit, on the busy timeout like a second writer does.
+/// that no reader or writer saves (docs/benchmarks.md, "Tried and
+/// dropped"). WAL's gift, readers that never wait for a writer, matters
+/// little when every transaction is a few statements long: with the
+/// journal a reader waits at most for one commit, on the busy timeout like
+/// a second writer does.
 ///
 /// Stores made before this choice are in WAL mode, which the file remembers;
 /// they are switched when no other process has them open (the switch needs
