@@ -520,8 +520,8 @@ def settle_seconds(path):
     files were deleted a few minutes earlier pays the long window: `tar -x` of the
     apply layer took 3.1 s of CPU instead of 0.4 s four minutes after the previous
     run's cleanup, half of it in recently_deleted(). Timed runs that create many files
-    therefore never follow a deletion of ours closely: apply and diff run first and
-    keep their trees to the end, and otherwise wait (settle())."""
+    therefore never follow a deletion of ours closely: apply and diff run first (apply
+    keeps its trees to the end), and otherwise wait (settle())."""
     if SETTLE:
         return float(SETTLE)
     st = os.stat(path)
