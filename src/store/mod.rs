@@ -307,10 +307,10 @@ impl Store {
         for (k, v) in labels {
             key::validate_label(k, v)?;
         }
-        let driver = self.ensure_driver()?;
         // Check first without the write lock, so the common errors are cheap.
-        let (parent_row, chain) = {
+        let (recorded, parent_row, chain) = {
             let tx = self.index.read()?;
+            let recorded = read_driver(&tx)?;
             if index::find(&tx, key)?.is_some() {
                 return Err(exists(key));
             }
@@ -323,7 +323,12 @@ impl Store {
                 chain.push(p.id);
                 chain.extend(index::chain(&tx, p.id)?.into_iter().map(|(id, _)| id));
             }
-            (parent_row, chain)
+            (recorded, parent_row, chain)
+        };
+        // A store's first snapshot chooses its driver.
+        let driver = match recorded {
+            Some(d) => d,
+            None => self.ensure_driver()?,
         };
         // Only what gets mounted is limited; a committed layer may be deep.
         if kind != SnapshotKind::Committed
@@ -428,8 +433,8 @@ impl Store {
     }
 
     fn mount_plan(&mut self, key: &str) -> Result<Plan> {
-        let driver = self.driver()?.unwrap_or(Driver::Native);
         let tx = self.index.read()?;
+        let driver = read_driver(&tx)?.unwrap_or(Driver::Native);
         let row = mountable(&tx, key)?;
         let chain: Vec<i64> = match row.parent_id {
             Some(p) => std::iter::once(p)
@@ -606,6 +611,15 @@ impl Store {
             let tx = self.index.read()?;
             index::mounts(&tx)?
         };
+        self.sort_these_records(records, drop_stale)
+    }
+
+    /// [`Store::sort_mount_records`] of records already read.
+    fn sort_these_records(
+        &mut self,
+        records: Vec<MountRecord>,
+        drop_stale: bool,
+    ) -> Result<(Vec<MountRecord>, Vec<MountRecord>)> {
         if records.is_empty() {
             return Ok((records, Vec::new()));
         }
@@ -630,16 +644,17 @@ impl Store {
         for (k, v) in labels {
             key::validate_label(k, v)?;
         }
-        let row = {
+        let (row, records) = {
             let tx = self.index.read()?;
             let row = active(&tx, key, "commit")?;
             if index::find(&tx, name)?.is_some() {
                 return Err(exists(name));
             }
-            row
+            (row, index::mounts(&tx)?)
         };
         let targets: Vec<PathBuf> = self
-            .live_mounts()?
+            .sort_these_records(records, true)?
+            .0
             .into_iter()
             .filter(|r| r.snapshot_id == row.id)
             .map(|r| PathBuf::from(r.target))
@@ -683,22 +698,24 @@ impl Store {
     /// Removes `key`; with `recursive` its whole subtree (leaves first);
     /// with `force` unmounting what is mounted. Returns removed names.
     pub fn remove(&mut self, key: &str, recursive: bool, force: bool) -> Result<Vec<String>> {
-        let rows = {
+        let (rows, records) = {
             let tx = self.index.read()?;
             let row = existing(&tx, key)?;
             let children = index::children(&tx, row.id)?;
             if !children.is_empty() && !recursive {
                 return Err(has_children(key, &children));
             }
-            if recursive {
+            let rows = if recursive {
                 index::subtree(&tx, row.id)?
             } else {
                 vec![row]
-            }
+            };
+            (rows, index::mounts(&tx)?)
         };
         let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
         let mounted: Vec<MountRecord> = self
-            .live_mounts()?
+            .sort_these_records(records, true)?
+            .0
             .into_iter()
             .filter(|r| ids.contains(&r.snapshot_id))
             .collect();
@@ -777,10 +794,25 @@ impl Store {
 
     /// One snapshot's details.
     pub fn stat(&mut self, key: &str) -> Result<Info> {
-        let live = self.live_mounts()?;
-        let tx = self.index.read()?;
-        let row = existing(&tx, key)?;
-        let labels = index::labels(&tx, row.id)?;
+        // One read for the row, its labels and the mount records.
+        let (row, labels, records) = {
+            let tx = self.index.read()?;
+            let row = existing(&tx, key)?;
+            let labels = index::labels(&tx, row.id)?;
+            (row, labels, index::mounts(&tx)?)
+        };
+        self.info_with_mounts(row, labels, records)
+    }
+
+    /// The details of `row`, mounted where the live ones of `records` say
+    /// (the stale ones are dropped from the index).
+    fn info_with_mounts(
+        &mut self,
+        row: Row,
+        labels: Labels,
+        records: Vec<MountRecord>,
+    ) -> Result<Info> {
+        let (live, _) = self.sort_these_records(records, true)?;
         let at = mounted_by_id(&live).remove(&row.id).unwrap_or_default();
         Ok(info(row, labels, at))
     }
@@ -790,15 +822,20 @@ impl Store {
         for (k, v) in changes {
             key::validate_label(k, v)?;
         }
-        {
+        // The result is read in the same transaction, after the change.
+        let (row, labels, records) = {
             let tx = self.index.write()?;
             let row = existing(&tx, key)?;
             index::update_labels(&tx, row.id, changes)?;
             crash::point("label:updated");
+            let row = existing(&tx, key)?;
+            let labels = index::labels(&tx, row.id)?;
+            let records = index::mounts(&tx)?;
             tx.commit()?;
             crash::point("label:committed");
-        }
-        self.stat(key)
+            (row, labels, records)
+        };
+        self.info_with_mounts(row, labels, records)
     }
 
     /// Disk usage of `key`: recorded at commit for a committed snapshot,
