@@ -41,21 +41,17 @@ enum Auth<'a> {
 /// A self-signed RSA key and certificate from `openssl req`, with `extra`
 /// arguments (subject, extensions).
 fn self_signed(key: &Path, cert: &Path, extra: &[&str]) {
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(extra)
-        .arg("-keyout")
-        .arg(key)
-        .arg("-out")
-        .arg(cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(extra)
+            .arg("-keyout")
+            .arg(key)
+            .arg("-out")
+            .arg(cert),
+        "openssl req",
     );
 }
 
@@ -623,16 +619,12 @@ fn export_skopeo_pull(driver: &str) {
         .json();
     assert!(layout.join("oci-layout").is_file());
     let r = reg.reference("from-skopeo:v1");
-    let out = Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{r}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(format!("docker://{r}")),
+        "skopeo copy",
     );
 
     let b = setup!(driver);
@@ -665,28 +657,20 @@ fn push_skopeo_umoci(driver: &str) {
     let r = reg.reference("to-umoci:v1");
     plain(&a, &["push", "app", &r]);
     let layout = a.scratch("copied");
-    let out = Command::new("skopeo")
-        .args(["copy", "--quiet", "--src-tls-verify=false"])
-        .arg(format!("docker://{r}"))
-        .arg(format!("oci:{}:v1", layout.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--src-tls-verify=false"])
+            .arg(format!("docker://{r}"))
+            .arg(format!("oci:{}:v1", layout.display())),
+        "skopeo copy",
     );
     let bundle = a.scratch("bundle");
-    let out = Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:v1", layout.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "umoci unpack: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:v1", layout.display()))
+            .arg(&bundle),
+        "umoci unpack",
     );
     Tree::read(&bundle.join("rootfs")).assert_eq(&a.view_tree("app"), "umoci's unpack");
 }

@@ -938,11 +938,21 @@ pub fn tar_dir(dir: &Path, out: &Path, extra: &[&str]) {
 /// failure); returns its stdout.
 #[track_caller]
 pub fn sh_ok(script: &str, what: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "sh -c failed: {}\n{script}\n{what}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new("sh").arg("-c").arg(script),
+        &format!("sh -c failed:\n{script}\n{what}"),
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd`, asserting it succeeds (the message is `what` and its stderr).
+#[track_caller]
+pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
