@@ -390,23 +390,34 @@ impl Read for RawReader<'_> {
     }
 }
 
-/// Decompresses on a second thread. Inflating is a large share of an
-/// unpack's CPU time (`tar -xzf` has a gzip process do it beside tar); here
-/// the reading thread parses and writes while this one reads the input,
-/// hashes it and inflates, at most `AHEAD` chunks ahead (a bomb still stops
-/// at the size limit).
-fn behind<'scope>(
+/// The uncompressed tar stream, a chunk at a time, as [`read_ahead`]'s
+/// thread hands it over.
+type Chunks = mpsc::Receiver<io::Result<Vec<u8>>>;
+
+/// Reads `src` on a second thread, at most `AHEAD` chunks ahead of the
+/// unpacking (a bomb still stops at the size limit), into buffers that
+/// come back from hashing when they can. For a compressed layer this is
+/// where it is inflated, a large share of an unpack's CPU time (`tar -xzf`
+/// has a gzip process do it beside tar); for a plain one, where the input
+/// is copied out of the kernel. Either way the unpacking thread only
+/// parses and writes, and takes each chunk as it is, without a copy.
+fn read_ahead<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
-    mut decoder: impl Read + Send + 'scope,
-) -> Result<Box<dyn Read + 'scope>> {
+    mut src: impl Read + Send + 'scope,
+    recycled: Option<mpsc::Receiver<Vec<u8>>>,
+) -> Result<Chunks> {
     const AHEAD: usize = 4;
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(AHEAD);
     std::thread::Builder::new()
-        .name("layer-inflate".into())
+        .name("layer-read".into())
         .spawn_scoped(scope, move || {
             loop {
-                let mut buf = vec![0u8; CHUNK];
-                let len = match read_up_to(&mut decoder, &mut buf) {
+                let mut buf = recycled
+                    .as_ref()
+                    .and_then(|r| r.try_recv().ok())
+                    .unwrap_or_default();
+                buf.resize(CHUNK, 0);
+                let len = match read_up_to(&mut src, &mut buf) {
                     Ok(len) => len,
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -414,18 +425,14 @@ fn behind<'scope>(
                     }
                 };
                 buf.truncate(len);
-                // Stop at the end, or when the reader gave up (an error).
+                // Stop at the end, or when the unpacking gave up (an error).
                 if len == 0 || tx.send(Ok(buf)).is_err() {
                     return;
                 }
             }
         })
-        .map_err(|e| io_err("cannot start a thread to decompress the layer", e))?;
-    Ok(Box::new(Inflated {
-        rx,
-        cur: Vec::new(),
-        pos: 0,
-    }))
+        .map_err(|e| io_err("cannot start a thread to read the layer", e))?;
+    Ok(rx)
 }
 
 /// Reads into `buf` until it is full or the input ends; returns how much.
@@ -442,77 +449,49 @@ fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(len)
 }
 
-/// The decompressed stream, as [`behind`]'s thread hands it over.
-struct Inflated {
-    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for Inflated {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(Ok(next)) => {
-                    self.cur = next;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                // The thread ended: the end of the stream.
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// The uncompressed tar stream, read in chunks: hashed (diff_id), counted
 /// and limited.
-struct Stream<'a> {
-    src: Box<dyn Read + 'a>,
+struct Stream {
+    chunks: Chunks,
     input: Arc<InputState>,
+    /// The chunk being parsed; `pos` bytes of it are consumed.
     chunk: Vec<u8>,
     pos: usize,
-    len: usize,
+    /// Whether the last chunk was received.
+    ended: bool,
     hashing: Hashing,
     count: u64,
     max: u64,
     compression: Compression,
 }
 
-impl Stream<'_> {
+impl Stream {
     /// The bytes available now; empty at the end of the stream.
     fn fill(&mut self) -> Result<&[u8]> {
-        if self.pos == self.len {
-            if self.len > 0 {
-                let next = self.hashing.buffer(CHUNK);
-                let used = std::mem::replace(&mut self.chunk, next);
-                self.hashing.feed(used, self.len);
-                self.pos = 0;
-                self.len = 0;
+        if self.pos == self.chunk.len() && !self.ended {
+            let used = std::mem::take(&mut self.chunk);
+            if !used.is_empty() {
+                let len = used.len();
+                self.hashing.feed(used, len);
             }
-            // Fill the chunk (or up to the end): fewer, larger hand-overs.
-            while self.len < self.chunk.len() {
-                let n = match self.src.read(&mut self.chunk[self.len..]) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(self.input_error(e)),
-                };
-                self.len += n;
-                self.count += n as u64;
-                if self.count > self.max {
-                    return Err(invalid(format!(
-                        "the layer is larger than the limit of {} bytes uncompressed",
-                        self.max
-                    )));
+            self.pos = 0;
+            match self.chunks.recv() {
+                Ok(Ok(next)) => {
+                    self.count += next.len() as u64;
+                    if self.count > self.max {
+                        return Err(invalid(format!(
+                            "the layer is larger than the limit of {} bytes uncompressed",
+                            self.max
+                        )));
+                    }
+                    self.chunk = next;
                 }
+                Ok(Err(e)) => return Err(self.input_error(e)),
+                // The reading thread is done: the end of the stream.
+                Err(_) => self.ended = true,
             }
         }
-        Ok(&self.chunk[self.pos..self.len])
+        Ok(&self.chunk[self.pos..])
     }
 
     fn consume(&mut self, n: usize) {
@@ -579,7 +558,8 @@ impl Stream<'_> {
     /// The diff_id, once everything was read.
     fn finish(mut self) -> Sha256 {
         let used = std::mem::take(&mut self.chunk);
-        self.hashing.feed(used, self.len);
+        let len = used.len();
+        self.hashing.feed(used, len);
         self.hashing.finish()
     }
 }
@@ -708,7 +688,7 @@ fn cut_nul(mut v: Vec<u8>) -> Vec<u8> {
 }
 
 /// Reads the next member; None at the end-of-archive block.
-fn next_member(s: &mut Stream<'_>, after: &str) -> Result<Option<Member>> {
+fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
     let at = || {
         if after.is_empty() {
             "at the start of the layer".to_string()
@@ -927,25 +907,36 @@ pub fn apply(
         *state.raw() = Some(d);
     }
     let head = io::Cursor::new(magic.to_vec()).chain(raw);
-    let buffered = BufReader::with_capacity(128 * 1024, head);
+    let buffered = |head| BufReader::with_capacity(128 * 1024, head);
+    // The diff_id's hashing hands its used buffers back to the reading
+    // thread, which fills them again.
+    let mut hashing = Hashing::new();
+    let recycled = hashing.back.take();
     std::thread::scope(|scope| {
-        let src: Box<dyn Read> = match compression {
-            Compression::None => Box::new(buffered),
-            Compression::Gzip => behind(scope, flate2::bufread::MultiGzDecoder::new(buffered))?,
-            Compression::Zstd => behind(
+        let chunks = match compression {
+            Compression::None => read_ahead(scope, head, recycled)?,
+            Compression::Gzip => read_ahead(
                 scope,
-                zstd::stream::read::Decoder::with_buffer(buffered)
+                flate2::bufread::MultiGzDecoder::new(buffered(head)),
+                recycled,
+            )?,
+            Compression::Zstd => read_ahead(
+                scope,
+                zstd::stream::read::Decoder::with_buffer(buffered(head))
                     .map_err(|e| io_err("cannot start a zstd decoder", e))?,
+                recycled,
             )?,
         };
-        unpack(src, &state, compression, dest, opts, progress)
+        unpack(chunks, hashing, &state, compression, dest, opts, progress)
     })
 }
 
-/// Unpacks the uncompressed tar `src` into `dest`; `state` tracks the raw
-/// input (bytes read, its digest when compressed).
+/// Unpacks the uncompressed tar arriving as `chunks` into `dest`, hashing
+/// it with `hashing`; `state` tracks the raw input (bytes read, its digest
+/// when compressed).
 fn unpack(
-    src: Box<dyn Read + '_>,
+    chunks: Chunks,
+    hashing: Hashing,
     state: &Arc<InputState>,
     compression: Compression,
     dest: &Path,
@@ -953,12 +944,12 @@ fn unpack(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Digests> {
     let mut stream = Stream {
-        src,
+        chunks,
         input: state.clone(),
-        chunk: vec![0u8; CHUNK],
+        chunk: Vec::new(),
         pos: 0,
-        len: 0,
-        hashing: Hashing::new(),
+        ended: false,
+        hashing,
         count: 0,
         max: opts.max_size,
         compression,
@@ -1345,7 +1336,7 @@ impl<'o> Extractor<'o> {
             .map_err(|e| io_err(format!("cannot remove {}", self.path_of(rel).display()), e))
     }
 
-    fn member(&mut self, m: Member, s: &mut Stream<'_>, progress: &mut dyn FnMut()) -> Result<()> {
+    fn member(&mut self, m: Member, s: &mut Stream, progress: &mut dyn FnMut()) -> Result<()> {
         let name = show(&m.path);
         let type_byte = m.header.entry_type().as_byte();
         let kind = match type_byte {
@@ -3825,6 +3816,60 @@ mod tests {
             ..delete()
         };
         apply_vec(&data, &jail().dest, &o).unwrap();
+    }
+
+    /// A layer of several read-ahead chunks: files straddle chunk
+    /// boundaries, buffers come back from hashing and are filled again, and
+    /// the limit and a failing input are noticed in any chunk.
+    #[test]
+    fn layers_of_many_chunks() {
+        let big: Vec<u8> = (0..3 * CHUNK + 777).map(|i| (i * 7 % 251) as u8).collect();
+        let small: Vec<u8> = (0..CHUNK / 3).map(|i| (i % 13) as u8).collect();
+        let names: Vec<Vec<u8>> = (0..7).map(|i| format!("f{i}").into_bytes()).collect();
+        let mut members = vec![file(b"big", &big)];
+        members.extend(names.iter().map(|n| file(n, &small)));
+        let plain = tar_of(&members);
+        assert!(plain.len() > 5 * CHUNK);
+        for data in [plain.clone(), gzip(&plain), zstd_of(&plain)] {
+            let j = jail();
+            let d = apply_vec(&data, &j.dest, &delete()).unwrap();
+            assert_eq!(d.diff_id, sha(&plain));
+            assert_eq!(d.digest, sha(&data));
+            assert!(std::fs::read(j.dest.join("big")).unwrap() == big);
+            for n in &names {
+                let path = j.dest.join(OsStr::from_bytes(n));
+                assert!(std::fs::read(path).unwrap() == small);
+            }
+        }
+        // The limit falls in the third chunk of a plain layer.
+        let o = ApplyOptions {
+            max_size: 2 * CHUNK as u64 + 5,
+            ..delete()
+        };
+        jail().refuse(&plain, &o, "limit");
+
+        // The input fails after two chunks: a read error, not a corrupt layer.
+        struct Failing<'a>(&'a [u8]);
+        impl Read for Failing<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(io::Error::other("disk on fire"));
+                }
+                let n = buf.len().min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let j = jail();
+        let mut input = Failing(&plain[..2 * CHUNK]);
+        match apply(&mut input, &j.dest, &delete(), &mut |_| {}) {
+            Err(LayerError::Io { what, source }) => {
+                assert!(what.contains("cannot read the layer"), "{what}");
+                assert!(source.to_string().contains("disk on fire"), "{source}");
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
     }
 
     #[test]
