@@ -75,8 +75,10 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let labels = key::parse_labels(&args.labels)?;
-    // Send: a compressed layer is read on a second thread.
-    let stdin = || Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()));
+    // Send: the layer is read on a second thread. Unbuffered: that thread
+    // reads 1 MiB at a time (a compressed layer through a buffer of the
+    // decoder's own), so a buffer here would only add a copy.
+    let stdin = || Box::new(std::io::stdin());
     let (mut input, total): (Box<dyn Read + Send>, Option<u64>) = match &args.file {
         None => (stdin(), None),
         Some(p) if p.as_os_str() == "-" => (stdin(), None),
@@ -89,7 +91,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                 }
             })?;
             let len = f.metadata().ok().map(|m| m.len());
-            (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len)
+            (Box::new(f), len)
         }
     };
     if args.file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
