@@ -72,8 +72,12 @@
 //! * One zero block ends the archive (Go wants two; GNU tar pads with more):
 //!   what follows must be zeros. The stream is then read to its end, so the
 //!   diff_id covers the whole tar and the digest the whole input.
-//! * SHA-256 runs on a helper thread fed with the 1 MiB chunks already read
-//!   (inline if no thread can be started): it was a third of the CPU time.
+//! * The layer is read (and inflated) on a second thread, 1 MiB chunks at
+//!   most four ahead; the unpacking thread parses each chunk in place, the
+//!   one copy it makes being the `write` into the new file. SHA-256 runs on
+//!   a third thread fed with the chunks once parsed (inline if no thread can
+//!   be started; it was a third of the CPU time), which hands them back to
+//!   the reading thread to fill again.
 //!
 //! # Writing: decisions
 //!
@@ -226,7 +230,8 @@ fn show(bytes: &[u8]) -> String {
 
 /// SHA-256 computed on a helper thread (hashing is a third of the CPU time
 /// of an apply otherwise). Buffers are handed over once used and come back
-/// for reuse; without a thread, hashing happens inline.
+/// on `back` for reuse (by whoever takes it); without a thread, hashing
+/// happens inline.
 struct Hashing {
     inline: Option<Sha256>,
     tx: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
