@@ -248,13 +248,11 @@ impl Index {
 /// Returns whether the connection uses PERSIST.
 fn set_journal(conn: &Connection, path: &Path) -> Result<bool> {
     conn.busy_timeout(Duration::ZERO)?;
-    let mode = conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| {
-        r.get::<_, String>(0)
-    });
+    let persist = ask_persist(conn);
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    match mode {
-        Ok(mode) if mode.eq_ignore_ascii_case("persist") => Ok(true),
-        Ok(_) => keep_wal(conn).map(|()| false),
+    match persist {
+        Ok(true) => Ok(true),
+        Ok(false) => keep_wal(conn).map(|()| false),
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::DatabaseBusy =>
         {
@@ -276,13 +274,17 @@ fn first_read(conn: &Connection) -> rusqlite::Result<(bool, i64)> {
     // The version first: it starts the read without needing the schema, so
     // loading the schema (for the journal mode) happens inside it.
     let version = conn.query_row("PRAGMA user_version", [], |r| r.get(0));
-    let persist = conn
-        .query_row("PRAGMA journal_mode = PERSIST", [], |r| {
-            r.get::<_, String>(0)
-        })
-        .is_ok_and(|mode| mode.eq_ignore_ascii_case("persist"));
+    let persist = ask_persist(conn).unwrap_or(false);
     conn.execute_batch("COMMIT")?;
     Ok((persist, version?))
+}
+
+/// Asks for the PERSIST journal; whether the connection now has it.
+fn ask_persist(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| {
+        r.get::<_, String>(0)
+    })
+    .map(|mode| mode.eq_ignore_ascii_case("persist"))
 }
 
 /// Settings for a store still in WAL mode: keep the WAL file between

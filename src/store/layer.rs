@@ -234,21 +234,21 @@ fn show(bytes: &[u8]) -> String {
 /// happens inline.
 struct Hashing {
     inline: Option<Sha256>,
-    tx: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
+    tx: Option<mpsc::SyncSender<Vec<u8>>>,
     back: Option<mpsc::Receiver<Vec<u8>>>,
     worker: Option<std::thread::JoinHandle<Sha256>>,
 }
 
 impl Hashing {
     fn new() -> Hashing {
-        let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(4);
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
         let (back_tx, back) = mpsc::sync_channel::<Vec<u8>>(8);
         let spawned = std::thread::Builder::new()
             .name("layer-sha256".into())
             .spawn(move || {
                 let mut h = Sha256::new();
-                for (buf, len) in rx {
-                    h.update(&buf[..len]);
+                for buf in rx {
+                    h.update(&buf);
                     let _ = back_tx.try_send(buf);
                 }
                 h
@@ -269,14 +269,14 @@ impl Hashing {
         }
     }
 
-    /// Hashes `buf[..len]`, taking the buffer.
-    fn feed(&mut self, buf: Vec<u8>, len: usize) {
+    /// Hashes `buf`, taking it.
+    fn feed(&mut self, buf: Vec<u8>) {
         if let Some(h) = &mut self.inline {
-            h.update(&buf[..len]);
+            h.update(&buf);
             return;
         }
         if let Some(tx) = &self.tx
-            && let Err(mpsc::SendError((buf, len))) = tx.send((buf, len))
+            && let Err(mpsc::SendError(buf)) = tx.send(buf)
         {
             // The worker is gone (it cannot fail, but be safe): finish inline.
             self.tx = None;
@@ -285,20 +285,14 @@ impl Hashing {
                 .take()
                 .and_then(|w| w.join().ok())
                 .unwrap_or_default();
-            h.update(&buf[..len]);
+            h.update(&buf);
             self.inline = Some(h);
         }
     }
 
     /// A buffer of `size` bytes, reused when one came back.
     fn buffer(&mut self, size: usize) -> Vec<u8> {
-        match self.back.as_ref().and_then(|b| b.try_recv().ok()) {
-            Some(mut v) => {
-                v.resize(size, 0);
-                v
-            }
-            None => vec![0u8; size],
-        }
+        reused(self.back.as_ref(), size)
     }
 
     fn finish(mut self) -> Sha256 {
@@ -311,6 +305,13 @@ impl Hashing {
             .and_then(|w| w.join().ok())
             .unwrap_or_default()
     }
+}
+
+/// A buffer of `size` bytes: one that came back on `back` if there is one.
+fn reused(back: Option<&mpsc::Receiver<Vec<u8>>>, size: usize) -> Vec<u8> {
+    let mut v = back.and_then(|b| b.try_recv().ok()).unwrap_or_default();
+    v.resize(size, 0);
+    v
 }
 
 const CHUNK: usize = 1 << 20;
@@ -336,15 +337,13 @@ impl Digester {
             let mut next = self.hashing.buffer(0);
             next.reserve(2 * CHUNK);
             let full = std::mem::replace(&mut self.pending, next);
-            let len = full.len();
-            self.hashing.feed(full, len);
+            self.hashing.feed(full);
         }
     }
 
     fn finish(mut self) -> Sha256 {
         let rest = std::mem::take(&mut self.pending);
-        let len = rest.len();
-        self.hashing.feed(rest, len);
+        self.hashing.feed(rest);
         self.hashing.finish()
     }
 }
@@ -417,11 +416,7 @@ fn read_ahead<'scope>(
         .name("layer-read".into())
         .spawn_scoped(scope, move || {
             loop {
-                let mut buf = recycled
-                    .as_ref()
-                    .and_then(|r| r.try_recv().ok())
-                    .unwrap_or_default();
-                buf.resize(CHUNK, 0);
+                let mut buf = reused(recycled.as_ref(), CHUNK);
                 let len = match read_up_to(&mut src, &mut buf) {
                     Ok(len) => len,
                     Err(e) => {
@@ -476,8 +471,7 @@ impl Stream {
         if self.pos == self.chunk.len() && !self.ended {
             let used = std::mem::take(&mut self.chunk);
             if !used.is_empty() {
-                let len = used.len();
-                self.hashing.feed(used, len);
+                self.hashing.feed(used);
             }
             self.pos = 0;
             match self.chunks.recv() {
@@ -563,8 +557,7 @@ impl Stream {
     /// The diff_id, once everything was read.
     fn finish(mut self) -> Sha256 {
         let used = std::mem::take(&mut self.chunk);
-        let len = used.len();
-        self.hashing.feed(used, len);
+        self.hashing.feed(used);
         self.hashing.finish()
     }
 }

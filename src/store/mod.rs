@@ -601,6 +601,12 @@ impl Store {
         Ok(self.sort_mount_records(true)?.0)
     }
 
+    /// The live ones of mount records already read (the stale ones are
+    /// dropped from the index).
+    fn live_among(&mut self, records: Vec<MountRecord>) -> Result<Vec<MountRecord>> {
+        Ok(self.sort_these_records(records, true)?.0)
+    }
+
     /// Mount records split into (live, stale) against /proc/self/mountinfo;
     /// with `drop_stale`, the stale ones are deleted from the index.
     fn sort_mount_records(
@@ -653,8 +659,7 @@ impl Store {
             (row, index::mounts(&tx)?)
         };
         let targets: Vec<PathBuf> = self
-            .sort_these_records(records, true)?
-            .0
+            .live_among(records)?
             .into_iter()
             .filter(|r| r.snapshot_id == row.id)
             .map(|r| PathBuf::from(r.target))
@@ -714,8 +719,7 @@ impl Store {
         };
         let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
         let mounted: Vec<MountRecord> = self
-            .sort_these_records(records, true)?
-            .0
+            .live_among(records)?
             .into_iter()
             .filter(|r| ids.contains(&r.snapshot_id))
             .collect();
@@ -812,7 +816,7 @@ impl Store {
         labels: Labels,
         records: Vec<MountRecord>,
     ) -> Result<Info> {
-        let (live, _) = self.sort_these_records(records, true)?;
+        let live = self.live_among(records)?;
         let at = mounted_by_id(&live).remove(&row.id).unwrap_or_default();
         Ok(info(row, labels, at))
     }
