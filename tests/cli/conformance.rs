@@ -13,6 +13,7 @@ both_drivers!(
     transitivity,
     prepare_view_existing_key,
     update_labels,
+    commit_is_new_as_of_the_commit,
     remove_and_reuse_key,
     walk_filters,
     layer_file_update,
@@ -183,6 +184,24 @@ fn base_test_snapshots(s: &Store) {
     s.strata(&["prepare", "a1", "c2"]).success();
     s.strata(&["prepare", "a2"]).success();
     s.strata(&["view", "v1", "c2"]).success();
+}
+
+/// As in containerd, a committed snapshot is created (and updated) when it
+/// is committed, not when its active was prepared.
+fn commit_is_new_as_of_the_commit(driver: &str) {
+    let s = setup!(driver);
+    s.strata(&["prepare", "w"]).success();
+    // Times are shown to the second: let one pass.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let t1 = now_seconds();
+    s.strata(&["commit", "c", "w"]).success();
+    let st = s.info("c");
+    let created = epoch_seconds(&assert_rfc3339_utc(&st["created"]));
+    assert!(
+        created >= t1,
+        "created {created}, before the commit at {t1}"
+    );
+    assert_eq!(st["updated"], st["created"]);
 }
 
 fn update_labels(driver: &str) {
