@@ -6,8 +6,9 @@
 use super::error::{Error, Result};
 use super::key::Labels;
 use super::time::Timestamp;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use std::path::Path;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The schema version this binary writes (`PRAGMA user_version`).
@@ -130,8 +131,42 @@ const MIGRATIONS: &[&str] = &[
 /// An open index.
 pub struct Index {
     conn: Connection,
+    path: PathBuf,
     /// Whether the connection kept WAL mode (a store made before PERSIST).
     wal: bool,
+    /// Whether the schema version was checked and the journal chosen (by
+    /// the connection's first transaction, see [`Index::begin`]).
+    settled: bool,
+}
+
+/// A transaction of the index, rolled back if dropped before
+/// [`Transaction::commit`]. It derefs to the connection for queries.
+pub struct Transaction<'a> {
+    conn: &'a Connection,
+}
+
+impl Transaction<'_> {
+    pub fn commit(self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("COMMIT")
+    }
+}
+
+impl Deref for Transaction<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        // After a COMMIT the connection is back in autocommit mode; a
+        // failed COMMIT may have rolled back already.
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 const ROW_COLUMNS: &str =
@@ -154,8 +189,9 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 }
 
 impl Index {
-    /// Opens (creating if needed) the index at `path` and brings its schema
-    /// up to date. A schema newer than this binary is refused, never rewritten.
+    /// Opens (creating if needed) the index at `path`. Nothing is read
+    /// yet: the first transaction checks the schema (a schema newer than
+    /// this binary is refused, never rewritten; an older one is upgraded).
     pub fn open(path: &Path) -> Result<Index> {
         let conn = Connection::open(path).map_err(|e| {
             Error::internal(format!("cannot open the index {}", path.display())).with_source(e)
@@ -163,15 +199,15 @@ impl Index {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Per connection and outside any transaction, or it is a no-op.
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let (persist, version) = first_read(&conn).map_err(|e| corrupt(path, e))?;
-        // FULL: a command that returned has its change on disk (power loss).
-        // Not inside a transaction (SQLite refuses); after the first read,
-        // the schema it needs is loaded, so this reads nothing.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        let wal = !persist && !set_journal(&conn, path)?;
-        let mut index = Index { conn, wal };
-        index.migrate(path, version)?;
-        Ok(index)
+        // `synchronous` stays at SQLite's default, FULL: a command that
+        // returned has its change on disk (power loss). Setting it would
+        // load the schema in a round of locks of its own.
+        Ok(Index {
+            conn,
+            path: path.to_owned(),
+            wal: false,
+            settled: false,
+        })
     }
 
     /// Ends this process's use of the index. A connection in a rollback
@@ -188,12 +224,64 @@ impl Index {
         }
     }
 
-    fn migrate(&mut self, path: &Path, current: i64) -> Result<()> {
+    /// Starts a write transaction (`BEGIN IMMEDIATE`).
+    pub fn write(&mut self) -> Result<Transaction<'_>> {
+        self.begin("BEGIN IMMEDIATE")
+    }
+
+    /// Starts a read transaction: one consistent snapshot of the index.
+    pub fn read(&mut self) -> Result<Transaction<'_>> {
+        self.begin("BEGIN")
+    }
+
+    /// Begins a transaction with `sql`. The connection's first one also
+    /// reads the schema version and sets the PERSIST journal, inside
+    /// itself, so a command pays one round of locks (and of the hot-journal
+    /// check) for both, not two. If the schema is not this binary's (a new,
+    /// older or newer index) or the store is still in WAL mode, that one is
+    /// rolled back and the connection settled first (see [`Index::settle`]).
+    fn begin(&mut self, sql: &'static str) -> Result<Transaction<'_>> {
+        if !self.settled {
+            self.conn.execute_batch(sql)?;
+            match first_look(&self.conn) {
+                Ok((SCHEMA_VERSION, true)) => {
+                    self.settled = true;
+                    return Ok(Transaction { conn: &self.conn });
+                }
+                Ok((version, persist)) => {
+                    self.conn.execute_batch("ROLLBACK")?;
+                    self.settle(version, persist)?;
+                }
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(corrupt(&self.path, e));
+                }
+            }
+        }
+        self.begin_settled(sql)
+    }
+
+    fn begin_settled(&self, sql: &'static str) -> Result<Transaction<'_>> {
+        self.conn.execute_batch(sql)?;
+        Ok(Transaction { conn: &self.conn })
+    }
+
+    /// Outside any transaction: switches a store still in WAL mode to
+    /// PERSIST when it can (see [`set_journal`]), and creates or upgrades
+    /// the schema from `version`.
+    fn settle(&mut self, version: i64, persist: bool) -> Result<()> {
+        self.wal = !persist && !set_journal(&self.conn, &self.path)?;
+        self.migrate(&self.path, version)?;
+        self.settled = true;
+        Ok(())
+    }
+
+    fn migrate(&self, path: &Path, current: i64) -> Result<()> {
         if current == SCHEMA_VERSION {
             return Ok(());
         }
         check_version(path, current)?;
-        let tx = self.write()?;
+        let tx = self.begin_settled("BEGIN IMMEDIATE")?;
         // Re-read inside the lock: another process may have migrated meanwhile.
         let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         check_version(path, current)?;
@@ -211,20 +299,17 @@ impl Index {
         tx.commit()?;
         Ok(())
     }
+}
 
-    /// Starts a write transaction (`BEGIN IMMEDIATE`).
-    pub fn write(&mut self) -> Result<Transaction<'_>> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?)
-    }
-
-    /// Starts a read transaction: one consistent snapshot of the index.
-    pub fn read(&mut self) -> Result<Transaction<'_>> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)?)
-    }
+/// Inside a connection's first transaction: the schema version, and
+/// whether the PERSIST journal is now on. (Inside a transaction only a
+/// rollback journal mode can be chosen, so a store still in WAL mode
+/// answers no, and [`set_journal`] switches it outside one.)
+fn first_look(conn: &Connection) -> rusqlite::Result<(i64, bool)> {
+    // The version first: it starts the read without needing the schema, so
+    // loading the schema (for the journal mode) happens inside it.
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    Ok((version, ask_persist(conn).unwrap_or(false)))
 }
 
 /// Chooses the rollback journal, kept between transactions (`PERSIST`).
@@ -260,23 +345,6 @@ fn set_journal(conn: &Connection, path: &Path) -> Result<bool> {
         }
         Err(e) => Err(corrupt(path, e)),
     }
-}
-
-/// The first read of a new connection, in one transaction (one round of
-/// locks and of the check that the journal is not hot, instead of three):
-/// reads the schema version, loads the schema and chooses PERSIST (see
-/// [`set_journal`]).
-/// Returns whether PERSIST was chosen: inside a transaction only a rollback
-/// journal mode can be set, so a store still in WAL mode answers with an
-/// error here, and `set_journal` switches it outside one.
-fn first_read(conn: &Connection) -> rusqlite::Result<(bool, i64)> {
-    conn.execute_batch("BEGIN")?;
-    // The version first: it starts the read without needing the schema, so
-    // loading the schema (for the journal mode) happens inside it.
-    let version = conn.query_row("PRAGMA user_version", [], |r| r.get(0));
-    let persist = ask_persist(conn).unwrap_or(false);
-    conn.execute_batch("COMMIT")?;
-    Ok((persist, version?))
 }
 
 /// Asks for the PERSIST journal; whether the connection now has it.
@@ -629,32 +697,55 @@ mod tests {
     use super::*;
 
     /// The settings durability rests on hold on a new and on a reopened
-    /// index, whatever order the first read sets them in.
+    /// index: the first on a new file settles the connection outside its
+    /// first transaction, the second inside it.
     #[test]
     fn connections_are_durable_and_keep_their_journal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.db");
         for _ in 0..2 {
-            let index = Index::open(&path).unwrap();
+            let mut index = Index::open(&path).unwrap();
+            let tx = index.read().unwrap();
             let pragma = |name: &str| -> String {
-                index
-                    .conn
-                    .query_row(&format!("PRAGMA {name}"), [], |r| {
-                        r.get::<_, rusqlite::types::Value>(0)
-                    })
-                    .map(|v| match v {
-                        rusqlite::types::Value::Integer(i) => i.to_string(),
-                        rusqlite::types::Value::Text(t) => t,
-                        other => format!("{other:?}"),
-                    })
-                    .unwrap()
+                tx.query_row(&format!("PRAGMA {name}"), [], |r| {
+                    r.get::<_, rusqlite::types::Value>(0)
+                })
+                .map(|v| match v {
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    other => format!("{other:?}"),
+                })
+                .unwrap()
             };
             assert_eq!(pragma("synchronous"), "2", "FULL");
             assert_eq!(pragma("journal_mode"), "persist");
             assert_eq!(pragma("foreign_keys"), "1");
             assert_eq!(pragma("user_version"), SCHEMA_VERSION.to_string());
-            assert!(!index.wal);
+            drop(tx);
+            assert!(index.settled && !index.wal);
+            assert!(index.conn.is_autocommit(), "the transaction ended");
             index.close_at_exit();
         }
+    }
+
+    /// The first transaction is the command's own: what it writes is
+    /// committed, and one dropped uncommitted leaves nothing.
+    #[test]
+    fn first_transaction_is_the_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        Index::open(&path).unwrap().read().unwrap();
+        for (value, commit) in [("kept", true), ("dropped", false)] {
+            let mut index = Index::open(&path).unwrap();
+            let tx = index.write().unwrap();
+            set_meta(&tx, value, "1").unwrap();
+            if commit {
+                tx.commit().unwrap();
+            }
+        }
+        let mut index = Index::open(&path).unwrap();
+        let tx = index.read().unwrap();
+        assert_eq!(get_meta(&tx, "kept").unwrap().as_deref(), Some("1"));
+        assert_eq!(get_meta(&tx, "dropped").unwrap(), None);
     }
 }

@@ -32,9 +32,9 @@ pub use time::Timestamp;
 pub use usage::Usage;
 
 use error::IoContext;
+use index::Transaction;
 use index::{Index, MountRecord, Row};
 use layout::Layout;
-use rusqlite::Transaction;
 use rustix::fd::{AsFd, BorrowedFd};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
