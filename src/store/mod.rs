@@ -32,8 +32,7 @@ pub use time::Timestamp;
 pub use usage::Usage;
 
 use error::IoContext;
-use index::Transaction;
-use index::{Index, MountRecord, Row};
+use index::{Index, MountRecord, Row, Transaction};
 use layout::Layout;
 use rustix::fd::{AsFd, BorrowedFd};
 use std::collections::{HashMap, HashSet};
