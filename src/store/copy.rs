@@ -367,7 +367,7 @@ impl Copier {
 /// directory is not followed) and, when permitted, `O_NOATIME`: copying a
 /// snapshot must not modify it, and a source directory whose atime changed
 /// mid-copy would no longer match the copy.
-fn read_names(path: &Path, buf: &mut Vec<u8>) -> io::Result<Vec<OsString>> {
+pub(super) fn read_names(path: &Path, buf: &mut Vec<u8>) -> io::Result<Vec<OsString>> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(CWD, path, flags | OFlags::NOATIME, Mode::empty()) {
         // O_NOATIME needs ownership of the directory or CAP_FOWNER.

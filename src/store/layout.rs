@@ -15,6 +15,8 @@
 //! rename after the row is gone, so a crash leaves either state and at worst
 //! a `new-*`/`rm-*`/row-less directory that `prune` deletes.
 
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -97,18 +99,31 @@ impl Layout {
 
     /// Creates `l/<short id>` -> `../snapshots/ID/fs` for each of `ids`
     /// where missing. Links are derived data: made on demand, removed with
-    /// their snapshot. One `symlinkat` per link, relative to `l/` opened
-    /// once (a 500-layer chain asks for 500 of them).
+    /// their snapshot. A deep chain's links are mostly there already (its
+    /// parent's prepare made them), so `l/` is read once when that is cheaper
+    /// than a `symlinkat` per layer that finds its link (see [`worth_listing`]);
+    /// the rest get one `symlinkat` each, relative to `l/` opened once.
     pub fn ensure_links(&self, ids: &[i64]) -> io::Result<()> {
-        let dir = self.links();
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        let path = self.links();
+        match fs::DirBuilder::new().mode(0o700).create(&path) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
-        let dir = File::open(&dir)?;
+        let dir = File::open(&path)?;
+        let present: HashSet<OsString> = if worth_listing(&dir, ids.len())? {
+            super::copy::read_names(&path, &mut Vec::new())?
+                .into_iter()
+                .collect()
+        } else {
+            HashSet::new()
+        };
         for &id in ids {
+            let name = link_name(id);
+            if present.contains(OsStr::new(&name)) {
+                continue;
+            }
             let target = format!("../snapshots/{id}/fs");
-            match rustix::fs::symlinkat(target.as_str(), &dir, link_name(id).as_str()) {
+            match rustix::fs::symlinkat(target.as_str(), &dir, name.as_str()) {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -305,6 +320,16 @@ pub fn link_name(id: i64) -> String {
     String::from_utf8(out).expect("ascii")
 }
 
+/// Whether reading the link directory `dir` costs less than one
+/// `symlinkat` for each of `wanted` links. A directory's size is its blocks,
+/// and a 4 KiB block of ext4 holds ~170 short links; reading an entry costs
+/// a fraction of a `symlinkat` that finds its link, so the directory is read
+/// unless it holds many times more links than are wanted.
+fn worth_listing(dir: &File, wanted: usize) -> io::Result<bool> {
+    let entries = dir.metadata()?.len() / 24;
+    Ok(entries <= 4 * wanted as u64)
+}
+
 /// A name unique among concurrent processes: pid, time and a counter.
 fn unique() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -318,4 +343,46 @@ fn unique() -> String {
         nanos,
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(layout: &Layout, id: i64) -> Option<PathBuf> {
+        fs::read_link(layout.links().join(link_name(id))).ok()
+    }
+
+    /// Missing links are made and present ones kept, whether `l/` is read
+    /// first (a few links, a long chain) or not (many links, a short one).
+    #[test]
+    fn ensure_links_makes_the_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let chain: Vec<i64> = (1..=300).collect();
+        layout.ensure_links(&chain[..100]).unwrap();
+        // A link made by hand that points elsewhere is left alone.
+        fs::remove_file(layout.links().join(link_name(7))).unwrap();
+        std::os::unix::fs::symlink("elsewhere", layout.links().join(link_name(7))).unwrap();
+        let listed = File::open(layout.links()).unwrap();
+        assert!(worth_listing(&listed, chain.len()).unwrap());
+        layout.ensure_links(&chain).unwrap();
+        for &id in &chain {
+            let want = if id == 7 {
+                PathBuf::from("elsewhere")
+            } else {
+                PathBuf::from(format!("../snapshots/{id}/fs"))
+            };
+            assert_eq!(link(&layout, id), Some(want), "{id}");
+        }
+        let many: Vec<i64> = (1000..6000).collect();
+        layout.ensure_links(&many).unwrap();
+        let listed = File::open(layout.links()).unwrap();
+        assert!(!worth_listing(&listed, 3).unwrap());
+        layout.ensure_links(&[1, 2, 9000]).unwrap();
+        assert_eq!(
+            link(&layout, 9000),
+            Some(PathBuf::from("../snapshots/9000/fs"))
+        );
+    }
 }
