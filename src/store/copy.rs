@@ -367,7 +367,7 @@ impl Copier {
 /// directory is not followed) and, when permitted, `O_NOATIME`: copying a
 /// snapshot must not modify it, and a source directory whose atime changed
 /// mid-copy would no longer match the copy.
-pub(super) fn read_names(path: &Path, buf: &mut Vec<u8>) -> io::Result<Vec<OsString>> {
+fn read_names(path: &Path, buf: &mut Vec<u8>) -> io::Result<Vec<OsString>> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(CWD, path, flags | OFlags::NOATIME, Mode::empty()) {
         // O_NOATIME needs ownership of the directory or CAP_FOWNER.
@@ -375,11 +375,17 @@ pub(super) fn read_names(path: &Path, buf: &mut Vec<u8>) -> io::Result<Vec<OsStr
         r => r,
     }
     .ctx(path)?;
+    names_in(&fd, path, buf)
+}
+
+/// The names in open directory `fd` (at `path`, for errors), read from its
+/// current position with `buf` as the `getdents` buffer.
+pub(super) fn names_in(fd: impl AsFd, path: &Path, buf: &mut Vec<u8>) -> io::Result<Vec<OsString>> {
     if buf.capacity() < 32 * 1024 {
         *buf = Vec::with_capacity(32 * 1024);
     }
     let mut names = Vec::new();
-    let mut dir = RawDir::new(&fd, buf.spare_capacity_mut());
+    let mut dir = RawDir::new(fd, buf.spare_capacity_mut());
     while let Some(entry) = dir.next() {
         let entry = entry.ctx(path)?;
         let name = entry.file_name().to_bytes();

@@ -271,12 +271,13 @@ impl Index {
     /// the schema from `version`.
     fn settle(&mut self, version: i64, persist: bool) -> Result<()> {
         self.wal = !persist && !set_journal(&self.conn, &self.path)?;
-        self.migrate(&self.path, version)?;
+        self.migrate(version)?;
         self.settled = true;
         Ok(())
     }
 
-    fn migrate(&self, path: &Path, current: i64) -> Result<()> {
+    fn migrate(&self, current: i64) -> Result<()> {
+        let path = &self.path;
         if current == SCHEMA_VERSION {
             return Ok(());
         }

@@ -111,7 +111,7 @@ impl Layout {
         }
         let dir = File::open(&path)?;
         let present: HashSet<OsString> = if worth_listing(&dir, ids.len())? {
-            super::copy::read_names(&path, &mut Vec::new())?
+            super::copy::names_in(&dir, &path, &mut Vec::new())?
                 .into_iter()
                 .collect()
         } else {
