@@ -120,7 +120,10 @@ pub fn finish_create(
         None if ctx.printer.format() == Format::Table => {
             print_for_shell(ctx, key, "TARGET", Some(created))
         }
-        None => print(ctx, &created.mounts, "TARGET"),
+        None => {
+            let mounts = ctx.store()?.created_mounts(&created);
+            print(ctx, &mounts, "TARGET")
+        }
         Some(target) => {
             let store = ctx.store()?;
             // A create whose mount fails leaves nothing behind.

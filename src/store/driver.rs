@@ -139,11 +139,17 @@ fn lowerdir(chain: &[PathBuf]) -> String {
         if i > 0 {
             out.push(':');
         }
-        for c in p.to_string_lossy().chars() {
-            if c == ':' {
-                out.push('\\');
+        match p.to_str() {
+            // Store paths are nearly always UTF-8 without a colon.
+            Some(text) if !text.contains(':') => out.push_str(text),
+            _ => {
+                for c in p.to_string_lossy().chars() {
+                    if c == ':' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
             }
-            out.push(c);
         }
     }
     out

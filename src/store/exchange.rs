@@ -93,13 +93,10 @@ impl Store {
                 Some(b) => Some(super::committed_parent(&tx, b)?),
                 None => None,
             };
-            let chain: Vec<i64> = index::chain(&tx, row.id)?
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect();
+            let chain: Vec<i64> = index::chain_ids(&tx, row.id)?;
             let base_chain: Vec<i64> = match &base_row {
                 Some(b) => std::iter::once(b.id)
-                    .chain(index::chain(&tx, b.id)?.into_iter().map(|(id, _)| id))
+                    .chain(index::chain_ids(&tx, b.id)?)
                     .collect(),
                 None => Vec::new(),
             };

@@ -466,26 +466,46 @@ pub fn all_own(tx: &Transaction<'_>) -> Result<Vec<Row>> {
 
 /// The ids and names of the parent chain of snapshot `id`, nearest first
 /// (at most [`MAX_CHAIN`], a guard against a cycle in a damaged index).
-///
-/// One primary-key lookup per layer with a single prepared statement: for a
-/// 500-layer chain that is a third of the instructions of the equivalent
-/// recursive query (whose queue SQLite keeps in a temporary b-tree).
 pub fn chain(tx: &Transaction<'_>, id: i64) -> Result<Vec<(i64, String)>> {
-    let mut stmt = tx.prepare_cached("SELECT parent_id, name FROM snapshots WHERE id = ?1")?;
+    walk_parents(tx, id, "name", |r| r.get(1))
+}
+
+/// The ids of the parent chain of snapshot `id`, nearest first: [`chain`]
+/// without reading each name, for mounts (a name is an allocation per layer).
+pub fn chain_ids(tx: &Transaction<'_>, id: i64) -> Result<Vec<i64>> {
+    Ok(walk_parents(tx, id, "NULL", |_| Ok(()))?
+        .into_iter()
+        .map(|(id, ())| id)
+        .collect())
+}
+
+/// Walks up from `id` with one primary-key lookup per layer and a single
+/// prepared statement selecting `parent_id` and `column`: for a 500-layer
+/// chain that is a third of the instructions of the equivalent recursive
+/// query (whose queue SQLite keeps in a temporary b-tree).
+fn walk_parents<T>(
+    tx: &Transaction<'_>,
+    id: i64,
+    column: &str,
+    read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<(i64, T)>> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT parent_id, {column} FROM snapshots WHERE id = ?1"
+    ))?;
     let mut lookup = |id: i64| {
-        stmt.query_row([id], |r| Ok((r.get::<_, Option<i64>>(0)?, r.get(1)?)))
+        stmt.query_row([id], |r| Ok((r.get::<_, Option<i64>>(0)?, read(r)?)))
             .optional()
     };
-    let mut out: Vec<(i64, String)> = Vec::new();
+    let mut out = Vec::new();
     let mut next = lookup(id)?.and_then(|(parent, _)| parent);
     while let Some(id) = next {
         if out.len() as i64 >= MAX_CHAIN {
             break;
         }
-        let Some((parent, name)) = lookup(id)? else {
+        let Some((parent, value)) = lookup(id)? else {
             break;
         };
-        out.push((id, name));
+        out.push((id, value));
         next = parent;
     }
     Ok(out)

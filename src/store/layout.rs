@@ -19,6 +19,7 @@ use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,12 +77,17 @@ impl Layout {
         self.snapshots.join(id.to_string())
     }
     pub fn fs(&self, id: i64) -> PathBuf {
-        // Sized once: a deep chain or `usage` of a big store makes thousands.
-        let mut path = PathBuf::with_capacity(self.snapshots.as_os_str().len() + 24);
-        path.push(&self.snapshots);
-        path.push(id.to_string());
-        path.push("fs");
-        path
+        // One allocation and no formatting machinery: a deep chain or `usage`
+        // of a big store makes thousands of these.
+        let mut path = Vec::with_capacity(self.snapshots.as_os_str().len() + 24);
+        path.extend_from_slice(self.snapshots.as_os_str().as_bytes());
+        path.push(b'/');
+        if id < 0 {
+            path.push(b'-');
+        }
+        path.extend_from_slice(digits(id.unsigned_abs(), 10, &mut [0; 20]));
+        path.extend_from_slice(b"/fs");
+        PathBuf::from(OsString::from_vec(path))
     }
     /// [`Layout::fs`] relative to [`Layout::snapshots`].
     pub fn fs_under_snapshots(id: i64) -> PathBuf {
@@ -118,12 +124,14 @@ impl Layout {
             HashSet::new()
         };
         for &id in ids {
-            let name = link_name(id);
-            if present.contains(OsStr::new(&name)) {
+            // Spelled on the stack: no allocation per layer.
+            let mut buf = [0; 20];
+            let name = OsStr::from_bytes(digits(id.unsigned_abs(), 36, &mut buf));
+            if present.contains(name) {
                 continue;
             }
             let target = format!("../snapshots/{id}/fs");
-            match rustix::fs::symlinkat(target.as_str(), &dir, name.as_str()) {
+            match rustix::fs::symlinkat(target.as_str(), &dir, name) {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -306,18 +314,25 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
 
 /// The short name of snapshot `id`'s link: its id in base 36.
 pub fn link_name(id: i64) -> String {
+    let mut buf = [0; 20];
+    let name = digits(id.unsigned_abs(), 36, &mut buf);
+    std::str::from_utf8(name).expect("ascii").to_owned()
+}
+
+/// `n` written in `base` (at most 36) at the end of `buf`, which holds any
+/// u64 in base 10 or more.
+fn digits(mut n: u64, base: u64, buf: &mut [u8; 20]) -> &[u8] {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut n = id.unsigned_abs();
-    let mut out = Vec::new();
+    let mut start = buf.len();
     loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
+        start -= 1;
+        buf[start] = DIGITS[(n % base) as usize];
+        n /= base;
         if n == 0 {
             break;
         }
     }
-    out.reverse();
-    String::from_utf8(out).expect("ascii")
+    &buf[start..]
 }
 
 /// Whether reading the link directory `dir` costs less than one
@@ -348,6 +363,21 @@ fn unique() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_and_link_names_spell_ids() {
+        let layout = Layout::at(Path::new("/s"));
+        for id in [0, 7, 10, 35, 36, 1295, 1296, i64::MAX] {
+            assert_eq!(
+                layout.fs(id),
+                PathBuf::from(format!("/s/snapshots/{id}/fs"))
+            );
+            assert_eq!(i64::from_str_radix(&link_name(id), 36), Ok(id));
+        }
+        assert_eq!(link_name(35), "z");
+        assert_eq!(link_name(36), "10");
+        assert_eq!(link_name(i64::MAX), "1y2p0ij32e8e7");
+    }
 
     fn link(layout: &Layout, id: i64) -> Option<PathBuf> {
         fs::read_link(layout.links().join(link_name(id))).ok()

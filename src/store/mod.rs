@@ -102,12 +102,11 @@ pub struct Plan {
     chain: Vec<i64>,
 }
 
-/// An active snapshot or view just created: its mounts, and the plan they
-/// came from, so printing them for a shell needs no second look at the
-/// index (a deep chain is hundreds of lookups).
+/// An active snapshot or view just created: the plan its mounts come from,
+/// so printing them needs no second look at the index (a deep chain is
+/// hundreds of lookups). [`Store::created_mounts`] gives the mounts.
 #[derive(Debug, Clone)]
 pub struct Created {
-    pub mounts: Vec<Mount>,
     pub plan: Plan,
 }
 
@@ -278,16 +277,19 @@ impl Store {
         labels: &Labels,
     ) -> Result<Created> {
         let made = self.make(kind, key, parent, labels, &mut |_| Ok(()))?;
-        let plan = Plan {
-            driver: made.driver,
-            kind,
-            id: made.id,
-            chain: made.chain,
-        };
         Ok(Created {
-            mounts: self.mounts_of(&plan),
-            plan,
+            plan: Plan {
+                driver: made.driver,
+                kind,
+                id: made.id,
+                chain: made.chain,
+            },
         })
+    }
+
+    /// The mounts of a snapshot just created.
+    pub fn created_mounts(&self, created: &Created) -> Vec<Mount> {
+        self.mounts_of(&created.plan)
     }
 
     /// Makes snapshot `key` of `kind` on `parent`: checks, builds it under a
@@ -320,7 +322,7 @@ impl Store {
             let mut chain = Vec::new();
             if let Some(p) = &parent_row {
                 chain.push(p.id);
-                chain.extend(index::chain(&tx, p.id)?.into_iter().map(|(id, _)| id));
+                chain.extend(index::chain_ids(&tx, p.id)?);
             }
             (recorded, parent_row, chain)
         };
@@ -437,7 +439,7 @@ impl Store {
         let row = mountable(&tx, key)?;
         let chain: Vec<i64> = match row.parent_id {
             Some(p) => std::iter::once(p)
-                .chain(index::chain(&tx, p)?.into_iter().map(|(id, _)| id))
+                .chain(index::chain_ids(&tx, p)?)
                 .collect(),
             None => Vec::new(),
         };
@@ -456,15 +458,16 @@ impl Store {
     /// to be run from there. `dir` is then that directory.
     pub fn shell_mounts(&mut self, key: &str) -> Result<ShellMounts> {
         let plan = self.mount_plan(key)?;
-        let mounts = self.mounts_of(&plan);
-        self.shell_mounts_of(key, Created { mounts, plan })
+        self.shell_mounts_of(key, Created { plan })
     }
 
     /// [`Store::shell_mounts`] of a snapshot just created, from what the
     /// create computed.
     pub fn shell_mounts_of(&mut self, key: &str, created: Created) -> Result<ShellMounts> {
-        let Created { mounts, plan } = created;
-        if let Some(shell) = ShellMounts::absolute(mounts) {
+        let Created { plan } = created;
+        if self.absolute_may_fit(&plan)
+            && let Some(shell) = ShellMounts::absolute(self.mounts_of(&plan))
+        {
             return Ok(shell);
         }
         self.layout
@@ -490,6 +493,15 @@ impl Store {
             dir: Some(self.layout.links()),
             mounts,
         })
+    }
+
+    /// Whether `plan`'s mounts with absolute paths may fit in one page. Only
+    /// an overlay lists the chain; each lower layer takes at least
+    /// `SNAPSHOTS/N/fs` and a separator, so a deep chain is known not to fit
+    /// without building its paths.
+    fn absolute_may_fit(&self, plan: &Plan) -> bool {
+        let shortest = self.layout.snapshots().as_os_str().len() + "/1/fs:".len();
+        plan.driver != Driver::Overlay || plan.chain.len() * shortest <= MAX_MOUNT_DATA + 1
     }
 
     /// Mounts `key` at `target` (created if missing) and records the mount.
