@@ -206,6 +206,23 @@ class Ctr(Tool):
         raise BenchError(f"ctr: no upperdir in the mounts of {key}: {out!r}")
 
 
+class Floor:
+    """bench/floor.c: the least a process, and a durable prepare, can cost."""
+
+    name = "floor"
+
+    def __init__(self, binary, root):
+        self.binary = binary
+        self.root = root
+        sh([binary, "init", root])
+
+    def version(self):
+        return [self.binary]
+
+    def prepare(self, key, parent=None):
+        return [self.binary, "prepare", self.root, key]
+
+
 class Plain:
     """A peer that is just a command line (du -s, /bin/true)."""
 
@@ -297,10 +314,19 @@ def group_ops():
 
     pair = [s, c]
     n = f"{RUNS} runs"
+    floor_bin = os.environ.get("BENCH_FLOOR_BIN")
+    floor = Floor(floor_bin, os.path.join(os.environ["BENCH_WORK"], "floor")) if floor_bin else None
     compare("process start only (`--version`)", pair, lambda t, i: (None, t.version()), RUNS,
             note="no store, no daemon: the floor of a whole-process run")
+    if floor:
+        compare("  floor: a static C program that only starts", [floor, c],
+                lambda t, i: (None, t.version()), RUNS, note="bench/floor.c, no arguments")
     compare("prepare KEY base", pair, lambda t, i: (None, t.prepare(f"prep-{i}", "base")),
             RUNS, target=TARGET_OP, note=n)
+    if floor:
+        compare("  floor: only the system calls of a durable prepare", [floor, c],
+                lambda t, i: (None, t.prepare(f"floor-{i}", "base")), RUNS,
+                note="bench/floor.c prepare: no user-space work at all")
     compare("view KEY base", pair, lambda t, i: (None, t.view(f"view-{i}", "base")),
             RUNS, target=TARGET_OP, note=n)
     compare("mounts (active, 1 parent)", pair, lambda t, i: (None, t.mounts("active")),
@@ -829,6 +855,8 @@ def report(path, markdown=None):
     print("Medians; ratio = strata / peer (lower is better); peer is ctr unless named;")
     print("strata CPU = median user+system time of the strata process (the rest is waiting:")
     print("fsync and other I/O, or the CPU being busy with other work).")
+    if any("floor:" in r["title"] for r in recs):
+        print("In `floor:` rows the strata column is bench/floor.c: what no implementation can undercut.")
     print(text)
     targets = sum(1 for r in recs if r.get("target") or r.get("target_ns"))
     print(f"\n{targets - missed} of {targets} targets met.")
