@@ -15,7 +15,8 @@
  * pages and sync the database, zero the journal header and sync it, unlock,
  * print the mount line. It is one transaction where strata makes two (a read
  * to validate before building, then the write), and it does no parsing,
- * SQL, path building or allocation at all: no implementation does less.
+ * SQL, path building or allocation at all: no implementation of this design
+ * (SQLite's rollback journal, every step durable) does less.
  * Built static, like strata's release binary, with the C library's
  * start-up and nothing else.
  */

@@ -856,7 +856,7 @@ def report(path, markdown=None):
     print("strata CPU = median user+system time of the strata process (the rest is waiting:")
     print("fsync and other I/O, or the CPU being busy with other work).")
     if any("floor:" in r["title"] for r in recs):
-        print("In `floor:` rows the strata column is bench/floor.c: what no implementation can undercut.")
+        print("In `floor:` rows the strata column is bench/floor.c: the same design with no work but its system calls.")
     print(text)
     targets = sum(1 for r in recs if r.get("target") or r.get("target_ns"))
     print(f"\n{targets - missed} of {targets} targets met.")
