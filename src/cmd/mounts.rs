@@ -1,6 +1,6 @@
 use super::Context;
 use crate::printer::{Format, shell_quote};
-use crate::store::{Created, Kind, Mount, Result};
+use crate::store::{Kind, Mount, Plan, Result};
 use std::path::Path;
 
 /// Print the mounts of an active snapshot or a view.
@@ -34,17 +34,12 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
 
 /// Prints the mounts of `key` as commands a shell can run (shortened for
 /// deep chains), or the `strata mount` line where none fits in a page.
-/// `known` are the mounts of `key` when the caller has them already.
-fn print_for_shell(
-    ctx: &mut Context,
-    key: &str,
-    target: &str,
-    known: Option<Created>,
-) -> Result<()> {
+/// `known` is the plan of `key`'s mounts when the caller has it already.
+fn print_for_shell(ctx: &mut Context, key: &str, target: &str, known: Option<Plan>) -> Result<()> {
     let target = absolute_target(target);
     let store = ctx.store()?;
     let shell = match known {
-        Some(created) => store.shell_mounts_of(key, created),
+        Some(plan) => store.shell_mounts_of(key, plan),
         None => store.shell_mounts(key),
     };
     match shell {
@@ -113,15 +108,15 @@ pub fn command(m: &Mount, target: &str) -> String {
 pub fn finish_create(
     ctx: &mut Context,
     key: &str,
-    created: Created,
+    plan: Plan,
     target: Option<&Path>,
 ) -> Result<()> {
     match target {
         None if ctx.printer.format() == Format::Table => {
-            print_for_shell(ctx, key, "TARGET", Some(created))
+            print_for_shell(ctx, key, "TARGET", Some(plan))
         }
         None => {
-            let mounts = ctx.store()?.created_mounts(&created);
+            let mounts = ctx.store()?.mounts_of(&plan);
             print(ctx, &mounts, "TARGET")
         }
         Some(target) => {

@@ -93,21 +93,16 @@ pub(crate) struct Made {
 }
 
 /// What a snapshot's mounts are computed from: the store's driver, the
-/// snapshot's kind and id, and its parent chain (nearest first).
+/// snapshot's kind and id, and its parent chain (nearest first). A create
+/// returns it, so printing the new snapshot's mounts needs no second look
+/// at the index (a deep chain is hundreds of lookups); [`Store::mounts_of`]
+/// gives the mounts.
 #[derive(Debug, Clone)]
 pub struct Plan {
     driver: Driver,
     kind: SnapshotKind,
     id: i64,
     chain: Vec<i64>,
-}
-
-/// An active snapshot or view just created: the plan its mounts come from,
-/// so printing them needs no second look at the index (a deep chain is
-/// hundreds of lookups). [`Store::created_mounts`] gives the mounts.
-#[derive(Debug, Clone)]
-pub struct Created {
-    pub plan: Plan,
 }
 
 /// An open store.
@@ -260,12 +255,12 @@ impl Store {
     }
 
     /// Creates active snapshot `key` on `parent` and returns its mounts.
-    pub fn prepare(&mut self, key: &str, parent: Option<&str>, labels: &Labels) -> Result<Created> {
+    pub fn prepare(&mut self, key: &str, parent: Option<&str>, labels: &Labels) -> Result<Plan> {
         self.create(SnapshotKind::Active, key, parent, labels)
     }
 
     /// Creates read-only view `key` of committed `parent`; returns its mounts.
-    pub fn view(&mut self, key: &str, parent: &str, labels: &Labels) -> Result<Created> {
+    pub fn view(&mut self, key: &str, parent: &str, labels: &Labels) -> Result<Plan> {
         self.create(SnapshotKind::View, key, Some(parent), labels)
     }
 
@@ -275,21 +270,14 @@ impl Store {
         key: &str,
         parent: Option<&str>,
         labels: &Labels,
-    ) -> Result<Created> {
+    ) -> Result<Plan> {
         let made = self.make(kind, key, parent, labels, &mut |_| Ok(()))?;
-        Ok(Created {
-            plan: Plan {
-                driver: made.driver,
-                kind,
-                id: made.id,
-                chain: made.chain,
-            },
+        Ok(Plan {
+            driver: made.driver,
+            kind,
+            id: made.id,
+            chain: made.chain,
         })
-    }
-
-    /// The mounts of a snapshot just created.
-    pub fn created_mounts(&self, created: &Created) -> Vec<Mount> {
-        self.mounts_of(&created.plan)
     }
 
     /// Makes snapshot `key` of `kind` on `parent`: checks, builds it under a
@@ -417,7 +405,8 @@ impl Store {
         same_parent(&tx, id, name, key)
     }
 
-    fn mounts_of(&self, plan: &Plan) -> Vec<Mount> {
+    /// The mounts `plan` gives, with absolute paths.
+    pub fn mounts_of(&self, plan: &Plan) -> Vec<Mount> {
         let chain: Vec<PathBuf> = plan.chain.iter().map(|&p| self.layout.fs(p)).collect();
         plan.driver.mounts(
             plan.kind,
@@ -458,13 +447,11 @@ impl Store {
     /// to be run from there. `dir` is then that directory.
     pub fn shell_mounts(&mut self, key: &str) -> Result<ShellMounts> {
         let plan = self.mount_plan(key)?;
-        self.shell_mounts_of(key, Created { plan })
+        self.shell_mounts_of(key, plan)
     }
 
-    /// [`Store::shell_mounts`] of a snapshot just created, from what the
-    /// create computed.
-    pub fn shell_mounts_of(&mut self, key: &str, created: Created) -> Result<ShellMounts> {
-        let Created { plan } = created;
+    /// [`Store::shell_mounts`] from a plan already in hand (a create's).
+    pub fn shell_mounts_of(&mut self, key: &str, plan: Plan) -> Result<ShellMounts> {
         if self.absolute_may_fit(&plan)
             && let Some(shell) = ShellMounts::absolute(self.mounts_of(&plan))
         {
