@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Workloads of the strata benchmark (standard library only).
 
-`bench/run` calls `harness.py GROUP` once per group (ops, chain, list, files with a
-fresh private containerd; diff and apply, which have no ctr peer, without one) and a
+`bench/run` calls `harness.py GROUP` once per group (ops, chain, list, files, and
+carry when asked for, with a fresh private containerd; diff and apply, which have no ctr peer, without one) and a
 fresh strata store, then `harness.py report RESULTS` to
 print the table. Every timed figure is a whole-process run (posix_spawn .. waitpid, so
 the same fixed harness cost for both tools), strata and ctr alternating run by run and
-swapping who goes first, with any state a run consumes set up outside the timed region.
+swapping who goes first (in the per-operation group each timed run follows an untimed
+run of the same tool, see BENCH_WASHOUT), with any state a run consumes set up outside
+the timed region.
 
 Environment (set by bench/run): STRATA_BIN, BENCH_CTR_BIN, BENCH_CTR_SOCK,
 BENCH_STRATA_ROOT, BENCH_WORK, BENCH_RESULTS_TMP, and the BENCH_* sizes.
@@ -39,6 +41,9 @@ def env_list(name, default):
 
 RUNS = env_int("BENCH_RUNS", 50)
 WARMUP = env_int("BENCH_WARMUP", 3)
+# Per-operation figures: an untimed run of the same tool before each timed one.
+WASHOUT = env_int("BENCH_WASHOUT", 1) != 0
+WASHOUT_BASE = 1_000_000  # index of a washout run's keys: never one a timed run uses
 CHAIN = env_list("BENCH_CHAIN", "100,500")
 CHAIN_REPS = env_int("BENCH_CHAIN_REPS", 3)
 LIST = env_list("BENCH_LIST", "1000,10000")
@@ -257,26 +262,38 @@ def record(rec):
 
 
 def compare(title, contenders, op, runs, warmup=WARMUP, target=None, sync=True, note="",
-            target_ns=None):
+            target_ns=None, washout=False):
     """Alternate the contenders run by run (rotating who goes first).
 
     op(contender, i) -> (setup, argv) or (setup, argv, stdin): setup is None or a
     callable run untimed before the timed argv; stdin a file for the command's stdin.
     With one contender there is no peer (b is None): the target is then absolute, in
     ns (target_ns). Returns the samples per contender name.
+
+    washout: before each timed run, the same contender runs the same operation once
+    untimed (op(contender, WASHOUT_BASE + i)), so no timed run starts in the wake of
+    the other tool's run (see "How it measures" in docs/benchmarks.md).
     """
     errfile = os.path.join(os.environ["BENCH_WORK"], "stderr")
     samples = {c.name: [] for c in contenders}
     cpu = {c.name: [] for c in contenders}
+
+    def prepared(c, i):
+        setup, argv, *stdin = op(c, i)
+        if setup:
+            setup()
+        if sync:
+            os.sync()  # nobody pays for the previous run's writeback
+        return argv, stdin
+
     for i in range(warmup + runs):
         k = i % len(contenders)
         order = contenders[k:] + contenders[:k]
         for c in order:
-            setup, argv, *stdin = op(c, i)
-            if setup:
-                setup()
-            if sync:
-                os.sync()  # nobody pays for the previous run's writeback
+            if washout:
+                argv, stdin = prepared(c, WASHOUT_BASE + i)
+                timed(argv, errfile, *stdin)
+            argv, stdin = prepared(c, i)
             ns, cpu_ns = timed(argv, errfile, *stdin)
             if i >= warmup:
                 samples[c.name].append(ns)
@@ -294,7 +311,8 @@ def compare(title, contenders, op, runs, warmup=WARMUP, target=None, sync=True, 
 # ------------------------------------------------------------------ group: per-operation
 
 
-def group_ops():
+def ops_store():
+    """Both tools with a committed `base` (one file) and an active on it."""
     s, c = tools()
     sh(s.argv("init", "--driver", "overlay"))
     for t in (s, c):
@@ -303,6 +321,11 @@ def group_ops():
             f.write("hello\n")
         sh(t.commit("base", "base-work"))
         sh(t.prepare("active", "base"))
+    return s, c
+
+
+def group_ops():
+    s, c = ops_store()
 
     def small_active(t, key):
         def setup():
@@ -312,37 +335,81 @@ def group_ops():
 
         return setup
 
+    def ops_compare(*args, **kwargs):
+        return compare(*args, washout=WASHOUT, **kwargs)
+
     pair = [s, c]
-    n = f"{RUNS} runs"
+    n = f"{RUNS} runs" + (", each after an untimed one of the same tool" if WASHOUT else "")
     floor_bin = os.environ.get("BENCH_FLOOR_BIN")
     floor = Floor(floor_bin, os.path.join(os.environ["BENCH_WORK"], "floor")) if floor_bin else None
-    compare("process start only (`--version`)", pair, lambda t, i: (None, t.version()), RUNS,
+    ops_compare("process start only (`--version`)", pair, lambda t, i: (None, t.version()), RUNS,
             note="no store, no daemon: the floor of a whole-process run")
     if floor:
-        compare("  floor: a static C program that only starts", [floor, c],
+        ops_compare("  floor: a static C program that only starts", [floor, c],
                 lambda t, i: (None, t.version()), RUNS, note="bench/floor.c, no arguments")
-    compare("prepare KEY base", pair, lambda t, i: (None, t.prepare(f"prep-{i}", "base")),
+    ops_compare("prepare KEY base", pair, lambda t, i: (None, t.prepare(f"prep-{i}", "base")),
             RUNS, target=TARGET_OP, note=n)
     if floor:
-        compare("  floor: only the system calls of a durable prepare", [floor, c],
+        ops_compare("  floor: only the system calls of a durable prepare", [floor, c],
                 lambda t, i: (None, t.prepare(f"floor-{i}", "base")), RUNS,
                 note="bench/floor.c prepare: no user-space work at all")
-    compare("view KEY base", pair, lambda t, i: (None, t.view(f"view-{i}", "base")),
+    ops_compare("view KEY base", pair, lambda t, i: (None, t.view(f"view-{i}", "base")),
             RUNS, target=TARGET_OP, note=n)
-    compare("mounts (active, 1 parent)", pair, lambda t, i: (None, t.mounts("active")),
+    ops_compare("mounts (active, 1 parent)", pair, lambda t, i: (None, t.mounts("active")),
             RUNS, target=TARGET_OP, note=n)
-    compare("commit (1 small file)", pair,
+    ops_compare("commit (1 small file)", pair,
             lambda t, i: (small_active(t, f"cw-{i}"), t.commit(f"cm-{i}", f"cw-{i}")),
             RUNS, target=TARGET_OP, note=n)
-    compare("rm (active, 1 small file)", pair,
+    ops_compare("rm (active, 1 small file)", pair,
             lambda t, i: (small_active(t, f"rw-{i}"), t.rm(f"rw-{i}")),
             RUNS, target=TARGET_OP, note=n)
-    compare("info (committed)", pair, lambda t, i: (None, t.info("base")),
+    ops_compare("info (committed)", pair, lambda t, i: (None, t.info("base")),
             RUNS, target=TARGET_OP, note=n)
-    compare("label (committed)", pair, lambda t, i: (None, t.label("base", f"bench=v{i}")),
+    ops_compare("label (committed)", pair, lambda t, i: (None, t.label("base", f"bench=v{i}")),
             RUNS, target=TARGET_OP, note=n)
-    compare("usage (committed)", pair, lambda t, i: (None, t.usage("base")),
+    ops_compare("usage (committed)", pair, lambda t, i: (None, t.usage("base")),
             RUNS, target=TARGET_OP, note=n)
+
+
+def group_carry():
+    """Not a default group: does a timed run depend on which tool ran just before it?
+
+    For a few operations, rounds of: an untimed run of one tool, then that tool's
+    operation timed twice in a row (right after the other tool, then right after
+    itself), then the other tool's likewise (the tool that opens a round alternates).
+    Each row's ratio is a tool's median right after the other tool over its median
+    right after itself: what run-by-run alternation adds to that tool's figure, and
+    what BENCH_WASHOUT takes away."""
+    s, c = ops_store()
+    errfile = os.path.join(os.environ["BENCH_WORK"], "stderr")
+    ops = [("--version", lambda t, i: t.version()),
+           ("info base", lambda t, i: t.info("base")),
+           ("usage base", lambda t, i: t.usage("base")),
+           ("mounts (active)", lambda t, i: t.mounts("active")),
+           ("prepare KEY base", lambda t, i: t.prepare(f"carry-{i}", "base"))]
+
+    def run(t, argv):
+        os.sync()
+        return timed(argv, errfile)
+
+    for title, op in ops:
+        after = {(t.name, w): [] for t in (s, c) for w in ("other", "self")}
+        cpu = {k: [] for k in after}
+        for i in range(WARMUP + RUNS):
+            first, second = (c, s) if i % 2 == 0 else (s, c)
+            run(first, op(first, 10 * i))  # untimed: the round opens after `first`
+            for n, (t, w) in enumerate(((second, "other"), (second, "self"),
+                                        (first, "other"), (first, "self"))):
+                ns, cpu_ns = run(t, op(t, 10 * i + 1 + n))
+                if i >= WARMUP:
+                    after[(t.name, w)].append(ns)
+                    cpu[(t.name, w)].append(cpu_ns)
+        for t, other in ((s, c), (c, s)):
+            record({"title": f"carry-over, {title}: {t.name} right after {other.name}",
+                    "a": f"{t.name} after {other.name}", "b": f"{t.name} after {t.name}",
+                    "a_ns": after[(t.name, "other")], "b_ns": after[(t.name, "self")],
+                    "a_cpu_ns": cpu[(t.name, "other")] if t is s else [],
+                    "target": None, "note": f"{RUNS} rounds"})
 
 
 # ------------------------------------------------------------------ group: chains
@@ -859,7 +926,8 @@ def report(path, markdown=None):
         print("In `floor:` rows the strata column is bench/floor.c: the same design with no work but its system calls.")
     print(text)
     targets = sum(1 for r in recs if r.get("target") or r.get("target_ns"))
-    print(f"\n{targets - missed} of {targets} targets met.")
+    if targets:
+        print(f"\n{targets - missed} of {targets} targets met.")
     if markdown:
         with open(markdown, "w") as f:
             f.write(text + "\n")
@@ -900,6 +968,8 @@ def main(argv):
             group_ops()
         elif cmd == "chain":
             group_chain()
+        elif cmd == "carry":
+            group_carry()
         elif cmd == "list":
             group_list()
         elif cmd == "files":
