@@ -2,8 +2,8 @@
 """Workloads of the strata benchmark (standard library only).
 
 `bench/run` calls `harness.py GROUP` once per group (ops, chain, list, files, and
-carry when asked for, with a fresh private containerd; diff and apply, which have no ctr peer, without one) and a
-fresh strata store, then `harness.py report RESULTS` to
+carry when asked for, with a fresh private containerd; diff and apply, which have no
+ctr peer, without one) and a fresh strata store, then `harness.py report RESULTS` to
 print the table. Every timed figure is a whole-process run (posix_spawn .. waitpid, so
 the same fixed harness cost for both tools), strata and ctr alternating run by run and
 swapping who goes first (in the per-operation group each timed run follows an untimed
@@ -343,32 +343,32 @@ def group_ops():
     floor_bin = os.environ.get("BENCH_FLOOR_BIN")
     floor = Floor(floor_bin, os.path.join(os.environ["BENCH_WORK"], "floor")) if floor_bin else None
     ops_compare("process start only (`--version`)", pair, lambda t, i: (None, t.version()), RUNS,
-            note="no store, no daemon: the floor of a whole-process run")
+                note="no store, no daemon: the floor of a whole-process run")
     if floor:
         ops_compare("  floor: a static C program that only starts", [floor, c],
-                lambda t, i: (None, t.version()), RUNS, note="bench/floor.c, no arguments")
+                    lambda t, i: (None, t.version()), RUNS, note="bench/floor.c, no arguments")
     ops_compare("prepare KEY base", pair, lambda t, i: (None, t.prepare(f"prep-{i}", "base")),
-            RUNS, target=TARGET_OP, note=n)
+                RUNS, target=TARGET_OP, note=n)
     if floor:
         ops_compare("  floor: only the system calls of a durable prepare", [floor, c],
-                lambda t, i: (None, t.prepare(f"floor-{i}", "base")), RUNS,
-                note="bench/floor.c prepare: no user-space work at all")
+                    lambda t, i: (None, t.prepare(f"floor-{i}", "base")), RUNS,
+                    note="bench/floor.c prepare: no user-space work at all")
     ops_compare("view KEY base", pair, lambda t, i: (None, t.view(f"view-{i}", "base")),
-            RUNS, target=TARGET_OP, note=n)
+                RUNS, target=TARGET_OP, note=n)
     ops_compare("mounts (active, 1 parent)", pair, lambda t, i: (None, t.mounts("active")),
-            RUNS, target=TARGET_OP, note=n)
+                RUNS, target=TARGET_OP, note=n)
     ops_compare("commit (1 small file)", pair,
-            lambda t, i: (small_active(t, f"cw-{i}"), t.commit(f"cm-{i}", f"cw-{i}")),
-            RUNS, target=TARGET_OP, note=n)
+                lambda t, i: (small_active(t, f"cw-{i}"), t.commit(f"cm-{i}", f"cw-{i}")),
+                RUNS, target=TARGET_OP, note=n)
     ops_compare("rm (active, 1 small file)", pair,
-            lambda t, i: (small_active(t, f"rw-{i}"), t.rm(f"rw-{i}")),
-            RUNS, target=TARGET_OP, note=n)
+                lambda t, i: (small_active(t, f"rw-{i}"), t.rm(f"rw-{i}")),
+                RUNS, target=TARGET_OP, note=n)
     ops_compare("info (committed)", pair, lambda t, i: (None, t.info("base")),
-            RUNS, target=TARGET_OP, note=n)
+                RUNS, target=TARGET_OP, note=n)
     ops_compare("label (committed)", pair, lambda t, i: (None, t.label("base", f"bench=v{i}")),
-            RUNS, target=TARGET_OP, note=n)
+                RUNS, target=TARGET_OP, note=n)
     ops_compare("usage (committed)", pair, lambda t, i: (None, t.usage("base")),
-            RUNS, target=TARGET_OP, note=n)
+                RUNS, target=TARGET_OP, note=n)
 
 
 def group_carry():
