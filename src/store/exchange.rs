@@ -94,12 +94,7 @@ impl Store {
                 None => None,
             };
             let chain: Vec<i64> = index::chain_ids(&tx, row.id)?;
-            let base_chain: Vec<i64> = match &base_row {
-                Some(b) => std::iter::once(b.id)
-                    .chain(index::chain_ids(&tx, b.id)?)
-                    .collect(),
-                None => Vec::new(),
-            };
+            let base_chain = index::layers_on(&tx, base_row.as_ref().map(|b| b.id))?;
             (row, base_row, chain, base_chain)
         };
         let against_parent = match &base_row {

@@ -325,12 +325,14 @@ fn first_look(conn: &Connection) -> rusqlite::Result<(i64, bool)> {
 /// ten of them 2 ms or longer, up to 50 ms). Naps from 50 µs doubling to 1.6 ms
 /// find the lock soon after it is free; a try is a few `fcntl`s.
 fn wait_when_busy(conn: &mut Connection) -> Result<()> {
-    let mut since = Instant::now();
+    // Read the clock only when a lock is taken, not in every command.
+    let mut since = None;
     conn.busy_handler(Some(move |tries: i32| {
         if tries == 0 {
-            since = Instant::now();
+            since = None;
         }
-        if since.elapsed() >= BUSY_TIMEOUT {
+        let started: Instant = *since.get_or_insert_with(Instant::now);
+        if started.elapsed() >= BUSY_TIMEOUT {
             return false;
         }
         std::thread::sleep(nap(tries));
@@ -508,6 +510,17 @@ pub fn chain_ids(tx: &Transaction<'_>, id: i64) -> Result<Vec<i64>> {
         .into_iter()
         .map(|(id, ())| id)
         .collect())
+}
+
+/// The layers under a snapshot whose parent is `parent`: the parent, then
+/// its own parent chain, nearest first; none for a root.
+pub fn layers_on(tx: &Transaction<'_>, parent: Option<i64>) -> Result<Vec<i64>> {
+    let Some(parent) = parent else {
+        return Ok(Vec::new());
+    };
+    let mut ids = vec![parent];
+    ids.extend(chain_ids(tx, parent)?);
+    Ok(ids)
 }
 
 /// Walks up from `id` with one primary-key lookup per layer and a single

@@ -307,11 +307,7 @@ impl Store {
                 Some(p) => Some(committed_parent(&tx, p)?),
                 None => None,
             };
-            let mut chain = Vec::new();
-            if let Some(p) = &parent_row {
-                chain.push(p.id);
-                chain.extend(index::chain_ids(&tx, p.id)?);
-            }
+            let chain = index::layers_on(&tx, parent_row.as_ref().map(|p| p.id))?;
             (recorded, parent_row, chain)
         };
         // A store's first snapshot chooses its driver.
@@ -426,12 +422,7 @@ impl Store {
         let tx = self.index.read()?;
         let driver = read_driver(&tx)?.unwrap_or(Driver::Native);
         let row = mountable(&tx, key)?;
-        let chain: Vec<i64> = match row.parent_id {
-            Some(p) => std::iter::once(p)
-                .chain(index::chain_ids(&tx, p)?)
-                .collect(),
-            None => Vec::new(),
-        };
+        let chain = index::layers_on(&tx, row.parent_id)?;
         Ok(Plan {
             driver,
             kind: row.kind,
