@@ -137,6 +137,9 @@ pub struct Index {
     /// Whether the schema version was checked and the journal chosen (by
     /// the connection's first transaction, see [`Index::begin`]).
     settled: bool,
+    /// The store's snapshot directories, which must hold none when the
+    /// schema is created (see [`Index::guarding`]).
+    snapshots: Option<PathBuf>,
 }
 
 /// A transaction of the index, rolled back if dropped before
@@ -207,7 +210,17 @@ impl Index {
             path: path.to_owned(),
             wal: false,
             settled: false,
+            snapshots: None,
         })
+    }
+
+    /// Refuses to create the schema while `snapshots` holds snapshot
+    /// directories. An index that is missing or empty there was lost, not
+    /// new: a fresh one would hand out ids from 1 again, and a new snapshot
+    /// would take over (and delete) an old one's directory.
+    pub fn guarding(mut self, snapshots: &Path) -> Index {
+        self.snapshots = Some(snapshots.to_owned());
+        self
     }
 
     /// Ends this process's use of the index. A connection in a rollback
@@ -286,6 +299,11 @@ impl Index {
         // Re-read inside the lock: another process may have migrated meanwhile.
         let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         check_version(path, current)?;
+        if current == 0
+            && let Some(dir) = &self.snapshots
+        {
+            refuse_lost_index(path, dir)?;
+        }
         for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             tx.execute_batch(sql).map_err(|e| {
                 Error::internal(format!(
@@ -433,6 +451,30 @@ fn check_version(path: &Path, version: i64) -> Result<()> {
             "the index {} has an invalid schema version {version}",
             path.display()
         )));
+    }
+    Ok(())
+}
+
+/// Errs if `snapshots` holds a snapshot directory (a name of digits).
+fn refuse_lost_index(path: &Path, snapshots: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(snapshots) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::io(format!("cannot read {}", snapshots.display()), e));
+        }
+    };
+    let is_snapshot = |name: &std::ffi::OsStr| {
+        let name = name.as_encoded_bytes();
+        !name.is_empty() && name.iter().all(u8::is_ascii_digit)
+    };
+    if let Some(found) = entries.flatten().find(|e| is_snapshot(&e.file_name())) {
+        return Err(Error::internal(format!(
+            "the index {} is missing or empty, but the store holds snapshot directories ({})",
+            path.display(),
+            found.path().display()
+        ))
+        .with_hint("restore index.db from a backup; no snapshot directory was touched"));
     }
     Ok(())
 }

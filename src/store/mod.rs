@@ -125,7 +125,7 @@ impl Store {
             .canonicalize()
             .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
         let layout = Layout::at(&root);
-        let index = Index::open(&layout.index())?;
+        let index = Index::open(&layout.index())?.guarding(layout.snapshots());
         Ok(Store {
             layout,
             index,

@@ -157,7 +157,30 @@ fn check_cannot_repair_a_missing_parent(driver: &str) {
     assert!(run.stderr.contains("1 problem left"), "{}", run.stderr);
 }
 
+/// An index that is gone or emptied is not a new store: nothing is created
+/// over the snapshot directories still there, whatever the command.
+fn a_lost_index_is_refused(driver: &str) {
+    let s = store(driver);
+    let index = s.root.join("index.db");
+    let dirs = s.snapshot_dirs();
+    for lose in ["remove", "empty"] {
+        match lose {
+            "remove" => fs::remove_file(&index).unwrap(),
+            _ => fs::write(&index, b"").unwrap(),
+        }
+        for args in [&["prepare", "z"][..], &["ls"], &["init"]] {
+            s.strata(args).fails_with(
+                1,
+                "is missing or empty, but the store holds snapshot directories",
+            );
+        }
+        assert_eq!(s.snapshot_dirs(), dirs, "{lose}: no directory touched");
+        let _ = fs::remove_file(&index);
+    }
+}
+
 both_drivers!(
+    a_lost_index_is_refused,
     prune_finds_every_leftover,
     check_reports_and_repairs,
     check_cannot_repair_a_missing_parent
