@@ -7,7 +7,9 @@
 //! point NAME: no destructors, no cleanup, as a power cut or `kill -9`
 //! would. `STRATA_CRASH_TRACE=FILE` appends the name of every point reached
 //! to FILE, so a test can discover the points of an operation and then
-//! crash at each in turn.
+//! crash at each in turn. `STRATA_PAUSE_AT=NAME` with `STRATA_PAUSE_FILE=F`
+//! creates F at the point NAME and waits (at most a minute) until F is
+//! removed, so a test can run another command exactly there.
 
 #[cfg(any(debug_assertions, feature = "fault-injection"))]
 pub fn point(name: &str) {
@@ -19,6 +21,18 @@ pub fn point(name: &str) {
             .open(file)
     {
         let _ = writeln!(f, "{name}");
+    }
+    if std::env::var_os("STRATA_PAUSE_AT").is_some_and(|at| at == name)
+        && let Some(file) = std::env::var_os("STRATA_PAUSE_FILE")
+    {
+        let file = std::path::Path::new(&file);
+        let _ = std::fs::write(file, name);
+        for _ in 0..6000 {
+            if !file.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
     if std::env::var_os("STRATA_CRASH_AT").is_some_and(|at| at == name) {
         // SAFETY: kill(2) on our own pid; nothing after it runs.

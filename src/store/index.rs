@@ -771,6 +771,17 @@ pub fn delete(tx: &Transaction<'_>, id: i64) -> Result<()> {
     Ok(())
 }
 
+/// A target snapshot `id` is recorded as mounted at, if any.
+pub fn mounted_at(tx: &Transaction<'_>, id: i64) -> Result<Option<String>> {
+    Ok(tx
+        .query_row(
+            "SELECT target FROM mounts WHERE snapshot_id = ?1 ORDER BY target LIMIT 1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 pub fn mounts(tx: &Transaction<'_>) -> Result<Vec<MountRecord>> {
     let mut stmt =
         tx.prepare_cached("SELECT snapshot_id, target, created FROM mounts ORDER BY target")?;

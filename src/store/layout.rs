@@ -192,6 +192,17 @@ impl Layout {
         sync_dir(&self.snapshots)
     }
 
+    /// Takes snapshot `id`'s lock (`flock` on its directory), waiting for
+    /// the holder. `mount`, `commit` and `rm` hold it throughout, so none of
+    /// them acts on a snapshot another one is changing (a mount recorded
+    /// after a commit's or an rm's check of the mounts). Released when the
+    /// file is dropped or the process dies.
+    pub fn lock(&self, id: i64) -> io::Result<File> {
+        let dir = File::open(self.dir(id))?;
+        dir.lock()?;
+        Ok(dir)
+    }
+
     /// Deletes snapshot directory `id`: first renamed out of the way (so a
     /// crash leaves only an `rm-*` name), then removed.
     pub fn discard(&self, id: i64) -> io::Result<()> {

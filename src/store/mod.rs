@@ -485,13 +485,35 @@ impl Store {
     /// Mounts `key` at `target` (created if missing) and records the mount.
     /// Returns the absolute target.
     pub fn mount(&mut self, key: &str, target: &Path) -> Result<PathBuf> {
-        let mounts = self.mounts(key)?;
+        let id = self.mount_plan(key)?.id;
+        let _lock = self.lock(id, key)?;
+        // Read again under the lock: a commit or rm may have gone first.
+        let plan = self.mount_plan(key)?;
+        if plan.id != id {
+            return Err(replaced(key));
+        }
+        let live = self.live_mounts()?;
+        if plan.kind == SnapshotKind::Active
+            && plan.driver == Driver::Overlay
+            && let Some(rec) = live.iter().find(|r| r.snapshot_id == id)
+        {
+            // Two overlays on one upper directory: the kernel warns that
+            // using both is undefined behaviour.
+            return Err(Error::precondition(format!(
+                "snapshot `{key}` is already mounted at {}: an active snapshot on the overlay driver is mounted once",
+                rec.target
+            ))
+            .with_hint(format!(
+                "use that mount, or unmount it first: strata unmount {}",
+                rec.target
+            )));
+        }
+        let mounts = self.mounts_of(&plan);
         std::fs::create_dir_all(target)
             .ctx(|| format!("cannot create the mount target {}", target.display()))?;
         let target = target
             .canonicalize()
             .ctx(|| format!("cannot resolve the mount target {}", target.display()))?;
-        let live = self.live_mounts()?;
         if let Some(rec) = live.iter().find(|r| Path::new(&r.target) == target) {
             let tx = self.index.read()?;
             let name = index::find_id(&tx, rec.snapshot_id)?.map(|r| r.name);
@@ -584,6 +606,24 @@ impl Store {
         Ok(())
     }
 
+    /// Takes snapshot `id`'s lock (see [`Layout::lock`]); `key` names it
+    /// in errors.
+    fn lock(&self, id: i64, key: &str) -> Result<std::fs::File> {
+        match self.layout.lock(id) {
+            Ok(lock) => Ok(lock),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(replaced(key)),
+            Err(e) => Err(Error::io(format!("cannot lock snapshot `{key}`"), e)),
+        }
+    }
+
+    /// The locks of `rows`, taken in id order (so two `rm -r` of
+    /// overlapping trees cannot each wait for the other).
+    fn lock_all(&self, rows: &[Row]) -> Result<Vec<std::fs::File>> {
+        let mut rows: Vec<&Row> = rows.iter().collect();
+        rows.sort_by_key(|r| r.id);
+        rows.iter().map(|r| self.lock(r.id, &r.name)).collect()
+    }
+
     /// Mount records whose mounts still exist; records of mounts that are
     /// gone (unmounted by hand, lost in a reboot) are dropped.
     fn live_mounts(&mut self) -> Result<Vec<MountRecord>> {
@@ -647,6 +687,7 @@ impl Store {
             }
             (row, index::mounts(&tx)?)
         };
+        let _lock = self.lock(row.id, key)?;
         let targets: Vec<PathBuf> = self
             .live_among(records)?
             .into_iter()
@@ -679,6 +720,11 @@ impl Store {
         if index::find(&tx, name)?.is_some() {
             return Err(exists(name));
         }
+        // Under the lock no mount can start; one recorded before this
+        // process took the lock shows here.
+        if let Some(target) = index::mounted_at(&tx, row.id)? {
+            return Err(mounted_meanwhile(key, &target));
+        }
         index::commit(&tx, row.id, name, labels, usage.size, usage.inodes)?;
         crash::point("commit:row-updated");
         tx.commit()?;
@@ -707,6 +753,7 @@ impl Store {
             (rows, index::mounts(&tx)?)
         };
         let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        let _locks = self.lock_all(&rows)?;
         let mounted: Vec<MountRecord> = self
             .live_among(records)?
             .into_iter()
@@ -750,6 +797,9 @@ impl Store {
                 .collect();
             if !outside.is_empty() {
                 return Err(has_children(&row.name, &outside));
+            }
+            if let Some(target) = index::mounted_at(&tx, row.id)? {
+                return Err(mounted_meanwhile(&row.name, &target));
             }
             index::delete(&tx, row.id)?;
             crash::point("rm:row-deleted");
@@ -1076,6 +1126,19 @@ fn mountable(tx: &Transaction<'_>, key: &str) -> Result<Row> {
         .with_hint(format!("mount a view of it: strata view VIEW {key}")));
     }
     Ok(row)
+}
+
+fn mounted_meanwhile(key: &str, target: &str) -> Error {
+    Error::precondition(format!(
+        "snapshot `{key}` was mounted at {target} by another process meanwhile; nothing was changed"
+    ))
+    .with_hint(format!(
+        "unmount it (`strata unmount {target}`) and try again"
+    ))
+}
+
+fn replaced(key: &str) -> Error {
+    Error::not_found(format!("snapshot `{key}` was removed by another process"))
 }
 
 fn article(kind: SnapshotKind) -> &'static str {

@@ -225,4 +225,131 @@ fn mixed(driver: &str) {
     mixed_operations(driver)
 }
 
-both_drivers!(same_key, parent_removal, mixed);
+/// Runs `first` paused at crash point `at` (it holds the snapshot's lock
+/// there), starts `second` meanwhile, and lets `first` go on after
+/// `second` had time to act. Returns both outputs and whether `target`
+/// was a mount point during the pause.
+fn pause_and_race(
+    store: &Store,
+    first: &[&str],
+    at: &str,
+    second: &[&str],
+    target: &std::path::Path,
+) -> (Output, Output, bool) {
+    let flag = store.scratch("pause");
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("STRATA_PAUSE_AT", at)
+        .env("STRATA_PAUSE_FILE", &flag)
+        .arg("--root")
+        .arg(&store.root)
+        .args(first)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let paused = cmd.spawn().unwrap();
+    for _ in 0..3000 {
+        if flag.exists() {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(flag.exists(), "`{first:?}` never reached {at}");
+    let root = store.root.clone();
+    let second: Vec<String> = second.iter().map(|a| a.to_string()).collect();
+    let racer = thread::spawn(move || run(&root, &second));
+    thread::sleep(std::time::Duration::from_millis(400));
+    let mounted_meanwhile = is_mount_point(target);
+    std::fs::remove_file(&flag).unwrap();
+    let first_out = paused.wait_with_output().unwrap();
+    (first_out, racer.join().unwrap(), mounted_meanwhile)
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// A mount started while a commit of the same active is under way waits
+/// for it, then finds the key gone (committed under its new name): a
+/// committed snapshot is never left mounted writable.
+fn commit_then_mount(driver: &str) {
+    let s = setup!(driver);
+    s.strata(&["prepare", "k"]).success();
+    let target = s.scratch("mnt");
+    let guard = MountGuard::new(&target);
+    let t = target.to_str().unwrap();
+    let (commit, mount, meanwhile) = pause_and_race(
+        &s,
+        &["commit", "c", "k"],
+        "commit:measured",
+        &["mount", "k", t],
+        &target,
+    );
+    assert!(!meanwhile, "the mount did not wait for the commit");
+    assert_eq!(code(&commit), 0, "{commit:?}");
+    assert_eq!(code(&mount), 3, "{mount:?}");
+    assert!(!is_mount_point(&target));
+    assert_eq!(s.info("c")["kind"], "committed");
+    drop(guard);
+}
+
+/// A mount started while `rm -f` removes the snapshot finds it gone.
+fn remove_then_mount(driver: &str) {
+    let s = setup!(driver);
+    s.strata(&["prepare", "k"]).success();
+    let first = s.mount("k");
+    let target = s.scratch("mnt");
+    let guard = MountGuard::new(&target);
+    let t = target.to_str().unwrap();
+    let (rm, mount, meanwhile) = pause_and_race(
+        &s,
+        &["rm", "-f", "k"],
+        "unmount:unmounted",
+        &["mount", "k", t],
+        &target,
+    );
+    assert!(!meanwhile, "the mount did not wait for the removal");
+    assert_eq!(code(&rm), 0, "{rm:?}");
+    assert_eq!(code(&mount), 3, "{mount:?}");
+    assert!(!is_mount_point(&target) && !is_mount_point(&first.path));
+    s.strata(&["check"]).success();
+    drop(guard);
+}
+
+/// Two overlays on one upper directory are undefined behaviour, so an
+/// active overlay snapshot is mounted once; a view (and a bind) any number
+/// of times.
+fn second_mount(driver: &str) {
+    let s = setup!(driver);
+    s.strata(&["prepare", "w"]).success();
+    s.strata(&["commit", "base", "w"]).success();
+    s.strata(&["prepare", "k", "base"]).success();
+    s.strata(&["view", "v", "base"]).success();
+    let first = s.mount("k");
+    let target = s.scratch("mnt");
+    let guard = MountGuard::new(&target);
+    let run = s.strata(&["mount", "k", target.to_str().unwrap()]);
+    if driver == "overlay" {
+        run.fails_with(5, "already mounted at");
+        assert!(!is_mount_point(&target));
+    } else {
+        run.success();
+        s.unmount(&guard);
+    }
+    let v1 = s.mount("v");
+    let v2 = s.mount("v");
+    for m in [&v2, &v1, &first] {
+        s.unmount(m);
+    }
+    drop(guard);
+}
+
+both_drivers!(
+    same_key,
+    parent_removal,
+    mixed,
+    commit_then_mount,
+    remove_then_mount,
+    second_mount
+);
