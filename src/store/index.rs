@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a writer waits for another process's transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,6 +85,12 @@ pub struct MountRecord {
     pub snapshot_id: i64,
     pub target: String,
     pub created: Timestamp,
+    /// The kernel's id of the mount (`stx_mnt_id`), so a mount stacked on
+    /// it, or another one at the same target, is never taken for it. None
+    /// in records written before schema 3.
+    pub mount_id: Option<u64>,
+    /// Its file system type, source and root (see `mount::MountTable`).
+    pub identity: Option<String>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -126,6 +132,9 @@ const MIGRATIONS: &[&str] = &[
         size        INTEGER NOT NULL,
         PRIMARY KEY (snapshot_id, variant)
      ) WITHOUT ROWID;",
+    // 2 -> 3: which mount a record is about (see `MountRecord::mount_id`).
+    "ALTER TABLE mounts ADD COLUMN mount_id INTEGER;
+     ALTER TABLE mounts ADD COLUMN mount_identity TEXT;",
 ];
 
 /// An open index.
@@ -783,24 +792,41 @@ pub fn mounted_at(tx: &Transaction<'_>, id: i64) -> Result<Option<String>> {
 }
 
 pub fn mounts(tx: &Transaction<'_>) -> Result<Vec<MountRecord>> {
-    let mut stmt =
-        tx.prepare_cached("SELECT snapshot_id, target, created FROM mounts ORDER BY target")?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT snapshot_id, target, created, mount_id, mount_identity FROM mounts ORDER BY target",
+    )?;
     let rows = stmt.query_map([], |r| {
         Ok(MountRecord {
             snapshot_id: r.get(0)?,
             target: r.get(1)?,
             created: Timestamp(r.get(2)?),
+            mount_id: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+            identity: r.get(4)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-pub fn add_mount(tx: &Transaction<'_>, id: i64, target: &str) -> Result<()> {
+pub fn add_mount(
+    tx: &Transaction<'_>,
+    id: i64,
+    target: &str,
+    mount: Option<(u64, &str)>,
+) -> Result<()> {
     tx.execute(
-        "INSERT INTO mounts (target, snapshot_id, created) VALUES (?1, ?2, ?3)
+        "INSERT INTO mounts (target, snapshot_id, created, mount_id, mount_identity)
+         VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (target) DO UPDATE SET snapshot_id = excluded.snapshot_id,
-                                            created = excluded.created",
-        params![target, id, Timestamp::now().0],
+                                            created = excluded.created,
+                                            mount_id = excluded.mount_id,
+                                            mount_identity = excluded.mount_identity",
+        params![
+            target,
+            id,
+            Timestamp::now().0,
+            mount.map(|(id, _)| id as i64),
+            mount.map(|(_, identity)| identity)
+        ],
     )?;
     Ok(())
 }

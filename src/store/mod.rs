@@ -529,10 +529,16 @@ impl Store {
         }
         mount::mount_all(&mounts, &target).map_err(|e| mount_error(key, &target, e))?;
         crash::point("mount:mounted");
+        // Without an id (a kernel before 5.8) the record is of the target.
+        let table = mount::MountTable::read().ok();
+        let identity = mount::mount_id(&target).ok().and_then(|id| {
+            let identity = table.as_ref()?.identity(id)?;
+            Some((id, identity))
+        });
         let recorded = (|| -> Result<()> {
             let tx = self.index.write()?;
             let row = mountable(&tx, key)?;
-            index::add_mount(&tx, row.id, &target.display().to_string())?;
+            index::add_mount(&tx, row.id, &target.display().to_string(), identity)?;
             tx.commit()?;
             crash::point("mount:recorded");
             Ok(())
@@ -549,11 +555,11 @@ impl Store {
     pub fn unmount(&mut self, what: &str, lazy: bool) -> Result<Vec<PathBuf>> {
         let live = self.live_mounts()?;
         let as_path = Path::new(what).canonicalize().ok();
-        let targets: Vec<PathBuf> = match as_path
+        let records: Vec<MountRecord> = match as_path
             .as_ref()
             .and_then(|p| live.iter().find(|r| Path::new(&r.target) == p))
         {
-            Some(rec) => vec![PathBuf::from(&rec.target)],
+            Some(rec) => vec![rec.clone()],
             None => {
                 let tx = self.index.read()?;
                 let Some(row) = index::find(&tx, what)? else {
@@ -562,26 +568,46 @@ impl Store {
                     ))
                     .with_hint("see where snapshots are mounted with `strata ls`"));
                 };
-                let targets: Vec<PathBuf> = live
-                    .iter()
+                let records: Vec<MountRecord> = live
+                    .into_iter()
                     .filter(|r| r.snapshot_id == row.id)
-                    .map(|r| PathBuf::from(&r.target))
                     .collect();
-                if targets.is_empty() {
+                if records.is_empty() {
                     return Err(Error::not_found(format!(
                         "snapshot `{what}` is not mounted"
                     )));
                 }
-                targets
+                records
             }
         };
-        for target in &targets {
-            self.unmount_target(target, lazy)?;
+        for rec in &records {
+            self.unmount_target(rec, lazy)?;
         }
-        Ok(targets)
+        Ok(records
+            .into_iter()
+            .map(|r| PathBuf::from(r.target))
+            .collect())
     }
 
-    fn unmount_target(&mut self, target: &Path, lazy: bool) -> Result<()> {
+    /// Unmounts the mount of `rec` and drops the record. Whatever another
+    /// mount stacked on it is left alone (`failed_precondition`): it is not
+    /// strata's to unmount.
+    fn unmount_target(&mut self, rec: &MountRecord, lazy: bool) -> Result<()> {
+        let target = Path::new(&rec.target);
+        if let (Some(ours), Ok(top)) = (rec.mount_id, mount::mount_id(target))
+            && ours != top
+        {
+            // Records are only handled once found live: strata's mount is
+            // below this one.
+            return Err(Error::precondition(format!(
+                "cannot unmount {}: another filesystem is mounted on top of strata's mount there",
+                target.display()
+            ))
+            .with_hint(format!(
+                "unmount that one first: umount {}",
+                target.display()
+            )));
+        }
         match mount::unmount(target, lazy) {
             Ok(()) => {}
             // Not mounted any more: only the record is left to drop.
@@ -658,10 +684,10 @@ impl Store {
         if records.is_empty() {
             return Ok((records, Vec::new()));
         }
-        let points = mount::mount_points().ctx(|| "cannot read /proc/self/mountinfo".into())?;
+        let table = mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())?;
         let (live, stale): (Vec<_>, Vec<_>) = records
             .into_iter()
-            .partition(|r| points.contains(Path::new(&r.target)));
+            .partition(|r| table.has(r.mount_id, r.identity.as_deref(), Path::new(&r.target)));
         if drop_stale && !stale.is_empty() {
             let tx = self.index.write()?;
             for r in &stale {
@@ -688,17 +714,16 @@ impl Store {
             (row, index::mounts(&tx)?)
         };
         let _lock = self.lock(row.id, key)?;
-        let targets: Vec<PathBuf> = self
+        let mounted: Vec<MountRecord> = self
             .live_among(records)?
             .into_iter()
             .filter(|r| r.snapshot_id == row.id)
-            .map(|r| PathBuf::from(r.target))
             .collect();
-        for target in &targets {
-            self.unmount_target(target, false).map_err(|e| {
+        for rec in &mounted {
+            self.unmount_target(rec, false).map_err(|e| {
                 Error::precondition(format!(
                     "cannot commit `{key}`: unmounting it from {} failed: {}",
-                    target.display(),
+                    rec.target,
                     e.message()
                 ))
                 .with_hint("close what uses the mount, then commit again")
@@ -776,7 +801,7 @@ impl Store {
                 )));
             }
             for rec in &mounted {
-                self.unmount_target(Path::new(&rec.target), false)?;
+                self.unmount_target(rec, false)?;
             }
         }
         let tx = self.index.write()?;

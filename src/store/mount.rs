@@ -94,8 +94,66 @@ pub fn unmount(target: &Path, lazy: bool) -> io::Result<()> {
 /// Absolute mount points currently in /proc/self/mountinfo (field 5, with the
 /// kernel's octal escapes `\040 \011 \012 \134` decoded).
 pub fn mount_points() -> io::Result<HashSet<PathBuf>> {
-    let data = std::fs::read("/proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&data))
+    Ok(MountTable::read()?
+        .mounts
+        .into_iter()
+        .map(|m| m.point)
+        .collect())
+}
+
+/// The mounts of this process's namespace, from /proc/self/mountinfo.
+pub struct MountTable {
+    mounts: Vec<MountEntry>,
+}
+
+struct MountEntry {
+    /// Field 1, what `statx` calls `stx_mnt_id`. The kernel hands a freed
+    /// id to the next mount, so an id alone does not name one mount.
+    id: u64,
+    point: PathBuf,
+    /// File system type, source and root within it: with the id and the
+    /// point, this tells strata's overlay or bind from another file system
+    /// mounted later at the same place under the same (reused) id.
+    identity: String,
+}
+
+impl MountTable {
+    pub fn read() -> io::Result<MountTable> {
+        let data = std::fs::read("/proc/self/mountinfo")?;
+        Ok(MountTable {
+            mounts: parse_mountinfo(&data),
+        })
+    }
+
+    /// Whether mount `id` with `identity` is at `point`; with no id (a
+    /// record older than schema 3), whether anything is.
+    pub fn has(&self, id: Option<u64>, identity: Option<&str>, point: &Path) -> bool {
+        self.mounts.iter().any(|m| {
+            m.point == point
+                && id.is_none_or(|id| id == m.id)
+                && identity.is_none_or(|i| i == m.identity)
+        })
+    }
+
+    /// The identity of mount `id`.
+    pub fn identity(&self, id: u64) -> Option<&str> {
+        self.mounts
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.identity.as_str())
+    }
+}
+
+/// The id of the mount on top at `path` (`statx` with `STATX_MNT_ID`).
+pub fn mount_id(path: &Path) -> io::Result<u64> {
+    use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+    let st = statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID)?;
+    if st.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
+        return Err(io::Error::other(
+            "the kernel gives no mount id (Linux < 5.8)",
+        ));
+    }
+    Ok(st.stx_mnt_id)
 }
 
 /// Does the running kernel expose the overlay `index` parameter
@@ -904,12 +962,25 @@ fn bind_mount2(m: &Mount, target: &Path, spec: &BindSpec) -> io::Result<()> {
 // ---------------------------------------------------------------------------
 // /proc parsing
 
-fn parse_mountinfo(data: &[u8]) -> HashSet<PathBuf> {
+fn parse_mountinfo(data: &[u8]) -> Vec<MountEntry> {
     data.split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(unescape_octal)
-        .filter(|p| p.first() == Some(&b'/'))
-        .map(|p| PathBuf::from(std::ffi::OsString::from_vec(p)))
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let id = std::str::from_utf8(fields.first()?).ok()?.parse().ok()?;
+            let root = fields.get(3)?;
+            let point = unescape_octal(fields.get(4)?);
+            // Optional fields end at "-", then type and source.
+            let dash = fields.iter().position(|f| *f == b"-")?;
+            let (fstype, source) = (fields.get(dash + 1)?, fields.get(dash + 2)?);
+            let identity = [*fstype, *source, *root]
+                .map(String::from_utf8_lossy)
+                .join(" ");
+            (point.first() == Some(&b'/')).then(|| MountEntry {
+                id,
+                point: PathBuf::from(std::ffi::OsString::from_vec(point)),
+                identity,
+            })
+        })
         .collect()
 }
 
@@ -1538,11 +1609,22 @@ mod tests {
         let info = b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
             40 22 0:5 / /tmp/with\\040space\\011tab\\134back\\012nl rw - tmpfs tmpfs rw\n\
             41 22 0:6 / /odd\\9 rw - tmpfs tmpfs rw\n";
-        let points = parse_mountinfo(info);
-        assert!(points.contains(Path::new("/")));
-        assert!(points.contains(Path::new("/tmp/with space\ttab\\back\nnl")));
-        assert!(points.contains(Path::new("/odd\\9")));
-        assert_eq!(points.len(), 3);
+        let table = MountTable {
+            mounts: parse_mountinfo(info),
+        };
+        assert!(table.has(Some(22), None, Path::new("/")));
+        assert!(table.has(None, None, Path::new("/tmp/with space\ttab\\back\nnl")));
+        assert!(table.has(Some(41), Some("tmpfs tmpfs /"), Path::new("/odd\\9")));
+        assert!(
+            !table.has(Some(41), None, Path::new("/")),
+            "an id is one mount"
+        );
+        assert!(
+            !table.has(Some(41), Some("overlay overlay /"), Path::new("/odd\\9")),
+            "a reused id at the same place is another mount"
+        );
+        assert_eq!(table.identity(22), Some("ext4 /dev/sda1 /"));
+        assert_eq!(table.mounts.len(), 3);
     }
 
     #[test]

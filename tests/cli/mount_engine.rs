@@ -228,6 +228,66 @@ fn stale_records_are_dropped_and_busy_unmounts_change_nothing() {
     store.strata(&["commit", "c", "a"]).success();
 }
 
+fn tmpfs_at(target: &Path) {
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "mine"])
+        .arg(target)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    fs::write(target.join("precious"), "mine").unwrap();
+}
+
+/// A record is about one mount (its kernel id), not about a path: a
+/// filesystem the user mounted on top of strata's, or at the target of a
+/// mount that is gone, is never unmounted by strata.
+#[test]
+fn mounts_that_are_not_strata_s_are_left_alone() {
+    let store = setup!("overlay");
+    store.strata(&["prepare", "a"]).success();
+    let m = store.mount("a");
+    let t = m.path.to_str().unwrap();
+
+    // Stacked on top of strata's mount.
+    let top = MountGuard::new(&m.path);
+    tmpfs_at(&m.path);
+    let run = store.fails(&["unmount", t], "failed_precondition");
+    assert!(run.stderr.contains("on top of strata's"), "{}", run.stderr);
+    store.fails(&["rm", "-f", "a"], "failed_precondition");
+    assert!(
+        m.join("precious").exists(),
+        "the user's mount is still there"
+    );
+    assert_eq!(store.info("a")["mounted_at"][0], t);
+    assert!(
+        Command::new("umount")
+            .arg(&m.path)
+            .status()
+            .unwrap()
+            .success()
+    );
+    store.strata(&["unmount", t]).success();
+    assert!(!is_mount_point(&m.path));
+
+    // Strata's mount gone by hand, another one at its target: the record is
+    // stale, and `rm -f` removes the snapshot without touching that mount.
+    let m = store.mount("a");
+    assert!(
+        Command::new("umount")
+            .arg(&m.path)
+            .status()
+            .unwrap()
+            .success()
+    );
+    tmpfs_at(&m.path);
+    store.strata(&["rm", "-f", "a"]).success();
+    assert!(
+        m.join("precious").exists(),
+        "the user's mount is still there"
+    );
+    drop(top);
+}
+
 #[test]
 fn unmount_by_key_undoes_every_mount_of_the_snapshot() {
     let store = setup!("overlay");

@@ -222,7 +222,11 @@ fn an_older_index_is_migrated_in_place() {
     store.strata(&["commit", "base", "a"]).success();
     // Back to schema 1, as the first release wrote it.
     let index = store.root.join("index.db");
-    sqlite(&index, "DROP TABLE layer_digests; PRAGMA user_version = 1;");
+    sqlite(
+        &index,
+        "DROP TABLE layer_digests; ALTER TABLE mounts DROP COLUMN mount_identity;
+         ALTER TABLE mounts DROP COLUMN mount_id; PRAGMA user_version = 1;",
+    );
     assert_eq!(store.names(&[]), vec!["base"]);
     store.strata(&["check"]).success();
     // Schema 2 is there: remembered digests work.
