@@ -195,13 +195,7 @@ fn stale_records_are_dropped_and_busy_unmounts_change_nothing() {
     assert_eq!(store.info("a")["mounted_at"][0], m.path.to_str().unwrap());
 
     // Unmounted behind strata's back: the record goes.
-    assert!(
-        Command::new("umount")
-            .arg(&m.path)
-            .status()
-            .unwrap()
-            .success()
-    );
+    umount_by_hand(&m.path);
     assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
     store.fails(&["unmount", "a"], "not_found");
 
@@ -226,6 +220,11 @@ fn stale_records_are_dropped_and_busy_unmounts_change_nothing() {
     drop(file);
     assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
     store.strata(&["commit", "c", "a"]).success();
+}
+
+/// `umount PATH`, behind strata's back.
+fn umount_by_hand(path: &Path) {
+    assert!(Command::new("umount").arg(path).status().unwrap().success());
 }
 
 fn tmpfs_at(target: &Path) {
@@ -259,26 +258,14 @@ fn mounts_that_are_not_strata_s_are_left_alone() {
         "the user's mount is still there"
     );
     assert_eq!(store.info("a")["mounted_at"][0], t);
-    assert!(
-        Command::new("umount")
-            .arg(&m.path)
-            .status()
-            .unwrap()
-            .success()
-    );
+    umount_by_hand(&m.path);
     store.strata(&["unmount", t]).success();
     assert!(!is_mount_point(&m.path));
 
     // Strata's mount gone by hand, another one at its target: the record is
     // stale, and `rm -f` removes the snapshot without touching that mount.
     let m = store.mount("a");
-    assert!(
-        Command::new("umount")
-            .arg(&m.path)
-            .status()
-            .unwrap()
-            .success()
-    );
+    umount_by_hand(&m.path);
     tmpfs_at(&m.path);
     store.strata(&["rm", "-f", "a"]).success();
     assert!(
