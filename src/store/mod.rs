@@ -509,11 +509,22 @@ impl Store {
             )));
         }
         let mounts = self.mounts_of(&plan);
+        // Checked before anything is created, and again once resolved.
+        if let Ok(absolute) = std::path::absolute(target) {
+            self.outside_store(key, &absolute)?;
+        }
+        if target.metadata().is_ok_and(|m| !m.is_dir()) {
+            return Err(Error::invalid(format!(
+                "cannot mount `{key}` at {}: it is not a directory",
+                target.display()
+            )));
+        }
         std::fs::create_dir_all(target)
             .ctx(|| format!("cannot create the mount target {}", target.display()))?;
         let target = target
             .canonicalize()
             .ctx(|| format!("cannot resolve the mount target {}", target.display()))?;
+        self.outside_store(key, &target)?;
         if let Some(rec) = live.iter().find(|r| Path::new(&r.target) == target) {
             let tx = self.index.read()?;
             let name = index::find_id(&tx, rec.snapshot_id)?.map(|r| r.name);
@@ -629,6 +640,21 @@ impl Store {
         index::remove_mount(&tx, &target.display().to_string())?;
         tx.commit()?;
         crash::point("unmount:forgotten");
+        Ok(())
+    }
+
+    /// Refuses a mount target inside the store (it would cover snapshots),
+    /// the store itself or a directory above it (it would hide the store
+    /// from every later command).
+    fn outside_store(&self, key: &str, target: &Path) -> Result<()> {
+        let root = self.layout.root();
+        if target.starts_with(root) || root.starts_with(target) {
+            return Err(Error::invalid(format!(
+                "cannot mount `{key}` at {}: the target must be outside the store {}, and not above it",
+                target.display(),
+                root.display()
+            )));
+        }
         Ok(())
     }
 

@@ -275,6 +275,25 @@ fn mounts_that_are_not_strata_s_are_left_alone() {
     drop(top);
 }
 
+/// Targets that are not a directory, inside the store, the store itself or
+/// above it are refused before anything is mounted or created.
+#[test]
+fn bad_mount_targets_are_invalid() {
+    let store = setup!("overlay");
+    store.strata(&["prepare", "a"]).success();
+    let file = store.scratch("file");
+    fs::write(&file, "x").unwrap();
+    let inside = store.root.join("snapshots/new-target");
+    let root = store.root.to_str().unwrap();
+    for target in [file.to_str().unwrap(), inside.to_str().unwrap(), root, "/"] {
+        let run = store.fails(&["mount", "a", target], "invalid");
+        assert!(run.stderr.contains("cannot mount `a`"), "{}", run.stderr);
+    }
+    assert!(!inside.exists(), "nothing was created in the store");
+    assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
+    store.strata(&["check"]).success();
+}
+
 #[test]
 fn unmount_by_key_undoes_every_mount_of_the_snapshot() {
     let store = setup!("overlay");
