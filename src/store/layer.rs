@@ -1571,6 +1571,14 @@ impl<'o> Extractor<'o> {
                         };
                         let major = m.header.device_major().map_err(bad)?.unwrap_or(0);
                         let minor = m.header.device_minor().map_err(bad)?.unwrap_or(0);
+                        // In an overlay upper directory that node is a
+                        // whiteout, on the native driver a device: refused on
+                        // both, so a layer means one thing everywhere.
+                        if matches!(kind, Kind::Char) && major == 0 && minor == 0 {
+                            return Err(invalid(format!(
+                                "entry `{name}`: a character device 0/0 is an overlay whiteout, not a file; layers write whiteouts as `.wh.NAME`"
+                            )));
+                        }
                         let ft = if matches!(kind, Kind::Char) {
                             rustix::fs::FileType::CharacterDevice
                         } else {
@@ -3695,6 +3703,17 @@ mod tests {
         j.refuse(&raw(b"dev/sda", b'4', b"", b""), &o, "dev/sda");
         // FIFOs are fine.
         apply_vec(&raw(b"fifo", b'6', b"", b""), &j.dest, &o).unwrap();
+        // A character device 0/0 is refused even where devices are allowed.
+        let mut zero = raw(b"zero", b'3', b"", b"");
+        let mut h = tar::Header::new_gnu();
+        h.as_mut_bytes().copy_from_slice(&zero[..512]);
+        h.set_device_major(0).unwrap();
+        h.set_device_minor(0).unwrap();
+        h.set_cksum();
+        zero[..512].copy_from_slice(h.as_bytes());
+        for o in [delete(), opts(Whiteouts::Overlay { user_xattr: false })] {
+            j.refuse(&zero, &o, "character device 0/0");
+        }
         assert!(
             std::fs::symlink_metadata(j.dest.join("fifo"))
                 .unwrap()
