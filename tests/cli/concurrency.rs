@@ -10,17 +10,21 @@ use std::thread;
 
 const PROCS: usize = 8;
 
-fn run(root: &std::path::Path, args: &[String]) -> Output {
-    Command::new(BIN)
-        .env_clear()
+/// `strata --root ROOT ARGS…` with a cleared environment and no stdin.
+fn command(root: &std::path::Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("NO_COLOR", "1")
         .arg("--root")
         .arg(root)
         .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(root: &std::path::Path, args: &[String]) -> Output {
+    command(root, args).output().unwrap()
 }
 
 /// Runs `args_of(i)` in PROCS processes at once; returns their outputs.
@@ -226,29 +230,21 @@ fn mixed(driver: &str) {
 }
 
 /// Runs `first` paused at crash point `at` (it holds the snapshot's lock
-/// there), starts `second` meanwhile, and lets `first` go on after
-/// `second` had time to act. Returns both outputs and whether `target`
-/// was a mount point during the pause.
-fn pause_and_race(
-    store: &Store,
-    first: &[&str],
-    at: &str,
-    second: &[&str],
-    target: &std::path::Path,
-) -> (Output, Output, bool) {
+/// there), starts `mount k TARGET` meanwhile, and lets `first` go on after
+/// the mount had time to act. Asserts the mount waited (TARGET was not
+/// mounted during the pause) and is not mounted at the end; returns both
+/// outputs.
+fn mount_during(store: &Store, first: &[&str], at: &str) -> (Output, Output) {
+    let target = store.scratch("mnt");
+    let _guard = MountGuard::new(&target);
     let flag = store.scratch("pause");
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    let paused = command(&store.root, first)
         .env("STRATA_PAUSE_AT", at)
         .env("STRATA_PAUSE_FILE", &flag)
-        .arg("--root")
-        .arg(&store.root)
-        .args(first)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let paused = cmd.spawn().unwrap();
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     for _ in 0..3000 {
         if flag.exists() {
             break;
@@ -257,13 +253,18 @@ fn pause_and_race(
     }
     assert!(flag.exists(), "`{first:?}` never reached {at}");
     let root = store.root.clone();
-    let second: Vec<String> = second.iter().map(|a| a.to_string()).collect();
-    let racer = thread::spawn(move || run(&root, &second));
+    let mount = s(&["mount", "k", target.to_str().unwrap()]);
+    let racer = thread::spawn(move || run(&root, &mount));
     thread::sleep(std::time::Duration::from_millis(400));
-    let mounted_meanwhile = is_mount_point(target);
+    assert!(
+        !is_mount_point(&target),
+        "the mount did not wait for `{first:?}`"
+    );
     std::fs::remove_file(&flag).unwrap();
     let first_out = paused.wait_with_output().unwrap();
-    (first_out, racer.join().unwrap(), mounted_meanwhile)
+    let mount_out = racer.join().unwrap();
+    assert!(!is_mount_point(&target));
+    (first_out, mount_out)
 }
 
 fn code(o: &Output) -> i32 {
@@ -276,22 +277,10 @@ fn code(o: &Output) -> i32 {
 fn commit_then_mount(driver: &str) {
     let s = setup!(driver);
     s.strata(&["prepare", "k"]).success();
-    let target = s.scratch("mnt");
-    let guard = MountGuard::new(&target);
-    let t = target.to_str().unwrap();
-    let (commit, mount, meanwhile) = pause_and_race(
-        &s,
-        &["commit", "c", "k"],
-        "commit:measured",
-        &["mount", "k", t],
-        &target,
-    );
-    assert!(!meanwhile, "the mount did not wait for the commit");
+    let (commit, mount) = mount_during(&s, &["commit", "c", "k"], "commit:measured");
     assert_eq!(code(&commit), 0, "{commit:?}");
     assert_eq!(code(&mount), 3, "{mount:?}");
-    assert!(!is_mount_point(&target));
     assert_eq!(s.info("c")["kind"], "committed");
-    drop(guard);
 }
 
 /// A mount started while `rm -f` removes the snapshot finds it gone.
@@ -299,22 +288,11 @@ fn remove_then_mount(driver: &str) {
     let s = setup!(driver);
     s.strata(&["prepare", "k"]).success();
     let first = s.mount("k");
-    let target = s.scratch("mnt");
-    let guard = MountGuard::new(&target);
-    let t = target.to_str().unwrap();
-    let (rm, mount, meanwhile) = pause_and_race(
-        &s,
-        &["rm", "-f", "k"],
-        "unmount:unmounted",
-        &["mount", "k", t],
-        &target,
-    );
-    assert!(!meanwhile, "the mount did not wait for the removal");
+    let (rm, mount) = mount_during(&s, &["rm", "-f", "k"], "unmount:unmounted");
     assert_eq!(code(&rm), 0, "{rm:?}");
     assert_eq!(code(&mount), 3, "{mount:?}");
-    assert!(!is_mount_point(&target) && !is_mount_point(&first.path));
+    assert!(!is_mount_point(&first.path));
     s.strata(&["check"]).success();
-    drop(guard);
 }
 
 /// Two overlays on one upper directory are undefined behaviour, so an
