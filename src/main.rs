@@ -77,15 +77,24 @@ fn usage_error(e: clap::Error) -> ExitCode {
         );
     }
     if wants_json() {
-        // clap's first line, without its own `error: ` prefix.
-        let text = e.to_string();
-        let first = text.lines().next().unwrap_or_default();
-        let message = first.trim_start_matches("error: ").to_string();
-        Printer::new(Format::Json, true, 0).error(&Error::new(Kind::Usage, message));
+        Printer::new(Format::Json, true, 0).error(&Error::new(Kind::Usage, one_line(&e)));
     } else {
         let _ = e.print();
     }
     ExitCode::from(Kind::Usage.exit_code())
+}
+
+/// clap's message on one line, without its `error: ` prefix and its usage
+/// and help lines: "the following required arguments were not provided:
+/// <KEY>" keeps the names clap lists on the lines below the first.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    message.join(" ").trim_start_matches("error: ").to_string()
 }
 
 /// Whether the raw arguments ask for JSON output.

@@ -72,10 +72,21 @@ pub struct ShellMounts {
 }
 
 impl ShellMounts {
-    /// `mounts` as they are (absolute paths), when each fits in one page.
+    /// `mounts` as they are (absolute paths), when each fits in one page
+    /// and no path in an overlay's options holds a `,` (mount(8) and the
+    /// kernel split the options there).
     pub fn absolute(mounts: Vec<Mount>) -> Option<ShellMounts> {
-        fit_one_page(&mounts).then_some(ShellMounts { dir: None, mounts })
+        let splits = |m: &Mount| m.kind == "overlay" && m.options.iter().any(|o| has_comma(o));
+        (fit_one_page(&mounts) && !mounts.iter().any(splits))
+            .then_some(ShellMounts { dir: None, mounts })
     }
+}
+
+/// Whether an option's value (after `NAME=`) holds a comma.
+fn has_comma(option: &str) -> bool {
+    option
+        .split_once('=')
+        .is_some_and(|(_, value)| value.contains(','))
 }
 
 /// Whether mount(2) can take each mount's options (at most one page).
@@ -172,7 +183,7 @@ impl Store {
         }
         let wanted = match driver {
             Some(Driver::Overlay) => {
-                if !self.overlay_works() {
+                if !self.overlay_works()? {
                     return Err(Error::unsupported(format!(
                         "the overlay driver cannot be used for {}: a test overlay mount failed",
                         self.root().display()
@@ -182,7 +193,7 @@ impl Store {
                 Driver::Overlay
             }
             Some(d) => d,
-            None => self.detect_driver(),
+            None => self.detect_driver()?,
         };
         self.record_driver(wanted)
     }
@@ -194,7 +205,7 @@ impl Store {
         }
         let wanted = match self.options.driver {
             Some(d) => d,
-            None => self.detect_driver(),
+            None => self.detect_driver()?,
         };
         Ok(self.record_driver(wanted)?.0)
     }
@@ -210,28 +221,28 @@ impl Store {
         Ok((wanted, true))
     }
 
-    fn detect_driver(&self) -> Driver {
-        if self.overlay_works() {
+    fn detect_driver(&self) -> Result<Driver> {
+        Ok(if self.overlay_works()? {
             Driver::Overlay
         } else {
             Driver::Native
-        }
+        })
     }
 
     /// Mounts a two-lower overlay in a scratch directory of the store: the
     /// only reliable test of overlay support on this filesystem, kernel and
-    /// privilege.
-    fn overlay_works(&self) -> bool {
-        let Ok(staging) = self.layout.staging() else {
-            return false;
-        };
+    /// privilege. A store that cannot even hold the scratch directories is
+    /// an error, not a "no": the driver is recorded for good, and a broken
+    /// store must not make it native.
+    fn overlay_works(&self) -> Result<bool> {
+        let staging = self
+            .layout
+            .staging()
+            .ctx(|| "cannot test overlay support in the store".to_string())?;
         let dir = staging.path();
-        let names = ["l1", "l2", "upper", "work", "merged"];
-        if names
-            .iter()
-            .any(|n| std::fs::create_dir(dir.join(n)).is_err())
-        {
-            return false;
+        for name in ["l1", "l2", "upper", "work", "merged"] {
+            std::fs::create_dir(dir.join(name))
+                .ctx(|| "cannot test overlay support in the store".to_string())?;
         }
         let m = Mount {
             kind: "overlay".into(),
@@ -251,7 +262,7 @@ impl Store {
         if ok {
             let _ = mount::unmount(&merged, true);
         }
-        ok
+        Ok(ok)
     }
 
     /// Creates active snapshot `key` on `parent` and returns its mounts.
@@ -574,6 +585,9 @@ impl Store {
             None => {
                 let tx = self.index.read()?;
                 let Some(row) = index::find(&tx, what)? else {
+                    // Neither a live target nor a key: a text no key could
+                    // be is reported as such.
+                    key::validate_key(what)?;
                     return Err(Error::not_found(format!(
                         "`{what}` is neither a mount made by strata nor a snapshot"
                     ))
@@ -1109,8 +1123,13 @@ pub(crate) fn existing(tx: &Transaction<'_>, key: &str) -> Result<Row> {
     }
 }
 
-/// A not-found error, with a "did you mean" hint for a near-miss key.
+/// A not-found error, with a "did you mean" hint for a near-miss key; an
+/// `invalid` one for a key that no snapshot could have (checked only here,
+/// so a lookup that finds its row pays nothing for it).
 fn missing(tx: &Transaction<'_>, key: &str, what: &str) -> Error {
+    if let Err(invalid) = key::validate_key(key) {
+        return invalid;
+    }
     let err = Error::not_found(format!("{what} `{key}` does not exist"));
     let Ok(rows) = index::all(tx) else {
         return err;
@@ -1133,13 +1152,17 @@ pub(crate) fn committed_parent(tx: &Transaction<'_>, name: &str) -> Result<Row> 
         None => return Err(missing(tx, name, "parent snapshot")),
     };
     if row.kind != SnapshotKind::Committed {
-        return Err(Error::invalid(format!(
+        let err = Error::invalid(format!(
             "parent snapshot `{name}` is {}, not committed",
             article(row.kind)
-        ))
-        .with_hint(format!(
-            "only committed snapshots can be parents; commit it first (`strata commit NAME {name}`)"
-        )));
+        ));
+        return Err(match row.kind {
+            SnapshotKind::Active => err.with_hint(format!(
+                "only committed snapshots can be parents; commit it first (`strata commit NAME {name}`)"
+            )),
+            // A view cannot be committed; what it shows is its parent.
+            _ => err.with_hint("only committed snapshots can be parents; a view cannot be committed, so use the view's parent"),
+        });
     }
     Ok(row)
 }

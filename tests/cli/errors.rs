@@ -89,6 +89,15 @@ fn usage_errors() {
         assert!(!run.stderr.is_empty(), "{}", run.session());
         s.fails(args, "usage");
     }
+    // The JSON message keeps the names clap lists below its first line.
+    let run = s.fails(&["commit", "n"], "usage");
+    let v: Value = serde_json::from_str(run.stderr.trim()).unwrap();
+    assert_eq!(
+        v["error"]["message"],
+        "the following required arguments were not provided: <KEY>",
+        "{}",
+        run.session()
+    );
     // Nothing was created by a command line that does not parse.
     assert!(!s.root.exists(), "a usage error created the store");
 }
@@ -227,6 +236,16 @@ fn invalid(driver: &str) {
     }
     assert_unchanged(&s, &before, "invalid errors");
     assert_eq!(s.info("solo")["labels"], serde_json::json!({}));
+    // The hint fits the parent: an active one can be committed, a view not.
+    let hints = |args: &[&str]| {
+        let run = s.fails(args, "invalid");
+        let v: Value = serde_json::from_str(run.stderr.trim()).unwrap();
+        v["error"]["hints"].to_string()
+    };
+    assert!(hints(&["prepare", "k", "child"]).contains("commit it first"));
+    let view = hints(&["prepare", "k", "look"]);
+    assert!(!view.contains("commit it first"), "{view}");
+    assert!(view.contains("the view's parent"), "{view}");
 
     // The limit is inclusive: key and value together at most 4096 bytes.
     let max_label = format!("k={}", "v".repeat(4095));

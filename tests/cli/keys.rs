@@ -157,6 +157,8 @@ fn invalid_keys(driver: &str) {
         s.strata(&["ls", "--json"]).success().json(),
         s.snapshot_dirs(),
     );
+    let target = s.scratch("t");
+    let target = target.to_str().unwrap();
     let ten_kb = "k".repeat(10 * 1024);
     let bad: Vec<String> = vec![
         String::new(),
@@ -177,6 +179,15 @@ fn invalid_keys(driver: &str) {
         s.fails(&["prepare", "--", key, "base"], "invalid");
         s.fails(&["view", "--", key, "base"], "invalid");
         s.fails(&["commit", "--", key, "work"], "invalid");
+        // Looked up, a key no snapshot could have is invalid, not missing.
+        s.fails(&["prepare", "ok", "--", key], "invalid");
+        s.fails(&["view", "ok", "--", key], "invalid");
+        s.fails(&["commit", "ok", "--", key], "invalid");
+        for cmd in ["info", "mounts", "rm", "usage", "tree", "diff", "unmount"] {
+            s.fails(&[cmd, "--", key], "invalid");
+        }
+        s.fails(&["label", "--", key, "a=b"], "invalid");
+        s.fails(&["mount", "--", key, target], "invalid");
     }
     let after = (
         s.strata(&["ls", "--json"]).success().json(),

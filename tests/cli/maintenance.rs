@@ -185,3 +185,29 @@ both_drivers!(
     check_reports_and_repairs,
     check_cannot_repair_a_missing_parent
 );
+
+/// The driver is chosen by the first write and recorded for good: a store
+/// that cannot hold the overlay test's scratch directories fails that write,
+/// and does not make the store native.
+#[test]
+fn a_broken_store_does_not_choose_the_driver() {
+    if !require_root_and_overlay() {
+        return;
+    }
+    let s = Store::uninitialized("none");
+    s.strata(&["ls"]).success();
+    let snaps = s.root.join("snapshots");
+    fs::remove_dir(&snaps).unwrap();
+    fs::write(&snaps, "").unwrap();
+    let run = s.fails(&["prepare", "a"], "internal");
+    assert!(
+        run.stderr.contains("cannot test overlay support"),
+        "{}",
+        run.session()
+    );
+    fs::remove_file(&snaps).unwrap();
+    fs::create_dir(&snaps).unwrap();
+    s.strata(&["prepare", "a"]).success();
+    let init = s.strata(&["init"]).success();
+    assert!(init.stdout.contains("overlay"), "{}", init.session());
+}

@@ -217,6 +217,17 @@ impl Store {
         Some(store)
     }
 
+    /// [`Store::setup`] with the store in a directory named `name`.
+    pub fn setup_named(driver: &str, name: &str) -> Option<Store> {
+        if !require_root_and_overlay() {
+            return None;
+        }
+        let mut store = Store::uninitialized(driver);
+        store.root = store.tmp().join(name);
+        store.strata(&["init", "--driver", driver]).success();
+        Some(store)
+    }
+
     /// A store directory that does not exist yet (for tests that need no mounts).
     pub fn uninitialized(driver: &str) -> Store {
         let tmp = tempfile::Builder::new()
