@@ -738,6 +738,26 @@ impl Store {
         Ok((live, stale))
     }
 
+    /// Refuses to `op` snapshot `id` while a mount that strata did not
+    /// record shows its own directory: one pasted from `strata mounts`, or
+    /// one a `strata mount` killed before its record left. Committing would
+    /// leave it writable on a committed layer, removing would delete what it
+    /// shows. strata's own mounts are unmounted before this is asked.
+    fn refuse_other_mounts(&self, id: i64, key: &str, op: &str) -> Result<()> {
+        let table = mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())?;
+        let Some(point) = table.showing(&self.layout.fs(id)).into_iter().next() else {
+            return Ok(());
+        };
+        Err(Error::precondition(format!(
+            "cannot {op} `{key}`: it is mounted at {}, by a mount strata did not record",
+            point.display()
+        ))
+        .with_hint(format!(
+            "unmount it first (`umount {}`); a mount made from `strata mounts` or left by a killed `strata mount` is not strata's to undo",
+            point.display()
+        )))
+    }
+
     /// Turns active `key` into committed `name`, recording its usage.
     /// A mounted `key` is unmounted first.
     pub fn commit(&mut self, name: &str, key: &str, labels: &Labels) -> Result<()> {
@@ -769,6 +789,7 @@ impl Store {
                 .with_hint("close what uses the mount, then commit again")
             })?;
         }
+        self.refuse_other_mounts(row.id, key, "commit")?;
         crash::point("commit:unmounted");
         let usage = usage::disk_usage(&self.layout.fs(row.id))
             .ctx(|| format!("cannot measure the disk usage of `{key}`"))?;
@@ -843,6 +864,9 @@ impl Store {
             for rec in &mounted {
                 self.unmount_target(rec, false)?;
             }
+        }
+        for row in &rows {
+            self.refuse_other_mounts(row.id, &row.name, "remove")?;
         }
         let tx = self.index.write()?;
         for row in &rows {

@@ -115,6 +115,10 @@ struct MountEntry {
     /// point, this tells strata's overlay or bind from another file system
     /// mounted later at the same place under the same (reused) id.
     identity: String,
+    /// The directory of its file system that it shows (field 4).
+    root: PathBuf,
+    /// An overlay's upper directory (from its super options).
+    upper: Option<PathBuf>,
 }
 
 impl MountTable {
@@ -133,6 +137,36 @@ impl MountTable {
                 && id.is_none_or(|id| id == m.id)
                 && identity.is_none_or(|i| i == m.identity)
         })
+    }
+
+    /// Where `fs`, a snapshot's own directory, is mounted writable or as a
+    /// tree of its own: as a bind (the mount shows `fs` itself) or as an
+    /// overlay's upper directory. A bind is first matched by the end of its
+    /// root, then confirmed by the inode it shows, since the root is given
+    /// within its file system, not as an absolute path.
+    pub fn showing(&self, fs: &Path) -> Vec<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let tail: PathBuf = fs
+            .components()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let Ok(own) = std::fs::metadata(fs) else {
+            return Vec::new();
+        };
+        let same_inode = |point: &Path| {
+            std::fs::metadata(point).is_ok_and(|m| m.dev() == own.dev() && m.ino() == own.ino())
+        };
+        self.mounts
+            .iter()
+            .filter(|m| {
+                m.upper.as_deref() == Some(fs) || (m.root.ends_with(&tail) && same_inode(&m.point))
+            })
+            .map(|m| m.point.clone())
+            .collect()
     }
 
     /// The identity of mount `id`.
@@ -975,13 +1009,32 @@ fn parse_mountinfo(data: &[u8]) -> Vec<MountEntry> {
             let identity = [*fstype, *source, *root]
                 .map(String::from_utf8_lossy)
                 .join(" ");
+            let upper = (*fstype == b"overlay")
+                .then(|| fields.get(dash + 3))
+                .flatten()
+                .and_then(|options| upper_dir(options));
             (point.first() == Some(&b'/')).then(|| MountEntry {
                 id,
-                point: PathBuf::from(std::ffi::OsString::from_vec(point)),
+                point: path_of(point),
                 identity,
+                root: path_of(unescape_octal(root)),
+                upper,
             })
         })
         .collect()
+}
+
+fn path_of(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+}
+
+/// The `upperdir` of an overlay's super options (the kernel writes a `,`
+/// in it as `\054`).
+fn upper_dir(options: &[u8]) -> Option<PathBuf> {
+    options
+        .split(|&b| b == b',')
+        .find_map(|o| o.strip_prefix(b"upperdir="))
+        .map(|value| path_of(unescape_octal(value)))
 }
 
 /// Decode the kernel's `\ooo` escapes (used for space, tab, newline and
@@ -1625,6 +1678,36 @@ mod tests {
         );
         assert_eq!(table.identity(22), Some("ext4 /dev/sda1 /"));
         assert_eq!(table.mounts.len(), 3);
+    }
+
+    #[test]
+    fn mounts_showing_a_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = tmp.path().join("st,x/snapshots/4/fs");
+        std::fs::create_dir_all(&fs).unwrap();
+        let escaped = |p: &Path| p.display().to_string().replace(',', "\\054");
+        let info = format!(
+            "44 27 0:39 / /mnt/o rw - overlay overlay rw,lowerdir+=/l,upperdir={},workdir=/w\n\
+             45 27 254:0 /elsewhere/snapshots/4/fs /mnt/b rw - ext4 /dev/vda rw\n\
+             46 27 0:40 / /mnt/other rw - overlay overlay rw,upperdir={}/x\n",
+            escaped(&fs),
+            escaped(&fs),
+        );
+        let table = MountTable {
+            mounts: parse_mountinfo(info.as_bytes()),
+        };
+        assert_eq!(table.mounts[0].upper.as_deref(), Some(fs.as_path()));
+        // The bind's root ends like the snapshot's directory, but the mount
+        // point (missing here) does not show its inode.
+        assert_eq!(table.showing(&fs), [PathBuf::from("/mnt/o")]);
+        let bind = format!(
+            "45 27 254:0 /x/snapshots/4/fs {} rw - ext4 /dev/vda rw\n",
+            fs.display()
+        );
+        let table = MountTable {
+            mounts: parse_mountinfo(bind.replace(',', "\\054").as_bytes()),
+        };
+        assert_eq!(table.showing(&fs), vec![fs], "its own inode");
     }
 
     #[test]

@@ -275,6 +275,71 @@ fn mounts_that_are_not_strata_s_are_left_alone() {
     drop(top);
 }
 
+/// A mount strata did not record (pasted from `strata mounts`, or left by a
+/// `strata mount` killed before its record) keeps `commit` and `rm` off the
+/// snapshot: committing would leave it writable on a committed layer,
+/// removing would delete what it shows.
+fn mounts_strata_did_not_record_block_commit_and_rm(driver: &str) {
+    let store = setup!(driver);
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    for parent in [None, Some("base")] {
+        let mut args = vec!["prepare", "a"];
+        args.extend(parent);
+        store.strata(&args).success();
+        let target = store.scratch("pasted");
+        fs::create_dir(&target).unwrap();
+        let guard = MountGuard::new(&target);
+        let t = target.to_str().unwrap();
+        let lines = store.strata(&["mounts", "a", t]).success();
+        sh_ok(&lines.stdout, &lines.session());
+        blocked(&store, &target);
+        drop(guard);
+        assert!(!is_mount_point(&target));
+
+        // Killed between its mount and its record.
+        let target = store.scratch("killed");
+        let guard = MountGuard::new(&target);
+        let t = target.to_str().unwrap();
+        let killed = store.strata_with(
+            &["mount", "a", t],
+            With {
+                env: &[("STRATA_CRASH_AT", "mount:mounted")],
+                ..With::default()
+            },
+        );
+        assert_ne!(killed.code, 0, "{}", killed.session());
+        assert!(is_mount_point(&target), "{}", killed.session());
+        assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
+        blocked(&store, &target);
+        drop(guard);
+        store.strata(&["commit", "c", "a"]).success();
+        store.strata(&["rm", "c"]).success();
+    }
+}
+
+/// `commit` and `rm -f` of `a`, mounted at `target` behind strata's back,
+/// fail and change nothing.
+#[track_caller]
+fn blocked(store: &Store, target: &Path) {
+    fs::write(target.join("through-the-mount"), "w").unwrap();
+    for args in [&["commit", "c", "a"][..], &["rm", "a"], &["rm", "-f", "a"]] {
+        let run = store.fails(args, "failed_precondition");
+        assert!(
+            run.stderr.contains("strata did not record"),
+            "{}",
+            run.session()
+        );
+    }
+    assert_eq!(store.info("a")["kind"], "active");
+    assert!(is_mount_point(target));
+    assert_eq!(
+        fs::read_to_string(target.join("through-the-mount")).unwrap(),
+        "w"
+    );
+}
+
+both_drivers!(mounts_strata_did_not_record_block_commit_and_rm);
+
 /// Targets that are not a directory, inside the store, the store itself or
 /// above it are refused before anything is mounted or created.
 #[test]
