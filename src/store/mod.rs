@@ -519,6 +519,9 @@ impl Store {
                 rec.target
             )));
         }
+        if plan.kind == SnapshotKind::Active && plan.driver == Driver::Overlay {
+            self.refuse_other_mounts(id, key, "mount")?;
+        }
         let mounts = self.mounts_of(&plan);
         // Checked before anything is created, and again once resolved.
         if let Ok(absolute) = std::path::absolute(target) {
