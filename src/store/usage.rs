@@ -25,7 +25,10 @@
 //!   with `st_nlink > 1` (directories cannot be hardlinked), so the common
 //!   case takes no lock at all;
 //! * a directory with no subdirectories and few entries is handled on the
-//!   calling thread without spawning anything.
+//!   calling thread without spawning anything;
+//! * a directory whose path is longer than `PATH_MAX` (a layer may nest that
+//!   deep) is opened a piece of its path at a time (nearly every path takes
+//!   the single `openat`).
 //!
 //! Entries that vanish while the walk runs (`ENOENT`, or a directory replaced
 //! by something else) are skipped: usage of a tree that is being modified is
@@ -267,14 +270,14 @@ impl Worker {
     /// Counts one directory and its entries, collecting its subdirectories
     /// into `self.found` (or handing them out with batches of names).
     fn visit(&mut self, dir: Dir, shared: &Shared) -> io::Result<()> {
-        let fd: OwnedFd = match rustix::fs::openat(CWD, &dir.path, DIR_FLAGS, Mode::empty()) {
+        let fd: OwnedFd = match open_dir(&dir.path) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()),
             // Replaced by a non-directory since it was listed: count what is
             // there now, if it was not counted already.
             Err(Errno::NOTDIR | Errno::LOOP) => {
                 if !dir.counted {
-                    match rustix::fs::statat(CWD, &dir.path, AtFlags::SYMLINK_NOFOLLOW) {
+                    match stat_path(&dir.path) {
                         Ok(st) => count(&mut self.usage, &st, &shared.links),
                         Err(Errno::NOENT) => {}
                         Err(e) => return Err(e).ctx(&dir.path),
@@ -338,6 +341,61 @@ impl Worker {
         }
         stat_names(&fd, path, &pending, usage, found, &shared.links)
     }
+}
+
+/// Opens a directory of the walk by its path; one longer than the kernel
+/// takes (`PATH_MAX`, 4096 bytes) a piece at a time, each piece relative to
+/// the directory before it. Short paths, nearly all, take one `openat`.
+fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
+    match rustix::fs::openat(CWD, path, DIR_FLAGS, Mode::empty()) {
+        Err(Errno::NAMETOOLONG) => open_in_steps(path.as_os_str().as_bytes()),
+        other => other,
+    }
+}
+
+/// `lstat` of a path of the walk, however long.
+fn stat_path(path: &Path) -> rustix::io::Result<Stat> {
+    match rustix::fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(Errno::NAMETOOLONG) => {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(Errno::NAMETOOLONG);
+            };
+            let dir = open_dir(parent)?;
+            rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        }
+        other => other,
+    }
+}
+
+/// Pieces of at most this many bytes, cut at a `/`, are well within
+/// `PATH_MAX`.
+const PIECE: usize = 2048;
+
+fn open_in_steps(mut rest: &[u8]) -> rustix::io::Result<OwnedFd> {
+    let mut dir: Option<OwnedFd> = None;
+    while !rest.is_empty() {
+        let cut = if rest.len() <= PIECE {
+            rest.len()
+        } else {
+            // A name is at most 255 bytes, so a `/` is always found.
+            rest[..PIECE]
+                .iter()
+                .rposition(|&b| b == b'/')
+                .filter(|&i| i > 0)
+                .ok_or(Errno::NAMETOOLONG)?
+        };
+        let piece = OsStr::from_bytes(&rest[..cut]);
+        let next = match &dir {
+            Some(fd) => rustix::fs::openat(fd, piece, DIR_FLAGS, Mode::empty())?,
+            None => rustix::fs::openat(CWD, piece, DIR_FLAGS, Mode::empty())?,
+        };
+        dir = Some(next);
+        rest = &rest[cut..];
+        while let [b'/', tail @ ..] = rest {
+            rest = tail;
+        }
+    }
+    dir.ok_or(Errno::NOENT)
 }
 
 /// Stats each NUL-terminated name of `list` relative to `dir` and counts it;
@@ -474,6 +532,52 @@ mod tests {
             blocks(root) + blocks(&root.join("sub")) + blocks(&root.join("a"))
         );
         assert!(blocks(&root.join("a")) >= 20_000);
+    }
+
+    /// Makes `depth` nested directories of 200-byte names under `root`
+    /// (far past PATH_MAX), each with a file, one `mkdirat` at a time.
+    fn make_deep(root: &Path, depth: usize) {
+        let name = "d".repeat(200);
+        let mut dir = rustix::fs::open(root, DIR_FLAGS, Mode::empty()).unwrap();
+        for _ in 0..depth {
+            rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+            let file = rustix::fs::openat(
+                &dir,
+                "f",
+                OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .unwrap();
+            rustix::io::write(&file, &[1u8; 5000]).unwrap();
+            dir = rustix::fs::openat(&dir, name.as_str(), DIR_FLAGS, Mode::empty()).unwrap();
+        }
+    }
+
+    #[test]
+    fn paths_longer_than_path_max() {
+        let tmp = tempfile::tempdir().unwrap();
+        make_deep(tmp.path(), 60); // 60 * 201 bytes: three times PATH_MAX
+        let usage = disk_usage(tmp.path()).unwrap();
+        assert_eq!(usage.inodes, 1 + 60 + 60);
+        assert_matches_du(tmp.path());
+        // The walk's own helpers, on a path of that length.
+        let deep: PathBuf = std::iter::repeat_n("d".repeat(200), 60).collect();
+        let deep = tmp.path().join(deep);
+        assert_eq!(
+            rustix::fs::open(&deep, DIR_FLAGS, Mode::empty()).err(),
+            Some(Errno::NAMETOOLONG)
+        );
+        open_dir(&deep).unwrap();
+        assert!(
+            stat_path(&deep.join("f")).is_err(),
+            "the deepest has no file"
+        );
+        assert!(
+            stat_path(&deep.parent().unwrap().join("f"))
+                .unwrap()
+                .st_size
+                == 5000
+        );
     }
 
     #[test]
