@@ -141,9 +141,12 @@ impl MountTable {
 
     /// Where `fs`, a snapshot's own directory, is mounted writable or as a
     /// tree of its own: as a bind (the mount shows `fs` itself) or as an
-    /// overlay's upper directory. A bind is first matched by the end of its
-    /// root, then confirmed by the inode it shows, since the root is given
-    /// within its file system, not as an absolute path.
+    /// overlay's upper directory. Neither path is absolute in mountinfo (a
+    /// bind's root is given within its file system, an overlay's upperdir
+    /// as the mounter wrote it, maybe relative to where it ran), so a mount
+    /// whose path ends like `fs` (`snapshots/ID/fs`) is confirmed by the
+    /// inode its root shows: `fs` itself for a bind; for an overlay on one
+    /// file system, the upper root's inode number (on the overlay's device).
     pub fn showing(&self, fs: &Path) -> Vec<PathBuf> {
         use std::os::unix::fs::MetadataExt;
         let tail: PathBuf = fs
@@ -157,13 +160,15 @@ impl MountTable {
         let Ok(own) = std::fs::metadata(fs) else {
             return Vec::new();
         };
-        let same_inode = |point: &Path| {
-            std::fs::metadata(point).is_ok_and(|m| m.dev() == own.dev() && m.ino() == own.ino())
+        let shows = |point: &Path, same_dev: bool| {
+            std::fs::metadata(point)
+                .is_ok_and(|m| m.ino() == own.ino() && (!same_dev || m.dev() == own.dev()))
         };
         self.mounts
             .iter()
-            .filter(|m| {
-                m.upper.as_deref() == Some(fs) || (m.root.ends_with(&tail) && same_inode(&m.point))
+            .filter(|m| match &m.upper {
+                Some(upper) => upper == fs || (upper.ends_with(&tail) && shows(&m.point, false)),
+                None => m.root.ends_with(&tail) && shows(&m.point, true),
             })
             .map(|m| m.point.clone())
             .collect()
@@ -1707,7 +1712,19 @@ mod tests {
         let table = MountTable {
             mounts: parse_mountinfo(bind.replace(',', "\\054").as_bytes()),
         };
-        assert_eq!(table.showing(&fs), vec![fs], "its own inode");
+        assert_eq!(table.showing(&fs), vec![fs.clone()], "its own inode");
+        // A pasted overlay names its upper relative to where it ran: the
+        // root's inode number decides.
+        let relative = format!(
+            "47 27 0:41 / {} rw - overlay overlay rw,upperdir=../snapshots/4/fs\n\
+             48 27 0:42 / {} rw - overlay overlay rw,upperdir=../snapshots/4/fs\n",
+            escaped(&fs),
+            tmp.path().display(),
+        );
+        let table = MountTable {
+            mounts: parse_mountinfo(relative.as_bytes()),
+        };
+        assert_eq!(table.showing(&fs), vec![fs]);
     }
 
     #[test]

@@ -280,7 +280,12 @@ fn mounts_that_are_not_strata_s_are_left_alone() {
 /// snapshot: committing would leave it writable on a committed layer,
 /// removing would delete what it shows.
 fn mounts_strata_did_not_record_block_commit_and_rm(driver: &str) {
-    let store = setup!(driver);
+    // With a comma in the store's path the pasted overlay is the relative
+    // form (`cd` into the store, `upperdir=../snapshots/ID/fs`); a killed
+    // `strata mount` leaves the absolute one.
+    let Some(store) = Store::setup_named(driver, "st,ore") else {
+        return;
+    };
     store.layer("base", None, &[file("f", "x", 0o644)]);
     for parent in [None, Some("base")] {
         let mut args = vec!["prepare", "a"];
@@ -291,6 +296,9 @@ fn mounts_strata_did_not_record_block_commit_and_rm(driver: &str) {
         let guard = MountGuard::new(&target);
         let t = target.to_str().unwrap();
         let lines = store.strata(&["mounts", "a", t]).success();
+        if driver == "overlay" && parent.is_some() {
+            assert!(lines.stdout.starts_with("(cd "), "{}", lines.session());
+        }
         sh_ok(&lines.stdout, &lines.session());
         blocked(&store, &target);
         drop(guard);
