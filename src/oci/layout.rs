@@ -60,9 +60,34 @@ fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e.error))
 }
 
+/// Checks a tag against the grammar the OCI image spec gives for
+/// `org.opencontainers.image.ref.name`: components of letters and digits
+/// joined by one of `-._:@+` or `--`, separated by `/`. skopeo and umoci
+/// refer to an image as `oci:DIR:TAG`, so a tag outside it (a space, `..`,
+/// an empty component) could not be named again.
+pub fn validate_tag(tag: &str) -> Result<()> {
+    let component_ok = |c: &str| {
+        let bytes = c.as_bytes();
+        let alnum = |b: &u8| b.is_ascii_alphanumeric();
+        if bytes.first().is_none_or(|b| !alnum(b)) || bytes.last().is_none_or(|b| !alnum(b)) {
+            return false;
+        }
+        c.split(|ch: char| ch.is_ascii_alphanumeric())
+            .all(|sep| matches!(sep, "" | "-" | "." | "_" | ":" | "@" | "+" | "--"))
+    };
+    if tag.split('/').all(component_ok) {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "invalid tag {:?}: a tag is letters and digits joined by one of `-._:@+` or `--`, in components separated by `/`",
+        crate::store::key::shorten(tag)
+    )))
+}
+
 impl Layout {
     /// A layout to write to, created if missing.
     pub fn create(dir: &Path, tag: &str) -> Result<Layout> {
+        validate_tag(tag)?;
         std::fs::create_dir_all(dir.join("blobs/sha256"))
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         let marker = dir.join("oci-layout");
@@ -77,6 +102,9 @@ impl Layout {
 
     /// A layout to read from.
     pub fn open(dir: &Path, tag: Option<String>) -> Result<Layout> {
+        if let Some(tag) = &tag {
+            validate_tag(tag)?;
+        }
         if !dir.join("oci-layout").is_file() || !dir.join("index.json").is_file() {
             return Err(Error::not_found(format!(
                 "{} is not an OCI image layout (no oci-layout or index.json)",
@@ -267,5 +295,29 @@ impl Write for ProgressWriter<'_> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_tag;
+
+    #[test]
+    fn tags_follow_the_ref_name_grammar() {
+        for ok in [
+            "latest",
+            "v1.2.3",
+            "a--b",
+            "x_y",
+            "registry.example.com:5000/app/web:1.0",
+            "a@b+c",
+        ] {
+            validate_tag(ok).unwrap();
+        }
+        for bad in [
+            "", "bad tag", "..", "a/../b", "a//b", "-x", "x-", "a.-b", "a---b", "é", "a\nb",
+        ] {
+            assert!(validate_tag(bad).is_err(), "{bad:?}");
+        }
     }
 }

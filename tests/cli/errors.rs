@@ -2,6 +2,7 @@
 //! form, and that failures change nothing.
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -236,6 +237,13 @@ fn invalid(driver: &str) {
     }
     assert_unchanged(&s, &before, "invalid errors");
     assert_eq!(s.info("solo")["labels"], serde_json::json!({}));
+    // An OCI layout's tag follows the ref.name grammar; nothing is created.
+    let dir = s.scratch("layout");
+    let dir = dir.to_str().unwrap();
+    for tag in ["bad tag", "..", "a//b"] {
+        s.fails(&["export", "base", dir, "--tag", tag], "invalid");
+    }
+    assert!(!Path::new(dir).exists(), "a refused export created {dir}");
     // The hint fits the parent: an active one can be committed, a view not.
     let hints = |args: &[&str]| {
         let run = s.fails(args, "invalid");
