@@ -47,24 +47,32 @@ impl Store {
     ) -> Result<Digests> {
         let driver = self.ensure_driver()?;
         let in_userns = mount::in_user_namespace();
-        let options = ApplyOptions {
-            whiteouts: match driver {
-                Driver::Overlay => Whiteouts::Overlay {
-                    user_xattr: in_userns,
-                },
-                Driver::Native => Whiteouts::Delete,
-            },
-            max_size: limits.max_size,
-            allow_devices: rustix::process::geteuid().is_root() && !in_userns,
-        };
+        let allow_devices = rustix::process::geteuid().is_root() && !in_userns;
         let mut digests = None;
-        self.make(SnapshotKind::Committed, name, parent, labels, &mut |tree| {
-            let d =
-                layer::apply(input, tree, &options, progress).map_err(|e| layer_error(name, e))?;
-            crash::point("apply:unpacked");
-            digests = Some(d);
-            Ok(())
-        })?;
+        self.make(
+            SnapshotKind::Committed,
+            name,
+            parent,
+            labels,
+            &mut |tree, lowers| {
+                let options = ApplyOptions {
+                    whiteouts: match driver {
+                        Driver::Overlay => Whiteouts::Overlay {
+                            user_xattr: in_userns,
+                            lowers: lowers.to_vec(),
+                        },
+                        Driver::Native => Whiteouts::Delete,
+                    },
+                    max_size: limits.max_size,
+                    allow_devices,
+                };
+                let d = layer::apply(input, tree, &options, progress)
+                    .map_err(|e| layer_error(name, e))?;
+                crash::point("apply:unpacked");
+                digests = Some(d);
+                Ok(())
+            },
+        )?;
         digests.ok_or_else(|| Error::internal(format!("applying `{name}` produced no digest")))
     }
 

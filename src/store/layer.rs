@@ -47,6 +47,21 @@
 //!   opaque marker keeps the entries this layer created before it. In an
 //!   overlay upper, a directory that replaces a whiteout made by this layer
 //!   is made opaque, which is what the pair means.
+//! * The overlay driver reads the layers below (the parent chain's upper
+//!   directories, nearest first; opened with the same `openat2` rules,
+//!   never written) merged as overlayfs merges them: the nearest layer with
+//!   an entry at a path decides, a whiteout hides what is under it, an
+//!   opaque directory hides the content of the layers under it. A whiteout
+//!   is made only where that merged tree has something, an opaque marker
+//!   only honoured where it has a directory: overlayfs hides whiteouts only
+//!   in directories that merge with one below, so a `.wh.x` in a root
+//!   layer or in a directory new in the layer would show as a `c 0,0` file
+//!   `x` where the native driver has nothing. A directory of the layers
+//!   below that must hold a whiteout or become opaque is made in the
+//!   upper; none is made for a marker that hides nothing. The layers below
+//!   are looked at only for markers and for missing directories (never per
+//!   file), along the last path looked up; a root layer opens none, and at
+//!   most the 64 nearest stay open.
 //! * `trusted.overlay.*` and `user.overlay.*` xattrs in an archive are never
 //!   applied (they steer overlayfs: redirects, metacopy); opaque directories
 //!   only come from `.wh..wh..opq` markers. `.wh..wh.*` aufs metadata
@@ -166,12 +181,18 @@ impl Compression {
 }
 
 /// How whiteouts are materialised when applying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Whiteouts {
     /// Overlay upper dir: `.wh.X` -> char device 0/0 named X;
     /// `.wh..wh..opq` -> xattr `trusted.overlay.opaque=y` (or
     /// `user.overlay.opaque=y` when `user_xattr`) on that directory.
-    Overlay { user_xattr: bool },
+    /// `lowers` are the trees of the layers below (the parent chain's upper
+    /// directories, nearest first), only read: a whiteout is made only where
+    /// they have something to hide.
+    Overlay {
+        user_xattr: bool,
+        lowers: Vec<PathBuf>,
+    },
     /// A full tree (native driver): `.wh.X` deletes X (recursively);
     /// `.wh..wh..opq` deletes everything in that dir that this layer did not
     /// itself create.
@@ -1048,6 +1069,8 @@ struct Extractor<'o> {
     creator: Option<(Uid, Gid, u32)>,
     /// What a file created in the directory at this path starts with.
     new_files: Option<(Vec<u8>, Option<NewFiles>)>,
+    /// Overlay driver: the layers below, when there are any.
+    lowers: Option<Lowers>,
 }
 
 /// The owner and mode a regular file gets from `open(O_CREAT)` in some
@@ -1121,9 +1144,276 @@ fn split_name(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
     Ok(out)
 }
 
+/// How directories of `dest` are opened: never through a symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOFOLLOW);
+
+/// What [`Extractor::open_dir`] does with a directory missing from `dest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// Creates it (the parents of an entry).
+    Create,
+    /// Creates it where the merged tree has it: on overlay, where a layer
+    /// below has a directory (to hold a whiteout, or to be made opaque).
+    Merged,
+    /// Leaves it.
+    Skip,
+}
+
+/// The error for an entry whose parent `sub` is a symlink or not a
+/// directory.
+fn bad_parent(entry: &str, sub: &[u8], symlink: bool) -> LayerError {
+    invalid(if symlink {
+        format!(
+            "entry `{entry}`: its parent `{}` is a symlink (refused: it could lead outside the layer)",
+            show(sub)
+        )
+    } else {
+        format!(
+            "entry `{entry}`: its parent `{}` is not a directory",
+            show(sub)
+        )
+    })
+}
+
 fn cstr(b: &[u8]) -> CString {
     // Callers have checked for NUL bytes.
     CString::new(b).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// apply: the layers below (overlay driver)
+// ---------------------------------------------------------------------------
+
+/// What the merged lower layers show at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Below {
+    Nothing,
+    Dir,
+    Symlink,
+    /// Any other non-directory.
+    Other,
+}
+
+/// What one lower layer has at a path.
+enum Probe {
+    Missing,
+    Whiteout,
+    Dir { opaque: bool },
+    Symlink,
+    Other,
+}
+
+/// The merged lowers at one directory of the path last looked up.
+struct Level {
+    /// The component (empty for the root).
+    name: Vec<u8>,
+    kind: Below,
+    /// The layers whose directory here shows through, nearest first, down to
+    /// the first opaque one; none when this layer made it opaque.
+    layers: Vec<usize>,
+}
+
+/// Lower layers kept open (the nearest); deeper ones are opened when
+/// needed: a committed chain may be deeper than the open-file limit.
+const HELD_LOWERS: usize = 64;
+
+/// The parent chain's trees, nearest first: what the overlay applier needs
+/// to know of the layers below (overlayfs's own lookup rules: the first
+/// layer with an entry decides, a whiteout hides the layers under it, an
+/// opaque directory hides their content). Never written to.
+struct Lowers {
+    paths: Vec<PathBuf>,
+    held: Vec<OwnedFd>,
+    opaque_xattr: &'static CStr,
+    /// Directories of the upper that this layer made opaque.
+    hidden: HashSet<Vec<u8>>,
+    /// The path last looked up, root first: consecutive entries of an
+    /// archive mostly share their directories.
+    path: Vec<Level>,
+}
+
+impl Lowers {
+    /// None without lowers: a root layer pays nothing.
+    fn open(paths: &[PathBuf], user_xattr: bool) -> Result<Option<Lowers>> {
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let mut held = Vec::with_capacity(paths.len().min(HELD_LOWERS));
+        for p in paths.iter().take(HELD_LOWERS) {
+            held.push(open_lower(p)?);
+        }
+        let root = Level {
+            name: Vec::new(),
+            kind: Below::Dir,
+            layers: (0..paths.len()).collect(),
+        };
+        Ok(Some(Lowers {
+            paths: paths.to_vec(),
+            held,
+            opaque_xattr: opaque_xattr(user_xattr),
+            hidden: HashSet::new(),
+            path: vec![root],
+        }))
+    }
+
+    /// Runs `f` on the root of lower layer `i`.
+    fn with_root<T>(&self, i: usize, f: impl FnOnce(BorrowedFd<'_>) -> Result<T>) -> Result<T> {
+        match self.held.get(i) {
+            Some(fd) => f(fd.as_fd()),
+            None => f(open_lower(&self.paths[i])?.as_fd()),
+        }
+    }
+
+    /// The merged lowers at directory `comps`.
+    fn at(&mut self, comps: &[&[u8]]) -> Result<&Level> {
+        let mut keep = 1;
+        while keep < self.path.len()
+            && keep <= comps.len()
+            && self.path[keep].name == comps[keep - 1]
+        {
+            keep += 1;
+        }
+        self.path.truncate(keep);
+        for i in keep - 1..comps.len() {
+            let level = self.step(&self.path[i], comps[i], &comps[..=i].join(&b'/'))?;
+            self.path.push(level);
+        }
+        Ok(&self.path[comps.len()])
+    }
+
+    /// The merged lowers at `rel`, named `name` in `parent`.
+    fn step(&self, parent: &Level, name: &[u8], rel: &[u8]) -> Result<Level> {
+        let mut level = Level {
+            name: name.to_vec(),
+            kind: Below::Nothing,
+            layers: Vec::new(),
+        };
+        for &i in &parent.layers {
+            match self.probe(i, rel)? {
+                Probe::Missing => continue,
+                Probe::Dir { opaque } => {
+                    level.kind = Below::Dir;
+                    level.layers.push(i);
+                    if opaque {
+                        break;
+                    }
+                }
+                // A whiteout hides what is under it; so does a
+                // non-directory, or a directory above hides it.
+                found => {
+                    if level.kind == Below::Nothing {
+                        level.kind = match found {
+                            Probe::Symlink => Below::Symlink,
+                            Probe::Other => Below::Other,
+                            _ => Below::Nothing,
+                        };
+                    }
+                    break;
+                }
+            }
+        }
+        if self.hidden.contains(rel) {
+            level.layers.clear();
+        }
+        Ok(level)
+    }
+
+    /// What lower layer `i` itself has at `rel`.
+    fn probe(&self, i: usize, rel: &[u8]) -> Result<Probe> {
+        let c = cstr(rel);
+        let failed = |e: Errno| {
+            io_err(
+                format!(
+                    "cannot read {}",
+                    self.paths[i].join(OsStr::from_bytes(rel)).display()
+                ),
+                e,
+            )
+        };
+        self.with_root(i, |root| {
+            match open_beneath(root, &c, OFlags::RDONLY | OFlags::DIRECTORY) {
+                Ok(fd) => Ok(Probe::Dir {
+                    opaque: has_opaque_xattr(&fd, self.opaque_xattr).map_err(failed)?,
+                }),
+                Err(Errno::NOENT) => Ok(Probe::Missing),
+                Err(Errno::NOTDIR | Errno::LOOP) => {
+                    let fd = open_beneath(root, &c, OFlags::PATH).map_err(failed)?;
+                    let st = rustix::fs::fstat(&fd).map_err(failed)?;
+                    Ok(match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+                        rustix::fs::FileType::CharacterDevice if st.st_rdev == 0 => Probe::Whiteout,
+                        rustix::fs::FileType::Symlink => Probe::Symlink,
+                        _ => Probe::Other,
+                    })
+                }
+                Err(e) => Err(failed(e)),
+            }
+        })
+    }
+
+    /// From here on the lowers show nothing under `rel`.
+    fn hide(&mut self, rel: &[u8]) {
+        self.hidden.insert(rel.to_vec());
+        self.path.truncate(1);
+    }
+}
+
+fn open_lower(p: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(format!("cannot open the lower layer {}", p.display()), e))
+}
+
+/// Opens `rel` beneath `root` without following any symlink (the final
+/// one included: `O_PATH` gives the link itself).
+fn open_beneath(root: BorrowedFd<'_>, rel: &CStr, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve) {
+        // No openat2 (before Linux 5.6), or a rename raced it: one
+        // component at a time.
+        Err(Errno::NOSYS | Errno::AGAIN) => {}
+        other => return other,
+    }
+    let mut cur: Option<OwnedFd> = None;
+    let mut parts = rel.to_bytes().split(|b| *b == b'/').peekable();
+    while let Some(part) = parts.next() {
+        let how = if parts.peek().is_some() {
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+        } else {
+            flags
+        };
+        let at = cur.as_ref().map_or(root, |fd| fd.as_fd());
+        cur = Some(rustix::fs::openat(
+            at,
+            cstr(part).as_c_str(),
+            how,
+            Mode::empty(),
+        )?);
+    }
+    cur.ok_or(Errno::INVAL)
+}
+
+fn opaque_xattr(user_xattr: bool) -> &'static CStr {
+    if user_xattr {
+        c"user.overlay.opaque"
+    } else {
+        c"trusted.overlay.opaque"
+    }
+}
+
+fn has_opaque_xattr(fd: &OwnedFd, name: &CStr) -> rustix::io::Result<bool> {
+    let mut v = [0u8; 1];
+    match rustix::fs::fgetxattr(fd, name, &mut v[..]) {
+        Ok(n) => Ok(n == 1 && v[0] == b'y'),
+        Err(Errno::NODATA | Errno::NOTSUP | Errno::RANGE) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 impl<'o> Extractor<'o> {
@@ -1134,6 +1424,10 @@ impl<'o> Extractor<'o> {
             Mode::empty(),
         )
         .map_err(|e| io_err(format!("cannot open {}", dest.display()), e))?;
+        let lowers = match &opts.whiteouts {
+            Whiteouts::Overlay { user_xattr, lowers } => Lowers::open(lowers, *user_xattr)?,
+            Whiteouts::Delete => None,
+        };
         Ok(Extractor {
             opts,
             dest: dest.to_path_buf(),
@@ -1147,6 +1441,7 @@ impl<'o> Extractor<'o> {
             creator: current_umask()
                 .map(|m| (rustix::process::geteuid(), rustix::process::getegid(), m)),
             new_files: None,
+            lowers,
         })
     }
 
@@ -1161,13 +1456,13 @@ impl<'o> Extractor<'o> {
         }
     }
 
-    /// Opens directory `rel` (components) under the root, refusing symlinks
-    /// and non-directories; creates missing ones (0755) when `create`.
-    /// None when missing and not created.
+    /// Opens directory `comps` under the root, refusing symlinks and
+    /// non-directories; what is done with missing ones is `missing`'s to
+    /// say (None when not created).
     fn open_dir(
         &mut self,
         comps: &[&[u8]],
-        create: bool,
+        missing: Missing,
         entry: &str,
     ) -> Result<Option<Rc<OwnedFd>>> {
         if comps.is_empty() {
@@ -1179,13 +1474,12 @@ impl<'o> Extractor<'o> {
         {
             return Ok(Some(fd.clone()));
         }
-        let how = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
         let resolve =
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
         let fd = match rustix::fs::openat2(
             &*self.root,
             cstr(&rel).as_c_str(),
-            how,
+            DIR_FLAGS,
             Mode::empty(),
             resolve,
         ) {
@@ -1196,97 +1490,144 @@ impl<'o> Extractor<'o> {
             | Err(Errno::NOSYS)
             | Err(Errno::XDEV)
             | Err(Errno::AGAIN)
-            | Err(Errno::NAMETOOLONG) => {
-                // Walk component by component: creates what is missing and
-                // names the component at fault.
-                let mut cur = self.root.clone();
-                for (i, c) in comps.iter().enumerate() {
-                    let sub = comps[..=i].join(&b'/');
-                    let name = cstr(c);
-                    let opened =
-                        match rustix::fs::openat(&*cur, name.as_c_str(), how, Mode::empty()) {
-                            Err(Errno::NOENT) if create => {
-                                match rustix::fs::mkdirat(
-                                    &*cur,
-                                    name.as_c_str(),
-                                    Mode::from_raw_mode(0o755),
-                                ) {
-                                    Ok(()) | Err(Errno::EXIST) => {}
-                                    Err(e) => {
-                                        return Err(io_err(
-                                            format!(
-                                                "cannot create directory {}",
-                                                self.dest.join(OsStr::from_bytes(&sub)).display()
-                                            ),
-                                            e,
-                                        ));
-                                    }
-                                }
-                                self.mark_created(&sub);
-                                // 0755 whatever the umask.
-                                rustix::fs::openat(&*cur, name.as_c_str(), how, Mode::empty())
-                                    .and_then(|fd| {
-                                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
-                                        Ok(fd)
-                                    })
-                            }
-                            other => other,
-                        };
-                    cur = match opened {
-                        Ok(fd) => Rc::new(fd),
-                        Err(Errno::NOENT) => return Ok(None),
-                        Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
-                            let symlink = rustix::fs::statat(
-                                &*cur,
-                                name.as_c_str(),
-                                AtFlags::SYMLINK_NOFOLLOW,
-                            )
-                            .is_ok_and(|st| {
-                                rustix::fs::FileType::from_raw_mode(st.st_mode)
-                                    == rustix::fs::FileType::Symlink
-                            });
-                            return Err(invalid(if symlink {
-                                format!(
-                                    "entry `{entry}`: its parent `{}` is a symlink (refused: it could lead outside the layer)",
-                                    show(&sub)
-                                )
-                            } else {
-                                format!(
-                                    "entry `{entry}`: its parent `{}` is not a directory",
-                                    show(&sub)
-                                )
-                            }));
-                        }
-                        Err(Errno::NAMETOOLONG) => {
-                            return Err(invalid(format!(
-                                "entry `{entry}`: a name component is too long"
-                            )));
-                        }
-                        Err(e) => {
-                            return Err(io_err(
-                                format!(
-                                    "cannot open directory {}",
-                                    self.dest.join(OsStr::from_bytes(&sub)).display()
-                                ),
-                                e,
-                            ));
-                        }
-                    };
-                }
-                cur
-            }
+            | Err(Errno::NAMETOOLONG) => match self.walk_dir(comps, missing, entry)? {
+                Some(fd) => fd,
+                None => return Ok(None),
+            },
             Err(e) => {
                 return Err(io_err(
-                    format!(
-                        "cannot open directory {}",
-                        self.dest.join(OsStr::from_bytes(&rel)).display()
-                    ),
+                    format!("cannot open directory {}", self.path_of(&rel).display()),
                     e,
                 ));
             }
         };
         self.cache = Some((rel, fd.clone()));
         Ok(Some(fd))
+    }
+
+    /// [`Self::open_dir`] one component at a time: creates what is missing
+    /// and names the component at fault.
+    fn walk_dir(
+        &mut self,
+        comps: &[&[u8]],
+        missing: Missing,
+        entry: &str,
+    ) -> Result<Option<Rc<OwnedFd>>> {
+        let mut cur = self.root.clone();
+        for i in 0..comps.len() {
+            match self.open_component(&cur, &comps[..=i], missing, entry)? {
+                Some(fd) => cur = fd,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    /// Opens the directory `sub` in `cur`, its parent.
+    fn open_component(
+        &mut self,
+        cur: &OwnedFd,
+        sub: &[&[u8]],
+        missing: Missing,
+        entry: &str,
+    ) -> Result<Option<Rc<OwnedFd>>> {
+        let name = cstr(sub[sub.len() - 1]);
+        match rustix::fs::openat(cur, name.as_c_str(), DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => Ok(Some(Rc::new(fd))),
+            Err(Errno::NOENT) => self.missing_dir(cur, sub, missing),
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                let symlink = rustix::fs::statat(cur, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| {
+                        rustix::fs::FileType::from_raw_mode(st.st_mode)
+                            == rustix::fs::FileType::Symlink
+                    });
+                Err(bad_parent(entry, &sub.join(&b'/'), symlink))
+            }
+            Err(Errno::NAMETOOLONG) => Err(invalid(format!(
+                "entry `{entry}`: a name component is too long"
+            ))),
+            Err(e) => Err(io_err(
+                format!(
+                    "cannot open directory {}",
+                    self.path_of(&sub.join(&b'/')).display()
+                ),
+                e,
+            )),
+        }
+    }
+
+    /// Directory `sub`, missing in `cur`: created or not as `missing` says.
+    fn missing_dir(
+        &mut self,
+        cur: &OwnedFd,
+        sub: &[&[u8]],
+        missing: Missing,
+    ) -> Result<Option<Rc<OwnedFd>>> {
+        let make = match missing {
+            Missing::Create => true,
+            Missing::Merged => self.below(sub)? == Below::Dir,
+            Missing::Skip => false,
+        };
+        if !make {
+            return Ok(None);
+        }
+        self.make_dir(cur, sub).map(Some)
+    }
+
+    /// Creates directory `sub` in `cur`, 0755 whatever the umask.
+    fn make_dir(&mut self, cur: &OwnedFd, sub: &[&[u8]]) -> Result<Rc<OwnedFd>> {
+        let rel = sub.join(&b'/');
+        let name = cstr(sub[sub.len() - 1]);
+        let failed = |what: &str, e| {
+            io_err(
+                format!("cannot {what} directory {}", self.path_of(&rel).display()),
+                e,
+            )
+        };
+        match rustix::fs::mkdirat(cur, name.as_c_str(), Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(failed("create", e)),
+        }
+        let fd = rustix::fs::openat(cur, name.as_c_str(), DIR_FLAGS, Mode::empty())
+            .and_then(|fd| {
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
+                Ok(fd)
+            })
+            .map_err(|e| failed("open", e))?;
+        self.mark_created(&rel);
+        Ok(Rc::new(fd))
+    }
+
+    /// What the layers below show at `comps` (nothing on native, or with no
+    /// parent).
+    fn below(&mut self, comps: &[&[u8]]) -> Result<Below> {
+        match &mut self.lowers {
+            Some(lowers) => Ok(lowers.at(comps)?.kind),
+            None => Ok(Below::Nothing),
+        }
+    }
+
+    /// Whether anything of the layers below shows inside directory `comps`.
+    fn shows_below(&mut self, comps: &[&[u8]]) -> Result<bool> {
+        match &mut self.lowers {
+            Some(lowers) => Ok(!lowers.at(comps)?.layers.is_empty()),
+            None => Ok(false),
+        }
+    }
+
+    /// Makes directory `rel` (open as `fd`) opaque: nothing below shows in
+    /// it from here on.
+    fn make_opaque(&mut self, fd: &OwnedFd, rel: &[u8], user_xattr: bool) -> Result<()> {
+        set_opaque(fd, user_xattr).map_err(|e| {
+            io_err(
+                format!("cannot mark {} opaque", self.path_of(rel).display()),
+                e,
+            )
+        })?;
+        if let Some(lowers) = &mut self.lowers {
+            lowers.hide(rel);
+        }
+        Ok(())
     }
 
     fn path_of(&self, rel: &[u8]) -> PathBuf {
@@ -1436,7 +1777,7 @@ impl<'o> Extractor<'o> {
             atime: m.atime.unwrap_or(m.mtime),
             xattrs,
         };
-        let Some(dir) = self.open_dir(parent, true, &name)? else {
+        let Some(dir) = self.open_dir(parent, Missing::Create, &name)? else {
             return Err(invalid(format!(
                 "entry `{name}`: its parent directory vanished"
             )));
@@ -1472,21 +1813,13 @@ impl<'o> Extractor<'o> {
                                 },
                             )?;
                             if was_whiteout
-                                && let Whiteouts::Overlay { user_xattr } = self.opts.whiteouts
+                                && let Whiteouts::Overlay { user_xattr, .. } = self.opts.whiteouts
                             {
                                 // Deleted below, recreated here: opaque.
-                                let fd = self.open_dir(&comps, false, &name)?.ok_or_else(|| {
-                                    invalid(format!("entry `{name}`: the directory vanished"))
-                                })?;
-                                set_opaque(&fd, user_xattr).map_err(|e| {
-                                    io_err(
-                                        format!(
-                                            "cannot mark {} opaque",
-                                            self.path_of(&rel).display()
-                                        ),
-                                        e,
-                                    )
-                                })?;
+                                let fd = self.open_dir(&comps, Missing::Skip, &name)?.ok_or_else(
+                                    || invalid(format!("entry `{name}`: the directory vanished")),
+                                )?;
+                                self.make_opaque(&fd, &rel, user_xattr)?;
                             }
                         }
                     }
@@ -1612,12 +1945,14 @@ impl<'o> Extractor<'o> {
                 let (tlast, tparent) = tcomps
                     .split_last()
                     .ok_or_else(|| invalid(format!("entry `{name}`: hardlink to the root")))?;
-                let tdir = self.open_dir(tparent, false, &name)?.ok_or_else(|| {
-                    invalid(format!(
-                        "entry `{name}`: hardlink target `{}` does not exist",
-                        show(&m.link)
-                    ))
-                })?;
+                let tdir = self
+                    .open_dir(tparent, Missing::Skip, &name)?
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "entry `{name}`: hardlink target `{}` does not exist",
+                            show(&m.link)
+                        ))
+                    })?;
                 let tname = cstr(tlast);
                 let st = rustix::fs::statat(&*tdir, tname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW);
                 match st {
@@ -1776,68 +2111,79 @@ impl<'o> Extractor<'o> {
         entry: &str,
     ) -> Result<()> {
         let rel = join(parent_rel, target);
+        if let Whiteouts::Overlay { .. } = self.opts.whiteouts {
+            return self.overlay_whiteout(parent, target, &rel, entry);
+        }
+        if self.created.contains(&rel) {
+            return Ok(());
+        }
+        let Some(dir) = self.open_dir(parent, Missing::Skip, entry)? else {
+            return Ok(());
+        };
+        self.remove(&dir, cstr(target).as_c_str(), &rel)
+    }
+
+    /// A whiteout in the upper: a char device 0/0, made only where a layer
+    /// below has something to hide (overlayfs shows one as a file in a
+    /// directory that merges with none below).
+    fn overlay_whiteout(
+        &mut self,
+        parent: &[&[u8]],
+        target: &[u8],
+        rel: &[u8],
+        entry: &str,
+    ) -> Result<()> {
+        let mut comps = parent.to_vec();
+        comps.push(target);
+        if self.below(&comps)? == Below::Nothing {
+            // Nothing to hide; the path is still checked.
+            self.open_dir(parent, Missing::Skip, entry)?;
+            return Ok(());
+        }
+        let Some(dir) = self.open_dir(parent, Missing::Merged, entry)? else {
+            return Ok(());
+        };
         let cname = cstr(target);
-        match self.opts.whiteouts {
-            Whiteouts::Overlay { .. } => {
-                let Some(dir) = self.open_dir(parent, true, entry)? else {
-                    return Ok(());
-                };
-                match rustix::fs::statat(&*dir, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                    // Made by this layer (or a duplicate whiteout): whiteouts
-                    // only hide the layers below.
-                    Ok(_) => Ok(()),
-                    Err(Errno::NOENT) => rustix::fs::mknodat(
-                        &*dir,
-                        cname.as_c_str(),
-                        rustix::fs::FileType::CharacterDevice,
-                        Mode::empty(),
-                        rustix::fs::makedev(0, 0),
-                    )
-                    .map_err(|e| {
-                        io_err(
-                            format!(
-                                "cannot create the whiteout {}",
-                                self.path_of(&rel).display()
-                            ),
-                            e,
-                        )
-                    }),
-                    Err(Errno::NAMETOOLONG) => Err(invalid(format!(
-                        "entry `{entry}`: a name component is too long"
-                    ))),
-                    Err(e) => Err(io_err(
-                        format!("cannot stat {}", self.path_of(&rel).display()),
-                        e,
-                    )),
-                }
+        match rustix::fs::statat(&*dir, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            // Made by this layer (or a duplicate whiteout): whiteouts only
+            // hide the layers below.
+            Ok(_) => return Ok(()),
+            Err(Errno::NOENT) => {}
+            Err(Errno::NAMETOOLONG) => {
+                return Err(invalid(format!(
+                    "entry `{entry}`: a name component is too long"
+                )));
             }
-            Whiteouts::Delete => {
-                if self.created.contains(&rel) {
-                    return Ok(());
-                }
-                let Some(dir) = self.open_dir(parent, false, entry)? else {
-                    return Ok(());
-                };
-                self.remove(&dir, cname.as_c_str(), &rel)
+            Err(e) => {
+                return Err(io_err(
+                    format!("cannot stat {}", self.path_of(rel).display()),
+                    e,
+                ));
             }
         }
+        make_whiteout(&dir, &cname).map_err(|e| {
+            io_err(
+                format!("cannot create the whiteout {}", self.path_of(rel).display()),
+                e,
+            )
+        })
     }
 
     fn opaque(&mut self, dir: &[&[u8]], rel: &[u8], entry: &str) -> Result<()> {
         match self.opts.whiteouts {
-            Whiteouts::Overlay { user_xattr } => {
-                let Some(fd) = self.open_dir(dir, true, entry)? else {
+            Whiteouts::Overlay { user_xattr, .. } => {
+                if !self.shows_below(dir)? {
+                    // Nothing below to hide; the path is still checked.
+                    self.open_dir(dir, Missing::Skip, entry)?;
+                    return Ok(());
+                }
+                let Some(fd) = self.open_dir(dir, Missing::Merged, entry)? else {
                     return Ok(());
                 };
-                set_opaque(&fd, user_xattr).map_err(|e| {
-                    io_err(
-                        format!("cannot mark {} opaque", self.path_of(rel).display()),
-                        e,
-                    )
-                })
+                self.make_opaque(&fd, rel, user_xattr)
             }
             Whiteouts::Delete => {
-                let Some(fd) = self.open_dir(dir, false, entry)? else {
+                let Some(fd) = self.open_dir(dir, Missing::Skip, entry)? else {
                     return Ok(());
                 };
                 self.forget_dirs();
@@ -1886,7 +2232,7 @@ impl<'o> Extractor<'o> {
         for (rel, d) in dirs {
             let comps: Vec<&[u8]> = rel.split(|b| *b == b'/').collect();
             // Gone if replaced by a later entry or removed by a whiteout.
-            let fd = match self.open_dir(&comps, false, &show(&rel)) {
+            let fd = match self.open_dir(&comps, Missing::Skip, &show(&rel)) {
                 Ok(Some(fd)) => fd,
                 Ok(None) | Err(LayerError::Invalid(_)) => continue,
                 Err(e) => return Err(e),
@@ -1906,12 +2252,18 @@ fn times(meta: &Meta) -> Timestamps {
 }
 
 fn set_opaque(fd: &OwnedFd, user_xattr: bool) -> rustix::io::Result<()> {
-    let name = if user_xattr {
-        c"user.overlay.opaque"
-    } else {
-        c"trusted.overlay.opaque"
-    };
-    rustix::fs::fsetxattr(fd, name, b"y", XattrFlags::empty())
+    rustix::fs::fsetxattr(fd, opaque_xattr(user_xattr), b"y", XattrFlags::empty())
+}
+
+/// An overlay whiteout named `name` in `dir`.
+fn make_whiteout(dir: &OwnedFd, name: &CStr) -> rustix::io::Result<()> {
+    rustix::fs::mknodat(
+        dir,
+        name,
+        rustix::fs::FileType::CharacterDevice,
+        Mode::empty(),
+        rustix::fs::makedev(0, 0),
+    )
 }
 
 /// The entries of a directory: (name, is a directory).
@@ -3207,7 +3559,10 @@ mod tests {
         apply_vec(
             &data,
             &upper2,
-            &opts(Whiteouts::Overlay { user_xattr: false }),
+            &opts(Whiteouts::Overlay {
+                user_xattr: false,
+                lowers: vec![lower.clone()],
+            }),
         )
         .unwrap();
         let md = std::fs::symlink_metadata(upper2.join("file")).unwrap();
@@ -3227,7 +3582,10 @@ mod tests {
         apply_vec(
             &data,
             &upper3,
-            &opts(Whiteouts::Overlay { user_xattr: true }),
+            &opts(Whiteouts::Overlay {
+                user_xattr: true,
+                lowers: vec![lower.clone()],
+            }),
         )
         .unwrap();
         let n =
@@ -3318,7 +3676,10 @@ mod tests {
         apply_vec(
             &data,
             &upper,
-            &opts(Whiteouts::Overlay { user_xattr: false }),
+            &opts(Whiteouts::Overlay {
+                user_xattr: false,
+                lowers: vec![old.clone()],
+            }),
         )
         .unwrap();
         mount_overlay(&old, &upper, &work, &merged);
@@ -3611,7 +3972,10 @@ mod tests {
             let j = jail();
             j.refuse(
                 &data,
-                &opts(Whiteouts::Overlay { user_xattr: false }),
+                &opts(Whiteouts::Overlay {
+                    user_xattr: false,
+                    lowers: vec![],
+                }),
                 "symlink",
             );
         }
@@ -3711,7 +4075,13 @@ mod tests {
         h.set_device_minor(0).unwrap();
         h.set_cksum();
         zero[..512].copy_from_slice(h.as_bytes());
-        for o in [delete(), opts(Whiteouts::Overlay { user_xattr: false })] {
+        for o in [
+            delete(),
+            opts(Whiteouts::Overlay {
+                user_xattr: false,
+                lowers: vec![],
+            }),
+        ] {
             j.refuse(&zero, &o, "character device 0/0");
         }
         assert!(
@@ -3948,19 +4318,25 @@ mod tests {
         );
         j.untouched();
 
-        // Overlay: a directory replacing a whiteout of the same layer is opaque.
+        // Overlay (over `sibling`, which has `x`): a directory replacing a
+        // whiteout of the same layer is opaque.
         let j = jail();
         let data = tar_of(&[file(b".wh.x", b""), dir(b"x/"), file(b"x/f", b"")]);
+        let lowers = vec![j.top.join("sibling")];
         apply_vec(
             &data,
             &j.dest,
-            &opts(Whiteouts::Overlay { user_xattr: true }),
+            &opts(Whiteouts::Overlay {
+                user_xattr: true,
+                lowers,
+            }),
         )
         .unwrap();
         let mut v = [0u8; 4];
         let n =
             rustix::fs::lgetxattr(j.dest.join("x"), c"user.overlay.opaque", &mut v[..]).unwrap();
         assert_eq!(&v[..n], b"y");
+        j.untouched();
         // Overlay xattrs in an archive are not applied.
         let j = jail();
         let mut pax = Vec::new();
@@ -4213,5 +4589,135 @@ mod tests {
         assert_eq!(ustar_split(&[b'a'; 101]), None);
         assert!(path_order(b"a/b", b"a-b").is_lt());
         assert!(path_order(b"a", b"a/b").is_lt());
+    }
+
+    /// `path kind` of every entry under `root`, sorted; a char 0/0 is a
+    /// `whiteout`, an opaque directory `opaque`.
+    fn listing(root: &Path) -> Vec<String> {
+        let mut out: Vec<String> = snapshot(root)
+            .into_keys()
+            .map(|rel| {
+                let p = root.join(&rel);
+                let md = std::fs::symlink_metadata(&p).unwrap();
+                let kind = if is_whiteout_dev(&md) {
+                    "whiteout"
+                } else if md.is_dir() && is_opaque(&p) {
+                    "opaque"
+                } else if md.is_dir() {
+                    "dir"
+                } else if md.file_type().is_symlink() {
+                    "symlink"
+                } else {
+                    "file"
+                };
+                format!("{rel} {kind}")
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Two lower layers made by hand, nearest first, and an empty upper.
+    struct Chain {
+        _t: tempfile::TempDir,
+        lowers: Vec<PathBuf>,
+        dest: PathBuf,
+    }
+
+    impl Chain {
+        fn overlay(&self) -> ApplyOptions {
+            opts(Whiteouts::Overlay {
+                user_xattr: false,
+                lowers: self.lowers.clone(),
+            })
+        }
+
+        fn lowers_listing(&self) -> Vec<Vec<String>> {
+            self.lowers.iter().map(|l| listing(l)).collect()
+        }
+    }
+
+    /// Far: `a`, `d/x`, `w`, `o/y`, `deep/e/f`, `lnk -> d`, `plain`,
+    /// `hid/z`. Near: whiteouts of `w` and `lnk`, `o` opaque (and empty),
+    /// `hid/` opaque with `hid/mine`.
+    fn chain() -> Chain {
+        let t = tmp();
+        let [near, far, dest] =
+            <[PathBuf; 3]>::try_from(mkdirs(t.path(), &["near", "far", "dest"])).unwrap();
+        for d in ["d", "o", "deep/e", "hid"] {
+            std::fs::create_dir_all(far.join(d)).unwrap();
+        }
+        for f in ["a", "d/x", "w", "o/y", "deep/e/f", "plain", "hid/z"] {
+            std::fs::write(far.join(f), f).unwrap();
+        }
+        std::os::unix::fs::symlink("d", far.join("lnk")).unwrap();
+        for w in ["w", "lnk"] {
+            mknod(&near.join(w), rustix::fs::FileType::CharacterDevice, 0, 0);
+        }
+        for d in ["o", "hid"] {
+            std::fs::create_dir(near.join(d)).unwrap();
+            setx(&near.join(d), c"trusted.overlay.opaque", b"y");
+        }
+        std::fs::write(near.join("hid/mine"), b"mine").unwrap();
+        Chain {
+            _t: t,
+            lowers: vec![near, far],
+            dest,
+        }
+    }
+
+    /// Overlay: a whiteout is made only where a layer below has something
+    /// at its path (overlayfs shows one in a directory that merges with
+    /// nothing below); no directory is made for one that hides nothing.
+    #[test]
+    fn overlay_whiteouts_only_hide_what_is_below() {
+        need_root!();
+        let c = chain();
+        let before = c.lowers_listing();
+        let data = tar_of(&[
+            file(b".wh.a", b""),
+            file(b".wh.nothing", b""),
+            file(b".wh.w", b""),
+            file(b"o/.wh.y", b""),
+            file(b"hid/.wh.z", b""),
+            file(b"hid/.wh.mine", b""),
+            file(b"d/.wh.x", b""),
+            file(b"d/.wh.nope", b""),
+            dir(b"new/"),
+            file(b"new/.wh.z", b""),
+            file(b"new/.wh..wh..opq", b""),
+            file(b"ghost/.wh.q", b""),
+            file(b"ghost2/.wh..wh..opq", b""),
+            file(b"deep/e/.wh.f", b""),
+        ]);
+        apply_vec(&data, &c.dest, &c.overlay()).unwrap();
+        assert_eq!(
+            listing(&c.dest),
+            [
+                "a whiteout",
+                "d dir",
+                "d/x whiteout",
+                "deep dir",
+                "deep/e dir",
+                "deep/e/f whiteout",
+                "hid dir",
+                "hid/mine whiteout",
+                "new dir",
+            ]
+        );
+        assert_eq!(c.lowers_listing(), before, "the lowers are only read");
+        // A root layer: nothing below, no whiteout.
+        let j = jail();
+        let data = tar_of(&[file(b".wh.x", b""), dir(b"a/"), file(b"a/.wh.y", b"")]);
+        apply_vec(
+            &data,
+            &j.dest,
+            &opts(Whiteouts::Overlay {
+                user_xattr: false,
+                lowers: vec![],
+            }),
+        )
+        .unwrap();
+        assert_eq!(listing(&j.dest), ["a dir"]);
     }
 }

@@ -282,7 +282,7 @@ impl Store {
         parent: Option<&str>,
         labels: &Labels,
     ) -> Result<Plan> {
-        let made = self.make(kind, key, parent, labels, &mut |_| Ok(()))?;
+        let made = self.make(kind, key, parent, labels, &mut |_, _| Ok(()))?;
         Ok(Plan {
             driver: made.driver,
             kind,
@@ -293,15 +293,16 @@ impl Store {
 
     /// Makes snapshot `key` of `kind` on `parent`: checks, builds it under a
     /// staging name, lets `fill` write into its tree (apply unpacks a layer
-    /// there), then records it and renames it into place in one
-    /// transaction. A committed snapshot made this way gets its usage.
+    /// there; for a committed snapshot it also gets the parent chain's
+    /// trees, nearest first), then records it and renames it into place in
+    /// one transaction. A committed snapshot made this way gets its usage.
     pub(crate) fn make(
         &mut self,
         kind: SnapshotKind,
         key: &str,
         parent: Option<&str>,
         labels: &Labels,
-        fill: &mut dyn FnMut(&Path) -> Result<()>,
+        fill: &mut dyn FnMut(&Path, &[PathBuf]) -> Result<()>,
     ) -> Result<Made> {
         key::validate_key(key)?;
         for (k, v) in labels {
@@ -359,7 +360,20 @@ impl Store {
         }
         crash::point("create:built");
         let tree = staging.path().join("fs");
-        fill(&tree)?;
+        // Only apply fills a tree (a committed snapshot's); prepare and view
+        // do not pay for the paths.
+        let lowers: Vec<PathBuf> = match kind {
+            SnapshotKind::Committed => chain.iter().map(|&id| self.layout.fs(id)).collect(),
+            _ => Vec::new(),
+        };
+        if let Err(e) = fill(&tree, &lowers) {
+            // A parent removed meanwhile (its tree read by `fill`) explains
+            // the failure better.
+            if let (Some(p), Some(name)) = (&parent_row, parent) {
+                self.parent_still_there(p.id, name, key)?;
+            }
+            return Err(e);
+        }
         // Stamped after filling: an empty active's root keeps this mtime
         // until an entry is added to it (see `untouched_usage`).
         let created = Timestamp::now();
