@@ -46,7 +46,9 @@
 //!   `.wh.X` for an `X` that this layer itself created is ignored, and an
 //!   opaque marker keeps the entries this layer created before it. In an
 //!   overlay upper, a directory that replaces a whiteout made by this layer
-//!   is made opaque, which is what the pair means.
+//!   (a directory entry, or a parent an entry implies) is made opaque,
+//!   which is what the pair means; markers under such a whiteout hide
+//!   nothing more, as on native where the whiteout deleted the directory.
 //! * The overlay driver reads the layers below (the parent chain's upper
 //!   directories, nearest first; opened with the same `openat2` rules,
 //!   never written) merged as overlayfs merges them: the nearest layer with
@@ -1535,14 +1537,7 @@ impl<'o> Extractor<'o> {
         match rustix::fs::openat(cur, name.as_c_str(), DIR_FLAGS, Mode::empty()) {
             Ok(fd) => Ok(Some(Rc::new(fd))),
             Err(Errno::NOENT) => self.missing_dir(cur, sub, missing),
-            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
-                let symlink = rustix::fs::statat(cur, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
-                    .is_ok_and(|st| {
-                        rustix::fs::FileType::from_raw_mode(st.st_mode)
-                            == rustix::fs::FileType::Symlink
-                    });
-                Err(bad_parent(entry, &sub.join(&b'/'), symlink))
-            }
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => self.not_a_dir(cur, sub, missing, entry),
             Err(Errno::NAMETOOLONG) => Err(invalid(format!(
                 "entry `{entry}`: a name component is too long"
             ))),
@@ -1572,6 +1567,49 @@ impl<'o> Extractor<'o> {
             return Ok(None);
         }
         self.make_dir(cur, sub).map(Some)
+    }
+
+    /// `sub` in `cur` is not a directory: refused, unless it is a whiteout
+    /// this layer made on overlay. The merged tree has nothing there then,
+    /// as the native tree has nothing where the whiteout deleted it.
+    fn not_a_dir(
+        &mut self,
+        cur: &OwnedFd,
+        sub: &[&[u8]],
+        missing: Missing,
+        entry: &str,
+    ) -> Result<Option<Rc<OwnedFd>>> {
+        let name = cstr(sub[sub.len() - 1]);
+        let st = rustix::fs::statat(cur, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW).ok();
+        let ft = st.map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode));
+        let whiteout = ft == Some(rustix::fs::FileType::CharacterDevice)
+            && st.is_some_and(|st| st.st_rdev == 0);
+        if let Whiteouts::Overlay { user_xattr, .. } = self.opts.whiteouts
+            && whiteout
+        {
+            if missing != Missing::Create {
+                return Ok(None);
+            }
+            return self.replace_whiteout(cur, sub, user_xattr).map(Some);
+        }
+        let symlink = ft == Some(rustix::fs::FileType::Symlink);
+        Err(bad_parent(entry, &sub.join(&b'/'), symlink))
+    }
+
+    /// Replaces this layer's whiteout `sub` in `cur` with a directory, made
+    /// opaque as an explicit directory entry would be: deleted below, made
+    /// again here.
+    fn replace_whiteout(
+        &mut self,
+        cur: &OwnedFd,
+        sub: &[&[u8]],
+        user_xattr: bool,
+    ) -> Result<Rc<OwnedFd>> {
+        let rel = sub.join(&b'/');
+        self.remove(cur, cstr(sub[sub.len() - 1]).as_c_str(), &rel)?;
+        let fd = self.make_dir(cur, sub)?;
+        self.make_opaque(&fd, &rel, user_xattr)?;
+        Ok(fd)
     }
 
     /// Creates directory `sub` in `cur`, 0755 whatever the umask.
@@ -4719,5 +4757,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(listing(&j.dest), ["a dir"]);
+    }
+
+    /// Overlay: a directory an entry implies, where this layer made a
+    /// whiteout, replaces it, opaque (on native the whiteout deleted it and
+    /// the entry makes it again); markers under such a whiteout hide
+    /// nothing more.
+    #[test]
+    fn implied_directories_replace_the_layers_whiteouts() {
+        need_root!();
+        let c = chain();
+        let data = tar_of(&[
+            file(b".wh.d", b""),
+            file(b"d/new", b"new"),
+            file(b".wh.a", b""),
+            file(b"a/b/c", b"c"),
+            file(b".wh.deep", b""),
+            file(b"deep/.wh.e", b""),
+            file(b"deep/.wh..wh..opq", b""),
+        ]);
+        apply_vec(&data, &c.dest, &c.overlay()).unwrap();
+        assert_eq!(
+            listing(&c.dest),
+            [
+                "a opaque",
+                "a/b dir",
+                "a/b/c file",
+                "d opaque",
+                "d/new file",
+                "deep whiteout",
+            ]
+        );
     }
 }

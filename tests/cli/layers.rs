@@ -544,3 +544,18 @@ fn whiteouts_of_nothing_show_nothing() {
     let tree = same_tree_on_both(&[("base", None, &base), ("top", Some("base"), &top)]).unwrap();
     assert_eq!(paths(&tree), ["d", "keep", "new", "new/f"]);
 }
+
+/// A directory that an entry implies, where the same layer whited out what
+/// was below, is made again empty; markers under such a whiteout hide
+/// nothing more.
+#[test]
+fn implied_directories_replace_the_layers_own_whiteouts() {
+    let dir = "type=tarfile.DIRTYPE, mode=0o755";
+    let base = format!("f('d/', b'', {dir})\nf('d/x')\nf('e')\nf('g/', b'', {dir})\nf('g/y')");
+    let top = "f('.wh.d', b'')\nf('d/new')\nf('.wh.e', b'')\nf('e/deep/f')\n\
+               f('.wh.g', b'')\nf('g/.wh.y', b'')\nf('g/.wh..wh..opq', b'')";
+    let Some(tree) = same_tree_on_both(&[("base", None, &base), ("top", Some("base"), top)]) else {
+        return;
+    };
+    assert_eq!(paths(&tree), ["d", "d/new", "e", "e/deep", "e/deep/f"]);
+}
