@@ -64,6 +64,12 @@
 //!   are looked at only for markers and for missing directories (never per
 //!   file), along the last path looked up; a root layer opens none, and at
 //!   most the 64 nearest stay open.
+//! * Overlayfs ignores the opaque xattr on an upper's root, so on overlay a
+//!   root `.wh..wh..opq` becomes a whiteout for every name the layers below
+//!   show in the root, except those this layer made before the marker; of
+//!   these, directories that merge with one below are made opaque (native
+//!   deletes everything under them that the layer did not make). Later
+//!   entries replace those whiteouts as any other of this layer.
 //! * `trusted.overlay.*` and `user.overlay.*` xattrs in an archive are never
 //!   applied (they steer overlayfs: redirects, metacopy); opaque directories
 //!   only come from `.wh..wh..opq` markers. `.wh..wh.*` aufs metadata
@@ -1355,6 +1361,28 @@ impl Lowers {
         })
     }
 
+    /// The names the merged lowers show in the root.
+    fn root_names(&self) -> Result<Vec<CString>> {
+        // Name -> whether it shows: the nearest layer having it decides.
+        let mut seen: HashMap<CString, bool> = HashMap::new();
+        for i in 0..self.paths.len() {
+            let failed =
+                |e: io::Error| io_err(format!("cannot read {}", self.paths[i].display()), e);
+            self.with_root(i, |root| {
+                for (name, whiteout) in whiteouts_in(root).map_err(failed)? {
+                    seen.entry(name).or_insert(!whiteout);
+                }
+                Ok(())
+            })?;
+        }
+        let mut names: Vec<CString> = seen
+            .into_iter()
+            .filter_map(|(name, shows)| shows.then_some(name))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// From here on the lowers show nothing under `rel`.
     fn hide(&mut self, rel: &[u8]) {
         self.hidden.insert(rel.to_vec());
@@ -1399,6 +1427,29 @@ fn open_beneath(root: BorrowedFd<'_>, rel: &CStr, flags: OFlags) -> rustix::io::
         )?);
     }
     cur.ok_or(Errno::INVAL)
+}
+
+/// The entries of directory `dir`: (name, is a whiteout).
+fn whiteouts_in(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, bool)>> {
+    let mut out = Vec::new();
+    for ent in rustix::fs::Dir::read_from(dir)? {
+        let ent = ent?;
+        let name = ent.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let whiteout = match ent.file_type() {
+            rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::Unknown => {
+                let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::CharacterDevice
+                    && st.st_rdev == 0
+            }
+            _ => false,
+        };
+        out.push((name.to_owned(), whiteout));
+    }
+    Ok(out)
 }
 
 fn opaque_xattr(user_xattr: bool) -> &'static CStr {
@@ -2210,6 +2261,9 @@ impl<'o> Extractor<'o> {
     fn opaque(&mut self, dir: &[&[u8]], rel: &[u8], entry: &str) -> Result<()> {
         match self.opts.whiteouts {
             Whiteouts::Overlay { user_xattr, .. } => {
+                if dir.is_empty() {
+                    return self.opaque_root(user_xattr);
+                }
                 if !self.shows_below(dir)? {
                     // Nothing below to hide; the path is still checked.
                     self.open_dir(dir, Missing::Skip, entry)?;
@@ -2260,6 +2314,44 @@ impl<'o> Extractor<'o> {
                 Ok(())
             }
         }
+    }
+
+    /// An opaque marker for the root, on overlay, where the kernel ignores
+    /// the xattr on the upper's root: a whiteout for every name the layers
+    /// below show there, except those this layer made before the marker;
+    /// of those, directories are made opaque (what they held below goes
+    /// too, as on native). Later entries replace these whiteouts as they
+    /// replace any other of this layer.
+    fn opaque_root(&mut self, user_xattr: bool) -> Result<()> {
+        let names = match &self.lowers {
+            Some(lowers) => lowers.root_names()?,
+            None => return Ok(()),
+        };
+        let root = self.root.clone();
+        for name in names {
+            let rel = name.to_bytes();
+            let failed =
+                |what: &str, e| io_err(format!("cannot {what} {}", self.path_of(rel).display()), e);
+            match rustix::fs::statat(&*root, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Err(Errno::NOENT) => {
+                    make_whiteout(&root, &name).map_err(|e| failed("create the whiteout", e))?
+                }
+                Ok(st)
+                    if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        == rustix::fs::FileType::Directory =>
+                {
+                    let fd = rustix::fs::openat(&*root, name.as_c_str(), DIR_FLAGS, Mode::empty())
+                        .map_err(|e| failed("open", e))?;
+                    if self.shows_below(&[rel])? {
+                        self.make_opaque(&fd, rel, user_xattr)?;
+                    }
+                }
+                // This layer's own file, or its whiteout.
+                Ok(_) => {}
+                Err(e) => return Err(failed("stat", e)),
+            }
+        }
+        Ok(())
     }
 
     /// Directory metadata, deepest first, once everything is in place.
@@ -4786,6 +4878,46 @@ mod tests {
                 "d opaque",
                 "d/new file",
                 "deep whiteout",
+            ]
+        );
+    }
+
+    /// Overlay: a root opaque marker (the kernel ignores the xattr on the
+    /// upper's root) whites out every name shown below, but what this layer
+    /// made before it; its directories become opaque, and later entries
+    /// replace the whiteouts.
+    #[test]
+    fn root_opaque_marker_whites_out_the_lower_root() {
+        need_root!();
+        let c = chain();
+        let data = tar_of(&[
+            dir(b"d/"),
+            file(b"d/mine", b"mine"),
+            file(b"keepfile", b"k"),
+            dir(b"fresh/"),
+            file(b"./.wh..wh..opq", b""),
+            file(b"a", b"new a"),
+            file(b"deep/g", b"g"),
+            dir(b"o/"),
+            file(b"plain/.wh.zz", b""),
+            file(b".wh.hid", b""),
+            file(b"d/.wh.x", b""),
+        ]);
+        apply_vec(&data, &c.dest, &c.overlay()).unwrap();
+        assert!(!is_opaque(&c.dest), "the root gets no xattr");
+        assert_eq!(
+            listing(&c.dest),
+            [
+                "a file",
+                "d opaque",
+                "d/mine file",
+                "deep opaque",
+                "deep/g file",
+                "fresh dir",
+                "hid whiteout",
+                "keepfile file",
+                "o opaque",
+                "plain whiteout",
             ]
         );
     }

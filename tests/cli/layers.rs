@@ -559,3 +559,33 @@ fn implied_directories_replace_the_layers_own_whiteouts() {
     };
     assert_eq!(paths(&tree), ["d", "d/new", "e", "e/deep", "e/deep/f"]);
 }
+
+/// An opaque marker for the root hides everything the layers below have
+/// (overlayfs ignores the opaque xattr on an upper's root), except what the
+/// layer made before it, whose directories lose their lower content; later
+/// entries take names back.
+#[test]
+fn root_opaque_marker_hides_the_whole_parent() {
+    let dir = "type=tarfile.DIRTYPE, mode=0o755";
+    let base = format!(
+        "f('a', b'old a')\nf('d/', b'', {dir})\nf('d/x')\nf('e/', b'', {dir})\nf('e/y')\n\
+         f('lnk', b'', type=tarfile.SYMTYPE, linkname='d')\nf('gone')"
+    );
+    let mid = "f('.wh.gone', b'')\nf('m')";
+    let top = format!(
+        "f('d/', b'', {dir})\nf('d/mine')\nf('keep')\nf('./.wh..wh..opq', b'')\n\
+         f('a', b'new a')\nf('e/z')\nf('lnk/', b'', {dir})\nf('.wh.m', b'')"
+    );
+    let Some(tree) = same_tree_on_both(&[
+        ("base", None, &base),
+        ("mid", Some("base"), mid),
+        ("top", Some("mid"), &top),
+    ]) else {
+        return;
+    };
+    assert_eq!(
+        paths(&tree),
+        ["a", "d", "d/mine", "e", "e/z", "keep", "lnk"]
+    );
+    assert_eq!(tree.content("a").as_deref(), Some("new a"));
+}
