@@ -24,7 +24,8 @@
 //!   FIFOs: Go ignores such sizes while GNU tar skips the data, so they
 //!   would be read differently), more uncompressed bytes than
 //!   `max_size`, `..` components, names with a NUL, symlinks or non-
-//!   directories in a parent position, hardlinks that do not point to an
+//!   directories in a parent position (of this layer or of the layers
+//!   below), hardlinks that do not point to an
 //!   earlier entry of the same layer, and device nodes unless allowed.
 //! * Absolute names and `./` prefixes are taken relative to `dest`, as
 //!   containerd does (`/etc/passwd` and `./etc/passwd` are `etc/passwd`);
@@ -32,11 +33,15 @@
 //! * Every path is resolved from a directory descriptor of `dest` with
 //!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` and created with the
 //!   `*at` calls relative to its parent's descriptor, so nothing can be
-//!   written outside `dest` whatever the archive holds. A layer that writes
-//!   through a symlink of a lower layer (`lib/x` over `lib -> usr/lib`) is
-//!   refused on the native driver; the overlay driver cannot see the lower
-//!   layers and creates a directory `lib` in the upper instead, as
-//!   containerd's overlay applier does.
+//!   written outside `dest` whatever the archive holds. A layer whose
+//!   entry's path goes through a symlink or a non-directory of a lower
+//!   layer (`lib/x` over `lib -> usr/lib`, `f/.wh..wh..opq` over a file
+//!   `f`) is refused alike on both drivers, with the same message: native
+//!   meets it in its full tree, overlay in the layers below, which it reads
+//!   for that (containerd's overlay applier cannot see them and makes a
+//!   directory `lib` in the upper, hiding the link). A lower entry that a
+//!   nearer layer whites out, or that this layer replaces or whites out
+//!   first, is no obstacle.
 //! * Entries for the root directory itself (`./`) are ignored, as in
 //!   containerd; [`write`] never emits one.
 //! * A hardlink must point to an earlier entry of the same layer (the only
@@ -1324,6 +1329,7 @@ impl Lowers {
             }
         }
         if self.hidden.contains(rel) {
+            level.kind = Below::Nothing;
             level.layers.clear();
         }
         Ok(level)
@@ -1383,10 +1389,13 @@ impl Lowers {
         Ok(names)
     }
 
-    /// From here on the lowers show nothing under `rel`.
+    /// From here on the lowers show nothing at or under `rel` (this layer
+    /// made it opaque or a whiteout).
     fn hide(&mut self, rel: &[u8]) {
         self.hidden.insert(rel.to_vec());
-        self.path.truncate(1);
+        // Levels of shorter paths stay true.
+        let depth = rel.iter().filter(|b| **b == b'/').count() + 1;
+        self.path.truncate(depth);
     }
 }
 
@@ -1570,10 +1579,30 @@ impl<'o> Extractor<'o> {
         for i in 0..comps.len() {
             match self.open_component(&cur, &comps[..=i], missing, entry)? {
                 Some(fd) => cur = fd,
-                None => return Ok(None),
+                None => {
+                    self.check_below(comps, i + 1, entry)?;
+                    return Ok(None);
+                }
             }
         }
         Ok(Some(cur))
+    }
+
+    /// Refuses `comps` if, from component `from` on (missing from the
+    /// upper), the layers below have a symlink or a non-directory on the
+    /// way, as native refuses what its full tree has there.
+    fn check_below(&mut self, comps: &[&[u8]], from: usize, entry: &str) -> Result<()> {
+        for j in from..comps.len() {
+            match self.below(&comps[..=j])? {
+                Below::Dir => {}
+                Below::Nothing => break,
+                found => {
+                    let sub = comps[..=j].join(&b'/');
+                    return Err(bad_parent(entry, &sub, found == Below::Symlink));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Opens the directory `sub` in `cur`, its parent.
@@ -1587,7 +1616,7 @@ impl<'o> Extractor<'o> {
         let name = cstr(sub[sub.len() - 1]);
         match rustix::fs::openat(cur, name.as_c_str(), DIR_FLAGS, Mode::empty()) {
             Ok(fd) => Ok(Some(Rc::new(fd))),
-            Err(Errno::NOENT) => self.missing_dir(cur, sub, missing),
+            Err(Errno::NOENT) => self.missing_dir(cur, sub, missing, entry),
             Err(Errno::LOOP) | Err(Errno::NOTDIR) => self.not_a_dir(cur, sub, missing, entry),
             Err(Errno::NAMETOOLONG) => Err(invalid(format!(
                 "entry `{entry}`: a name component is too long"
@@ -1602,17 +1631,24 @@ impl<'o> Extractor<'o> {
         }
     }
 
-    /// Directory `sub`, missing in `cur`: created or not as `missing` says.
+    /// Directory `sub`, missing in `cur`: created or not as `missing` says,
+    /// and refused where a layer below has a symlink or a non-directory
+    /// that shows (native refuses it in its full tree; an upper directory
+    /// there would replace it).
     fn missing_dir(
         &mut self,
         cur: &OwnedFd,
         sub: &[&[u8]],
         missing: Missing,
+        entry: &str,
     ) -> Result<Option<Rc<OwnedFd>>> {
-        let make = match missing {
-            Missing::Create => true,
-            Missing::Merged => self.below(sub)? == Below::Dir,
-            Missing::Skip => false,
+        let below = self.below(sub)?;
+        let make = match below {
+            Below::Symlink | Below::Other => {
+                return Err(bad_parent(entry, &sub.join(&b'/'), below == Below::Symlink));
+            }
+            Below::Dir => missing != Missing::Skip,
+            Below::Nothing => missing == Missing::Create,
         };
         if !make {
             return Ok(None);
@@ -1713,10 +1749,15 @@ impl<'o> Extractor<'o> {
                 e,
             )
         })?;
+        self.hide(rel);
+        Ok(())
+    }
+
+    /// What the layers below have at `rel` is hidden from here on.
+    fn hide(&mut self, rel: &[u8]) {
         if let Some(lowers) = &mut self.lowers {
             lowers.hide(rel);
         }
-        Ok(())
     }
 
     fn path_of(&self, rel: &[u8]) -> PathBuf {
@@ -2255,7 +2296,9 @@ impl<'o> Extractor<'o> {
                 format!("cannot create the whiteout {}", self.path_of(rel).display()),
                 e,
             )
-        })
+        })?;
+        self.hide(rel);
+        Ok(())
     }
 
     fn opaque(&mut self, dir: &[&[u8]], rel: &[u8], entry: &str) -> Result<()> {
@@ -2334,7 +2377,8 @@ impl<'o> Extractor<'o> {
                 |what: &str, e| io_err(format!("cannot {what} {}", self.path_of(rel).display()), e);
             match rustix::fs::statat(&*root, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
                 Err(Errno::NOENT) => {
-                    make_whiteout(&root, &name).map_err(|e| failed("create the whiteout", e))?
+                    make_whiteout(&root, &name).map_err(|e| failed("create the whiteout", e))?;
+                    self.hide(rel);
                 }
                 Ok(st)
                     if rustix::fs::FileType::from_raw_mode(st.st_mode)
@@ -4767,8 +4811,8 @@ mod tests {
         }
     }
 
-    /// Far: `a`, `d/x`, `w`, `o/y`, `deep/e/f`, `lnk -> d`, `plain`,
-    /// `hid/z`. Near: whiteouts of `w` and `lnk`, `o` opaque (and empty),
+    /// Far: `a`, `d/x`, `w`, `o/y`, `deep/e/f`, `lnk -> d`, `lnk2 -> d`,
+    /// `plain`, `hid/z`. Near: whiteouts of `w` and `lnk`, `o` opaque (and empty),
     /// `hid/` opaque with `hid/mine`.
     fn chain() -> Chain {
         let t = tmp();
@@ -4781,6 +4825,7 @@ mod tests {
             std::fs::write(far.join(f), f).unwrap();
         }
         std::os::unix::fs::symlink("d", far.join("lnk")).unwrap();
+        std::os::unix::fs::symlink("d", far.join("lnk2")).unwrap();
         for w in ["w", "lnk"] {
             mknod(&near.join(w), rustix::fs::FileType::CharacterDevice, 0, 0);
         }
@@ -4916,8 +4961,65 @@ mod tests {
                 "fresh dir",
                 "hid whiteout",
                 "keepfile file",
+                "lnk2 whiteout",
                 "o opaque",
                 "plain whiteout",
+            ]
+        );
+    }
+
+    /// Overlay: an entry whose path goes through a symlink or a
+    /// non-directory of the layers below is refused as native refuses it
+    /// (its full tree has them); one that a nearer layer or this one hides
+    /// or replaces first is not.
+    #[test]
+    fn overlay_refuses_paths_through_lower_non_directories() {
+        need_root!();
+        let symlink_parent = "its parent `lnk2` is a symlink";
+        let refused: [(&[u8], &str); 7] = [
+            (b"lnk2/.wh.x", symlink_parent),
+            (b"lnk2/.wh..wh..opq", symlink_parent),
+            (b"lnk2/f", symlink_parent),
+            (
+                b"plain/.wh..wh..opq",
+                "its parent `plain` is not a directory",
+            ),
+            (b"plain/x", "its parent `plain` is not a directory"),
+            (b"deep/e/f/g", "its parent `deep/e/f` is not a directory"),
+            (
+                b"deep/e/f/.wh.g",
+                "its parent `deep/e/f` is not a directory",
+            ),
+        ];
+        for (name, needle) in refused {
+            let c = chain();
+            let before = c.lowers_listing();
+            match apply_vec(&tar_of(&[file(name, b"")]), &c.dest, &c.overlay()) {
+                Err(LayerError::Invalid(msg)) => {
+                    assert!(msg.contains(needle), "{}: `{msg}`", show(name))
+                }
+                other => panic!("{}: expected Invalid, got {other:?}", show(name)),
+            }
+            assert_eq!(c.lowers_listing(), before);
+        }
+        let c = chain();
+        let data = tar_of(&[
+            file(b"lnk/f", b"whited out below"),
+            file(b".wh.lnk2", b""),
+            file(b"lnk2/f", b"whited out here"),
+            dir(b"plain/"),
+            file(b"plain/x", b"replaced"),
+        ]);
+        apply_vec(&data, &c.dest, &c.overlay()).unwrap();
+        assert_eq!(
+            listing(&c.dest),
+            [
+                "lnk dir",
+                "lnk/f file",
+                "lnk2 opaque",
+                "lnk2/f file",
+                "plain dir",
+                "plain/x file",
             ]
         );
     }

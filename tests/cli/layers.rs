@@ -589,3 +589,65 @@ fn root_opaque_marker_hides_the_whole_parent() {
     );
     assert_eq!(tree.content("a").as_deref(), Some("new a"));
 }
+
+/// An entry whose path goes through a symlink or a non-directory of a layer
+/// below is refused alike on both drivers (`invalid`, same message, nothing
+/// left); once the layer itself replaces or whites out that entry, the path
+/// is fine on both.
+#[test]
+fn paths_through_lower_symlinks_and_files_are_refused_on_both() {
+    let dir = "type=tarfile.DIRTYPE, mode=0o755";
+    let base = format!(
+        "f('d/', b'', {dir})\nf('d/x')\nf('lnk', b'', type=tarfile.SYMTYPE, linkname='d')\n\
+         f('file')\nf('s/', b'', {dir})\nf('s/out', b'', type=tarfile.SYMTYPE, linkname='/etc')"
+    );
+    let cases = [
+        "f('lnk/.wh.x', b'')".to_string(),
+        "f('lnk/new')".into(),
+        format!("f('lnk/sub/', b'', {dir})"),
+        "f('file/.wh..wh..opq', b'')".into(),
+        "f('file/x')".into(),
+        "f('s/out/.wh.passwd', b'')".into(),
+        "f('s/out/evil')".into(),
+        "f('s/out/.wh..wh..opq', b'')".into(),
+    ];
+    let (Some(overlay), Some(native)) = (Store::setup("overlay"), Store::setup("native")) else {
+        return;
+    };
+    for s in [&overlay, &native] {
+        apply_layers(s, &[("base", None, &base)]).success();
+    }
+    for (i, body) in cases.iter().enumerate() {
+        let name = format!("bad{i}");
+        let mut messages = Vec::new();
+        for s in [&overlay, &native] {
+            let dirs = s.snapshot_dirs();
+            let run = apply_layers(s, &[(&name, Some("base"), body)]).fails_json("invalid");
+            assert_eq!(
+                s.snapshot_dirs(),
+                dirs,
+                "{}: {body} left a directory",
+                s.driver
+            );
+            let err: serde_json::Value = serde_json::from_str(run.stderr.trim()).unwrap();
+            messages.push(err["error"]["message"].as_str().unwrap().to_string());
+        }
+        assert_eq!(messages[0], messages[1], "{body}: overlay vs native");
+        assert!(messages[0].contains("its parent"), "{}", messages[0]);
+        assert!(!Path::new("/etc/evil").exists());
+    }
+    for s in [&overlay, &native] {
+        assert_eq!(s.names(&[]), ["base"]);
+    }
+    let fine = format!(
+        "f('lnk/', b'', {dir})\nf('lnk/new')\nf('.wh.file', b'')\nf('file/x')\n\
+         f('.wh.s', b'')\nf('s/out/in')"
+    );
+    let tree = same_tree_on_both(&[("base", None, &base), ("fine", Some("base"), &fine)]).unwrap();
+    assert_eq!(
+        paths(&tree),
+        [
+            "d", "d/x", "file", "file/x", "lnk", "lnk/new", "s", "s/out", "s/out/in"
+        ]
+    );
+}
