@@ -1225,7 +1225,7 @@ struct Level {
     name: Vec<u8>,
     kind: Below,
     /// The layers whose directory here shows through, nearest first, down to
-    /// the first opaque one; none when this layer made it opaque.
+    /// the first opaque one; none when this layer hid the path.
     layers: Vec<usize>,
 }
 
@@ -1241,7 +1241,8 @@ struct Lowers {
     paths: Vec<PathBuf>,
     held: Vec<OwnedFd>,
     opaque_xattr: &'static CStr,
-    /// Directories of the upper that this layer made opaque.
+    /// Paths this layer made opaque directories or whiteouts: the lowers
+    /// show nothing at or under them.
     hidden: HashSet<Vec<u8>>,
     /// The path last looked up, root first: consecutive entries of an
     /// archive mostly share their directories.
@@ -1314,8 +1315,8 @@ impl Lowers {
                         break;
                     }
                 }
-                // A whiteout hides what is under it; so does a
-                // non-directory, or a directory above hides it.
+                // A whiteout ends the search, and so does a non-directory
+                // (hidden by a directory found above, if any).
                 found => {
                     if level.kind == Below::Nothing {
                         level.kind = match found {
