@@ -65,7 +65,9 @@
 //!   layer or in a directory new in the layer would show as a `c 0,0` file
 //!   `x` where the native driver has nothing. A directory of the layers
 //!   below that must hold a whiteout or become opaque is made in the
-//!   upper; none is made for a marker that hides nothing. The layers below
+//!   upper (with the nearest lower directory's owner, mode, xattrs and
+//!   times, as overlayfs's copy-up; when the layer lists the directory,
+//!   its entry sets them); none is made for a marker that hides nothing. The layers below
 //!   are looked at only for markers and for missing directories (never per
 //!   file), along the last path looked up; a root layer opens none, and at
 //!   most the 64 nearest stay open.
@@ -1368,6 +1370,35 @@ impl Lowers {
         })
     }
 
+    /// Owner, mode, times and xattrs (overlay's own left out) of the
+    /// directory the merged lowers show at `comps`, if they show one: the
+    /// nearest layer's, as overlayfs copies it up.
+    fn dir_meta(&mut self, comps: &[&[u8]]) -> Result<Option<Meta>> {
+        let level = self.at(comps)?;
+        let (Below::Dir, Some(&i)) = (level.kind, level.layers.first()) else {
+            return Ok(None);
+        };
+        // No symlink on the way: `at` opened every component beneath.
+        let p = self.paths[i].join(OsStr::from_bytes(&comps.join(&b'/')));
+        let md = std::fs::symlink_metadata(&p).map_err(read_err(&p))?;
+        let xattrs = xattrs_of(&p)?
+            .into_iter()
+            .map(|(k, v)| (cstr(&k), v))
+            .collect();
+        let time = |sec: i64, nsec: i64| Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        };
+        Ok(Some(Meta {
+            mode: md.mode() & 0o7777,
+            uid: Uid::from_raw(md.uid()),
+            gid: Gid::from_raw(md.gid()),
+            mtime: time(md.mtime(), md.mtime_nsec()),
+            atime: time(md.atime(), md.atime_nsec()),
+            xattrs,
+        }))
+    }
+
     /// The names the merged lowers show in the root.
     fn root_names(&self) -> Result<Vec<CString>> {
         // Name -> whether it shows: the nearest layer having it decides.
@@ -1654,7 +1685,33 @@ impl<'o> Extractor<'o> {
         if !make {
             return Ok(None);
         }
-        self.make_dir(cur, sub).map(Some)
+        let fd = self.make_dir(cur, sub)?;
+        if below == Below::Dir {
+            self.copy_up(&fd, sub)?;
+        }
+        Ok(Some(fd))
+    }
+
+    /// A directory made in the upper over one of the layers below, with no
+    /// entry of its own in the layer (its parent position implies it, or it
+    /// holds a whiteout), takes that directory's owner, mode, xattrs and
+    /// times, as overlayfs's copy-up gives them and as the native tree
+    /// keeps them; a `0755` root-owned stand-in would show instead. An
+    /// entry for it later in the layer still sets its own.
+    fn copy_up(&mut self, fd: &OwnedFd, sub: &[&[u8]]) -> Result<()> {
+        let Some(lowers) = &mut self.lowers else {
+            return Ok(());
+        };
+        let Some(meta) = lowers.dir_meta(sub)? else {
+            return Ok(());
+        };
+        self.set_meta_fd(
+            fd.as_fd(),
+            &meta,
+            &sub.join(&b'/'),
+            false,
+            Preset::default(),
+        )
     }
 
     /// `sub` in `cur` is not a directory: refused, unless it is a whiteout

@@ -545,6 +545,39 @@ fn whiteouts_of_nothing_show_nothing() {
     assert_eq!(paths(&tree), ["d", "keep", "new", "new/f"]);
 }
 
+/// A directory of the layers below that a layer implies (an entry inside
+/// it, or a whiteout in it) but does not list keeps its owner, mode and
+/// xattrs on overlay, as on native, where the full tree has it: not a
+/// `0755` root-owned stand-in.
+#[test]
+fn implied_directories_keep_the_lower_directory_s_metadata() {
+    let base = concat!(
+        "t.format = tarfile.PAX_FORMAT\n",
+        "f('home/', b'', type=tarfile.DIRTYPE, mode=0o700, uid=1000, gid=1000, ",
+        "pax_headers={'SCHILY.xattr.user.who': 'me'})\n",
+        "f('home/old')\n",
+        "f('srv/', b'', type=tarfile.DIRTYPE, mode=0o750, uid=7, gid=8)\n",
+        "f('srv/x')",
+    );
+    let top = "f('home/.bashrc')
+f('srv/.wh.x', b'')";
+    let Some(tree) = same_tree_on_both(&[("base", None, base), ("top", Some("base"), top)]) else {
+        return;
+    };
+    assert_eq!(paths(&tree), ["home", "home/.bashrc", "home/old", "srv"]);
+    let home = &tree.entries["home"];
+    assert_eq!(
+        (home.mode & 0o7777, home.uid, home.gid),
+        (0o700, 1000, 1000)
+    );
+    assert_eq!(
+        home.xattrs.get("user.who").map(Vec::as_slice),
+        Some(&b"me"[..])
+    );
+    let srv = &tree.entries["srv"];
+    assert_eq!((srv.mode & 0o7777, srv.uid, srv.gid), (0o750, 7, 8));
+}
+
 /// A directory that an entry implies, where the same layer whited out what
 /// was below, is made again empty; markers under such a whiteout hide
 /// nothing more.
