@@ -35,6 +35,10 @@ pub struct Args {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     ctx.store()?.chain_of(&args.key)?;
+    // A directory this export creates goes again if the export fails, so
+    // a failure leaves no half-made layout; an existing one keeps what it
+    // had (blobs already written stay, unreferenced, as with skopeo).
+    let fresh = std::fs::symlink_metadata(&args.dir).is_err();
     let mut layout = Layout::create(&args.dir, &args.tag)?;
     let printer = ctx.printer.clone();
     let pushed = oci::push(
@@ -43,6 +47,9 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         &mut layout,
         args.compression.into(),
         &printer,
-    )?;
-    ctx.printer.data(&pushed, |p| pushed_text(p, "wrote "))
+    );
+    if pushed.is_err() && fresh {
+        let _ = std::fs::remove_dir_all(&args.dir);
+    }
+    ctx.printer.data(&pushed?, |p| pushed_text(p, "wrote "))
 }
