@@ -48,8 +48,11 @@
 //!   kind docker/containerd/buildah write). This keeps both drivers
 //!   identical: an overlay upper does not contain the parent's files.
 //! * Whiteouts only hide what the layers below have (OCI image spec): a
-//!   `.wh.X` for an `X` that this layer itself created is ignored, and an
-//!   opaque marker keeps the entries this layer created before it. In an
+//!   `.wh.X` for a file `X` that this layer itself created is ignored; for
+//!   a directory `X` that this layer listed or put entries in, it hides
+//!   what the layers below have in `X` and keeps the layer's own (as an
+//!   opaque marker would); and an opaque marker keeps the entries this
+//!   layer created before it. In an
 //!   overlay upper, a directory that replaces a whiteout made by this layer
 //!   (a directory entry, or a parent an entry implies) is made opaque,
 //!   which is what the pair means; markers under such a whiteout hide
@@ -2299,6 +2302,17 @@ impl<'o> Extractor<'o> {
         entry: &str,
     ) -> Result<()> {
         let rel = join(parent_rel, target);
+        // A whiteout hides only what the layers below have (OCI image
+        // spec). Where this layer itself made a directory, or put entries
+        // in one, it keeps them: what the layers below have in it is hidden
+        // instead, as an opaque marker would.
+        if self.dirs.contains_key(&rel) || self.holds.contains(&rel) {
+            let mut comps = parent.to_vec();
+            comps.push(target);
+            if self.open_dir(&comps, Missing::Skip, entry)?.is_some() {
+                return self.opaque(&comps, &rel, entry);
+            }
+        }
         if let Whiteouts::Overlay { .. } = self.opts.whiteouts {
             return self.overlay_whiteout(parent, target, &rel, entry);
         }

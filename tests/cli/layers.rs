@@ -576,6 +576,31 @@ fn whiteouts_of_nothing_show_nothing() {
     assert_eq!(paths(&tree), ["d", "keep", "new", "new/f"]);
 }
 
+/// A whiteout hides only what the layers below have (OCI image spec): a
+/// directory the layer made or filled before its whiteout keeps the layer's
+/// own entries and loses what was below, on both drivers; a file the layer
+/// made stays.
+#[test]
+fn whiteouts_keep_what_the_layer_itself_made() {
+    let dir = "type=tarfile.DIRTYPE, mode=0o755";
+    let base = format!(
+        "f('s/', b'', {dir})\nf('s/old')\nf('t/', b'', {dir})\nf('t/old')\n\
+         f('u/', b'', {dir})\nf('u/old')\nf('u/new/', b'', {dir})\nf('u/new/old')"
+    );
+    let top = format!(
+        "f('s/out')\nf('.wh.s', b'')\nf('t/', b'', {dir})\nf('.wh.t', b'')\n\
+         f('u/new/f')\nf('.wh.u', b'')\nf('x')\nf('.wh.x', b'')"
+    );
+    let Some(tree) = same_tree_on_both(&[("base", None, &base), ("top", Some("base"), &top)])
+    else {
+        return;
+    };
+    assert_eq!(
+        paths(&tree),
+        ["s", "s/out", "t", "u", "u/new", "u/new/f", "x"]
+    );
+}
+
 /// A directory of the layers below that a layer implies (an entry inside
 /// it, or a whiteout in it) but does not list keeps its owner, mode and
 /// xattrs on overlay, as on native, where the full tree has it: not a
