@@ -2003,7 +2003,11 @@ impl<'o> Extractor<'o> {
                                     )
                                 },
                             )?;
-                            if was_whiteout
+                            // A whiteout, or a file this layer put over a
+                            // directory below, hid what was below; the new
+                            // directory must go on hiding it.
+                            let hid_below = was_whiteout || self.below(&comps)? != Below::Nothing;
+                            if hid_below
                                 && let Whiteouts::Overlay { user_xattr, .. } = self.opts.whiteouts
                             {
                                 // Deleted below, recreated here: opaque.

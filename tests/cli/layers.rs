@@ -579,17 +579,20 @@ fn whiteouts_of_nothing_show_nothing() {
 /// A whiteout hides only what the layers below have (OCI image spec): a
 /// directory the layer made or filled before its whiteout keeps the layer's
 /// own entries and loses what was below, on both drivers; a file the layer
-/// made stays.
+/// made stays. A directory, then a file, then a directory again at one path
+/// shows nothing of the layers below.
 #[test]
 fn whiteouts_keep_what_the_layer_itself_made() {
     let dir = "type=tarfile.DIRTYPE, mode=0o755";
     let base = format!(
         "f('s/', b'', {dir})\nf('s/old')\nf('t/', b'', {dir})\nf('t/old')\n\
-         f('u/', b'', {dir})\nf('u/old')\nf('u/new/', b'', {dir})\nf('u/new/old')"
+         f('u/', b'', {dir})\nf('u/old')\nf('u/new/', b'', {dir})\nf('u/new/old')\n\
+         f('v/', b'', {dir})\nf('v/old')"
     );
     let top = format!(
         "f('s/out')\nf('.wh.s', b'')\nf('t/', b'', {dir})\nf('.wh.t', b'')\n\
-         f('u/new/f')\nf('.wh.u', b'')\nf('x')\nf('.wh.x', b'')"
+         f('u/new/f')\nf('.wh.u', b'')\nf('x')\nf('.wh.x', b'')\n\
+         f('v/', b'', {dir})\nf('v')\nf('v/', b'', {dir})"
     );
     let Some(tree) = same_tree_on_both(&[("base", None, &base), ("top", Some("base"), &top)])
     else {
@@ -597,7 +600,7 @@ fn whiteouts_keep_what_the_layer_itself_made() {
     };
     assert_eq!(
         paths(&tree),
-        ["s", "s/out", "t", "u", "u/new", "u/new/f", "x"]
+        ["s", "s/out", "t", "u", "u/new", "u/new/f", "v", "x"]
     );
 }
 
