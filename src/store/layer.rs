@@ -1080,6 +1080,8 @@ struct Extractor<'o> {
     /// Directories that contain something this layer created.
     holds: HashSet<Vec<u8>>,
     dirs: HashMap<Vec<u8>, DirMeta>,
+    /// Overlay: directories made in the upper as copies of one below.
+    copied_up: HashSet<Vec<u8>>,
     privileged: bool,
     proc_fd: bool,
     /// This process's effective uid and gid and its umask (None if the
@@ -1533,6 +1535,7 @@ impl<'o> Extractor<'o> {
             created: HashSet::new(),
             holds: HashSet::new(),
             dirs: HashMap::new(),
+            copied_up: HashSet::new(),
             privileged: nix::unistd::geteuid().is_root(),
             proc_fd: Path::new("/proc/self/fd").is_dir(),
             creator: current_umask()
@@ -1708,13 +1711,10 @@ impl<'o> Extractor<'o> {
         let Some(meta) = lowers.dir_meta(sub)? else {
             return Ok(());
         };
-        self.set_meta_fd(
-            fd.as_fd(),
-            &meta,
-            &sub.join(&b'/'),
-            false,
-            Preset::default(),
-        )
+        let rel = sub.join(&b'/');
+        self.set_meta_fd(fd.as_fd(), &meta, &rel, false, Preset::default())?;
+        self.copied_up.insert(rel);
+        Ok(())
     }
 
     /// `sub` in `cur` is not a directory: refused, unless it is a whiteout
@@ -1987,7 +1987,9 @@ impl<'o> Extractor<'o> {
                             })?;
                         let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
                         if ft == rustix::fs::FileType::Directory {
-                            existed = !self.created.contains(&rel);
+                            // A copy-up stands for the directory below:
+                            // the entry replaces its xattrs, as on native.
+                            existed = !self.created.contains(&rel) || self.copied_up.contains(&rel);
                         } else {
                             let was_whiteout =
                                 ft == rustix::fs::FileType::CharacterDevice && st.st_rdev == 0;
@@ -2003,10 +2005,11 @@ impl<'o> Extractor<'o> {
                                     )
                                 },
                             )?;
-                            // A whiteout, or a file this layer put over a
-                            // directory below, hid what was below; the new
-                            // directory must go on hiding it.
-                            let hid_below = was_whiteout || self.below(&comps)? != Below::Nothing;
+                            // What this layer had here (a whiteout, or a
+                            // file over what was below, itself maybe after
+                            // a whiteout) hid the layers below; the new
+                            // directory must go on hiding them.
+                            let hid_below = was_whiteout || self.lowers.is_some();
                             if hid_below
                                 && let Whiteouts::Overlay { user_xattr, .. } = self.opts.whiteouts
                             {
@@ -2310,23 +2313,35 @@ impl<'o> Extractor<'o> {
         // spec). Where this layer itself made a directory, or put entries
         // in one, it keeps them: what the layers below have in it is hidden
         // instead, as an opaque marker would.
-        if self.dirs.contains_key(&rel) || self.holds.contains(&rel) {
+        if (self.dirs.contains_key(&rel) || self.holds.contains(&rel))
+            && self.is_dir(parent, target, entry)?
+        {
             let mut comps = parent.to_vec();
             comps.push(target);
-            if self.open_dir(&comps, Missing::Skip, entry)?.is_some() {
-                return self.opaque(&comps, &rel, entry);
-            }
+            return self.opaque(&comps, &rel, entry);
         }
         if let Whiteouts::Overlay { .. } = self.opts.whiteouts {
             return self.overlay_whiteout(parent, target, &rel, entry);
         }
-        if self.created.contains(&rel) {
-            return Ok(());
-        }
+        // The path is checked even where the whiteout then does nothing.
         let Some(dir) = self.open_dir(parent, Missing::Skip, entry)? else {
             return Ok(());
         };
+        if self.created.contains(&rel) {
+            return Ok(());
+        }
         self.remove(&dir, cstr(target).as_c_str(), &rel)
+    }
+
+    /// Whether `target` in directory `parent` is a directory now.
+    fn is_dir(&mut self, parent: &[&[u8]], target: &[u8], entry: &str) -> Result<bool> {
+        let Some(dir) = self.open_dir(parent, Missing::Skip, entry)? else {
+            return Ok(false);
+        };
+        let st = rustix::fs::statat(&*dir, cstr(target).as_c_str(), AtFlags::SYMLINK_NOFOLLOW);
+        Ok(st.is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+        }))
     }
 
     /// A whiteout in the upper: a char device 0/0, made only where a layer

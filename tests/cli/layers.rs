@@ -580,19 +580,22 @@ fn whiteouts_of_nothing_show_nothing() {
 /// directory the layer made or filled before its whiteout keeps the layer's
 /// own entries and loses what was below, on both drivers; a file the layer
 /// made stays. A directory, then a file, then a directory again at one path
-/// shows nothing of the layers below.
+/// (also after a whiteout) shows nothing of the layers below; a whiteout of
+/// the layer's own file over a directory it filled is ignored.
 #[test]
 fn whiteouts_keep_what_the_layer_itself_made() {
     let dir = "type=tarfile.DIRTYPE, mode=0o755";
     let base = format!(
         "f('s/', b'', {dir})\nf('s/old')\nf('t/', b'', {dir})\nf('t/old')\n\
          f('u/', b'', {dir})\nf('u/old')\nf('u/new/', b'', {dir})\nf('u/new/old')\n\
-         f('v/', b'', {dir})\nf('v/old')"
+         f('v/', b'', {dir})\nf('v/old')\nf('w/', b'', {dir})\nf('w/old')\nf('k/a/c')"
     );
     let top = format!(
         "f('s/out')\nf('.wh.s', b'')\nf('t/', b'', {dir})\nf('.wh.t', b'')\n\
          f('u/new/f')\nf('.wh.u', b'')\nf('x')\nf('.wh.x', b'')\n\
-         f('v/', b'', {dir})\nf('v')\nf('v/', b'', {dir})"
+         f('v/', b'', {dir})\nf('v')\nf('v/', b'', {dir})\n\
+         f('.wh.w', b'')\nf('w')\nf('w/', b'', {dir})\n\
+         f('k/a/.wh.c', b'')\nf('k')\nf('.wh.k', b'')"
     );
     let Some(tree) = same_tree_on_both(&[("base", None, &base), ("top", Some("base"), &top)])
     else {
@@ -600,7 +603,9 @@ fn whiteouts_keep_what_the_layer_itself_made() {
     };
     assert_eq!(
         paths(&tree),
-        ["s", "s/out", "t", "u", "u/new", "u/new/f", "v", "x"]
+        [
+            "k", "s", "s/out", "t", "u", "u/new", "u/new/f", "v", "w", "x"
+        ]
     );
 }
 
@@ -616,14 +621,24 @@ fn implied_directories_keep_the_lower_directory_s_metadata() {
         "pax_headers={'SCHILY.xattr.user.who': 'me'})\n",
         "f('home/old')\n",
         "f('srv/', b'', type=tarfile.DIRTYPE, mode=0o750, uid=7, gid=8)\n",
-        "f('srv/x')",
+        "f('srv/x')\n",
+        "f('etc/', b'', type=tarfile.DIRTYPE, pax_headers={'SCHILY.xattr.user.old': '1'})",
     );
-    let top = "f('home/.bashrc')
-f('srv/.wh.x', b'')";
+    // `etc/` listed after its child: the entry's xattrs replace the lower's.
+    let top = concat!(
+        "f('home/.bashrc')\n",
+        "f('srv/.wh.x', b'')\n",
+        "f('etc/f')\n",
+        "f('etc/', b'', type=tarfile.DIRTYPE)",
+    );
     let Some(tree) = same_tree_on_both(&[("base", None, base), ("top", Some("base"), top)]) else {
         return;
     };
-    assert_eq!(paths(&tree), ["home", "home/.bashrc", "home/old", "srv"]);
+    assert_eq!(
+        paths(&tree),
+        ["etc", "etc/f", "home", "home/.bashrc", "home/old", "srv"]
+    );
+    assert!(tree.entries["etc"].xattrs.is_empty());
     let home = &tree.entries["home"];
     assert_eq!(
         (home.mode & 0o7777, home.uid, home.gid),
@@ -702,6 +717,9 @@ fn paths_through_lower_symlinks_and_files_are_refused_on_both() {
         "f('s/out/.wh.passwd', b'')".into(),
         "f('s/out/evil')".into(),
         "f('s/out/.wh..wh..opq', b'')".into(),
+        // The layer's own file in a parent position, also for a whiteout
+        // of the layer's own entry.
+        "f('mine/b')\nf('mine')\nf('mine/.wh.b', b'')".into(),
     ];
     let (Some(overlay), Some(native)) = (Store::setup("overlay"), Store::setup("native")) else {
         return;
