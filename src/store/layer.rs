@@ -70,7 +70,10 @@
 //!   below that must hold a whiteout or become opaque is made in the
 //!   upper (with the nearest lower directory's owner, mode, xattrs and
 //!   times, as overlayfs's copy-up; when the layer lists the directory,
-//!   its entry sets them); none is made for a marker that hides nothing. The layers below
+//!   its entry sets them); none is made for a marker that hides nothing.
+//!   Such a directory that holds nothing of the layer's own goes again when
+//!   a later whiteout or opaque marker hides it, and a directory made
+//!   opaque loses the whiteouts under it (nothing merges there). The layers below
 //!   are looked at only for markers and for missing directories (never per
 //!   file), along the last path looked up; a root layer opens none, and at
 //!   most the 64 nearest stay open.
@@ -1082,6 +1085,11 @@ struct Extractor<'o> {
     dirs: HashMap<Vec<u8>, DirMeta>,
     /// Overlay: directories made in the upper as copies of one below.
     copied_up: HashSet<Vec<u8>>,
+    /// Overlay: directories made in the upper only to hold whiteouts or be
+    /// opaque, with nothing of this layer in them (yet): a whiteout or an
+    /// opaque marker over them later removes them, as native deletes the
+    /// directory they stand for.
+    containers: HashSet<Vec<u8>>,
     privileged: bool,
     proc_fd: bool,
     /// This process's effective uid and gid and its umask (None if the
@@ -1536,6 +1544,7 @@ impl<'o> Extractor<'o> {
             holds: HashSet::new(),
             dirs: HashMap::new(),
             copied_up: HashSet::new(),
+            containers: HashSet::new(),
             privileged: nix::unistd::geteuid().is_root(),
             proc_fd: Path::new("/proc/self/fd").is_dir(),
             creator: current_umask()
@@ -1547,12 +1556,15 @@ impl<'o> Extractor<'o> {
 
     fn mark_created(&mut self, rel: &[u8]) {
         self.created.insert(rel.to_vec());
+        self.containers.remove(rel);
         let mut p = rel;
         while let Some(i) = p.iter().rposition(|b| *b == b'/') {
             p = &p[..i];
             if !self.holds.insert(p.to_vec()) {
                 break;
             }
+            // Holds an entry of this layer now: no longer only a container.
+            self.containers.remove(p);
         }
     }
 
@@ -1691,7 +1703,7 @@ impl<'o> Extractor<'o> {
         if !make {
             return Ok(None);
         }
-        let fd = self.make_dir(cur, sub)?;
+        let fd = self.make_dir(cur, sub, missing == Missing::Merged)?;
         if below == Below::Dir {
             self.copy_up(&fd, sub)?;
         }
@@ -1755,13 +1767,14 @@ impl<'o> Extractor<'o> {
     ) -> Result<Rc<OwnedFd>> {
         let rel = sub.join(&b'/');
         self.remove(cur, cstr(sub[sub.len() - 1]).as_c_str(), &rel)?;
-        let fd = self.make_dir(cur, sub)?;
+        let fd = self.make_dir(cur, sub, false)?;
         self.make_opaque(&fd, &rel, user_xattr)?;
         Ok(fd)
     }
 
-    /// Creates directory `sub` in `cur`, 0755 whatever the umask.
-    fn make_dir(&mut self, cur: &OwnedFd, sub: &[&[u8]]) -> Result<Rc<OwnedFd>> {
+    /// Creates directory `sub` in `cur`, 0755 whatever the umask; as a
+    /// container (see [`Extractor::containers`]) or as made by this layer.
+    fn make_dir(&mut self, cur: &OwnedFd, sub: &[&[u8]], container: bool) -> Result<Rc<OwnedFd>> {
         let rel = sub.join(&b'/');
         let name = cstr(sub[sub.len() - 1]);
         let failed = |what: &str, e| {
@@ -1780,8 +1793,39 @@ impl<'o> Extractor<'o> {
                 Ok(fd)
             })
             .map_err(|e| failed("open", e))?;
-        self.mark_created(&rel);
+        if container {
+            self.containers.insert(rel);
+        } else {
+            self.mark_created(&rel);
+        }
         Ok(Rc::new(fd))
+    }
+
+    /// Removes the containers under `rel`, and `rel` itself if `with_rel`
+    /// and it is one: what they stand for is hidden now.
+    fn drop_containers(&mut self, rel: &[u8], with_rel: bool, entry: &str) -> Result<()> {
+        let prefix = [rel, b"/"].concat();
+        let mut gone: Vec<Vec<u8>> = self
+            .containers
+            .iter()
+            .filter(|c| (with_rel && c.as_slice() == rel) || c.starts_with(&prefix))
+            .cloned()
+            .collect();
+        // Parents first: their removal takes the children with them.
+        gone.sort_by_key(Vec::len);
+        for c in gone {
+            if !self.containers.remove(&c) {
+                continue;
+            }
+            let inside = [c.as_slice(), b"/"].concat();
+            self.containers.retain(|x| !x.starts_with(&inside));
+            let comps: Vec<&[u8]> = c.split(|b| *b == b'/').collect();
+            let (last, parent) = comps.split_last().expect("a container is not the root");
+            if let Some(dir) = self.open_dir(parent, Missing::Skip, entry)? {
+                self.remove(&dir, cstr(last).as_c_str(), &c)?;
+            }
+        }
+        Ok(())
     }
 
     /// What the layers below show at `comps` (nothing on native, or with no
@@ -1807,6 +1851,15 @@ impl<'o> Extractor<'o> {
         set_opaque(fd, user_xattr).map_err(|e| {
             io_err(
                 format!("cannot mark {} opaque", self.path_of(rel).display()),
+                e,
+            )
+        })?;
+        clear_whiteouts(fd).map_err(|e| {
+            io_err(
+                format!(
+                    "cannot clear the whiteouts in {}",
+                    self.path_of(rel).display()
+                ),
                 e,
             )
         })?;
@@ -1862,6 +1915,11 @@ impl<'o> Extractor<'o> {
     fn remove(&mut self, dir: &OwnedFd, name: &CStr, rel: &[u8]) -> Result<()> {
         self.forget_dirs();
         self.dirs.remove(rel);
+        if !self.containers.is_empty() {
+            let inside = [rel, b"/"].concat();
+            self.containers
+                .retain(|c| c.as_slice() != rel && !c.starts_with(&inside));
+        }
         remove_all_at(dir.as_fd(), name)
             .map_err(|e| io_err(format!("cannot remove {}", self.path_of(rel).display()), e))
     }
@@ -2365,6 +2423,10 @@ impl<'o> Extractor<'o> {
             return Ok(());
         };
         let cname = cstr(target);
+        if self.containers.contains(rel) {
+            self.drop_containers(rel, true, entry)?;
+            return self.overlay_whiteout(parent, target, rel, entry);
+        }
         match rustix::fs::statat(&*dir, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
             // Made by this layer (or a duplicate whiteout): whiteouts only
             // hide the layers below.
@@ -2406,7 +2468,9 @@ impl<'o> Extractor<'o> {
                 let Some(fd) = self.open_dir(dir, Missing::Merged, entry)? else {
                     return Ok(());
                 };
-                self.make_opaque(&fd, rel, user_xattr)
+                self.make_opaque(&fd, rel, user_xattr)?;
+                // What they held whiteouts for is hidden as a whole now.
+                self.drop_containers(rel, false, entry)
             }
             Whiteouts::Delete => {
                 let Some(fd) = self.open_dir(dir, Missing::Skip, entry)? else {
@@ -2464,9 +2528,13 @@ impl<'o> Extractor<'o> {
         let root = self.root.clone();
         for name in names {
             let rel = name.to_bytes();
+            if self.containers.contains(rel) {
+                self.drop_containers(rel, true, ".wh..wh..opq")?;
+            }
             let failed =
                 |what: &str, e| io_err(format!("cannot {what} {}", self.path_of(rel).display()), e);
-            match rustix::fs::statat(&*root, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            let st = rustix::fs::statat(&*root, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW);
+            match st {
                 Err(Errno::NOENT) => {
                     make_whiteout(&root, &name).map_err(|e| failed("create the whiteout", e))?;
                     self.hide(rel);
@@ -2552,6 +2620,40 @@ fn list_dir(fd: &OwnedFd) -> io::Result<Vec<(CString, bool)>> {
         out.push((name.to_owned(), is_dir));
     }
     Ok(out)
+}
+
+/// Removes the whiteouts anywhere under directory `dir`, just made opaque:
+/// nothing merges under an opaque directory, so they hide nothing, and
+/// overlayfs would list them (as names `lstat` cannot find).
+fn clear_whiteouts(dir: &OwnedFd) -> io::Result<()> {
+    // (parent, name) of directories still to clear; parents are shared, so
+    // the descriptors held grow with the depth, not the width.
+    let mut stack: Vec<(Rc<OwnedFd>, Option<CString>)> = vec![(Rc::new(dir.try_clone()?), None)];
+    while let Some((parent, name)) = stack.pop() {
+        let fd = match name {
+            Some(name) => Rc::new(rustix::fs::openat(
+                &*parent,
+                name.as_c_str(),
+                DIR_FLAGS,
+                Mode::empty(),
+            )?),
+            None => parent,
+        };
+        for (name, is_dir) in list_dir(&fd)? {
+            if is_dir {
+                stack.push((Rc::clone(&fd), Some(name)));
+                continue;
+            }
+            let st = rustix::fs::statat(&*fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+            if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                == rustix::fs::FileType::CharacterDevice
+                && st.st_rdev == 0
+            {
+                rustix::fs::unlinkat(&*fd, name.as_c_str(), AtFlags::empty())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes `name` in `dir`, recursively, without following symlinks and

@@ -609,6 +609,25 @@ fn whiteouts_keep_what_the_layer_itself_made() {
     );
 }
 
+/// Whiteouts the layer made inside a directory that it then whites out or
+/// makes opaque go with what they hid: overlayfs would list them (names
+/// `lstat` cannot find) in a directory that no longer merges, and keep the
+/// directories made only to hold them.
+#[test]
+fn whiteouts_under_a_later_whiteout_or_opaque_marker_go() {
+    let base = "f('p/q/r')\nf('m/n')\nf('m/o')\nf('r1/z')";
+    let first = "f('p/q/.wh.r', b'')\nf('.wh.p', b'')\nf('m/x')\nf('m/.wh.n', b'')\n\
+                 f('m/.wh..wh..opq', b'')";
+    let Some(tree) = same_tree_on_both(&[("base", None, base), ("top", Some("base"), first)])
+    else {
+        return;
+    };
+    assert_eq!(paths(&tree), ["m", "m/x", "r1", "r1/z"]);
+    let root = "f('r1/.wh.z', b'')\nf('m/.wh.n', b'')\nf('.wh..wh..opq', b'')\nf('new')";
+    let tree = same_tree_on_both(&[("base", None, base), ("top", Some("base"), root)]).unwrap();
+    assert_eq!(paths(&tree), ["new"]);
+}
+
 /// A directory of the layers below that a layer implies (an entry inside
 /// it, or a whiteout in it) but does not list keeps its owner, mode and
 /// xattrs on overlay, as on native, where the full tree has it: not a
