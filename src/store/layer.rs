@@ -1434,6 +1434,16 @@ impl Lowers {
         Ok(names)
     }
 
+    /// What was hidden at and under `rel` shows again (the upper directory
+    /// that hid it is gone).
+    fn unhide(&mut self, rel: &[u8]) {
+        let inside = [rel, b"/"].concat();
+        self.hidden
+            .retain(|h| h.as_slice() != rel && !h.starts_with(&inside));
+        let depth = rel.iter().filter(|b| **b == b'/').count() + 1;
+        self.path.truncate(depth);
+    }
+
     /// From here on the lowers show nothing at or under `rel` (this layer
     /// made it opaque or a whiteout).
     fn hide(&mut self, rel: &[u8]) {
@@ -2414,6 +2424,14 @@ impl<'o> Extractor<'o> {
     ) -> Result<()> {
         let mut comps = parent.to_vec();
         comps.push(target);
+        if self.containers.contains(rel) {
+            // Made only to hold markers: it goes, and what it hid shows
+            // again, for the whiteout to hide as a whole.
+            self.drop_containers(rel, true, entry)?;
+            if let Some(lowers) = &mut self.lowers {
+                lowers.unhide(rel);
+            }
+        }
         if self.below(&comps)? == Below::Nothing {
             // Nothing to hide; the path is still checked.
             self.open_dir(parent, Missing::Skip, entry)?;
@@ -2423,10 +2441,6 @@ impl<'o> Extractor<'o> {
             return Ok(());
         };
         let cname = cstr(target);
-        if self.containers.contains(rel) {
-            self.drop_containers(rel, true, entry)?;
-            return self.overlay_whiteout(parent, target, rel, entry);
-        }
         match rustix::fs::statat(&*dir, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
             // Made by this layer (or a duplicate whiteout): whiteouts only
             // hide the layers below.

@@ -623,6 +623,11 @@ fn whiteouts_under_a_later_whiteout_or_opaque_marker_go() {
         return;
     };
     assert_eq!(paths(&tree), ["m", "m/x", "r1", "r1/z"]);
+    // An opaque marker, then a whiteout of its directory.
+    let base2 = "f('d/e/f')";
+    let top2 = "f('d/e/.wh..wh..opq', b'')\nf('d/.wh.e', b'')";
+    let tree = same_tree_on_both(&[("base", None, base2), ("top", Some("base"), top2)]).unwrap();
+    assert_eq!(paths(&tree), ["d"]);
     let root = "f('r1/.wh.z', b'')\nf('m/.wh.n', b'')\nf('.wh..wh..opq', b'')\nf('new')";
     let tree = same_tree_on_both(&[("base", None, base), ("top", Some("base"), root)]).unwrap();
     assert_eq!(paths(&tree), ["new"]);
