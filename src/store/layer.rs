@@ -2047,6 +2047,19 @@ impl<'o> Extractor<'o> {
             Kind::Dir => {
                 let mut existed = false;
                 match rustix::fs::mkdirat(&*dir, cname, Mode::from_raw_mode(0o700)) {
+                    // New in an overlay upper over a directory below: it
+                    // starts as the copy-up of that one until the entry's
+                    // own metadata is set at the end, as the native tree's
+                    // existing directory does (a setgid one gives its group
+                    // to what is made in it meanwhile).
+                    Ok(()) if self.below(&comps)? == Below::Dir => {
+                        let fd = rustix::fs::openat(&*dir, cname, DIR_FLAGS, Mode::empty())
+                            .map_err(|e| {
+                                io_err(format!("cannot open {}", self.path_of(&rel).display()), e)
+                            })?;
+                        self.copy_up(&fd, &comps)?;
+                        existed = true;
+                    }
                     Ok(()) => {}
                     Err(Errno::EXIST) => {
                         let st = rustix::fs::statat(&*dir, cname, AtFlags::SYMLINK_NOFOLLOW)

@@ -674,6 +674,16 @@ fn implied_directories_keep_the_lower_directory_s_metadata() {
     );
     let srv = &tree.entries["srv"];
     assert_eq!((srv.mode & 0o7777, srv.uid, srv.gid), (0o750, 7, 8));
+
+    // Listed, a directory over a setgid one below starts as that one until
+    // its entry's metadata is set at the end: what is made in it meanwhile
+    // gets the group, on overlay as on native.
+    let base = "f('g/', b'', type=tarfile.DIRTYPE, mode=0o2755, gid=1000)";
+    let top = "f('g/', b'', type=tarfile.DIRTYPE, mode=0o750, gid=1000)\nf('g/sub/f')";
+    let setgid = same_tree_on_both(&[("base", None, base), ("top", Some("base"), top)]).unwrap();
+    assert_eq!(paths(&setgid), ["g", "g/sub", "g/sub/f"]);
+    assert_eq!(setgid.entries["g/sub"].gid, 1000);
+    assert_eq!(setgid.entries["g"].mode & 0o7777, 0o750);
 }
 
 /// A directory that an entry implies, where the same layer whited out what
