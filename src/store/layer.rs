@@ -73,10 +73,10 @@
 //!   its entry sets them); none is made for a marker that hides nothing.
 //!   Such a directory that holds nothing of the layer's own goes again when
 //!   a later whiteout or opaque marker hides it, and a directory made
-//!   opaque loses the whiteouts under it (nothing merges there). The layers below
-//!   are looked at only for markers and for missing directories (never per
-//!   file), along the last path looked up; a root layer opens none, and at
-//!   most the 64 nearest stay open.
+//!   opaque loses the whiteouts under it (nothing merges there). The
+//!   layers below are looked at only for markers and for directories (never
+//!   per file), along the last path looked up; a root layer opens none, and
+//!   at most the 64 nearest stay open.
 //! * Overlayfs ignores the opaque xattr on an upper's root, so on overlay a
 //!   root `.wh..wh..opq` becomes a whiteout for every name the layers below
 //!   show in the root, except those this layer made before the marker; of
