@@ -1420,8 +1420,8 @@ impl Lowers {
             let failed =
                 |e: io::Error| io_err(format!("cannot read {}", self.paths[i].display()), e);
             self.with_root(i, |root| {
-                for (name, whiteout) in whiteouts_in(root).map_err(failed)? {
-                    seen.entry(name).or_insert(!whiteout);
+                for (name, found) in list_entries(root).map_err(failed)? {
+                    seen.entry(name).or_insert(found != Found::Whiteout);
                 }
                 Ok(())
             })?;
@@ -1491,29 +1491,6 @@ fn open_beneath(root: BorrowedFd<'_>, rel: &CStr, flags: OFlags) -> rustix::io::
         )?);
     }
     cur.ok_or(Errno::INVAL)
-}
-
-/// The entries of directory `dir`: (name, is a whiteout).
-fn whiteouts_in(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, bool)>> {
-    let mut out = Vec::new();
-    for ent in rustix::fs::Dir::read_from(dir)? {
-        let ent = ent?;
-        let name = ent.file_name();
-        if name == c"." || name == c".." {
-            continue;
-        }
-        let whiteout = match ent.file_type() {
-            rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::Unknown => {
-                let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-                rustix::fs::FileType::from_raw_mode(st.st_mode)
-                    == rustix::fs::FileType::CharacterDevice
-                    && st.st_rdev == 0
-            }
-            _ => false,
-        };
-        out.push((name.to_owned(), whiteout));
-    }
-    Ok(out)
 }
 
 fn opaque_xattr(user_xattr: bool) -> &'static CStr {
@@ -1824,11 +1801,10 @@ impl<'o> Extractor<'o> {
         // Parents first: their removal takes the children with them.
         gone.sort_by_key(Vec::len);
         for c in gone {
-            if !self.containers.remove(&c) {
+            if !self.containers.contains(&c) {
                 continue;
             }
-            let inside = [c.as_slice(), b"/"].concat();
-            self.containers.retain(|x| !x.starts_with(&inside));
+            self.forget_containers(&c);
             let comps: Vec<&[u8]> = c.split(|b| *b == b'/').collect();
             let (last, parent) = comps.split_last().expect("a container is not the root");
             if let Some(dir) = self.open_dir(parent, Missing::Skip, entry)? {
@@ -1836,6 +1812,16 @@ impl<'o> Extractor<'o> {
             }
         }
         Ok(())
+    }
+
+    /// `rel` and what is under it are no containers (any more).
+    fn forget_containers(&mut self, rel: &[u8]) {
+        if self.containers.is_empty() {
+            return;
+        }
+        let inside = [rel, b"/"].concat();
+        self.containers
+            .retain(|c| c.as_slice() != rel && !c.starts_with(&inside));
     }
 
     /// What the layers below show at `comps` (nothing on native, or with no
@@ -1925,11 +1911,7 @@ impl<'o> Extractor<'o> {
     fn remove(&mut self, dir: &OwnedFd, name: &CStr, rel: &[u8]) -> Result<()> {
         self.forget_dirs();
         self.dirs.remove(rel);
-        if !self.containers.is_empty() {
-            let inside = [rel, b"/"].concat();
-            self.containers
-                .retain(|c| c.as_slice() != rel && !c.starts_with(&inside));
-        }
+        self.forget_containers(rel);
         remove_all_at(dir.as_fd(), name)
             .map_err(|e| io_err(format!("cannot remove {}", self.path_of(rel).display()), e))
     }
@@ -2626,27 +2608,50 @@ fn make_whiteout(dir: &OwnedFd, name: &CStr) -> rustix::io::Result<()> {
     )
 }
 
-/// The entries of a directory: (name, is a directory).
-fn list_dir(fd: &OwnedFd) -> io::Result<Vec<(CString, bool)>> {
+/// What a directory entry is, as far as unpacking cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Dir,
+    /// An overlay whiteout: a character device 0/0.
+    Whiteout,
+    Other,
+}
+
+/// The entries of a directory and what each is; `stat` only where the
+/// entry's type does not tell (unknown, or a character device).
+fn list_entries(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, Found)>> {
+    use rustix::fs::FileType;
     let mut out = Vec::new();
-    let mut dir = rustix::fs::Dir::read_from(fd)?;
-    while let Some(ent) = dir.read() {
+    let mut entries = rustix::fs::Dir::read_from(dir)?;
+    while let Some(ent) = entries.read() {
         let ent = ent?;
         let name = ent.file_name();
         if name == c"." || name == c".." {
             continue;
         }
-        let is_dir = match ent.file_type() {
-            rustix::fs::FileType::Directory => true,
-            rustix::fs::FileType::Unknown => {
-                let st = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
-                rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+        let (kind, rdev) = match ent.file_type() {
+            FileType::Unknown | FileType::CharacterDevice => {
+                let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                (FileType::from_raw_mode(st.st_mode), st.st_rdev)
             }
-            _ => false,
+            kind => (kind, 0),
         };
-        out.push((name.to_owned(), is_dir));
+        let found = match kind {
+            FileType::Directory => Found::Dir,
+            FileType::CharacterDevice if rdev == 0 => Found::Whiteout,
+            _ => Found::Other,
+        };
+        out.push((name.to_owned(), found));
     }
     Ok(out)
+}
+
+/// The entries of a directory: (name, is a directory).
+fn list_dir(fd: &OwnedFd) -> io::Result<Vec<(CString, bool)>> {
+    Ok(list_entries(fd.as_fd())?
+        .into_iter()
+        .map(|(name, found)| (name, found == Found::Dir))
+        .collect())
 }
 
 /// Removes the whiteouts anywhere under directory `dir`, just made opaque:
@@ -2666,17 +2671,11 @@ fn clear_whiteouts(dir: &OwnedFd) -> io::Result<()> {
             )?),
             None => parent,
         };
-        for (name, is_dir) in list_dir(&fd)? {
-            if is_dir {
-                stack.push((Rc::clone(&fd), Some(name)));
-                continue;
-            }
-            let st = rustix::fs::statat(&*fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
-            if rustix::fs::FileType::from_raw_mode(st.st_mode)
-                == rustix::fs::FileType::CharacterDevice
-                && st.st_rdev == 0
-            {
-                rustix::fs::unlinkat(&*fd, name.as_c_str(), AtFlags::empty())?;
+        for (name, found) in list_entries(fd.as_fd())? {
+            match found {
+                Found::Dir => stack.push((Rc::clone(&fd), Some(name))),
+                Found::Whiteout => rustix::fs::unlinkat(&*fd, name.as_c_str(), AtFlags::empty())?,
+                Found::Other => {}
             }
         }
     }

@@ -149,14 +149,12 @@ impl MountTable {
     /// file system, the upper root's inode number (on the overlay's device).
     pub fn showing(&self, fs: &Path) -> Vec<PathBuf> {
         use std::os::unix::fs::MetadataExt;
-        let tail: PathBuf = fs
-            .components()
-            .rev()
-            .take(3)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        // `snapshots/ID/fs`: the path below the store's root.
+        let tail = fs
+            .ancestors()
+            .nth(3)
+            .and_then(|root| fs.strip_prefix(root).ok())
+            .unwrap_or(fs);
         let Ok(own) = std::fs::metadata(fs) else {
             return Vec::new();
         };
@@ -167,8 +165,8 @@ impl MountTable {
         self.mounts
             .iter()
             .filter(|m| match &m.upper {
-                Some(upper) => upper == fs || (upper.ends_with(&tail) && shows(&m.point, false)),
-                None => m.root.ends_with(&tail) && shows(&m.point, true),
+                Some(upper) => upper == fs || (upper.ends_with(tail) && shows(&m.point, false)),
+                None => m.root.ends_with(tail) && shows(&m.point, true),
             })
             .map(|m| m.point.clone())
             .collect()
