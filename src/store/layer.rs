@@ -1860,7 +1860,9 @@ impl<'o> Extractor<'o> {
             )
         })?;
         self.hide(rel);
-        Ok(())
+        // What the containers under it held whiteouts for is hidden as a
+        // whole now.
+        self.drop_containers(rel, false, &show(rel))
     }
 
     /// What the layers below have at `rel` is hidden from here on.
@@ -2477,9 +2479,7 @@ impl<'o> Extractor<'o> {
                 let Some(fd) = self.open_dir(dir, Missing::Merged, entry)? else {
                     return Ok(());
                 };
-                self.make_opaque(&fd, rel, user_xattr)?;
-                // What they held whiteouts for is hidden as a whole now.
-                self.drop_containers(rel, false, entry)
+                self.make_opaque(&fd, rel, user_xattr)
             }
             Whiteouts::Delete => {
                 let Some(fd) = self.open_dir(dir, Missing::Skip, entry)? else {

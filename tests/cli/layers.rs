@@ -631,6 +631,12 @@ fn whiteouts_under_a_later_whiteout_or_opaque_marker_go() {
     let root = "f('r1/.wh.z', b'')\nf('m/.wh.n', b'')\nf('.wh..wh..opq', b'')\nf('new')";
     let tree = same_tree_on_both(&[("base", None, base), ("top", Some("base"), root)]).unwrap();
     assert_eq!(paths(&tree), ["new"]);
+    // The root marker makes the layer's own `m/` opaque: the directory
+    // made only for `m/.wh.n` goes with it.
+    let root = "f('m/n/.wh.z', b'')\nf('m/', b'', type=tarfile.DIRTYPE)\nf('.wh..wh..opq', b'')";
+    let base3 = "f('m/n/z')\nf('m/o')";
+    let tree = same_tree_on_both(&[("base", None, base3), ("top", Some("base"), root)]).unwrap();
+    assert_eq!(paths(&tree), ["m"]);
 }
 
 /// A directory of the layers below that a layer implies (an entry inside
