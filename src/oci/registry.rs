@@ -75,7 +75,15 @@ pub fn parse_reference(text: &str) -> Result<Reference> {
     })
 }
 
+/// The runtime every registry operation runs on; making it also readies the
+/// TLS library.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    // aws-lc is built without its start-up constructor (`AWS_LC_SYS_CFLAGS`
+    // in .cargo/config.toml), which probes the CPU with `cpuid` in every
+    // strata process, ~3% of a short command here. Such a build must be
+    // initialised before use; without it the crypto would still be right,
+    // but would not use the CPU's AES and SHA instructions.
+    aws_lc_rs::init();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
