@@ -46,6 +46,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RawDir, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
+use super::longpath::reach;
+
 /// Copies the contents of the directory `src` into the existing, empty
 /// directory `dst`, then gives `dst` itself the mode, owner, extended
 /// attributes and times of `src`.
@@ -157,16 +159,16 @@ impl Copier {
             };
             let s = frame.src.join(&name);
             let d = frame.dst.join(&name);
-            let md = match fs::symlink_metadata(&s) {
-                Ok(md) => md,
-                Err(e) => return Err(e).ctx(&s),
-            };
+            let md = fs::symlink_metadata(&*reach(&s).ctx(&s)?).ctx(&s)?;
             if md.is_dir() {
                 if (md.dev(), md.ino()) == self.dst_root {
                     continue;
                 }
                 // 0700 while we fill it; the real mode is applied post-order.
-                fs::DirBuilder::new().mode(0o700).create(&d).ctx(&d)?;
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&*reach(&d).ctx(&d)?)
+                    .ctx(&d)?;
                 let entries = read_names(&s, &mut self.dirbuf)?.into_iter();
                 stack.push(Frame {
                     src: s,
@@ -189,14 +191,14 @@ impl Copier {
             // Another name of an inode already copied: link to the copy.
             // `link(2)` does not dereference symlinks, so hardlinked
             // symlinks stay symlinks.
-            return fs::hard_link(first, d).ctx(d);
+            return fs::hard_link(&*reach(first).ctx(first)?, &*reach(d).ctx(d)?).ctx(d);
         }
         let ft = md.file_type();
         if ft.is_file() {
             self.copy_file(s, d, md)?;
         } else if ft.is_symlink() {
-            let target = fs::read_link(s).ctx(s)?;
-            symlink(&target, d).ctx(d)?;
+            let target = fs::read_link(&*reach(s).ctx(s)?).ctx(s)?;
+            symlink(&target, &*reach(d).ctx(d)?).ctx(d)?;
             self.apply_attrs(s, d, md)?;
         } else {
             let kind = if ft.is_char_device() {
@@ -210,7 +212,8 @@ impl Copier {
                 // socket inode can still be created so the tree matches.
                 FileType::Socket
             };
-            rustix::fs::mknodat(CWD, d, kind, Mode::from_raw_mode(0o600), md.rdev()).ctx(d)?;
+            let at = reach(d).ctx(d)?;
+            rustix::fs::mknodat(CWD, &*at, kind, Mode::from_raw_mode(0o600), md.rdev()).ctx(d)?;
             self.apply_attrs(s, d, md)?;
         }
         if md.nlink() > 1 {
@@ -226,7 +229,7 @@ impl Copier {
             .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
-            .open(d)
+            .open(&*reach(d).ctx(d)?)
             .ctx(d)?;
         if md.len() > 0 {
             self.copy_data(&src, &dst, md.len()).ctx(d)?;
@@ -299,13 +302,14 @@ impl Copier {
     /// Gives a non-regular-file node (directory, symlink, device, FIFO,
     /// socket) the ownership, xattrs, mode and times of its source.
     fn apply_attrs(&mut self, s: &Path, d: &Path, md: &Metadata) -> io::Result<()> {
-        lchown(d, Some(md.uid()), Some(md.gid())).ctx(d)?;
-        self.copy_xattrs(Node::Path(s), Node::Path(d)).ctx(d)?;
+        let (rs, rd) = (reach(s).ctx(s)?, reach(d).ctx(d)?);
+        lchown(&*rd, Some(md.uid()), Some(md.gid())).ctx(d)?;
+        self.copy_xattrs(Node::Path(&rs), Node::Path(&rd)).ctx(d)?;
         // Symlink permission bits are fixed on Linux and cannot be changed.
         if !md.is_symlink() {
-            rustix::fs::chmodat(CWD, d, mode_of(md), AtFlags::empty()).ctx(d)?;
+            rustix::fs::chmodat(CWD, &*rd, mode_of(md), AtFlags::empty()).ctx(d)?;
         }
-        rustix::fs::utimensat(CWD, d, &times_of(md), AtFlags::SYMLINK_NOFOLLOW).ctx(d)
+        rustix::fs::utimensat(CWD, &*rd, &times_of(md), AtFlags::SYMLINK_NOFOLLOW).ctx(d)
     }
 
     /// Copies every extended attribute of `src` to `dst`. Attributes the
@@ -369,9 +373,10 @@ impl Copier {
 /// mid-copy would no longer match the copy.
 fn read_names(path: &Path, buf: &mut Vec<u8>) -> io::Result<Vec<OsString>> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = match rustix::fs::openat(CWD, path, flags | OFlags::NOATIME, Mode::empty()) {
+    let at = reach(path).ctx(path)?;
+    let fd = match rustix::fs::openat(CWD, &*at, flags | OFlags::NOATIME, Mode::empty()) {
         // O_NOATIME needs ownership of the directory or CAP_FOWNER.
-        Err(Errno::PERM) => rustix::fs::openat(CWD, path, flags, Mode::empty()),
+        Err(Errno::PERM) => rustix::fs::openat(CWD, &*at, flags, Mode::empty()),
         r => r,
     }
     .ctx(path)?;
@@ -399,11 +404,12 @@ pub(super) fn names_in(fd: impl AsFd, path: &Path, buf: &mut Vec<u8>) -> io::Res
 /// Opens a source file for reading without following a symlink that may
 /// have replaced it, and without touching its atime when permitted.
 fn open_source(path: &Path) -> io::Result<File> {
+    let at = reach(path).ctx(path)?;
     let open = |extra: i32| {
         OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | extra)
-            .open(path)
+            .open(&*at)
     };
     match open(libc::O_NOATIME) {
         // O_NOATIME needs ownership of the file or CAP_FOWNER.

@@ -156,6 +156,8 @@ use rustix::fs::{AtFlags, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps,
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
+use super::longpath;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
     /// Malformed, corrupt, truncated or unsafe input: maps to strata's
@@ -1393,7 +1395,7 @@ impl Lowers {
         };
         // No symlink on the way: `at` opened every component beneath.
         let p = self.paths[i].join(OsStr::from_bytes(&comps.join(&b'/')));
-        let md = std::fs::symlink_metadata(&p).map_err(read_err(&p))?;
+        let md = lstat(&p)?;
         let xattrs = xattrs_of(&p)?
             .into_iter()
             .map(|(k, v)| (cstr(&k), v))
@@ -1469,9 +1471,9 @@ fn open_beneath(root: BorrowedFd<'_>, rel: &CStr, flags: OFlags) -> rustix::io::
     let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
     match rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve) {
-        // No openat2 (before Linux 5.6), or a rename raced it: one
-        // component at a time.
-        Err(Errno::NOSYS | Errno::AGAIN) => {}
+        // No openat2 (before Linux 5.6), a rename raced it, or `rel` is
+        // longer than PATH_MAX: one component at a time.
+        Err(Errno::NOSYS | Errno::AGAIN | Errno::NAMETOOLONG) => {}
         other => return other,
     }
     let mut cur: Option<OwnedFd> = None;
@@ -2781,10 +2783,15 @@ fn read_err(p: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
     move |e| io_err(format!("cannot read {}", p.display()), e)
 }
 
+/// [`longpath::reach`], with the error naming `p`.
+fn reach(p: &Path) -> Result<longpath::Reach<'_>> {
+    longpath::reach(p).map_err(read_err(p))
+}
+
 /// Sorted names of a directory's entries.
 fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
     let mut names = Vec::new();
-    for ent in std::fs::read_dir(dir).map_err(read_err(dir))? {
+    for ent in std::fs::read_dir(&*reach(dir)?).map_err(read_err(dir))? {
         names.push(ent.map_err(read_err(dir))?.file_name());
     }
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
@@ -2792,25 +2799,39 @@ fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
 }
 
 fn lstat(p: &Path) -> Result<Metadata> {
-    std::fs::symlink_metadata(p).map_err(read_err(p))
+    std::fs::symlink_metadata(&*reach(p)?).map_err(read_err(p))
+}
+
+fn read_link(p: &Path) -> Result<PathBuf> {
+    std::fs::read_link(&*reach(p)?).map_err(read_err(p))
+}
+
+/// Opens a regular file of the walk for reading.
+fn open_file(p: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&*reach(p)?)
+        .map_err(read_err(p))
 }
 
 fn is_whiteout_dev(md: &Metadata) -> bool {
     md.file_type().is_char_device() && md.rdev() == 0
 }
 
-fn is_opaque(p: &Path) -> bool {
+fn is_opaque(p: &Path) -> Result<bool> {
+    let p = reach(p)?;
     let mut buf = [0u8; 4];
-    [c"trusted.overlay.opaque", c"user.overlay.opaque"]
+    Ok([c"trusted.overlay.opaque", c"user.overlay.opaque"]
         .iter()
         .any(
-            |name| matches!(rustix::fs::lgetxattr(p, *name, &mut buf[..]), Ok(1) if buf[0] == b'y'),
-        )
+            |name| matches!(rustix::fs::lgetxattr(&*p, *name, &mut buf[..]), Ok(1) if buf[0] == b'y'),
+        ))
 }
 
 fn walk_upper(upper: &Path) -> Result<Vec<Item>> {
     let mut items = Vec::new();
-    if is_opaque(upper) {
+    if is_opaque(upper)? {
         items.push(Item::Marker(OPAQUE_MARKER.to_vec()));
     }
     let mut stack = vec![(Vec::new(), upper.to_path_buf())];
@@ -2830,7 +2851,7 @@ fn walk_upper(upper: &Path) -> Result<Vec<Item>> {
                 continue;
             }
             if md.is_dir() {
-                if is_opaque(&path) {
+                if is_opaque(&path)? {
                     items.push(Item::Marker(join(&crel, OPAQUE_MARKER)));
                 }
                 stack.push((crel.clone(), path.clone()));
@@ -2861,7 +2882,8 @@ fn xattr_call(
 
 /// Non-overlay xattrs of `p`, sorted by name.
 fn xattrs_of(p: &Path) -> Result<Pairs> {
-    let list = match xattr_call(|b| rustix::fs::llistxattr(p, b)) {
+    let at = reach(p)?;
+    let list = match xattr_call(|b| rustix::fs::llistxattr(&*at, b)) {
         Ok(list) => list,
         Err(Errno::NOTSUP) => Vec::new(),
         Err(e) => {
@@ -2877,7 +2899,7 @@ fn xattrs_of(p: &Path) -> Result<Pairs> {
             continue;
         }
         let cname = cstr(name);
-        match xattr_call(|b| rustix::fs::lgetxattr(p, cname.as_c_str(), b)) {
+        match xattr_call(|b| rustix::fs::lgetxattr(&*at, cname.as_c_str(), b)) {
             Ok(value) => out.push((name.to_vec(), value)),
             // Removed meanwhile.
             Err(Errno::NODATA) => {}
@@ -2894,8 +2916,8 @@ fn xattrs_of(p: &Path) -> Result<Pairs> {
 }
 
 fn same_content(a: &Path, b: &Path) -> Result<bool> {
-    let mut fa = File::open(a).map_err(read_err(a))?;
-    let mut fb = File::open(b).map_err(read_err(b))?;
+    let mut fa = open_file(a)?;
+    let mut fb = open_file(b)?;
     let mut ba = vec![0u8; 128 * 1024];
     let mut bb = vec![0u8; 128 * 1024];
     loop {
@@ -2931,8 +2953,8 @@ fn changed(old: &Path, om: &Metadata, new: &Path, nm: &Metadata) -> Result<bool>
         return Ok(true);
     }
     if nt.is_symlink() {
-        let ol = std::fs::read_link(old).map_err(read_err(old))?;
-        let nl = std::fs::read_link(new).map_err(read_err(new))?;
+        let ol = read_link(old)?;
+        let nl = read_link(new)?;
         if ol != nl {
             return Ok(true);
         }
@@ -3317,7 +3339,7 @@ impl TarWriter<'_, '_> {
             return self.head(&head);
         }
         if ft.is_symlink() {
-            let target = std::fs::read_link(path).map_err(read_err(path))?;
+            let target = read_link(path)?;
             head.kind = b'2';
             head.link = target.as_os_str().as_bytes();
             return self.head(&head);
@@ -3335,11 +3357,7 @@ impl TarWriter<'_, '_> {
             return self.head(&head);
         }
         // A regular file.
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(read_err(path))?;
+        let mut file = open_file(path)?;
         let size = md.len();
         head.size = size;
         self.head(&head)?;
@@ -4994,7 +5012,7 @@ mod tests {
                 let md = std::fs::symlink_metadata(&p).unwrap();
                 let kind = if is_whiteout_dev(&md) {
                     "whiteout"
-                } else if md.is_dir() && is_opaque(&p) {
+                } else if md.is_dir() && is_opaque(&p).unwrap() {
                     "opaque"
                 } else if md.is_dir() {
                     "dir"
@@ -5168,7 +5186,7 @@ mod tests {
             file(b"d/.wh.x", b""),
         ]);
         apply_vec(&data, &c.dest, &c.overlay()).unwrap();
-        assert!(!is_opaque(&c.dest), "the root gets no xattr");
+        assert!(!is_opaque(&c.dest).unwrap(), "the root gets no xattr");
         assert_eq!(
             listing(&c.dest),
             [

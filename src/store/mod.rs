@@ -17,6 +17,7 @@ pub mod index;
 pub mod key;
 pub mod layer;
 pub mod layout;
+pub(crate) mod longpath;
 pub mod mount;
 pub mod parallel;
 pub mod repair;

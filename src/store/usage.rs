@@ -46,6 +46,8 @@ use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RawDir, Stat};
 use rustix::io::Errno;
 
+use super::longpath::open_dir;
+
 /// Space and inodes used by a directory tree.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
@@ -343,16 +345,6 @@ impl Worker {
     }
 }
 
-/// Opens a directory of the walk by its path; one longer than the kernel
-/// takes (`PATH_MAX`, 4096 bytes) a piece at a time, each piece relative to
-/// the directory before it. Short paths, nearly all, take one `openat`.
-fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
-    match rustix::fs::openat(CWD, path, DIR_FLAGS, Mode::empty()) {
-        Err(Errno::NAMETOOLONG) => open_in_steps(path.as_os_str().as_bytes()),
-        other => other,
-    }
-}
-
 /// `lstat` of a path of the walk, however long.
 fn stat_path(path: &Path) -> rustix::io::Result<Stat> {
     match rustix::fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
@@ -365,37 +357,6 @@ fn stat_path(path: &Path) -> rustix::io::Result<Stat> {
         }
         other => other,
     }
-}
-
-/// Pieces of at most this many bytes, cut at a `/`, are well within
-/// `PATH_MAX`.
-const PIECE: usize = 2048;
-
-fn open_in_steps(mut rest: &[u8]) -> rustix::io::Result<OwnedFd> {
-    let mut dir: Option<OwnedFd> = None;
-    while !rest.is_empty() {
-        let cut = if rest.len() <= PIECE {
-            rest.len()
-        } else {
-            // A name is at most 255 bytes, so a `/` is always found.
-            rest[..PIECE]
-                .iter()
-                .rposition(|&b| b == b'/')
-                .filter(|&i| i > 0)
-                .ok_or(Errno::NAMETOOLONG)?
-        };
-        let piece = OsStr::from_bytes(&rest[..cut]);
-        let next = match &dir {
-            Some(fd) => rustix::fs::openat(fd, piece, DIR_FLAGS, Mode::empty())?,
-            None => rustix::fs::openat(CWD, piece, DIR_FLAGS, Mode::empty())?,
-        };
-        dir = Some(next);
-        rest = &rest[cut..];
-        while let [b'/', tail @ ..] = rest {
-            rest = tail;
-        }
-    }
-    dir.ok_or(Errno::NOENT)
 }
 
 /// Stats each NUL-terminated name of `list` relative to `dir` and counts it;

@@ -172,6 +172,40 @@ fn write_at(path: &std::path::Path, offset: u64, bytes: &[u8]) {
     f.write_all_at(bytes, offset).unwrap();
 }
 
+/// An export that runs out of room removes the layout directory it made,
+/// and leaves one that was there before as it was.
+#[test]
+fn export_to_a_full_disk_leaves_no_half_made_layout() {
+    let Some(s) = Store::setup("native") else {
+        return;
+    };
+    s.strata(&["prepare", "w"]).success();
+    let dir = {
+        let run = s.strata(&["mounts", "--json", "w"]).success();
+        std::path::PathBuf::from(run.json()[0]["source"].as_str().unwrap())
+    };
+    // Incompressible, and larger than the disk.
+    let mut noise = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom").unwrap(), &mut noise).unwrap();
+    fs::write(dir.join("noise"), noise).unwrap();
+    s.strata(&["commit", "c", "w"]).success();
+    let disk = small_disk(&s, "256k");
+    let layout = disk.guard.join("layout");
+    let run = s.fails(&["export", "c", layout.to_str().unwrap()], "internal");
+    assert!(run.stderr.contains("No space left"), "{}", run.session());
+    assert!(
+        !layout.exists(),
+        "a failed export left {}",
+        layout.display()
+    );
+    // A layout that was there keeps what it had.
+    let kept = disk.guard.join("kept");
+    fs::create_dir(&kept).unwrap();
+    fs::write(kept.join("mine"), "mine").unwrap();
+    s.fails(&["export", "c", kept.to_str().unwrap()], "internal");
+    assert_eq!(fs::read_to_string(kept.join("mine")).unwrap(), "mine");
+}
+
 #[test]
 fn corrupt_index_is_an_error_and_is_not_rewritten() {
     let store = Store::uninitialized("native");
