@@ -14,8 +14,8 @@ use strata::config::Source;
 use strata::printer::{Format, Printer};
 use strata::store::{Error, Kind};
 
-/// An exit status.
-type ExitCode = u8;
+/// The process's exit status.
+type Status = u8;
 
 /// The process's entry, called by the C library with the arguments (which
 /// `std::env::args` reads on its own).
@@ -70,7 +70,7 @@ fn open_standard_fds() {
     }
 }
 
-fn run() -> ExitCode {
+fn run() -> Status {
     // color-eyre's hooks turn a panic into a readable report.
     let _ = color_eyre::install();
     // `COMPLETE=bash strata …` answers the shell's completion requests.
@@ -120,7 +120,7 @@ fn run() -> ExitCode {
 
 /// A bad command line: clap's own message (exit 2), or with JSON output
 /// asked for, one JSON error object. Help and version exit 0.
-fn usage_error(e: clap::Error) -> ExitCode {
+fn usage_error(e: clap::Error) -> Status {
     if matches!(
         e.kind(),
         ClapKind::DisplayHelp

@@ -46,7 +46,7 @@ use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RawDir, Stat};
 use rustix::io::Errno;
 
-use super::longpath::open_dir;
+use super::longpath::{open_dir, reach};
 
 /// Space and inodes used by a directory tree.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -347,16 +347,8 @@ impl Worker {
 
 /// `lstat` of a path of the walk, however long.
 fn stat_path(path: &Path) -> rustix::io::Result<Stat> {
-    match rustix::fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
-        Err(Errno::NAMETOOLONG) => {
-            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-                return Err(Errno::NAMETOOLONG);
-            };
-            let dir = open_dir(parent)?;
-            rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
-        }
-        other => other,
-    }
+    let at = reach(path).map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+    rustix::fs::statat(CWD, &*at, AtFlags::SYMLINK_NOFOLLOW)
 }
 
 /// Stats each NUL-terminated name of `list` relative to `dir` and counts it;
