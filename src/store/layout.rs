@@ -204,7 +204,9 @@ impl Layout {
     }
 
     /// Deletes snapshot directory `id`: first renamed out of the way (so a
-    /// crash leaves only an `rm-*` name), then removed.
+    /// crash leaves only an `rm-*` name), then removed. Nothing is synced:
+    /// the row is already gone, so whichever name a power loss leaves the
+    /// directory under (`rm-*` or its own, row-less), `prune` deletes it.
     pub fn discard(&self, id: i64) -> io::Result<()> {
         match fs::remove_file(self.links().join(link_name(id))) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -225,7 +227,6 @@ impl Layout {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         }
-        sync_dir(&self.snapshots)?;
         super::crash::point("discard:renamed");
         remove_tree(&trash)
     }
