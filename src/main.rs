@@ -8,10 +8,13 @@
 use clap::error::ErrorKind as ClapKind;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
+use std::ffi::{OsStr, OsString};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use strata::cmd::{self, Cli};
 use strata::config::Source;
-use strata::printer::{Format, Printer};
+use strata::printer::{self, Format, Printer};
 use strata::store::{Error, Kind};
 
 /// The process's exit status.
@@ -71,8 +74,18 @@ fn open_standard_fds() {
 }
 
 fn run() -> Status {
-    // color-eyre's hooks turn a panic into a readable report.
-    let _ = color_eyre::install();
+    // color-eyre turns a panic into a readable report, built when it
+    // happens: colours only where the printer would use them.
+    std::panic::set_hook(Box::new(|info| {
+        use color_eyre::config::{HookBuilder, Theme};
+        let theme = if printer::stderr_colors() {
+            Theme::dark()
+        } else {
+            Theme::new()
+        };
+        let (panic, _) = HookBuilder::default().theme(theme).into_hooks();
+        eprintln!("{}", panic.panic_report(info));
+    }));
     // `COMPLETE=bash strata …` answers the shell's completion requests.
     clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let matches = match cmd::parse_lazily() {
@@ -134,12 +147,18 @@ fn usage_error(e: clap::Error) -> Status {
             0
         };
     }
+    // A key or label must be UTF-8 (SPEC): a bad value, not a bad command line.
+    let kind = if e.kind() == ClapKind::InvalidUtf8 {
+        Kind::Invalid
+    } else {
+        Kind::Usage
+    };
     if wants_json() {
-        Printer::new(Format::Json, true, 0).error(&Error::new(Kind::Usage, one_line(&e)));
+        Printer::new(Format::Json, true, 0).error(&Error::new(kind, one_line(&e)));
     } else {
         let _ = e.print();
     }
-    Kind::Usage.exit_code()
+    kind.exit_code()
 }
 
 /// clap's message on one line, without its `error: ` prefix and its usage
@@ -155,13 +174,32 @@ fn one_line(e: &clap::Error) -> String {
     message.join(" ").trim_start_matches("error: ").to_string()
 }
 
-/// Whether the raw arguments ask for JSON output.
+/// Whether the raw arguments ask for JSON output, or leave the format to a
+/// config file that does.
 fn wants_json() -> bool {
-    let args: Vec<String> = std::env::args().skip(1).take_while(|a| a != "--").collect();
-    args.iter().enumerate().any(|(i, a)| {
-        a == "--json"
-            || a == "--output=json"
-            || a == "-ojson"
-            || ((a == "-o" || a == "--output") && args.get(i + 1).is_some_and(|v| v == "json"))
-    })
+    let args: Vec<OsString> = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .collect();
+    let value_of = |long: &str, short: Option<&str>| -> Option<&OsStr> {
+        args.iter().enumerate().find_map(|(i, a)| {
+            let a = a.as_bytes();
+            let named = |flag: &str| a == flag.as_bytes();
+            let attached = |prefix: &str| a.strip_prefix(prefix.as_bytes());
+            if named(long) || short.is_some_and(named) {
+                return args.get(i + 1).map(OsString::as_os_str);
+            }
+            let rest = attached(&format!("{long}="))
+                .or_else(|| short.and_then(|s| attached(&format!("{s}=")).or(attached(s))))?;
+            Some(OsStr::from_bytes(rest))
+        })
+    };
+    if args.iter().any(|a| a == "--json") {
+        return true;
+    }
+    match value_of("--output", Some("-o")) {
+        Some(format) => format == "json",
+        None => strata::config::load(value_of("--config", None).map(Path::new))
+            .is_ok_and(|(_, file)| file.output == Some(Format::Json)),
+    }
 }

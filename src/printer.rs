@@ -39,6 +39,18 @@ impl Format {
     }
 }
 
+/// A table is fitted to a terminal at least this wide per column.
+const MIN_COLUMN_WIDTH: usize = 8;
+
+/// Whether stderr takes colours: a terminal, and no `NO_COLOR`.
+pub fn stderr_colors() -> bool {
+    io::stderr().is_terminal() && !no_color()
+}
+
+fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
 #[derive(Debug, Clone)]
 pub struct Printer {
     format: Format,
@@ -52,14 +64,13 @@ pub struct Printer {
 impl Printer {
     pub fn new(format: Format, quiet: bool, verbose: u8) -> Printer {
         let stderr_tty = io::stderr().is_terminal();
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         Printer {
             format,
             quiet,
             verbose,
             stdout_tty: io::stdout().is_terminal(),
             stderr_tty,
-            color: stderr_tty && !no_color,
+            color: stderr_tty && !no_color(),
         }
     }
 
@@ -158,7 +169,16 @@ impl Printer {
         }
         let mut table = Table::new();
         table.load_style(presets::NOTHING);
-        table.set_content_arrangement(ContentArrangement::Dynamic);
+        // Narrower than that (0 for a pty given no size), fitting would
+        // squeeze each column to a character or two: the terminal wraps
+        // the lines instead.
+        let narrowest = MIN_COLUMN_WIDTH * header.len();
+        let fits = table.width().is_some_and(|w| usize::from(w) >= narrowest);
+        table.set_content_arrangement(if fits {
+            ContentArrangement::Dynamic
+        } else {
+            ContentArrangement::Disabled
+        });
         table.set_header(header.to_vec());
         for row in rows {
             table.add_row(row);

@@ -58,6 +58,12 @@ pub struct Global {
     /// The store directory [default: /var/lib/strata as root, else
     /// ~/.local/share/strata]
     #[arg(long, global = true, value_name = "DIR", env = "STRATA_ROOT")]
+    // Empty is let through, so that an empty STRATA_ROOT counts as unset
+    // (an empty --root is refused in `context`).
+    #[arg(value_parser = clap::builder::TypedValueParser::map(
+        clap::builder::OsStringValueParser::new(),
+        PathBuf::from,
+    ))]
     pub root: Option<PathBuf>,
 
     /// YAML config file [default: /etc/strata/config.yaml as root, else
@@ -276,6 +282,17 @@ impl Context {
 /// `$STRATA_ROOT`.
 pub fn context(cli: &Cli, root_source: settings::Source) -> Result<Context> {
     let global = &cli.global;
+    if root_source == settings::Source::Flag
+        && global
+            .root
+            .as_ref()
+            .is_some_and(|r| r.as_os_str().is_empty())
+    {
+        return Err(crate::store::Error::new(
+            crate::store::Kind::Usage,
+            "a value is required for '--root <DIR>' but none was supplied",
+        ));
+    }
     let output = if global.json {
         Some(Format::Json)
     } else {

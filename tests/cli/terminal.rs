@@ -61,6 +61,22 @@ fn tables_fit_the_terminal_and_stay_plain_when_piped() {
         );
     }
     assert!(tty.contains("KEY"), "{tty}");
+    // A terminal of no known width (a pty given no size) gets whole lines,
+    // not columns one character wide.
+    let sizeless = on_tty(&store, 0, &[("NO_COLOR", "1")], "ls");
+    assert!(
+        sizeless
+            .lines()
+            .any(|l| l.starts_with("base-with-a-long-name-too") && l.contains("committed")),
+        "{sizeless}"
+    );
+    assert!(
+        sizeless
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("KEY")),
+        "{sizeless}"
+    );
     // Piped: one line per snapshot, whatever the width.
     let piped = store.strata(&["ls"]).success();
     assert_eq!(piped.stdout.lines().count(), 3, "{}", piped.stdout);
