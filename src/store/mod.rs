@@ -21,6 +21,7 @@ pub(crate) mod longpath;
 pub mod mount;
 pub mod parallel;
 pub mod repair;
+pub(crate) mod target;
 pub mod time;
 pub mod usage;
 
@@ -38,6 +39,7 @@ use layout::Layout;
 use rustix::fd::{AsFd, BorrowedFd};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use target::TargetPath;
 
 /// Settings a store is opened with.
 #[derive(Debug, Clone, Default)]
@@ -539,21 +541,47 @@ impl Store {
         }
         let mounts = self.mounts_of(&plan);
         // Checked before anything is created, and again once resolved.
-        if let Ok(absolute) = std::path::absolute(target) {
-            self.outside_store(key, &absolute)?;
-        }
-        if target.metadata().is_ok_and(|m| !m.is_dir()) {
-            return Err(Error::invalid(format!(
+        let not_a_dir = || {
+            Error::invalid(format!(
                 "cannot mount `{key}` at {}: it is not a directory",
                 target.display()
-            )));
+            ))
+        };
+        let resolved = match TargetPath::resolve(target) {
+            Ok(resolved) => resolved,
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Err(not_a_dir()),
+            Err(e) => {
+                let what = format!("cannot resolve the mount target {}", target.display());
+                return Err(Error::io(what, e));
+            }
+        };
+        self.usable_target(key, &resolved.path)?;
+        if target.metadata().is_ok_and(|m| !m.is_dir()) {
+            return Err(not_a_dir());
         }
-        std::fs::create_dir_all(target)
+        // Directories made for the target go again if the mount fails.
+        let made = resolved
+            .create()
             .ctx(|| format!("cannot create the mount target {}", target.display()))?;
+        let mounted = self.mount_made(key, &mounts, &live, target);
+        if mounted.is_err() {
+            made.undo();
+        }
+        mounted
+    }
+
+    /// The rest of [`Store::mount`], once the target directory exists.
+    fn mount_made(
+        &mut self,
+        key: &str,
+        mounts: &[Mount],
+        live: &[MountRecord],
+        target: &Path,
+    ) -> Result<PathBuf> {
         let target = target
             .canonicalize()
             .ctx(|| format!("cannot resolve the mount target {}", target.display()))?;
-        self.outside_store(key, &target)?;
+        self.usable_target(key, &target)?;
         if let Some(rec) = live.iter().find(|r| Path::new(&r.target) == target) {
             let tx = self.index.read()?;
             let name = index::find_id(&tx, rec.snapshot_id)?.map(|r| r.name);
@@ -567,7 +595,7 @@ impl Store {
                 target.display()
             )));
         }
-        mount::mount_all(&mounts, &target).map_err(|e| mount_error(key, &target, e))?;
+        mount::mount_all(mounts, &target).map_err(|e| mount_error(key, &target, e))?;
         crash::point("mount:mounted");
         // Without an id (a kernel before 5.8) the record is of the target.
         let table = mount::MountTable::read().ok();
@@ -675,10 +703,17 @@ impl Store {
         Ok(())
     }
 
-    /// Refuses a mount target inside the store (it would cover snapshots),
-    /// the store itself or a directory above it (it would hide the store
-    /// from every later command).
-    fn outside_store(&self, key: &str, target: &Path) -> Result<()> {
+    /// Refuses a mount target that is not UTF-8 (its record, `ls` and JSON
+    /// name it as text), or is inside the store (it would cover
+    /// snapshots), the store itself or a directory above it (it would hide
+    /// the store from every later command).
+    fn usable_target(&self, key: &str, target: &Path) -> Result<()> {
+        if target.to_str().is_none() {
+            return Err(Error::invalid(format!(
+                "cannot mount `{key}` at {}: the target's path is not UTF-8",
+                target.display()
+            )));
+        }
         let root = self.layout.root();
         if target.starts_with(root) || root.starts_with(target) {
             return Err(Error::invalid(format!(

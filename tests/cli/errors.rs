@@ -99,6 +99,39 @@ fn usage_errors() {
         "{}",
         run.session()
     );
+    // `-o=json` and a config file's `output: json` ask for JSON as well.
+    s.strata(&["-o=json", "prepare"]).fails_json("usage");
+    let config = s.scratch("config.yaml");
+    fs::write(&config, "output: json\n").unwrap();
+    s.strata(&["--config", config.to_str().unwrap(), "prepare"])
+        .fails_json("usage");
+    // An argument that is not UTF-8 is a bad value (keys and labels are
+    // UTF-8), reported like any other, not a crash.
+    use std::os::unix::ffi::OsStrExt;
+    for (json, args) in [
+        (false, &[&b"prepare"[..], b"\xff"][..]),
+        (true, &[b"-o", b"json", b"prepare", b"\xff"]),
+        (
+            true,
+            &[b"-o", b"json", b"prepare", b"k", b"--label", b"k=\xff"],
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .arg("--root")
+            .arg(&s.root)
+            .args(args.iter().map(|a| std::ffi::OsStr::from_bytes(a)))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{stderr}");
+        assert!(stderr.contains("invalid UTF-8"), "{stderr}");
+        if json {
+            let v: Value = serde_json::from_str(stderr.trim()).unwrap();
+            assert_eq!(v["error"]["kind"], "invalid", "{stderr}");
+        }
+    }
     // Nothing was created by a command line that does not parse.
     assert!(!s.root.exists(), "a usage error created the store");
 }
@@ -328,6 +361,20 @@ fn unsupported_mount_without_privilege() {
     nobody(&["-o", "json", "mount", "a", target.to_str().unwrap()]).fails_json("unsupported");
     nobody(&["mount", "a", target.to_str().unwrap()]).fails_with(7, "");
     assert!(!is_mount_point(&target));
+    // The directories strata made for a mount that failed go with it.
+    assert!(
+        !target.exists(),
+        "the failed mount left {}",
+        target.display()
+    );
+    let deep = tmp.join("n/deep");
+    nobody(&["prepare", "b", "--mount", deep.to_str().unwrap()]).fails_with(7, "");
+    assert!(
+        !tmp.join("n").exists(),
+        "the failed prepare --mount left its target"
+    );
+    let listed = nobody(&["ls", "--json"]).success().json();
+    assert!(!listed.to_string().contains(r#""b""#), "{listed}");
 
     let s2 = Store::uninitialized("overlay");
     fs::set_permissions(

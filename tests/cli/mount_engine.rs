@@ -366,11 +366,43 @@ fn bad_mount_targets_are_invalid() {
     fs::write(&file, "x").unwrap();
     let inside = store.root.join("snapshots/new-target");
     let root = store.root.to_str().unwrap();
-    for target in [file.to_str().unwrap(), inside.to_str().unwrap(), root, "/"] {
+    // A way into the store through a symlink is judged where it leads.
+    let sneaky = store.scratch("sneaky");
+    std::os::unix::fs::symlink(store.root.join("snapshots"), &sneaky).unwrap();
+    let through_link = sneaky.join("x");
+    let under_file = file.join("x");
+    for target in [
+        file.to_str().unwrap(),
+        under_file.to_str().unwrap(),
+        inside.to_str().unwrap(),
+        through_link.to_str().unwrap(),
+        root,
+        "/",
+    ] {
         let run = store.fails(&["mount", "a", target], "invalid");
         assert!(run.stderr.contains("cannot mount `a`"), "{}", run.stderr);
     }
     assert!(!inside.exists(), "nothing was created in the store");
+    assert!(
+        !store.root.join("snapshots/x").exists(),
+        "nothing was created in the store through the symlink"
+    );
+    // A target that is not UTF-8 could not be recorded (nor named in JSON).
+    use std::os::unix::ffi::OsStrExt;
+    let odd = store.tmp().join(std::ffi::OsStr::from_bytes(b"m-\xff"));
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .arg("--root")
+        .arg(&store.root)
+        .args(["mount", "a"])
+        .arg(&odd)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("not UTF-8"), "{stderr}");
+    assert!(!odd.exists(), "the refused target was created");
     assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
     store.strata(&["check"]).success();
 }
