@@ -7,7 +7,8 @@ use crate::store::{Error, Result};
 /// is not removed unless --recursive, which removes the whole subtree, leaves
 /// first. A mounted snapshot is not removed unless --force, which unmounts
 /// it first. With several keys each is attempted; the exit code is that of
-/// the first failure.
+/// the first failure. A key already removed by this command (`rm -r base
+/// top`, top built on base) is not an error.
 ///
 /// Examples:
 ///   strata rm build
@@ -30,7 +31,12 @@ pub struct Args {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let mut first: Option<Error> = None;
+    // `rm -r base top` with top built on base: top went with base.
+    let mut removed_here = std::collections::HashSet::new();
     for key in &args.keys {
+        if removed_here.contains(key) {
+            continue;
+        }
         ctx.store()?;
         let store = ctx.store.as_mut().expect("opened");
         let removed = ctx.printer.spin(&format!("removing `{key}`"), || {
@@ -40,6 +46,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             Ok(removed) => {
                 for name in removed {
                     ctx.printer.note(&format!("removed `{name}`"));
+                    removed_here.insert(name);
                 }
             }
             // Each failure is reported as it happens; the first one decides

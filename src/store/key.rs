@@ -71,12 +71,18 @@ pub fn validate_label(k: &str, v: &str) -> Result<()> {
     Ok(())
 }
 
-/// Labels given on a create (`--label K=V`, repeatable): later ones win.
+/// Labels given on a create (`--label K=V`, repeatable): later ones win,
+/// and `K=` sets nothing (it drops an earlier `K`): containerd stores no
+/// label with an empty value, and `label KEY K=` removes one.
 pub fn parse_labels(texts: &[String]) -> Result<Labels> {
     let mut labels = Labels::new();
     for text in texts {
         let (k, v) = parse_label(text)?;
-        labels.insert(k, v);
+        if v.is_empty() {
+            labels.remove(&k);
+        } else {
+            labels.insert(k, v);
+        }
     }
     Ok(labels)
 }
@@ -123,5 +129,10 @@ mod tests {
         // Key and value together: 1 + 4095 bytes is the limit.
         assert!(parse_label(&format!("a={}", "v".repeat(4096))).is_err());
         parse_label(&format!("a={}", "v".repeat(4095))).unwrap();
+        let given = |texts: &[&str]| {
+            parse_labels(&texts.iter().map(|t| t.to_string()).collect::<Vec<_>>()).unwrap()
+        };
+        let set = given(&["a=1", "b=", "c=3", "c=", "a=2"]);
+        assert_eq!(set, Labels::from([("a".into(), "2".into())]));
     }
 }

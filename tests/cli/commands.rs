@@ -69,6 +69,11 @@ fn rm_recursive_removes_leaves_first(driver: &str) {
         }
     }
     assert_eq!(s.snapshot_dirs().len(), 1);
+    // A key named after its ancestor went with it: not an error.
+    s.layer("b2", None, &[]);
+    s.layer("t2", Some("b2"), &[]);
+    s.strata(&["rm", "-r", "b2", "t2"]).success();
+    assert_eq!(s.names(&[]), ["solo"]);
     // Recursive rm of a leaf is a plain rm.
     s.strata(&["rm", "-r", "solo"]).success();
     assert!(s.names(&[]).is_empty() && s.snapshot_dirs().is_empty());
@@ -203,6 +208,14 @@ fn labels(driver: &str) {
     s.strata(&["prepare", "--label", "a=1", "--label", "b=2", "work"])
         .success();
     assert_eq!(s.info("work")["labels"], json!({"a": "1", "b": "2"}));
+    // `K=` on a create sets nothing, as `label KEY K=` removes (containerd
+    // keeps no label with an empty value).
+    s.strata(&[
+        "prepare", "--label", "a=1", "--label", "e=", "--label", "a=", "empty",
+    ])
+    .success();
+    assert_eq!(s.info("empty")["labels"], json!({}));
+    s.strata(&["rm", "empty"]).success();
 
     let out = s.strata(&["label", "work", "c=3", "a="]).success();
     assert!(
@@ -522,4 +535,21 @@ fn store_from_environment() {
     };
     s.strata_with(&["prepare", "from-env"], with).success();
     assert_eq!(s.names(&[]), ["from-env"]);
+    // An empty STRATA_ROOT is unset (the default store); an empty --root is
+    // a bad command line.
+    let home = s.scratch_dir("home");
+    let home = home.to_str().unwrap();
+    let empty = With {
+        env: &[("STRATA_ROOT", ""), ("HOME", home)],
+        no_root: true,
+        ..Default::default()
+    };
+    let run = s.strata_with(&["config", "--json"], empty).success();
+    assert_eq!(run.json()["root"]["source"], "default", "{}", run.session());
+    let flag = With {
+        no_root: true,
+        ..Default::default()
+    };
+    s.strata_with(&["--root", "", "ls"], flag)
+        .fails_with(2, "--root");
 }
