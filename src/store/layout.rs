@@ -198,9 +198,17 @@ impl Layout {
     /// after a commit's or an rm's check of the mounts). Released when the
     /// file is dropped or the process dies.
     pub fn lock(&self, id: i64) -> io::Result<File> {
-        let dir = File::open(self.dir(id))?;
+        let path = self.dir(id);
+        let dir = File::open(&path)?;
         dir.lock()?;
-        Ok(dir)
+        // The holder waited for may have been an `rm`, which renamed the
+        // directory away and emptied it: then it is gone, as at the open.
+        let held = dir.metadata()?;
+        match path.symlink_metadata() {
+            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => Ok(dir),
+            Ok(_) => Err(io::ErrorKind::NotFound.into()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes snapshot directory `id`: first renamed out of the way (so a

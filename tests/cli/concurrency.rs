@@ -295,6 +295,46 @@ fn remove_then_mount(driver: &str) {
     s.strata(&["check"]).success();
 }
 
+/// A commit that waited for an `rm` of the same active (it read the row
+/// before the removal committed) finds the snapshot gone: `not_found`, not
+/// an internal error from measuring a deleted directory.
+fn remove_then_commit(driver: &str) {
+    let store = setup!(driver);
+    store.strata(&["prepare", "k"]).success();
+    let id = store
+        .snapshot_dirs()
+        .into_iter()
+        .find(|d| d.parse::<u64>().is_ok());
+    let fs_dir = store.root.join("snapshots").join(id.unwrap()).join("fs");
+    std::fs::write(fs_dir.join("f"), "x").unwrap();
+    let flag = store.scratch("pause");
+    let rm = command(&store.root, &["rm", "k"])
+        .env("STRATA_PAUSE_AT", "rm:row-deleted")
+        .env("STRATA_PAUSE_FILE", &flag)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..3000 {
+        if flag.exists() {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(flag.exists(), "rm never reached rm:row-deleted");
+    let root = store.root.clone();
+    let racer = thread::spawn(move || run(&root, &s(&["commit", "c", "k"])));
+    // Time for the commit to read the row and wait for the lock rm holds.
+    thread::sleep(std::time::Duration::from_millis(400));
+    std::fs::remove_file(&flag).unwrap();
+    let rm = rm.wait_with_output().unwrap();
+    let commit = racer.join().unwrap();
+    assert_eq!(code(&rm), 0, "{rm:?}");
+    assert_eq!(code(&commit), 3, "{commit:?}");
+    assert!(store.names(&[]).is_empty());
+    store.strata(&["check"]).success();
+}
+
 /// Two overlays on one upper directory are undefined behaviour, so an
 /// active overlay snapshot is mounted once; a view (and a bind) any number
 /// of times.
@@ -329,5 +369,6 @@ both_drivers!(
     mixed,
     commit_then_mount,
     remove_then_mount,
+    remove_then_commit,
     second_mount
 );
