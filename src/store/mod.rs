@@ -173,16 +173,7 @@ impl Store {
     /// Refuses to change the driver of an existing store.
     pub fn init(&mut self, driver: Option<Driver>) -> Result<(Driver, bool)> {
         if let Some(current) = self.driver()? {
-            return match driver {
-                Some(asked) if asked != current => Err(Error::precondition(format!(
-                    "the store {} already uses the {} driver, not {}",
-                    self.root().display(),
-                    current.as_str(),
-                    asked.as_str()
-                ))
-                .with_hint("a store's driver never changes: use another --root for a new store")),
-                _ => Ok((current, false)),
-            };
+            return Ok((self.driver_as_asked(current, driver)?, false));
         }
         let wanted = match driver {
             Some(Driver::Overlay) => {
@@ -198,7 +189,23 @@ impl Store {
             Some(d) => d,
             None => self.detect_driver()?,
         };
-        self.record_driver(wanted)
+        let (recorded, chosen) = self.record_driver(wanted)?;
+        // Another process may have chosen meanwhile.
+        Ok((self.driver_as_asked(recorded, driver)?, chosen))
+    }
+
+    /// `current`, unless the caller asked for another driver.
+    fn driver_as_asked(&self, current: Driver, asked: Option<Driver>) -> Result<Driver> {
+        match asked {
+            Some(asked) if asked != current => Err(Error::precondition(format!(
+                "the store {} already uses the {} driver, not {}",
+                self.root().display(),
+                current.as_str(),
+                asked.as_str()
+            ))
+            .with_hint("a store's driver never changes: use another --root for a new store")),
+            _ => Ok(current),
+        }
     }
 
     /// The store's driver, choosing and recording one on the first write.

@@ -335,6 +335,39 @@ fn remove_then_commit(driver: &str) {
     store.strata(&["check"]).success();
 }
 
+/// Two `init`s asking for different drivers on a new store: the one whose
+/// driver was not recorded is refused (`failed_precondition`), as it is
+/// when it runs second.
+#[test]
+fn init_races_for_the_driver() {
+    if !require_root_and_overlay() {
+        return;
+    }
+    for round in 0..8 {
+        let store = Store::uninitialized("none");
+        let asks = ["native", "overlay"];
+        let handles: Vec<_> = asks
+            .iter()
+            .map(|driver| {
+                let root = store.root.clone();
+                let args = s(&["init", "--driver", driver]);
+                thread::spawn(move || run(&root, &args))
+            })
+            .collect();
+        let outs: Vec<Output> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let now = store.strata(&["init", "--json"]).success().json();
+        let recorded = now["driver"].as_str().unwrap().to_string();
+        for (driver, out) in asks.iter().zip(&outs) {
+            let want = if *driver == recorded { 0 } else { 5 };
+            assert_eq!(
+                code(out),
+                want,
+                "round {round}, {driver} (store is {recorded}): {out:?}"
+            );
+        }
+    }
+}
+
 /// Two overlays on one upper directory are undefined behaviour, so an
 /// active overlay snapshot is mounted once; a view (and a bind) any number
 /// of times.
