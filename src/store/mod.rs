@@ -557,6 +557,10 @@ impl Store {
         let resolved = match TargetPath::resolve(target) {
             Ok(resolved) => resolved,
             Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Err(not_a_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                let why = format!("cannot mount `{key}` at {}: {e}", target.display());
+                return Err(Error::invalid(why));
+            }
             Err(e) => {
                 let what = format!("cannot resolve the mount target {}", target.display());
                 return Err(Error::io(what, e));

@@ -32,7 +32,10 @@ impl TargetPath {
                     // A missing directory followed by `..` has no name to
                     // create; `/` always exists.
                     let Some(name) = existing.file_name() else {
-                        return Err(e);
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "`..` follows a directory that does not exist",
+                        ));
                     };
                     missing.push(name.to_owned());
                     existing.pop();

@@ -371,9 +371,11 @@ fn bad_mount_targets_are_invalid() {
     std::os::unix::fs::symlink(store.root.join("snapshots"), &sneaky).unwrap();
     let through_link = sneaky.join("x");
     let under_file = file.join("x");
+    let up_from_missing = store.tmp().join("missing/../elsewhere");
     for target in [
         file.to_str().unwrap(),
         under_file.to_str().unwrap(),
+        up_from_missing.to_str().unwrap(),
         inside.to_str().unwrap(),
         through_link.to_str().unwrap(),
         root,
@@ -387,6 +389,7 @@ fn bad_mount_targets_are_invalid() {
         !store.root.join("snapshots/x").exists(),
         "nothing was created in the store through the symlink"
     );
+    assert!(!store.tmp().join("missing").exists() && !store.tmp().join("elsewhere").exists());
     // A target that is not UTF-8 could not be recorded (nor named in JSON).
     use std::os::unix::ffi::OsStrExt;
     let odd = store.tmp().join(std::ffi::OsStr::from_bytes(b"m-\xff"));
