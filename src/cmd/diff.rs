@@ -70,6 +70,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let mut progress = |n: u64| bar.set_position(n);
     let digests = match &args.output_file {
         Some(path) => {
+            ctx.store()?.refuse_inside(path, "the layer")?;
             let dir = path
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())

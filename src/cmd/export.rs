@@ -35,6 +35,7 @@ pub struct Args {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     ctx.store()?.chain_of(&args.key)?;
+    ctx.store()?.refuse_inside(&args.dir, "the OCI layout")?;
     // A directory this export creates goes again if the export fails, so
     // a failure leaves no half-made layout; an existing one keeps what it
     // had (blobs already written stay, unreferenced, as with skopeo).

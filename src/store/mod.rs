@@ -714,6 +714,23 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses `path`, where this process is to write `what`, when it lies
+    /// inside the store: only strata's own bookkeeping goes there (a file
+    /// written into a snapshot's tree would change the snapshot, one on
+    /// the index would replace it). A path that cannot be resolved is left
+    /// to fail when it is written.
+    pub fn refuse_inside(&self, path: &Path, what: &str) -> Result<()> {
+        let root = self.layout.root();
+        match TargetPath::resolve(path) {
+            Ok(resolved) if resolved.path.starts_with(root) => Err(Error::invalid(format!(
+                "cannot write {what} to {}: it is inside the store {}",
+                path.display(),
+                root.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses a mount target that is not UTF-8 (its record, `ls` and JSON
     /// name it as text), or is inside the store (it would cover
     /// snapshots), the store itself or a directory above it (it would hide

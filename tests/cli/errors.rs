@@ -55,7 +55,45 @@ both_drivers!(
     failed_create_leaves_nothing,
     failed_create_with_mount_leaves_nothing,
     table_errors_are_one_line,
+    outputs_inside_the_store_are_invalid,
 );
+
+/// What strata writes at a path the user names never lands in the store:
+/// a layer on the index or in a snapshot's tree (directly or through a
+/// symlink), an OCI layout in the store's root or its snapshots.
+fn outputs_inside_the_store_are_invalid(driver: &str) {
+    let Some(s) = populated(driver) else { return };
+    let before = state(&s);
+    let index = s.root.join("index.db");
+    let index_bytes = fs::read(&index).unwrap();
+    let snapshots = s.root.join("snapshots");
+    // base is the first snapshot made: directory 1.
+    let tree = snapshots.join("1/fs");
+    let link = s.scratch("into-store");
+    std::os::unix::fs::symlink(&snapshots, &link).unwrap();
+    let paths = [
+        index.clone(),
+        tree.join("evil.tar"),
+        link.join("1/fs/evil.tar"),
+    ];
+    for path in &paths {
+        let path = path.to_str().unwrap();
+        let run = s.fails(&["diff", "base", "--output-file", path], "invalid");
+        assert!(run.stderr.contains("inside the store"), "{}", run.session());
+    }
+    for dir in [s.root.clone(), snapshots.join("layout")] {
+        s.fails(&["export", "base", dir.to_str().unwrap()], "invalid");
+    }
+    assert_eq!(
+        fs::read(&index).unwrap(),
+        index_bytes,
+        "the index was touched"
+    );
+    assert!(!tree.join("evil.tar").exists());
+    assert!(!s.root.join("index.json").exists() && !snapshots.join("layout").exists());
+    assert_unchanged(&s, &before, "writes refused inside the store");
+    s.strata(&["check"]).success();
+}
 
 #[test]
 fn usage_errors() {
