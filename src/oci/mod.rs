@@ -561,11 +561,25 @@ fn small_blob(source: &mut dyn Source, digest: &str, size: u64) -> Result<Vec<u8
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes)
         .map_err(|e| Error::io(format!("cannot read blob {digest}"), e))?;
+    size_matches(&source.describe(), digest, size, bytes.len() as u64)?;
     let got = sha256(&bytes);
     if got != digest {
         return Err(digest_mismatch(&source.describe(), digest, &got));
     }
     Ok(bytes)
+}
+
+/// A blob must be exactly the size its descriptor gives (OCI image spec).
+/// A descriptor without a size (read as 0) is not checked, as containerd
+/// does not check one.
+fn size_matches(what: &str, digest: &str, want: u64, got: u64) -> Result<()> {
+    if got == want || want == 0 {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "blob {digest} of {what} is {got} bytes, but its descriptor says {want}"
+    ))
+    .with_hint("nothing was committed from it; fix the registry or layout and pull again"))
 }
 
 fn digest_mismatch(what: &str, want: &str, got: &str) -> Error {
@@ -575,10 +589,12 @@ fn digest_mismatch(what: &str, want: &str, got: &str) -> Error {
     .with_hint("nothing was committed from it; fix the registry or layout and pull again")
 }
 
-/// Verifies a file's sha256 against `want`, then rewinds it.
-fn verify_file(f: &mut File, want: &str, what: &str) -> Result<()> {
+/// Verifies a file's size and sha256 against its descriptor's, then
+/// rewinds it.
+fn verify_file(f: &mut File, want: &str, size: u64, what: &str) -> Result<()> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0u64;
     f.seek(SeekFrom::Start(0))
         .map_err(|e| Error::io("cannot read a downloaded blob", e))?;
     loop {
@@ -589,7 +605,9 @@ fn verify_file(f: &mut File, want: &str, what: &str) -> Result<()> {
             break;
         }
         h.update(&buf[..n]);
+        read += n as u64;
     }
+    size_matches(what, want, size, read)?;
     let got = format!("sha256:{}", hex::encode(h.finalize()));
     if got != want {
         return Err(digest_mismatch(what, want, &got));
@@ -694,7 +712,7 @@ pub fn pull(
             let f = source.blob(&blob_digest, size, &bar);
             bar.finish_and_clear();
             let mut f = f?;
-            verify_file(&mut f, &blob_digest, &what)?;
+            verify_file(&mut f, &blob_digest, size, &what)?;
             let bar = printer.progress(
                 &format!("applying layer {}/{}", i + 1, descs.len()),
                 Some(size),

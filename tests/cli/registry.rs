@@ -595,6 +595,48 @@ fn corrupted_blob(driver: &str) {
     b.strata(&["check"]).success();
 }
 
+/// A layer whose descriptor gives another size than the blob's is refused
+/// (`invalid`), though its digest is right, and nothing is committed.
+#[test]
+fn layer_size_must_match_its_descriptor() {
+    use sha2::Digest;
+    let Some(a) = Store::setup("native") else {
+        return;
+    };
+    a.layer("base", None, &base_ops());
+    let layout = a.scratch("layout");
+    a.strata(&["export", "base", layout.to_str().unwrap(), "--tag", "v1"])
+        .success();
+    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let old = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(&old)).unwrap()).unwrap();
+    manifest["layers"][0]["size"] = 5.into();
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+    fs::write(blob(&digest), &bytes).unwrap();
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = bytes.len().into();
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let b = Store::setup("native").unwrap();
+    let src = format!("{}:v1", layout.display());
+    let run = b.fails(&["import", &src, "app"], "invalid");
+    assert!(
+        run.stderr.contains("descriptor says 5"),
+        "{}",
+        run.session()
+    );
+    assert!(b.names(&[]).is_empty(), "{}", run.session());
+    b.strata(&["check"]).success();
+}
+
 /// `export` → `skopeo copy oci:DIR:TAG docker://…` → `pull` gives the same tree; and
 /// `export` → `import` too.
 fn export_skopeo_pull(driver: &str) {
