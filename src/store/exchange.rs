@@ -105,6 +105,7 @@ impl Store {
             let base_chain = index::layers_on(&tx, base_row.as_ref().map(|b| b.id))?;
             (row, base_row, chain, base_chain)
         };
+        crash::point("diff:read");
         let against_parent = match &base_row {
             None => true,
             Some(b) => Some(b.id) == row.parent_id,
@@ -121,7 +122,7 @@ impl Store {
                 },
             )
         };
-        match driver {
+        let written = match driver {
             // The upper directory is exactly the change against the parent:
             // cost proportional to the change, not to the tree.
             Driver::Overlay if against_parent => {
@@ -160,7 +161,26 @@ impl Store {
                     progress,
                 )
             }
-        }
+        };
+        // Reading takes no lock: an `rm` may delete the tree under the walk.
+        written.map_err(|e| {
+            let mut read = vec![(row.id, key)];
+            read.extend(base_row.as_ref().zip(base).map(|(b, name)| (b.id, name)));
+            self.removed_meanwhile(&read).unwrap_or(e)
+        })
+    }
+
+    /// A `not_found` error if one of the snapshots `read` (id, name) is
+    /// gone from the index.
+    fn removed_meanwhile(&mut self, read: &[(i64, &str)]) -> Option<Error> {
+        let tx = self.index.read().ok()?;
+        read.iter()
+            .find_map(|(id, name)| match index::find_id(&tx, *id) {
+                Ok(None) => Some(Error::not_found(format!(
+                    "snapshot `{name}` was removed by another process while it was read"
+                ))),
+                _ => None,
+            })
     }
 
     /// Mounts layers `ids` (nearest first) read-only in a scratch directory.

@@ -335,6 +335,43 @@ fn remove_then_commit(driver: &str) {
     store.strata(&["check"]).success();
 }
 
+/// A diff whose snapshot an `rm` deletes under it (reading takes no lock)
+/// reports the snapshot gone (`not_found`), not a failed read.
+fn remove_during_diff(driver: &str) {
+    let store = setup!(driver);
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    store.layer("top", Some("base"), &[file("g", "y", 0o644)]);
+    let flag = store.scratch("pause");
+    let out = store.scratch("layer.tar");
+    let diff = command(
+        &store.root,
+        &["diff", "top", "--output-file", out.to_str().unwrap()],
+    )
+    .env("STRATA_PAUSE_AT", "diff:read")
+    .env("STRATA_PAUSE_FILE", &flag)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    for _ in 0..3000 {
+        if flag.exists() {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(flag.exists(), "diff never reached diff:read");
+    store.strata(&["rm", "top"]).success();
+    std::fs::remove_file(&flag).unwrap();
+    let diff = diff.wait_with_output().unwrap();
+    assert_eq!(code(&diff), 3, "{diff:?}");
+    assert!(
+        String::from_utf8_lossy(&diff.stderr).contains("`top` was removed"),
+        "{diff:?}"
+    );
+    assert!(!out.exists(), "a failed diff left its output");
+    store.strata(&["check"]).success();
+}
+
 /// Two `init`s asking for different drivers on a new store: the one whose
 /// driver was not recorded is refused (`failed_precondition`), as it is
 /// when it runs second.
@@ -403,5 +440,6 @@ both_drivers!(
     commit_then_mount,
     remove_then_mount,
     remove_then_commit,
+    remove_during_diff,
     second_mount
 );
