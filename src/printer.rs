@@ -39,6 +39,25 @@ impl Format {
     }
 }
 
+/// `text` as a terminal should show it: control characters (a newline, an
+/// escape sequence) written as escapes, so a label value or a path cannot
+/// break a table or drive the terminal. Keys cannot hold them.
+pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// A table is fitted to a terminal at least this wide per column.
 const MIN_COLUMN_WIDTH: usize = 8;
 

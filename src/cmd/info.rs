@@ -1,5 +1,5 @@
 use super::Context;
-use crate::printer::human_size;
+use crate::printer::{human_size, shown};
 use crate::store::{Info, Result};
 
 /// Show one snapshot's details.
@@ -39,13 +39,18 @@ pub fn render(i: &Info) -> String {
     if i.labels.is_empty() {
         line("Labels:", "-");
     } else {
-        let labels: Vec<String> = i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let labels: Vec<String> = i
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", shown(v)))
+            .collect();
         line("Labels:", &labels.join("\n            "));
     }
     if i.mounted_at.is_empty() {
         line("Mounted at:", "-");
     } else {
-        line("Mounted at:", &i.mounted_at.join("\n            "));
+        let targets: Vec<_> = i.mounted_at.iter().map(|t| shown(t)).collect();
+        line("Mounted at:", &targets.join("\n            "));
     }
     out
 }

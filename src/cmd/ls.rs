@@ -1,5 +1,5 @@
 use super::Context;
-use crate::printer::human_size;
+use crate::printer::{human_size, shown};
 use crate::store::filter::{Fields, FilterSet};
 use crate::store::{Error, Info, Result, SnapshotKind};
 
@@ -79,7 +79,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                     i.kind.to_string(),
                     i.usage.map(|u| human_size(u.size)).unwrap_or_default(),
                     i.created.to_string(),
-                    i.mounted_at.join(", "),
+                    shown(&i.mounted_at.join(", ")).into_owned(),
                 ]
             })
             .collect();

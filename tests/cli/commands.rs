@@ -239,6 +239,14 @@ fn labels(driver: &str) {
     );
     // Removing a label that is not there is fine.
     s.strata(&["label", "work", "nothere="]).success();
+    // A value with control characters is kept as given, and shown escaped
+    // in a table, so it cannot break lines or drive the terminal.
+    s.strata(&["label", "work", "ctl=a\nb\u{1b}[2J"]).success();
+    assert_eq!(s.info("work")["labels"]["ctl"], "a\nb\u{1b}[2J");
+    let table = s.strata(&["info", "work"]).success().stdout;
+    assert!(table.contains("ctl=a\\nb\\u{1b}[2J\n"), "{table}");
+    assert!(!table.contains('\u{1b}'), "{table}");
+    s.strata(&["label", "work", "ctl="]).success();
 
     // A committed snapshot gets only the labels given to commit.
     s.strata(&["commit", "--label", "x=y", "done", "work"])
