@@ -93,10 +93,10 @@ impl Driver {
             kind => {
                 let mut options = overlay_base_options(extra);
                 if kind == SnapshotKind::Active {
-                    options.push(format!("workdir={}", dir.join("work").display()));
-                    options.push(format!("upperdir={}", fs.display()));
+                    options.push(mount::overlay_path_option("workdir", &dir.join("work")));
+                    options.push(mount::overlay_path_option("upperdir", &fs));
                 }
-                options.push(lowerdir(chain));
+                options.push(mount::lowerdir_option(chain));
                 vec![Mount {
                     kind: "overlay".into(),
                     source: "overlay".into(),
@@ -130,39 +130,36 @@ fn bind(source: &Path, read_only: bool) -> Mount {
     }
 }
 
-/// `lowerdir=` with the layers in order. overlayfs separates them with `:`;
-/// a literal one is escaped. Written into one string: a chain may have 500.
-fn lowerdir(chain: &[PathBuf]) -> String {
-    let mut out = String::with_capacity(10 + chain.len() * 48);
-    out.push_str("lowerdir=");
-    for (i, p) in chain.iter().enumerate() {
-        if i > 0 {
-            out.push(':');
-        }
-        match p.to_str() {
-            // Store paths are nearly always UTF-8 without a colon.
-            Some(text) if !text.contains(':') => out.push_str(text),
-            _ => {
-                for c in p.to_string_lossy().chars() {
-                    if c == ':' {
-                        out.push('\\');
-                    }
-                    out.push(c);
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn lowerdir_keeps_order_and_escapes_colons() {
-        let chain = [PathBuf::from("/s/2/fs"), PathBuf::from("/odd:dir/1/fs")];
-        assert_eq!(lowerdir(&chain), r"lowerdir=/s/2/fs:/odd\:dir/1/fs");
-        assert_eq!(lowerdir(&[]), "lowerdir=");
+    fn overlay_paths_are_escaped_as_mount2_takes_them() {
+        let chain = [
+            PathBuf::from("/s/2/fs"),
+            PathBuf::from(r"/odd:dir,with\back/1/fs"),
+        ];
+        let mounts = Driver::Overlay.mounts(
+            SnapshotKind::Active,
+            Path::new(r"/odd:dir,with\back/3"),
+            &chain,
+            &[],
+        );
+        let options = &mounts[0].options;
+        let n = options.len();
+        assert_eq!(
+            options[n - 3..],
+            [
+                r"workdir=/odd\:dir\,with\\back/3/work",
+                r"upperdir=/odd\:dir\,with\\back/3/fs",
+                r"lowerdir=/s/2/fs:/odd\:dir\,with\\back/1/fs",
+            ]
+        );
+        // Ordinary paths are written as they are.
+        let plain = [PathBuf::from("/s/2/fs"), PathBuf::from("/s/1/fs")];
+        let view = Driver::Overlay.mounts(SnapshotKind::View, Path::new("/s/9"), &plain, &[]);
+        assert_eq!(view[0].options.last().unwrap(), "lowerdir=/s/2/fs:/s/1/fs");
+        assert_eq!(mount::lowerdir_option::<PathBuf>(&[]), "lowerdir=");
     }
 }

@@ -257,14 +257,12 @@ impl Store {
         let m = Mount {
             kind: "overlay".into(),
             source: "overlay".into(),
+            // Escaped as the store's own mounts are: its path may hold a
+            // `:`, `,` or `\`.
             options: vec![
-                format!("workdir={}", dir.join("work").display()),
-                format!("upperdir={}", dir.join("upper").display()),
-                format!(
-                    "lowerdir={}:{}",
-                    dir.join("l1").display(),
-                    dir.join("l2").display()
-                ),
+                mount::overlay_path_option("workdir", &dir.join("work")),
+                mount::overlay_path_option("upperdir", &dir.join("upper")),
+                mount::lowerdir_option(&[dir.join("l1"), dir.join("l2")]),
             ],
         };
         let merged = dir.join("merged");

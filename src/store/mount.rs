@@ -444,6 +444,12 @@ fn unescape(value: &str) -> String {
 }
 
 /// Escape a path for use inside a mount(2) overlay option value.
+///
+/// The values of [`Mount`]'s overlay options are in mount(2)'s form: the
+/// kernel splits the option string at unescaped `,` and `lowerdir=` at
+/// unescaped `:`, then removes one `\` before any character in
+/// `lowerdir`, `upperdir` and `workdir` paths. So `\`, `:` and `,` are
+/// escaped in all three.
 fn escape_layer_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for c in path.chars() {
@@ -467,6 +473,83 @@ fn join_lowerdir(layers: &[Layer]) -> String {
         out.push_str(&escape_layer_path(&layer.path));
     }
     out
+}
+
+/// An overlay option `KEY=PATH` (`upperdir`, `workdir`) with the path
+/// escaped as mount(2) takes it (see [`escape_layer_path`]).
+pub fn overlay_path_option(key: &str, path: &Path) -> String {
+    format!("{key}={}", escape_layer_path(&path.to_string_lossy()))
+}
+
+/// `lowerdir=` listing `layers` (nearest first), each escaped as mount(2)
+/// takes it. Written into one string: a chain may have 500 layers.
+pub fn lowerdir_option<P: AsRef<Path>>(layers: &[P]) -> String {
+    let mut out = String::with_capacity(10 + layers.len() * 48);
+    out.push_str("lowerdir=");
+    for (i, layer) in layers.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        let path = layer.as_ref().to_string_lossy();
+        // Store paths nearly always need no escape.
+        if path.contains(['\\', ':', ',']) {
+            out.push_str(&escape_layer_path(&path));
+        } else {
+            out.push_str(&path);
+        }
+    }
+    out
+}
+
+/// The most bytes fsconfig(FSCONFIG_SET_STRING) takes in a value: the kernel
+/// copies at most 256 with the NUL and fails a longer one with EINVAL.
+const FSCONFIG_VALUE_MAX: usize = 255;
+
+/// `path` as the value of an overlay path key given to fsconfig. `upperdir`
+/// and `workdir` remove backslash escapes there too (`unescapes`: a `\` is
+/// doubled); `lowerdir+` and `datadir+` take the path literally, and `:`
+/// and `,` need no escape in either.
+///
+/// A value longer than fsconfig takes names the path through an `O_PATH`
+/// descriptor of one of its ancestors instead, `/proc/self/fd/N/REST`, which
+/// the kernel resolves like any path while the descriptor (returned with
+/// it) is open. REST keeps as many of the last components as fit, so the
+/// mount table still shows e.g. `…/snapshots/ID/fs` for an upper directory.
+fn fsconfig_path(path: &str, unescapes: bool) -> io::Result<(String, Option<OwnedFd>)> {
+    let escape = |s: &str| {
+        if unescapes {
+            s.replace('\\', r"\\")
+        } else {
+            s.to_string()
+        }
+    };
+    let value = escape(path);
+    if value.len() <= FSCONFIG_VALUE_MAX {
+        return Ok((value, None));
+    }
+    let path = std::path::absolute(path)?;
+    // Room for `/proc/self/fd/N/` with any descriptor number.
+    let room = FSCONFIG_VALUE_MAX - "/proc/self/fd/2147483647/".len();
+    let rest_of = |dir: &Path| path.strip_prefix(dir).map(|r| escape(&r.to_string_lossy()));
+    let mut dir = path.as_path();
+    for ancestor in path.ancestors().skip(1) {
+        match rest_of(ancestor) {
+            Ok(rest) if rest.len() <= room => dir = ancestor,
+            _ => break,
+        }
+    }
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut value = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let rest = rest_of(dir).unwrap_or_default();
+    if !rest.is_empty() {
+        value.push('/');
+        value.push_str(&rest);
+    }
+    Ok((value, Some(fd)))
 }
 
 fn mount_overlay(m: &Mount, target: &Path, force_fallback: bool) -> io::Result<()> {
@@ -530,7 +613,14 @@ fn overlay_new_api(m: &Mount, target: &Path) -> io::Result<Attempt> {
                 let total = layers.len();
                 for (i, layer) in layers.iter().enumerate() {
                     let key = if layer.data { "datadir+" } else { "lowerdir+" };
-                    match rustix::mount::fsconfig_set_string(&fs, key, layer.path.as_str()) {
+                    let (value, _dir) = fsconfig_path(&layer.path, false).map_err(|e| {
+                        mount_error(
+                            format!("{}: cannot open the layer {:?}", at(), layer.path),
+                            e,
+                            Vec::new(),
+                        )
+                    })?;
+                    match rustix::mount::fsconfig_set_string(&fs, key, value.as_str()) {
                         Ok(()) => {}
                         Err(Errno::INVAL) if first_layer => {
                             let log = read_fs_log(&fs);
@@ -564,6 +654,20 @@ fn overlay_new_api(m: &Mount, target: &Path) -> io::Result<Attempt> {
                     }
                     first_layer = false;
                 }
+            }
+            // Paths in mount(2)'s escaped form: unescaped, then given as
+            // fsconfig takes them (shortened where too long).
+            Some((key @ ("upperdir" | "workdir"), value)) => {
+                let path = unescape(value);
+                let (arg, _dir) = fsconfig_path(&path, true).map_err(|e| {
+                    mount_error(
+                        format!("{}: cannot open the {key} {path:?}", at()),
+                        e,
+                        Vec::new(),
+                    )
+                })?;
+                rustix::mount::fsconfig_set_string(&fs, key, arg.as_str())
+                    .map_err(|e| fail(format!("fsconfig {key}={path:?}"), e))?
             }
             Some((key, value)) => rustix::mount::fsconfig_set_string(&fs, key, value)
                 .map_err(|e| fail(format!("fsconfig {key}={value:?}"), e))?,
@@ -1347,6 +1451,65 @@ mod tests {
                 .push(format!("upperdir={}", escape_layer_path(&s(&upper))));
             mount_all_with(&[m], &target, force).unwrap();
             assert_chain(&target, 2);
+            write(&target.join("new"), "up");
+            assert_eq!(fs::read_to_string(upper.join("new")).unwrap(), "up");
+            unmount(&target, false).unwrap();
+        }
+    }
+
+    #[test]
+    fn long_paths_are_shortened_for_fsconfig() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = mkdir(&tmp.path().join("a".repeat(150)).join("b\\:,".repeat(40)));
+        let deep = mkdir(&base.join("snapshots/12/fs"));
+        let d = s(&deep);
+        assert!(d.len() > FSCONFIG_VALUE_MAX);
+        for unescapes in [false, true] {
+            let (value, fd) = fsconfig_path(&d, unescapes).unwrap();
+            assert!(value.len() <= FSCONFIG_VALUE_MAX, "{value}");
+            let fd = fd.expect("a descriptor names the long path");
+            let rest = value
+                .strip_prefix(&format!("/proc/self/fd/{}/", fd.as_raw_fd()))
+                .unwrap();
+            // As many of the last components as fit: all below the a… one.
+            let want = s(deep.strip_prefix(base.parent().unwrap()).unwrap());
+            let want = if unescapes {
+                want.replace('\\', r"\\")
+            } else {
+                want
+            };
+            assert_eq!(rest, want);
+            let literal = if unescapes { unescape(&value) } else { value };
+            assert!(Path::new(&literal).is_dir(), "{literal}");
+        }
+        // Short paths are given as they are (a `\` doubled where the key
+        // unescapes).
+        let (value, fd) = fsconfig_path(r"/x/a\b:c,d", true).unwrap();
+        assert!(fd.is_none());
+        assert_eq!(value, r"/x/a\\b:c,d");
+        let (value, _) = fsconfig_path(r"/x/a\b:c,d", false).unwrap();
+        assert_eq!(value, r"/x/a\b:c,d");
+    }
+
+    #[test]
+    fn overlay_with_paths_longer_than_fsconfig_takes() {
+        if !have_root("overlay_with_paths_longer_than_fsconfig_takes") {
+            return;
+        }
+        for force in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let base = tmp.path().join("a".repeat(200)).join("b:\\,".repeat(30));
+            let layers = make_layers(&base.join("l"), 3, |i| format!("{i}"));
+            let upper = mkdir(&base.join("upper"));
+            let work = mkdir(&base.join("work"));
+            assert!(s(&upper).len() > FSCONFIG_VALUE_MAX);
+            let target = mkdir(&tmp.path().join("target"));
+            let _guard = Unmounter(target.clone());
+            let mut m = overlay(&layers, None);
+            m.options.push(overlay_path_option("workdir", &work));
+            m.options.push(overlay_path_option("upperdir", &upper));
+            mount_all_with(&[m], &target, force).unwrap();
+            assert_chain(&target, 3);
             write(&target.join("new"), "up");
             assert_eq!(fs::read_to_string(upper.join("new")).unwrap(), "up");
             unmount(&target, false).unwrap();

@@ -577,3 +577,119 @@ $S rm -r a1 || exit 17
     assert!(stdout.contains("\"inodes\": 2"), "{stdout}");
     assert!(home.join(".local/share/strata/index.db").exists());
 }
+
+/// A store at `name` (inside the test's temporary directory; parents are
+/// created), made by `init` without a driver: the driver it detects.
+fn odd_store(name: &str) -> Option<Store> {
+    if !require_root_and_overlay() {
+        return None;
+    }
+    let mut store = Store::uninitialized("overlay");
+    store.root = store.tmp().join(name);
+    fs::create_dir_all(store.root.parent().unwrap()).unwrap();
+    let init = store.strata(&["init", "--json"]).success().json();
+    assert_eq!(init["driver"], "overlay", "detected for {name:?}");
+    store.strata(&["init", "--driver", "overlay"]).success();
+    Some(store)
+}
+
+/// The kernel reads `:` in `lowerdir` as a separator, `,` as the end of an
+/// option and `\` as an escape, and fsconfig takes at most 255 bytes a
+/// value: a store whose path holds any of these (or is that long) still
+/// gets the overlay driver, strata mounts its snapshots (with the new mount
+/// API and with mount(2)), and its printed `mounts` lines work in a shell.
+fn store_paths_the_kernel_reads_specially(name: &str, printed_absolute: bool) {
+    let Some(store) = odd_store(name) else {
+        return;
+    };
+    store.layer("base", None, &[file("f", "from base", 0o644)]);
+    store.layer("mid", Some("base"), &[file("g", "from mid", 0o644)]);
+    store.strata(&["prepare", "child", "mid"]).success();
+    store.strata(&["view", "look", "mid"]).success();
+
+    // Mounted by strata: the parents' files read through the overlay.
+    for fallback in ["0", "1"] {
+        let target = store.scratch("mnt");
+        let guard = MountGuard::new(&target);
+        store
+            .strata_with(
+                &["mount", "child", target.to_str().unwrap()],
+                With {
+                    env: &[("STRATA_MOUNT_FALLBACK", fallback)],
+                    ..Default::default()
+                },
+            )
+            .success();
+        assert!(is_mount_point(&target));
+        assert_eq!(fs::read_to_string(guard.join("f")).unwrap(), "from base");
+        assert_eq!(fs::read_to_string(guard.join("g")).unwrap(), "from mid");
+        fs::write(guard.join(&format!("new-{fallback}")), "w").unwrap();
+        // Strata knows its mount (the upper directory is found in the
+        // mount table however the kernel was handed its path).
+        assert_eq!(
+            store.info("child")["mounted_at"][0],
+            target.to_str().unwrap()
+        );
+        store.unmount(&guard);
+        drop(guard);
+    }
+    let json = store
+        .strata(&["mounts", "--json", "child"])
+        .success()
+        .json();
+    assert_eq!(json[0]["type"], "overlay", "{json}");
+
+    // Pasted into a shell.
+    for key in ["child", "look"] {
+        let target = store.scratch_dir("pasted");
+        let guard = MountGuard::new(&target);
+        let printed = store
+            .strata(&["mounts", key, target.to_str().unwrap()])
+            .success();
+        assert_eq!(
+            !printed.stdout.starts_with("(cd "),
+            printed_absolute,
+            "{}",
+            printed.session()
+        );
+        sh_ok(&printed.stdout, &printed.session());
+        assert!(is_mount_point(&target), "{}", printed.session());
+        assert_eq!(fs::read_to_string(guard.join("f")).unwrap(), "from base");
+        assert_eq!(fs::read_to_string(guard.join("g")).unwrap(), "from mid");
+        if key == "child" {
+            assert_eq!(fs::read_to_string(guard.join("new-1")).unwrap(), "w");
+            // Found in the mount table although strata did not record it.
+            let run = store.fails(&["commit", "top", "child"], "failed_precondition");
+            assert!(
+                run.stderr.contains("strata did not record"),
+                "{}",
+                run.session()
+            );
+        }
+        umount_by_hand(&target);
+        drop(guard);
+    }
+    store.strata(&["commit", "top", "child"]).success();
+    let tree = store.view_tree("top");
+    assert_eq!(tree.content("new-0").as_deref(), Some("w"));
+    store.strata(&["check"]).success();
+}
+
+#[test]
+fn store_path_with_colon_backslash_and_space() {
+    // No comma: the printed lines carry the escaped absolute paths.
+    store_paths_the_kernel_reads_specially("st:o re\\x", true);
+}
+
+#[test]
+fn store_path_with_comma_colon_backslash_and_space() {
+    // A comma: the printed lines take the relative form.
+    store_paths_the_kernel_reads_specially("s,t:o re\\x", false);
+}
+
+#[test]
+fn store_path_longer_than_fsconfig_takes() {
+    let name = format!("{}/{}:\\x", "a".repeat(150), "b".repeat(120));
+    assert!(std::env::temp_dir().join(&name).as_os_str().len() > 255);
+    store_paths_the_kernel_reads_specially(&name, true);
+}
