@@ -1,6 +1,8 @@
 use super::Context;
+use crate::store::index;
+use crate::store::repair::parent_cycles;
 use crate::store::{Error, Info, Result, SnapshotKind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Show the parent/child forest of snapshots, or the subtree under KEY.
 ///
@@ -41,7 +43,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             .map(|i| i.name.clone())
             .collect(),
     };
-    let forest = build(&list, &roots);
+    let forest = build(&list, &roots, args.key.is_none())?;
     ctx.printer.data(&forest, |forest| {
         let mut out = String::new();
         for node in forest {
@@ -52,7 +54,9 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
 }
 
 /// Builds the trees under `roots` without recursion (chains can be deep).
-fn build(list: &[Info], roots: &[String]) -> Vec<Node> {
+/// A cycle of parents (a damaged index) met on the way, or keeping any
+/// snapshot out of a forest meant to hold them `all`, is an `internal` error.
+fn build(list: &[Info], roots: &[String], all: bool) -> Result<Vec<Node>> {
     let mut children: HashMap<&str, Vec<&Info>> = HashMap::new();
     let by_name: HashMap<&str, &Info> = list.iter().map(|i| (i.name.as_str(), i)).collect();
     for info in list {
@@ -70,14 +74,17 @@ fn build(list: &[Info], roots: &[String]) -> Vec<Node> {
         }
     }
     let mut out = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
     for root in roots {
         let Some(info) = by_name.get(root.as_str()) else {
             continue;
         };
+        seen.insert(info.name.as_str());
         let mut stack: Vec<(Node, Vec<&Info>)> = vec![(node(info), pending(&children, info))];
         loop {
             let next = stack.last_mut().and_then(|(_, todo)| todo.pop());
             match next {
+                Some(child) if !seen.insert(child.name.as_str()) => return Err(cycle(list)),
                 Some(child) => stack.push((node(child), pending(&children, child))),
                 None => {
                     let (done, _) = stack.pop().expect("non-empty");
@@ -92,7 +99,23 @@ fn build(list: &[Info], roots: &[String]) -> Vec<Node> {
             }
         }
     }
-    out
+    if all && seen.len() < list.len() {
+        return Err(cycle(list));
+    }
+    Ok(out)
+}
+
+/// The error for the cycle of parents in `list`.
+fn cycle(list: &[Info]) -> Error {
+    let parents: HashMap<&str, &str> = list
+        .iter()
+        .filter_map(|i| Some((i.name.as_str(), i.parent.as_deref()?)))
+        .collect();
+    let names = parent_cycles(&parents)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    index::cycle_named(names.into_iter().map(str::to_string).collect())
 }
 
 /// Children of `info` in reverse name order (popped in name order).

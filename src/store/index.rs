@@ -592,8 +592,26 @@ fn walk_parents<T>(
             .optional()
     };
     let mut out = Vec::new();
+    let start = id;
     let mut next = lookup(id)?.and_then(|(parent, _)| parent);
+    // Brent's cycle detection on the ids as they come (a damaged index may
+    // have a cycle of parents): no allocation and one comparison per layer.
+    let (mut tortoise, mut power, mut lam) = (start, 1usize, 1usize);
     while let Some(id) = next {
+        if id == tortoise {
+            // The cycle is the last `lam` ids reached (the start included
+            // when it is on it).
+            let mut ids: Vec<i64> = out.iter().map(|(id, _)| *id).collect();
+            if lam > ids.len() {
+                ids.insert(0, start);
+            }
+            let cycle = ids.split_off(ids.len() - lam);
+            return Err(cycle_error(tx, &cycle));
+        }
+        if power == lam {
+            (tortoise, power, lam) = (id, power * 2, 0);
+        }
+        lam += 1;
         if out.len() as i64 >= MAX_CHAIN {
             break;
         }
@@ -606,20 +624,70 @@ fn walk_parents<T>(
     Ok(out)
 }
 
+/// The error of a walk of parents or children that met a cycle of parents
+/// (snapshots `ids`): only a damaged index has one, and no walk of it ends.
+pub fn cycle_error(tx: &Transaction<'_>, ids: &[i64]) -> Error {
+    let mut names = Vec::with_capacity(ids.len());
+    for &id in ids {
+        match find_id(tx, id) {
+            Ok(Some(row)) => names.push(row.name),
+            _ => names.push(format!("#{id}")),
+        }
+    }
+    cycle_named(names)
+}
+
+/// [`cycle_error`] of snapshots named `names`, each a child of the next
+/// (and the last of the first).
+pub fn cycle_named(names: Vec<String>) -> Error {
+    Error::internal(format!("the index is damaged: {}", parent_cycle(names)))
+        .with_hint("`strata check` reports it; no command can repair it: restore the index from a backup, or correct a parent_id with sqlite3")
+}
+
+/// How a cycle of parents (`names`, each a child of the next) is described,
+/// from its first name in byte order: "the parents of snapshots `a` and `b`
+/// form a cycle", or "snapshot `a` is its own parent".
+pub fn parent_cycle(mut names: Vec<String>) -> String {
+    if let Some(first) = (0..names.len()).min_by(|&i, &j| names[i].cmp(&names[j])) {
+        names.rotate_left(first);
+    }
+    let mut quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.pop() {
+        Some(last) if !quoted.is_empty() => format!(
+            "the parents of snapshots {} and {last} form a cycle",
+            quoted.join(", ")
+        ),
+        Some(only) => format!("snapshot {only} is its own parent"),
+        None => "the parents of some snapshots form a cycle".to_string(),
+    }
+}
+
 /// Ids of snapshot `id` and every snapshot below it, deepest first.
+///
+/// Only a snapshot that is its own ancestor (a cycle of parents in a damaged
+/// index) could be reached twice going down, so the walk never steps back
+/// onto `id`, and ends; finding `id`'s parent below it is that cycle's error.
 pub fn subtree(tx: &Transaction<'_>, id: i64) -> Result<Vec<Row>> {
     let mut stmt = tx.prepare(
         "WITH RECURSIVE sub(id, depth) AS (
              SELECT id, 0 FROM snapshots WHERE id = ?1
              UNION ALL
              SELECT s.id, sub.depth + 1 FROM snapshots s JOIN sub ON s.parent_id = sub.id
-              WHERE sub.depth < ?2
+              WHERE sub.depth < ?2 AND s.id != ?1
          )
          SELECT id FROM sub ORDER BY depth DESC, id DESC",
     )?;
     let ids: Vec<i64> = stmt
         .query_map(params![id, MAX_CHAIN], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+    let parent = find_id(tx, id)?.and_then(|r| r.parent_id);
+    if let Some(parent) = parent.filter(|p| ids.contains(p)) {
+        // Its parent chain from `id` comes back to `id`: that walk names it.
+        return Err(match walk_parents(tx, id, "NULL", |_| Ok(())) {
+            Err(e) => e,
+            Ok(_) => cycle_error(tx, &[id, parent]),
+        });
+    }
     let mut rows = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(row) = find_id(tx, id)? {
@@ -934,5 +1002,49 @@ mod tests {
     fn naps_double_up_to_a_cap() {
         let naps: Vec<u128> = (0..8).map(|t| nap(t).as_micros()).collect();
         assert_eq!(naps, [50, 100, 200, 400, 800, 1600, 1600, 1600]);
+    }
+
+    /// A cycle of parents (a damaged index), reached after a tail of any
+    /// length or not, stops every walk with an error naming its snapshots
+    /// (and only those); a walk down from below it is not affected.
+    #[test]
+    fn walks_stop_at_a_cycle_of_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(&dir.path().join("index.db")).unwrap();
+        for tail in 0..4 {
+            for len in 1..8 {
+                let tx = index.write().unwrap();
+                tx.execute("DELETE FROM snapshots", []).unwrap();
+                // n0's parent is n1, …; the last's is n{tail}.
+                let n = tail + len;
+                let ids: Vec<i64> = (0..n)
+                    .map(|i| {
+                        let name = format!("n{i}");
+                        let kind = SnapshotKind::Committed;
+                        insert(&tx, &name, kind, None, &Labels::new(), Timestamp(0)).unwrap()
+                    })
+                    .collect();
+                for i in 0..n {
+                    let parent = ids[if i + 1 < n { i + 1 } else { tail }];
+                    let sql = "UPDATE snapshots SET parent_id = ?1 WHERE id = ?2";
+                    tx.execute(sql, params![parent, ids[i]]).unwrap();
+                }
+                let what = format!("tail {tail}, cycle {len}");
+                for start in [0, tail, n - 1] {
+                    let err = chain_ids(&tx, ids[start]).expect_err(&what);
+                    assert_eq!(err.kind(), crate::store::Kind::Internal);
+                    for i in 0..n {
+                        let named = err.message().contains(&format!("`n{i}`"));
+                        assert_eq!(named, i >= tail, "{what}: {}", err.message());
+                    }
+                    chain(&tx, ids[start]).expect_err(&what);
+                }
+                subtree(&tx, ids[tail]).expect_err(&what);
+                if tail > 0 {
+                    let below = subtree(&tx, ids[0]).unwrap();
+                    assert_eq!(below.len(), 1, "{what}");
+                }
+            }
+        }
     }
 }

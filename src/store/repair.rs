@@ -2,18 +2,26 @@
 //! behind, and verifying that the index and the disk agree.
 //!
 //! Both look at the snapshot directory while holding the index's write lock,
-//! so no create or remove can be between its rename and its commit: a
-//! numeric directory without a row is then certainly garbage. Directories
-//! being built (`new-*`) are skipped while their builder holds its lock.
+//! so no create can be between its rename and its commit, and no remove
+//! between its commit and its lock's release. What a live process is still
+//! working on holds that process's lock, and is skipped: a directory being
+//! built (`new-*`, locked by its builder), or deleted (an `rm` holds the
+//! snapshot's lock from before its commit until its directory, renamed
+//! `rm-*`, is gone), a committed snapshot whose work directory its `commit`
+//! is removing. What stays once the process is gone (killed: its locks die
+//! with it) is reported. Each leftover taken is locked until deleted, so a
+//! concurrent prune or check sees it as work in progress too.
 
 use super::error::{IoContext, Result};
 use super::index::{self, SnapshotKind};
-use super::layout::{self, STAGING_PREFIX, TRASH_PREFIX};
+use super::layout::{self, Layout, STAGING_PREFIX, TRASH_PREFIX};
 use super::usage::disk_usage;
 use super::{Driver, Store, mount};
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::hash::Hash;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One leftover that prune deletes (or would, with `--dry-run`).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,8 +48,8 @@ pub struct PruneReport {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Problem {
     /// `missing-directory`, `orphan-directory`, `leftover`, `broken-parent`,
-    /// `parent-not-committed`, `bad-shape`, `stale-mount-record`,
-    /// `index-corrupt`.
+    /// `parent-not-committed`, `parent-cycle`, `bad-shape`,
+    /// `stale-mount-record`, `index-corrupt`.
     pub kind: &'static str,
     /// The snapshot concerned, if any.
     pub snapshot: Option<String>,
@@ -69,25 +77,17 @@ impl Store {
                 inodes: 0,
             });
         }
-        let found = self.leftovers(!dry_run)?;
-        for (kind, original, trash) in found {
-            let usage = disk_usage(&trash).unwrap_or_default();
-            if !dry_run {
-                unmount_below(&trash);
-                let gone = if kind == "link" {
-                    fs::remove_file(&trash)
-                } else {
-                    layout::remove_tree(&trash)
-                };
-                gone.ctx(|| format!("cannot delete {}", trash.display()))?;
-            }
-            removed.push(Leftover {
-                kind,
-                path: original.display().to_string(),
-                size: usage.size,
-                inodes: usage.inodes,
-            });
-        }
+        let found = {
+            let tx = self.index.write()?;
+            let ids = index::all_own(&tx)?
+                .into_iter()
+                .map(|r| (r.id, r.kind))
+                .collect();
+            let found = leftovers(&self.layout, &ids, !dry_run)?;
+            tx.commit()?;
+            found
+        };
+        removed.extend(delete(found, dry_run)?);
         Ok(PruneReport {
             dry_run,
             count: removed.len() as u64,
@@ -96,83 +96,17 @@ impl Store {
         })
     }
 
-    /// Finds leftovers under the write lock. With `take`, each is moved to
-    /// a trash name while the lock is held (so no concurrent operation can
-    /// claim it), and the returned path is the trash path to delete.
-    fn leftovers(&mut self, take: bool) -> Result<Vec<(&'static str, PathBuf, PathBuf)>> {
-        let snapshots = self.layout.snapshots().to_path_buf();
-        let links = self.layout.links();
-        let tx = self.index.write()?;
-        let rows = index::all(&tx)?;
-        let ids: HashMap<i64, SnapshotKind> = rows.iter().map(|r| (r.id, r.kind)).collect();
-        let mut found = Vec::new();
-        // Locks of dead builders' directories, held until they are moved.
-        let mut claimed = Vec::new();
-        let entries =
-            fs::read_dir(&snapshots).ctx(|| format!("cannot read {}", snapshots.display()))?;
-        for entry in entries {
-            let entry = entry.ctx(|| format!("cannot read {}", snapshots.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            let kind = if let Ok(id) = name.parse::<i64>() {
-                match ids.get(&id) {
-                    None => "orphan",
-                    Some(SnapshotKind::Committed) if path.join("work").exists() => {
-                        found.push(("work", path.join("work"), path.join("work")));
-                        continue;
-                    }
-                    Some(_) => continue,
-                }
-            } else if name.starts_with(STAGING_PREFIX) {
-                match claim(&path) {
-                    Some(lock) => claimed.push(lock),
-                    None => continue,
-                }
-                "staging"
-            } else if name.starts_with(TRASH_PREFIX) {
-                "trash"
-            } else {
-                continue;
-            };
-            found.push((kind, path.clone(), path));
-        }
-        if let Ok(entries) = fs::read_dir(&links) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let live = i64::from_str_radix(&name, 36)
-                    .ok()
-                    .is_some_and(|id| ids.contains_key(&id));
-                if !live {
-                    found.push(("link", entry.path(), entry.path()));
-                }
-            }
-        }
-        if take {
-            for item in found.iter_mut() {
-                if matches!(item.0, "orphan" | "staging") {
-                    let trash = self.layout.trash_path();
-                    fs::rename(&item.1, &trash)
-                        .ctx(|| format!("cannot move {} aside", item.1.display()))?;
-                    item.2 = trash;
-                }
-            }
-            layout::sync_dir(&snapshots).ctx(|| format!("cannot sync {}", snapshots.display()))?;
-        }
-        tx.commit()?;
-        drop(claimed);
-        Ok(found)
-    }
-
     /// Compares the index with the disk; with `repair`, fixes what is safe.
     pub fn check(&mut self, repair: bool) -> Result<CheckReport> {
         let mut problems = Vec::new();
         self.check_index(&mut problems)?;
         let driver = self.driver()?;
-        let rows = {
-            let tx = self.index.read()?;
-            index::all(&tx)?
-        };
+        // One look while holding the write lock, as prune's (see the top).
+        let tx = self.index.write()?;
+        let rows = index::all(&tx)?;
         let by_id: HashMap<i64, &index::Row> = rows.iter().map(|r| (r.id, r)).collect();
+        // The kinds of the rows left (--repair may forget some).
+        let mut ids: HashMap<i64, SnapshotKind> = rows.iter().map(|r| (r.id, r.kind)).collect();
         let mut children: HashSet<i64> = HashSet::new();
         for row in &rows {
             if let Some(p) = row.parent_id {
@@ -200,6 +134,23 @@ impl Store {
                 }
             }
         }
+        // No walk of a cycle of parents ends: `rm -r`, `tree`, mounts and
+        // exports of the snapshots on it or below it fail.
+        let parents: HashMap<i64, i64> = rows
+            .iter()
+            .filter_map(|r| Some((r.id, r.parent_id.filter(|p| by_id.contains_key(p))?)))
+            .collect();
+        for cycle in parent_cycles(&parents) {
+            let names: Vec<String> = cycle.iter().map(|id| by_id[id].name.clone()).collect();
+            let first = names.iter().min().cloned();
+            let mut p = problem("parent-cycle", first.as_deref(), index::parent_cycle(names));
+            if repair {
+                p.message.push_str(
+                    "; it cannot be repaired: restore the index from a backup, or correct a parent_id with sqlite3",
+                );
+            }
+            problems.push(p);
+        }
         for row in &rows {
             let dir = self.layout.dir(row.id);
             if !dir.is_dir() {
@@ -215,9 +166,8 @@ impl Store {
                 );
                 // Its data is gone either way; forgetting a leaf is safe.
                 if repair && !children.contains(&row.id) {
-                    let tx = self.index.write()?;
                     index::delete(&tx, row.id)?;
-                    tx.commit()?;
+                    ids.remove(&row.id);
                     p.repaired = true;
                     p.message.push_str("; its index row was removed");
                 }
@@ -254,8 +204,26 @@ impl Store {
                 problems.push(p);
             }
         }
-        let (_, stale) = self.sort_mount_records(repair)?;
+        // A record whose mount is gone, except while a commit or `rm -f`
+        // unmounting the snapshot (holding its lock) has yet to drop it.
+        let records = index::mounts(&tx)?;
+        let table = if records.is_empty() {
+            None
+        } else {
+            Some(mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())?)
+        };
+        let stale: Vec<index::MountRecord> = records
+            .into_iter()
+            .filter(|r| {
+                table.as_ref().is_some_and(|t| {
+                    !t.has(r.mount_id, r.identity.as_deref(), Path::new(&r.target))
+                }) && !held(&self.layout.dir(r.snapshot_id))
+            })
+            .collect();
         for r in &stale {
+            if repair {
+                index::remove_mount(&tx, &r.target)?;
+            }
             let name = by_id.get(&r.snapshot_id).map(|r| r.name.clone());
             let mut p = problem(
                 "stale-mount-record",
@@ -270,33 +238,35 @@ impl Store {
             problems.push(p);
         }
         // Leftovers: reported, and with --repair deleted as prune would.
-        let leftovers = self.leftovers(false)?;
-        if !leftovers.is_empty() {
-            let fixed = if repair {
-                Some(self.prune(false)?)
-            } else {
-                None
+        let found = leftovers(&self.layout, &ids, repair)?;
+        tx.commit()?;
+        let leftovers: Vec<(&'static str, PathBuf)> = found
+            .items
+            .iter()
+            .map(|(k, p, _)| (*k, p.clone()))
+            .collect();
+        if repair {
+            delete(found, false)?;
+        }
+        for (kind, path) in leftovers {
+            let what = match kind {
+                "orphan" => "a directory with no index row",
+                "staging" => "a half-made snapshot",
+                "trash" => "a half-removed snapshot",
+                "work" => "the work directory of a committed snapshot",
+                _ => "a short link of a removed snapshot",
             };
-            for (kind, path, _) in leftovers {
-                let what = match kind {
-                    "orphan" => "a directory with no index row",
-                    "staging" => "a half-made snapshot",
-                    "trash" => "a half-removed snapshot",
-                    "work" => "the work directory of a committed snapshot",
-                    _ => "a short link of a removed snapshot",
-                };
-                let mut p = problem(
-                    if kind == "orphan" {
-                        "orphan-directory"
-                    } else {
-                        "leftover"
-                    },
-                    None,
-                    format!("{} is {what}", path.display()),
-                );
-                p.repaired = fixed.is_some();
-                problems.push(p);
-            }
+            let mut p = problem(
+                if kind == "orphan" {
+                    "orphan-directory"
+                } else {
+                    "leftover"
+                },
+                None,
+                format!("{} is {what}", path.display()),
+            );
+            p.repaired = repair;
+            problems.push(p);
         }
         Ok(CheckReport {
             consistent: problems.iter().all(|p| p.repaired),
@@ -339,14 +309,188 @@ fn problem(kind: &'static str, snapshot: Option<&str>, message: String) -> Probl
     }
 }
 
-/// Locks staging directory `path` if its builder is gone (a live builder
-/// holds the lock for as long as it lives); None while it is alive.
+/// Leftovers found in one look under the index's write lock.
+struct Found {
+    /// (kind, path as found, path to delete): see [`Leftover::kind`].
+    items: Vec<(&'static str, PathBuf, PathBuf)>,
+    /// The locks of their directories, held until they are deleted.
+    _locks: Vec<fs::File>,
+}
+
+/// Finds leftovers; called under the index's write lock with the kinds of
+/// the index's rows by id, and skipping what a live process is working on
+/// (see the top). With `take`, each orphan and staging directory is moved to
+/// a trash name under the lock (so no concurrent operation can claim it),
+/// and its returned path to delete is the trash path.
+fn leftovers(layout: &Layout, ids: &HashMap<i64, SnapshotKind>, take: bool) -> Result<Found> {
+    let snapshots = layout.snapshots().to_path_buf();
+    let mut items = Vec::new();
+    let mut locks = Vec::new();
+    // Row-less ids whose directory another process holds: an `rm` between
+    // its commit and its directory's rename, which deletes their links too.
+    let mut busy = HashSet::new();
+    let entries =
+        fs::read_dir(&snapshots).ctx(|| format!("cannot read {}", snapshots.display()))?;
+    for entry in entries {
+        let entry = entry.ctx(|| format!("cannot read {}", snapshots.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let id = name.parse::<i64>().ok();
+        let kind = if let Some(id) = id {
+            match ids.get(&id) {
+                None => "orphan",
+                Some(SnapshotKind::Committed) if path.join("work").exists() => "work",
+                Some(_) => continue,
+            }
+        } else if let Some(unique) = name.strip_prefix(STAGING_PREFIX) {
+            if just_made(unique) {
+                continue;
+            }
+            "staging"
+        } else if name.starts_with(TRASH_PREFIX) {
+            "trash"
+        } else {
+            continue;
+        };
+        let Some(lock) = claim(&path) else {
+            busy.extend(id);
+            continue;
+        };
+        locks.push(lock);
+        let path = if kind == "work" {
+            path.join("work")
+        } else {
+            path
+        };
+        items.push((kind, path.clone(), path));
+    }
+    if let Ok(entries) = fs::read_dir(layout.links()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let live = i64::from_str_radix(&name, 36)
+                .ok()
+                .is_some_and(|id| ids.contains_key(&id) || busy.contains(&id));
+            if !live {
+                items.push(("link", entry.path(), entry.path()));
+            }
+        }
+    }
+    if take {
+        for item in items.iter_mut() {
+            if matches!(item.0, "orphan" | "staging") {
+                let trash = layout.trash_path();
+                fs::rename(&item.1, &trash)
+                    .ctx(|| format!("cannot move {} aside", item.1.display()))?;
+                item.2 = trash;
+            }
+        }
+        layout::sync_dir(&snapshots).ctx(|| format!("cannot sync {}", snapshots.display()))?;
+    }
+    Ok(Found {
+        items,
+        _locks: locks,
+    })
+}
+
+/// Deletes the leftovers `found` (only measures them with `dry_run`), then
+/// lets their locks go.
+fn delete(found: Found, dry_run: bool) -> Result<Vec<Leftover>> {
+    let mut removed = Vec::new();
+    for (kind, original, trash) in &found.items {
+        let usage = disk_usage(trash).unwrap_or_default();
+        if !dry_run {
+            unmount_below(trash);
+            let gone = if *kind == "link" {
+                fs::remove_file(trash)
+            } else {
+                layout::remove_tree(trash)
+            };
+            gone.ctx(|| format!("cannot delete {}", trash.display()))?;
+        }
+        removed.push(Leftover {
+            kind,
+            path: original.display().to_string(),
+            size: usage.size,
+            inodes: usage.inodes,
+        });
+    }
+    Ok(removed)
+}
+
+/// The cycles of the parent links `parent` (child to parent), each listed
+/// from a member, each a child of the next. Only a damaged index has one:
+/// every snapshot is made on a parent that already exists.
+pub fn parent_cycles<K: Copy + Eq + Hash + Ord>(parent: &HashMap<K, K>) -> Vec<Vec<K>> {
+    let mut starts: Vec<K> = parent.keys().copied().collect();
+    starts.sort();
+    let mut done: HashSet<K> = HashSet::new();
+    let mut cycles = Vec::new();
+    for start in starts {
+        // The walk from `start`, and where each of its steps is in it.
+        let mut path: Vec<K> = Vec::new();
+        let mut on_path: HashMap<K, usize> = HashMap::new();
+        let mut at = Some(start);
+        while let Some(here) = at {
+            if done.contains(&here) {
+                break;
+            }
+            if let Some(&i) = on_path.get(&here) {
+                cycles.push(path[i..].to_vec());
+                break;
+            }
+            on_path.insert(here, path.len());
+            path.push(here);
+            at = parent.get(&here).copied();
+        }
+        done.extend(path);
+    }
+    cycles
+}
+
+/// Locks directory `path` unless another process holds its lock (it is
+/// working on it) or it is gone; the lock is held while the file is.
 fn claim(path: &Path) -> Option<fs::File> {
     let dir = fs::File::open(path).ok()?;
     match dir.try_lock() {
         Ok(()) => Some(dir),
         Err(_) => None,
     }
+}
+
+/// Whether another process holds directory `path`'s lock.
+fn held(path: &Path) -> bool {
+    fs::File::open(path)
+        .is_ok_and(|dir| matches!(dir.try_lock(), Err(fs::TryLockError::WouldBlock)))
+}
+
+/// How long after its `mkdir` a staging directory of a live process is left
+/// alone even unlocked.
+const JUST_MADE: Duration = Duration::from_secs(10);
+
+/// Whether the staging directory named `new-UNIQUE` may be in the instant
+/// between its builder's `mkdir` and its lock: made (by `UNIQUE`, `PID-NANOS-N`
+/// as [`Layout::staging`] names them) moments ago by a live process. Even
+/// trying its lock then would make its builder give it up, leaving it behind.
+fn just_made(unique: &str) -> bool {
+    let mut parts = unique.splitn(3, '-');
+    let (Some(Ok(pid)), Some(Ok(nanos))) = (
+        parts.next().map(str::parse::<i32>),
+        parts.next().map(str::parse::<u128>),
+    ) else {
+        return false;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    if pid <= 0 || now.saturating_sub(nanos) > JUST_MADE.as_nanos() {
+        return false;
+    }
+    use nix::{errno::Errno, sys::signal, unistd::Pid};
+    matches!(
+        signal::kill(Pid::from_raw(pid), None),
+        Ok(()) | Err(Errno::EPERM)
+    )
 }
 
 /// Detaches anything still mounted inside a directory about to be deleted

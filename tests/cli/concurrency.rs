@@ -433,6 +433,126 @@ fn second_mount(driver: &str) {
     drop(guard);
 }
 
+/// `check` (and `check --repair`, which then has nothing to do) while an
+/// operation is paused between its steps: what it is in the middle of (a
+/// staging directory, a row-less directory not yet renamed, an `rm-*` being
+/// deleted, a committed snapshot's work directory not yet removed) is not a
+/// problem.
+fn check_during_each_step(driver: &str) {
+    let store = Store::uninitialized(driver);
+    store.strata(&["init", "--driver", driver]).success();
+    store.strata(&["prepare", "b"]).success();
+    store.strata(&["commit", "base", "b"]).success();
+    let steps: [(&[&str], &str); 6] = [
+        (&["prepare", "p", "base"], "create:staging-made"),
+        (&["prepare", "p2", "base"], "create:built"),
+        (&["rm", "gone"], "rm:committed"),
+        (&["rm", "gone"], "discard:renamed"),
+        (&["commit", "c", "k"], "commit:committed"),
+        (&["commit", "c2", "k"], "commit:work-removed"),
+    ];
+    for (args, at) in steps {
+        if args[0] == "rm" {
+            store.strata(&["prepare", "gone", "base"]).success();
+        }
+        if args[0] == "commit" {
+            store.strata(&["prepare", "k", "base"]).success();
+        }
+        let flag = store.scratch("pause");
+        let paused = command(&store.root, args)
+            .env("STRATA_PAUSE_AT", at)
+            .env("STRATA_PAUSE_FILE", &flag)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        for _ in 0..3000 {
+            if flag.exists() {
+                break;
+            }
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(flag.exists(), "`{args:?}` never reached {at}");
+        for check in [&["check"][..], &["check", "--repair"]] {
+            let o = run(&store.root, &s(check));
+            assert!(o.status.success(), "{check:?} at {at}: {o:?}");
+        }
+        std::fs::remove_file(&flag).unwrap();
+        let o = paused.wait_with_output().unwrap();
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        store.strata(&["check"]).success();
+    }
+}
+
+/// A few `check`s and `prune`s run while writers apply, prepare, commit
+/// and remove: every check finds the store consistent.
+fn check_alongside_writers(driver: &str) {
+    let store = Store::uninitialized(driver);
+    store.strata(&["init", "--driver", driver]).success();
+    store.strata(&["prepare", "b"]).success();
+    store.strata(&["commit", "base", "b"]).success();
+    let src = store.scratch_dir("layer");
+    std::fs::write(src.join("f"), "mid").unwrap();
+    let tar = Arc::new(store.scratch("mid.tar"));
+    tar_dir(&src, &tar, &[]);
+    let root = Arc::new(store.root.clone());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let root = Arc::clone(&root);
+            let tar = Arc::clone(&tar);
+            thread::spawn(move || {
+                for i in 0..5 {
+                    let (x, a, c) = (
+                        format!("x{w}-{i}"),
+                        format!("a{w}-{i}"),
+                        format!("c{w}-{i}"),
+                    );
+                    let o = command(&root, &["apply", &x, "base"])
+                        .stdin(std::fs::File::open(&*tar).unwrap())
+                        .output()
+                        .unwrap();
+                    assert!(o.status.success(), "apply: {o:?}");
+                    for args in [
+                        s(&["rm", &x]),
+                        s(&["prepare", &a, "base"]),
+                        s(&["commit", &c, &a]),
+                        s(&["rm", &c]),
+                    ] {
+                        let o = run(&root, &args);
+                        assert!(o.status.success(), "{args:?}: {o:?}");
+                    }
+                }
+            })
+        })
+        .collect();
+    let lookers: Vec<_> = [s(&["check"]), s(&["prune"])]
+        .into_iter()
+        .map(|args| {
+            let root = Arc::clone(&root);
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut runs = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let o = run(&root, &args);
+                    assert!(o.status.success(), "{args:?} alongside writers: {o:?}");
+                    runs += 1;
+                }
+                runs
+            })
+        })
+        .collect();
+    let written: Vec<_> = writers.into_iter().map(|h| h.join()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs: Vec<usize> = lookers.into_iter().map(|h| h.join().unwrap()).collect();
+    for w in written {
+        w.unwrap();
+    }
+    assert!(runs.iter().all(|&n| n > 0), "{runs:?}");
+    store.strata(&["check"]).success();
+    assert_eq!(store.names(&[]), vec!["base"]);
+}
+
 both_drivers!(
     same_key,
     parent_removal,
@@ -441,5 +561,7 @@ both_drivers!(
     remove_then_mount,
     remove_then_commit,
     remove_during_diff,
-    second_mount
+    second_mount,
+    check_during_each_step,
+    check_alongside_writers
 );

@@ -179,11 +179,201 @@ fn a_lost_index_is_refused(driver: &str) {
     }
 }
 
+/// Runs `statement` on the store's index with python3's sqlite3 module;
+/// returns the first column of the first row, if any.
+fn python_sql(s: &Store, statement: &str) -> String {
+    let script = "import sqlite3, sys\n\
+                  c = sqlite3.connect(sys.argv[1])\n\
+                  r = c.execute(sys.argv[2]).fetchone()\n\
+                  c.commit()\n\
+                  print(r[0] if r else '')";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(s.root.join("index.db"))
+        .arg(statement)
+        .output()
+        .expect("neither sqlite3 nor python3 to edit the index");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Edits the index by hand: the `sqlite3` shell, or python3's sqlite3.
+fn sql(s: &Store, statement: &str) {
+    let shell = std::process::Command::new("sqlite3")
+        .arg(s.root.join("index.db"))
+        .arg(statement)
+        .status();
+    match shell {
+        Ok(status) => assert!(status.success(), "sqlite3 {statement}"),
+        Err(_) => {
+            python_sql(s, statement);
+        }
+    }
+}
+
+/// What another process holds the lock of is work in progress, not damage:
+/// a `new-*` being built, a row-less directory an `rm` has yet to rename
+/// (and its link), an `rm-*` it is deleting, the work directory a `commit`
+/// is removing. `check` (even `--repair`) and `prune` leave them alone; once
+/// the locks are gone (as when their process is killed) they are leftovers,
+/// reported and deleted.
+fn locked_work_in_progress_is_left_alone(driver: &str) {
+    let s = store(driver);
+    let snaps = s.root.join("snapshots");
+    // The oldest snapshot.
+    let base = s
+        .snapshot_dirs()
+        .iter()
+        .map(|d| d.parse::<u64>().unwrap())
+        .min()
+        .unwrap()
+        .to_string();
+    fs::create_dir_all(snaps.join("999/fs")).unwrap();
+    fs::create_dir_all(s.root.join("l")).unwrap();
+    // 999 in base 36.
+    std::os::unix::fs::symlink("../snapshots/999/fs", s.root.join("l/rr")).unwrap();
+    fs::create_dir_all(snaps.join("rm-by-hand/fs")).unwrap();
+    fs::create_dir_all(snaps.join("new-by-hand/fs")).unwrap();
+    fs::create_dir(snaps.join(&base).join("work")).unwrap();
+    let held = ["999", "rm-by-hand", "new-by-hand", &base];
+    let locks: Vec<fs::File> = held
+        .iter()
+        .map(|d| {
+            let lock = fs::File::open(snaps.join(d)).unwrap();
+            lock.try_lock().unwrap();
+            lock
+        })
+        .collect();
+
+    let check = s.strata(&["check"]).success();
+    assert_eq!(check.stdout, "consistent\n", "{}", check.session());
+    s.strata(&["check", "--repair"]).success();
+    let run = s.strata(&["prune"]).success();
+    assert!(run.stdout.contains("freed 0 leftovers"), "{}", run.stdout);
+    for d in held {
+        assert!(snaps.join(d).is_dir(), "{d} was touched");
+    }
+    assert!(snaps.join(&base).join("work").is_dir());
+    assert!(s.root.join("l/rr").symlink_metadata().is_ok());
+
+    drop(locks);
+    let run = s.strata(&["check", "-o", "json"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    let report = run.json();
+    let mut kinds: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "leftover",
+            "leftover",
+            "leftover",
+            "leftover",
+            "orphan-directory"
+        ],
+        "{report}"
+    );
+    let run = s.strata(&["prune"]).success();
+    assert!(run.stdout.contains("freed 5 leftovers"), "{}", run.stdout);
+    s.strata(&["check"]).success();
+    assert_eq!(s.names(&[]), vec!["act", "base"]);
+}
+
+/// `strata ARGS…` killed if it runs 20 s: a walk that never ends fails the
+/// test instead of hanging it.
+fn bounded(s: &Store, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("timeout")
+        .arg("20")
+        .arg(BIN)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("NO_COLOR", "1")
+        .arg("--root")
+        .arg(&s.root)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A cycle of parents (a hand-edited index) is a problem `check` names and
+/// `--repair` leaves; every walk through it (`rm -r`, `tree`, a mount's
+/// chain, export) fails as `internal` instead of running forever.
+fn a_parent_cycle_is_reported_and_walks_end(driver: &str) {
+    let s = store(driver);
+    for (w, c, parent) in [("w1", "a", "base"), ("w2", "b", "a")] {
+        s.strata(&["prepare", w, parent]).success();
+        s.strata(&["commit", c, w]).success();
+    }
+    s.strata(&["view", "v", "b"]).success();
+    sql(
+        &s,
+        "UPDATE snapshots SET parent_id = (SELECT id FROM snapshots WHERE name = 'b') \
+         WHERE name = 'a'",
+    );
+
+    let run = s.strata(&["check"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    let cycles: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("parent-cycle: "))
+        .collect();
+    assert_eq!(cycles.len(), 1, "{}", run.stdout);
+    assert!(
+        cycles[0].contains("`a`") && cycles[0].contains("`b`"),
+        "{}",
+        cycles[0]
+    );
+    let report = s.strata(&["check", "-o", "json"]).json();
+    let cycle: Vec<&serde_json::Value> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "parent-cycle")
+        .collect();
+    assert_eq!(cycle.len(), 1, "{report}");
+    assert_eq!(cycle[0]["snapshot"], "a", "{report}");
+    assert_eq!(cycle[0]["repaired"], false, "{report}");
+    let run = s.strata(&["check", "--repair"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    assert!(
+        run.stdout.starts_with("parent-cycle: ") && run.stdout.contains("cannot be repaired"),
+        "{}",
+        run.stdout
+    );
+
+    let export = s.scratch("export");
+    for args in [
+        &["rm", "-r", "a"][..],
+        &["tree"],
+        &["tree", "a"],
+        &["mounts", "v"],
+        &["export", "b", export.to_str().unwrap()],
+    ] {
+        let out = bounded(&s, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(
+            err.contains("cycle") && err.contains("`a`") && err.contains("`b`"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(s.names(&[]), vec!["a", "act", "b", "base", "v"]);
+}
+
 both_drivers!(
     a_lost_index_is_refused,
     prune_finds_every_leftover,
     check_reports_and_repairs,
-    check_cannot_repair_a_missing_parent
+    check_cannot_repair_a_missing_parent,
+    locked_work_in_progress_is_left_alone,
+    a_parent_cycle_is_reported_and_walks_end
 );
 
 /// The driver is chosen by the first write and recorded for good: a store
