@@ -152,7 +152,11 @@ fn label(node: &Node) -> String {
         s.push_str(&format!(" ({})", node.kind));
     }
     if !node.mounted_at.is_empty() {
-        s.push_str(&format!(" [mounted at {}]", node.mounted_at.join(", ")));
+        let targets = node.mounted_at.join(", ");
+        s.push_str(&format!(
+            " [mounted at {}]",
+            crate::printer::shown(&targets)
+        ));
     }
     s
 }
