@@ -229,6 +229,41 @@ fn mixed(driver: &str) {
     mixed_operations(driver)
 }
 
+/// A strata process stopped at crash point `at` (`STRATA_PAUSE_AT`), so a
+/// test can run another command exactly there; [`Paused::resume`] lets it
+/// go on and returns its output.
+struct Paused {
+    child: std::process::Child,
+    flag: std::path::PathBuf,
+}
+
+impl Paused {
+    #[track_caller]
+    fn start(store: &Store, args: &[&str], at: &str) -> Paused {
+        let flag = store.scratch("pause");
+        let child = command(&store.root, args)
+            .env("STRATA_PAUSE_AT", at)
+            .env("STRATA_PAUSE_FILE", &flag)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        for _ in 0..3000 {
+            if flag.exists() {
+                break;
+            }
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(flag.exists(), "`{args:?}` never reached {at}");
+        Paused { child, flag }
+    }
+
+    fn resume(self) -> Output {
+        std::fs::remove_file(&self.flag).unwrap();
+        self.child.wait_with_output().unwrap()
+    }
+}
+
 /// Runs `first` paused at crash point `at` (it holds the snapshot's lock
 /// there), starts `mount k TARGET` meanwhile, and lets `first` go on after
 /// the mount had time to act. Asserts the mount waited (TARGET was not
@@ -237,21 +272,7 @@ fn mixed(driver: &str) {
 fn mount_during(store: &Store, first: &[&str], at: &str) -> (Output, Output) {
     let target = store.scratch("mnt");
     let _guard = MountGuard::new(&target);
-    let flag = store.scratch("pause");
-    let paused = command(&store.root, first)
-        .env("STRATA_PAUSE_AT", at)
-        .env("STRATA_PAUSE_FILE", &flag)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..3000 {
-        if flag.exists() {
-            break;
-        }
-        thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(flag.exists(), "`{first:?}` never reached {at}");
+    let paused = Paused::start(store, first, at);
     let root = store.root.clone();
     let mount = s(&["mount", "k", target.to_str().unwrap()]);
     let racer = thread::spawn(move || run(&root, &mount));
@@ -260,8 +281,7 @@ fn mount_during(store: &Store, first: &[&str], at: &str) -> (Output, Output) {
         !is_mount_point(&target),
         "the mount did not wait for `{first:?}`"
     );
-    std::fs::remove_file(&flag).unwrap();
-    let first_out = paused.wait_with_output().unwrap();
+    let first_out = paused.resume();
     let mount_out = racer.join().unwrap();
     assert!(!is_mount_point(&target));
     (first_out, mount_out)
@@ -307,27 +327,12 @@ fn remove_then_commit(driver: &str) {
         .find(|d| d.parse::<u64>().is_ok());
     let fs_dir = store.root.join("snapshots").join(id.unwrap()).join("fs");
     std::fs::write(fs_dir.join("f"), "x").unwrap();
-    let flag = store.scratch("pause");
-    let rm = command(&store.root, &["rm", "k"])
-        .env("STRATA_PAUSE_AT", "rm:row-deleted")
-        .env("STRATA_PAUSE_FILE", &flag)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..3000 {
-        if flag.exists() {
-            break;
-        }
-        thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(flag.exists(), "rm never reached rm:row-deleted");
+    let rm = Paused::start(&store, &["rm", "k"], "rm:row-deleted");
     let root = store.root.clone();
     let racer = thread::spawn(move || run(&root, &s(&["commit", "c", "k"])));
     // Time for the commit to read the row and wait for the lock rm holds.
     thread::sleep(std::time::Duration::from_millis(400));
-    std::fs::remove_file(&flag).unwrap();
-    let rm = rm.wait_with_output().unwrap();
+    let rm = rm.resume();
     let commit = racer.join().unwrap();
     assert_eq!(code(&rm), 0, "{rm:?}");
     assert_eq!(code(&commit), 3, "{commit:?}");
@@ -341,28 +346,11 @@ fn remove_during_diff(driver: &str) {
     let store = setup!(driver);
     store.layer("base", None, &[file("f", "x", 0o644)]);
     store.layer("top", Some("base"), &[file("g", "y", 0o644)]);
-    let flag = store.scratch("pause");
     let out = store.scratch("layer.tar");
-    let diff = command(
-        &store.root,
-        &["diff", "top", "--output-file", out.to_str().unwrap()],
-    )
-    .env("STRATA_PAUSE_AT", "diff:read")
-    .env("STRATA_PAUSE_FILE", &flag)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    for _ in 0..3000 {
-        if flag.exists() {
-            break;
-        }
-        thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(flag.exists(), "diff never reached diff:read");
+    let args = ["diff", "top", "--output-file", out.to_str().unwrap()];
+    let diff = Paused::start(&store, &args, "diff:read");
     store.strata(&["rm", "top"]).success();
-    std::fs::remove_file(&flag).unwrap();
-    let diff = diff.wait_with_output().unwrap();
+    let diff = diff.resume();
     assert_eq!(code(&diff), 3, "{diff:?}");
     assert!(
         String::from_utf8_lossy(&diff.stderr).contains("`top` was removed"),
@@ -458,27 +446,12 @@ fn check_during_each_step(driver: &str) {
         if args[0] == "commit" {
             store.strata(&["prepare", "k", "base"]).success();
         }
-        let flag = store.scratch("pause");
-        let paused = command(&store.root, args)
-            .env("STRATA_PAUSE_AT", at)
-            .env("STRATA_PAUSE_FILE", &flag)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        for _ in 0..3000 {
-            if flag.exists() {
-                break;
-            }
-            thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(flag.exists(), "`{args:?}` never reached {at}");
+        let paused = Paused::start(&store, args, at);
         for check in [&["check"][..], &["check", "--repair"]] {
             let o = run(&store.root, &s(check));
             assert!(o.status.success(), "{check:?} at {at}: {o:?}");
         }
-        std::fs::remove_file(&flag).unwrap();
-        let o = paused.wait_with_output().unwrap();
+        let o = paused.resume();
         assert!(o.status.success(), "{args:?}: {o:?}");
         store.strata(&["check"]).success();
     }
