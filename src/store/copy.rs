@@ -100,9 +100,9 @@ impl<T, E: Into<io::Error>> Ctx<T> for Result<T, E> {
 
 /// One directory being copied: its remaining entries and the metadata to
 /// apply to the copy once all entries are done.
+/// Its paths are those of the walk's (one for all frames: a frame's own
+/// would make a deep tree's copy cost its depth squared in memory).
 struct Frame {
-    src: PathBuf,
-    dst: PathBuf,
     md: Metadata,
     entries: std::vec::IntoIter<OsString>,
 }
@@ -144,21 +144,23 @@ impl Copier {
     /// Iterative post-order walk: a directory's attributes are applied when
     /// its frame is popped, i.e. after everything inside it exists.
     fn copy_contents(&mut self, src: &Path, dst: &Path, md: Metadata) -> io::Result<()> {
+        // The paths of the directory of the top frame.
+        let (mut src_dir, mut dst_dir) = (src.to_path_buf(), dst.to_path_buf());
         let mut stack = vec![Frame {
-            src: src.to_path_buf(),
-            dst: dst.to_path_buf(),
             md,
             entries: read_names(src, &mut self.dirbuf)?.into_iter(),
         }];
         while let Some(frame) = stack.last_mut() {
             let Some(name) = frame.entries.next() else {
                 if let Some(done) = stack.pop() {
-                    self.apply_attrs(&done.src, &done.dst, &done.md)?;
+                    self.apply_attrs(&src_dir, &dst_dir, &done.md)?;
+                    src_dir.pop();
+                    dst_dir.pop();
                 }
                 continue;
             };
-            let s = frame.src.join(&name);
-            let d = frame.dst.join(&name);
+            let s = src_dir.join(&name);
+            let d = dst_dir.join(&name);
             let md = fs::symlink_metadata(&*reach(&s).ctx(&s)?).ctx(&s)?;
             if md.is_dir() {
                 if (md.dev(), md.ino()) == self.dst_root {
@@ -170,12 +172,8 @@ impl Copier {
                     .create(&*reach(&d).ctx(&d)?)
                     .ctx(&d)?;
                 let entries = read_names(&s, &mut self.dirbuf)?.into_iter();
-                stack.push(Frame {
-                    src: s,
-                    dst: d,
-                    md,
-                    entries,
-                });
+                stack.push(Frame { md, entries });
+                (src_dir, dst_dir) = (s, d);
             } else {
                 self.copy_non_dir(&s, &d, &md)?;
             }

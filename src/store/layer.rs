@@ -1079,19 +1079,17 @@ struct Extractor<'o> {
     opts: &'o ApplyOptions,
     dest: PathBuf,
     root: Rc<OwnedFd>,
-    cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
-    /// Paths this layer created (entries and implicit parents).
-    created: HashSet<Vec<u8>>,
-    /// Directories that contain something this layer created.
-    holds: HashSet<Vec<u8>>,
+    /// The directories last opened.
+    trail: Trail,
+    /// Paths this layer created (entries and implicit parents), directories
+    /// that hold something it created, overlay's copies-up.
+    marks: Marks,
     dirs: HashMap<Vec<u8>, DirMeta>,
-    /// Overlay: directories made in the upper as copies of one below.
-    copied_up: HashSet<Vec<u8>>,
     /// Overlay: directories made in the upper only to hold whiteouts or be
     /// opaque, with nothing of this layer in them (yet): a whiteout or an
     /// opaque marker over them later removes them, as native deletes the
-    /// directory they stand for.
-    containers: HashSet<Vec<u8>>,
+    /// directory they stand for. Nodes of `marks`.
+    containers: HashSet<u32>,
     privileged: bool,
     proc_fd: bool,
     /// This process's effective uid and gid and its umask (None if the
@@ -1101,6 +1099,273 @@ struct Extractor<'o> {
     new_files: Option<(Vec<u8>, Option<NewFiles>)>,
     /// Overlay driver: the layers below, when there are any.
     lowers: Option<Lowers>,
+}
+
+/// Directories of `dest` held open at the deepest levels of the trail.
+const HELD: usize = 16;
+
+/// The directories along the path last opened in `dest`: the next one,
+/// mostly this one's child, parent or sibling, is reached from them by an
+/// `openat` of one name a level (or a `..`, checked), however deep the path,
+/// not by a walk from the root, which costs as much as the path is deep.
+struct Trail {
+    /// The path, `/`-separated, and the end of each of its names in it.
+    rel: Vec<u8>,
+    ends: Vec<usize>,
+    /// The directory at each level, held only at the deepest `HELD` (and
+    /// where one was reached again); always at the deepest.
+    fds: Vec<Option<Rc<OwnedFd>>>,
+    /// Counts the changes.
+    version: u64,
+}
+
+impl Trail {
+    fn new() -> Trail {
+        Trail {
+            rel: Vec::new(),
+            ends: Vec::new(),
+            fds: Vec::new(),
+            version: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    fn truncate(&mut self, depth: usize) {
+        self.version += 1;
+        if depth < self.ends.len() {
+            self.ends.truncate(depth);
+            self.fds.truncate(depth);
+            self.rel.truncate(self.ends.last().copied().unwrap_or(0));
+        }
+    }
+
+    /// How many leading names of `comps` the trail has.
+    fn common(&self, comps: &[&[u8]]) -> usize {
+        let mut start = 0;
+        for (i, c) in comps.iter().enumerate().take(self.ends.len()) {
+            if self.rel[start..self.ends[i]] != **c {
+                return i;
+            }
+            start = self.ends[i] + 1;
+        }
+        comps.len().min(self.ends.len())
+    }
+
+    fn push(&mut self, name: &[u8], fd: Rc<OwnedFd>) {
+        self.version += 1;
+        if !self.rel.is_empty() {
+            self.rel.push(b'/');
+        }
+        self.rel.extend_from_slice(name);
+        self.ends.push(self.rel.len());
+        self.fds.push(Some(fd));
+        if self.fds.len() > HELD {
+            let old = self.fds.len() - HELD - 1;
+            self.fds[old] = None;
+        }
+    }
+
+    /// Something at `rel` is removed: the trail ends above it.
+    fn removed(&mut self, rel: &[u8]) {
+        if self.rel.starts_with(rel) && (self.rel.len() == rel.len() || self.rel[rel.len()] == b'/')
+        {
+            self.truncate(rel.iter().filter(|b| **b == b'/').count());
+        }
+    }
+
+    /// The trail cut to its first `depth` levels, and the directory there;
+    /// None when that one is not held and too far to reach by `..`.
+    fn up_to(&mut self, depth: usize, root: &Rc<OwnedFd>) -> Option<Rc<OwnedFd>> {
+        if depth == 0 {
+            self.clear();
+            return Some(root.clone());
+        }
+        if depth > self.ends.len() {
+            return None;
+        }
+        // The nearest held level at or below `depth`.
+        let held = (depth..=self.ends.len())
+            .take(MOST_UP + 1)
+            .find(|&d| self.fds[d - 1].is_some())?;
+        for d in (depth..held).rev() {
+            // Level d from level d + 1 by `..`, checked to hold it under its
+            // name (nothing moves directories in `dest`; this makes sure).
+            let child = self.fds[d].clone()?;
+            let start = self.ends[d - 1] + 1;
+            let name = cstr(&self.rel[start..self.ends[d]]);
+            let parent = rustix::fs::openat(&*child, c"..", DIR_FLAGS, Mode::empty()).ok()?;
+            let a = rustix::fs::statat(&parent, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+            let b = rustix::fs::fstat(&*child).ok()?;
+            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+                return None;
+            }
+            self.fds[d - 1] = Some(Rc::new(parent));
+        }
+        self.truncate(depth);
+        self.fds[depth - 1].clone()
+    }
+}
+
+/// Going up more levels than this by `..` costs more than a walk from the
+/// root.
+const MOST_UP: usize = 64;
+
+/// What this layer did at a path (bits of [`Marks`]).
+const CREATED: u8 = 1;
+/// A directory that contains something this layer created.
+const HOLDS: u8 = 2;
+/// Overlay: a directory made in the upper as a copy of one below.
+const COPIED_UP: u8 = 4;
+
+/// One path of [`Marks`].
+struct Mark {
+    parent: u32,
+    depth: u32,
+    name: Box<[u8]>,
+    flags: u8,
+}
+
+/// Flags of the paths this layer touched, kept as a tree of names: memory
+/// grows with the names, not with the depth times the path's length (each
+/// parent of a deep path, made one by one, would keep its own copy of the
+/// path so far). Looking up a path starts from the part it shares with the
+/// one looked up before, so a path's parents cost one name each.
+struct Marks {
+    /// Node 0 is the root.
+    nodes: Vec<Mark>,
+    /// Parent (little-endian) then name, to node.
+    index: HashMap<Vec<u8>, u32>,
+    key: Vec<u8>,
+    /// The path looked up last, and the node and end of each of its names.
+    last: Vec<u8>,
+    last_nodes: Vec<(usize, u32)>,
+}
+
+impl Marks {
+    fn new() -> Marks {
+        Marks {
+            nodes: vec![Mark {
+                parent: 0,
+                depth: 0,
+                name: Box::default(),
+                flags: 0,
+            }],
+            index: HashMap::new(),
+            key: Vec::new(),
+            last: Vec::new(),
+            last_nodes: Vec::new(),
+        }
+    }
+
+    /// The node of `rel` (`/`-separated names), added if `add`.
+    fn find(&mut self, rel: &[u8], add: bool) -> Option<u32> {
+        // The names shared with the last path.
+        let same = rel
+            .iter()
+            .zip(&self.last)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mut k = self.last_nodes.partition_point(|&(end, _)| end <= same);
+        if k > 0 {
+            let end = self.last_nodes[k - 1].0;
+            if end < rel.len() && rel[end] != b'/' {
+                k -= 1;
+            }
+        }
+        self.last_nodes.truncate(k);
+        let (mut node, mut pos) = match self.last_nodes.last() {
+            Some(&(end, id)) => (id, end),
+            None => (0, 0),
+        };
+        self.last.clear();
+        self.last.extend_from_slice(rel);
+        let mut found = Some(node);
+        while pos < rel.len() {
+            let start = if rel[pos] == b'/' { pos + 1 } else { pos };
+            let end = rel[start..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(rel.len(), |i| start + i);
+            pos = end;
+            let name = &rel[start..end];
+            if name.is_empty() {
+                continue;
+            }
+            self.key.clear();
+            self.key.extend_from_slice(&node.to_le_bytes());
+            self.key.extend_from_slice(name);
+            node = match self.index.get(self.key.as_slice()) {
+                Some(&id) => id,
+                None if add => {
+                    let id = u32::try_from(self.nodes.len()).expect("fewer than 2^32 paths");
+                    let depth = self.nodes[node as usize].depth + 1;
+                    self.nodes.push(Mark {
+                        parent: node,
+                        depth,
+                        name: name.into(),
+                        flags: 0,
+                    });
+                    self.index.insert(self.key.clone(), id);
+                    id
+                }
+                None => {
+                    found = None;
+                    self.last.truncate(start.saturating_sub(1));
+                    break;
+                }
+            };
+            self.last_nodes.push((end, node));
+            found = Some(node);
+        }
+        found
+    }
+
+    fn has(&mut self, rel: &[u8], flag: u8) -> bool {
+        self.find(rel, false)
+            .is_some_and(|id| self.nodes[id as usize].flags & flag != 0)
+    }
+
+    /// Sets `flag` on node `id`; false if it was set.
+    fn set(&mut self, id: u32, flag: u8) -> bool {
+        let was = self.nodes[id as usize].flags;
+        self.nodes[id as usize].flags |= flag;
+        was & flag == 0
+    }
+
+    fn parent(&self, id: u32) -> Option<u32> {
+        (id != 0).then(|| self.nodes[id as usize].parent)
+    }
+
+    fn depth(&self, id: u32) -> u32 {
+        self.nodes[id as usize].depth
+    }
+
+    /// Whether `id` is strictly under `top`.
+    fn under(&self, mut id: u32, top: u32) -> bool {
+        let depth = self.depth(top);
+        while self.depth(id) > depth {
+            id = self.nodes[id as usize].parent;
+            if id == top {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The names of `id`'s path, root first.
+    fn names(&self, mut id: u32) -> Vec<&[u8]> {
+        let mut out = Vec::with_capacity(self.depth(id) as usize);
+        while id != 0 {
+            let m = &self.nodes[id as usize];
+            out.push(&*m.name);
+            id = m.parent;
+        }
+        out.reverse();
+        out
+    }
 }
 
 /// The owner and mode a regular file gets from `open(O_CREAT)` in some
@@ -1244,7 +1509,14 @@ struct Level {
     /// The layers whose directory here shows through, nearest first, down to
     /// the first opaque one; none when this layer hid the path.
     layers: Vec<usize>,
+    /// Those directories, open (at the deepest levels, and when few): the
+    /// level under is probed through them, a name each, not by its path
+    /// from the layers' roots, which costs as much as it is deep.
+    fds: Option<Vec<OwnedFd>>,
 }
+
+/// Levels of [`Lowers::path`] whose directories are held open.
+const LEVELS_HELD: usize = 2;
 
 /// Lower layers kept open (the nearest); deeper ones are opened when
 /// needed: a committed chain may be deeper than the open-file limit.
@@ -1280,6 +1552,7 @@ impl Lowers {
             name: Vec::new(),
             kind: Below::Dir,
             layers: (0..paths.len()).collect(),
+            fds: None,
         };
         Ok(Some(Lowers {
             paths: paths.to_vec(),
@@ -1309,25 +1582,45 @@ impl Lowers {
         }
         self.path.truncate(keep);
         for i in keep - 1..comps.len() {
-            let level = self.step(&self.path[i], comps[i], &comps[..=i].join(&b'/'))?;
+            let level = self.step(&self.path[i], i, comps)?;
             self.path.push(level);
+            if let Some(old) = self.path.len().checked_sub(LEVELS_HELD + 1) {
+                self.path[old].fds = None;
+            }
         }
         Ok(&self.path[comps.len()])
     }
 
-    /// The merged lowers at `rel`, named `name` in `parent`.
-    fn step(&self, parent: &Level, name: &[u8], rel: &[u8]) -> Result<Level> {
+    /// The merged lowers at `comps[..=i]`, under `parent`, the level of
+    /// `comps[..i]`.
+    fn step(&self, parent: &Level, i: usize, comps: &[&[u8]]) -> Result<Level> {
+        let name = comps[i];
+        let rel = || comps[..=i].join(&b'/');
         let mut level = Level {
             name: name.to_vec(),
             kind: Below::Nothing,
             layers: Vec::new(),
+            fds: (parent.layers.len() <= HELD_LOWERS).then(Vec::new),
         };
-        for &i in &parent.layers {
-            match self.probe(i, rel)? {
+        let cname = cstr(name);
+        for (j, &l) in parent.layers.iter().enumerate() {
+            let (probe, fd) = if i == 0 {
+                self.with_root(l, |root| self.probe_in(l, root, &cname, &rel))?
+            } else if let Some(fds) = &parent.fds {
+                self.probe_in(l, fds[j].as_fd(), &cname, &rel)?
+            } else {
+                self.probe(l, &rel())?
+            };
+            match probe {
                 Probe::Missing => continue,
                 Probe::Dir { opaque } => {
                     level.kind = Below::Dir;
-                    level.layers.push(i);
+                    level.layers.push(l);
+                    if let (Some(fds), Some(fd)) = (&mut level.fds, fd) {
+                        fds.push(fd);
+                    } else {
+                        level.fds = None;
+                    }
                     if opaque {
                         break;
                     }
@@ -1346,15 +1639,58 @@ impl Lowers {
                 }
             }
         }
-        if self.hidden.contains(rel) {
+        if !self.hidden.is_empty() && self.hidden.contains(&rel()) {
             level.kind = Below::Nothing;
             level.layers.clear();
+            level.fds = None;
         }
         Ok(level)
     }
 
-    /// What lower layer `i` itself has at `rel`.
-    fn probe(&self, i: usize, rel: &[u8]) -> Result<Probe> {
+    /// What lower layer `l` has at `name` in its directory `dir` (at
+    /// `rel()`, for errors), and that directory open if it is one.
+    fn probe_in(
+        &self,
+        l: usize,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &dyn Fn() -> Vec<u8>,
+    ) -> Result<(Probe, Option<OwnedFd>)> {
+        let failed = |e: Errno| {
+            io_err(
+                format!(
+                    "cannot read {}",
+                    self.paths[l].join(OsStr::from_bytes(&rel())).display()
+                ),
+                e,
+            )
+        };
+        match rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => Ok((
+                Probe::Dir {
+                    opaque: has_opaque_xattr(&fd, self.opaque_xattr).map_err(failed)?,
+                },
+                Some(fd),
+            )),
+            Err(Errno::NOENT) => Ok((Probe::Missing, None)),
+            Err(Errno::NOTDIR | Errno::LOOP) => {
+                let st =
+                    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(failed)?;
+                Ok((
+                    match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+                        rustix::fs::FileType::CharacterDevice if st.st_rdev == 0 => Probe::Whiteout,
+                        rustix::fs::FileType::Symlink => Probe::Symlink,
+                        _ => Probe::Other,
+                    },
+                    None,
+                ))
+            }
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    /// What lower layer `i` itself has at `rel`, by its path.
+    fn probe(&self, i: usize, rel: &[u8]) -> Result<(Probe, Option<OwnedFd>)> {
         let c = cstr(rel);
         let failed = |e: Errno| {
             io_err(
@@ -1367,18 +1703,26 @@ impl Lowers {
         };
         self.with_root(i, |root| {
             match open_beneath(root, &c, OFlags::RDONLY | OFlags::DIRECTORY) {
-                Ok(fd) => Ok(Probe::Dir {
-                    opaque: has_opaque_xattr(&fd, self.opaque_xattr).map_err(failed)?,
-                }),
-                Err(Errno::NOENT) => Ok(Probe::Missing),
+                Ok(fd) => Ok((
+                    Probe::Dir {
+                        opaque: has_opaque_xattr(&fd, self.opaque_xattr).map_err(failed)?,
+                    },
+                    Some(fd),
+                )),
+                Err(Errno::NOENT) => Ok((Probe::Missing, None)),
                 Err(Errno::NOTDIR | Errno::LOOP) => {
                     let fd = open_beneath(root, &c, OFlags::PATH).map_err(failed)?;
                     let st = rustix::fs::fstat(&fd).map_err(failed)?;
-                    Ok(match rustix::fs::FileType::from_raw_mode(st.st_mode) {
-                        rustix::fs::FileType::CharacterDevice if st.st_rdev == 0 => Probe::Whiteout,
-                        rustix::fs::FileType::Symlink => Probe::Symlink,
-                        _ => Probe::Other,
-                    })
+                    Ok((
+                        match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+                            rustix::fs::FileType::CharacterDevice if st.st_rdev == 0 => {
+                                Probe::Whiteout
+                            }
+                            rustix::fs::FileType::Symlink => Probe::Symlink,
+                            _ => Probe::Other,
+                        },
+                        None,
+                    ))
                 }
                 Err(e) => Err(failed(e)),
             }
@@ -1389,27 +1733,57 @@ impl Lowers {
     /// directory the merged lowers show at `comps`, if they show one: the
     /// nearest layer's, as overlayfs copies it up.
     fn dir_meta(&mut self, comps: &[&[u8]]) -> Result<Option<Meta>> {
-        let level = self.at(comps)?;
+        self.at(comps)?;
+        let level = &self.path[comps.len()];
         let (Below::Dir, Some(&i)) = (level.kind, level.layers.first()) else {
             return Ok(None);
         };
-        // No symlink on the way: `at` opened every component beneath.
-        let p = self.paths[i].join(OsStr::from_bytes(&comps.join(&b'/')));
-        let md = lstat(&p)?;
-        let xattrs = xattrs_of(&p)?
-            .into_iter()
-            .map(|(k, v)| (cstr(&k), v))
-            .collect();
+        let p = || self.paths[i].join(OsStr::from_bytes(&comps.join(&b'/')));
+        let (md, xattrs) = match &level.fds {
+            // The directory itself, open.
+            Some(fds) => {
+                let fd = fds[0].as_fd();
+                let md = rustix::fs::fstat(fd)
+                    .map_err(|e| io_err(format!("cannot read {}", p().display()), e))?;
+                let xattrs = xattrs_fd(fd).map_err(|e| {
+                    io_err(format!("cannot read the xattrs of {}", p().display()), e)
+                })?;
+                let t = |s: i64, n: u64| (s, n as i64);
+                let meta = (
+                    md.st_mode,
+                    md.st_uid,
+                    md.st_gid,
+                    t(md.st_mtime as i64, md.st_mtime_nsec as u64),
+                    t(md.st_atime as i64, md.st_atime_nsec as u64),
+                );
+                (meta, xattrs)
+            }
+            // No symlink on the way: `at` opened every component beneath.
+            None => {
+                let p = p();
+                let md = lstat(&p)?;
+                let meta = (
+                    md.mode(),
+                    md.uid(),
+                    md.gid(),
+                    (md.mtime(), md.mtime_nsec()),
+                    (md.atime(), md.atime_nsec()),
+                );
+                (meta, xattrs_of(&p)?)
+            }
+        };
+        let xattrs = xattrs.into_iter().map(|(k, v)| (cstr(&k), v)).collect();
+        let (mode, uid, gid, mtime, atime) = md;
         let time = |sec: i64, nsec: i64| Timespec {
             tv_sec: sec,
             tv_nsec: nsec,
         };
         Ok(Some(Meta {
-            mode: md.mode() & 0o7777,
-            uid: Uid::from_raw(md.uid()),
-            gid: Gid::from_raw(md.gid()),
-            mtime: time(md.mtime(), md.mtime_nsec()),
-            atime: time(md.atime(), md.atime_nsec()),
+            mode: mode & 0o7777,
+            uid: Uid::from_raw(uid),
+            gid: Gid::from_raw(gid),
+            mtime: time(mtime.0, mtime.1),
+            atime: time(atime.0, atime.1),
             xattrs,
         }))
     }
@@ -1528,11 +1902,9 @@ impl<'o> Extractor<'o> {
             opts,
             dest: dest.to_path_buf(),
             root: Rc::new(root),
-            cache: None,
-            created: HashSet::new(),
-            holds: HashSet::new(),
+            trail: Trail::new(),
+            marks: Marks::new(),
             dirs: HashMap::new(),
-            copied_up: HashSet::new(),
             containers: HashSet::new(),
             privileged: nix::unistd::geteuid().is_root(),
             proc_fd: Path::new("/proc/self/fd").is_dir(),
@@ -1544,16 +1916,17 @@ impl<'o> Extractor<'o> {
     }
 
     fn mark_created(&mut self, rel: &[u8]) {
-        self.created.insert(rel.to_vec());
-        self.containers.remove(rel);
-        let mut p = rel;
-        while let Some(i) = p.iter().rposition(|b| *b == b'/') {
-            p = &p[..i];
-            if !self.holds.insert(p.to_vec()) {
+        let id = self.marks.find(rel, true).expect("added");
+        self.marks.set(id, CREATED);
+        self.containers.remove(&id);
+        let mut p = id;
+        while let Some(q) = self.marks.parent(p).filter(|&q| q != 0) {
+            if !self.marks.set(q, HOLDS) {
                 break;
             }
             // Holds an entry of this layer now: no longer only a container.
-            self.containers.remove(p);
+            self.containers.remove(&q);
+            p = q;
         }
     }
 
@@ -1569,55 +1942,93 @@ impl<'o> Extractor<'o> {
         if comps.is_empty() {
             return Ok(Some(self.root.clone()));
         }
-        let rel = comps.join(&b'/');
-        if let Some((p, fd)) = &self.cache
-            && *p == rel
+        let root = self.root.clone();
+        let common = self.trail.common(comps);
+        if common == comps.len()
+            && common == self.trail.ends.len()
+            && let Some(Some(fd)) = self.trail.fds.last()
         {
             return Ok(Some(fd.clone()));
         }
+        // From the trail when its directory is near: the first `common`
+        // names are directories already (the trail ends above what is
+        // removed).
+        let near = common > 0
+            && (common..=self.trail.ends.len())
+                .take(MOST_UP + 1)
+                .any(|d| self.trail.fds[d - 1].is_some());
+        // A short path a few names further is one `openat2` from the root.
+        let short =
+            comps.len() - common > 2 && comps.iter().map(|c| c.len() + 1).sum::<usize>() < 1024;
+        if near
+            && !short
+            && let Some(fd) = self.trail.up_to(common, &root)
+        {
+            return self.walk_dir(fd, common, comps, missing, entry);
+        }
+        // Else from the root: one `openat2` for the whole path when it can.
+        let rel = comps.join(&b'/');
         let resolve =
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        let fd = match rustix::fs::openat2(
+        self.trail.clear();
+        match rustix::fs::openat2(
             &*self.root,
             cstr(&rel).as_c_str(),
             DIR_FLAGS,
             Mode::empty(),
             resolve,
         ) {
-            Ok(fd) => Rc::new(fd),
+            Ok(fd) => {
+                let fd = Rc::new(fd);
+                // The levels above are reached again by `..`.
+                self.trail.version += 1;
+                self.trail.rel = rel;
+                let mut end = 0;
+                for c in comps {
+                    end += c.len();
+                    self.trail.ends.push(end);
+                    self.trail.fds.push(None);
+                    end += 1;
+                }
+                *self.trail.fds.last_mut().expect("a level") = Some(fd.clone());
+                Ok(Some(fd))
+            }
             Err(Errno::NOENT)
             | Err(Errno::LOOP)
             | Err(Errno::NOTDIR)
             | Err(Errno::NOSYS)
             | Err(Errno::XDEV)
             | Err(Errno::AGAIN)
-            | Err(Errno::NAMETOOLONG) => match self.walk_dir(comps, missing, entry)? {
-                Some(fd) => fd,
-                None => return Ok(None),
-            },
-            Err(e) => {
-                return Err(io_err(
-                    format!("cannot open directory {}", self.path_of(&rel).display()),
-                    e,
-                ));
-            }
-        };
-        self.cache = Some((rel, fd.clone()));
-        Ok(Some(fd))
+            | Err(Errno::NAMETOOLONG) => self.walk_dir(root, 0, comps, missing, entry),
+            Err(e) => Err(io_err(
+                format!("cannot open directory {}", self.path_of(&rel).display()),
+                e,
+            )),
+        }
     }
 
-    /// [`Self::open_dir`] one component at a time: creates what is missing
-    /// and names the component at fault.
+    /// [`Self::open_dir`] one component at a time from `cur`, the directory
+    /// of the first `from` ones (where the trail ends): creates what is
+    /// missing and names the component at fault.
     fn walk_dir(
         &mut self,
+        mut cur: Rc<OwnedFd>,
+        from: usize,
         comps: &[&[u8]],
         missing: Missing,
         entry: &str,
     ) -> Result<Option<Rc<OwnedFd>>> {
-        let mut cur = self.root.clone();
-        for i in 0..comps.len() {
+        let mut version = self.trail.version;
+        for i in from..comps.len() {
             match self.open_component(&cur, &comps[..=i], missing, entry)? {
-                Some(fd) => cur = fd,
+                Some(fd) => {
+                    // Unless opening it went elsewhere (removing containers).
+                    if self.trail.version == version {
+                        self.trail.push(comps[i], fd.clone());
+                        version = self.trail.version;
+                    }
+                    cur = fd;
+                }
                 None => {
                     self.check_below(comps, i + 1, entry)?;
                     return Ok(None);
@@ -1714,7 +2125,8 @@ impl<'o> Extractor<'o> {
         };
         let rel = sub.join(&b'/');
         self.set_meta_fd(fd.as_fd(), &meta, &rel, false, Preset::default())?;
-        self.copied_up.insert(rel);
+        let id = self.marks.find(&rel, true).expect("added");
+        self.marks.set(id, COPIED_UP);
         Ok(())
     }
 
@@ -1783,7 +2195,8 @@ impl<'o> Extractor<'o> {
             })
             .map_err(|e| failed("open", e))?;
         if container {
-            self.containers.insert(rel);
+            let id = self.marks.find(&rel, true).expect("added");
+            self.containers.insert(id);
         } else {
             self.mark_created(&rel);
         }
@@ -1793,27 +2206,47 @@ impl<'o> Extractor<'o> {
     /// Removes the containers under `rel`, and `rel` itself if `with_rel`
     /// and it is one: what they stand for is hidden now.
     fn drop_containers(&mut self, rel: &[u8], with_rel: bool, entry: &str) -> Result<()> {
-        let prefix = [rel, b"/"].concat();
-        let mut gone: Vec<Vec<u8>> = self
+        if self.containers.is_empty() {
+            return Ok(());
+        }
+        let Some(top) = self.marks.find(rel, false) else {
+            return Ok(());
+        };
+        let mut gone: Vec<u32> = self
             .containers
             .iter()
-            .filter(|c| (with_rel && c.as_slice() == rel) || c.starts_with(&prefix))
-            .cloned()
+            .copied()
+            .filter(|&c| (with_rel && c == top) || self.marks.under(c, top))
             .collect();
         // Parents first: their removal takes the children with them.
-        gone.sort_by_key(Vec::len);
+        gone.sort_by_key(|&c| self.marks.depth(c));
         for c in gone {
             if !self.containers.contains(&c) {
                 continue;
             }
-            self.forget_containers(&c);
-            let comps: Vec<&[u8]> = c.split(|b| *b == b'/').collect();
+            let comps: Vec<Vec<u8>> = self
+                .marks
+                .names(c)
+                .into_iter()
+                .map(<[u8]>::to_vec)
+                .collect();
+            let comps: Vec<&[u8]> = comps.iter().map(Vec::as_slice).collect();
+            let path = comps.join(&b'/');
+            self.forget_containers(&path);
             let (last, parent) = comps.split_last().expect("a container is not the root");
             if let Some(dir) = self.open_dir(parent, Missing::Skip, entry)? {
-                self.remove(&dir, cstr(last).as_c_str(), &c)?;
+                self.remove(&dir, cstr(last).as_c_str(), &path)?;
             }
         }
         Ok(())
+    }
+
+    fn is_container(&mut self, rel: &[u8]) -> bool {
+        !self.containers.is_empty()
+            && self
+                .marks
+                .find(rel, false)
+                .is_some_and(|id| self.containers.contains(&id))
     }
 
     /// `rel` and what is under it are no containers (any more).
@@ -1821,9 +2254,12 @@ impl<'o> Extractor<'o> {
         if self.containers.is_empty() {
             return;
         }
-        let inside = [rel, b"/"].concat();
+        let Some(top) = self.marks.find(rel, false) else {
+            return;
+        };
+        let marks = &self.marks;
         self.containers
-            .retain(|c| c.as_slice() != rel && !c.starts_with(&inside));
+            .retain(|&c| c != top && !marks.under(c, top));
     }
 
     /// What the layers below show at `comps` (nothing on native, or with no
@@ -1894,7 +2330,7 @@ impl<'o> Extractor<'o> {
     /// Drops what is remembered about open directories: they may be
     /// replaced or removed from here on.
     fn forget_dirs(&mut self) {
-        self.cache = None;
+        self.trail.clear();
         self.new_files = None;
     }
 
@@ -1913,7 +2349,8 @@ impl<'o> Extractor<'o> {
 
     /// Removes whatever is at `name` in `dir` (recursively for directories).
     fn remove(&mut self, dir: &OwnedFd, name: &CStr, rel: &[u8]) -> Result<()> {
-        self.forget_dirs();
+        self.trail.removed(rel);
+        self.new_files = None;
         self.dirs.remove(rel);
         self.forget_containers(rel);
         remove_all_at(dir.as_fd(), name)
@@ -1922,7 +2359,11 @@ impl<'o> Extractor<'o> {
 
     fn member(&mut self, m: Member, s: &mut Stream, progress: &mut dyn FnMut()) -> Result<()> {
         let name = show(&m.path);
-        let type_byte = m.header.entry_type().as_byte();
+        // The raw typeflag: `EntryType` reads NUL as `0`, and the two differ
+        // here. An old-style (pre-POSIX) entry, NUL, whose name ends in `/`
+        // is a directory, as Go's archive/tar (containerd) and Python's
+        // tarfile read it; `0` is a regular file whatever its name.
+        let type_byte = m.header.as_old().linkflag[0];
         let kind = match type_byte {
             b'0' | b'7' => Kind::File,
             0 if m.path.ends_with(b"/") => Kind::Dir,
@@ -2056,7 +2497,8 @@ impl<'o> Extractor<'o> {
                         if ft == rustix::fs::FileType::Directory {
                             // A copy-up stands for the directory below:
                             // the entry replaces its xattrs, as on native.
-                            existed = !self.created.contains(&rel) || self.copied_up.contains(&rel);
+                            existed =
+                                !self.marks.has(&rel, CREATED) || self.marks.has(&rel, COPIED_UP);
                         } else {
                             let was_whiteout =
                                 ft == rustix::fs::FileType::CharacterDevice && st.st_rdev == 0;
@@ -2201,7 +2643,7 @@ impl<'o> Extractor<'o> {
                 let trel = tcomps.join(&b'/');
                 let inside =
                     trel.len() > rel.len() && trel.starts_with(&rel) && trel[rel.len()] == b'/';
-                if trel == rel || inside || !self.created.contains(&trel) {
+                if trel == rel || inside || !self.marks.has(&trel, CREATED) {
                     return Err(invalid(format!(
                         "entry `{name}`: hardlink target `{}` is not an earlier entry of this layer",
                         show(&m.link)
@@ -2380,7 +2822,7 @@ impl<'o> Extractor<'o> {
         // spec). Where this layer itself made a directory, or put entries
         // in one, it keeps them: what the layers below have in it is hidden
         // instead, as an opaque marker would.
-        if (self.dirs.contains_key(&rel) || self.holds.contains(&rel))
+        if (self.dirs.contains_key(&rel) || self.marks.has(&rel, HOLDS))
             && self.is_dir(parent, target, entry)?
         {
             let mut comps = parent.to_vec();
@@ -2394,7 +2836,7 @@ impl<'o> Extractor<'o> {
         let Some(dir) = self.open_dir(parent, Missing::Skip, entry)? else {
             return Ok(());
         };
-        if self.created.contains(&rel) {
+        if self.marks.has(&rel, CREATED) {
             return Ok(());
         }
         self.remove(&dir, cstr(target).as_c_str(), &rel)
@@ -2423,7 +2865,7 @@ impl<'o> Extractor<'o> {
     ) -> Result<()> {
         let mut comps = parent.to_vec();
         comps.push(target);
-        if self.containers.contains(rel) {
+        if self.is_container(rel) {
             // Made only to hold markers: it goes, and what it hid shows
             // again, for the whiteout to hide as a whole.
             self.drop_containers(rel, true, entry)?;
@@ -2496,7 +2938,7 @@ impl<'o> Extractor<'o> {
                     })?;
                     for (name, is_dir) in names {
                         let child = join(&rel, name.to_bytes());
-                        if self.created.contains(&child) || self.holds.contains(&child) {
+                        if self.marks.has(&child, CREATED | HOLDS) {
                             if is_dir {
                                 let sub = rustix::fs::openat(
                                     &*fd,
@@ -2539,7 +2981,7 @@ impl<'o> Extractor<'o> {
         let root = self.root.clone();
         for name in names {
             let rel = name.to_bytes();
-            if self.containers.contains(rel) {
+            if self.is_container(rel) {
                 self.drop_containers(rel, true, ".wh..wh..opq")?;
             }
             let failed =
@@ -2767,14 +3209,15 @@ pub enum Changes<'a> {
 enum Item {
     /// An empty marker file (`.wh.NAME` or `.wh..wh..opq`), by tar path.
     Marker(Vec<u8>),
-    /// A filesystem object: its path in the layer, on disk, and lstat.
-    Node(Vec<u8>, PathBuf, Metadata),
+    /// A filesystem object: its path in the layer (and under the tree the
+    /// layer is written from), and lstat.
+    Node(Vec<u8>, Metadata),
 }
 
 impl Item {
     fn rel(&self) -> &[u8] {
         match self {
-            Item::Marker(r) | Item::Node(r, _, _) => r,
+            Item::Marker(r) | Item::Node(r, _) => r,
         }
     }
 }
@@ -2856,7 +3299,7 @@ fn walk_upper(upper: &Path) -> Result<Vec<Item>> {
                 }
                 stack.push((crel.clone(), path.clone()));
             }
-            items.push(Item::Node(crel, path, md));
+            items.push(Item::Node(crel, md));
         }
     }
     Ok(items)
@@ -2909,6 +3352,29 @@ fn xattrs_of(p: &Path) -> Result<Pairs> {
                     e,
                 ));
             }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Non-overlay xattrs of an open file, sorted by name.
+fn xattrs_fd(fd: BorrowedFd<'_>) -> rustix::io::Result<Pairs> {
+    let list = match xattr_call(|b| rustix::fs::flistxattr(fd, b)) {
+        Ok(list) => list,
+        Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if is_overlay_xattr(name) {
+            continue;
+        }
+        let cname = cstr(name);
+        match xattr_call(|b| rustix::fs::fgetxattr(fd, cname.as_c_str(), b)) {
+            Ok(value) => out.push((name.to_vec(), value)),
+            Err(Errno::NODATA) => {}
+            Err(e) => return Err(e),
         }
     }
     out.sort();
@@ -2968,21 +3434,18 @@ fn changed(old: &Path, om: &Metadata, new: &Path, nm: &Metadata) -> Result<bool>
     Ok(false)
 }
 
-/// A path in the layer and on disk.
-type Located = (Vec<u8>, PathBuf);
-
 fn walk_compare(old: Option<&Path>, new: &Path) -> Result<Vec<Item>> {
     let mut items: Vec<Item> = Vec::new();
     // Every multiply-linked non-directory of `new`, by inode.
-    let mut links: HashMap<(u64, u64), Vec<Located>> = HashMap::new();
+    let mut links: HashMap<(u64, u64), Vec<Vec<u8>>> = HashMap::new();
     let mut stack: Vec<(Vec<u8>, Option<PathBuf>, PathBuf)> =
         vec![(Vec::new(), old.map(Path::to_path_buf), new.to_path_buf())];
-    let mut note_link = |rel: &[u8], path: &Path, md: &Metadata| {
+    let mut note_link = |rel: &[u8], md: &Metadata| {
         if !md.is_dir() && md.nlink() > 1 {
             links
                 .entry((md.dev(), md.ino()))
                 .or_default()
-                .push((rel.to_vec(), path.to_path_buf()));
+                .push(rel.to_vec());
         }
     };
     while let Some((rel, odir, ndir)) = stack.pop() {
@@ -3009,13 +3472,13 @@ fn walk_compare(old: Option<&Path>, new: &Path) -> Result<Vec<Item>> {
                 continue;
             }
             let crel = join(&rel, n.as_bytes());
-            note_link(&crel, &np, &nm);
+            note_link(&crel, &nm);
             match olive.remove(n.as_bytes()) {
                 None => {
                     if nm.is_dir() {
                         stack.push((crel.clone(), None, np.clone()));
                     }
-                    items.push(Item::Node(crel, np, nm));
+                    items.push(Item::Node(crel, nm));
                 }
                 Some((op, om)) => {
                     let is_changed = changed(&op, &om, &np, &nm)?;
@@ -3023,7 +3486,7 @@ fn walk_compare(old: Option<&Path>, new: &Path) -> Result<Vec<Item>> {
                         stack.push((crel.clone(), om.is_dir().then_some(op), np.clone()));
                     }
                     if is_changed {
-                        items.push(Item::Node(crel, np, nm));
+                        items.push(Item::Node(crel, nm));
                     }
                 }
             }
@@ -3032,34 +3495,37 @@ fn walk_compare(old: Option<&Path>, new: &Path) -> Result<Vec<Item>> {
             items.push(Item::Marker(join(&rel, &[WHITEOUT_PREFIX, &gone].concat())));
         }
     }
-    let mut have: HashSet<Vec<u8>> = items.iter().map(|i| i.rel().to_vec()).collect();
+    // The paths emitted, borrowed from the items (no copy of each path).
+    let mut have: HashSet<&[u8]> = items.iter().map(Item::rel).collect();
     // Every link of a changed multiply-linked file.
     let mut extra = Vec::new();
     for item in &items {
-        if let Item::Node(_, _, md) = item
+        if let Item::Node(_, md) = item
             && let Some(group) = links.get(&(md.dev(), md.ino()))
         {
-            for (r, p) in group {
-                if have.insert(r.clone()) {
-                    extra.push(Item::Node(r.clone(), p.clone(), lstat(p)?));
+            for r in group {
+                if have.insert(r) {
+                    let p = new.join(OsStr::from_bytes(r));
+                    extra.push(Item::Node(r.clone(), lstat(&p)?));
                 }
             }
         }
     }
-    items.extend(extra);
     // Every parent directory of an emitted entry.
     let mut parents = Vec::new();
-    for item in &items {
+    for item in items.iter().chain(&extra) {
         let mut r = item.rel();
         while let Some(i) = r.iter().rposition(|b| *b == b'/') {
             r = &r[..i];
-            if !have.insert(r.to_vec()) {
+            if !have.insert(r) {
                 break;
             }
             let p = new.join(OsStr::from_bytes(r));
-            parents.push(Item::Node(r.to_vec(), p.clone(), lstat(&p)?));
+            parents.push(Item::Node(r.to_vec(), lstat(&p)?));
         }
     }
+    drop(have);
+    items.extend(extra);
     items.extend(parents);
     Ok(items)
 }
@@ -3403,9 +3869,9 @@ pub fn write(
     source_date_epoch: Option<i64>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Digests> {
-    let mut items = match changes {
-        Changes::Upper(upper) => walk_upper(upper)?,
-        Changes::Compare { old, new } => walk_compare(old, new)?,
+    let (mut items, tree) = match changes {
+        Changes::Upper(upper) => (walk_upper(upper)?, upper),
+        Changes::Compare { old, new } => (walk_compare(old, new)?, new),
     };
     items.sort_by(|a, b| path_order(a.rel(), b.rel()));
     items.dedup_by(|a, b| a.rel() == b.rel());
@@ -3448,7 +3914,7 @@ pub fn write(
     for item in &items {
         match item {
             Item::Marker(rel) => tw.marker(rel)?,
-            Item::Node(rel, path, md) => {
+            Item::Node(rel, md) => {
                 let mut link = None;
                 if !md.is_dir() && md.nlink() > 1 {
                     match first.get(&(md.dev(), md.ino())) {
@@ -3458,7 +3924,8 @@ pub fn write(
                         }
                     }
                 }
-                tw.node(rel, path, md, link.as_deref())?;
+                let path = tree.join(OsStr::from_bytes(rel));
+                tw.node(rel, &path, md, link.as_deref())?;
             }
         }
         tw.tick();
@@ -4858,6 +5325,41 @@ mod tests {
         assert_eq!(md.mode() & 0o7777, 0o700);
         assert_eq!(md.mtime(), 1_000_000_000);
         assert!(list_xattrs(&j.dest.join("d")).is_empty());
+    }
+
+    /// Typeflag NUL (the old "regular file") with a name ending in `/` is a
+    /// directory, as Go's archive/tar reads it; `0` stays a file.
+    #[test]
+    fn old_style_directory_entries() {
+        let j = jail();
+        let mut data = tar_of(&[dir(b"vdir/"), file(b"vdir/f", b"x"), file(b"reg/", b"")]);
+        let flag = |data: &mut Vec<u8>, at: usize, kind: u8| {
+            let mut h = tar::Header::from_byte_slice(&data[at..at + 512]).clone();
+            h.as_old_mut().linkflag[0] = kind;
+            h.set_cksum();
+            data[at..at + 512].copy_from_slice(h.as_bytes());
+        };
+        flag(&mut data, 0, 0);
+        // `vdir/f` takes a header and a data block.
+        flag(&mut data, 3 * 512, b'0');
+        apply_vec(&data, &j.dest, &delete()).unwrap();
+        assert!(
+            std::fs::symlink_metadata(j.dest.join("vdir"))
+                .unwrap()
+                .is_dir()
+        );
+        assert_eq!(std::fs::read(j.dest.join("vdir/f")).unwrap(), b"x");
+        assert!(
+            std::fs::symlink_metadata(j.dest.join("reg"))
+                .unwrap()
+                .is_file()
+        );
+        // NUL without the `/` is a file.
+        let mut data = tar_of(&[file(b"plain", b"y")]);
+        flag(&mut data, 0, 0);
+        let k = jail();
+        apply_vec(&data, &k.dest, &delete()).unwrap();
+        assert_eq!(std::fs::read(k.dest.join("plain")).unwrap(), b"y");
     }
 
     /// Files are created with their final owner and mode when `open` gives

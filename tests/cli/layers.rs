@@ -385,11 +385,106 @@ fn paths_longer_than_path_max(driver: &str) {
     assert_eq!(read("imported"), "x 0o600 y\n");
 }
 
+/// A layer 3,000 directories deep (6 KB paths, one name at a time: what
+/// costs its depth squared if each level is reached from the root), with a
+/// file halfway that a child layer's whiteout removes and a file at the
+/// bottom next to which it adds one: the views show them, `usage` counts
+/// them, and `diff` carries both layers to the same trees again.
+fn deep_layers(driver: &str) {
+    const DEPTH: usize = 3000;
+    let s = setup!(driver);
+    let half = "a/".repeat(DEPTH / 2);
+    let all = "a/".repeat(DEPTH);
+    let base = s.scratch("deep-base.tar");
+    python_tar(
+        &base,
+        &format!(
+            "f({:?}, b'x')\nf({:?}, b'm')",
+            format!("{all}f"),
+            format!("{half}m")
+        ),
+    );
+    let child = s.scratch("deep-child.tar");
+    python_tar(
+        &child,
+        &format!(
+            "f({:?}, b'')\nf({:?}, b'y')",
+            format!("{half}.wh.m"),
+            format!("{all}g")
+        ),
+    );
+    let root_layer = |name: &str, tar: &Path| {
+        s.strata_with(
+            &["apply", name],
+            With {
+                stdin: Some(&fs::read(tar).unwrap()),
+                ..Default::default()
+            },
+        )
+        .success();
+    };
+    root_layer("base", &base);
+    s.strata(&["apply", "child", "base", child.to_str().unwrap()])
+        .success();
+    assert_eq!(s.info("base")["usage"]["inodes"], DEPTH + 3);
+    let read = |key: &str| {
+        let view = format!("{key}-view");
+        s.strata(&["view", &view, key]).success();
+        let seen = python_in(
+            &s,
+            &view,
+            &format!(
+                "import os\nfor i in range({h}): os.chdir('a')\nm = os.path.exists('m')\nfor i in range({h}): os.chdir('a')\nprint(m, open('f').read(), os.path.exists('g') and open('g').read())",
+                h = DEPTH / 2
+            ),
+        );
+        s.strata(&["rm", &view]).success();
+        seen
+    };
+    assert_eq!(read("base"), "True x False\n");
+    assert_eq!(read("child"), "False x y\n");
+    let (base_tar, _) = diff_to(&s, "base", "gzip");
+    let (child_tar, _) = diff_to(&s, "child", "zstd");
+    root_layer("base2", &base_tar);
+    s.strata(&["apply", "child2", "base2", child_tar.to_str().unwrap()])
+        .success();
+    assert_eq!(read("base2"), "True x False\n");
+    assert_eq!(read("child2"), "False x y\n");
+}
+
+/// Typeflag NUL (the old "regular file") with a name ending in `/` is a
+/// directory, as Go's archive/tar (containerd) reads it.
+fn old_style_directory_entries(driver: &str) {
+    let s = setup!(driver);
+    let tar = s.scratch("old.tar");
+    python_tar(
+        &tar,
+        "f('vdir/', b'', type=tarfile.AREGTYPE)\nf('vdir/f', b'x')",
+    );
+    s.strata_with(
+        &["apply", "old"],
+        With {
+            stdin: Some(&fs::read(&tar).unwrap()),
+            ..Default::default()
+        },
+    )
+    .success();
+    s.strata(&["view", "old-view", "old"]).success();
+    let seen = python_in(
+        &s,
+        "old-view",
+        "import os\nprint(os.path.isdir('vdir'), open('vdir/f').read())",
+    );
+    assert_eq!(seen, "True x\n");
+}
+
 both_drivers!(
     same_driver,
     diff_of_an_active_snapshot_and_against_another_parent,
     gnu_tar_layers,
-    paths_longer_than_path_max
+    paths_longer_than_path_max,
+    deep_layers,
+    old_style_directory_entries
 );
 
 /// A tarball written by Python's tarfile, which writes whatever it is told.
