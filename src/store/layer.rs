@@ -1656,77 +1656,62 @@ impl Lowers {
         name: &CStr,
         rel: &dyn Fn() -> Vec<u8>,
     ) -> Result<(Probe, Option<OwnedFd>)> {
-        let failed = |e: Errno| {
-            io_err(
-                format!(
-                    "cannot read {}",
-                    self.paths[l].join(OsStr::from_bytes(&rel())).display()
-                ),
-                e,
-            )
-        };
-        match rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty()) {
-            Ok(fd) => Ok((
-                Probe::Dir {
-                    opaque: has_opaque_xattr(&fd, self.opaque_xattr).map_err(failed)?,
-                },
-                Some(fd),
-            )),
-            Err(Errno::NOENT) => Ok((Probe::Missing, None)),
-            Err(Errno::NOTDIR | Errno::LOOP) => {
-                let st =
-                    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(failed)?;
-                Ok((
-                    match rustix::fs::FileType::from_raw_mode(st.st_mode) {
-                        rustix::fs::FileType::CharacterDevice if st.st_rdev == 0 => Probe::Whiteout,
-                        rustix::fs::FileType::Symlink => Probe::Symlink,
-                        _ => Probe::Other,
-                    },
-                    None,
-                ))
-            }
-            Err(e) => Err(failed(e)),
-        }
+        let failed = |e: Errno| self.unreadable(l, &rel(), e);
+        let opened = rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty());
+        self.classify(
+            opened,
+            || rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW),
+            &failed,
+        )
     }
 
     /// What lower layer `i` itself has at `rel`, by its path.
     fn probe(&self, i: usize, rel: &[u8]) -> Result<(Probe, Option<OwnedFd>)> {
         let c = cstr(rel);
-        let failed = |e: Errno| {
-            io_err(
-                format!(
-                    "cannot read {}",
-                    self.paths[i].join(OsStr::from_bytes(rel)).display()
-                ),
-                e,
-            )
-        };
+        let failed = |e: Errno| self.unreadable(i, rel, e);
         self.with_root(i, |root| {
-            match open_beneath(root, &c, OFlags::RDONLY | OFlags::DIRECTORY) {
-                Ok(fd) => Ok((
-                    Probe::Dir {
-                        opaque: has_opaque_xattr(&fd, self.opaque_xattr).map_err(failed)?,
-                    },
-                    Some(fd),
-                )),
-                Err(Errno::NOENT) => Ok((Probe::Missing, None)),
-                Err(Errno::NOTDIR | Errno::LOOP) => {
-                    let fd = open_beneath(root, &c, OFlags::PATH).map_err(failed)?;
-                    let st = rustix::fs::fstat(&fd).map_err(failed)?;
-                    Ok((
-                        match rustix::fs::FileType::from_raw_mode(st.st_mode) {
-                            rustix::fs::FileType::CharacterDevice if st.st_rdev == 0 => {
-                                Probe::Whiteout
-                            }
-                            rustix::fs::FileType::Symlink => Probe::Symlink,
-                            _ => Probe::Other,
-                        },
-                        None,
-                    ))
-                }
-                Err(e) => Err(failed(e)),
-            }
+            let opened = open_beneath(root, &c, OFlags::RDONLY | OFlags::DIRECTORY);
+            let stat = || rustix::fs::fstat(open_beneath(root, &c, OFlags::PATH)?);
+            self.classify(opened, stat, &failed)
         })
+    }
+
+    /// A probe's answer from its attempt to open the entry as a directory
+    /// (`opened`) and, when it is not one, the entry's own `stat`.
+    fn classify(
+        &self,
+        opened: rustix::io::Result<OwnedFd>,
+        stat: impl FnOnce() -> rustix::io::Result<rustix::fs::Stat>,
+        failed: &dyn Fn(Errno) -> LayerError,
+    ) -> Result<(Probe, Option<OwnedFd>)> {
+        match opened {
+            Ok(fd) => {
+                let opaque = has_opaque_xattr(&fd, self.opaque_xattr).map_err(failed)?;
+                Ok((Probe::Dir { opaque }, Some(fd)))
+            }
+            Err(Errno::NOENT) => Ok((Probe::Missing, None)),
+            Err(Errno::NOTDIR | Errno::LOOP) => {
+                let st = stat().map_err(failed)?;
+                let probe = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+                    rustix::fs::FileType::CharacterDevice if st.st_rdev == 0 => Probe::Whiteout,
+                    rustix::fs::FileType::Symlink => Probe::Symlink,
+                    _ => Probe::Other,
+                };
+                Ok((probe, None))
+            }
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    /// The error of a failed read in lower layer `l` at `rel`.
+    fn unreadable(&self, l: usize, rel: &[u8], e: Errno) -> LayerError {
+        io_err(
+            format!(
+                "cannot read {}",
+                self.paths[l].join(OsStr::from_bytes(rel)).display()
+            ),
+            e,
+        )
     }
 
     /// Owner, mode, times and xattrs (overlay's own left out) of the

@@ -800,13 +800,7 @@ impl Store {
         records: Vec<MountRecord>,
         drop_stale: bool,
     ) -> Result<(Vec<MountRecord>, Vec<MountRecord>)> {
-        if records.is_empty() {
-            return Ok((records, Vec::new()));
-        }
-        let table = mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())?;
-        let (live, stale): (Vec<_>, Vec<_>) = records
-            .into_iter()
-            .partition(|r| table.has(r.mount_id, r.identity.as_deref(), Path::new(&r.target)));
+        let (live, stale) = live_and_stale(records)?;
         if drop_stale && !stale.is_empty() {
             let tx = self.index.write()?;
             for r in &stale {
@@ -1312,6 +1306,18 @@ fn mounted_meanwhile(key: &str, target: &str) -> Error {
     .with_hint(format!(
         "unmount it (`strata unmount {target}`) and try again"
     ))
+}
+
+/// Mount records split into those whose mount still exists and the stale
+/// ones (unmounted by hand, lost in a reboot).
+fn live_and_stale(records: Vec<MountRecord>) -> Result<(Vec<MountRecord>, Vec<MountRecord>)> {
+    if records.is_empty() {
+        return Ok((records, Vec::new()));
+    }
+    let table = mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())?;
+    Ok(records
+        .into_iter()
+        .partition(|r| table.has(r.mount_id, r.identity.as_deref(), Path::new(&r.target))))
 }
 
 fn replaced(key: &str) -> Error {

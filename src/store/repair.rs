@@ -206,20 +206,8 @@ impl Store {
         }
         // A record whose mount is gone, except while a commit or `rm -f`
         // unmounting the snapshot (holding its lock) has yet to drop it.
-        let records = index::mounts(&tx)?;
-        let table = if records.is_empty() {
-            None
-        } else {
-            Some(mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())?)
-        };
-        let stale: Vec<index::MountRecord> = records
-            .into_iter()
-            .filter(|r| {
-                table.as_ref().is_some_and(|t| {
-                    !t.has(r.mount_id, r.identity.as_deref(), Path::new(&r.target))
-                }) && !held(&self.layout.dir(r.snapshot_id))
-            })
-            .collect();
+        let (_, mut stale) = super::live_and_stale(index::mounts(&tx)?)?;
+        stale.retain(|r| !held(&self.layout.dir(r.snapshot_id)));
         for r in &stale {
             if repair {
                 index::remove_mount(&tx, &r.target)?;

@@ -79,6 +79,18 @@ fn diff_to(store: &Store, key: &str, compression: &str) -> (PathBuf, serde_json:
     (out, run.json())
 }
 
+/// `strata ARGS < TAR`: a root layer read from stdin.
+fn with_stdin(s: &Store, args: &[&str], tar: &Path) -> Run {
+    let input = fs::read(tar).unwrap();
+    s.strata_with(
+        args,
+        With {
+            stdin: Some(&input),
+            ..Default::default()
+        },
+    )
+}
+
 fn round_trip(from: &str, to: &str) {
     let a = setup!(from);
     a.layer("l0", None, &every_kind());
@@ -96,14 +108,7 @@ fn round_trip(from: &str, to: &str) {
     let b = setup!(to);
     b.strata(&["apply", "l0", tar0.to_str().unwrap()])
         .fails_with(3, "");
-    b.strata_with(
-        &["apply", "l0"],
-        With {
-            stdin: Some(&fs::read(&tar0).unwrap()),
-            ..Default::default()
-        },
-    )
-    .success();
+    with_stdin(&b, &["apply", "l0"], &tar0).success();
     let applied = b
         .strata(&["apply", "l1", "l0", tar1.to_str().unwrap(), "-o", "json"])
         .success()
@@ -256,14 +261,7 @@ fn gnu_tar_layers(driver: &str) {
     let opts = ["--numeric-owner", "--xattrs", "--xattrs-include=*"];
     tar_dir(&t0, &l0, &opts);
     tar_dir(&t1, &l1, &[&opts[..], &["--gzip"]].concat());
-    s.strata_with(
-        &["apply", "l0"],
-        With {
-            stdin: Some(&fs::read(&l0).unwrap()),
-            ..Default::default()
-        },
-    )
-    .success();
+    with_stdin(&s, &["apply", "l0"], &l0).success();
     s.strata(&["apply", "l1", "l0", l1.to_str().unwrap()])
         .success();
     // What tar unpacks, with the whiteouts carried out by hand.
@@ -360,14 +358,7 @@ fn paths_longer_than_path_max(driver: &str) {
 
     let (tar, _) = diff_to(&s, "c", "gzip");
     let (tar2, _) = diff_to(&s, "c2", "zstd");
-    s.strata_with(
-        &["apply", "again"],
-        With {
-            stdin: Some(&fs::read(&tar).unwrap()),
-            ..Default::default()
-        },
-    )
-    .success();
+    with_stdin(&s, &["apply", "again"], &tar).success();
     assert_eq!(read("again"), "x 0o644 False\n");
     s.strata(&["apply", "again2", "again", tar2.to_str().unwrap()])
         .success();
@@ -414,14 +405,7 @@ fn deep_layers(driver: &str) {
         ),
     );
     let root_layer = |name: &str, tar: &Path| {
-        s.strata_with(
-            &["apply", name],
-            With {
-                stdin: Some(&fs::read(tar).unwrap()),
-                ..Default::default()
-            },
-        )
-        .success();
+        with_stdin(&s, &["apply", name], tar).success();
     };
     root_layer("base", &base);
     s.strata(&["apply", "child", "base", child.to_str().unwrap()])
@@ -461,14 +445,7 @@ fn old_style_directory_entries(driver: &str) {
         &tar,
         "f('vdir/', b'', type=tarfile.AREGTYPE)\nf('vdir/f', b'x')",
     );
-    s.strata_with(
-        &["apply", "old"],
-        With {
-            stdin: Some(&fs::read(&tar).unwrap()),
-            ..Default::default()
-        },
-    )
-    .success();
+    with_stdin(&s, &["apply", "old"], &tar).success();
     s.strata(&["view", "old-view", "old"]).success();
     let seen = python_in(
         &s,
@@ -674,13 +651,7 @@ fn apply_layers(s: &Store, layers: &[Layer<'_>]) -> Run {
         python_tar(&tar, body);
         let run = match parent {
             Some(p) => s.strata(&["-o", "json", "apply", name, p, tar.to_str().unwrap()]),
-            None => s.strata_with(
-                &["-o", "json", "apply", name],
-                With {
-                    stdin: Some(&fs::read(&tar).unwrap()),
-                    ..Default::default()
-                },
-            ),
+            None => with_stdin(s, &["-o", "json", "apply", name], &tar),
         };
         last = Some(run);
     }
