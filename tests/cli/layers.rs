@@ -294,6 +294,15 @@ fn gnu_tar_layers(driver: &str) {
 }
 
 /// Runs a Python script in the mounted `key`; its stdout.
+/// [`python_in`] a view of committed `key`, made for it and removed after.
+fn python_in_view(store: &Store, key: &str, script: &str) -> String {
+    let view = format!("{key}-view");
+    store.strata(&["view", &view, key]).success();
+    let seen = python_in(store, &view, script);
+    store.strata(&["rm", &view]).success();
+    seen
+}
+
 fn python_in(store: &Store, key: &str, script: &str) -> String {
     let m = store.mount(key);
     let out = Command::new("python3")
@@ -342,17 +351,13 @@ fn paths_longer_than_path_max(driver: &str) {
     s.strata(&["commit", "c2", "deeper"]).success();
     // What a view of a committed snapshot shows deep down.
     let read = |key: &str| {
-        let view = format!("{key}-view");
-        s.strata(&["view", &view, key]).success();
-        let seen = python_in(
+        python_in_view(
             &s,
-            &view,
+            key,
             &deep(
                 "print(open('f').read(), oct(os.stat('f').st_mode & 0o777), os.path.exists('g') and open('g').read())",
             ),
-        );
-        s.strata(&["rm", &view]).success();
-        seen
+        )
     };
     assert_eq!(read("c2"), "x 0o600 y\n");
 
@@ -412,18 +417,14 @@ fn deep_layers(driver: &str) {
         .success();
     assert_eq!(s.info("base")["usage"]["inodes"], DEPTH + 3);
     let read = |key: &str| {
-        let view = format!("{key}-view");
-        s.strata(&["view", &view, key]).success();
-        let seen = python_in(
+        python_in_view(
             &s,
-            &view,
+            key,
             &format!(
                 "import os\nfor i in range({h}): os.chdir('a')\nm = os.path.exists('m')\nfor i in range({h}): os.chdir('a')\nprint(m, open('f').read(), os.path.exists('g') and open('g').read())",
                 h = DEPTH / 2
             ),
-        );
-        s.strata(&["rm", &view]).success();
-        seen
+        )
     };
     assert_eq!(read("base"), "True x False\n");
     assert_eq!(read("child"), "False x y\n");
