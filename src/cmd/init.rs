@@ -5,7 +5,8 @@ use crate::store::{Driver, Result};
 ///
 /// Idempotent: running it again on a store with the same (or no) driver
 /// asked changes nothing; asking for another driver than the store's is an
-/// error. Without --driver, overlay is chosen when a test overlay mount
+/// error. Without --driver, the config file's `driver` is used for a new
+/// store; without either, overlay is chosen when a test overlay mount
 /// succeeds, else native.
 ///
 /// Examples:

@@ -168,14 +168,16 @@ impl Store {
         read_driver(&tx)
     }
 
-    /// Creates the store explicitly with `driver` (or the best supported
-    /// one). Returns the store's driver and whether this call chose it.
-    /// Refuses to change the driver of an existing store.
+    /// Creates the store explicitly with `driver` (or else the configured
+    /// driver for new stores, or else the best supported one). Returns the
+    /// store's driver and whether this call chose it. Refuses to change the
+    /// driver of an existing store when `driver` asks another (the
+    /// configured one is only for new stores).
     pub fn init(&mut self, driver: Option<Driver>) -> Result<(Driver, bool)> {
         if let Some(current) = self.driver()? {
             return Ok((self.driver_as_asked(current, driver)?, false));
         }
-        let wanted = match driver {
+        let wanted = match driver.or(self.options.driver) {
             Some(Driver::Overlay) => {
                 if !self.overlay_works()? {
                     return Err(Error::unsupported(format!(

@@ -354,6 +354,29 @@ fn init_refuses_another_driver() {
     assert_eq!(mounts[0]["type"], "overlay");
 }
 
+/// The config file's `driver` is the driver for new stores, for `init` as
+/// for a first write; `--driver` wins, and an existing store keeps its own.
+#[test]
+fn init_takes_the_configured_driver() {
+    let s = Store::uninitialized("native");
+    let config = s.scratch("config.yaml");
+    fs::write(&config, "driver: native\n").unwrap();
+    let config = config.to_str().unwrap();
+    let run = s.strata(&["--config", config, "init", "--json"]).success();
+    assert_eq!(run.json()["driver"], "native", "{}", run.session());
+    // Configured for new stores only: this one stays native and says so.
+    fs::write(config, "driver: overlay\n").unwrap();
+    let run = s.strata(&["--config", config, "init", "--json"]).success();
+    assert_eq!(run.json()["driver"], "native", "{}", run.session());
+    assert_eq!(run.json()["created"], false, "{}", run.session());
+    // --driver wins over the file.
+    let other = Store::uninitialized("native");
+    let run = other
+        .strata(&["--config", config, "init", "--driver", "native", "--json"])
+        .success();
+    assert_eq!(run.json()["driver"], "native", "{}", run.session());
+}
+
 #[test]
 fn unsupported_mount_without_privilege() {
     // Reachable by running strata as an unprivileged user (via util-linux setpriv).
