@@ -241,11 +241,17 @@ impl Store {
         let tx = self.index.read()?;
         let row = super::existing(&tx, key)?;
         if row.kind != SnapshotKind::Committed {
-            return Err(Error::precondition(format!(
+            let err = Error::precondition(format!(
                 "snapshot `{key}` is {}, not committed",
-                row.kind
-            ))
-            .with_hint(format!("commit it first: strata commit NAME {key}")));
+                super::article(row.kind)
+            ));
+            return Err(match row.kind {
+                SnapshotKind::Active => {
+                    err.with_hint(format!("commit it first: strata commit NAME {key}"))
+                }
+                // A view cannot be committed; what it shows is its parent.
+                _ => err.with_hint("a view cannot be committed; use the view's parent"),
+            });
         }
         let mut ids = vec![(row.id, row.name.clone())];
         ids.extend(index::chain(&tx, row.id)?);

@@ -325,6 +325,17 @@ fn invalid(driver: &str) {
     let view = hints(&["prepare", "k", "look"]);
     assert!(!view.contains("commit it first"), "{view}");
     assert!(view.contains("the view's parent"), "{view}");
+    // So it does for what export (and push) must find committed.
+    let export = |key: &str| {
+        let run = s.fails(&["export", key, dir], "failed_precondition");
+        assert!(!Path::new(dir).exists(), "a refused export created {dir}");
+        run.stderr
+    };
+    let active = export("child");
+    assert!(active.contains("is active") && active.contains("commit it first"));
+    let view = export("look");
+    assert!(view.contains("is a view") && !view.contains("commit it first"));
+    assert!(view.contains("the view's parent"), "{view}");
 
     // The limit is inclusive: key and value together at most 4096 bytes.
     let max_label = format!("k={}", "v".repeat(4095));
