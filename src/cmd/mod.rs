@@ -55,8 +55,9 @@ pub struct Cli {
 /// The options every command takes, before or after its name.
 #[derive(Debug, clap::Args)]
 pub struct Global {
-    /// The store directory [default: /var/lib/strata as root, else
-    /// ~/.local/share/strata]
+    /// The store directory; else $STRATA_ROOT, else the config file's
+    /// `root` [default: /var/lib/strata as root, else
+    /// ${XDG_DATA_HOME:-~/.local/share}/strata]
     #[arg(long, global = true, value_name = "DIR", env = "STRATA_ROOT")]
     // Empty is let through, so that an empty STRATA_ROOT counts as unset
     // (an empty --root is refused in `context`).
@@ -67,7 +68,7 @@ pub struct Global {
     pub root: Option<PathBuf>,
 
     /// YAML config file [default: /etc/strata/config.yaml as root, else
-    /// ~/.config/strata/config.yaml]
+    /// ${XDG_CONFIG_HOME:-~/.config}/strata/config.yaml]
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -95,14 +96,14 @@ pub enum Command {
     View(Lazy<view::Args>),
     Mounts(Lazy<mounts::Args>),
     Mount(Lazy<mount::Args>),
-    #[command(alias = "umount")]
+    #[command(visible_alias = "umount")]
     Unmount(Lazy<unmount::Args>),
     Commit(Lazy<commit::Args>),
-    #[command(alias = "remove")]
+    #[command(visible_alias = "remove")]
     Rm(Lazy<rm::Args>),
-    #[command(alias = "list")]
+    #[command(visible_alias = "list")]
     Ls(Lazy<ls::Args>),
-    #[command(alias = "stat")]
+    #[command(visible_alias = "stat")]
     Info(Lazy<info::Args>),
     Label(Lazy<label::Args>),
     Usage(Lazy<usage::Args>),

@@ -48,10 +48,19 @@ fn man_page_renders_with_man() {
     assert!(page.contains("Examples"), "the examples are in the page");
 }
 
-/// Every command's `--help` explains itself and shows at least one example.
+/// Every command's `--help` explains itself and shows at least one example;
+/// the top-level help shows the SPEC's aliases.
 #[test]
 fn every_command_has_help_with_an_example() {
     use clap::CommandFactory;
+    let top = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&top.stdout);
+    for alias in ["umount", "remove", "list", "stat"] {
+        assert!(top.contains(&format!("[alias: {alias}]")), "{top}");
+    }
     let cmd = strata::cmd::Cli::command();
     for sub in cmd.get_subcommands() {
         let name = sub.get_name();
