@@ -66,8 +66,22 @@ pub fn stderr_colors() -> bool {
     io::stderr().is_terminal() && !no_color()
 }
 
+/// `NO_COLOR` set, whatever its value: the SPEC's rule ("never with
+/// `NO_COLOR` set"), so `NO_COLOR=` turns colours off too (no-color.org
+/// would ignore an empty value).
 fn no_color() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+    std::env::var_os("NO_COLOR").is_some()
+}
+
+/// What a progress bar counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Unit {
+    /// Bytes, shown as KiB, MiB…
+    Bytes,
+    /// Things (snapshots), shown as a number.
+    Items,
+    /// Nothing: a spinner and the time.
+    Nothing,
 }
 
 #[derive(Debug, Clone)]
@@ -213,21 +227,21 @@ impl Printer {
         out
     }
 
-    /// A progress bar on stderr for work that may take a while; it stays
-    /// hidden unless stderr is a terminal, not `--quiet`, and the work lasts
-    /// over half a second.
-    pub fn progress(&self, message: &str, total: Option<u64>) -> ProgressBar {
+    /// A progress bar on stderr for work that may take a while, counting
+    /// `unit`s up to `total` when known; it stays hidden unless stderr is a
+    /// terminal, not `--quiet`, and the work lasts over half a second.
+    pub fn progress(&self, message: &str, unit: Unit, total: Option<u64>) -> ProgressBar {
         if self.quiet || !self.stderr_tty {
             return ProgressBar::hidden();
         }
-        let bar = match total {
-            Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::hidden()),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()),
-        };
-        let style = match total {
-            Some(_) => ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})"),
-            None => ProgressStyle::with_template("{spinner} {msg} {pos} ({elapsed})"),
-        };
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::hidden());
+        let style = ProgressStyle::with_template(match (unit, total) {
+            (Unit::Bytes, Some(_)) => "{msg} [{bar:30}] {bytes}/{total_bytes} ({elapsed})",
+            (Unit::Bytes, None) => "{spinner} {msg} {bytes} ({elapsed})",
+            (Unit::Items, Some(_)) => "{msg} [{bar:30}] {pos}/{len} ({elapsed})",
+            (Unit::Items, None) => "{spinner} {msg} {pos} ({elapsed})",
+            (Unit::Nothing, _) => "{spinner} {msg} ({elapsed})",
+        });
         if let Ok(style) = style {
             bar.set_style(style.progress_chars("=> "));
         }
@@ -253,7 +267,7 @@ impl Printer {
 impl Printer {
     /// Runs `work` under a spinner (shown per the rules of [`progress`]).
     pub fn spin<T>(&self, message: &str, work: impl FnOnce() -> T) -> T {
-        let bar = self.progress(message, None);
+        let bar = self.progress(message, Unit::Nothing, None);
         let out = work();
         bar.finish_and_clear();
         out

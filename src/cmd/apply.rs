@@ -1,5 +1,5 @@
 use super::Context;
-use crate::printer::human_size;
+use crate::printer::{Unit, human_size};
 use crate::store::exchange::ApplyLimits;
 use crate::store::{Error, Result, key};
 use std::io::Read;
@@ -100,7 +100,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     }
     let bar = ctx
         .printer
-        .progress(&format!("applying `{}`", args.name), total);
+        .progress(&format!("applying `{}`", args.name), Unit::Bytes, total);
     let store = ctx.store()?;
     let digests = store.apply(
         &args.name,
@@ -124,7 +124,10 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             "applied `{}` ({} {}, {})\ndigest   {}\ndiff_id  {}\n",
             a.name,
             human_size(a.digests.size),
-            a.digests.compression,
+            match a.digests.compression {
+                "none" => "uncompressed",
+                compressed => compressed,
+            },
             match &a.parent {
                 Some(p) => format!("on `{p}`"),
                 None => "a root layer".into(),

@@ -1,5 +1,6 @@
 use super::Context;
 use crate::printer::Format;
+use crate::printer::Unit;
 use crate::store::layer::{Compression, Digests};
 use crate::store::{Error, Result};
 use std::io::{IsTerminal, Write};
@@ -64,9 +65,11 @@ struct Written {
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let sde = crate::oci::source_date_epoch()?;
     let compression = Compression::from(args.compression);
-    let bar = ctx
-        .printer
-        .progress(&format!("writing the changes of `{}`", args.key), None);
+    let bar = ctx.printer.progress(
+        &format!("writing the changes of `{}`", args.key),
+        Unit::Bytes,
+        None,
+    );
     let mut progress = |n: u64| bar.set_position(n);
     let digests = match &args.output_file {
         Some(path) => {

@@ -1,5 +1,5 @@
 use super::Context;
-use crate::printer::human_size;
+use crate::printer::{Unit, human_size};
 use crate::store::{Result, Usage};
 
 /// Show disk usage (allocated bytes and inodes) of snapshots, or of all.
@@ -28,7 +28,7 @@ pub struct Entry {
 }
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
-    let bar = ctx.printer.progress("measuring", None);
+    let bar = ctx.printer.progress("measuring", Unit::Items, None);
     let store = ctx.store()?;
     let measured: Vec<(String, Usage)> = if args.keys.is_empty() {
         store.usage_all()?

@@ -12,7 +12,7 @@ pub mod auth;
 pub mod layout;
 pub mod registry;
 
-use crate::printer::Printer;
+use crate::printer::{Printer, Unit};
 use crate::store::layer::{Compression, Digests};
 use crate::store::{
     Error, Kind, Labels, Result, SnapshotKind, Store, exchange::ApplyLimits, parallel,
@@ -274,6 +274,7 @@ pub fn push(
             if let Some(f) = file.as_mut() {
                 let bar = printer.progress(
                     &format!("uploading `{}` ({})", layer.name, short(&digests.digest)),
+                    Unit::Bytes,
                     Some(digests.size),
                 );
                 let r = target.put_blob(&digests.digest, digests.size, f, &bar);
@@ -425,7 +426,7 @@ fn write_layer(
     sde: Option<i64>,
     printer: &Printer,
 ) -> Result<(Digests, File)> {
-    let bar = printer.progress(&format!("writing the layer of `{name}`"), None);
+    let bar = printer.progress(&format!("writing the layer of `{name}`"), Unit::Bytes, None);
     let written = layer_to_file(store, name, compression, sde, &mut |n| bar.set_position(n));
     bar.finish_and_clear();
     written
@@ -707,6 +708,7 @@ pub fn pull(
                     descs.len(),
                     short(&blob_digest)
                 ),
+                Unit::Bytes,
                 Some(size),
             );
             let f = source.blob(&blob_digest, size, &bar);
@@ -715,6 +717,7 @@ pub fn pull(
             verify_file(&mut f, &blob_digest, size, &what)?;
             let bar = printer.progress(
                 &format!("applying layer {}/{}", i + 1, descs.len()),
+                Unit::Bytes,
                 Some(size),
             );
             let mut input = std::io::BufReader::with_capacity(1 << 20, f);

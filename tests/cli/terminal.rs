@@ -37,6 +37,9 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
     let no_color = on_tty(&store, 80, &[("NO_COLOR", "1")], "info ghost");
     assert!(no_color.starts_with("error: "), "{no_color:?}");
     assert!(!no_color.contains('\x1b'), "{no_color:?}");
+    // Set counts, whatever the value (the SPEC's rule), empty included.
+    let empty = on_tty(&store, 80, &[("NO_COLOR", "")], "info ghost");
+    assert!(empty.starts_with("error: "), "{empty:?}");
     let piped = store.strata(&["info", "ghost"]);
     assert!(!piped.stderr.contains('\x1b'), "{}", piped.session());
 }
@@ -221,6 +224,8 @@ fn apply_and_diff_show_progress_on_a_terminal() {
         tty.contains("applying `big`"),
         "no progress on a terminal: {tty:?}"
     );
+    // Bytes are counted in units people read ("12.50 MiB (0s)").
+    assert!(tty.contains("B ("), "a byte count: {tty:?}");
     let out = store.scratch("out.tar");
     let tty = on_tty(
         &store,
