@@ -121,18 +121,42 @@ impl Printer {
         value: &T,
         table: impl FnOnce(&T) -> String,
     ) -> Result<(), Error> {
-        let text = match self.format {
+        let text = self.render(value, table, serde_json::to_string_pretty)?;
+        self.stdout(&text)
+    }
+
+    /// Prints data on stderr, for a command whose stdout carries something
+    /// else (a layer tarball): the same forms as [`Printer::data`], with
+    /// JSON on one line as errors are. Data, so shown even with `--quiet`.
+    pub fn data_on_stderr<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        table: impl FnOnce(&T) -> String,
+    ) -> Result<(), Error> {
+        let text = self.render(value, table, serde_json::to_string)?;
+        let mut err = io::stderr().lock();
+        err.write_all(text.as_bytes())
+            .and_then(|()| err.flush())
+            .map_err(|e| Error::io("cannot write to standard error", e))
+    }
+
+    fn render<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        table: impl FnOnce(&T) -> String,
+        json: fn(&T) -> serde_json::Result<String>,
+    ) -> Result<String, Error> {
+        Ok(match self.format {
             Format::Table => table(value),
             Format::Json => {
-                let mut s = serde_json::to_string_pretty(value)
+                let mut s = json(value)
                     .map_err(|e| Error::internal("cannot encode JSON").with_source(e))?;
                 s.push('\n');
                 s
             }
             Format::Yaml => serde_yaml::to_string(value)
                 .map_err(|e| Error::internal("cannot encode YAML").with_source(e))?,
-        };
-        self.stdout(&text)
+        })
     }
 
     /// Writes raw text to stdout (a closed pipe surfaces as BrokenPipe,

@@ -1,5 +1,4 @@
 use super::Context;
-use crate::printer::Format;
 use crate::printer::Unit;
 use crate::store::layer::{Compression, Digests};
 use crate::store::{Error, Result};
@@ -13,7 +12,9 @@ use std::path::PathBuf;
 /// --output-file (written under a temporary name, then renamed) or stdout.
 /// Output is reproducible: entries sorted, owners numeric, mtimes clamped to
 /// $SOURCE_DATE_EPOCH when set. The compressed digest and the uncompressed
-/// digest (the OCI diff_id) are printed on stderr, or as JSON with -o json.
+/// digest (the OCI diff_id) are printed with the snapshot the changes are
+/// against (`parent`; null for a root): on stdout with --output-file, else
+/// on stderr (in the -o format; also with -q, since they are the data).
 ///
 /// Examples:
 ///   strata diff app > app.tar
@@ -71,7 +72,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         None,
     );
     let mut progress = |n: u64| bar.set_position(n);
-    let digests = match &args.output_file {
+    let diffed = match &args.output_file {
         Some(path) => {
             ctx.store()?.refuse_inside(path, "the layer")?;
             let dir = path
@@ -126,21 +127,18 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     bar.finish_and_clear();
     let written = Written {
         name: args.key,
-        parent: args.parent,
+        parent: diffed.against,
         output_file: args.output_file.map(|p| p.display().to_string()),
-        digests,
+        digests: diffed.digests,
     };
     // Digests go to stderr when stdout carries the tarball.
     if written.output_file.is_none() {
-        let text = match ctx.printer.format() {
-            Format::Json => serde_json::to_string(&written).unwrap_or_default(),
-            _ => format!(
-                "digest   {}\ndiff_id  {}",
-                written.digests.digest, written.digests.diff_id
-            ),
-        };
-        eprintln!("{text}");
-        return Ok(());
+        return ctx.printer.data_on_stderr(&written, |w| {
+            format!(
+                "digest   {}\ndiff_id  {}\n",
+                w.digests.digest, w.digests.diff_id
+            )
+        });
     }
     ctx.printer.data(&written, |w| {
         format!(

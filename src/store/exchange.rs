@@ -86,7 +86,7 @@ impl Store {
         compression: Compression,
         source_date_epoch: Option<i64>,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<Digests> {
+    ) -> Result<Diffed> {
         let driver = self.driver()?.unwrap_or(Driver::Native);
         let (row, base_row, chain, base_chain) = {
             let tx = self.index.read()?;
@@ -163,10 +163,14 @@ impl Store {
             }
         };
         // Reading takes no lock: an `rm` may delete the tree under the walk.
-        written.map_err(|e| {
+        let digests = written.map_err(|e| {
             let mut read = vec![(row.id, key)];
             read.extend(base_row.as_ref().zip(base).map(|(b, name)| (b.id, name)));
             self.removed_meanwhile(&read).unwrap_or(e)
+        })?;
+        Ok(Diffed {
+            digests,
+            against: base_row.map(|b| b.name).or(row.parent),
         })
     }
 
@@ -225,6 +229,14 @@ impl Drop for Merged {
     fn drop(&mut self) {
         let _ = mount::unmount(&self.target, true);
     }
+}
+
+/// What [`Store::diff`] wrote: the layer's digests, and the snapshot its
+/// changes are against (`None`: a root, against nothing).
+#[derive(Debug, Clone)]
+pub struct Diffed {
+    pub digests: Digests,
+    pub against: Option<String>,
 }
 
 /// One committed layer of a chain, root first.
@@ -300,7 +312,9 @@ impl Store {
         source_date_epoch: Option<i64>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Digests> {
-        let digests = self.diff(key, None, out, compression, source_date_epoch, progress)?;
+        let digests = self
+            .diff(key, None, out, compression, source_date_epoch, progress)?
+            .digests;
         // An active snapshot may still change: only committed ones are remembered.
         if self.stat(key)?.kind == SnapshotKind::Committed {
             self.remember_digests(key, compression, source_date_epoch, &digests)?;

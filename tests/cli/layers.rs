@@ -100,6 +100,9 @@ fn round_trip(from: &str, to: &str) {
     let (tar0, d0) = diff_to(&a, "l0", "gzip");
     let (tar1, d1) = diff_to(&a, "l1", "zstd");
     assert!(d0["digest"].as_str().unwrap().starts_with("sha256:"));
+    // `parent` is what the changes are against: KEY's own parent by default.
+    assert_eq!(d0["parent"], serde_json::Value::Null, "a root layer");
+    assert_eq!(d1["parent"], "l0");
     assert_ne!(
         d1["digest"], d1["diff_id"],
         "zstd digest differs from diff_id"
@@ -172,6 +175,17 @@ fn diff_of_an_active_snapshot_and_against_another_parent(driver: &str) {
     ])
     .success();
     assert_eq!(tar_list(&out), vec![".wh.a", "c", "d"]);
+    // To stdout, the report goes to stderr: in the -o format, also with -q
+    // (it is the data), naming what the changes are against.
+    let run = s
+        .strata(&["-q", "-o", "yaml", "diff", "work", "--parent", "base"])
+        .success();
+    assert!(run.stderr.contains("parent: base\n"), "{}", run.stderr);
+    assert!(run.stderr.contains("diff_id: sha256:"), "{}", run.stderr);
+    let run = s.strata(&["-o", "json", "diff", "work"]).success();
+    let report: serde_json::Value = serde_json::from_str(run.stderr.trim()).unwrap();
+    assert_eq!(report["parent"], "mid", "{}", run.stderr);
+    assert_eq!(report["output_file"], serde_json::Value::Null);
     drop(m);
     // A view has no changes of its own.
     s.strata(&["view", "v", "mid"]).success();
