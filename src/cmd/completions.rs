@@ -1,12 +1,15 @@
 use super::Context;
 use crate::store::{Error, Result};
 use clap_complete::env::Shells;
+use std::ffi::OsString;
 
 /// Print a shell completion script.
 ///
 /// The script asks strata itself for completions, so snapshot keys complete
-/// from the store (`strata rm <TAB>` lists keys of `$STRATA_ROOT` or the
-/// default store). The same scripts are checked in under `completions/`.
+/// from the store (`strata rm <TAB>` lists the keys of the store the line
+/// names with --root, else of `$STRATA_ROOT`, the config file's or the
+/// default store). It runs `strata` from PATH. The same scripts are checked
+/// in under `completions/`.
 ///
 /// Examples:
 ///   strata completions bash > ~/.local/share/bash-completion/completions/strata
@@ -68,15 +71,29 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     ctx.printer.stdout(&script(args.shell)?)
 }
 
-/// Completion candidates for snapshot keys, read from the store named by
-/// `$STRATA_ROOT`, the config file or the default; nothing when there is no
-/// store (completion never creates one).
+/// Completion candidates for snapshot keys, read from the store the line
+/// being completed would use: its `--root`, else `$STRATA_ROOT`, else the
+/// `root` of its `--config` file or of the default one, else the default
+/// store. Nothing when there is no store (completion never creates one).
 pub fn keys() -> Vec<clap_complete::engine::CompletionCandidate> {
     use clap_complete::engine::CompletionCandidate;
-    let root = std::env::var_os("STRATA_ROOT")
-        .filter(|v| !v.is_empty())
-        .map(std::path::PathBuf::from)
-        .or_else(|| crate::config::load(None).ok().and_then(|(_, f)| f.root))
+    use std::path::PathBuf;
+    // The shell runs `COMPLETE=SHELL strata -- WORDS…`, the last word the
+    // one being completed.
+    let words: Vec<OsString> = std::env::args_os().skip_while(|a| a != "--").collect();
+    let typed = |name| typed_option(&words, name).map(PathBuf::from);
+    let root = typed("--root")
+        .or_else(|| {
+            std::env::var_os("STRATA_ROOT")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| {
+            let config = typed("--config");
+            crate::config::load(config.as_deref())
+                .ok()
+                .and_then(|(_, f)| f.root)
+        })
         .unwrap_or_else(crate::config::default_root);
     if !root.join("index.db").exists() {
         return Vec::new();
@@ -90,4 +107,53 @@ pub fn keys() -> Vec<clap_complete::engine::CompletionCandidate> {
         .into_iter()
         .map(|i| CompletionCandidate::new(i.name).help(Some(i.kind.as_str().into())))
         .collect()
+}
+
+/// The value given to option `name` (`--name V` or `--name=V`) among
+/// `words`, the last word (the one being completed) left out; the last
+/// one when given twice, as clap takes it.
+fn typed_option(words: &[OsString], name: &str) -> Option<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    let before = &words[..words.len().saturating_sub(1)];
+    let mut found = None;
+    for (i, word) in before.iter().enumerate() {
+        let bytes = word.as_bytes();
+        if bytes == name.as_bytes() {
+            found = before.get(i + 1).cloned();
+        } else if let Some(value) = bytes
+            .strip_prefix(name.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"="))
+        {
+            found = Some(std::ffi::OsStr::from_bytes(value).to_owned());
+        }
+    }
+    found.filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::typed_option;
+    use std::ffi::OsString;
+
+    fn words(line: &[&str]) -> Vec<OsString> {
+        line.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn options_typed_on_the_line() {
+        let line = words(&["--", "strata", "--root", "/a", "--root=/b", "rm", ""]);
+        assert_eq!(typed_option(&line, "--root"), Some("/b".into()));
+        assert_eq!(typed_option(&line, "--config"), None);
+        // The word being completed is not a value yet.
+        let line = words(&["--", "strata", "--root"]);
+        assert_eq!(typed_option(&line, "--root"), None);
+        let line = words(&[
+            "--", "strata", "--root", "/a", "--config", "c.yaml", "rm", "x",
+        ]);
+        assert_eq!(typed_option(&line, "--root"), Some("/a".into()));
+        assert_eq!(typed_option(&line, "--config"), Some("c.yaml".into()));
+        // `--rooted` is not `--root`.
+        let line = words(&["--", "strata", "--rooted=/x", "rm", ""]);
+        assert_eq!(typed_option(&line, "--root"), None);
+    }
 }

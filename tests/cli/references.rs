@@ -83,7 +83,7 @@ fn every_command_has_help_with_an_example() {
 }
 
 /// The bash script completes subcommands and, dynamically, the keys of
-/// the store in `$STRATA_ROOT`.
+/// the store in `$STRATA_ROOT`, or of the one `--root` names on the line.
 #[test]
 fn bash_completion_lists_snapshot_keys() {
     let tmp = tempfile::tempdir().unwrap();
@@ -107,19 +107,47 @@ fn bash_completion_lists_snapshot_keys() {
     let script = r#"source <(strata completions bash)
 complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}; _clap_complete_strata strata "${COMP_WORDS[-1]}" "${COMP_WORDS[-2]}"; printf '%s\n' "${COMPREPLY[@]}"; }
 echo "--- rm"; complete_words strata rm ""
+echo "--- root"; complete_words strata --root "$ON_LINE" rm ""
 echo "--- pre"; complete_words strata pre"#;
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .env("PATH", format!("{}:/usr/bin:/bin", bindir.display()))
-        .env("STRATA_ROOT", &root)
-        .output()
+    let empty = tmp.path().join("empty");
+    let made = std::process::Command::new(bin)
+        .arg("--root")
+        .arg(&empty)
+        .args(["init", "--driver", "native"])
+        .status()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (rm, pre) = text.split_once("--- pre").unwrap();
-    assert!(
-        rm.lines().any(|l| l == "alpha") && rm.lines().any(|l| l == "beta"),
-        "{text}"
-    );
+    assert!(made.success());
+    let complete = |strata_root: &std::path::Path, on_line: &std::path::Path| {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .env("PATH", format!("{}:/usr/bin:/bin", bindir.display()))
+            .env("HOME", tmp.path())
+            .env("STRATA_ROOT", strata_root)
+            .env("ON_LINE", on_line)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let keys = |part: &str| {
+        let mut keys: Vec<String> = part
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('-'))
+            .map(String::from)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let text = complete(&root, &empty);
+    let (rm, rest) = text.split_once("--- root").unwrap();
+    let (on_line, pre) = rest.split_once("--- pre").unwrap();
+    assert_eq!(keys(rm), ["alpha", "beta"], "{text}");
     assert!(pre.lines().any(|l| l == "prepare"), "{text}");
+    // --root on the line wins over $STRATA_ROOT, both ways.
+    assert!(keys(on_line).is_empty(), "{text}");
+    let text = complete(&empty, &root);
+    let (rm, rest) = text.split_once("--- root").unwrap();
+    let (on_line, _) = rest.split_once("--- pre").unwrap();
+    assert!(keys(rm).is_empty(), "{text}");
+    assert_eq!(keys(on_line), ["alpha", "beta"], "{text}");
 }
