@@ -205,7 +205,28 @@ impl Index {
     /// yet: the first transaction checks the schema (a schema newer than
     /// this binary is refused, never rewritten; an older one is upgraded).
     pub fn open(path: &Path) -> Result<Index> {
-        let mut conn = Connection::open(path).map_err(|e| {
+        Index::open_with(path, rusqlite::OpenFlags::default())
+    }
+
+    /// [`Index::open`] for a store whose snapshot directories are in
+    /// `snapshots`: a missing index is created only while `snapshots` holds
+    /// none (see [`Index::guarding`]), so a refused command leaves no empty
+    /// index behind either.
+    pub fn open_guarded(path: &Path, snapshots: &Path) -> Result<Index> {
+        let existing = rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
+        let index = match Index::open_with(path, existing) {
+            Ok(index) => index,
+            Err(_) if !path.exists() => {
+                refuse_lost_index(path, snapshots)?;
+                Index::open(path)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(index.guarding(snapshots))
+    }
+
+    fn open_with(path: &Path, flags: rusqlite::OpenFlags) -> Result<Index> {
+        let mut conn = Connection::open_with_flags(path, flags).map_err(|e| {
             Error::internal(format!("cannot open the index {}", path.display())).with_source(e)
         })?;
         wait_when_busy(&mut conn)?;
@@ -227,7 +248,7 @@ impl Index {
     /// directories. An index that is missing or empty there was lost, not
     /// new: a fresh one would hand out ids from 1 again, and a new snapshot
     /// would take over (and delete) an old one's directory.
-    pub fn guarding(mut self, snapshots: &Path) -> Index {
+    fn guarding(mut self, snapshots: &Path) -> Index {
         self.snapshots = Some(snapshots.to_owned());
         self
     }

@@ -139,7 +139,7 @@ impl Store {
             .canonicalize()
             .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
         let layout = Layout::at(&root);
-        let index = Index::open(&layout.index())?.guarding(layout.snapshots());
+        let index = Index::open_guarded(&layout.index(), layout.snapshots())?;
         Ok(Store {
             layout,
             index,

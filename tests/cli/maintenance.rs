@@ -175,6 +175,9 @@ fn a_lost_index_is_refused(driver: &str) {
             );
         }
         assert_eq!(s.snapshot_dirs(), dirs, "{lose}: no directory touched");
+        if lose == "remove" {
+            assert!(!index.exists(), "a refused command made an empty index");
+        }
         let _ = fs::remove_file(&index);
     }
 }
