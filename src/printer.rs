@@ -199,14 +199,27 @@ impl Printer {
             let _ = writeln!(stderr, "{obj}");
             return;
         }
-        let _ = writeln!(stderr, "{} {}", self.paint("error:", "31;1"), err.message());
+        // Escaped: a message may quote what a registry, a layout or a file
+        // name said, and a newline or an escape code in it must not make
+        // more lines or reach the terminal as a command.
+        let _ = writeln!(
+            stderr,
+            "{} {}",
+            self.paint("error:", "31;1"),
+            shown(err.message())
+        );
         if self.verbose > 0 || err.kind() == Kind::Internal {
             for cause in causes(err) {
-                let _ = writeln!(stderr, "{} {cause}", self.paint("caused by:", "2"));
+                let _ = writeln!(
+                    stderr,
+                    "{} {}",
+                    self.paint("caused by:", "2"),
+                    shown(&cause)
+                );
             }
         }
         for hint in err.hints() {
-            let _ = writeln!(stderr, "{} {hint}", self.paint("hint:", "36;1"));
+            let _ = writeln!(stderr, "{} {}", self.paint("hint:", "36;1"), shown(hint));
         }
     }
 

@@ -559,3 +559,20 @@ fn table_errors_are_one_line(driver: &str) {
         assert_eq!(s.strata(&short).stderr, run.stderr);
     }
 }
+
+/// An error line quotes what the user, a file or a registry gave, escaped:
+/// a newline or an escape code in it neither splits the line nor reaches
+/// the terminal.
+#[test]
+fn error_lines_escape_what_they_quote() {
+    let s = Store::uninitialized("native");
+    s.strata(&["init", "--driver", "native"]).success();
+    s.strata(&["prepare", "a"]).success();
+    s.strata(&["commit", "base", "a"]).success();
+    let path = s.tmp().join("no\nsuch\x1b[2Jlayer.tar");
+    let run = s.strata(&["apply", "x", "base", path.to_str().unwrap()]);
+    let run = run.fails_with(3, "cannot open the layer");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.session());
+    assert!(!run.stderr.contains('\x1b'), "{}", run.session());
+    assert!(run.stderr.contains("no\\nsuch\\u{1b}[2Jlayer.tar"), "{}", run.session());
+}
