@@ -1,6 +1,6 @@
 use super::Context;
 use crate::printer::{Unit, human_size};
-use crate::store::exchange::ApplyLimits;
+use crate::store::exchange::ApplyChecks;
 use crate::store::{Error, Result, key};
 use std::io::Read;
 use std::path::PathBuf;
@@ -107,8 +107,9 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         args.parent.as_deref(),
         &labels,
         &mut input,
-        ApplyLimits {
+        ApplyChecks {
             max_size: args.max_size,
+            expect: None,
         },
         &mut |n| bar.set_position(n),
     );

@@ -34,10 +34,7 @@ pub fn split_dir_tag(text: &str) -> (PathBuf, Option<String>) {
 }
 
 fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| Error::invalid(format!("`{digest}` is not a sha256 digest")))?;
+    let hex = super::sha256_hex(digest, "a blob")?;
     Ok(dir.join("blobs/sha256").join(hex))
 }
 
@@ -90,6 +87,20 @@ impl Layout {
         validate_tag(tag)?;
         std::fs::create_dir_all(dir.join("blobs/sha256"))
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        // Blobs are written through these two: a symlink among them would
+        // send them anywhere (into the store, or a committed snapshot).
+        for sub in ["blobs", "blobs/sha256"] {
+            let path = dir.join(sub);
+            let meta = std::fs::symlink_metadata(&path)
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            if !meta.is_dir() {
+                return Err(Error::invalid(format!(
+                    "{} is not a directory but a symlink or a file: an OCI layout's blobs \
+                     are written only into its own directories",
+                    path.display()
+                )));
+            }
+        }
         let marker = dir.join("oci-layout");
         if !marker.exists() {
             write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
@@ -119,7 +130,7 @@ impl Layout {
 
     fn index(&self) -> Result<Value> {
         let p = self.dir.join("index.json");
-        match std::fs::read(&p) {
+        match read_small(&p) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
                 Error::invalid(format!("{} is not valid JSON", p.display())).with_source(e)
             }),
@@ -130,21 +141,31 @@ impl Layout {
         }
     }
 
-    /// A failure to read blob `digest` at `path`: missing is `not_found`.
+    /// A failure to read blob `digest` at `path`: missing is `not_found`;
+    /// not a regular file, or too large, `invalid`.
     fn blob_error(&self, digest: &str, path: &Path, e: std::io::Error) -> Error {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::not_found(format!(
-                "{} lacks blob {digest}",
-                describe(&self.dir, self.tag.as_deref())
-            ))
-        } else {
-            Error::io(format!("cannot read {}", path.display()), e)
+        use std::io::ErrorKind;
+        let layout = describe(&self.dir, self.tag.as_deref());
+        match e.kind() {
+            ErrorKind::NotFound => Error::not_found(format!("{layout} lacks blob {digest}")),
+            ErrorKind::InvalidInput | ErrorKind::FileTooLarge | ErrorKind::IsADirectory => {
+                Error::invalid(format!("blob {digest} of {layout} is {e}"))
+            }
+            _ => Error::io(format!("cannot read {}", path.display()), e),
         }
     }
 
+    /// Opens blob `digest`, which must be a regular file (a FIFO or a
+    /// device would block or never end).
+    fn open_blob(&self, digest: &str) -> Result<File> {
+        let p = blob_path(&self.dir, digest)?;
+        open_regular(&p).map_err(|e| self.blob_error(digest, &p, e))
+    }
+
+    /// Reads a small blob (a manifest, an index, a config) whole.
     fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let p = blob_path(&self.dir, digest)?;
-        let bytes = std::fs::read(&p).map_err(|e| self.blob_error(digest, &p, e))?;
+        let bytes = read_small(&p).map_err(|e| self.blob_error(digest, &p, e))?;
         let got = super::sha256(&bytes);
         if got != digest {
             return Err(super::digest_mismatch(
@@ -155,6 +176,43 @@ impl Layout {
         }
         Ok(bytes)
     }
+}
+
+/// Opens `path` for reading if it is a regular file (opened without
+/// blocking, so that a FIFO is refused rather than waited on).
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
+/// Reads a layout's small file (index.json, a manifest, a config) whole,
+/// refusing one over [`super::MAX_SMALL_BLOB`] bytes.
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_regular(path)?
+        .take(super::MAX_SMALL_BLOB + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > super::MAX_SMALL_BLOB {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "over {} MiB, too large for a manifest, an index or a config",
+                super::MAX_SMALL_BLOB >> 20
+            ),
+        ));
+    }
+    Ok(bytes)
 }
 
 fn describe(dir: &Path, tag: Option<&str>) -> String {
@@ -219,8 +277,8 @@ impl Source for Layout {
     }
 
     fn blob(&mut self, digest: &str, _size: u64, _progress: &ProgressBar) -> Result<File> {
-        let p = blob_path(&self.dir, digest)?;
-        File::open(&p).map_err(|e| self.blob_error(digest, &p, e))
+        // The caller reads at most the descriptor's size (and checks it).
+        self.open_blob(digest)
     }
 }
 

@@ -15,7 +15,9 @@ pub mod registry;
 use crate::printer::{Printer, Unit};
 use crate::store::layer::{Compression, Digests};
 use crate::store::{
-    Error, Kind, Labels, Result, SnapshotKind, Store, exchange::ApplyLimits, parallel,
+    Error, Kind, Labels, Result, SnapshotKind, Store,
+    exchange::{ApplyChecks, Expected},
+    parallel,
 };
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -56,7 +58,8 @@ pub trait Source {
     /// None, else the manifest with that digest; with its digest.
     fn manifest(&mut self, digest: Option<&str>) -> Result<(Vec<u8>, String)>;
     /// The blob with `digest`, as a readable file positioned at its start.
-    /// The caller verifies the digest.
+    /// The caller verifies the digest and the size; a source that copies
+    /// the blob stops once it has more than `size` bytes (0: not known).
     fn blob(&mut self, digest: &str, size: u64, progress: &ProgressBar) -> Result<File>;
     /// `HOST[:PORT]/REPOSITORY` for a registry (remembered on pulled layers
     /// for cross-repository mounts); None for a layout.
@@ -412,9 +415,11 @@ fn try_mount(target: &mut dyn Target, labels: &Labels, digest: &str) -> Result<b
     Ok(false)
 }
 
+/// The first 12 hex digits of a digest, for progress messages (a digest
+/// not yet checked is shown whole, never cut inside a character).
 fn short(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    &hex[..hex.len().min(12)]
+    hex.get(..12).unwrap_or(hex)
 }
 
 /// Writes committed `name`'s layer to a temporary file (remembering its
@@ -551,17 +556,27 @@ pub fn pick_platform(index: &Value, what: &str) -> Result<String> {
     )))
 }
 
+/// The most bytes a manifest, an index or an image config may have.
+pub(crate) const MAX_SMALL_BLOB: u64 = 64 << 20;
+
 /// Reads a small blob (a config) fully and verifies its digest.
 fn small_blob(source: &mut dyn Source, digest: &str, size: u64) -> Result<Vec<u8>> {
-    if size > 64 << 20 {
+    if size > MAX_SMALL_BLOB {
         return Err(Error::invalid(format!(
             "the image config {digest} is too large"
         )));
     }
-    let mut f = source.blob(digest, size, &ProgressBar::hidden())?;
+    let limit = if size == 0 { MAX_SMALL_BLOB } else { size };
+    let f = source.blob(digest, limit, &ProgressBar::hidden())?;
     let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| Error::io(format!("cannot read blob {digest}"), e))?;
+    if bytes.len() as u64 > MAX_SMALL_BLOB {
+        return Err(Error::invalid(format!(
+            "the image config {digest} is too large"
+        )));
+    }
     size_matches(&source.describe(), digest, size, bytes.len() as u64)?;
     let got = sha256(&bytes);
     if got != digest {
@@ -607,6 +622,10 @@ fn verify_file(f: &mut File, want: &str, size: u64, what: &str) -> Result<()> {
         }
         h.update(&buf[..n]);
         read += n as u64;
+        if size > 0 && read > size {
+            // Larger than its descriptor: no need to read the rest.
+            break;
+        }
     }
     size_matches(what, want, size, read)?;
     let got = format!("sha256:{}", hex::encode(h.finalize()));
@@ -622,6 +641,39 @@ fn string_of<'a>(v: &'a Value, key: &str, what: &str) -> Result<&'a str> {
     v.get(key)
         .and_then(Value::as_str)
         .ok_or_else(|| Error::invalid(format!("the {what} has no `{key}`")))
+}
+
+/// The hex of `digest` when it is a sha256 digest as the OCI image spec
+/// writes one (`sha256:` and 64 lowercase hex digits), else `invalid`.
+/// Every digest an image or layout names is checked with it before use: as
+/// a path, in a URL, in a message, or as a chain ID (a snapshot key).
+pub(crate) fn sha256_hex<'a>(digest: &'a str, what: &str) -> Result<&'a str> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{what} `{}` is not a sha256 digest",
+                clipped(digest)
+            ))
+        })
+}
+
+/// Text an image, a layout or a registry chose, cut to at most 200
+/// characters for a message (the printer escapes control characters).
+pub(crate) fn clipped(text: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 200;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+        None => text.into(),
+    }
+}
+
+/// The digest named by `key` in descriptor `v`, checked (see [`sha256_hex`]).
+fn digest_of<'a>(v: &'a Value, what: &str) -> Result<&'a str> {
+    let digest = string_of(v, "digest", what)?;
+    sha256_hex(digest, &format!("the {what}'s digest"))?;
+    Ok(digest)
 }
 
 /// Fetches the image `source` names into the store: layers as chain-ID
@@ -646,7 +698,7 @@ pub fn pull(
     let config_desc = manifest
         .get("config")
         .ok_or_else(|| Error::invalid(format!("the manifest of {what} has no config")))?;
-    let config_digest = string_of(config_desc, "digest", "config descriptor")?;
+    let config_digest = digest_of(config_desc, "config descriptor")?;
     let config_size = config_desc.get("size").and_then(Value::as_u64).unwrap_or(0);
     let config = small_blob(source, config_digest, config_size)?;
     let config = parse_json(&config, "image config")?;
@@ -674,12 +726,18 @@ pub fn pull(
     if descs.is_empty() {
         return Err(Error::invalid(format!("{what} has no layers")));
     }
+    // diff_ids become chain IDs, which are snapshot keys: anything but a
+    // digest could name (and then build on, label and pin) a snapshot of
+    // the store's own.
+    for d in &diff_ids {
+        sha256_hex(d, &format!("a diff_id in the image config of {what}"))?;
+    }
     let chain = chain_ids(&diff_ids);
     let mut layers = Vec::with_capacity(descs.len());
     let mut parent: Option<String> = None;
     for (i, desc) in descs.iter().enumerate() {
         let chain_id = &chain[i];
-        let blob_digest = string_of(desc, "digest", "layer descriptor")?.to_string();
+        let blob_digest = digest_of(desc, "layer descriptor")?.to_string();
         let media_type = desc
             .get("mediaType")
             .and_then(Value::as_str)
@@ -721,25 +779,27 @@ pub fn pull(
                 Some(size),
             );
             let mut input = std::io::BufReader::with_capacity(1 << 20, f);
+            // Checked before the commit: a wrong layer must never sit
+            // under the chain ID of the right one, not even for a moment
+            // (a kill, or another pull finding it there).
+            let checks = ApplyChecks {
+                expect: Some(Expected {
+                    digest: blob_digest.clone(),
+                    diff_id: diff_ids[i].clone(),
+                }),
+                ..ApplyChecks::default()
+            };
             let applied = store.apply(
                 chain_id,
                 parent.as_deref(),
                 &Labels::new(),
                 &mut input,
-                ApplyLimits::default(),
+                checks,
                 &mut |n| bar.set_position(n),
             );
             bar.finish_and_clear();
             match applied {
                 Ok(d) => {
-                    if d.digest != blob_digest || d.diff_id != diff_ids[i] {
-                        let _ = store.remove(chain_id, false, true);
-                        return Err(Error::invalid(format!(
-                            "layer {blob_digest} of {what} unpacks to diff_id {} but the image config says {}",
-                            d.diff_id, diff_ids[i]
-                        ))
-                        .with_hint("nothing was committed from it"));
-                    }
                     store.remember_digests(
                         chain_id,
                         compression,
@@ -829,7 +889,7 @@ fn make_alias(
         Some(top),
         &labels,
         &mut &empty[..],
-        ApplyLimits::default(),
+        ApplyChecks::default(),
         &mut |_| {},
     );
     match r {

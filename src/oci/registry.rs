@@ -12,7 +12,7 @@
 //! digest is `invalid`.
 
 use super::auth::{self, Credentials};
-use super::{Source, Target};
+use super::{Source, Target, clipped};
 use crate::store::{Error, Result};
 use bytes::Bytes;
 use indicatif::ProgressBar;
@@ -52,6 +52,18 @@ pub struct Registry {
     auth: RegistryAuth,
 }
 
+/// How long a registry may keep strata waiting for a reply: 300 s per read
+/// for pulls and pushes (a blob may be large; each read waits this long),
+/// and 60 s in all for `login`. `STRATA_REGISTRY_TIMEOUT` (seconds) sets
+/// both, for tests of a registry that never answers.
+fn timeout(default_secs: u64) -> Duration {
+    let secs = std::env::var("STRATA_REGISTRY_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_secs);
+    Duration::from_secs(secs)
+}
+
 fn client(plain_http: bool, monolithic: bool) -> Client {
     Client::new(ClientConfig {
         protocol: if plain_http {
@@ -61,7 +73,7 @@ fn client(plain_http: bool, monolithic: bool) -> Client {
         },
         use_monolithic_push: monolithic,
         connect_timeout: Some(Duration::from_secs(30)),
-        read_timeout: Some(Duration::from_secs(300)),
+        read_timeout: Some(timeout(300)),
         user_agent: concat!("strata/", env!("CARGO_PKG_VERSION")),
         ..ClientConfig::default()
     })
@@ -147,14 +159,25 @@ impl Registry {
         )
     }
 
+    /// Downloads blob `digest` into `out`, stopping once it has more than
+    /// `size` bytes (when `size` is known, not 0). The outer error is the
+    /// registry's (worth retrying when transient); the inner one is local
+    /// (writing the file) or a blob larger than its descriptor: never
+    /// retried, and not said to be the registry's failure.
     fn download(
         &self,
         digest: &str,
+        size: u64,
         out: &mut File,
         bar: &ProgressBar,
-    ) -> std::result::Result<(), OciDistributionError> {
-        out.set_len(0)?;
-        out.seek(SeekFrom::Start(0))?;
+    ) -> std::result::Result<Result<()>, OciDistributionError> {
+        let local = |e: std::io::Error| Error::io("cannot write a downloaded blob", e);
+        if let Err(e) = out
+            .set_len(0)
+            .and_then(|()| out.seek(SeekFrom::Start(0)).map(drop))
+        {
+            return Ok(Err(local(e)));
+        }
         bar.set_position(0);
         self.rt.block_on(async {
             use futures_util::StreamExt;
@@ -166,12 +189,22 @@ impl Registry {
             let mut n = 0u64;
             while let Some(chunk) = s.next().await {
                 let chunk = chunk?;
-                w.write_all(&chunk)?;
                 n += chunk.len() as u64;
+                if size > 0 && n > size {
+                    return Ok(Err(Error::invalid(format!(
+                        "blob {digest} of {} is larger than the {size} bytes its descriptor says",
+                        self.given
+                    ))
+                    .with_hint(
+                        "nothing was committed from it; fix the registry and pull again",
+                    )));
+                }
+                if let Err(e) = w.write_all(&chunk) {
+                    return Ok(Err(local(e)));
+                }
                 bar.set_position(n);
             }
-            w.flush()?;
-            Ok(())
+            Ok(w.flush().map_err(local))
         })
     }
 
@@ -352,9 +385,11 @@ pub fn map_error(
         }
     };
     let err = match &e {
-        OciDistributionError::AuthenticationFailure(m) => {
-            Error::invalid(msg(&format!("authentication failed: {}", m.trim()))).with_hint(login)
-        }
+        OciDistributionError::AuthenticationFailure(m) => Error::invalid(msg(&format!(
+            "authentication failed: {}",
+            clipped(m.trim())
+        )))
+        .with_hint(login),
         OciDistributionError::UnauthorizedError { .. } => {
             Error::invalid(msg("not authorized")).with_hint(login)
         }
@@ -369,6 +404,7 @@ pub fn map_error(
                 .map(|e| e.message.clone())
                 .collect::<Vec<_>>()
                 .join("; ");
+            let text = clipped(&text);
             if codes.iter().any(|c| {
                 matches!(
                     c,
@@ -392,8 +428,11 @@ pub fn map_error(
         }
         OciDistributionError::ServerError { code, message, .. } => match code {
             401 | 403 => Error::invalid(msg(&format!("refused ({code})"))).with_hint(login),
-            404 => Error::not_found(msg(&format!("not found: {message}"))),
-            _ => Error::internal(msg(&format!("the registry answered {code}: {message}"))),
+            404 => Error::not_found(msg(&format!("not found: {}", clipped(message)))),
+            _ => Error::internal(msg(&format!(
+                "the registry answered {code}: {}",
+                clipped(message)
+            ))),
         },
         _ if is_digest_error(&e) => Error::invalid(msg(
             "a blob does not match its digest: it is corrupt or was tampered with",
@@ -454,14 +493,20 @@ impl Source for Registry {
         Ok((bytes.to_vec(), got))
     }
 
-    fn blob(&mut self, digest: &str, _size: u64, bar: &ProgressBar) -> Result<File> {
+    fn blob(&mut self, digest: &str, size: u64, bar: &ProgressBar) -> Result<File> {
         let mut f = super::temp_file()?;
-        match with_retries(|| self.download(digest, &mut f, bar)) {
-            Ok(()) => {}
+        match with_retries(|| self.download(digest, size, &mut f, bar)) {
+            Ok(done) => done?,
             Err((e, _)) if is_digest_error(&e) => {
-                return Err(
-                    super::digest_mismatch(&self.given, digest, "another digest").with_source(e),
-                );
+                return Err(Error::invalid(format!(
+                    "blob {digest} of {} does not match its digest: it is corrupt or was \
+                     tampered with",
+                    self.given
+                ))
+                .with_hint(
+                    "nothing was committed from it; fix the registry or layout and pull again",
+                )
+                .with_source(e));
             }
             Err((e, tries)) => return Err(self.error("pull", e, tries)),
         }
@@ -546,10 +591,14 @@ impl Target for Registry {
 /// exchange when the registry asks for one).
 pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Result<bool> {
     let rt = runtime()?;
+    // The requests' timers belong to the runtime, even those made before
+    // `block_on`.
+    let _in_runtime = rt.enter();
     let scheme = if access.plain_http { "http" } else { "https" };
     let url = format!("{scheme}://{registry}/v2/");
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
+        .timeout(timeout(60))
         .build()
         .map_err(|e| Error::internal("cannot make an HTTP client").with_source(e))?;
     let unreachable = |e: reqwest::Error| {

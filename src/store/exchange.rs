@@ -9,17 +9,47 @@ use super::{Driver, Labels, Store, crash, mount};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Limits for `apply`.
-#[derive(Debug, Clone, Copy)]
-pub struct ApplyLimits {
+/// What `apply` checks before it commits.
+#[derive(Debug, Clone)]
+pub struct ApplyChecks {
     /// Most uncompressed bytes a layer may expand to (decompression bombs).
     pub max_size: u64,
+    /// The digests an image names for the layer: it is committed only if it
+    /// is that layer, so no other content ever sits under its chain ID.
+    pub expect: Option<Expected>,
 }
 
-impl Default for ApplyLimits {
+/// A layer's digests as an image names them: the blob's (manifest) and the
+/// uncompressed tar's (config's `rootfs.diff_ids`).
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub digest: String,
+    pub diff_id: String,
+}
+
+impl Default for ApplyChecks {
     fn default() -> Self {
-        ApplyLimits { max_size: 64 << 30 }
+        ApplyChecks {
+            max_size: 64 << 30,
+            expect: None,
+        }
     }
+}
+
+/// An `invalid` error unless `d` are the digests `want` names.
+fn as_expected(name: &str, d: &Digests, want: &Expected) -> Result<()> {
+    if d.digest == want.digest && d.diff_id == want.diff_id {
+        return Ok(());
+    }
+    let (what, got, named) = if d.digest != want.digest {
+        ("digest", &d.digest, &want.digest)
+    } else {
+        ("diff_id", &d.diff_id, &want.diff_id)
+    };
+    Err(Error::invalid(format!(
+        "layer `{name}` has {what} {got}, but the image names {named}"
+    ))
+    .with_hint("nothing was committed from it"))
 }
 
 fn layer_error(name: &str, e: LayerError) -> Error {
@@ -42,7 +72,7 @@ impl Store {
         parent: Option<&str>,
         labels: &Labels,
         input: &mut (dyn Read + Send),
-        limits: ApplyLimits,
+        checks: ApplyChecks,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Digests> {
         let driver = self.ensure_driver()?;
@@ -63,11 +93,14 @@ impl Store {
                         },
                         Driver::Native => Whiteouts::Delete,
                     },
-                    max_size: limits.max_size,
+                    max_size: checks.max_size,
                     allow_devices,
                 };
                 let d = layer::apply(input, tree, &options, progress)
                     .map_err(|e| layer_error(name, e))?;
+                if let Some(want) = &checks.expect {
+                    as_expected(name, &d, want)?;
+                }
                 crash::point("apply:unpacked");
                 digests = Some(d);
                 Ok(())

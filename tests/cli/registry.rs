@@ -593,13 +593,50 @@ fn corrupted_blob(driver: &str) {
     assert!(run.stderr.contains("invalid"), "{}", run.session());
     assert_eq!(b.names(&[]), before, "a corrupted pull committed something");
     b.strata(&["check"]).success();
+    // Longer than its descriptor: the download stops there (it used to go
+    // on as long as the registry sent, into $TMPDIR) and is not retried.
+    fs::write(&data, vec![b'x'; len + (4 << 20)]).unwrap();
+    let run = b.strata(&["-o", "json", "pull", "--plain-http", &r]);
+    assert_eq!(run.code, 6, "{}", run.session());
+    assert!(run.stderr.contains("larger than"), "{}", run.session());
+    assert!(!run.stderr.contains("tried"), "{}", run.session());
+    assert_eq!(b.names(&[]), before, "a corrupted pull committed something");
+}
+
+/// Rewrites the one image of OCI layout `layout`: `edit` changes its
+/// manifest and its config, which are stored again under their new digests
+/// (the index then points at the new manifest).
+fn edit_layout(layout: &Path, edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value)) {
+    use sha2::Digest;
+    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let read = |digest: &str| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(blob(digest)).unwrap()).unwrap()
+    };
+    let store = |value: &serde_json::Value| -> (String, usize) {
+        let bytes = serde_json::to_vec(value).unwrap();
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        fs::write(blob(&digest), &bytes).unwrap();
+        (digest, bytes.len())
+    };
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    edit(&mut manifest, &mut config);
+    let (digest, size) = store(&config);
+    manifest["config"]["digest"] = digest.into();
+    manifest["config"]["size"] = size.into();
+    let (digest, size) = store(&manifest);
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = size.into();
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
 /// A layer whose descriptor gives another size than the blob's is refused
 /// (`invalid`), though its digest is right, and nothing is committed.
 #[test]
 fn layer_size_must_match_its_descriptor() {
-    use sha2::Digest;
     let Some(a) = Store::setup("native") else {
         return;
     };
@@ -607,23 +644,9 @@ fn layer_size_must_match_its_descriptor() {
     let layout = a.scratch("layout");
     a.strata(&["export", "base", layout.to_str().unwrap(), "--tag", "v1"])
         .success();
-    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
-    let index_path = layout.join("index.json");
-    let mut index: serde_json::Value =
-        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
-    let old = index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(blob(&old)).unwrap()).unwrap();
-    manifest["layers"][0]["size"] = 5.into();
-    let bytes = serde_json::to_vec(&manifest).unwrap();
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
-    fs::write(blob(&digest), &bytes).unwrap();
-    index["manifests"][0]["digest"] = digest.into();
-    index["manifests"][0]["size"] = bytes.len().into();
-    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    edit_layout(&layout, |manifest, _| {
+        manifest["layers"][0]["size"] = 5.into()
+    });
 
     let b = Store::setup("native").unwrap();
     let src = format!("{}:v1", layout.display());
@@ -635,6 +658,125 @@ fn layer_size_must_match_its_descriptor() {
     );
     assert!(b.names(&[]).is_empty(), "{}", run.session());
     b.strata(&["check"]).success();
+}
+
+/// A layer that is not the one the image's config names (its `diff_id`)
+/// is refused before it is committed: killed right after any commit, the
+/// import leaves nothing under the chain ID (it used to commit the layer,
+/// then check and remove it). And a `diff_id` that is not a digest is
+/// refused, never taken for a snapshot key of the store's own.
+#[test]
+fn a_layer_is_checked_against_its_diff_id_before_it_is_committed() {
+    let Some(a) = Store::setup("native") else {
+        return;
+    };
+    a.layer("base", None, &base_ops());
+    let layout = a.scratch("layout");
+    a.strata(&["export", "base", layout.to_str().unwrap(), "--tag", "v1"])
+        .success();
+    let other = format!("sha256:{}", "ab".repeat(32));
+    edit_layout(&layout, |_, config| {
+        config["rootfs"]["diff_ids"][0] = other.clone().into();
+    });
+    let b = Store::setup("native").unwrap();
+    let src = format!("{}:v1", layout.display());
+    let run = b.strata_with(
+        &["-o", "json", "import", &src, "app"],
+        With {
+            env: &[("STRATA_CRASH_AT", "create:committed")],
+            ..Default::default()
+        },
+    );
+    assert_eq!(run.code, 6, "refused before any commit: {}", run.session());
+    assert!(run.stderr.contains(&other), "{}", run.session());
+    assert!(b.names(&[]).is_empty(), "{}", run.session());
+    b.strata(&["check"]).success();
+
+    // A config naming the store's own snapshot as a diff_id.
+    b.strata(&["prepare", "mine"]).success();
+    b.strata(&["commit", "own", "mine"]).success();
+    edit_layout(&layout, |_, config| {
+        config["rootfs"]["diff_ids"][0] = "own".into();
+    });
+    let run = b.fails(&["import", &src, "app"], "invalid");
+    assert!(run.stderr.contains("diff_id"), "{}", run.session());
+    assert_eq!(b.names(&[]), ["own"], "{}", run.session());
+    assert_eq!(b.info("own")["labels"], serde_json::json!({}));
+}
+
+/// A hostile layout on disk: a layer blob that is a FIFO or a device (a
+/// read would block or never end), a layer digest that is not a digest (a
+/// multi-byte character made the progress message panic); each is
+/// `invalid`, quickly, and nothing is committed. And `export` writes blobs
+/// only into the layout's own directories, never through a symlinked
+/// `blobs/sha256` (into a committed snapshot, here).
+#[test]
+fn hostile_layouts() {
+    let Some(a) = Store::setup("native") else {
+        return;
+    };
+    a.layer("base", None, &base_ops());
+    let layout = a.scratch("layout");
+    a.strata(&["export", "base", layout.to_str().unwrap(), "--tag", "v1"])
+        .success();
+    let src = format!("{}:v1", layout.display());
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(layout.join("blobs/sha256").join(&manifest_digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let layer_path = layout.join("blobs/sha256").join(&layer[7..]);
+    let saved = fs::read(&layer_path).unwrap();
+    let b = Store::setup("native").unwrap();
+    let import = |what: &str| {
+        let before = b.names(&[]);
+        let started = Instant::now();
+        let run = b.fails(&["import", &src, "app2"], "invalid");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: {}",
+            run.session()
+        );
+        assert_eq!(b.names(&[]), before, "{what}: {}", run.session());
+    };
+    fs::remove_file(&layer_path).unwrap();
+    sh_ok(
+        &format!("mkfifo {}", shell_quote(layer_path.to_str().unwrap())),
+        "mkfifo",
+    );
+    import("a FIFO");
+    fs::remove_file(&layer_path).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &layer_path).unwrap();
+    import("/dev/zero");
+    fs::remove_file(&layer_path).unwrap();
+    fs::write(&layer_path, &saved).unwrap();
+    b.strata(&["import", &src, "app"]).success();
+
+    let odd = format!("sha256:{}é{}", "a".repeat(11), "b".repeat(51));
+    edit_layout(&layout, |manifest, _| {
+        manifest["layers"][0]["digest"] = odd.clone().into();
+    });
+    import("a digest that is not one");
+    b.strata(&["check"]).success();
+
+    // export through a symlinked blobs/sha256, into a committed snapshot.
+    let dirs = a.snapshot_dirs();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let tree = a.root.join("snapshots").join(&dirs[0]).join("fs");
+    let before = a.view_tree("base");
+    let evil = a.scratch_dir("evil");
+    fs::create_dir(evil.join("blobs")).unwrap();
+    std::os::unix::fs::symlink(&tree, evil.join("blobs/sha256")).unwrap();
+    a.fails(&["export", "base", evil.to_str().unwrap()], "invalid");
+    a.view_tree("base")
+        .assert_eq(&before, "base after a refused export");
+    a.strata(&["check"]).success();
 }
 
 /// `export` → `skopeo copy oci:DIR:TAG docker://…` → `pull` gives the same tree; and
@@ -769,6 +911,38 @@ fn login_and_errors() {
         &["pull", "--plain-http", &format!("127.0.0.1:{dead}/x:y")],
         "internal",
     );
+    // A registry that takes the connection and never answers: `login` gives
+    // up (it used to wait forever), in STRATA_REGISTRY_TIMEOUT seconds here.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let started = Instant::now();
+    let run = s.strata_with(
+        &[
+            "-o",
+            "json",
+            "login",
+            &host,
+            "-u",
+            "ci",
+            "--password-stdin",
+            "--plain-http",
+        ],
+        With {
+            stdin: Some(b"s3cret\n"),
+            env: &[
+                ("REGISTRY_AUTH_FILE", auth.to_str().unwrap()),
+                ("STRATA_REGISTRY_TIMEOUT", "2"),
+            ],
+            ..Default::default()
+        },
+    );
+    let run = run.fails_json("internal");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{}",
+        run.session()
+    );
+    drop(silent);
 }
 
 /// `strata -o json ARGS…` with `env` (and stdin), for commands that read credentials.
