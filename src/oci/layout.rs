@@ -316,6 +316,13 @@ impl Target for Layout {
         let path = blob_path(&self.dir, digest)?;
         write_atomic(&path, bytes)?;
         let tag = self.tag.clone().unwrap_or_else(|| "latest".into());
+        // index.json is read, changed and replaced: two exports into one
+        // layout take turns (a lock on the layout directory, no extra file),
+        // or one would lose the other's tag.
+        let dir = File::open(&self.dir)
+            .map_err(|e| Error::io(format!("cannot open {}", self.dir.display()), e))?;
+        dir.lock()
+            .map_err(|e| Error::io(format!("cannot lock {}", self.dir.display()), e))?;
         let mut index = self.index()?;
         let mut entries = index
             .get("manifests")

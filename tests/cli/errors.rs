@@ -574,5 +574,9 @@ fn error_lines_escape_what_they_quote() {
     let run = run.fails_with(3, "cannot open the layer");
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.session());
     assert!(!run.stderr.contains('\x1b'), "{}", run.session());
-    assert!(run.stderr.contains("no\\nsuch\\u{1b}[2Jlayer.tar"), "{}", run.session());
+    assert!(
+        run.stderr.contains("no\\nsuch\\u{1b}[2Jlayer.tar"),
+        "{}",
+        run.session()
+    );
 }

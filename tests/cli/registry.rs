@@ -779,6 +779,56 @@ fn hostile_layouts() {
     a.strata(&["check"]).success();
 }
 
+/// Exports into one layout at once each keep their tag (index.json is
+/// changed under a lock; without it a third to a half were lost).
+#[test]
+fn concurrent_exports_keep_every_tag() {
+    let Some(a) = Store::setup("native") else {
+        return;
+    };
+    a.layer("base", None, &base_ops());
+    let layout = a.scratch("layout");
+    a.strata(&["export", "base", layout.to_str().unwrap(), "--tag", "first"])
+        .success();
+    let children: Vec<Child> = (0..12)
+        .map(|i| {
+            Command::new(BIN)
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .arg("--root")
+                .arg(&a.root)
+                .args(["export", "base"])
+                .arg(&layout)
+                .args(["--tag", &format!("t{i}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mut tags: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    tags.sort();
+    let mut want: Vec<String> = (0..12).map(|i| format!("t{i}")).collect();
+    want.push("first".into());
+    want.sort();
+    assert_eq!(tags, want);
+}
+
 /// `export` → `skopeo copy oci:DIR:TAG docker://…` → `pull` gives the same tree; and
 /// `export` → `import` too.
 fn export_skopeo_pull(driver: &str) {
