@@ -603,6 +603,17 @@ fn corrupted_blob(driver: &str) {
     assert_eq!(b.names(&[]), before, "a corrupted pull committed something");
 }
 
+/// A native store with committed `base`, exported to a new OCI layout as
+/// `tag`; None when the store cannot be set up (see [`Store::setup`]).
+fn exported_base(tag: &str) -> Option<(Store, PathBuf)> {
+    let a = Store::setup("native")?;
+    a.layer("base", None, &base_ops());
+    let layout = a.scratch("layout");
+    a.strata(&["export", "base", layout.to_str().unwrap(), "--tag", tag])
+        .success();
+    Some((a, layout))
+}
+
 /// Rewrites the one image of OCI layout `layout`: `edit` changes its
 /// manifest and its config, which are stored again under their new digests
 /// (the index then points at the new manifest).
@@ -637,13 +648,9 @@ fn edit_layout(layout: &Path, edit: impl FnOnce(&mut serde_json::Value, &mut ser
 /// (`invalid`), though its digest is right, and nothing is committed.
 #[test]
 fn layer_size_must_match_its_descriptor() {
-    let Some(a) = Store::setup("native") else {
+    let Some((_a, layout)) = exported_base("v1") else {
         return;
     };
-    a.layer("base", None, &base_ops());
-    let layout = a.scratch("layout");
-    a.strata(&["export", "base", layout.to_str().unwrap(), "--tag", "v1"])
-        .success();
     edit_layout(&layout, |manifest, _| {
         manifest["layers"][0]["size"] = 5.into()
     });
@@ -667,13 +674,9 @@ fn layer_size_must_match_its_descriptor() {
 /// refused, never taken for a snapshot key of the store's own.
 #[test]
 fn a_layer_is_checked_against_its_diff_id_before_it_is_committed() {
-    let Some(a) = Store::setup("native") else {
+    let Some((_a, layout)) = exported_base("v1") else {
         return;
     };
-    a.layer("base", None, &base_ops());
-    let layout = a.scratch("layout");
-    a.strata(&["export", "base", layout.to_str().unwrap(), "--tag", "v1"])
-        .success();
     let other = format!("sha256:{}", "ab".repeat(32));
     edit_layout(&layout, |_, config| {
         config["rootfs"]["diff_ids"][0] = other.clone().into();
@@ -712,13 +715,9 @@ fn a_layer_is_checked_against_its_diff_id_before_it_is_committed() {
 /// `blobs/sha256` (into a committed snapshot, here).
 #[test]
 fn hostile_layouts() {
-    let Some(a) = Store::setup("native") else {
+    let Some((a, layout)) = exported_base("v1") else {
         return;
     };
-    a.layer("base", None, &base_ops());
-    let layout = a.scratch("layout");
-    a.strata(&["export", "base", layout.to_str().unwrap(), "--tag", "v1"])
-        .success();
     let src = format!("{}:v1", layout.display());
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -783,13 +782,9 @@ fn hostile_layouts() {
 /// changed under a lock; without it a third to a half were lost).
 #[test]
 fn concurrent_exports_keep_every_tag() {
-    let Some(a) = Store::setup("native") else {
+    let Some((a, layout)) = exported_base("first") else {
         return;
     };
-    a.layer("base", None, &base_ops());
-    let layout = a.scratch("layout");
-    a.strata(&["export", "base", layout.to_str().unwrap(), "--tag", "first"])
-        .success();
     let children: Vec<Child> = (0..12)
         .map(|i| {
             Command::new(BIN)
@@ -966,26 +961,11 @@ fn login_and_errors() {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let host = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
     let started = Instant::now();
-    let run = s.strata_with(
-        &[
-            "-o",
-            "json",
-            "login",
-            &host,
-            "-u",
-            "ci",
-            "--password-stdin",
-            "--plain-http",
-        ],
-        With {
-            stdin: Some(b"s3cret\n"),
-            env: &[
-                ("REGISTRY_AUTH_FILE", auth.to_str().unwrap()),
-                ("STRATA_REGISTRY_TIMEOUT", "2"),
-            ],
-            ..Default::default()
-        },
-    );
+    let env = [
+        ("REGISTRY_AUTH_FILE", auth.to_str().unwrap()),
+        ("STRATA_REGISTRY_TIMEOUT", "2"),
+    ];
+    let run = login_as_ci(&s, &host, &env, b"s3cret\n");
     let run = run.fails_json("internal");
     assert!(
         started.elapsed() < Duration::from_secs(60),
@@ -1010,11 +990,10 @@ fn with_env(s: &Store, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>
 }
 
 /// `strata login HOST -u ci --password-stdin --plain-http`, `pass` on stdin.
-fn login_as_ci(s: &Store, reg: &Registry, env: &[(&str, &str)], pass: &[u8]) -> Run {
-    let host = reg.host();
+fn login_as_ci(s: &Store, host: &str, env: &[(&str, &str)], pass: &[u8]) -> Run {
     let args = [
         "login",
-        &host,
+        host,
         "-u",
         "ci",
         "--password-stdin",
@@ -1076,7 +1055,7 @@ fn credentials() {
     let run = with_env(&a, &["pull", "--plain-http", &r], &home_env, None);
     assert!(run.code == 6 || run.code == 3, "{}", run.session());
 
-    let login = |pass: &[u8]| login_as_ci(&a, &reg, &home_env, pass);
+    let login = |pass: &[u8]| login_as_ci(&a, &reg.host(), &home_env, pass);
     let run = login(b"wrong\n").fails_json("invalid");
     assert!(run.stderr.contains("refused"), "{}", run.session());
     let auth = home.join(".config/containers/auth.json");
@@ -1166,7 +1145,7 @@ fn token_auth() {
     );
     with_env(&a, &["pull", "--plain-http", &r], &home_env, None).fails_json("not_found");
 
-    let login = |pass: &[u8]| login_as_ci(&a, &reg, &home_env, pass);
+    let login = |pass: &[u8]| login_as_ci(&a, &reg.host(), &home_env, pass);
     let run = login(b"wrong\n").fails_json("invalid");
     assert!(
         run.stderr.contains("refused") && !run.stderr.contains("log in first"),
