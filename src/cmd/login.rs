@@ -43,7 +43,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         return Err(Error::invalid("strata login reads the password from stdin only")
             .with_hint("add --password-stdin: echo \"$PASSWORD\" | strata login REGISTRY -u USER --password-stdin"));
     }
-    if args.registry.is_empty() || args.registry.contains('/') {
+    if !is_registry_host(&args.registry) {
         return Err(
             Error::invalid(format!("`{}` is not a registry host", args.registry))
                 .with_hint("give HOST[:PORT], e.g. registry.example.com or 127.0.0.1:5000"),
@@ -79,4 +79,58 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             o.registry, o.username, o.auth_file
         )
     })
+}
+
+/// Whether `text` is `HOST[:PORT]` as image references write a registry: a
+/// DNS name or IPv4 address (letters, digits, `.`, `-`, `_`), optionally a
+/// port. Anything else (`user@host`, `host#x`, a space, a path) would be
+/// stored as credentials no reference could ever use.
+fn is_registry_host(text: &str) -> bool {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_registry_host;
+
+    #[test]
+    fn registry_hosts() {
+        for ok in [
+            "registry.example.com",
+            "127.0.0.1:5000",
+            "localhost",
+            "my-reg_1:443",
+        ] {
+            assert!(is_registry_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a/b",
+            "../x",
+            "h#frag",
+            "user@h",
+            "h?q",
+            " h",
+            "h:",
+            "h:port",
+            ".h",
+            "h..i",
+            "[::1]:5000",
+        ] {
+            assert!(!is_registry_host(bad), "{bad:?}");
+        }
+    }
 }

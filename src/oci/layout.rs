@@ -85,6 +85,12 @@ impl Layout {
     /// A layout to write to, created if missing.
     pub fn create(dir: &Path, tag: &str) -> Result<Layout> {
         validate_tag(tag)?;
+        if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(
+                Error::invalid(format!("{} exists and is not a directory", dir.display()))
+                    .with_hint("an OCI layout is a directory: name a new or an existing layout"),
+            );
+        }
         std::fs::create_dir_all(dir.join("blobs/sha256"))
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         // Blobs are written through these two: a symlink among them would
@@ -122,6 +128,7 @@ impl Layout {
                 dir.display()
             )));
         }
+        check_version(&dir.join("oci-layout"))?;
         Ok(Layout {
             dir: dir.to_path_buf(),
             tag,
@@ -176,6 +183,31 @@ impl Layout {
         }
         Ok(bytes)
     }
+}
+
+/// Refuses a layout whose `oci-layout` file is not JSON (`invalid`) or names
+/// another version than the image spec's 1.0.0 (`unsupported`), as
+/// containerd does.
+fn check_version(marker: &Path) -> Result<()> {
+    let bytes = read_small(marker)
+        .map_err(|e| Error::io(format!("cannot read {}", marker.display()), e))?;
+    let version = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("imageLayoutVersion")?.as_str().map(str::to_string))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{} is not an OCI layout marker (no imageLayoutVersion)",
+                marker.display()
+            ))
+        })?;
+    if version != "1.0.0" {
+        return Err(Error::unsupported(format!(
+            "{} says image layout version {}; strata reads 1.0.0",
+            marker.display(),
+            super::clipped(&version)
+        )));
+    }
+    Ok(())
 }
 
 /// Opens `path` for reading if it is a regular file (opened without

@@ -669,6 +669,20 @@ pub(crate) fn clipped(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The size a descriptor gives: 0 when it gives none (not checked then, as
+/// in containerd); `invalid` when it is not a whole number of bytes.
+fn size_of(v: &Value, what: &str) -> Result<u64> {
+    match v.get("size") {
+        None => Ok(0),
+        Some(size) => size.as_u64().ok_or_else(|| {
+            Error::invalid(format!(
+                "the {what}'s size {} is not a number of bytes",
+                clipped(&size.to_string())
+            ))
+        }),
+    }
+}
+
 /// The digest named by `key` in descriptor `v`, checked (see [`sha256_hex`]).
 fn digest_of<'a>(v: &'a Value, what: &str) -> Result<&'a str> {
     let digest = string_of(v, "digest", what)?;
@@ -699,7 +713,7 @@ pub fn pull(
         .get("config")
         .ok_or_else(|| Error::invalid(format!("the manifest of {what} has no config")))?;
     let config_digest = digest_of(config_desc, "config descriptor")?;
-    let config_size = config_desc.get("size").and_then(Value::as_u64).unwrap_or(0);
+    let config_size = size_of(config_desc, "config descriptor")?;
     let config = small_blob(source, config_digest, config_size)?;
     let config = parse_json(&config, "image config")?;
     let diff_ids: Vec<String> = config
@@ -743,7 +757,7 @@ pub fn pull(
             .and_then(Value::as_str)
             .unwrap_or(MT_LAYER_GZIP);
         let compression = compression_of(media_type)?;
-        let size = desc.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let size = size_of(desc, "layer descriptor")?;
         let mut labels = Labels::new();
         let present = match store.stat(chain_id) {
             Ok(info) if info.kind == SnapshotKind::Committed => {

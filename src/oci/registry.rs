@@ -647,14 +647,21 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
                 .send(),
         )
         .map_err(unreachable)?;
-    if res.status().is_success() {
+    let status = res.status();
+    if status.is_success() {
         Ok(true)
-    } else {
+    } else if matches!(status.as_u16(), 401 | 403) {
         Err(Error::invalid(format!(
-            "cannot log in to {registry}: the registry refused the credentials ({})",
-            res.status()
+            "cannot log in to {registry}: the registry refused the credentials ({status})"
         ))
         .with_hint(REFUSED_HINT))
+    } else {
+        // Not an answer about the credentials: no registry API there, or
+        // a registry in trouble.
+        Err(Error::internal(format!(
+            "cannot log in to {registry}: the registry answered {status} at /v2/"
+        ))
+        .with_hint("is HOST[:PORT] a registry (OCI distribution API at /v2/)?"))
     }
 }
 

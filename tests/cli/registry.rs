@@ -733,10 +733,11 @@ fn hostile_layouts() {
     let layer_path = layout.join("blobs/sha256").join(&layer[7..]);
     let saved = fs::read(&layer_path).unwrap();
     let b = Store::setup("native").unwrap();
-    let import = |what: &str| {
+    let import = |what: &str, says: &str| {
         let before = b.names(&[]);
         let started = Instant::now();
         let run = b.fails(&["import", &src, "app2"], "invalid");
+        assert!(run.stderr.contains(says), "{what}: {}", run.session());
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{what}: {}",
@@ -749,10 +750,10 @@ fn hostile_layouts() {
         &format!("mkfifo {}", shell_quote(layer_path.to_str().unwrap())),
         "mkfifo",
     );
-    import("a FIFO");
+    import("a FIFO", "not a regular file");
     fs::remove_file(&layer_path).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &layer_path).unwrap();
-    import("/dev/zero");
+    import("/dev/zero", "not a regular file");
     fs::remove_file(&layer_path).unwrap();
     fs::write(&layer_path, &saved).unwrap();
     b.strata(&["import", &src, "app"]).success();
@@ -761,8 +762,26 @@ fn hostile_layouts() {
     edit_layout(&layout, |manifest, _| {
         manifest["layers"][0]["digest"] = odd.clone().into();
     });
-    import("a digest that is not one");
+    import("a digest that is not one", "is not a sha256 digest");
+    edit_layout(&layout, |manifest, _| {
+        manifest["layers"][0]["digest"] = layer.clone().into();
+        manifest["layers"][0]["size"] = (-1).into();
+    });
+    import("a negative size", "is not a number of bytes");
     b.strata(&["check"]).success();
+    // The layout's version: the image spec's 1.0.0 only.
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"9.9.9"}"#,
+    )
+    .unwrap();
+    b.fails(&["import", &src, "app2"], "unsupported");
+    fs::write(layout.join("oci-layout"), "garbage").unwrap();
+    b.fails(&["import", &src, "app2"], "invalid");
+    // export onto a file that is not a directory.
+    let file = a.scratch("file");
+    fs::write(&file, "x").unwrap();
+    a.fails(&["export", "base", file.to_str().unwrap()], "invalid");
 
     // export through a symlinked blobs/sha256, into a committed snapshot.
     let dirs = a.snapshot_dirs();
@@ -973,6 +992,26 @@ fn login_and_errors() {
         run.session()
     );
     drop(silent);
+    // Something that is not a registry (a 503 at /v2/, both tries) is not
+    // said to have refused the credentials.
+    let broken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("127.0.0.1:{}", broken.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        for c in broken.incoming().take(2).flatten() {
+            refuse(c);
+        }
+    });
+    let run = login_as_ci(&s, &host, &env, b"s3cret\n").fails_json("internal");
+    assert!(run.stderr.contains("503"), "{}", run.session());
+    assert!(
+        !run.stderr.contains("refused the credentials"),
+        "{}",
+        run.session()
+    );
+    // HOST[:PORT] only: nothing else would ever match a reference.
+    for bad in ["user@host", "host#x", " host", "host:port"] {
+        login_as_ci(&s, bad, &env, b"s3cret\n").fails_json("invalid");
+    }
 }
 
 /// `strata -o json ARGS…` with `env` (and stdin), for commands that read credentials.
