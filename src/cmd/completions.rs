@@ -76,25 +76,29 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
 /// `root` of its `--config` file or of the default one, else the default
 /// store. Nothing when there is no store (completion never creates one).
 pub fn keys() -> Vec<clap_complete::engine::CompletionCandidate> {
+    use crate::config::{self, Given, Source};
     use clap_complete::engine::CompletionCandidate;
     use std::path::PathBuf;
     // The shell runs `COMPLETE=SHELL strata -- WORDS…`, the last word the
-    // one being completed.
+    // one being completed; the store is the one that line would use.
     let words: Vec<OsString> = std::env::args_os().skip_while(|a| a != "--").collect();
-    let typed = |name| typed_option(&words, name).map(PathBuf::from);
-    let root = typed("--root")
-        .or_else(|| {
-            std::env::var_os("STRATA_ROOT")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
-        .or_else(|| {
-            let config = typed("--config");
-            crate::config::load(config.as_deref())
-                .ok()
-                .and_then(|(_, f)| f.root)
-        })
-        .unwrap_or_else(crate::config::default_root);
+    let flag = typed_option(&words, "--root").map(PathBuf::from);
+    let env = std::env::var_os("STRATA_ROOT").map(PathBuf::from);
+    let config = typed_option(&words, "--config").map(PathBuf::from);
+    let given = Given {
+        root: (flag.as_deref().map(|p| (p, Source::Flag)))
+            .or(env.as_deref().map(|p| (p, Source::Environment))),
+        config: config.as_deref(),
+        output: None,
+    };
+    let root = match config::resolve(given) {
+        Ok(settings) => settings.root.value,
+        // A config file that does not load: the flag, the environment or
+        // the default.
+        Err(_) => (flag.or(env))
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(config::default_root),
+    };
     if !root.join("index.db").exists() {
         return Vec::new();
     }

@@ -561,11 +561,11 @@ pub(crate) const MAX_SMALL_BLOB: u64 = 64 << 20;
 
 /// Reads a small blob (a config) fully and verifies its digest.
 fn small_blob(source: &mut dyn Source, digest: &str, size: u64) -> Result<Vec<u8>> {
+    let too_large = || Error::invalid(format!("the image config {digest} is too large"));
     if size > MAX_SMALL_BLOB {
-        return Err(Error::invalid(format!(
-            "the image config {digest} is too large"
-        )));
+        return Err(too_large());
     }
+    // Without a size, the most a config may have; one byte more tells.
     let limit = if size == 0 { MAX_SMALL_BLOB } else { size };
     let f = source.blob(digest, limit, &ProgressBar::hidden())?;
     let mut bytes = Vec::new();
@@ -573,9 +573,7 @@ fn small_blob(source: &mut dyn Source, digest: &str, size: u64) -> Result<Vec<u8
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(format!("cannot read blob {digest}"), e))?;
     if bytes.len() as u64 > MAX_SMALL_BLOB {
-        return Err(Error::invalid(format!(
-            "the image config {digest} is too large"
-        )));
+        return Err(too_large());
     }
     size_matches(&source.describe(), digest, size, bytes.len() as u64)?;
     let got = sha256(&bytes);
@@ -595,14 +593,24 @@ fn size_matches(what: &str, digest: &str, want: u64, got: u64) -> Result<()> {
     Err(Error::invalid(format!(
         "blob {digest} of {what} is {got} bytes, but its descriptor says {want}"
     ))
-    .with_hint("nothing was committed from it; fix the registry or layout and pull again"))
+    .with_hint(NOTHING_COMMITTED))
 }
 
+/// The hint of a pull or import refused before any of the image was
+/// committed.
+pub(crate) const NOTHING_COMMITTED: &str =
+    "nothing was committed from it; fix the registry or layout and pull again";
+
 fn digest_mismatch(what: &str, want: &str, got: &str) -> Error {
+    corrupt_blob(what, want, &format!("has digest {got}"))
+}
+
+/// Blob `want` of `what` is not what its digest says (`how`).
+pub(crate) fn corrupt_blob(what: &str, want: &str, how: &str) -> Error {
     Error::invalid(format!(
-        "blob {want} of {what} has digest {got}: it is corrupt or was tampered with"
+        "blob {want} of {what} {how}: it is corrupt or was tampered with"
     ))
-    .with_hint("nothing was committed from it; fix the registry or layout and pull again")
+    .with_hint(NOTHING_COMMITTED)
 }
 
 /// Verifies a file's size and sha256 against its descriptor's, then

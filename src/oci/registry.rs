@@ -195,9 +195,7 @@ impl Registry {
                         "blob {digest} of {} is larger than the {size} bytes its descriptor says",
                         self.given
                     ))
-                    .with_hint(
-                        "nothing was committed from it; fix the registry and pull again",
-                    )));
+                    .with_hint(super::NOTHING_COMMITTED)));
                 }
                 if let Err(e) = w.write_all(&chunk) {
                     return Ok(Err(local(e)));
@@ -498,15 +496,10 @@ impl Source for Registry {
         match with_retries(|| self.download(digest, size, &mut f, bar)) {
             Ok(done) => done?,
             Err((e, _)) if is_digest_error(&e) => {
-                return Err(Error::invalid(format!(
-                    "blob {digest} of {} does not match its digest: it is corrupt or was \
-                     tampered with",
-                    self.given
-                ))
-                .with_hint(
-                    "nothing was committed from it; fix the registry or layout and pull again",
-                )
-                .with_source(e));
+                return Err(
+                    super::corrupt_blob(&self.given, digest, "does not match its digest")
+                        .with_source(e),
+                );
             }
             Err((e, tries)) => return Err(self.error("pull", e, tries)),
         }

@@ -286,17 +286,11 @@ impl Store {
         let tx = self.index.read()?;
         let row = super::existing(&tx, key)?;
         if row.kind != SnapshotKind::Committed {
-            let err = Error::precondition(format!(
+            return Err(Error::precondition(format!(
                 "snapshot `{key}` is {}, not committed",
                 super::article(row.kind)
-            ));
-            return Err(match row.kind {
-                SnapshotKind::Active => {
-                    err.with_hint(format!("commit it first: strata commit NAME {key}"))
-                }
-                // A view cannot be committed; what it shows is its parent.
-                _ => err.with_hint("a view cannot be committed; use the view's parent"),
-            });
+            ))
+            .with_hint(super::to_commit(row.kind, key)));
         }
         let mut ids = vec![(row.id, row.name.clone())];
         ids.extend(index::chain(&tx, row.id)?);

@@ -1255,15 +1255,22 @@ pub(crate) fn committed_parent(tx: &Transaction<'_>, name: &str) -> Result<Row> 
             "parent snapshot `{name}` is {}, not committed",
             article(row.kind)
         ));
-        return Err(match row.kind {
-            SnapshotKind::Active => err.with_hint(format!(
-                "only committed snapshots can be parents; commit it first (`strata commit NAME {name}`)"
-            )),
-            // A view cannot be committed; what it shows is its parent.
-            _ => err.with_hint("only committed snapshots can be parents; a view cannot be committed, so use the view's parent"),
-        });
+        return Err(err.with_hint(format!(
+            "only committed snapshots can be parents; {}",
+            to_commit(row.kind, name)
+        )));
     }
     Ok(row)
+}
+
+/// What to do with snapshot `key` of `kind` where a committed one is
+/// needed: commit an active one; a view cannot be committed, and what it
+/// shows is its parent.
+pub(crate) fn to_commit(kind: SnapshotKind, key: &str) -> String {
+    match kind {
+        SnapshotKind::View => "a view cannot be committed, so use the view's parent".into(),
+        _ => format!("commit it first: strata commit NAME {key}"),
+    }
 }
 
 /// Checks that parent `name` is still the snapshot `id` it was when a
