@@ -220,7 +220,9 @@ impl Index {
                 refuse_lost_index(path, snapshots)?;
                 Index::open(path)?
             }
-            Err(e) => return Err(e),
+            // Another process created it after the first try (two commands
+            // racing on a new store): open what it made.
+            Err(_) => Index::open_with(path, existing)?,
         };
         Ok(index.guarding(snapshots))
     }
