@@ -4,8 +4,10 @@
 //! code), [`cmd`] the commands, [`printer`] the output. The `strata` binary
 //! only parses, dispatches and reports errors.
 
+pub mod argv;
 pub mod cmd;
 pub mod config;
+pub mod heap;
 pub mod oci;
 pub mod printer;
 pub mod reference;

@@ -20,8 +20,9 @@ use strata::store::{Error, Kind};
 /// The process's exit status.
 type Status = u8;
 
-/// The process's entry, called by the C library with the arguments (which
-/// `std::env::args` reads on its own).
+/// The process's entry, called by the C library with the arguments, which
+/// it records for [`strata::argv`] (on musl, `std::env::args` is empty
+/// without Rust's start).
 ///
 /// It replaces Rust's runtime start, which reads `/proc/self/maps` to find
 /// the main thread's stack and gives it a guard and an alternate signal
@@ -32,10 +33,9 @@ type Status = u8;
 /// error to handle, not death), fds 0-2 open (so no file strata opens
 /// lands on fd 1), a panic's status 101, and stdout flushed at the end.
 #[unsafe(no_mangle)]
-extern "C" fn main(
-    _argc: std::ffi::c_int,
-    _argv: *const *const std::ffi::c_char,
-) -> std::ffi::c_int {
+extern "C" fn main(argc: std::ffi::c_int, argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
+    // SAFETY: C's `main` arguments, as C's start passes them.
+    unsafe { strata::argv::record(argc, argv) };
     // SAFETY: setting a signal's disposition to SIG_IGN before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     open_standard_fds();
@@ -87,12 +87,19 @@ fn run() -> Status {
         eprintln!("{}", panic.panic_report(info));
     }));
     // `COMPLETE=bash strata …` answers the shell's completion requests.
-    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    let here = std::env::current_dir().ok();
+    match clap_complete::CompleteEnv::with_factory(Cli::command)
+        .try_complete(strata::argv::args_os(), here.as_deref())
+    {
+        Ok(true) => return 0,
+        Ok(false) => {}
+        Err(e) => e.exit(),
+    }
     let matches = match cmd::parse_lazily() {
         Ok(m) => m,
         Err(e) if e.kind() == ClapKind::DisplayVersion => return usage_error(e),
         // Help and usage errors come from the complete tree.
-        Err(_) => match Cli::command().try_get_matches() {
+        Err(_) => match Cli::command().try_get_matches_from(strata::argv::args_os()) {
             Ok(m) => m,
             Err(e) => return usage_error(e),
         },
@@ -177,7 +184,7 @@ fn one_line(e: &clap::Error) -> String {
 /// Whether the raw arguments ask for JSON output, or leave the format to a
 /// config file that does.
 fn wants_json() -> bool {
-    let args: Vec<OsString> = std::env::args_os()
+    let args: Vec<OsString> = (strata::argv::args_os().into_iter())
         .skip(1)
         .take_while(|a| a != "--")
         .collect();

@@ -81,7 +81,9 @@ pub fn keys() -> Vec<clap_complete::engine::CompletionCandidate> {
     use std::path::PathBuf;
     // The shell runs `COMPLETE=SHELL strata -- WORDS…`, the last word the
     // one being completed; the store is the one that line would use.
-    let words: Vec<OsString> = std::env::args_os().skip_while(|a| a != "--").collect();
+    let words: Vec<OsString> = (crate::argv::args_os().into_iter())
+        .skip_while(|a| a != "--")
+        .collect();
     let flag = typed_option(&words, "--root").map(PathBuf::from);
     let env = std::env::var_os("STRATA_ROOT").map(PathBuf::from);
     let config = typed_option(&words, "--config").map(PathBuf::from);

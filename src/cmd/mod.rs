@@ -141,7 +141,7 @@ thread_local! {
 /// arguments with it. Any error (including help and version) is to be
 /// reported from the eager tree instead, whose messages are complete.
 pub fn parse_lazily() -> std::result::Result<clap::ArgMatches, clap::Error> {
-    parse_lazily_from(std::env::args_os())
+    parse_lazily_from(crate::argv::args_os())
 }
 
 fn parse_lazily_from<I, T>(args: I) -> std::result::Result<clap::ArgMatches, clap::Error>
