@@ -5,8 +5,9 @@
 # Needs busybox (Debian: busybox-static).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source link/toolchain.sh  # the musl target (see .cargo/config.toml), else glibc
 cargo build --release --quiet
-bin=$PWD/target/x86_64-unknown-linux-gnu/release/strata  # see .cargo/config.toml
+bin=$PWD/target/$STRATA_TARGET/release/strata
 work=$(mktemp -d /tmp/strata-ci.XXXXXX)
 trap 'for m in "$work"/mnt/*; do umount -l "$m" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 export STRATA_ROOT=$work/build        # the build machine's store

@@ -3,9 +3,9 @@
 # two layers, mount, write, commit, view, list. Run as root (it mounts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source link/toolchain.sh  # the musl target (see .cargo/config.toml), else glibc
 cargo build --release --quiet
-# .cargo/config.toml names the target, so cargo puts the binary here.
-strata() { ./target/x86_64-unknown-linux-gnu/release/strata --root "$store" "$@"; }
+strata() { "./target/$STRATA_TARGET/release/strata" --root "$store" "$@"; }
 
 work=$(mktemp -d /tmp/strata-quickstart.XXXXXX)
 store=$work/store
