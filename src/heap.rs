@@ -347,6 +347,12 @@ pub unsafe extern "C" fn realloc(p: *mut u8, size: usize) -> *mut u8 {
     if size <= have && size.saturating_mul(2) >= have.min(MAX_SMALL) {
         return p;
     }
+    if size > MAX_SMALL {
+        // SAFETY: `p` is a live block (the caller's promise).
+        if let Some(q) = unsafe { remap(p, size) } {
+            return q;
+        }
+    }
     let q = allocate(size, 16);
     if !q.is_null() {
         // SAFETY: both blocks hold at least the bytes copied; they are apart.
@@ -356,6 +362,37 @@ pub unsafe extern "C" fn realloc(p: *mut u8, size: usize) -> *mut u8 {
         }
     }
     q
+}
+
+/// A block of its own moved to a mapping of `size` bytes by the kernel,
+/// which moves its pages rather than copying them (a `Vec` that keeps
+/// growing would otherwise fault in every page of every copy); `None` when
+/// `p` is not such a block or the kernel says no.
+///
+/// # Safety
+/// `p` must be a live block of this allocator.
+unsafe fn remap(p: *mut u8, size: usize) -> Option<*mut u8> {
+    // SAFETY: the caller's promise.
+    let (class, offset) = unsafe { header(p) };
+    // Within a page the offset keeps the block's alignment; a block aligned
+    // beyond a page is copied instead.
+    if class != LARGE || offset >= PAGE {
+        return None;
+    }
+    let base = p.wrapping_sub(offset);
+    // SAFETY: a large block's mapping starts `offset` before it.
+    let old = unsafe { base.cast::<usize>().read() };
+    let len = size.checked_add(offset)?.checked_next_multiple_of(PAGE)?;
+    // SAFETY: the block's own mapping, moved whole; nothing else points
+    // into it but `p`, which the caller gives up.
+    let moved = unsafe { libc::mremap(base.cast(), old, len, libc::MREMAP_MAYMOVE) };
+    if moved == libc::MAP_FAILED {
+        return None;
+    }
+    let base = moved.cast::<u8>();
+    // SAFETY: the new mapping is `len` bytes, its header moved with it.
+    unsafe { base.cast::<usize>().write(len) };
+    Some(base.wrapping_add(offset))
 }
 
 /// # Safety
@@ -488,7 +525,7 @@ mod tests {
         let mut p = unsafe { malloc(10) };
         fill(p, 10, 3);
         let mut len = 10;
-        for size in [11, 100, 5000, 300_000, 5 << 20, 40, 1] {
+        for size in [11, 100, 5000, 300_000, 5 << 20, 400_000, 9 << 20, 40, 1] {
             p = unsafe { realloc(p, size) };
             assert!(!p.is_null());
             assert!(unsafe { malloc_usable_size(p) } >= size);
