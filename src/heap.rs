@@ -155,7 +155,7 @@ fn carve(len: usize) -> *mut u8 {
         if start.is_null() {
             return null_mut();
         }
-        // The rest of the old chunk is dropped: at most a region's worth.
+        // What is left of the old chunk (less than `len`) stays unused.
         arena.next = start as usize;
         arena.end = start as usize + size;
     }
