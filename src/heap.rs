@@ -542,6 +542,56 @@ mod tests {
         unsafe { free(out) };
     }
 
+    /// Random mallocs, reallocs and frees (a fixed xorshift sequence) of
+    /// every size range, each live block checked whole before it goes.
+    #[test]
+    fn random_sequences_keep_every_live_block_intact() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut live: Vec<(*mut u8, usize, u8)> = Vec::new();
+        for step in 0..5_000u32 {
+            let r = next();
+            let size = match r % 10 {
+                0..=6 => (r >> 8) as usize % 512,
+                7 | 8 => (r >> 8) as usize % 40_000,
+                _ => (r >> 8) as usize % 600_000,
+            };
+            let seed = step as u8;
+            match (r >> 40) % 3 {
+                0 if !live.is_empty() => {
+                    let (p, len, old) = live.swap_remove((r >> 20) as usize % live.len());
+                    assert!(holds(p, len, old), "step {step}: block of {len} changed");
+                    unsafe { free(p) };
+                }
+                1 if !live.is_empty() => {
+                    let i = (r >> 20) as usize % live.len();
+                    let (p, len, old) = live[i];
+                    let q = unsafe { realloc(p, size) };
+                    assert!(
+                        holds(q, len.min(size), old),
+                        "step {step}: realloc lost data"
+                    );
+                    fill(q, size, seed);
+                    live[i] = (q, size, seed);
+                }
+                _ => {
+                    let p = unsafe { malloc(size) };
+                    fill(p, size, seed);
+                    live.push((p, size, seed));
+                }
+            }
+        }
+        for (p, len, seed) in live {
+            assert!(holds(p, len, seed));
+            unsafe { free(p) };
+        }
+    }
+
     #[test]
     fn threads_allocate_and_free_each_others_blocks() {
         let (tx, rx) = std::sync::mpsc::channel::<(usize, usize, u8)>();
