@@ -116,9 +116,24 @@ fn class_size(class: usize) -> usize {
     }
 }
 
-fn set_enomem() {
+fn set_errno(code: std::ffi::c_int) {
     // SAFETY: errno is this thread's own int.
-    unsafe { *libc::__errno_location() = libc::ENOMEM };
+    unsafe { *libc::__errno_location() = code };
+}
+
+fn set_enomem() {
+    set_errno(libc::ENOMEM);
+}
+
+/// A large block's mapping: where it starts and its length (kept in its
+/// first word).
+///
+/// # Safety
+/// `p` must be a live large block, `offset` the one in its header.
+unsafe fn mapping(p: *mut u8, offset: usize) -> (*mut u8, usize) {
+    let base = p.wrapping_sub(offset);
+    // SAFETY: the caller's promise: the mapping starts `offset` before `p`.
+    (base, unsafe { base.cast::<usize>().read() })
 }
 
 /// Maps `len` bytes of fresh zeroed memory, or null.
@@ -279,8 +294,8 @@ unsafe fn usable(p: *mut u8) -> usize {
     // SAFETY: the caller's promise.
     let (class, offset) = unsafe { header(p) };
     if class == LARGE {
-        // SAFETY: a large block's mapping starts `offset` before it.
-        (unsafe { p.sub(offset).cast::<usize>().read() }) - offset
+        // SAFETY: a large block, its header's offset.
+        (unsafe { mapping(p, offset) }).1 - offset
     } else {
         class_size(class) - offset
     }
@@ -321,9 +336,11 @@ pub unsafe extern "C" fn free(p: *mut u8) {
     // SAFETY: `p` is a live block (the caller's promise).
     let (class, offset) = unsafe { header(p) };
     if class == LARGE {
-        let base = p.wrapping_sub(offset);
-        // SAFETY: the block's own mapping, its length in its first word.
-        unsafe { libc::munmap(base.cast(), base.cast::<usize>().read()) };
+        // SAFETY: a large block, its header's offset; the mapping is its own.
+        unsafe {
+            let (base, len) = mapping(p, offset);
+            libc::munmap(base.cast(), len);
+        }
         return;
     }
     let block = p.wrapping_sub(offset);
@@ -379,9 +396,8 @@ unsafe fn remap(p: *mut u8, size: usize) -> Option<*mut u8> {
     if class != LARGE || offset >= PAGE {
         return None;
     }
-    let base = p.wrapping_sub(offset);
-    // SAFETY: a large block's mapping starts `offset` before it.
-    let old = unsafe { base.cast::<usize>().read() };
+    // SAFETY: a large block, its header's offset.
+    let (base, old) = unsafe { mapping(p, offset) };
     let len = size.checked_add(offset)?.checked_next_multiple_of(PAGE)?;
     // SAFETY: the block's own mapping, moved whole; nothing else points
     // into it but `p`, which the caller gives up.
@@ -400,8 +416,7 @@ unsafe fn remap(p: *mut u8, size: usize) -> Option<*mut u8> {
 #[cfg_attr(target_env = "musl", unsafe(no_mangle))]
 pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
     if !align.is_power_of_two() {
-        // SAFETY: errno is this thread's own int.
-        unsafe { *libc::__errno_location() = libc::EINVAL };
+        set_errno(libc::EINVAL);
         return null_mut();
     }
     allocate(size, align)
