@@ -127,10 +127,28 @@ impl Registry {
             given: text.to_string(),
             auth,
         };
+        if !reg.plain_http && matches!(reg.auth, RegistryAuth::Basic(..)) {
+            reg.refuse_plain_token_service()?;
+        }
         reg.retry("authenticate", || {
             reg.client.auth(&reg.reference, &reg.auth, op)
         })?;
         Ok(reg)
+    }
+
+    /// Refuses credentials for a registry on HTTPS whose token service is
+    /// on plain HTTP: oci-client would send the user name and password
+    /// there as they are. The service is named in the challenge of
+    /// `GET /v2/`, asked here once more before oci-client asks.
+    fn refuse_plain_token_service(&self) -> Result<()> {
+        let _in_runtime = self.rt.enter();
+        let http = http_client(timeout(300))?;
+        let url = format!("https://{}/v2/", self.reference.resolve_registry());
+        let challenge = self.retry("authenticate", || async {
+            let res = http.get(&url).send().await?;
+            Ok(challenge_of(&res))
+        })?;
+        check_token_service(self.reference.registry(), &challenge)
     }
 
     pub fn reference(&self) -> &Reference {
@@ -589,11 +607,7 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
     let _in_runtime = rt.enter();
     let scheme = if access.plain_http { "http" } else { "https" };
     let url = format!("{scheme}://{registry}/v2/");
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .timeout(timeout(60))
-        .build()
-        .map_err(|e| Error::internal("cannot make an HTTP client").with_source(e))?;
+    let http = http_client(timeout(60))?;
     let unreachable = |e: reqwest::Error| {
         let err = Error::internal(format!(
             "cannot log in to {registry}: the registry cannot be reached"
@@ -607,12 +621,10 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
         // The registry asks for no credentials at all.
         return Ok(false);
     }
-    let challenge = res
-        .headers()
-        .get(reqwest::header::WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let challenge = challenge_of(&res);
+    if !access.plain_http {
+        check_token_service(registry, &challenge)?;
+    }
     if challenge.to_ascii_lowercase().starts_with("bearer") {
         // Token auth: let oci-client do the exchange for a dummy repository.
         let reference = parse_reference(&format!("{registry}/strata-login-check:latest"))?;
@@ -658,5 +670,96 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
     }
 }
 
+/// An HTTP client for strata's own requests, with the connection timeout
+/// of oci-client's and `total` for the whole request.
+fn http_client(total: Duration) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(total)
+        .build()
+        .map_err(|e| Error::internal("cannot make an HTTP client").with_source(e))
+}
+
+/// The `WWW-Authenticate` challenge of an answer ("" when there is none).
+fn challenge_of(res: &reqwest::Response) -> String {
+    res.headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The token service (`realm`) a `Bearer` challenge names, if any.
+fn token_service(challenge: &str) -> Option<String> {
+    http_auth::ChallengeParser::new(challenge)
+        .filter_map(std::result::Result::ok)
+        .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))?
+        .params
+        .into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("realm"))
+        .map(|(_, v)| v.to_unescaped())
+}
+
+/// Refuses a token service on plain HTTP named by a registry reached over
+/// HTTPS: the credentials would cross the network unencrypted, where the
+/// user asked for TLS. Anonymous requests carry nothing secret and are not
+/// checked.
+fn check_token_service(registry: &str, challenge: &str) -> Result<()> {
+    match token_service(challenge) {
+        Some(realm)
+            if realm
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("http://")) =>
+        {
+            Err(Error::invalid(format!(
+                "{registry} is on HTTPS but names a token service on plain HTTP ({}); strata \
+                 does not send credentials there unencrypted",
+                clipped(&realm)
+            ))
+            .with_hint(
+                "the registry's token realm should be an https:// address; pull anonymously \
+                 (without stored credentials) or ask the registry's operator",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What to do when `login` is refused.
 const REFUSED_HINT: &str = "check the user name and the password (or token) given on stdin";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_service_of_a_challenge() {
+        let realm = |c: &str| token_service(c);
+        assert_eq!(
+            realm(r#"Bearer realm="https://auth.example/token",service="reg""#).as_deref(),
+            Some("https://auth.example/token")
+        );
+        // Another scheme first, names in any case, a quoted quote.
+        assert_eq!(
+            realm(r#"Basic realm="reg", bearer REALM="http://a/t\"x",scope="s""#).as_deref(),
+            Some("http://a/t\"x")
+        );
+        assert_eq!(realm(r#"Basic realm="registry""#), None);
+        assert_eq!(realm(""), None);
+        assert_eq!(realm("Bearer service=x"), None);
+    }
+
+    #[test]
+    fn plain_http_token_services_are_refused() {
+        let check = |c: &str| check_token_service("reg.example", c);
+        let err = check(r#"Bearer realm="HTTP://auth.example/token""#).unwrap_err();
+        assert_eq!(err.kind(), crate::store::Kind::Invalid);
+        assert!(
+            err.to_string().contains("HTTP://auth.example/token"),
+            "{err}"
+        );
+        assert!(check(r#"Bearer realm="https://auth.example/token""#).is_ok());
+        assert!(check(r#"Basic realm="http://not-a-token-service""#).is_ok());
+        assert!(check("").is_ok());
+    }
+}

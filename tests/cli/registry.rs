@@ -1598,6 +1598,68 @@ fn tls_with_a_private_ca() {
         .assert_eq(&a.view_tree("base"), "pulled over HTTPS");
 }
 
+/// A registry on HTTPS that names a token service on plain HTTP: credentials are not
+/// sent there (login, push with `-u`, pull with stored credentials are `invalid`, and
+/// the token server never hears of `ci`); an anonymous pull still asks it for a token;
+/// with `--plain-http` on a registry of plain HTTP the same service is used (`token_auth`).
+#[test]
+fn token_service_on_plain_http_under_tls() {
+    let a = setup!("native");
+    let Some(reg) = Registry::start_with(Auth::Token("ci", "s3cret"), true) else {
+        return;
+    };
+    let tokens = reg.token.as_ref().unwrap();
+    let (home, r) = app_with_home(&a, &reg);
+    let cert = reg.cert();
+    let env = [
+        ("HOME", home.to_str().unwrap()),
+        ("SSL_CERT_FILE", cert.to_str().unwrap()),
+    ];
+    let refused = |run: Run| {
+        let run = run.fails_json("invalid");
+        assert!(
+            run.stderr.contains("token service on plain HTTP")
+                && run
+                    .stderr
+                    .contains(&format!("http://127.0.0.1:{}/token", tokens.port)),
+            "{}",
+            run.session()
+        );
+    };
+    let login = ["login", &reg.host(), "-u", "ci", "--password-stdin"];
+    refused(with_env(&a, &login, &env, Some(b"s3cret\n")));
+    assert!(!home.join(".config/containers/auth.json").exists());
+    let push = ["push", "-u", "ci", "--password-stdin", "app", &r];
+    refused(with_env(&a, &push, &env, Some(b"s3cret\n")));
+
+    // Credentials stored by hand (as another tool would) are not sent either.
+    let auth = a.scratch("auth.json");
+    let stored = format!(
+        r#"{{"auths":{{"{}":{{"auth":"Y2k6czNjcmV0"}}}}}}"#,
+        reg.host()
+    );
+    fs::write(&auth, stored).unwrap();
+    let stored_env = [
+        env[0],
+        env[1],
+        ("REGISTRY_AUTH_FILE", auth.to_str().unwrap()),
+    ];
+    refused(with_env(&a, &["pull", &r], &stored_env, None));
+    assert!(
+        !tokens.requests().contains("ci|") && !tokens.requests().contains("?|"),
+        "credentials reached the token service: {}",
+        tokens.requests()
+    );
+
+    // Anonymous: nothing secret to send, so the token is fetched as before.
+    with_env(&a, &["pull", &r], &env, None).fails_json("not_found");
+    assert!(
+        tokens.requests().contains("-|repository:team/app:pull"),
+        "no anonymous token: {}",
+        tokens.requests()
+    );
+}
+
 both_drivers!(
     image_index_picks_the_host_platform,
     interrupted_pull_resumes,
