@@ -717,8 +717,8 @@ fn check_token_service(registry: &str, challenge: &str) -> Result<()> {
                 clipped(&realm)
             ))
             .with_hint(
-                "the registry's token realm should be an https:// address; pull anonymously \
-                 (without stored credentials) or ask the registry's operator",
+                "its token realm should be an https:// address: ask the registry's operator \
+                 (pulls without credentials send nothing secret, and still work)",
             ))
         }
         _ => Ok(()),
