@@ -9,6 +9,8 @@ use serde::Serialize;
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
+mod yaml;
+
 /// Output format for commands that print data.
 #[derive(
     Debug,
@@ -154,7 +156,8 @@ impl Printer {
                 s.push('\n');
                 s
             }
-            Format::Yaml => serde_yaml::to_string(value)
+            Format::Yaml => serde_yaml::to_value(value)
+                .map(|v| yaml::to_string(&v))
                 .map_err(|e| Error::internal("cannot encode YAML").with_source(e))?,
         })
     }
@@ -168,9 +171,11 @@ impl Printer {
             .map_err(|e| Error::io("cannot write to standard output", e))
     }
 
-    /// A note for people on stderr; silent with `--quiet`.
+    /// A note for people on stderr; silent with `--quiet`, and with JSON
+    /// output, where stderr carries only JSON error objects (a script reads
+    /// it line by line: `rm a b c` may report an error after a note).
     pub fn note(&self, text: &str) {
-        if !self.quiet {
+        if !self.quiet && self.format != Format::Json {
             eprintln!("{text}");
         }
     }

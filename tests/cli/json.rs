@@ -217,6 +217,32 @@ fn yaml_parses_back(driver: &str) {
         "{}",
         info.session()
     );
+
+    // Names and labels a YAML 1.1 reader would take for booleans or dates,
+    // and the timestamps, are quoted: they read back as strings everywhere.
+    s.strata(&["prepare", "yes", "base", "--label", "on=2026-01-01"])
+        .success();
+    let run = s.strata(&["ls", "-o", "yaml"]).success();
+    for line in ["- name: \"yes\"", "    \"on\": \"2026-01-01\""] {
+        assert!(run.stdout_lines().contains(&line), "{}", run.session());
+    }
+    assert!(run.stdout.contains("  created: \"20"), "{}", run.session());
+    let pyyaml =
+        "import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin), default=repr))";
+    let listed = s.scratch("ls.yaml");
+    fs::write(&listed, &run.stdout).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-c", pyyaml])
+        .stdin(fs::File::open(&listed).unwrap())
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let want = s.strata(&["ls", "--json"]).success().json();
+            assert_eq!(read, want, "PyYAML read:\n{}", run.stdout);
+        }
+        _ => eprintln!("skipped the YAML 1.1 check: python3 with PyYAML is not installed"),
+    }
 }
 
 /// The directories listed in an overlay mount's `lowerdir=` option.
