@@ -117,6 +117,13 @@ pub fn load(named: Option<&Path>) -> Result<(Option<PathBuf>, File)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
             return Ok((None, File::default()));
         }
+        // A missing input file is `not_found`, as `apply`'s FILE is.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::not_found(format!(
+                "the config file {} does not exist",
+                path.display()
+            )));
+        }
         Err(e) => {
             return Err(Error::invalid(format!(
                 "cannot read the config file {}: {e}",
@@ -137,6 +144,14 @@ pub fn load(named: Option<&Path>) -> Result<(Option<PathBuf>, File)> {
         let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
         Error::invalid(format!("bad config file {}{at} {msg}", path.display()))
     })?;
+    // An empty `--root` is a usage error and an empty STRATA_ROOT counts as
+    // unset; in the file, where nothing else would catch it, it is a bad value.
+    if file.root.as_ref().is_some_and(|r| r.as_os_str().is_empty()) {
+        return Err(Error::invalid(format!(
+            "bad config file {}: `root` is empty (leave it out for the default store)",
+            path.display()
+        )));
+    }
     Ok((Some(path), file))
 }
 

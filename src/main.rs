@@ -162,6 +162,10 @@ fn usage_error(e: clap::Error) -> Status {
     };
     if wants_json() {
         Printer::new(Format::Json, true, 0).error(&Error::new(kind, one_line(&e)));
+    } else if kind == Kind::Invalid {
+        // One line, as every bad value gets; clap's usage lines are for
+        // a bad command line.
+        Printer::new(Format::Table, true, 0).error(&Error::new(kind, one_line(&e)));
     } else {
         let _ = e.print();
     }
@@ -182,31 +186,51 @@ fn one_line(e: &clap::Error) -> String {
 }
 
 /// Whether the raw arguments ask for JSON output, or leave the format to a
-/// config file that does.
+/// config file that does. Options are read as clap reads them: `--output
+/// json`, `--output=json`, `-o json`, `-ojson`, `-o=json`, and `-o` last in
+/// a cluster of `-q` and `-v` (`-qo json`, `-vqojson`); the first one given
+/// counts (a second is itself a usage error).
 fn wants_json() -> bool {
     let args: Vec<OsString> = (strata::argv::args_os().into_iter())
         .skip(1)
         .take_while(|a| a != "--")
         .collect();
-    let value_of = |long: &str, short: Option<&str>| -> Option<&OsStr> {
-        args.iter().enumerate().find_map(|(i, a)| {
-            let a = a.as_bytes();
-            let named = |flag: &str| a == flag.as_bytes();
-            let attached = |prefix: &str| a.strip_prefix(prefix.as_bytes());
-            if named(long) || short.is_some_and(named) {
-                return args.get(i + 1).map(OsString::as_os_str);
+    let (mut json, mut output, mut config) = (false, None, None);
+    let mut rest = args.iter().map(|a| a.as_bytes());
+    while let Some(arg) = rest.next() {
+        let long = |name: &str, rest: &mut dyn Iterator<Item = &[u8]>| {
+            let tail = arg.strip_prefix(name.as_bytes())?;
+            match tail {
+                [] => rest.next().map(<[u8]>::to_vec),
+                [b'=', value @ ..] => Some(value.to_vec()),
+                _ => None,
             }
-            let rest = attached(&format!("{long}="))
-                .or_else(|| short.and_then(|s| attached(&format!("{s}=")).or(attached(s))))?;
-            Some(OsStr::from_bytes(rest))
-        })
-    };
-    if args.iter().any(|a| a == "--json") {
+        };
+        if arg == b"--json" {
+            json = true;
+        } else if let Some(v) = long("--output", &mut rest) {
+            output.get_or_insert(v);
+        } else if let Some(v) = long("--config", &mut rest) {
+            config.get_or_insert(v);
+        } else if let [b'-', flags @ ..] = arg
+            && flags.first().is_some_and(|&c| c != b'-')
+        {
+            let at = flags.iter().position(|&c| c != b'q' && c != b'v');
+            if let Some(at) = at.filter(|&at| flags[at] == b'o') {
+                let value = match &flags[at + 1..] {
+                    [] => rest.next().map(<[u8]>::to_vec),
+                    [b'=', value @ ..] | value => Some(value.to_vec()),
+                };
+                output = output.or(value);
+            }
+        }
+    }
+    if json {
         return true;
     }
-    match value_of("--output", Some("-o")) {
-        Some(format) => format == "json",
-        None => strata::config::load(value_of("--config", None).map(Path::new))
+    match output {
+        Some(format) => format == b"json",
+        None => strata::config::load(config.as_deref().map(|c| Path::new(OsStr::from_bytes(c))))
             .is_ok_and(|(_, file)| file.output == Some(Format::Json)),
     }
 }

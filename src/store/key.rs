@@ -19,7 +19,7 @@ pub fn validate_key(key: &str) -> Result<()> {
     }
     if key.len() > MAX_KEY_LEN {
         return Err(Error::invalid(format!(
-            "invalid key `{}…`: {} bytes is longer than the limit of {MAX_KEY_LEN}",
+            "invalid key `{}`: {} bytes is longer than the limit of {MAX_KEY_LEN}",
             shorten(key),
             key.len()
         )));
@@ -117,7 +117,10 @@ mod tests {
         for bad in ["", "a\nb", "a\tb", "a\0b", "\u{7f}"] {
             assert!(validate_key(bad).is_err(), "{bad:?}");
         }
-        assert!(validate_key(&"k".repeat(1025)).is_err());
+        let long = validate_key(&"k".repeat(1025)).unwrap_err().to_string();
+        // Shortened once: one ellipsis, then the length.
+        assert_eq!(long.matches('…').count(), 1, "{long}");
+        assert!(long.contains("1025 bytes"), "{long}");
     }
 
     #[test]

@@ -130,10 +130,17 @@ fn rm_several_keys_one_failing(driver: &str) {
         .fails_with(5, "ghost");
     assert_eq!(s.names(&[]), ["base", "leaf", "look", "mid"]);
 
-    // With -o json, each failure is one JSON error object (one per line).
+    // With -o json, each failure is one JSON error object (one per line), and
+    // no note for people comes between them (`a` is removed quietly).
+    s.strata(&["prepare", "a"]).success();
     let run = s
-        .strata(&["-o", "json", "rm", "mid", "ghost"])
+        .strata(&["-o", "json", "rm", "mid", "a", "ghost"])
         .fails_with(5, "");
+    assert!(
+        !s.names(&[]).contains(&"a".to_string()),
+        "{}",
+        run.session()
+    );
     let mut kinds: Vec<String> = run
         .stderr
         .lines()

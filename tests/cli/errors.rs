@@ -143,6 +143,28 @@ fn usage_errors() {
     fs::write(&config, "output: json\n").unwrap();
     s.strata(&["--config", config.to_str().unwrap(), "prepare"])
         .fails_json("usage");
+    // `-o` at the end of a cluster of short flags, as clap takes it; and a
+    // flag's `table` beats the file's `json`.
+    for args in [
+        &["-qo", "json", "prepare"][..],
+        &["-qojson", "prepare"],
+        &["-vqo=json", "prepare"],
+        &["--output=json", "prepare"],
+    ] {
+        s.strata(args).fails_json("usage");
+    }
+    let run = s.strata(&[
+        "--config",
+        config.to_str().unwrap(),
+        "-qo",
+        "table",
+        "prepare",
+    ]);
+    assert!(
+        run.code == 2 && run.stderr.starts_with("error:"),
+        "{}",
+        run.session()
+    );
     // An argument that is not UTF-8 is a bad value (keys and labels are
     // UTF-8), reported like any other, not a crash.
     use std::os::unix::ffi::OsStrExt;
@@ -168,6 +190,10 @@ fn usage_errors() {
         if json {
             let v: Value = serde_json::from_str(stderr.trim()).unwrap();
             assert_eq!(v["error"]["kind"], "invalid", "{stderr}");
+        } else {
+            // One line, as every bad value gets; no usage block.
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.starts_with("error: "), "{stderr}");
         }
     }
     // Nothing was created by a command line that does not parse.
@@ -386,6 +412,21 @@ fn init_takes_the_configured_driver() {
         .strata(&["--config", config, "init", "--driver", "native", "--json"])
         .success();
     assert_eq!(run.json()["driver"], "native", "{}", run.session());
+}
+
+/// A named config file that does not exist is `not_found` (as a missing input file
+/// is); an empty `root` in it is `invalid` naming the key. Neither creates the store.
+#[test]
+fn config_file_errors() {
+    let s = Store::uninitialized("none");
+    let missing = s.scratch("nope.yaml");
+    let run = s.fails(&["--config", missing.to_str().unwrap(), "ls"], "not_found");
+    assert!(run.stderr.contains("does not exist"), "{}", run.session());
+    let empty_root = s.scratch("config.yaml");
+    fs::write(&empty_root, "root: \"\"\n").unwrap();
+    let run = s.fails(&["--config", empty_root.to_str().unwrap(), "ls"], "invalid");
+    assert!(run.stderr.contains("`root` is empty"), "{}", run.session());
+    assert!(!s.root.exists(), "a bad config created the store");
 }
 
 #[test]
