@@ -3,7 +3,8 @@
 //! tried up to [`TRIES`] times (0.5 s then 1 s apart) on connection errors,
 //! timeouts, 429 and 5xx answers; untrusted TLS certificates are not
 //! retried. Blobs another repository of the registry has are mounted
-//! (`mount_blob`) rather than uploaded.
+//! (`mount_blob`) rather than uploaded. Manifests are fetched by strata
+//! itself, so that their size is bounded (oci-client reads them whole).
 //!
 //! Errors: a registry that cannot be reached or answers with a server error
 //! is `internal` (with the cause); missing images are `not_found`; refused
@@ -50,6 +51,9 @@ pub struct Registry {
     reference: Reference,
     given: String,
     auth: RegistryAuth,
+    /// The bearer token oci-client got for this repository, if the
+    /// registry wants one: strata's own manifest requests carry it.
+    token: Option<String>,
 }
 
 /// How long a registry may keep strata waiting for a reply: 300 s per read
@@ -118,7 +122,7 @@ impl Registry {
     pub fn open(text: &str, access: &Access, op: RegistryOperation) -> Result<Registry> {
         let reference = parse_reference(text)?;
         let auth = credentials(reference.registry(), access)?;
-        let reg = Registry {
+        let mut reg = Registry {
             rt: runtime()?,
             client: client(access.plain_http, false),
             monolithic: None,
@@ -126,11 +130,12 @@ impl Registry {
             reference,
             given: text.to_string(),
             auth,
+            token: None,
         };
         if !reg.plain_http && matches!(reg.auth, RegistryAuth::Basic(..)) {
             reg.refuse_plain_token_service()?;
         }
-        reg.retry("authenticate", || {
+        reg.token = reg.retry("authenticate", || {
             reg.client.auth(&reg.reference, &reg.auth, op)
         })?;
         Ok(reg)
@@ -153,6 +158,58 @@ impl Registry {
 
     pub fn reference(&self) -> &Reference {
         &self.reference
+    }
+
+    /// GETs the manifest `r` names as oci-client would, but reads at most
+    /// [`super::MAX_SMALL_BLOB`] bytes of it (oci-client reads any length
+    /// whole, so a registry could exhaust memory). The outer error is the
+    /// registry's (retried when transient); the inner one a manifest too
+    /// large, never retried.
+    async fn get_manifest(
+        &self,
+        http: &reqwest::Client,
+        r: &Reference,
+    ) -> std::result::Result<Result<Vec<u8>>, OciDistributionError> {
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            if self.plain_http { "http" } else { "https" },
+            r.resolve_registry(),
+            r.repository(),
+            r.digest().or(r.tag()).unwrap_or("latest")
+        );
+        let mut req = http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+        req = match (&self.token, &self.auth) {
+            (Some(token), _) => req.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => req.basic_auth(user, Some(password)),
+            _ => req,
+        };
+        let mut res = req.send().await?;
+        let status = res.status();
+        // An error's body is only read for its message.
+        let limit = if status.is_success() {
+            super::MAX_SMALL_BLOB
+        } else {
+            64 << 10
+        };
+        let mut body = Vec::new();
+        while let Some(chunk) = res.chunk().await? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                if status.is_success() {
+                    return Ok(Err(Error::invalid(format!(
+                        "the manifest of {} is larger than {} MiB",
+                        self.given,
+                        super::MAX_SMALL_BLOB >> 20
+                    ))
+                    .with_hint(super::NOTHING_COMMITTED)));
+                }
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        registry_answer(status, &body, &url)?;
+        Ok(Ok(body))
     }
 
     /// Runs `f` on the runtime, retrying transient failures.
@@ -497,16 +554,18 @@ impl Source for Registry {
             Some(d) => self.reference.clone_with_digest(d.to_string()),
             None => self.reference.clone(),
         };
-        let (bytes, _) = self.retry("pull", || {
-            self.client.pull_manifest_raw(&r, &self.auth, ACCEPTED)
-        })?;
+        let http = http_client(timeout(300))?;
+        let bytes = match with_retries(|| self.rt.block_on(self.get_manifest(&http, &r))) {
+            Ok(got) => got?,
+            Err((e, tries)) => return Err(self.error("pull", e, tries)),
+        };
         let got = super::sha256(&bytes);
         if let Some(want) = digest.or(self.reference.digest())
             && got != want
         {
             return Err(super::digest_mismatch(&self.given, want, &got));
         }
-        Ok((bytes.to_vec(), got))
+        Ok((bytes, got))
     }
 
     fn blob(&mut self, digest: &str, size: u64, bar: &ProgressBar) -> Result<File> {
@@ -670,11 +729,45 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
     }
 }
 
+/// What an answer's status means, as oci-client judges it (so errors map
+/// alike): 200 is the manifest; 401 unauthorized; another 2xx a spec
+/// violation; a 4xx the registry's error envelope (or its text); anything
+/// else a server error.
+fn registry_answer(
+    status: reqwest::StatusCode,
+    body: &[u8],
+    url: &str,
+) -> std::result::Result<(), OciDistributionError> {
+    let url = url.to_string();
+    let text = || String::from_utf8_lossy(body).to_string();
+    match status.as_u16() {
+        200 => Ok(()),
+        401 => Err(OciDistributionError::UnauthorizedError { url }),
+        code if status.is_success() => Err(OciDistributionError::SpecViolationError(format!(
+            "Expected HTTP Status 200 OK, got {code} instead"
+        ))),
+        code if status.is_client_error() => Err(match serde_json::from_slice(body) {
+            Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
+            Err(_) => OciDistributionError::ServerError {
+                code,
+                url,
+                message: text(),
+            },
+        }),
+        code => Err(OciDistributionError::ServerError {
+            code,
+            url,
+            message: text(),
+        }),
+    }
+}
+
 /// An HTTP client for strata's own requests, with the connection timeout
-/// of oci-client's and `total` for the whole request.
+/// and user agent of oci-client's, and `total` for the whole request.
 fn http_client(total: Duration) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
+        .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
         .timeout(total)
         .build()
         .map_err(|e| Error::internal("cannot make an HTTP client").with_source(e))

@@ -1407,7 +1407,8 @@ impl Drop for FlakyProxy {
 }
 
 /// Reads one request (head and a Content-Length body) and answers 503.
-fn refuse(mut c: TcpStream) {
+/// The head of the request on `c` (request line and headers), lower-cased.
+fn request_head(c: &mut TcpStream) -> String {
     let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -1417,7 +1418,11 @@ fn refuse(mut c: TcpStream) {
             _ => break,
         }
     }
-    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+fn refuse(mut c: TcpStream) {
+    let text = request_head(&mut c);
     let length: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
@@ -1596,6 +1601,43 @@ fn tls_with_a_private_ca() {
     with_env(&b, &["pull", &r, "base"], &env, None).success();
     b.view_tree("base")
         .assert_eq(&a.view_tree("base"), "pulled over HTTPS");
+}
+
+/// A registry whose manifest never ends: pull stops reading at the 64 MiB a manifest
+/// may have (`invalid`, nothing made) instead of reading until memory runs out.
+#[test]
+fn endless_manifest() {
+    let s = setup!("native");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let ok = "HTTP/1.1 200 OK\r\nConnection: close\r\n";
+                if request_head(&mut c).starts_with("get /v2/ ") {
+                    let _ = write!(c, "{ok}Content-Length: 2\r\n\r\n{{}}");
+                    return;
+                }
+                let mt = "application/vnd.oci.image.manifest.v1+json";
+                let _ = write!(c, "{ok}Content-Type: {mt}\r\n\r\n{{\"a\": \"");
+                let chunk = vec![b'x'; 1 << 16];
+                while c.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    let started = Instant::now();
+    let run = s.fails(&["pull", "--plain-http", &format!("{host}/x:y")], "invalid");
+    assert!(
+        run.stderr.contains("larger than 64 MiB"),
+        "{}",
+        run.session()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{}",
+        run.session()
+    );
+    assert_eq!(s.names(&[]), Vec::<String>::new());
 }
 
 /// A registry on HTTPS that names a token service on plain HTTP: credentials are not
