@@ -212,17 +212,11 @@ fn wants_json() -> bool {
             output.get_or_insert(v);
         } else if let Some(v) = long("--config", &mut rest) {
             config.get_or_insert(v);
-        } else if let [b'-', flags @ ..] = arg
-            && flags.first().is_some_and(|&c| c != b'-')
-        {
-            let at = flags.iter().position(|&c| c != b'q' && c != b'v');
-            if let Some(at) = at.filter(|&at| flags[at] == b'o') {
-                let value = match &flags[at + 1..] {
-                    [] => rest.next().map(<[u8]>::to_vec),
-                    [b'=', value @ ..] | value => Some(value.to_vec()),
-                };
-                output = output.or(value);
-            }
+        } else if let Some(cmd::ShortFlags::Output(value)) = cmd::short_flags(arg) {
+            let value = value
+                .map(<[u8]>::to_vec)
+                .or_else(|| rest.next().map(<[u8]>::to_vec));
+            output = output.or(value);
         }
     }
     if json {

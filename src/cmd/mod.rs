@@ -199,24 +199,45 @@ fn subcommand_named(args: &[std::ffi::OsString]) -> Option<&str> {
                 .iter()
                 .any(|p| arg.starts_with(p)) => {}
             _ if arg.starts_with("--") => return None,
-            _ if arg.len() > 1 && arg.starts_with('-') => {
-                // Short flags together: -q, -v, and -o with its value
-                // attached or next.
-                let flags = &arg[1..];
-                match flags.find(|c| c != 'q' && c != 'v') {
-                    None => {}
-                    // `-o` last: its value is the next argument.
-                    Some(i) if &flags[i..] == "o" => {
-                        rest.next()?;
-                    }
-                    Some(i) if flags[i..].starts_with('o') => {}
-                    Some(_) => return None,
+            _ if arg.len() > 1 && arg.starts_with('-') => match short_flags(arg.as_bytes())? {
+                ShortFlags::Output(None) => {
+                    rest.next()?;
                 }
-            }
+                ShortFlags::Flags | ShortFlags::Output(Some(_)) => {}
+            },
             _ => return Some(arg),
         }
     }
     None
+}
+
+/// A cluster of the global short flags, as clap reads it: `-q` and `-v`
+/// in any number, and `-o` last with its value.
+pub enum ShortFlags<'a> {
+    /// Only `-q` and `-v`.
+    Flags,
+    /// `-o` with the value attached (`-ojson`, `-o=json`, `-qojson`), or
+    /// None when the value is the next argument (`-o json`, `-qo json`).
+    Output(Option<&'a [u8]>),
+}
+
+/// What `arg` is as a cluster of global short flags; None when it is none
+/// (a long option, another short one, or not an option).
+pub fn short_flags(arg: &[u8]) -> Option<ShortFlags<'_>> {
+    let [b'-', flags @ ..] = arg else {
+        return None;
+    };
+    if flags.first().is_none_or(|&c| c == b'-') {
+        return None;
+    }
+    match flags.iter().position(|&c| c != b'q' && c != b'v') {
+        None => Some(ShortFlags::Flags),
+        Some(at) if flags[at] == b'o' => Some(ShortFlags::Output(match &flags[at + 1..] {
+            [] => None,
+            [b'=', value @ ..] | value => Some(value),
+        })),
+        Some(_) => None,
+    }
 }
 
 impl<T: clap::Args> clap::Args for Lazy<T> {
