@@ -23,7 +23,9 @@ pub struct File {
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overlay {
-    /// Extra overlay mount options (e.g. `metacopy=on`).
+    /// Extra overlay mount options (e.g. `xino=off`); never `metacopy=on` or
+    /// `redirect_dir=on` (refused: a snapshot's upper directory would not be
+    /// its change).
     #[serde(default)]
     pub mount_options: Vec<String>,
 }
@@ -144,6 +146,17 @@ pub fn load(named: Option<&Path>) -> Result<(Option<PathBuf>, File)> {
         let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
         Error::invalid(format!("bad config file {}{at} {msg}", path.display()))
     })?;
+    if let Some(option) = file.overlay.mount_options.iter().find(|o| {
+        let o = o.trim();
+        o == "metacopy=on" || o == "redirect_dir=on"
+    }) {
+        return Err(Error::invalid(format!(
+            "bad config file {}: overlay.mount_options: `{option}` would leave a changed \
+             file's data or a renamed directory's content in the lower layer, where a \
+             snapshot's own changes (diff, export, push) would miss it",
+            path.display()
+        )));
+    }
     // An empty `--root` is a usage error and an empty STRATA_ROOT counts as
     // unset; in the file, where nothing else would catch it, it is a bad value.
     if file.root.as_ref().is_some_and(|r| r.as_os_str().is_empty()) {

@@ -11,7 +11,7 @@ use crate::store::Result;
 ///   driver: overlay                # driver for new stores: overlay | native
 ///   output: table                  # default output: table | json | yaml
 ///   overlay:
-///     mount_options: [metacopy=on] # extra options for overlay mounts
+///     mount_options: [xino=off]    # extra options for overlay mounts
 ///
 /// Examples:
 ///   strata config

@@ -110,10 +110,20 @@ impl Driver {
 /// `index=off` where the kernel has that parameter (as containerd does, so
 /// a layer can be mounted in several overlays at once), `userxattr` inside a
 /// user namespace, then the configured extras; a configured `index=` wins.
+/// Where the kernel turns `metacopy` or `redirect_dir` on by default, they
+/// are turned off: with them a changed file's data or a renamed directory's
+/// content stays in the lower layer, and a snapshot's upper directory is no
+/// longer its change (`diff` reads it as one; see [`crate::config`], which
+/// refuses them as extras).
 fn overlay_base_options(extra: &[String]) -> Vec<String> {
     let mut options = Vec::new();
     if mount::overlay_has_index_param() && !extra.iter().any(|o| o.starts_with("index=")) {
         options.push("index=off".to_string());
+    }
+    for feature in ["metacopy", "redirect_dir"] {
+        if mount::overlay_param_on(feature) {
+            options.push(format!("{feature}=off"));
+        }
     }
     if mount::in_user_namespace() && !extra.iter().any(|o| o == "userxattr") {
         options.push("userxattr".to_string());

@@ -55,6 +55,9 @@ fn as_expected(name: &str, d: &Digests, want: &Expected) -> Result<()> {
 fn layer_error(name: &str, e: LayerError) -> Error {
     match e {
         LayerError::Invalid(msg) => Error::invalid(format!("cannot apply `{name}`: {msg}")),
+        LayerError::Precondition(msg) => {
+            Error::precondition(format!("cannot apply `{name}`: {msg}"))
+        }
         LayerError::Io { what, source } => {
             Error::io(format!("cannot apply `{name}`: {what}"), source)
         }
@@ -148,6 +151,12 @@ impl Store {
                 |e| match e {
                     LayerError::Invalid(msg) => {
                         Error::invalid(format!("cannot diff `{key}`: {msg}"))
+                    }
+                    LayerError::Precondition(msg) => {
+                        Error::precondition(format!("cannot diff `{key}`: {msg}")).with_hint(
+                            "strata's own mounts never turn metacopy or redirect_dir on; \
+                             mount snapshots by hand without them",
+                        )
                     }
                     LayerError::Io { what, source } => {
                         Error::io(format!("cannot diff `{key}`: {what}"), source)

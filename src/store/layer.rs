@@ -135,7 +135,11 @@
 //!   survives. Directory sizes are never compared (they depend on history).
 //! * `Upper` assumes overlay mounts without `redirect_dir` and `metacopy`
 //!   (strata's): an upper entry is taken as it is, char 0/0 devices and
-//!   `opaque=y` directories being the only overlay markers read.
+//!   `opaque=y` directories being the only overlay markers read. A redirect
+//!   (a renamed directory whose content stayed below; refused before a byte
+//!   is written) or a metacopy (a file whose data stayed below; refused when
+//!   its turn comes, where its xattrs are read anyway) is an error, not an
+//!   empty directory or a file of zeros.
 //! * gzip: level 6, no name, mtime 0, OS byte 255. zstd: level 3 with
 //!   frame checksums. Sockets are skipped; a file that shrinks while being
 //!   read is an error, one that grows is cut at the size in its header.
@@ -164,6 +168,11 @@ pub enum LayerError {
     /// `invalid` (exit 6). The message names the entry.
     #[error("{0}")]
     Invalid(String),
+    /// A change set that cannot be read as asked: an overlay upper
+    /// directory left by a mount with `metacopy` or `redirect_dir`
+    /// (`failed_precondition`).
+    #[error("{0}")]
+    Precondition(String),
     /// I/O failure on our side (disk full, permission…): `internal`.
     #[error("{what}: {source}")]
     Io {
@@ -3247,21 +3256,96 @@ fn is_whiteout_dev(md: &Metadata) -> bool {
     md.file_type().is_char_device() && md.rdev() == 0
 }
 
+#[cfg(test)]
 fn is_opaque(p: &Path) -> Result<bool> {
-    let p = reach(p)?;
-    let mut buf = [0u8; 4];
-    Ok([c"trusted.overlay.opaque", c"user.overlay.opaque"]
-        .iter()
-        .any(
-            |name| matches!(rustix::fs::lgetxattr(&*p, *name, &mut buf[..]), Ok(1) if buf[0] == b'y'),
-        ))
+    Ok(overlay_marks(p)?.opaque)
+}
+
+/// What overlayfs left on an upper entry, from one listing of its xattrs.
+#[derive(Default)]
+struct OverlayMarks {
+    /// `opaque=y`: the directory hides what is below it.
+    opaque: bool,
+    /// A redirect (`redirect_dir=on`): a renamed directory whose content is
+    /// still below, under its old name.
+    redirect: bool,
+}
+
+fn overlay_marks(p: &Path) -> Result<OverlayMarks> {
+    let at = reach(p)?;
+    let list = match xattr_call(|b| rustix::fs::llistxattr(&*at, b)) {
+        Ok(list) => list,
+        Err(Errno::NOTSUP) => return Ok(OverlayMarks::default()),
+        Err(e) => {
+            return Err(io_err(
+                format!("cannot list the xattrs of {}", p.display()),
+                e,
+            ));
+        }
+    };
+    let mut marks = OverlayMarks::default();
+    for name in list.split(|b| *b == 0) {
+        let Some(mark) = name
+            .strip_prefix(b"trusted.overlay.")
+            .or_else(|| name.strip_prefix(b"user.overlay."))
+        else {
+            continue;
+        };
+        match mark {
+            b"redirect" => marks.redirect = true,
+            b"opaque" => {
+                let mut v = [0u8; 4];
+                let name = cstr(name);
+                marks.opaque |= matches!(
+                    rustix::fs::lgetxattr(&*at, name.as_c_str(), &mut v[..]),
+                    Ok(1) if v[0] == b'y'
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(marks)
+}
+
+/// Refuses an upper entry that is not the change it looks like: a
+/// directory renamed with `redirect_dir=on` (its content is still below,
+/// under the old name) or a file changed with `metacopy=on` (its data is
+/// still below). Written as they are, they would be an empty directory and
+/// a file of zeros.
+fn left_below(rel: &[u8], option: &str) -> LayerError {
+    LayerError::Precondition(format!(
+        "`{}` in its upper directory was left by an overlay mount with {option}=on: \
+         its {} is still in a lower layer, so the upper directory is not the \
+         snapshot's change",
+        show(rel),
+        if option == "metacopy" {
+            "data"
+        } else {
+            "content"
+        }
+    ))
+}
+
+/// The opaque marker an upper directory adds, if any, after refusing a
+/// redirected one ([`left_below`]). Files are checked for a metacopy where
+/// their xattrs are read anyway ([`TarWriter::node`]).
+fn upper_dir_marker(p: &Path, rel: &[u8]) -> Result<Option<Item>> {
+    let marks = overlay_marks(p)?;
+    if marks.redirect {
+        return Err(left_below(rel, "redirect_dir"));
+    }
+    Ok(marks.opaque.then(|| {
+        Item::Marker(if rel == b"." {
+            OPAQUE_MARKER.to_vec()
+        } else {
+            join(rel, OPAQUE_MARKER)
+        })
+    }))
 }
 
 fn walk_upper(upper: &Path) -> Result<Vec<Item>> {
     let mut items = Vec::new();
-    if is_opaque(upper)? {
-        items.push(Item::Marker(OPAQUE_MARKER.to_vec()));
-    }
+    items.extend(upper_dir_marker(upper, b".")?);
     let mut stack = vec![(Vec::new(), upper.to_path_buf())];
     while let Some((rel, dir)) = stack.pop() {
         for name in sorted_names(&dir)? {
@@ -3279,9 +3363,7 @@ fn walk_upper(upper: &Path) -> Result<Vec<Item>> {
                 continue;
             }
             if md.is_dir() {
-                if is_opaque(&path)? {
-                    items.push(Item::Marker(join(&crel, OPAQUE_MARKER)));
-                }
+                items.extend(upper_dir_marker(&path, &crel)?);
                 stack.push((crel.clone(), path.clone()));
             }
             items.push(Item::Node(crel, md));
@@ -3310,10 +3392,16 @@ fn xattr_call(
 
 /// Non-overlay xattrs of `p`, sorted by name.
 fn xattrs_of(p: &Path) -> Result<Pairs> {
+    Ok(xattrs_listed(p)?.0)
+}
+
+/// Non-overlay xattrs of `p`, sorted by name, and whether overlay's
+/// `metacopy` is among the others.
+fn xattrs_listed(p: &Path) -> Result<(Pairs, bool)> {
     let at = reach(p)?;
     let list = match xattr_call(|b| rustix::fs::llistxattr(&*at, b)) {
         Ok(list) => list,
-        Err(Errno::NOTSUP) => Vec::new(),
+        Err(Errno::NOTSUP) => return Ok((Vec::new(), false)),
         Err(e) => {
             return Err(io_err(
                 format!("cannot list the xattrs of {}", p.display()),
@@ -3321,9 +3409,10 @@ fn xattrs_of(p: &Path) -> Result<Pairs> {
             ));
         }
     };
-    let mut out = Vec::new();
+    let (mut out, mut metacopy) = (Vec::new(), false);
     for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         if is_overlay_xattr(name) {
+            metacopy |= name.ends_with(b".overlay.metacopy");
             continue;
         }
         let cname = cstr(name);
@@ -3340,7 +3429,7 @@ fn xattrs_of(p: &Path) -> Result<Pairs> {
         }
     }
     out.sort();
-    Ok(out)
+    Ok((out, metacopy))
 }
 
 /// Non-overlay xattrs of an open file, sorted by name.
@@ -3579,6 +3668,8 @@ struct TarWriter<'a, 'p> {
     reported: u64,
     epoch: Option<i64>,
     buf: Vec<u8>,
+    /// Writing an overlay upper directory: a metacopy file is refused.
+    from_upper: bool,
 }
 
 const USTAR_MAX_ID: u64 = 0o7777777;
@@ -3765,7 +3856,10 @@ impl TarWriter<'_, '_> {
         first_link: Option<&[u8]>,
     ) -> Result<()> {
         let ft = md.file_type();
-        let xattrs = xattrs_of(path)?;
+        let (xattrs, metacopy) = xattrs_listed(path)?;
+        if metacopy && self.from_upper && ft.is_file() {
+            return Err(left_below(rel, "metacopy"));
+        }
         let mut head = EntryHead {
             path: rel,
             kind: b'0',
@@ -3854,6 +3948,7 @@ pub fn write(
     source_date_epoch: Option<i64>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Digests> {
+    let from_upper = matches!(changes, Changes::Upper(_));
     let (mut items, tree) = match changes {
         Changes::Upper(upper) => (walk_upper(upper)?, upper),
         Changes::Compare { old, new } => (walk_compare(old, new)?, new),
@@ -3894,6 +3989,7 @@ pub fn write(
         reported: 0,
         epoch: source_date_epoch,
         buf: vec![0u8; COPY_BUF],
+        from_upper,
     };
     let mut first: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     for item in &items {
@@ -4371,6 +4467,53 @@ mod tests {
         chmod(&lower.join("etc"), 0o750);
         std::fs::create_dir_all(lower.join("gone/deeper")).unwrap();
         std::fs::write(lower.join("gone/deeper/f"), b"f").unwrap();
+    }
+
+    /// An upper directory left by a mount with metacopy=on or redirect_dir=on
+    /// holds a file without its data and a renamed directory without its
+    /// content: refused, instead of written as zeros and an empty directory.
+    #[test]
+    fn metacopy_and_redirect_uppers_are_refused() {
+        need_root!();
+        for (options, change, left) in [
+            ("metacopy=on", "chown 5:5 file", "`file`"),
+            ("redirect_dir=on", "mv dir moved", "`moved`"),
+        ] {
+            let t = tmp();
+            let [lower, upper, work, merged] =
+                <[PathBuf; 4]>::try_from(mkdirs(t.path(), &["lower", "upper", "work", "merged"]))
+                    .unwrap();
+            build_lower(&lower);
+            sh(&format!(
+                "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={},{options} {}",
+                lower.display(),
+                upper.display(),
+                work.display(),
+                merged.display()
+            ));
+            let changed = std::process::Command::new("sh")
+                .args(["-c", &format!("cd {} && {change}", merged.display())])
+                .status();
+            sh(&format!("umount {}", merged.display()));
+            assert!(changed.unwrap().success(), "{change}");
+            let mut out = Vec::new();
+            let err = write(
+                Changes::Upper(&upper),
+                &mut out,
+                Compression::None,
+                None,
+                &mut |_| {},
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{options}: the upper was taken as the change"));
+            let text = err.to_string();
+            assert!(matches!(err, LayerError::Precondition(_)), "{text}");
+            assert!(text.contains(left) && text.contains(options), "{text}");
+            // A redirect is found by the walk, before anything is written.
+            if options.starts_with("redirect") {
+                assert!(out.is_empty(), "{options}: {} bytes written", out.len());
+            }
+        }
     }
 
     #[test]

@@ -199,6 +199,14 @@ pub fn overlay_has_index_param() -> bool {
     Path::new("/sys/module/overlay/parameters/index").exists()
 }
 
+/// Whether the overlay module's parameter `name` (a boolean such as
+/// `metacopy` or `redirect_dir`, the default of the mount option of that
+/// name) is on.
+pub fn overlay_param_on(name: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/module/overlay/parameters/{name}"))
+        .is_ok_and(|v| v.trim() == "Y")
+}
+
 /// True when this process runs in a non-initial user namespace (the initial
 /// one maps the full range: /proc/self/uid_map is `0 0 4294967295`).
 pub fn in_user_namespace() -> bool {

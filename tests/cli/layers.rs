@@ -494,6 +494,67 @@ fn python_tar(out: &Path, body: &str) {
     assert!(ok, "python3 tarfile failed:\n{script}");
 }
 
+/// An active mounted by hand with `metacopy=on,redirect_dir=on` (strata's own mounts
+/// never are): a chown'd file's data and a renamed directory's content stay in the
+/// parent, so its upper directory is not its change. `diff` refuses it
+/// (`failed_precondition`, no output file) instead of writing zeros and an empty
+/// directory; the mounted tree was right all along.
+#[test]
+fn diff_refuses_an_upper_left_by_metacopy_or_redirects() {
+    let s = setup!("overlay");
+    s.layer(
+        "base",
+        None,
+        &[
+            file("f", "important data\n", 0o644),
+            dir("dir", 0o755),
+            file("dir/q", "q\n", 0o644),
+        ],
+    );
+    for (key, option, change) in [
+        ("meta", "metacopy=on", "chown 5:5 f"),
+        ("moved", "redirect_dir=on", "mv dir renamed"),
+    ] {
+        s.strata(&["prepare", key, "base"]).success();
+        let mounts = s.strata(&["mounts", "--json", key]).success().json();
+        let mut options: Vec<&str> = mounts[0]["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .collect();
+        options.push(option);
+        let target = s.scratch_dir("by-hand");
+        let guard = MountGuard::new(&target);
+        let mounted = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options.join(",")])
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount -o {}", options.join(","));
+        let changed = Command::new("sh")
+            .args(["-c", change])
+            .current_dir(&target)
+            .status()
+            .unwrap();
+        assert!(changed.success(), "{change}");
+        drop(guard);
+        s.strata(&["commit", &format!("{key}-c"), key]).success();
+        let out = s.scratch("layer.tar");
+        let run = s.fails(
+            &[
+                "diff",
+                &format!("{key}-c"),
+                "--output-file",
+                out.to_str().unwrap(),
+            ],
+            "failed_precondition",
+        );
+        assert!(run.stderr.contains(option), "{}", run.session());
+        assert!(!out.exists(), "a refused diff left {}", out.display());
+    }
+}
+
 #[test]
 fn hostile_layers_are_refused_with_nothing_left() {
     for driver in ["overlay", "native"] {

@@ -446,7 +446,7 @@ fn overlay_mount_options_come_from_the_config_file() {
     store.layer("app", Some("base"), &[file("g", "y", 0o644)]);
     let config = write_config(
         &store,
-        "overlay:\n  mount_options: [\"metacopy=on\", \"index=on\"]\n",
+        "overlay:\n  mount_options: [\"xino=off\", \"index=on\"]\n",
     );
     let config = config.to_str().unwrap();
     store.strata(&["prepare", "p", "app"]).success();
@@ -464,7 +464,7 @@ fn overlay_mount_options_come_from_the_config_file() {
             .collect()
     };
     let overlay = opts("p");
-    assert!(overlay.contains(&"metacopy=on".to_string()), "{overlay:?}");
+    assert!(overlay.contains(&"xino=off".to_string()), "{overlay:?}");
     assert!(overlay.contains(&"index=on".to_string()), "{overlay:?}");
     assert!(
         !overlay.contains(&"index=off".to_string()),
@@ -482,6 +482,13 @@ fn overlay_mount_options_come_from_the_config_file() {
     let bad = write_config(&store, "overlay:\n  mount_option: [x]\n");
     let run = store.fails(&["--config", bad.to_str().unwrap(), "ls"], "invalid");
     assert!(run.stderr.contains("mount_option"), "{}", run.stderr);
+    // With these an upper directory is no longer a snapshot's change (a
+    // file's data, a renamed directory's content stay below): refused.
+    for option in ["metacopy=on", "redirect_dir=on"] {
+        let bad = write_config(&store, &format!("overlay:\n  mount_options: [{option}]\n"));
+        let run = store.fails(&["--config", bad.to_str().unwrap(), "ls"], "invalid");
+        assert!(run.stderr.contains(option), "{}", run.stderr);
+    }
 }
 
 /// `unshare --user --map-root-user --mount`: overlay in a user namespace,
