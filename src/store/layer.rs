@@ -866,8 +866,7 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
                 };
                 m.uid = m.header.uid().map_err(|e| bad("uid", &e))?;
                 m.gid = m.header.gid().map_err(|e| bad("gid", &e))?;
-                let mtime = m.header.mtime().map_err(|e| bad("mtime", &e))?;
-                m.mtime.tv_sec = i64::try_from(mtime).unwrap_or(i64::MAX);
+                m.mtime.tv_sec = header_mtime(&m.header).map_err(|e| bad("mtime", &e))?;
                 for (k, v) in pax.take().unwrap_or_default() {
                     let name = show(&m.path);
                     let bad_pax = || {
@@ -908,6 +907,26 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
             }
         }
     }
+}
+
+/// A header's mtime as a signed number of seconds. GNU tar writes a time
+/// before 1970 in base-256 as a negative two's-complement number (first
+/// byte 0xff), which the tar crate reads as a huge unsigned one; Go's
+/// archive/tar (containerd) reads it signed, as here. A value no `i64`
+/// holds is an error, not a clamped time.
+fn header_mtime(h: &tar::Header) -> io::Result<i64> {
+    let raw = &h.as_old().mtime;
+    if raw[0] == 0xff {
+        // 96 bits of two's complement: an i64 when the top 32 are all ones
+        // and the next bit is one too.
+        let (top, low) = raw.split_at(4);
+        if top.iter().all(|&b| b == 0xff) && low[0] & 0x80 != 0 {
+            let low: [u8; 8] = low.try_into().expect("8 bytes");
+            return Ok(i64::from_be_bytes(low));
+        }
+        return Err(io::Error::other("a negative time out of range"));
+    }
+    i64::try_from(h.mtime()?).map_err(|_| io::Error::other("a time out of range"))
 }
 
 /// Adds `ctx` to an Invalid message.
@@ -3781,6 +3800,15 @@ impl TarWriter<'_, '_> {
             records.push((b"mtime".to_vec(), t.into_bytes()));
         }
         for (k, v) in h.xattrs {
+            // A PAX keyword ends at its first `=`: every reader would take
+            // the rest of such a name as the value (Go's writer refuses it).
+            if k.contains(&b'=') {
+                return Err(invalid(format!(
+                    "`{}` has an xattr whose name holds `=` (`{}`), which a layer cannot carry",
+                    show(h.path),
+                    show(k)
+                )));
+            }
             records.push(([XATTR_PAX_PREFIX, k].concat(), v.clone()));
         }
         records.sort();
@@ -4897,6 +4925,61 @@ mod tests {
 
     fn delete() -> ApplyOptions {
         opts(Whiteouts::Delete)
+    }
+
+    /// GNU tar's base-256 times: before 1970 negative (as Go reads them), after
+    /// 2242 (past octal's 11 digits) positive; one no i64 holds is refused.
+    #[test]
+    fn base_256_times() {
+        let with_mtime = |field: [u8; 12]| {
+            let mut data = raw(b"f", b'0', b"x", b"");
+            let mut h = tar::Header::new_gnu();
+            h.as_mut_bytes().copy_from_slice(&data[..512]);
+            h.as_old_mut().mtime = field;
+            h.set_cksum();
+            data[..512].copy_from_slice(h.as_bytes());
+            data
+        };
+        let base_256 = |v: i64| {
+            let mut field = if v < 0 { [0xff; 12] } else { [0; 12] };
+            field[4..].copy_from_slice(&v.to_be_bytes());
+            field[0] |= 0x80;
+            field
+        };
+        for when in [-315_619_200, -1, 10_000_000_000] {
+            let j = jail();
+            apply_vec(&with_mtime(base_256(when)), &j.dest, &delete()).unwrap();
+            let md = std::fs::symlink_metadata(j.dest.join("f")).unwrap();
+            assert_eq!(md.mtime(), when);
+        }
+        let mut beyond = [0xff; 12];
+        beyond[3] = 0x7f;
+        jail().refuse(&with_mtime(beyond), &delete(), "bad mtime");
+    }
+
+    /// An xattr name with `=` would come back as another xattr (`user.k` =
+    /// `v=val`): refused with the file named, not written.
+    #[test]
+    fn xattr_names_with_equals_are_refused() {
+        let t = tmp();
+        let f = t.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        let name = CString::new("user.k=v").unwrap();
+        if let Err(e) = rustix::fs::lsetxattr(&f, &name, b"val", XattrFlags::empty()) {
+            eprintln!("skipped: no user xattrs here ({e})");
+            return;
+        }
+        let mut out = Vec::new();
+        let changes = Changes::Compare {
+            old: None,
+            new: t.path(),
+        };
+        match write(changes, &mut out, Compression::None, None, &mut |_| {}) {
+            Err(LayerError::Invalid(msg)) => {
+                assert!(msg.contains("`f`") && msg.contains("user.k=v"), "{msg}")
+            }
+            other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
+        }
     }
 
     #[test]
