@@ -215,6 +215,14 @@ impl Index {
     pub fn open_guarded(path: &Path, snapshots: &Path) -> Result<Index> {
         let existing = rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
         let index = match Index::open_with(path, existing) {
+            // SQLite retries a failed read-write open read-only, also when
+            // the file was missing and another process made it between the
+            // two tries: reopen what it made, read-write (audit: first use
+            // of a new store by several commands failed now and then with
+            // "attempt to write a readonly database").
+            Ok(index) if index.conn.is_readonly(rusqlite::MAIN_DB)? => {
+                Index::open_with(path, existing)?
+            }
             Ok(index) => index,
             Err(_) if !path.exists() => {
                 refuse_lost_index(path, snapshots)?;

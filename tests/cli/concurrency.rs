@@ -393,6 +393,37 @@ fn init_races_for_the_driver() {
     }
 }
 
+/// Several commands making a new store at once (no `init`): every one succeeds. The
+/// index is created by one of them while the others open it; SQLite's read-only
+/// fallback once turned a racer's connection read-only (1 round in 40 failed).
+#[test]
+fn first_use_races() {
+    for round in 0..40 {
+        let store = Store::uninitialized("none");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(5));
+        let handles: Vec<_> = (0..5)
+            .map(|i| {
+                let root = store.root.clone();
+                let args = if i == 4 {
+                    s(&["ls"])
+                } else {
+                    s(&["prepare", &format!("k{i}")])
+                };
+                let start = start.clone();
+                thread::spawn(move || {
+                    start.wait();
+                    run(&root, &args)
+                })
+            })
+            .collect();
+        for out in handles.into_iter().map(|h| h.join().unwrap()) {
+            assert_eq!(code(&out), 0, "round {round}: {out:?}");
+        }
+        let names = store.names(&[]);
+        assert_eq!(names, ["k0", "k1", "k2", "k3"], "round {round}");
+    }
+}
+
 /// Two overlays on one upper directory are undefined behaviour, so an
 /// active overlay snapshot is mounted once; a view (and a bind) any number
 /// of times.
