@@ -9,7 +9,8 @@
 //! to FILE, so a test can discover the points of an operation and then
 //! crash at each in turn. `STRATA_PAUSE_AT=NAME` with `STRATA_PAUSE_FILE=F`
 //! creates F at the point NAME and waits (at most a minute) until F is
-//! removed, so a test can run another command exactly there.
+//! removed, so a test can run another command exactly there (the first
+//! time the process reaches it).
 
 #[cfg(any(debug_assertions, feature = "fault-injection"))]
 pub fn point(name: &str) {
@@ -22,8 +23,12 @@ pub fn point(name: &str) {
     {
         let _ = writeln!(f, "{name}");
     }
+    // Once per process: an operation that starts over (`rm -r`) passes the
+    // point again, where the test has nothing more to do.
+    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if std::env::var_os("STRATA_PAUSE_AT").is_some_and(|at| at == name)
         && let Some(file) = std::env::var_os("STRATA_PAUSE_FILE")
+        && !PAUSED.swap(true, std::sync::atomic::Ordering::Relaxed)
     {
         let file = std::path::Path::new(&file);
         let _ = std::fs::write(file, name);

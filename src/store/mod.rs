@@ -898,7 +898,24 @@ impl Store {
 
     /// Removes `key`; with `recursive` its whole subtree (leaves first);
     /// with `force` unmounting what is mounted. Returns removed names.
+    ///
+    /// The subtree is read before its snapshots are locked, so a child made
+    /// or committed under it in between shows only under the write lock:
+    /// `rm -r` then starts over with the subtree as it is now (audit: it
+    /// failed with "has 1 child … use rm -r", or said a child it had just
+    /// seen committed was removed). A few times; then what changed is said.
     pub fn remove(&mut self, key: &str, recursive: bool, force: bool) -> Result<Vec<String>> {
+        let mut tries = 1;
+        loop {
+            match self.remove_once(key, recursive, force)? {
+                Removal::Done(names) => return Ok(names),
+                Removal::Changed(e) if !recursive || tries == 5 => return Err(e),
+                Removal::Changed(_) => tries += 1,
+            }
+        }
+    }
+
+    fn remove_once(&mut self, key: &str, recursive: bool, force: bool) -> Result<Removal> {
         let (rows, records) = {
             let tx = self.index.read()?;
             let row = existing(&tx, key)?;
@@ -913,6 +930,7 @@ impl Store {
             };
             (rows, index::mounts(&tx)?)
         };
+        crash::point("rm:read");
         let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
         let _locks = self.lock_all(&rows)?;
         let mounted: Vec<MountRecord> = self
@@ -947,11 +965,17 @@ impl Store {
         for row in &rows {
             match index::find_id(&tx, row.id)? {
                 Some(now) if now.name == row.name => {}
-                _ => {
-                    return Err(Error::not_found(format!(
+                Some(now) => {
+                    return Ok(Removal::Changed(Error::not_found(format!(
+                        "snapshot `{}` was committed as `{}` by another process",
+                        row.name, now.name
+                    ))));
+                }
+                None => {
+                    return Ok(Removal::Changed(Error::not_found(format!(
                         "snapshot `{}` was removed by another process",
                         row.name
-                    )));
+                    ))));
                 }
             }
             let children: Vec<String> = index::children(&tx, row.id)?;
@@ -960,7 +984,7 @@ impl Store {
                 .filter(|c| !rows.iter().any(|r| &r.name == c))
                 .collect();
             if !outside.is_empty() {
-                return Err(has_children(&row.name, &outside));
+                return Ok(Removal::Changed(has_children(&row.name, &outside)));
             }
             if let Some(target) = index::mounted_at(&tx, row.id)? {
                 return Err(mounted_meanwhile(&row.name, &target));
@@ -979,7 +1003,7 @@ impl Store {
             })?;
             crash::point("rm:files-deleted");
         }
-        Ok(rows.into_iter().map(|r| r.name).collect())
+        Ok(Removal::Done(rows.into_iter().map(|r| r.name).collect()))
     }
 
     /// Every snapshot, in byte order of names.
@@ -1196,6 +1220,15 @@ fn mounted_by_id(records: &[MountRecord]) -> HashMap<i64, Vec<String>> {
 
 fn exists(key: &str) -> Error {
     Error::already_exists(format!("snapshot `{key}` already exists"))
+}
+
+/// How one attempt of [`Store::remove`] ended.
+enum Removal {
+    /// The snapshots removed.
+    Done(Vec<String>),
+    /// The subtree changed between its reading and the write lock: the
+    /// error to give if it is not read again.
+    Changed(Error),
 }
 
 fn has_children(key: &str, children: &[String]) -> Error {

@@ -340,6 +340,26 @@ fn remove_then_commit(driver: &str) {
     store.strata(&["check"]).success();
 }
 
+/// `rm -r` reads the subtree before it locks it. A child made under it, or a child
+/// committed (renamed) there, in between goes with the rest: `rm -r` starts over
+/// with the subtree as it is, instead of "has 1 child: use rm -r" or "removed by
+/// another process".
+fn rm_r_with_the_subtree_changing(driver: &str) {
+    let store = setup!(driver);
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    store.strata(&["prepare", "act", "base"]).success();
+    for racer in [&["prepare", "late", "base"][..], &["commit", "done", "act"]] {
+        let rm = Paused::start(&store, &["rm", "-r", "base"], "rm:read");
+        store.strata(racer).success();
+        let rm = rm.resume();
+        assert_eq!(code(&rm), 0, "{racer:?}: {rm:?}");
+        assert!(store.names(&[]).is_empty(), "{racer:?}");
+        store.strata(&["check"]).success();
+        store.layer("base", None, &[file("f", "x", 0o644)]);
+        store.strata(&["prepare", "act", "base"]).success();
+    }
+}
+
 /// A diff whose snapshot an `rm` deletes under it (reading takes no lock)
 /// reports the snapshot gone (`not_found`), not a failed read.
 fn remove_during_diff(driver: &str) {
@@ -565,6 +585,7 @@ both_drivers!(
     remove_then_mount,
     remove_then_commit,
     remove_during_diff,
+    rm_r_with_the_subtree_changing,
     second_mount,
     check_during_each_step,
     check_alongside_writers
