@@ -111,10 +111,16 @@ struct MountEntry {
     /// id to the next mount, so an id alone does not name one mount.
     id: u64,
     point: PathBuf,
-    /// File system type, source and root within it: with the id and the
-    /// point, this tells strata's overlay or bind from another file system
-    /// mounted later at the same place under the same (reused) id.
+    /// File system type, source and root within it, and for an overlay its
+    /// super options (its layers): with the id and the point, this tells
+    /// strata's overlay or bind from another file system mounted later at
+    /// the same place under the same (reused) id. Every overlay is
+    /// `overlay overlay /` without its layers (audit: a user's overlay
+    /// mounted where strata's had been, under its freed id, was taken for
+    /// strata's and unmounted by `rm -f`).
     identity: String,
+    /// The identity records made before the layers were part of it give.
+    legacy: String,
     /// The directory of its file system that it shows (field 4).
     root: PathBuf,
     /// An overlay's upper directory (from its super options).
@@ -135,7 +141,7 @@ impl MountTable {
         self.mounts.iter().any(|m| {
             m.point == point
                 && id.is_none_or(|id| id == m.id)
-                && identity.is_none_or(|i| i == m.identity)
+                && identity.is_none_or(|i| i == m.identity || i == m.legacy)
         })
     }
 
@@ -1121,17 +1127,22 @@ fn parse_mountinfo(data: &[u8]) -> Vec<MountEntry> {
             // Optional fields end at "-", then type and source.
             let dash = fields.iter().position(|f| *f == b"-")?;
             let (fstype, source) = (fields.get(dash + 1)?, fields.get(dash + 2)?);
-            let identity = [*fstype, *source, *root]
+            let legacy = [*fstype, *source, *root]
                 .map(String::from_utf8_lossy)
                 .join(" ");
-            let upper = (*fstype == b"overlay")
+            let overlay_options = (*fstype == b"overlay")
                 .then(|| fields.get(dash + 3))
-                .flatten()
-                .and_then(|options| upper_dir(options));
+                .flatten();
+            let identity = match overlay_options {
+                Some(options) => format!("{legacy} {}", String::from_utf8_lossy(options)),
+                None => legacy.clone(),
+            };
+            let upper = overlay_options.and_then(|options| upper_dir(options));
             (point.first() == Some(&b'/')).then(|| MountEntry {
                 id,
                 point: path_of(point),
                 identity,
+                legacy,
                 root: path_of(unescape_octal(root)),
                 upper,
             })
@@ -1852,6 +1863,20 @@ mod tests {
         );
         assert_eq!(table.identity(22), Some("ext4 /dev/sda1 /"));
         assert_eq!(table.mounts.len(), 3);
+
+        // Overlays differ by their layers: another overlay under the same
+        // (reused) id at the same place is not strata's. A record made
+        // before the layers were part of the identity still matches.
+        let info = b"50 22 0:45 / /m rw - overlay overlay rw,lowerdir=/a,upperdir=/u,workdir=/w\n";
+        let table = MountTable {
+            mounts: parse_mountinfo(info),
+        };
+        let ours = "overlay overlay / rw,lowerdir=/a,upperdir=/u,workdir=/w";
+        assert_eq!(table.identity(50), Some(ours));
+        assert!(table.has(Some(50), Some(ours), Path::new("/m")));
+        assert!(table.has(Some(50), Some("overlay overlay /"), Path::new("/m")));
+        let theirs = "overlay overlay / ro,lowerdir=/mine:/other";
+        assert!(!table.has(Some(50), Some(theirs), Path::new("/m")));
     }
 
     #[test]

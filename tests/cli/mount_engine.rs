@@ -237,6 +237,37 @@ fn tmpfs_at(target: &Path) {
     fs::write(target.join("precious"), "mine").unwrap();
 }
 
+/// An overlay of the user's own, mounted where strata's overlay was (unmounted by
+/// hand), usually gets the freed mount id: it is still not strata's, so `rm -f` leaves
+/// it mounted (every overlay is `overlay overlay /`; the layers tell them apart).
+#[test]
+fn another_overlay_under_a_reused_mount_id_is_left_alone() {
+    let store = setup!("overlay");
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    store.strata(&["prepare", "a", "base"]).success();
+    let m = store.mount("a");
+    umount_by_hand(&m.path);
+    let (one, two) = (store.scratch_dir("one"), store.scratch_dir("two"));
+    fs::write(one.join("mine"), "the user's\n").unwrap();
+    let theirs = MountGuard::new(&m.path);
+    let lower = format!("lowerdir={}:{}", one.display(), two.display());
+    let ok = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &lower])
+        .arg(&m.path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    store.strata(&["rm", "-f", "a"]).success();
+    assert!(
+        is_mount_point(&theirs.path),
+        "strata unmounted the user's overlay"
+    );
+    assert_eq!(
+        fs::read_to_string(theirs.join("mine")).unwrap(),
+        "the user's\n"
+    );
+}
+
 /// A record is about one mount (its kernel id), not about a path: a
 /// filesystem the user mounted on top of strata's, or at the target of a
 /// mount that is gone, is never unmounted by strata.
