@@ -690,6 +690,24 @@ impl Store {
                 target.display()
             )));
         }
+        // A mount inside strata's is someone else's: a lazy unmount would
+        // detach it too, and its files with it (audit: a tmpfs the user
+        // mounted in a snapshot's mount). A plain one would fail as busy.
+        if let Some(ours) = rec.mount_id {
+            let table =
+                mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())?;
+            if let Some(inner) = table.inside(ours).first() {
+                return Err(Error::precondition(format!(
+                    "cannot unmount {}: another filesystem is mounted inside it, at {}",
+                    target.display(),
+                    inner.display()
+                ))
+                .with_hint(format!(
+                    "unmount that one first: umount {}",
+                    inner.display()
+                )));
+            }
+        }
         match mount::unmount(target, lazy) {
             Ok(()) => {}
             // Not mounted any more: only the record is left to drop.

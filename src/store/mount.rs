@@ -110,6 +110,8 @@ struct MountEntry {
     /// Field 1, what `statx` calls `stx_mnt_id`. The kernel hands a freed
     /// id to the next mount, so an id alone does not name one mount.
     id: u64,
+    /// Field 2: the mount this one is mounted in.
+    parent: u64,
     point: PathBuf,
     /// File system type, source and root within it, and for an overlay its
     /// super options (its layers): with the id and the point, this tells
@@ -174,6 +176,16 @@ impl MountTable {
                 Some(upper) => upper == fs || (upper.ends_with(tail) && shows(&m.point, false)),
                 None => m.root.ends_with(tail) && shows(&m.point, true),
             })
+            .map(|m| m.point.clone())
+            .collect()
+    }
+
+    /// Where the mounts inside mount `id` (mounted on a directory of it)
+    /// are.
+    pub fn inside(&self, id: u64) -> Vec<PathBuf> {
+        self.mounts
+            .iter()
+            .filter(|m| m.parent == id && m.id != id)
             .map(|m| m.point.clone())
             .collect()
     }
@@ -1122,6 +1134,7 @@ fn parse_mountinfo(data: &[u8]) -> Vec<MountEntry> {
         .filter_map(|line| {
             let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
             let id = std::str::from_utf8(fields.first()?).ok()?.parse().ok()?;
+            let parent = std::str::from_utf8(fields.get(1)?).ok()?.parse().ok()?;
             let root = fields.get(3)?;
             let point = unescape_octal(fields.get(4)?);
             // Optional fields end at "-", then type and source.
@@ -1140,6 +1153,7 @@ fn parse_mountinfo(data: &[u8]) -> Vec<MountEntry> {
             let upper = overlay_options.and_then(|options| upper_dir(options));
             (point.first() == Some(&b'/')).then(|| MountEntry {
                 id,
+                parent,
                 point: path_of(point),
                 identity,
                 legacy,

@@ -237,6 +237,40 @@ fn tmpfs_at(target: &Path) {
     fs::write(target.join("precious"), "mine").unwrap();
 }
 
+/// A file system the user mounted inside a strata mount is theirs: `unmount --lazy`
+/// (which would detach it too, files and all), `unmount`, `commit` and `rm -f` refuse
+/// (`failed_precondition`, naming it) until the user unmounts it.
+fn mounts_inside_a_strata_mount_are_left_alone(driver: &str) {
+    let store = setup!(driver);
+    store.layer("base", None, &[dir("dir", 0o755)]);
+    store.strata(&["prepare", "a", "base"]).success();
+    let m = store.mount("a");
+    let t = m.path.to_str().unwrap().to_string();
+    let inner = MountGuard::new(&m.join("dir"));
+    tmpfs_at(&inner.path);
+    for args in [
+        &["unmount", "--lazy", &t][..],
+        &["unmount", &t],
+        &["commit", "c", "a"],
+        &["rm", "-f", "a"],
+    ] {
+        let run = store.fails(args, "failed_precondition");
+        assert!(
+            run.stderr.contains("mounted inside it"),
+            "{}",
+            run.session()
+        );
+        assert!(
+            is_mount_point(&inner.path),
+            "{args:?} took the user's tmpfs"
+        );
+        assert!(inner.join("precious").exists());
+    }
+    umount_by_hand(&inner.path);
+    store.strata(&["unmount", &t]).success();
+    assert!(!is_mount_point(&m.path));
+}
+
 /// An overlay of the user's own, mounted where strata's overlay was (unmounted by
 /// hand), usually gets the freed mount id: it is still not strata's, so `rm -f` leaves
 /// it mounted (every overlay is `overlay overlay /`; the layers tell them apart).
@@ -385,7 +419,10 @@ fn blocked(store: &Store, target: &Path) {
     );
 }
 
-both_drivers!(mounts_strata_did_not_record_block_commit_and_rm);
+both_drivers!(
+    mounts_strata_did_not_record_block_commit_and_rm,
+    mounts_inside_a_strata_mount_are_left_alone
+);
 
 /// Targets that are not a directory, inside the store, the store itself or
 /// above it are refused before anything is mounted or created.
