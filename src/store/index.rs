@@ -89,8 +89,27 @@ pub struct MountRecord {
     /// it, or another one at the same target, is never taken for it. None
     /// in records written before schema 3.
     pub mount_id: Option<u64>,
-    /// Its file system type, source and root (see `mount::MountTable`).
+    /// Its file system type, source and root (see `mount::MountTable`),
+    /// after `ns:INODE ` naming the mount namespace it was made in (records
+    /// made before have none: this process's namespace is assumed).
     pub identity: Option<String>,
+}
+
+impl MountRecord {
+    /// The mount namespace the mount was made in, when recorded.
+    pub fn namespace(&self) -> Option<u64> {
+        let rest = self.identity.as_deref()?.strip_prefix("ns:")?;
+        rest.split(' ').next()?.parse().ok()
+    }
+
+    /// The identity within its namespace (see `mount::MountTable::has`).
+    pub fn mount_identity(&self) -> Option<&str> {
+        let identity = self.identity.as_deref()?;
+        Some(match self.namespace() {
+            Some(_) => identity.split_once(' ').map_or("", |(_, rest)| rest),
+            None => identity,
+        })
+    }
 }
 
 const MIGRATIONS: &[&str] = &[

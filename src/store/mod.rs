@@ -612,8 +612,12 @@ impl Store {
         let table = mount::MountTable::read().ok();
         let identity = mount::mount_id(&target).ok().and_then(|id| {
             let identity = table.as_ref()?.identity(id)?;
-            Some((id, identity))
+            Some(match mount::own_namespace() {
+                Some(ns) => (id, format!("ns:{ns} {identity}")),
+                None => (id, identity.to_string()),
+            })
         });
+        let identity = identity.as_ref().map(|(id, i)| (*id, i.as_str()));
         let recorded = (|| -> Result<()> {
             let tx = self.index.write()?;
             let row = mountable(&tx, key)?;
@@ -676,6 +680,16 @@ impl Store {
     /// strata's to unmount.
     fn unmount_target(&mut self, rec: &MountRecord, lazy: bool) -> Result<()> {
         let target = Path::new(&rec.target);
+        // What is at that path here is not that mount.
+        if let Some(ns) = foreign(rec, mount::own_namespace()) {
+            return Err(Error::precondition(format!(
+                "cannot unmount {}: strata mounted it in another mount namespace (mnt:[{ns}])",
+                target.display()
+            ))
+            .with_hint(
+                "unmount it from a shell in that namespace (nsenter --mount=/proc/PID/ns/mnt)",
+            ));
+        }
         if let (Some(ours), Ok(top)) = (rec.mount_id, mount::mount_id(target))
             && ours != top
         {
@@ -1370,14 +1384,30 @@ fn mounted_meanwhile(key: &str, target: &str) -> Error {
 
 /// Mount records split into those whose mount still exists and the stale
 /// ones (unmounted by hand, lost in a reboot).
+///
+/// A mount made in another mount namespace (a `unshare -m` shell, a
+/// service with a private /tmp) cannot be seen from here: it is live while
+/// a process is still in that namespace (audit: from the host, `rm` deleted
+/// a snapshot such a mount was writing to, and a read-only `ls` in a new
+/// namespace dropped the host's records).
 fn live_and_stale(records: Vec<MountRecord>) -> Result<(Vec<MountRecord>, Vec<MountRecord>)> {
     if records.is_empty() {
         return Ok((records, Vec::new()));
     }
     let table = mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())?;
-    Ok(records
-        .into_iter()
-        .partition(|r| table.has(r.mount_id, r.identity.as_deref(), Path::new(&r.target))))
+    let own = mount::own_namespace();
+    let mut alive: HashMap<u64, bool> = HashMap::new();
+    Ok(records.into_iter().partition(|r| match foreign(r, own) {
+        Some(ns) => *alive
+            .entry(ns)
+            .or_insert_with(|| mount::namespace_alive(ns)),
+        None => table.has(r.mount_id, r.mount_identity(), Path::new(&r.target)),
+    }))
+}
+
+/// The other mount namespace a record's mount was made in, if it was.
+fn foreign(r: &MountRecord, own: Option<u64>) -> Option<u64> {
+    r.namespace().filter(|ns| own.is_some_and(|own| own != *ns))
 }
 
 fn replaced(key: &str) -> Error {

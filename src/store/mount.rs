@@ -217,6 +217,29 @@ pub fn overlay_has_index_param() -> bool {
     Path::new("/sys/module/overlay/parameters/index").exists()
 }
 
+/// The inode of this process's mount namespace (`/proc/self/ns/mnt`).
+pub fn own_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/mnt").ok().map(|m| m.ino())
+}
+
+/// Whether some process is still in mount namespace `ino` (a namespace
+/// with no process in it is gone, with its mounts, unless something pins
+/// it). Processes this one may not look into are passed over.
+pub fn namespace_alive(ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    procs.flatten().any(|p| {
+        p.file_name()
+            .as_encoded_bytes()
+            .iter()
+            .all(u8::is_ascii_digit)
+            && std::fs::metadata(p.path().join("ns/mnt")).is_ok_and(|m| m.ino() == ino)
+    })
+}
+
 /// Whether the overlay module's parameter `name` (a boolean such as
 /// `metacopy` or `redirect_dir`, the default of the mount option of that
 /// name) is on.

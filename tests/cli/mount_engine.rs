@@ -237,6 +237,79 @@ fn tmpfs_at(target: &Path) {
     fs::write(target.join("precious"), "mine").unwrap();
 }
 
+/// A process started in a mount namespace of its own, killed when dropped.
+struct InNamespace(std::process::Child);
+
+impl Drop for InNamespace {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A strata mount made in another mount namespace (`unshare -m`) cannot be seen from
+/// here: while a process is in that namespace it counts as mounted (`rm`, `rm -f`,
+/// `commit` and `unmount` refuse; `info` shows it), and once the namespace is gone
+/// its record is stale. A read-only command run in a new namespace keeps this
+/// namespace's records.
+#[test]
+fn mounts_of_other_mount_namespaces() {
+    let store = setup!("overlay");
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    store.strata(&["prepare", "a", "base"]).success();
+    let t = store.scratch_dir("elsewhere");
+    let ready = store.scratch("ready");
+    let (root, t, ready) = (
+        store.root.to_str().unwrap(),
+        t.to_str().unwrap(),
+        ready.to_str().unwrap(),
+    );
+    let script =
+        format!("'{BIN}' --root '{root}' mount a '{t}' && : > '{ready}' && exec sleep 120");
+    let unshared = |args: &[&str]| {
+        let mut c = Command::new("unshare");
+        c.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .args(["-m", "--propagation", "private"])
+            .args(args);
+        c
+    };
+    let child = InNamespace(unshared(&["sh", "-c", &script]).spawn().unwrap());
+    for _ in 0..500 {
+        if Path::new(ready).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        Path::new(ready).exists(),
+        "the mount in the namespace did not happen"
+    );
+    assert!(
+        !is_mount_point(Path::new(t)),
+        "the namespace's mount shows here"
+    );
+    assert_eq!(store.info("a")["mounted_at"][0], t);
+    for args in [
+        &["rm", "a"][..],
+        &["rm", "-f", "a"],
+        &["commit", "c", "a"],
+        &["unmount", t],
+    ] {
+        store.fails(args, "failed_precondition");
+    }
+    let ls = unshared(&[BIN, "--root", root, "ls"]).output().unwrap();
+    assert!(ls.status.success(), "{ls:?}");
+    assert_eq!(
+        store.info("a")["mounted_at"][0],
+        t,
+        "a new namespace dropped it"
+    );
+    drop(child);
+    // That namespace is gone, and its mount with it.
+    store.strata(&["rm", "a"]).success();
+}
+
 /// A file system the user mounted inside a strata mount is theirs: `unmount --lazy`
 /// (which would detach it too, files and all), `unmount`, `commit` and `rm -f` refuse
 /// (`failed_precondition`, naming it) until the user unmounts it.
