@@ -9,7 +9,8 @@ use std::path::PathBuf;
 ///
 /// KEY is an active or committed snapshot; the changes are against its
 /// parent, or against committed snapshot P. The tarball goes to
-/// --output-file (written under a temporary name, then renamed) or stdout.
+/// --output-file (written under a temporary name, then renamed; a device or
+/// FIFO such as /dev/null is written to directly) or stdout.
 /// Output is reproducible: entries sorted, owners numeric, mtimes clamped to
 /// $SOURCE_DATE_EPOCH when set. The compressed digest and the uncompressed
 /// digest (the OCI diff_id) are printed with the snapshot the changes are
@@ -73,6 +74,28 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     );
     let mut progress = |n: u64| bar.set_position(n);
     let diffed = match &args.output_file {
+        Some(path) if is_special(path) => {
+            // A device or FIFO (`/dev/null`, a named pipe) is written to,
+            // never replaced: a rename would put a regular file in its place
+            // (it did: `--output-file /dev/null` as root left /dev/null a
+            // plain file, which every later reader of /dev/null then read).
+            let cannot = |e| Error::io(format!("cannot write {}", path.display()), e);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(cannot)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            let diffed = ctx.store()?.diff(
+                &args.key,
+                args.parent.as_deref(),
+                &mut out,
+                compression,
+                sde,
+                &mut progress,
+            )?;
+            out.flush().map_err(cannot)?;
+            diffed
+        }
         Some(path) => {
             ctx.store()?.refuse_inside(path, "the layer")?;
             let dir = path
@@ -148,6 +171,12 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             w.digests.diff_id
         )
     })
+}
+
+/// Whether `path` (followed) exists and is neither a regular file nor a
+/// directory: a device, FIFO or socket.
+fn is_special(path: &std::path::Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
 /// A new file beside `path` to write into before the final rename.

@@ -494,6 +494,50 @@ fn python_tar(out: &Path, body: &str) {
     assert!(ok, "python3 tarfile failed:\n{script}");
 }
 
+/// `--output-file` onto a device or a FIFO writes to it and leaves it what it is (a
+/// rename would put a regular file there: `--output-file /dev/null` as root once left
+/// /dev/null a plain file). A device node like /dev/null, made in the scratch area.
+#[test]
+fn diff_to_a_device_or_a_fifo() {
+    let s = setup!("native");
+    s.layer("base", None, &[file("f", "x\n", 0o644)]);
+    let null = s.scratch("null");
+    let made = Command::new("mknod")
+        .arg(&null)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    s.strata(&["diff", "base", "--output-file", null.to_str().unwrap()])
+        .success();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        fs::symlink_metadata(&null)
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    let fifo = s.scratch("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::read(fifo).unwrap())
+    };
+    s.strata(&["diff", "base", "--output-file", fifo.to_str().unwrap()])
+        .success();
+    let layer = reader.join().unwrap();
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    let listed = s.scratch("listed.tar");
+    fs::write(&listed, &layer).unwrap();
+    assert_eq!(tar_list(&listed), ["f"]);
+}
+
 /// An active mounted by hand with `metacopy=on,redirect_dir=on` (strata's own mounts
 /// never are): a chown'd file's data and a renamed directory's content stay in the
 /// parent, so its upper directory is not its change. `diff` refuses it
