@@ -73,6 +73,16 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         None,
     );
     let mut progress = |n: u64| bar.set_position(n);
+    let mut layer = |ctx: &mut Context, out: &mut dyn Write| {
+        ctx.store()?.diff(
+            &args.key,
+            args.parent.as_deref(),
+            out,
+            compression,
+            sde,
+            &mut progress,
+        )
+    };
     let diffed = match &args.output_file {
         Some(path) if is_special(path) => {
             // A device or FIFO (`/dev/null`, a named pipe) is written to,
@@ -85,14 +95,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                 .open(path)
                 .map_err(cannot)?;
             let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-            let diffed = ctx.store()?.diff(
-                &args.key,
-                args.parent.as_deref(),
-                &mut out,
-                compression,
-                sde,
-                &mut progress,
-            )?;
+            let diffed = layer(ctx, &mut out)?;
             out.flush().map_err(cannot)?;
             diffed
         }
@@ -103,14 +106,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(std::path::Path::new("."));
             let mut tmp = tempfile_in(dir, path)?;
-            let written = ctx.store()?.diff(
-                &args.key,
-                args.parent.as_deref(),
-                &mut tmp.1,
-                compression,
-                sde,
-                &mut progress,
-            );
+            let written = layer(ctx, &mut tmp.1);
             let written = written.and_then(|d| {
                 tmp.1
                     .flush()
@@ -134,14 +130,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                 );
             }
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            let d = ctx.store()?.diff(
-                &args.key,
-                args.parent.as_deref(),
-                &mut out,
-                compression,
-                sde,
-                &mut progress,
-            )?;
+            let d = layer(ctx, &mut out)?;
             out.flush()
                 .map_err(|e| Error::io("cannot write to standard output", e))?;
             d
