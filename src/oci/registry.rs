@@ -54,6 +54,9 @@ pub struct Registry {
     /// The bearer token oci-client got for this repository, if the
     /// registry wants one: strata's own manifest requests carry it.
     token: Option<String>,
+    /// The client of strata's own requests (`/v2/`, manifests), made at
+    /// the first one and kept: each client loads the trusted certificates.
+    http: std::cell::OnceCell<reqwest::Client>,
 }
 
 /// How long a registry may keep strata waiting for a reply: 300 s per read
@@ -131,6 +134,7 @@ impl Registry {
             given: text.to_string(),
             auth,
             token: None,
+            http: std::cell::OnceCell::new(),
         };
         if !reg.plain_http && matches!(reg.auth, RegistryAuth::Basic(..)) {
             reg.refuse_plain_token_service()?;
@@ -147,7 +151,7 @@ impl Registry {
     /// `GET /v2/`, asked here once more before oci-client asks.
     fn refuse_plain_token_service(&self) -> Result<()> {
         let _in_runtime = self.rt.enter();
-        let http = http_client(timeout(300))?;
+        let http = self.http()?;
         let url = format!("https://{}/v2/", self.reference.resolve_registry());
         let challenge = self.retry("authenticate", || async {
             let res = http.get(&url).send().await?;
@@ -158,6 +162,16 @@ impl Registry {
 
     pub fn reference(&self) -> &Reference {
         &self.reference
+    }
+
+    /// The client of strata's own requests (see the field).
+    fn http(&self) -> Result<&reqwest::Client> {
+        if let Some(http) = self.http.get() {
+            return Ok(http);
+        }
+        let _in_runtime = self.rt.enter();
+        let made = http_client(timeout(300))?;
+        Ok(self.http.get_or_init(|| made))
     }
 
     /// GETs the manifest `r` names as oci-client would, but reads at most
@@ -554,8 +568,8 @@ impl Source for Registry {
             Some(d) => self.reference.clone_with_digest(d.to_string()),
             None => self.reference.clone(),
         };
-        let http = http_client(timeout(300))?;
-        let bytes = match with_retries(|| self.rt.block_on(self.get_manifest(&http, &r))) {
+        let http = self.http()?;
+        let bytes = match with_retries(|| self.rt.block_on(self.get_manifest(http, &r))) {
             Ok(got) => got?,
             Err((e, tries)) => return Err(self.error("pull", e, tries)),
         };

@@ -96,6 +96,15 @@ pub struct MountRecord {
 }
 
 impl MountRecord {
+    /// The identity to record for a mount made in `namespace` (see
+    /// [`MountRecord::namespace`], which reads it back).
+    pub fn identity_in(namespace: Option<u64>, identity: &str) -> String {
+        match namespace {
+            Some(ns) => format!("ns:{ns} {identity}"),
+            None => identity.to_string(),
+        }
+    }
+
     /// The mount namespace the mount was made in, when recorded.
     pub fn namespace(&self) -> Option<u64> {
         let rest = self.identity.as_deref()?.strip_prefix("ns:")?;

@@ -612,15 +612,15 @@ impl Store {
         let table = mount::MountTable::read().ok();
         let identity = mount::mount_id(&target).ok().and_then(|id| {
             let identity = table.as_ref()?.identity(id)?;
-            Some(match mount::own_namespace() {
-                Some(ns) => (id, format!("ns:{ns} {identity}")),
-                None => (id, identity.to_string()),
-            })
+            Some((
+                id,
+                MountRecord::identity_in(mount::own_namespace(), identity),
+            ))
         });
-        let identity = identity.as_ref().map(|(id, i)| (*id, i.as_str()));
         let recorded = (|| -> Result<()> {
             let tx = self.index.write()?;
             let row = mountable(&tx, key)?;
+            let identity = identity.as_ref().map(|(id, i)| (*id, i.as_str()));
             index::add_mount(&tx, row.id, &target.display().to_string(), identity)?;
             tx.commit()?;
             crash::point("mount:recorded");
