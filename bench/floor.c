@@ -10,8 +10,8 @@
  * the locks, check for a hot journal, read the four pages the lookups touch,
  * build the snapshot directory under a staging name and sync it, write the
  * old pages to the journal, rename the directory into place and sync
- * `snapshots/`, sync the journal (and, on its first sync, the store
- * directory), write the journal header and sync it, write the five changed
+ * `snapshots/`, sync the journal (not its directory: the journal exists,
+ * see src/store/vfs.rs), write the journal header and sync it, write the five changed
  * pages and sync the database, zero the journal header and sync it, unlock,
  * print the mount line. It is one transaction where strata makes two (a read
  * to validate before building, then the write), and it does no parsing,
@@ -94,7 +94,7 @@ static int prepare(const char *root, const char *n) {
   sync_path(staging);
 
   /* The old pages into the journal. */
-  journal = open(journal_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  journal = open(journal_path, O_RDWR | O_CLOEXEC);
   fstat(journal, &st);
   off_t at = 0;
   pwrite(journal, page, 512, at);
@@ -118,7 +118,6 @@ static int prepare(const char *root, const char *n) {
   pwrite(journal, page, 4096, at + 4);
   pwrite(journal, page, 4, at + 4100);
   fsync(journal);
-  sync_path(root);
   pwrite(journal, page, 12, 0);
   fsync(journal);
   for (int i = 0; i < 5; i++) pwrite(db, page, sizeof page, (off_t)i * 4096);

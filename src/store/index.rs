@@ -264,7 +264,11 @@ impl Index {
     }
 
     fn open_with(path: &Path, flags: rusqlite::OpenFlags) -> Result<Index> {
-        let mut conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        let opened = match super::vfs::name() {
+            Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs),
+            None => Connection::open_with_flags(path, flags),
+        };
+        let mut conn = opened.map_err(|e| {
             Error::internal(format!("cannot open the index {}", path.display())).with_source(e)
         })?;
         wait_when_busy(&mut conn)?;

@@ -24,6 +24,7 @@ pub mod repair;
 pub(crate) mod target;
 pub mod time;
 pub mod usage;
+mod vfs;
 
 pub use driver::Driver;
 pub use error::{Error, Kind, Result};

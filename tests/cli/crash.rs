@@ -387,3 +387,66 @@ fn random_sigkills_leave_a_consistent_store() {
         }
     }
 }
+
+/// The paths a command `fsync`s (or `fdatasync`s), in order, as `strace -y`
+/// names their descriptors.
+fn synced_paths(store: &Store, args: &[&str]) -> Vec<String> {
+    let log = store.scratch("strace");
+    let status = Command::new("strace")
+        .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&log)
+        .arg(BIN)
+        .arg("--root")
+        .arg(&store.root)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "strace strata {args:?}: {status}");
+    let log = fs::read_to_string(&log).unwrap();
+    log.lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once('<')?;
+            Some(rest.split_once('>')?.0.to_string())
+        })
+        .collect()
+}
+
+/// SQLite syncs the directory of a rollback journal it opens with the
+/// create flag, so that a new journal is found after a power loss. The
+/// index keeps its journal between transactions, and strata's VFS
+/// (src/store/vfs.rs) opens one that has been written before without that
+/// flag: a write then syncs the journal and the index but not the store
+/// directory, while a journal made anew still gets its directory synced.
+#[test]
+fn the_store_directory_is_synced_only_for_a_new_journal() {
+    if !require(&["strace"]) {
+        return;
+    }
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    store.strata(&["prepare", "a"]).success();
+    let root = store.root.to_str().unwrap().to_string();
+    let journal = format!("{root}/index.db-journal");
+    let db = format!("{root}/index.db");
+    let count = |synced: &[String], path: &str| synced.iter().filter(|p| *p == path).count();
+
+    let synced = synced_paths(&store, &["label", "a", "x=1"]);
+    assert_eq!(count(&synced, &root), 0, "{synced:?}");
+    assert_eq!(count(&synced, &db), 1, "{synced:?}");
+    assert!(count(&synced, &journal) >= 2, "{synced:?}");
+
+    fs::remove_file(&journal).unwrap();
+    let synced = synced_paths(&store, &["label", "a", "x=2"]);
+    assert_eq!(count(&synced, &root), 1, "{synced:?}");
+    let position = |path: &str| synced.iter().position(|p| p == path).unwrap();
+    assert!(
+        position(&root) < position(&db),
+        "the new journal's directory is synced before the index is written: {synced:?}"
+    );
+    assert_eq!(store.info("a")["labels"]["x"], "2");
+    store.strata(&["check"]).success();
+}

@@ -121,33 +121,6 @@ impl Drop for TokenServer {
 const TOKEN_ISSUER: &str = "strata-issuer";
 const TOKEN_SERVICE: &str = "strata-test";
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// True when `tools` are installed; otherwise prints why the test is skipped (panics
-/// with `CI=true`, so CI never skips).
-fn require(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "missing {} (apt-get install docker-registry skopeo umoci apache2-utils openssl python3)",
-        missing.join(", ")
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true but {why}");
-    }
-    eprintln!("skipped: {why}");
-    false
-}
-
 impl Registry {
     fn start() -> Option<Registry> {
         Registry::start_with(Auth::None, false)

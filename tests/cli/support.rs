@@ -162,6 +162,34 @@ pub fn require_root_and_overlay() -> bool {
     }
 }
 
+/// Whether `tool` is on the PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// True when `tools` are installed; otherwise prints why the test is skipped (panics
+/// with `CI=true`, so CI never skips; `.ci/run` installs them).
+pub fn require(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "missing {} (apt-get install docker-registry skopeo umoci apache2-utils openssl python3 strace)",
+        missing.join(", ")
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but {why}");
+    }
+    eprintln!("skipped: {why}");
+    false
+}
+
 /// A store for one test: `--root` is a fresh directory inside a temporary directory that
 /// also holds the test's mount targets and scratch files.
 pub struct Store {
