@@ -103,7 +103,10 @@
 //!   one `fstat` and one `fgetxattr`).
 //! * Not running as root, ownership and xattrs that cannot be set (EPERM,
 //!   EACCES, ENOTSUP) are skipped, like GNU tar; as root every failure is an
-//!   error.
+//!   error. An xattr the kernel refuses as malformed or too large (EINVAL,
+//!   E2BIG, ERANGE: the layer's value is bad) is `Invalid`, naming the entry
+//!   and the xattr; ENOTSUP as root (the file system cannot) stays an I/O
+//!   error (`unsupported`).
 //! * atime is the PAX `atime` when present, else the mtime.
 //! * One zero block ends the archive (Go wants two; GNU tar pads with more):
 //!   what follows must be zeros. The stream is then read to its end, so the
@@ -2732,6 +2735,37 @@ impl<'o> Extractor<'o> {
         self.privileged || !matches!(e, Errno::PERM | Errno::NOTSUP | Errno::ACCESS)
     }
 
+    /// The error for xattr `name` (value `value`) of entry `rel` that could
+    /// not be set. The kernel's EINVAL (a malformed value, such as a
+    /// `security.capability` or an ACL it cannot read), E2BIG (a value over
+    /// its 64 KiB limit) and ERANGE (a name or value too long) say the
+    /// layer's xattr is bad: `invalid`, naming the entry and the xattr, as
+    /// other refused entries. Anything else is this side's (ENOTSUP, a file
+    /// system without xattrs, stays `unsupported`).
+    fn xattr_error(&self, rel: &[u8], name: &CStr, value: &[u8], e: Errno) -> LayerError {
+        let why = match e {
+            Errno::INVAL => "the kernel refuses it as malformed",
+            Errno::TOOBIG => "its value is larger than the kernel allows (64 KiB)",
+            Errno::RANGE => "its name or value is too long",
+            _ => {
+                return io_err(
+                    format!(
+                        "cannot set the xattr `{}` of {}",
+                        name.to_string_lossy(),
+                        self.path_of(rel).display()
+                    ),
+                    e,
+                );
+            }
+        };
+        invalid(format!(
+            "entry `{}`: xattr `{}` ({} bytes): {why}",
+            show(rel),
+            show(name.to_bytes()),
+            value.len()
+        ))
+    }
+
     /// Ownership, xattrs, mode and times through an open descriptor.
     fn set_meta_fd(
         &self,
@@ -2767,10 +2801,7 @@ impl<'o> Extractor<'o> {
             if let Err(e) = rustix::fs::fsetxattr(fd, k.as_c_str(), v, XattrFlags::empty())
                 && self.xattr_failed(e)
             {
-                return Err(io_err(
-                    format!("{} `{}`", what("xattr"), k.to_string_lossy()),
-                    e,
-                ));
+                return Err(self.xattr_error(rel, k, v, e));
             }
         }
         if !preset.mode {
@@ -2807,10 +2838,7 @@ impl<'o> Extractor<'o> {
                 if let Err(e) = rustix::fs::lsetxattr(&p, k.as_c_str(), v, XattrFlags::empty())
                     && self.xattr_failed(e)
                 {
-                    return Err(io_err(
-                        format!("{} `{}`", what("xattr"), k.to_string_lossy()),
-                        e,
-                    ));
+                    return Err(self.xattr_error(rel, k, v, e));
                 }
             }
         }
@@ -4979,6 +5007,57 @@ mod tests {
                 assert!(msg.contains("`f`") && msg.contains("user.k=v"), "{msg}")
             }
             other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    /// A member with PAX records `pax` (no end-of-archive blocks).
+    fn with_pax(pax: &[(&[u8], &[u8])], member: Vec<u8>) -> Vec<u8> {
+        let mut records = Vec::new();
+        for (k, v) in pax {
+            pax_record(&mut records, k, v);
+        }
+        let mut out = raw(b"PaxHeaders.0/x", b'x', &records, b"");
+        out.truncate(out.len() - 1024);
+        out.extend(member);
+        out
+    }
+
+    /// An xattr of the layer that the kernel refuses as malformed (EINVAL:
+    /// a `security.capability` it cannot read) or too large (E2BIG: over
+    /// 64 KiB) is `Invalid`, naming the entry and the xattr, not an I/O
+    /// error naming the staging directory; on a symlink too.
+    #[test]
+    fn xattrs_the_kernel_refuses_are_invalid() {
+        need_root!();
+        let big = vec![b'A'; 70_000];
+        let cases: [(&[u8], &[u8], Vec<u8>); 3] = [
+            (
+                b"SCHILY.xattr.security.capability",
+                b"\x01\x00\x00\x02\x00\x20\x00\x00",
+                raw(b"d/f", b'0', b"", b""),
+            ),
+            (b"SCHILY.xattr.user.big", &big, raw(b"d/f", b'0', b"", b"")),
+            (
+                b"SCHILY.xattr.user.big",
+                &big,
+                tar_of(&[symlink(b"d/f", b"target")]),
+            ),
+        ];
+        for (key, value, member) in cases {
+            let j = jail();
+            let data = with_pax(&[(key, value)], member);
+            let attr = show(&key[XATTR_PAX_PREFIX.len()..]);
+            match apply_vec(&data, &j.dest, &delete()) {
+                Err(LayerError::Invalid(msg)) => {
+                    assert!(
+                        msg.starts_with("entry `d/f`: xattr") && msg.contains(&attr),
+                        "{msg}"
+                    );
+                    assert!(!msg.contains(j.dest.to_str().unwrap()), "{msg}");
+                }
+                other => panic!("{attr}: expected Invalid, got {other:?}"),
+            }
+            j.untouched();
         }
     }
 

@@ -1048,3 +1048,51 @@ fn paths_through_lower_symlinks_and_files_are_refused_on_both() {
         ]
     );
 }
+
+/// The message of a refused `apply` (`-o json`), checked to be `kind`.
+fn refused(run: Run, kind: &str) -> String {
+    let run = run.fails_json(kind);
+    let err: serde_json::Value = serde_json::from_str(run.stderr.trim()).unwrap();
+    err["error"]["message"].as_str().unwrap().to_string()
+}
+
+/// An xattr in the layer that the kernel refuses (EINVAL for a malformed
+/// `security.capability`, E2BIG for a value over 64 KiB) is `invalid`,
+/// naming the entry and the xattr, not an internal error naming the staging
+/// directory; nothing is left.
+#[test]
+fn xattrs_the_kernel_refuses_are_invalid() {
+    for driver in ["overlay", "native"] {
+        let s = setup!(driver);
+        s.layer("base", None, &[file("/f", "f", 0o644)]);
+        for (name, attr, value) in [
+            (
+                "cap",
+                "security.capability",
+                r"'\x01\x00\x00\x02\x00\x20\x00\x00'",
+            ),
+            ("big", "user.big", "'A' * 70000"),
+        ] {
+            let tar = s.scratch(&format!("{name}.tar"));
+            python_tar(
+                &tar,
+                &format!(
+                    "t.format = tarfile.PAX_FORMAT\n\
+                     f('d/f', b'', pax_headers={{'SCHILY.xattr.{attr}': {value}}})"
+                ),
+            );
+            let dirs = s.snapshot_dirs();
+            let msg = refused(
+                s.strata(&["-o", "json", "apply", name, "base", tar.to_str().unwrap()]),
+                "invalid",
+            );
+            assert!(
+                msg.contains("entry `d/f`") && msg.contains(attr),
+                "{driver}: {msg}"
+            );
+            assert!(!msg.contains(s.root.to_str().unwrap()), "{driver}: {msg}");
+            assert_eq!(s.snapshot_dirs(), dirs, "{driver} {name}: left a directory");
+        }
+        assert_eq!(s.names(&[]), ["base"]);
+    }
+}
