@@ -90,7 +90,17 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                     _ => Error::io(what, e),
                 }
             })?;
-            let len = f.metadata().ok().map(|m| m.len());
+            let meta = f
+                .metadata()
+                .map_err(|e| Error::io(format!("cannot read the layer {}", p.display()), e))?;
+            // A FIFO or a device is read like a pipe; a directory is no layer.
+            if meta.is_dir() {
+                return Err(Error::invalid(format!(
+                    "the layer {} is a directory, not a tarball",
+                    p.display()
+                )));
+            }
+            let len = meta.is_file().then_some(meta.len());
             (Box::new(f), len)
         }
     };

@@ -20,15 +20,25 @@ pub struct Layout {
 }
 
 /// Splits `DIR[:TAG]`: a path that exists as given is a directory without
-/// a tag; otherwise the text after the last `:` is the tag.
+/// a tag; otherwise the tag follows the first `:` that ends an existing
+/// directory, since a tag may hold `:` and `/` itself
+/// (`layout:example.com/app:v1`, as skopeo and umoci name it). When no
+/// prefix exists, the text after the last `:` (without a `/`) is the tag,
+/// and the missing directory is reported.
 pub fn split_dir_tag(text: &str) -> (PathBuf, Option<String>) {
     if Path::new(text).exists() {
         return (PathBuf::from(text), None);
     }
+    let split = |(d, t): (&str, &str)| (PathBuf::from(d), Some(t.to_string()));
+    let existing = text
+        .match_indices(':')
+        .map(|(i, _)| (&text[..i], &text[i + 1..]))
+        .find(|(d, t)| !d.is_empty() && !t.is_empty() && Path::new(d).is_dir());
+    if let Some(parts) = existing {
+        return split(parts);
+    }
     match text.rsplit_once(':') {
-        Some((d, t)) if !d.is_empty() && !t.is_empty() && !t.contains('/') => {
-            (PathBuf::from(d), Some(t.to_string()))
-        }
+        Some((d, t)) if !d.is_empty() && !t.is_empty() && !t.contains('/') => split((d, t)),
         _ => (PathBuf::from(text), None),
     }
 }
@@ -52,9 +62,17 @@ fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     let _ = tmp
         .as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644));
-    tmp.persist(path)
-        .map(|_| ())
-        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e.error))
+    tmp.persist(path).map(|_| ()).map_err(|e| {
+        let what = format!("cannot write {}", path.display());
+        match e.error.kind() {
+            // The layout holds a directory where a file goes: the user's
+            // layout is wrong, not strata.
+            std::io::ErrorKind::IsADirectory | std::io::ErrorKind::DirectoryNotEmpty => {
+                Error::invalid(format!("{what}: it is a directory"))
+            }
+            _ => Error::io(what, e.error),
+        }
+    })
 }
 
 /// Checks a tag against the grammar the OCI image spec gives for
@@ -91,8 +109,17 @@ impl Layout {
                     .with_hint("an OCI layout is a directory: name a new or an existing layout"),
             );
         }
-        std::fs::create_dir_all(dir.join("blobs/sha256"))
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| {
+            let what = format!("cannot create {}", dir.display());
+            match e.kind() {
+                // A dangling symlink, or a file where a directory goes.
+                std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+                    Error::invalid(format!("{what}: {e}"))
+                        .with_hint("an OCI layout is a directory: name a new or an existing layout")
+                }
+                _ => Error::io(what, e),
+            }
+        })?;
         // Blobs are written through these two: a symlink among them would
         // send them anywhere (into the store, or a committed snapshot).
         for sub in ["blobs", "blobs/sha256"] {
@@ -107,14 +134,20 @@ impl Layout {
                 )));
             }
         }
+        // An existing layout is written to only if strata could read it back.
         let marker = dir.join("oci-layout");
-        if !marker.exists() {
+        if std::fs::symlink_metadata(&marker).is_ok() {
+            check_version(&marker)?;
+        } else {
             write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
-        Ok(Layout {
+        let layout = Layout {
             dir: dir.to_path_buf(),
             tag: Some(tag.to_string()),
-        })
+        };
+        // Refused before any blob is written: the index is rewritten last.
+        layout.index()?;
+        Ok(layout)
     }
 
     /// A layout to read from.
@@ -122,7 +155,7 @@ impl Layout {
         if let Some(tag) = &tag {
             validate_tag(tag)?;
         }
-        if !dir.join("oci-layout").is_file() || !dir.join("index.json").is_file() {
+        if !dir.join("oci-layout").exists() || !dir.join("index.json").exists() {
             return Err(Error::not_found(format!(
                 "{} is not an OCI image layout (no oci-layout or index.json)",
                 dir.display()
@@ -135,17 +168,30 @@ impl Layout {
         })
     }
 
+    /// The layout's `index.json`: an object whose `manifests`, if any, is
+    /// an array of objects (an empty index when the file is missing).
     fn index(&self) -> Result<Value> {
         let p = self.dir.join("index.json");
-        match read_small(&p) {
+        let index: Value = match read_small(&p) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
                 Error::invalid(format!("{} is not valid JSON", p.display())).with_source(e)
-            }),
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(json!({"schemaVersion": 2, "mediaType": super::MT_INDEX, "manifests": []}))
+                json!({"schemaVersion": 2, "mediaType": super::MT_INDEX, "manifests": []})
             }
-            Err(e) => Err(Error::io(format!("cannot read {}", p.display()), e)),
+            Err(e) => return Err(small_file_error(&p, e)),
+        };
+        let well_formed = index.as_object().is_some_and(|o| match o.get("manifests") {
+            None => true,
+            Some(m) => m.as_array().is_some_and(|a| a.iter().all(Value::is_object)),
+        });
+        if !well_formed {
+            return Err(Error::invalid(format!(
+                "{} is not an OCI image index (an object with a `manifests` array of descriptors)",
+                p.display()
+            )));
         }
+        Ok(index)
     }
 
     /// A failure to read blob `digest` at `path`: missing is `not_found`;
@@ -189,8 +235,7 @@ impl Layout {
 /// another version than the image spec's 1.0.0 (`unsupported`), as
 /// containerd does.
 fn check_version(marker: &Path) -> Result<()> {
-    let bytes = read_small(marker)
-        .map_err(|e| Error::io(format!("cannot read {}", marker.display()), e))?;
+    let bytes = read_small(marker).map_err(|e| small_file_error(marker, e))?;
     let version = serde_json::from_slice::<Value>(&bytes)
         .ok()
         .and_then(|v| v.get("imageLayoutVersion")?.as_str().map(str::to_string))
@@ -208,6 +253,18 @@ fn check_version(marker: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A failure to read a layout's small file: not a regular file, or too
+/// large, is `invalid` (the layout is wrong); anything else is I/O.
+fn small_file_error(path: &Path, e: std::io::Error) -> Error {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::FileTooLarge | ErrorKind::IsADirectory => {
+            Error::invalid(format!("{} is {e}", path.display()))
+        }
+        _ => Error::io(format!("cannot read {}", path.display()), e),
+    }
 }
 
 /// Opens `path` for reading if it is a regular file (opened without
@@ -305,7 +362,13 @@ impl Source for Layout {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::invalid("an index.json entry has no digest"))?
             .to_string();
-        Ok((self.read_blob(&d)?, d))
+        let bytes = self.read_blob(&d)?;
+        super::check_size(
+            entry,
+            bytes.len(),
+            &describe(&self.dir, self.tag.as_deref()),
+        )?;
+        Ok((bytes, d))
     }
 
     fn blob(&mut self, digest: &str, _size: u64, _progress: &ProgressBar) -> Result<File> {
@@ -319,8 +382,11 @@ impl Target for Layout {
         describe(&self.dir, self.tag.as_deref())
     }
 
-    fn has_blob(&mut self, digest: &str) -> Result<bool> {
-        Ok(blob_path(&self.dir, digest)?.is_file())
+    /// A blob counts as there only as a regular file (not a symlink to one)
+    /// of the right size; anything else at its path is replaced.
+    fn has_blob(&mut self, digest: &str, size: u64) -> Result<bool> {
+        let path = blob_path(&self.dir, digest)?;
+        Ok(std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == size))
     }
 
     fn put_blob(

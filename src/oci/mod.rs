@@ -71,8 +71,8 @@ pub trait Source {
 /// Where an image goes: a registry or an OCI layout.
 pub trait Target {
     fn describe(&self) -> String;
-    /// Whether the target already has the blob.
-    fn has_blob(&mut self, digest: &str) -> Result<bool>;
+    /// Whether the target already has the blob (of `size` bytes).
+    fn has_blob(&mut self, digest: &str, size: u64) -> Result<bool>;
     /// Stores the blob read from `file` (at its start).
     fn put_blob(
         &mut self,
@@ -239,7 +239,7 @@ pub fn push(
     for (layer, known) in chain.iter().zip(&known) {
         let write = match known {
             None => true,
-            Some(d) => !mounts && !target.has_blob(&d.digest)?,
+            Some(d) => !mounts && !target.has_blob(&d.digest, d.size)?,
         };
         if write {
             missing.push(&layer.name);
@@ -261,7 +261,7 @@ pub fn push(
         let mut digests = digests;
         let mut uploaded = false;
         let mut mounted = false;
-        if !target.has_blob(&digests.digest)? {
+        if !target.has_blob(&digests.digest, digests.size)? {
             mounted = try_mount(target, &layer.labels, &digests.digest)?;
             if mounted {
                 file = None;
@@ -270,7 +270,7 @@ pub fn push(
                 let (d, f) = write_layer(store, &layer.name, compression, sde, printer)?;
                 digests = d;
                 file = Some(f);
-                if target.has_blob(&digests.digest)? {
+                if target.has_blob(&digests.digest, digests.size)? {
                     file = None;
                 }
             }
@@ -321,7 +321,7 @@ pub fn push(
     });
     let config = serde_json::to_vec(&config).map_err(|e| Error::internal(e.to_string()))?;
     let config_digest = sha256(&config);
-    if !target.has_blob(&config_digest)? {
+    if !target.has_blob(&config_digest, config.len() as u64)? {
         let mut f = temp_file()?;
         f.write_all(&config)
             .and_then(|()| f.seek(SeekFrom::Start(0)).map(|_| ()))
@@ -522,29 +522,38 @@ fn is_index(v: &Value) -> bool {
     ) || (v.get("manifests").is_some() && v.get("layers").is_none())
 }
 
-/// The digest of the manifest for linux and the host architecture in an
-/// image index.
-pub fn pick_platform(index: &Value, what: &str) -> Result<String> {
+/// The descriptor of the manifest for linux and the host architecture in
+/// an image index. Of several, the first without a variant (or with the
+/// architecture's baseline one, `v1` for amd64, `v8` for arm64) wins, as in
+/// containerd; else the first of the architecture.
+pub fn pick_platform(index: &Value, what: &str) -> Result<Value> {
     let arch = host_arch();
     let manifests = index
         .get("manifests")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    let baseline = match arch {
+        "amd64" => "v1",
+        "arm64" => "v8",
+        _ => "",
+    };
     let mut seen = Vec::new();
+    let mut fallback = None;
     for m in &manifests {
         let p = m.get("platform");
-        let os = p.and_then(|p| p.get("os")).and_then(Value::as_str);
-        let a = p
-            .and_then(|p| p.get("architecture"))
-            .and_then(Value::as_str);
-        if os == Some("linux")
-            && a == Some(arch)
-            && let Some(d) = m.get("digest").and_then(Value::as_str)
-        {
-            return Ok(d.to_string());
+        let field = |name: &str| p.and_then(|p| p.get(name)).and_then(Value::as_str);
+        let (os, a, variant) = (field("os"), field("architecture"), field("variant"));
+        if os == Some("linux") && a == Some(arch) && m.get("digest").is_some_and(Value::is_string) {
+            if variant.is_none_or(|v| v.is_empty() || v == baseline) {
+                return Ok(m.clone());
+            }
+            fallback.get_or_insert_with(|| m.clone());
         }
         seen.push(format!("{}/{}", os.unwrap_or("?"), a.unwrap_or("?")));
+    }
+    if let Some(m) = fallback {
+        return Ok(m);
     }
     Err(Error::not_found(format!(
         "{what} has no image for linux/{arch} (it has: {})",
@@ -554,6 +563,22 @@ pub fn pick_platform(index: &Value, what: &str) -> Result<String> {
             seen.join(", ")
         }
     )))
+}
+
+/// How many image indexes [`pull`] follows, one inside the other.
+const MAX_INDEX_DEPTH: usize = 8;
+
+/// Refuses a manifest or index whose descriptor `entry` gives another size
+/// than the `len` bytes fetched (no size: not checked). The digest proves
+/// the content; the size must agree with it, as for layers and configs.
+pub(crate) fn check_size(entry: &Value, len: usize, what: &str) -> Result<()> {
+    let size = size_of(entry, "manifest descriptor")?;
+    if size != 0 && size != len as u64 {
+        return Err(Error::invalid(format!(
+            "{what}: a manifest is {len} bytes, but its descriptor says {size}"
+        )));
+    }
+    Ok(())
 }
 
 /// The most bytes a manifest, an index or an image config may have.
@@ -709,14 +734,25 @@ pub fn pull(
 ) -> Result<Pulled> {
     crate::store::key::validate_key(name)?;
     let what = source.describe();
-    let (mut bytes, mut digest) = source.manifest(None)?;
+    let (bytes, mut digest) = source.manifest(None)?;
     let mut manifest = parse_json(&bytes, "manifest")?;
-    if is_index(&manifest) {
-        let d = pick_platform(&manifest, &what)?;
-        (bytes, digest) = source.manifest(Some(&d))?;
+    // An index may name another index (containerd follows them too); a
+    // content-addressed chain cannot loop, but it is kept short.
+    let mut depth = 0;
+    while is_index(&manifest) {
+        depth += 1;
+        if depth > MAX_INDEX_DEPTH {
+            return Err(Error::invalid(format!(
+                "{what}: image indexes nested more than {MAX_INDEX_DEPTH} deep"
+            )));
+        }
+        let entry = pick_platform(&manifest, &what)?;
+        let d = digest_of(&entry, "platform's manifest descriptor")?;
+        let bytes;
+        (bytes, digest) = source.manifest(Some(d))?;
+        check_size(&entry, bytes.len(), &what)?;
         manifest = parse_json(&bytes, "manifest")?;
     }
-    let _ = bytes;
     let config_desc = manifest
         .get("config")
         .ok_or_else(|| Error::invalid(format!("the manifest of {what} has no config")))?;
@@ -768,6 +804,22 @@ pub fn pull(
         let size = size_of(desc, "layer descriptor")?;
         let mut labels = Labels::new();
         let present = match store.stat(chain_id) {
+            // A chain ID names its parents' too: a layer under it on
+            // another parent is not this one (made by hand, say), and
+            // building on it would give the image a wrong tree.
+            Ok(info) if info.kind == SnapshotKind::Committed && info.parent != parent => {
+                return Err(Error::already_exists(format!(
+                    "`{chain_id}` exists on {} but the image has it on {}",
+                    info.parent
+                        .map_or("no parent".to_string(), |p| format!("`{p}`")),
+                    parent
+                        .as_ref()
+                        .map_or("no parent".to_string(), |p| format!("`{p}`")),
+                ))
+                .with_hint(format!(
+                    "remove it (strata rm -r {chain_id}) and pull again"
+                )));
+            }
             Ok(info) if info.kind == SnapshotKind::Committed => {
                 labels = info.labels;
                 true

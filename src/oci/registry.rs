@@ -605,7 +605,7 @@ impl Target for Registry {
         self.given.clone()
     }
 
-    fn has_blob(&mut self, digest: &str) -> Result<bool> {
+    fn has_blob(&mut self, digest: &str, _size: u64) -> Result<bool> {
         self.retry("push to", || {
             self.client.blob_exists(&self.reference, digest)
         })

@@ -770,6 +770,240 @@ fn hostile_layouts() {
     a.strata(&["check"]).success();
 }
 
+/// `export` into a layout that is not one strata could read back, or whose
+/// paths are wrong, is refused before any blob is written, with one line and
+/// `invalid` (or `unsupported` for another layout version); a blob path
+/// holding the wrong thing (junk, a symlink out) is replaced, never trusted.
+/// (Audit: a non-object index.json crashed export after writing the blobs;
+/// a junk blob was kept, so the layout could not be imported.)
+#[test]
+fn export_into_wrong_layouts() {
+    let Some((a, good)) = exported_base("v1") else {
+        return;
+    };
+    let export = |dir: &Path| -> Run { a.strata(&["export", "base", dir.to_str().unwrap()]) };
+    let blobs = |dir: &Path| fs::read_dir(dir.join("blobs/sha256")).map_or(0, |d| d.count());
+    for (index, why) in [
+        ("[1,2,3]", "not an object"),
+        ("\"str\"", "a string"),
+        ("{\"manifests\": 1}", "manifests not an array"),
+    ] {
+        let dir = a.scratch_dir("lay");
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        fs::write(dir.join("index.json"), index).unwrap();
+        let run = export(&dir);
+        assert_eq!(run.code, 6, "{why}: {}", run.session());
+        assert!(
+            run.stderr.contains("is not an OCI image index"),
+            "{why}: {}",
+            run.session()
+        );
+        assert_eq!(blobs(&dir), 0, "{why}: no blob written");
+    }
+    let dir = a.scratch_dir("lay");
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"2.0.0"}"#).unwrap();
+    a.fails(&["export", "base", dir.to_str().unwrap()], "unsupported");
+    assert_eq!(
+        fs::read_to_string(dir.join("oci-layout")).unwrap(),
+        r#"{"imageLayoutVersion":"2.0.0"}"#
+    );
+    let fifo = a.scratch_dir("lay");
+    sh_ok(
+        &format!(
+            "cd {} && mkfifo index.json && echo '{{\"imageLayoutVersion\":\"1.0.0\"}}' > oci-layout",
+            shell_quote(fifo.to_str().unwrap())
+        ),
+        "mkfifo",
+    );
+    let run = a.fails(&["export", "base", fifo.to_str().unwrap()], "invalid");
+    assert!(
+        run.stderr.contains("not a regular file"),
+        "{}",
+        run.session()
+    );
+    let b = Store::setup("native").unwrap();
+    b.fails(&["import", fifo.to_str().unwrap(), "x"], "invalid");
+    let dangling = a.scratch("dangling");
+    std::os::unix::fs::symlink(a.scratch("nowhere").join("lay"), &dangling).unwrap();
+    a.fails(&["export", "base", dangling.to_str().unwrap()], "invalid");
+    // apply's FILE a directory: no layer, no half-made snapshot.
+    let run = a.fails(&["apply", "x", "base", dir.to_str().unwrap()], "invalid");
+    assert!(run.stderr.contains("is a directory"), "{}", run.session());
+    assert_eq!(a.names(&[]), ["base"]);
+
+    // Blob paths holding junk, a symlink out, a directory.
+    let names: Vec<PathBuf> = fs::read_dir(good.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let copy = a.scratch("copy");
+    sh_ok(
+        &format!(
+            "cp -a {} {}",
+            shell_quote(good.to_str().unwrap()),
+            shell_quote(copy.to_str().unwrap())
+        ),
+        "cp",
+    );
+    let outside = a.scratch("outside");
+    fs::write(&outside, "mine").unwrap();
+    let in_copy = |p: &PathBuf| copy.join("blobs/sha256").join(p.file_name().unwrap());
+    fs::write(in_copy(&names[0]), "junk").unwrap();
+    fs::remove_file(in_copy(&names[1])).unwrap();
+    std::os::unix::fs::symlink(&outside, in_copy(&names[1])).unwrap();
+    export(&copy).success();
+    for p in &names {
+        let meta = fs::symlink_metadata(in_copy(p)).unwrap();
+        assert!(meta.is_file(), "{} replaced by a regular file", p.display());
+        assert_eq!(
+            fs::read(in_copy(p)).unwrap(),
+            fs::read(p).unwrap(),
+            "{}",
+            p.display()
+        );
+    }
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "mine");
+    b.strata(&["import", &format!("{}:latest", copy.display()), "back"])
+        .success();
+    b.view_tree("back")
+        .assert_eq(&a.view_tree("base"), "imported from the mended layout");
+    fs::remove_file(in_copy(&names[0])).unwrap();
+    fs::create_dir(in_copy(&names[0])).unwrap();
+    let run = a.fails(&["export", "base", copy.to_str().unwrap()], "invalid");
+    assert!(run.stderr.contains("is a directory"), "{}", run.session());
+    a.strata(&["check"]).success();
+}
+
+/// `import` takes what skopeo and umoci write: tags holding `/` and `:`
+/// (`DIR:example.com/app:v1`), indexes inside indexes, and of several
+/// entries for the host's architecture the one without a variant (as
+/// containerd). A manifest whose descriptor gives another size is refused,
+/// and so is a chain-ID layer of the store's own that sits on another
+/// parent than the image's.
+#[test]
+fn import_tags_nested_indexes_and_descriptors() {
+    let Some((a, layout)) = exported_base("example.com/app:v1") else {
+        return;
+    };
+    let dir = layout.to_str().unwrap();
+    a.strata(&["export", "base", dir, "--tag", "library/app"])
+        .success();
+    let b = Store::setup("native").unwrap();
+    for (tag, name) in [("example.com/app:v1", "one"), ("library/app", "two")] {
+        b.strata(&["import", &format!("{dir}:{tag}"), name])
+            .success();
+        b.view_tree(name).assert_eq(&a.view_tree("base"), tag);
+    }
+    b.fails(
+        &["import", &format!("{dir}:example.com/app:v2"), "three"],
+        "not_found",
+    );
+
+    let index_path = layout.join("index.json");
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let manifest = index["manifests"][0].clone();
+    let host = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let mut entry = manifest.clone();
+    entry.as_object_mut().unwrap().remove("annotations");
+    entry["platform"] = serde_json::json!({"os": "linux", "architecture": host});
+    // First an entry with a variant whose manifest is missing: taking it
+    // would fail.
+    let mut variant = entry.clone();
+    variant["digest"] = format!("sha256:{}", "0".repeat(64)).into();
+    variant["platform"]["variant"] = "v3".into();
+    let wrap = |manifests: Vec<serde_json::Value>| -> serde_json::Value {
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        }))
+        .unwrap();
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": put_blob(&layout, &bytes),
+            "size": bytes.len(),
+            "platform": {"os": "linux", "architecture": host},
+        })
+    };
+    let inner = wrap(vec![variant, entry]);
+    let mut top = wrap(vec![inner]);
+    top.as_object_mut().unwrap().remove("platform");
+    top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "nested"});
+    let mut wrong_size = manifest.clone();
+    wrong_size["size"] = 1.into();
+    wrong_size["annotations"]["org.opencontainers.image.ref.name"] = "sized".into();
+    let mut edited = index.clone();
+    let list = edited["manifests"].as_array_mut().unwrap();
+    list.push(top);
+    list.push(wrong_size);
+    fs::write(&index_path, serde_json::to_vec(&edited).unwrap()).unwrap();
+
+    b.strata(&["import", &format!("{dir}:nested"), "nested"])
+        .success();
+    b.view_tree("nested")
+        .assert_eq(&a.view_tree("base"), "through two indexes");
+    let run = b.fails(&["import", &format!("{dir}:sized"), "sized"], "invalid");
+    assert!(
+        run.stderr.contains("descriptor says 1"),
+        "{}",
+        run.session()
+    );
+
+    // A layer of the store's own under the image's chain ID, on a parent.
+    let c = Store::setup("native").unwrap();
+    let config_digest = {
+        let m: serde_json::Value = serde_json::from_slice(
+            &fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(&manifest["digest"].as_str().unwrap()[7..]),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        m["config"]["digest"].as_str().unwrap().to_string()
+    };
+    let config: serde_json::Value = serde_json::from_slice(
+        &fs::read(layout.join("blobs/sha256").join(&config_digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let chain_id = config["rootfs"]["diff_ids"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let empty = [0u8; 1024];
+    c.strata_with(
+        &["apply", "floor"],
+        With {
+            stdin: Some(&empty),
+            ..Default::default()
+        },
+    )
+    .success();
+    c.strata_with(
+        &["apply", &chain_id, "floor"],
+        With {
+            stdin: Some(&empty),
+            ..Default::default()
+        },
+    )
+    .success();
+    let run = c.fails(
+        &["import", &format!("{dir}:library/app"), "img"],
+        "already_exists",
+    );
+    assert!(run.stderr.contains("on `floor`"), "{}", run.session());
+    assert!(
+        !c.names(&[]).contains(&"img".to_string()),
+        "{}",
+        run.session()
+    );
+}
+
 /// Exports into one layout at once each keep their tag (index.json is
 /// changed under a lock; without it a third to a half were lost).
 #[test]
