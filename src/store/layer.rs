@@ -940,8 +940,18 @@ fn context(e: LayerError, ctx: &str) -> LayerError {
     }
 }
 
+/// Whether `magic` starts a zstd stream: a zstd frame (28 b5 2f fd), or a
+/// skippable frame (magic 0x184D2A50 to 0x184D2A5F, little-endian), which
+/// some writers put first for metadata (e.g. seekable zstd) and which
+/// containerd and moby detect as zstd too; the decoder skips it.
+fn is_zstd(magic: &[u8]) -> bool {
+    magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || (magic.len() >= 4 && magic[0] & 0xf0 == 0x50 && magic[1..4] == [0x2a, 0x4d, 0x18])
+}
+
 /// Unpack a layer read from `input` (compression detected from the first
-/// bytes: gzip 1f 8b, zstd 28 b5 2f fd, else plain tar) into directory
+/// bytes: gzip 1f 8b, zstd 28 b5 2f fd or a zstd skippable frame, else
+/// plain tar) into directory
 /// `dest` (which exists; for Overlay it is an empty upper dir, for Delete a
 /// copy of the parent tree). `progress` is called with the number of
 /// compressed bytes consumed so far, now and then.
@@ -961,7 +971,7 @@ pub fn apply(
     let magic = &magic[..got];
     let compression = if magic.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    } else if is_zstd(magic) {
         Compression::Zstd
     } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         return Err(invalid(
@@ -5341,6 +5351,32 @@ mod tests {
         let mut padded = good.clone();
         padded.resize(padded.len() + 9216, 0);
         apply_vec(&padded, &jail().dest, &delete()).unwrap();
+    }
+
+    /// A zstd layer that starts with skippable frames (magic 0x184D2A50 to
+    /// 0x184D2A5F, as containerd and moby detect it) is zstd: the frames
+    /// are skipped, and belong to the digest but not to the diff_id. One
+    /// with only a skippable frame and then garbage is corrupt zstd.
+    #[test]
+    fn zstd_after_a_skippable_frame() {
+        let tar = sample_tar();
+        for magic in [0x50u8, 0x5f] {
+            let mut data = vec![magic, 0x2a, 0x4d, 0x18, 8, 0, 0, 0];
+            data.extend_from_slice(b"skipskip");
+            data.extend(zstd_of(&tar[..1024]));
+            // A second skippable frame between two zstd frames.
+            data.extend_from_slice(&[0x5a, 0x2a, 0x4d, 0x18, 0, 0, 0, 0]);
+            data.extend(zstd_of(&tar[1024..]));
+            let j = jail();
+            let d = apply_vec(&data, &j.dest, &delete()).unwrap();
+            assert_eq!(d.compression, "zstd");
+            assert_eq!(d.diff_id, sha(&tar));
+            assert_eq!(d.digest, sha(&data));
+            assert_eq!(std::fs::read(j.dest.join("d/z")).unwrap(), b"zzz");
+        }
+        let mut bad = vec![0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0];
+        bad.extend_from_slice(&tar);
+        jail().refuse(&bad, &delete(), "zstd");
     }
 
     #[test]

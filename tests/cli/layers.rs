@@ -1096,3 +1096,24 @@ fn xattrs_the_kernel_refuses_are_invalid() {
         assert_eq!(s.names(&[]), ["base"]);
     }
 }
+
+/// A zstd layer that begins with a skippable frame (as containerd and moby
+/// detect it) is read as zstd: same diff_id as without the frame.
+#[test]
+fn zstd_layer_after_a_skippable_frame() {
+    let s = setup!("native");
+    s.layer("base", None, &[file("/hello", "hi\n", 0o644)]);
+    let (zst, made) = diff_to(&s, "base", "zstd");
+    let mut data = b"\x50\x2a\x4d\x18\x08\x00\x00\x00skipskip".to_vec();
+    data.extend(fs::read(&zst).unwrap());
+    let skip = s.scratch("skip.tar.zst");
+    fs::write(&skip, &data).unwrap();
+    let applied = with_stdin(&s, &["apply", "copy", "-o", "json"], &skip)
+        .success()
+        .json();
+    assert_eq!(applied["diff_id"], made["diff_id"]);
+    assert_eq!(
+        s.view_tree("copy").content("hello").as_deref(),
+        Some("hi\n")
+    );
+}
