@@ -781,9 +781,6 @@ pub fn pull(
             diff_ids.len()
         )));
     }
-    if descs.is_empty() {
-        return Err(Error::invalid(format!("{what} has no layers")));
-    }
     // diff_ids become chain IDs, which are snapshot keys: anything but a
     // digest could name (and then build on, label and pin) a snapshot of
     // the store's own.
@@ -903,8 +900,9 @@ pub fn pull(
         });
         parent = Some(chain_id.clone());
     }
-    let top = parent.expect("at least one layer");
-    make_alias(store, name, &top, reference, &digest)?;
+    // An image with no layers (the image spec allows it; `umoci new` makes
+    // one) is an alias with no parent: an empty root.
+    make_alias(store, name, parent.as_deref(), reference, &digest)?;
     Ok(Pulled {
         reference: reference.to_string(),
         digest,
@@ -913,14 +911,15 @@ pub fn pull(
     })
 }
 
-/// Makes `name` an empty committed snapshot on `top` labelled with the
+/// Makes `name` an empty committed snapshot on `top` (or a root, for an
+/// image with no layers) labelled with the
 /// image's reference and digest. An existing alias on the same parent only
 /// gets its labels updated; an alias elsewhere without children is
 /// replaced; anything else is `already_exists`.
 fn make_alias(
     store: &mut Store,
     name: &str,
-    top: &str,
+    top: Option<&str>,
     reference: &str,
     digest: &str,
 ) -> Result<()> {
@@ -932,7 +931,7 @@ fn make_alias(
         Err(e) => return Err(e),
         Ok(info) => {
             if info.kind == SnapshotKind::Committed
-                && info.parent.as_deref() == Some(top)
+                && info.parent.as_deref() == top
                 && is_alias(&info.labels)
             {
                 store.update_labels(name, &labels)?;
@@ -960,7 +959,7 @@ fn make_alias(
     let empty = [0u8; 1024];
     let r = store.apply(
         name,
-        Some(top),
+        top,
         &labels,
         &mut &empty[..],
         ApplyChecks::default(),
@@ -971,7 +970,7 @@ fn make_alias(
         Err(e) if e.kind() == Kind::AlreadyExists => {
             // A concurrent pull of the same image made it.
             match store.stat(name) {
-                Ok(info) if info.parent.as_deref() == Some(top) => Ok(()),
+                Ok(info) if info.parent.as_deref() == top => Ok(()),
                 _ => Err(e),
             }
         }

@@ -1004,6 +1004,38 @@ fn import_tags_nested_indexes_and_descriptors() {
     );
 }
 
+/// An image with no layers (allowed by the image spec; `umoci new` makes
+/// one) imports as an empty root alias, and exports back with no layers.
+#[test]
+fn an_image_with_no_layers() {
+    let Some((a, layout)) = exported_base("v1") else {
+        return;
+    };
+    edit_layout(&layout, |manifest, config| {
+        manifest["layers"] = serde_json::json!([]);
+        config["rootfs"]["diff_ids"] = serde_json::json!([]);
+    });
+    let b = Store::setup("native").unwrap();
+    let src = format!("{}:v1", layout.display());
+    b.strata(&["import", &src, "scratch"]).success();
+    let info = b.info("scratch");
+    assert_eq!(info["kind"], "committed", "{info}");
+    assert_eq!(info["parent"], serde_json::Value::Null, "{info}");
+    assert_eq!(b.names(&[]), ["scratch"]);
+    b.strata(&["import", &src, "scratch"]).success();
+    let out = a.scratch("out");
+    b.strata(&["export", "scratch", out.to_str().unwrap(), "--tag", "t"])
+        .success();
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("blobs/sha256").join(&digest[7..])).unwrap())
+            .unwrap();
+    assert_eq!(manifest["layers"], serde_json::json!([]), "{manifest}");
+    b.strata(&["check"]).success();
+}
+
 /// Exports into one layout at once each keep their tag (index.json is
 /// changed under a lock; without it a third to a half were lost).
 #[test]
