@@ -932,6 +932,30 @@ fn header_mtime(h: &tar::Header) -> io::Result<i64> {
     i64::try_from(h.mtime()?).map_err(|_| io::Error::other("a time out of range"))
 }
 
+/// A header's device numbers (0 in a header without the fields: pre-POSIX
+/// tar). A field of only NULs or spaces is 0, as GNU tar, Go's archive/tar
+/// and Python's tarfile read it (the tar crate refuses it as not a
+/// number). The error names the field at fault.
+fn header_device(h: &tar::Header) -> std::result::Result<(u32, u32), &'static str> {
+    let (major, minor) = match (h.as_ustar(), h.as_gnu()) {
+        (Some(u), _) => (&u.dev_major, &u.dev_minor),
+        (None, Some(g)) => (&g.dev_major, &g.dev_minor),
+        (None, None) => return Ok((0, 0)),
+    };
+    Ok((
+        device_field(major, || h.device_major()).ok_or("devmajor")?,
+        device_field(minor, || h.device_minor()).ok_or("devminor")?,
+    ))
+}
+
+/// One device number field: 0 if blank, else as the tar crate reads it.
+fn device_field(raw: &[u8], read: impl FnOnce() -> io::Result<Option<u32>>) -> Option<u32> {
+    if raw.iter().all(|&b| b == 0 || b == b' ') {
+        return Some(0);
+    }
+    read().ok().map(|n| n.unwrap_or(0))
+}
+
 /// Adds `ctx` to an Invalid message.
 fn context(e: LayerError, ctx: &str) -> LayerError {
     match e {
@@ -2632,11 +2656,9 @@ impl<'o> Extractor<'o> {
             Kind::Char | Kind::Block | Kind::Fifo => {
                 let (ft, dev) = match kind {
                     Kind::Char | Kind::Block => {
-                        let bad = |e: io::Error| {
-                            invalid(format!("entry `{name}`: bad device number: {e}"))
-                        };
-                        let major = m.header.device_major().map_err(bad)?.unwrap_or(0);
-                        let minor = m.header.device_minor().map_err(bad)?.unwrap_or(0);
+                        let (major, minor) = header_device(&m.header).map_err(|field| {
+                            invalid(format!("entry `{name}`: its {field} field is not a number"))
+                        })?;
                         // In an overlay upper directory that node is a
                         // whiteout, on the native driver a device: refused on
                         // both, so a layer means one thing everywhere.
@@ -5232,6 +5254,49 @@ mod tests {
                 .is_symlink()
         );
         j.untouched();
+    }
+
+    /// A device entry whose devmajor or devminor field is all NULs or all
+    /// spaces has the number 0 there, as GNU tar, Go and Python read it (the
+    /// tar crate refuses it); a field that is not a number is named.
+    #[test]
+    fn blank_device_number_fields_are_zero() {
+        need_root!();
+        let with_fields = |major: &[u8; 8], minor: &[u8; 8]| {
+            let mut data = raw(b"c", b'3', b"", b"");
+            data[329..337].copy_from_slice(major);
+            data[337..345].copy_from_slice(minor);
+            let mut h = tar::Header::from_byte_slice(&data[..512]).clone();
+            h.set_cksum();
+            data[..512].copy_from_slice(h.as_bytes());
+            data
+        };
+        for (major, minor, want) in [
+            (b"\0\0\0\0\0\0\0\0", b"0000003\0", (0, 3)),
+            (b"        ", b"0000003 ", (0, 3)),
+            (b"0000001\0", b"\0\0\0\0\0\0\0\0", (1, 0)),
+        ] {
+            let j = jail();
+            apply_vec(&with_fields(major, minor), &j.dest, &delete()).unwrap();
+            let st = rustix::fs::lstat(j.dest.join("c")).unwrap();
+            assert_eq!(
+                rustix::fs::FileType::from_raw_mode(st.st_mode),
+                rustix::fs::FileType::CharacterDevice
+            );
+            let dev = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+            assert_eq!(dev, want);
+        }
+        jail().refuse(
+            &with_fields(b"0000001\0", b"zz\0\0\0\0\0\0"),
+            &delete(),
+            "entry `c`: its devminor field is not a number",
+        );
+        // Both blank: a character device 0/0, which is a whiteout.
+        jail().refuse(
+            &with_fields(b"\0\0\0\0\0\0\0\0", b"        "),
+            &delete(),
+            "0/0",
+        );
     }
 
     #[test]

@@ -1117,3 +1117,28 @@ fn zstd_layer_after_a_skippable_frame() {
         Some("hi\n")
     );
 }
+
+/// A device entry whose devmajor field is all NULs (a ustar header, as some
+/// writers leave it) is device 0,N, as GNU tar, Go and Python read it; the
+/// tar crate's own reading refused it with its raw text.
+#[test]
+fn blank_device_number_field_is_zero() {
+    for driver in ["overlay", "native"] {
+        let s = setup!(driver);
+        let tar = s.scratch("dev.tar");
+        let script = format!(
+            "import tarfile\n\
+             i = tarfile.TarInfo('c13'); i.type = tarfile.CHRTYPE; i.devmajor = 0; i.devminor = 3\n\
+             h = bytearray(i.tobuf(format=tarfile.USTAR_FORMAT)); h[329:337] = b'\\0' * 8\n\
+             h[148:156] = b' ' * 8; h[148:156] = b'%06o\\0 ' % sum(h)\n\
+             open({:?}, 'wb').write(bytes(h) + b'\\0' * 1024)\n",
+            tar.to_str().unwrap()
+        );
+        run_ok(Command::new("python3").args(["-c", &script]), "python3");
+        with_stdin(&s, &["apply", "dev"], &tar).success();
+        let tree = s.view_tree("dev");
+        let e = &tree.entries["c13"];
+        assert_eq!(e.kind, "char-device", "{driver}");
+        assert_eq!(e.rdev, libc::makedev(0, 3), "{driver}");
+    }
+}
