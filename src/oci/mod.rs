@@ -266,11 +266,16 @@ pub fn push(
             if mounted {
                 file = None;
             } else if file.is_none() {
-                // Known digests but the target lacks the blob: write it again.
+                // Known digests but the target lacks the blob: write it
+                // again (strata's own writing, which may differ from a
+                // pulled blob), then look for that one too.
                 let (d, f) = write_layer(store, &layer.name, compression, sde, printer)?;
                 digests = d;
                 file = Some(f);
                 if target.has_blob(&digests.digest, digests.size)? {
+                    file = None;
+                } else if try_mount(target, &layer.labels, &digests.digest)? {
+                    mounted = true;
                     file = None;
                 }
             }

@@ -339,7 +339,12 @@ impl Store {
     }
 
     /// Writes committed `key`'s layer to `out` and remembers its digests,
-    /// so later pushes and exports only check them.
+    /// so later pushes and exports only check them. Digests already known
+    /// are kept: a pulled layer's are those of the registry's blob, which
+    /// a cross-repository mount can reuse and strata's own writing of the
+    /// same tree (another tar, another gzip) would not match (audit: a push
+    /// to a second registry replaced them, and a later push back to the
+    /// first uploaded the layer again instead of mounting it).
     pub fn layer_blob(
         &mut self,
         key: &str,
@@ -352,7 +357,11 @@ impl Store {
             .diff(key, None, out, compression, source_date_epoch, progress)?
             .digests;
         // An active snapshot may still change: only committed ones are remembered.
-        if self.stat(key)?.kind == SnapshotKind::Committed {
+        if self.stat(key)?.kind == SnapshotKind::Committed
+            && self
+                .known_digests(key, compression, source_date_epoch)?
+                .is_none()
+        {
             self.remember_digests(key, compression, source_date_epoch, &digests)?;
         }
         Ok(digests)

@@ -1581,6 +1581,85 @@ fn cross_repository_mount(driver: &str) {
     );
 }
 
+/// A pulled layer keeps the registry's digests: pushing the chain to a
+/// second registry (which lacks the blobs, so strata writes the layer
+/// itself, another gzip) does not replace them, and a later push to
+/// another repository of the first registry mounts the original blob
+/// instead of uploading strata's. (Audit: the second push replaced them.)
+#[test]
+fn pulled_digests_survive_a_push_elsewhere() {
+    if !require(&["skopeo"]) {
+        return;
+    }
+    let Some((a, layout)) = exported_base("v1") else {
+        return;
+    };
+    let (Some(one), Some(two)) = (Registry::start(), Registry::start()) else {
+        return;
+    };
+    // The layer gzipped by another hand (level 1): same diff_id, other digest.
+    let mut layer = String::new();
+    edit_layout(&layout, |manifest, _| {
+        let old = manifest["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let blobs = layout.join("blobs/sha256");
+        let tar = sh_ok(
+            &format!(
+                "gzip -dc {} | gzip -1 > {}/regz && sha256sum {}/regz | cut -d' ' -f1",
+                shell_quote(blobs.join(&old[7..]).to_str().unwrap()),
+                shell_quote(blobs.to_str().unwrap()),
+                shell_quote(blobs.to_str().unwrap())
+            ),
+            "gzip -1",
+        );
+        layer = format!("sha256:{}", tar.trim());
+        fs::rename(blobs.join("regz"), blobs.join(&layer[7..])).unwrap();
+        manifest["layers"][0]["digest"] = layer.clone().into();
+        manifest["layers"][0]["size"] = fs::metadata(blobs.join(&layer[7..])).unwrap().len().into();
+    });
+    let src = one.reference("src/app:v1");
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(format!("docker://{src}")),
+        "skopeo copy",
+    );
+    drop(a);
+    let b = Store::setup("native").unwrap();
+    plain(&b, &["pull", &src, "app"]);
+    let elsewhere = plain(&b, &["push", "--json", "app", &two.reference("x/app:v1")]).json();
+    let pushed = &elsewhere["layers"][0];
+    assert_ne!(
+        pushed["digest"],
+        layer.as_str(),
+        "strata's own gzip: {elsewhere}"
+    );
+    assert_eq!(pushed["uploaded"], true, "{elsewhere}");
+    let back = plain(
+        &b,
+        &["push", "--json", "app", &one.reference("other/app:v1")],
+    )
+    .json();
+    let l = &back["layers"][0];
+    assert_eq!(l["digest"], layer.as_str(), "the pulled blob: {back}");
+    assert_eq!(
+        (&l["mounted"], &l["uploaded"]),
+        (&true.into(), &false.into()),
+        "{back}"
+    );
+    let again = plain(&b, &["push", "--json", "app", &two.reference("y/app:v1")]).json();
+    let l = &again["layers"][0];
+    assert_eq!(l["digest"], pushed["digest"], "{again}");
+    assert_eq!(
+        (&l["mounted"], &l["uploaded"]),
+        (&true.into(), &false.into()),
+        "{again}"
+    );
+}
+
 /// A TCP proxy in front of a registry that answers the first N connections with
 /// `503 Service Unavailable`, then forwards.
 struct FlakyProxy {
