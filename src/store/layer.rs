@@ -261,6 +261,8 @@ fn sha256_string(h: Sha256) -> String {
 }
 
 const BLOCK: usize = 512;
+/// Linux's longest path, with its NUL (a symlink's target is one).
+const PATH_MAX: usize = 4096;
 const COPY_BUF: usize = 256 * 1024;
 const PROGRESS_STEP: u64 = 1 << 20;
 const MAX_LONG_NAME: u64 = 1 << 20;
@@ -473,16 +475,20 @@ fn read_ahead<'scope>(
         .spawn_scoped(scope, move || {
             loop {
                 let mut buf = reused(recycled.as_ref(), CHUNK);
-                let len = match read_up_to(&mut src, &mut buf) {
-                    Ok(len) => len,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
+                let (len, failed) = read_until_error(&mut src, &mut buf);
                 buf.truncate(len);
-                // Stop at the end, or when the unpacking gave up (an error).
-                if len == 0 || tx.send(Ok(buf)).is_err() {
+                // What was read before an error is handed over first, so
+                // the error is met where it is in the stream (garbage after
+                // the gzip stream, after the last entry; not "at the start").
+                if len > 0 && tx.send(Ok(buf)).is_err() {
+                    return;
+                }
+                if let Some(e) = failed {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                // Stop at the end.
+                if len == 0 {
                     return;
                 }
             }
@@ -491,18 +497,27 @@ fn read_ahead<'scope>(
     Ok(rx)
 }
 
-/// Reads into `buf` until it is full or the input ends; returns how much.
-fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads into `buf` until it is full, the input ends or reading fails;
+/// returns how much, and the error.
+fn read_until_error(input: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
     let mut len = 0;
     while len < buf.len() {
         match input.read(&mut buf[len..]) {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return (len, Some(e)),
         }
     }
-    Ok(len)
+    (len, None)
+}
+
+/// Reads into `buf` until it is full or the input ends; returns how much.
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    match read_until_error(input, buf) {
+        (len, None) => Ok(len),
+        (_, Some(e)) => Err(e),
+    }
 }
 
 /// The uncompressed tar stream, read in chunks: hashed (diff_id), counted
@@ -1081,15 +1096,18 @@ fn unpack(
     // second zero block, record padding) still belongs to the diff_id and
     // must be zeros: anything else would be read differently by a tool that
     // skips zero blocks.
+    let at_end = if last.is_empty() {
+        "after the end-of-archive block".to_string()
+    } else {
+        format!("after the end-of-archive block, after entry `{last}`")
+    };
     loop {
-        let rest = stream.fill()?;
+        let rest = stream.fill().map_err(|e| context(e, &at_end))?;
         if rest.is_empty() {
             break;
         }
         if rest.iter().any(|b| *b != 0) {
-            return Err(invalid(format!(
-                "corrupt archive: data after the end-of-archive block (after entry `{last}`)"
-            )));
+            return Err(invalid(format!("corrupt archive: data {at_end}")));
         }
         let n = rest.len();
         stream.consume(n);
@@ -1536,6 +1554,22 @@ fn bad_parent(entry: &str, sub: &[u8], symlink: bool) -> LayerError {
             show(sub)
         )
     })
+}
+
+/// An error met on the way to hardlink `entry`'s target `link`, about the
+/// target: "entry `hl`: hardlink target `d/f`: its parent `d` is a
+/// symlink", not the entry's own parent.
+fn about_link_target(e: LayerError, entry: &str, link: &[u8]) -> LayerError {
+    match e {
+        LayerError::Invalid(msg) => {
+            let prefix = format!("entry `{entry}`: ");
+            match msg.strip_prefix(&prefix) {
+                Some(rest) => invalid(format!("{prefix}hardlink target `{}`: {rest}", show(link))),
+                None => LayerError::Invalid(msg),
+            }
+        }
+        other => other,
+    }
 }
 
 fn cstr(b: &[u8]) -> CString {
@@ -2647,6 +2681,15 @@ impl<'o> Extractor<'o> {
                         "entry `{name}`: a symlink with an empty or invalid target"
                     )));
                 }
+                // `symlinkat` says ENAMETOOLONG, which `create` would blame
+                // on the name.
+                if m.link.len() >= PATH_MAX {
+                    return Err(invalid(format!(
+                        "entry `{name}`: its symlink target is too long ({} bytes; Linux allows {})",
+                        m.link.len(),
+                        PATH_MAX - 1
+                    )));
+                }
                 let target = cstr(&m.link);
                 self.create(&dir, cname, &rel, &name, |d, n| {
                     rustix::fs::symlinkat(target.as_c_str(), d, n)
@@ -2700,8 +2743,10 @@ impl<'o> Extractor<'o> {
                 let (tlast, tparent) = tcomps
                     .split_last()
                     .ok_or_else(|| invalid(format!("entry `{name}`: hardlink to the root")))?;
+                // What is wrong on the way is the target's: said so.
                 let tdir = self
-                    .open_dir(tparent, Missing::Skip, &name)?
+                    .open_dir(tparent, Missing::Skip, &name)
+                    .map_err(|e| about_link_target(e, &name, &m.link))?
                     .ok_or_else(|| {
                         invalid(format!(
                             "entry `{name}`: hardlink target `{}` does not exist",
@@ -5442,6 +5487,44 @@ mod tests {
         let mut bad = vec![0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0];
         bad.extend_from_slice(&tar);
         jail().refuse(&bad, &delete(), "zstd");
+    }
+
+    /// Refusals say where and what: garbage after a gzip stream is after
+    /// the last entry (the entries before an input error are read first),
+    /// a gzip stream cut inside a file names that file, a symlink target
+    /// over PATH_MAX is the target's fault, and a hardlink whose target's
+    /// directory became a symlink names the target's parent.
+    #[test]
+    fn refusals_say_where_and_what() {
+        let good = sample_tar();
+        let mut gz = gzip(&good);
+        gz.extend_from_slice(b"GARBAGE");
+        jail().refuse(
+            &gz,
+            &delete(),
+            "(after the end-of-archive block, after entry `d/z`)",
+        );
+        let gz = gzip(&good);
+        let cut = &gz[..gz.len() / 2];
+        jail().refuse(cut, &delete(), "(entry `d/big`)");
+        let long = vec![b'x'; 5000];
+        let data = with_pax(&[(b"linkpath", &long)], tar_of(&[symlink(b"ls", b"x")]));
+        jail().refuse(
+            &data,
+            &delete(),
+            "entry `ls`: its symlink target is too long (5000 bytes",
+        );
+        let data = tar_of(&[
+            dir(b"d/"),
+            file(b"d/f", b""),
+            symlink(b"d", b"/etc"),
+            hardlink(b"hl", b"d/f"),
+        ]);
+        jail().refuse(
+            &data,
+            &delete(),
+            "entry `hl`: hardlink target `d/f`: its parent `d` is a symlink",
+        );
     }
 
     #[test]

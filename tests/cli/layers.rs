@@ -1142,3 +1142,56 @@ fn blank_device_number_field_is_zero() {
         assert_eq!(e.rdev, libc::makedev(0, 3), "{driver}");
     }
 }
+
+/// Refusals say where and what: garbage after a gzip stream is after the
+/// last entry (not "at the start of the layer"), an over-long symlink target
+/// is the target's fault (not a name component's), and a hardlink whose
+/// target's directory became a symlink names the target's parent.
+#[test]
+fn refusals_say_where_and_what() {
+    let s = setup!("native");
+    s.layer("base", None, &[file("/f", "f", 0o644)]);
+    let tar = s.scratch("hello.tar");
+    python_tar(&tar, "f('hello', b'hi')");
+    let gz = s.scratch("g.tar.gz");
+    let mut data = Command::new("gzip")
+        .arg("-c")
+        .arg(&tar)
+        .output()
+        .unwrap()
+        .stdout;
+    data.extend_from_slice(b"GARBAGE");
+    fs::write(&gz, data).unwrap();
+    let long = s.scratch("ls.tar");
+    python_tar(
+        &long,
+        "f('ls', b'', type=tarfile.SYMTYPE, linkname='x' * 5000)",
+    );
+    let hl = s.scratch("hl.tar");
+    python_tar(
+        &hl,
+        "f('d', b'', type=tarfile.DIRTYPE)\nf('d/f', b'')\n\
+         f('d', b'', type=tarfile.SYMTYPE, linkname='/etc')\n\
+         f('hl', b'', type=tarfile.LNKTYPE, linkname='d/f')",
+    );
+    for (name, path, want) in [
+        (
+            "g",
+            &gz,
+            "(after the end-of-archive block, after entry `hello`)",
+        ),
+        ("s", &long, "entry `ls`: its symlink target is too long"),
+        (
+            "h",
+            &hl,
+            "entry `hl`: hardlink target `d/f`: its parent `d` is a symlink",
+        ),
+    ] {
+        let msg = refused(
+            s.strata(&["-o", "json", "apply", name, "base", path.to_str().unwrap()]),
+            "invalid",
+        );
+        assert!(msg.contains(want), "{msg}");
+    }
+    assert_eq!(s.names(&[]), ["base"]);
+}
