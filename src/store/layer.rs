@@ -25,8 +25,9 @@
 //!   would be read differently), more uncompressed bytes than
 //!   `max_size`, `..` components, names with a NUL, symlinks or non-
 //!   directories in a parent position (of this layer or of the layers
-//!   below), hardlinks that do not point to an
-//!   earlier entry of the same layer, and device nodes unless allowed.
+//!   below; but see whiteouts under this layer's own non-directories),
+//!   hardlinks that do not point to an earlier entry of the same layer, and
+//!   device nodes unless allowed.
 //! * Absolute names and `./` prefixes are taken relative to `dest`, as
 //!   containerd does (`/etc/passwd` and `./etc/passwd` are `etc/passwd`);
 //!   `..` is refused rather than cleaned, even where it would stay inside.
@@ -42,6 +43,14 @@
 //!   directory `lib` in the upper, hiding the link). A lower entry that a
 //!   nearer layer whites out, or that this layer replaces or whites out
 //!   first, is no obstacle.
+//! * A whiteout or opaque marker under a path that this layer already made
+//!   a non-directory is ignored, on both drivers. umoci writes a directory
+//!   replaced by a symlink or a file as the new entry followed by whiteouts
+//!   of the old directory's children (`d -> e`, then `d/.wh.x`): what the
+//!   layers below had under `d` is hidden by the new entry already, so
+//!   there is nothing left to delete, and the path is never followed (no
+//!   `e/x` is deleted through `d -> e`). Any other entry through such a
+//!   path is still refused.
 //! * Entries for the root directory itself (`./`) are ignored, as in
 //!   containerd; [`write`] never emits one.
 //! * A hardlink must point to an earlier entry of the same layer (the only
@@ -1302,6 +1311,12 @@ const CREATED: u8 = 1;
 const HOLDS: u8 = 2;
 /// Overlay: a directory made in the upper as a copy of one below.
 const COPIED_UP: u8 = 4;
+/// An entry of this layer that is not a directory (file, symlink, link,
+/// device, FIFO): whiteouts under it are ignored. The flag can outlive
+/// its entry only where an ancestor was replaced since, by a non-directory
+/// (ignoring them anyway) or by a new directory (hiding all that was
+/// below, so that they would hide nothing).
+const NON_DIR: u8 = 8;
 
 /// One path of [`Marks`].
 struct Mark {
@@ -1409,6 +1424,14 @@ impl Marks {
     fn has(&mut self, rel: &[u8], flag: u8) -> bool {
         self.find(rel, false)
             .is_some_and(|id| self.nodes[id as usize].flags & flag != 0)
+    }
+
+    fn flag(&self, id: u32, flag: u8) -> bool {
+        self.nodes[id as usize].flags & flag != 0
+    }
+
+    fn clear(&mut self, id: u32, flag: u8) {
+        self.nodes[id as usize].flags &= !flag;
     }
 
     /// Sets `flag` on node `id`; false if it was set.
@@ -1999,9 +2022,12 @@ impl<'o> Extractor<'o> {
         })
     }
 
-    fn mark_created(&mut self, rel: &[u8]) {
+    /// Marks `rel` as made by this layer (a directory unless it is flagged
+    /// [`NON_DIR`] after); returns its node.
+    fn mark_created(&mut self, rel: &[u8]) -> u32 {
         let id = self.marks.find(rel, true).expect("added");
         self.marks.set(id, CREATED);
+        self.marks.clear(id, NON_DIR);
         self.containers.remove(&id);
         let mut p = id;
         while let Some(q) = self.marks.parent(p).filter(|&q| q != 0) {
@@ -2012,6 +2038,7 @@ impl<'o> Extractor<'o> {
             self.containers.remove(&q);
             p = q;
         }
+        id
     }
 
     /// Opens directory `comps` under the root, refusing symlinks and
@@ -2503,6 +2530,14 @@ impl<'o> Extractor<'o> {
                 .map_err(|e| context(e, &format!("entry `{name}`")))?;
             s.skip_padding(m.size)
                 .map_err(|e| context(e, &format!("entry `{name}`")))?;
+            // Under a path this layer made a non-directory (umoci writes
+            // `d -> e`, then `d/.wh.x` for what directory `d` held), what
+            // the layers below had is gone already: there is nothing left
+            // to hide, and nothing is looked up through that path (never
+            // through the symlink).
+            if self.under_own_non_dir(parent) {
+                return Ok(());
+            }
             if base == OPAQUE_MARKER {
                 return self.opaque(parent, &parent_rel, &name);
             }
@@ -2771,8 +2806,29 @@ impl<'o> Extractor<'o> {
                 })?;
             }
         }
-        self.mark_created(&rel);
+        let id = self.mark_created(&rel);
+        if !matches!(kind, Kind::Dir) {
+            self.marks.set(id, NON_DIR);
+        }
         Ok(())
+    }
+
+    /// Whether directory `comps`, or one above it, is a non-directory this
+    /// layer made (as far as [`NON_DIR`] says).
+    fn under_own_non_dir(&mut self, comps: &[&[u8]]) -> bool {
+        let mut rel = Vec::new();
+        for c in comps {
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(c);
+            match self.marks.find(&rel, false) {
+                None => return false,
+                Some(id) if self.marks.flag(id, NON_DIR) => return true,
+                Some(_) => {}
+            }
+        }
+        false
     }
 
     /// Creates `name` in `dir` with `make`, replacing what is there.
@@ -5206,23 +5262,27 @@ mod tests {
         let j = jail();
         let data = tar_of(&[dir(b"d/"), symlink(b"s", b"d"), file(b"s/f", b"x")]);
         j.refuse(&data, &delete(), "symlink");
-        // Whiteouts and opaque markers through a symlink.
+        // Whiteouts and opaque markers through a symlink of the layers
+        // below (native: in its copy of the parent) are refused; under the
+        // layer's own symlink there is nothing to delete: ignored, and
+        // never followed.
         for name in [&b"s/.wh.x"[..], b"s/.wh..wh..opq"] {
             let j = jail();
+            std::os::unix::fs::symlink(&outside, j.dest.join("s")).unwrap();
+            j.refuse(&tar_of(&[file(name, b"")]), &delete(), "symlink");
             let data = tar_of(&[
                 symlink(b"s", outside.as_os_str().as_bytes()),
                 file(name, b""),
             ]);
-            j.refuse(&data, &delete(), "symlink");
-            let j = jail();
-            j.refuse(
-                &data,
-                &opts(Whiteouts::Overlay {
-                    user_xattr: false,
-                    lowers: vec![],
-                }),
-                "symlink",
-            );
+            let overlay = opts(Whiteouts::Overlay {
+                user_xattr: false,
+                lowers: vec![],
+            });
+            for o in [delete(), overlay] {
+                let j = jail();
+                apply_vec(&data, &j.dest, &o).unwrap();
+                j.untouched();
+            }
         }
         // A hardlink named through a symlink.
         let j = jail();
@@ -6179,6 +6239,76 @@ mod tests {
                 "plain whiteout",
             ]
         );
+    }
+
+    /// A whiteout or opaque marker under a path this layer made a
+    /// non-directory (umoci: `d -> e`, then `d/.wh.x` for the directory it
+    /// replaced) is ignored on both drivers and never followed; a regular
+    /// entry through the layer's own symlink is still refused.
+    #[test]
+    fn whiteouts_under_the_layers_own_non_directories_are_ignored() {
+        let layer = tar_of(&[
+            symlink(b"d", b"e"),
+            file(b"d/.wh.x", b""),
+            file(b"d/.wh..wh..opq", b""),
+            file(b"d/sub/.wh.y", b""),
+            symlink(b"out", b"../sibling"),
+            file(b"out/.wh.x", b""),
+            file(b"out/.wh..wh..opq", b""),
+            file(b"f", b"now a file"),
+            file(b"f/.wh.y", b""),
+            hardlink(b"h", b"f"),
+            file(b"h/.wh.z", b""),
+        ]);
+        // Native: a copy of the parent, where `d` and `f` are directories.
+        let j = jail();
+        for dir in ["d", "e", "f"] {
+            std::fs::create_dir(j.dest.join(dir)).unwrap();
+        }
+        for f in ["d/x", "e/x", "e/y", "f/y"] {
+            std::fs::write(j.dest.join(f), f).unwrap();
+        }
+        apply_vec(&layer, &j.dest, &delete()).unwrap();
+        assert_eq!(
+            listing(&j.dest),
+            [
+                "d symlink",
+                "e dir",
+                "e/x file",
+                "e/y file",
+                "f file",
+                "h file",
+                "out symlink"
+            ]
+        );
+        j.untouched();
+        // Overlay: `deep/e` and `d` are directories below.
+        need_root!();
+        let c = chain();
+        let before = c.lowers_listing();
+        let layer = tar_of(&[
+            symlink(b"d", b"deep/e"),
+            file(b"d/.wh.x", b""),
+            file(b"d/.wh.f", b""),
+            file(b"d/.wh..wh..opq", b""),
+            file(b"deep", b"now a file"),
+            file(b"deep/.wh.e", b""),
+            file(b"deep/e/.wh.f", b""),
+            file(b"deep/e/.wh..wh..opq", b""),
+        ]);
+        apply_vec(&layer, &c.dest, &c.overlay()).unwrap();
+        assert_eq!(listing(&c.dest), ["d symlink", "deep file"]);
+        assert_eq!(c.lowers_listing(), before);
+        // Still refused: a regular entry through the layer's own symlink.
+        let j = jail();
+        let data = tar_of(&[symlink(b"out", b"../sibling"), file(b"out/evil", b"")]);
+        j.refuse(&data, &delete(), "its parent `out` is a symlink");
+        let c = chain();
+        let data = tar_of(&[symlink(b"d", b"deep/e"), file(b"d/evil", b"")]);
+        match apply_vec(&data, &c.dest, &c.overlay()) {
+            Err(LayerError::Invalid(msg)) => assert!(msg.contains("its parent `d` is a symlink")),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
     }
 
     /// Overlay: an entry whose path goes through a symlink or a

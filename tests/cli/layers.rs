@@ -1004,9 +1004,10 @@ fn paths_through_lower_symlinks_and_files_are_refused_on_both() {
         "f('s/out/.wh.passwd', b'')".into(),
         "f('s/out/evil')".into(),
         "f('s/out/.wh..wh..opq', b'')".into(),
-        // The layer's own file in a parent position, also for a whiteout
-        // of the layer's own entry.
-        "f('mine/b')\nf('mine')\nf('mine/.wh.b', b'')".into(),
+        // The layer's own file or symlink in a parent position (whiteouts
+        // under them are ignored: whiteouts_under_the_layers_own_...).
+        "f('mine/b')\nf('mine')\nf('mine/c')".into(),
+        "f('own', b'', type=tarfile.SYMTYPE, linkname='d')\nf('own/c')".into(),
     ];
     let (Some(overlay), Some(native)) = (Store::setup("overlay"), Store::setup("native")) else {
         return;
@@ -1194,4 +1195,31 @@ fn refusals_say_where_and_what() {
         assert!(msg.contains(want), "{msg}");
     }
     assert_eq!(s.names(&[]), ["base"]);
+}
+
+/// umoci writes a directory replaced by a symlink or a file as the new entry
+/// followed by whiteouts of the old directory's children (`d -> e`, then
+/// `d/.wh.x`). Nothing is left to delete under what the layer already made
+/// a non-directory: such whiteouts (and opaque markers) are ignored on both
+/// drivers, and never followed: the symlink's target directory keeps its
+/// files.
+#[test]
+fn whiteouts_under_the_layers_own_non_directories_are_ignored() {
+    let dir = "type=tarfile.DIRTYPE, mode=0o755";
+    let base = format!(
+        "f('d/', b'', {dir})\nf('d/x', b'old x')\nf('d/sub/y')\nf('e/', b'', {dir})\n\
+         f('e/x', b'kept x')\nf('e/sub/y', b'kept y')\nf('g/', b'', {dir})\nf('g/z')"
+    );
+    let top = "f('d', b'', type=tarfile.SYMTYPE, linkname='e')\nf('d/.wh.x', b'')\n\
+               f('d/.wh.sub', b'')\nf('d/sub/.wh.y', b'')\nf('d/.wh..wh..opq', b'')\n\
+               f('g', b'now a file')\nf('g/.wh.z', b'')";
+    let Some(tree) = same_tree_on_both(&[("base", None, &base), ("top", Some("base"), top)]) else {
+        return;
+    };
+    assert_eq!(paths(&tree), ["d", "e", "e/sub", "e/sub/y", "e/x", "g"]);
+    assert_eq!(tree.entries["d"].kind, "symlink");
+    assert_eq!(tree.content("d").as_deref(), Some("e"));
+    assert_eq!(tree.content("e/x").as_deref(), Some("kept x"));
+    assert_eq!(tree.content("e/sub/y").as_deref(), Some("kept y"));
+    assert_eq!(tree.content("g").as_deref(), Some("now a file"));
 }
