@@ -811,11 +811,10 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
         let header = tar::Header::from_byte_slice(&block).clone();
         let kind = header.entry_type().as_byte();
         let hname = show(&header.path_bytes());
-        let size = header.entry_size().map_err(|e| {
-            invalid(format!(
-                "corrupt archive: entry `{hname}` has a bad size field: {e}"
-            ))
-        })?;
+        let size = header_number(&header.as_old().size, Blank::Nuls, "size", || {
+            header.entry_size()
+        })
+        .map_err(|field| not_a_number(&hname, field))?;
         match kind {
             b'L' | b'K' => {
                 if size > MAX_LONG_NAME {
@@ -865,6 +864,17 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
                 s.skip_padding(size).map_err(|e| context(e, &at()))?;
             }
             _ => {
+                let old = header.as_old();
+                let uid = header_number(&old.uid, Blank::Nuls, "uid", || header.uid());
+                let gid = header_number(&old.gid, Blank::Nuls, "gid", || header.gid());
+                let uid = uid.map_err(|field| not_a_number(&hname, field))?;
+                let gid = gid.map_err(|field| not_a_number(&hname, field))?;
+                let mtime = header_mtime(&header).map_err(|e| match e {
+                    BadField::NotANumber(field) => not_a_number(&hname, field),
+                    BadField::OutOfRange(what) => invalid(format!(
+                        "corrupt archive: entry `{hname}` has a bad mtime: {what}"
+                    )),
+                })?;
                 let mut m = Member {
                     path: long_name
                         .take()
@@ -876,24 +886,16 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
                             .unwrap_or_default()
                     }),
                     size,
-                    uid: 0,
-                    gid: 0,
+                    uid,
+                    gid,
                     mtime: Timespec {
-                        tv_sec: 0,
+                        tv_sec: mtime,
                         tv_nsec: 0,
                     },
                     atime: None,
                     xattrs: BTreeMap::new(),
                     header,
                 };
-                let bad = |what: &str, e: &dyn std::fmt::Display| {
-                    invalid(format!(
-                        "corrupt archive: entry `{hname}` has a bad {what}: {e}"
-                    ))
-                };
-                m.uid = m.header.uid().map_err(|e| bad("uid", &e))?;
-                m.gid = m.header.gid().map_err(|e| bad("gid", &e))?;
-                m.mtime.tv_sec = header_mtime(&m.header).map_err(|e| bad("mtime", &e))?;
                 for (k, v) in pax.take().unwrap_or_default() {
                     let name = show(&m.path);
                     let bad_pax = || {
@@ -940,8 +942,9 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
 /// before 1970 in base-256 as a negative two's-complement number (first
 /// byte 0xff), which the tar crate reads as a huge unsigned one; Go's
 /// archive/tar (containerd) reads it signed, as here. A value no `i64`
-/// holds is an error, not a clamped time.
-fn header_mtime(h: &tar::Header) -> io::Result<i64> {
+/// holds is an error, not a clamped time; a field of only NULs is 0 (see
+/// [`header_number`]).
+fn header_mtime(h: &tar::Header) -> std::result::Result<i64, BadField> {
     let raw = &h.as_old().mtime;
     if raw[0] == 0xff {
         // 96 bits of two's complement: an i64 when the top 32 are all ones
@@ -951,14 +954,25 @@ fn header_mtime(h: &tar::Header) -> io::Result<i64> {
             let low: [u8; 8] = low.try_into().expect("8 bytes");
             return Ok(i64::from_be_bytes(low));
         }
-        return Err(io::Error::other("a negative time out of range"));
+        return Err(BadField::OutOfRange("a negative time out of range"));
     }
-    i64::try_from(h.mtime()?).map_err(|_| io::Error::other("a time out of range"))
+    let t = header_number(raw, Blank::Nuls, "mtime", || h.mtime()).map_err(BadField::NotANumber)?;
+    i64::try_from(t).map_err(|_| BadField::OutOfRange("a time out of range"))
+}
+
+/// Why a numeric header field could not be read.
+#[derive(Debug)]
+enum BadField {
+    /// The field (its name) is not a number.
+    NotANumber(&'static str),
+    /// A number out of range: what is wrong.
+    OutOfRange(&'static str),
 }
 
 /// A header's device numbers (0 in a header without the fields: pre-POSIX
-/// tar). A field of only NULs or spaces is 0, as GNU tar, Go's archive/tar
-/// and Python's tarfile read it (the tar crate refuses it as not a
+/// tar). A field of only NULs is 0, as GNU tar, Go's archive/tar and
+/// Python's tarfile read it, and so is one of only spaces, as Go and Python
+/// read it (GNU tar refuses that one; the tar crate refuses both as not a
 /// number). The error names the field at fault.
 fn header_device(h: &tar::Header) -> std::result::Result<(u32, u32), &'static str> {
     let (major, minor) = match (h.as_ustar(), h.as_gnu()) {
@@ -966,18 +980,54 @@ fn header_device(h: &tar::Header) -> std::result::Result<(u32, u32), &'static st
         (None, Some(g)) => (&g.dev_major, &g.dev_minor),
         (None, None) => return Ok((0, 0)),
     };
+    let device = |n: io::Result<Option<u32>>| n.map(|n| n.unwrap_or(0));
     Ok((
-        device_field(major, || h.device_major()).ok_or("devmajor")?,
-        device_field(minor, || h.device_minor()).ok_or("devminor")?,
+        header_number(major, Blank::NulsOrSpaces, "devmajor", || {
+            device(h.device_major())
+        })?,
+        header_number(minor, Blank::NulsOrSpaces, "devminor", || {
+            device(h.device_minor())
+        })?,
     ))
 }
 
-/// One device number field: 0 if blank, else as the tar crate reads it.
-fn device_field(raw: &[u8], read: impl FnOnce() -> io::Result<Option<u32>>) -> Option<u32> {
-    if raw.iter().all(|&b| b == 0 || b == b' ') {
-        return Some(0);
+/// Which numeric header fields of padding alone read as 0.
+#[derive(Debug, Clone, Copy)]
+enum Blank {
+    /// Only NULs: GNU tar, Go's archive/tar and Python's tarfile all read
+    /// 0 (uid, gid, mode, size, mtime). A field of only spaces is refused:
+    /// Go and Python read 0 there, but GNU tar fails ("Blanks in header
+    /// where numeric ... value expected"; for the size it loses the
+    /// archive's framing).
+    Nuls,
+    /// Only NULs or spaces (the device numbers).
+    NulsOrSpaces,
+}
+
+/// One numeric header field, `raw` being its bytes: 0 if blank (which the
+/// tar crate refuses as not a number), anything else as the tar crate's
+/// `read` gives it (octal, and GNU base-256 where the crate reads that).
+/// The error is `field`, the field's name.
+fn header_number<T: Default>(
+    raw: &[u8],
+    blank: Blank,
+    field: &'static str,
+    read: impl FnOnce() -> io::Result<T>,
+) -> std::result::Result<T, &'static str> {
+    let is_blank = match blank {
+        Blank::Nuls => raw.iter().all(|&b| b == 0),
+        Blank::NulsOrSpaces => raw.iter().all(|&b| b == 0 || b == b' '),
+    };
+    if is_blank {
+        return Ok(T::default());
     }
-    read().ok().map(|n| n.unwrap_or(0))
+    read().map_err(|_| field)
+}
+
+/// "entry `NAME`: its FIELD field is not a number" (the tar crate's own
+/// text quotes the raw field, which may hold anything).
+fn not_a_number(name: &str, field: &str) -> LayerError {
+    invalid(format!("entry `{name}`: its {field} field is not a number"))
 }
 
 /// Adds `ctx` to an Invalid message.
@@ -2571,10 +2621,10 @@ impl<'o> Extractor<'o> {
             }
         }
         let meta = Meta {
-            mode: m
-                .header
-                .mode()
-                .map_err(|e| invalid(format!("entry `{name}`: bad mode field: {e}")))?
+            mode: header_number(&m.header.as_old().mode, Blank::Nuls, "mode", || {
+                m.header.mode()
+            })
+            .map_err(|field| not_a_number(&name, field))?
                 & 0o7777,
             uid: Uid::from_raw(m.uid as u32),
             gid: Gid::from_raw(m.gid as u32),
@@ -2734,9 +2784,8 @@ impl<'o> Extractor<'o> {
             Kind::Char | Kind::Block | Kind::Fifo => {
                 let (ft, dev) = match kind {
                     Kind::Char | Kind::Block => {
-                        let (major, minor) = header_device(&m.header).map_err(|field| {
-                            invalid(format!("entry `{name}`: its {field} field is not a number"))
-                        })?;
+                        let (major, minor) =
+                            header_device(&m.header).map_err(|field| not_a_number(&name, field))?;
                         // In an overlay upper directory that node is a
                         // whiteout, on the native driver a device: refused on
                         // both, so a layer means one thing everywhere.
@@ -5402,6 +5451,80 @@ mod tests {
             &delete(),
             "0/0",
         );
+    }
+
+    /// A uid, gid, mode, mtime or size field of only NULs is 0, as GNU tar,
+    /// Go and Python read it (the tar crate refuses it); one of only spaces
+    /// (GNU tar refuses it too) or not a number is refused, in one line
+    /// naming the entry and the field.
+    #[test]
+    fn blank_numeric_fields_are_zero() {
+        let with = |data: &[u8], fields: &[(std::ops::Range<usize>, u8)]| {
+            let mut out = raw(b"f", b'0', data, b"");
+            for (at, byte) in fields {
+                out[at.clone()].fill(*byte);
+            }
+            let mut h = tar::Header::from_byte_slice(&out[..512]).clone();
+            h.set_cksum();
+            out[..512].copy_from_slice(h.as_bytes());
+            out
+        };
+        let (mode, uid, gid, size, mtime) = (100..108, 108..116, 116..124, 124..136, 136..148);
+        let j = jail();
+        let all = [&mode, &uid, &gid, &size, &mtime].map(|f| (f.clone(), 0));
+        apply_vec(&with(b"", &all), &j.dest, &delete()).unwrap();
+        let md = std::fs::symlink_metadata(j.dest.join("f")).unwrap();
+        assert!(md.is_file());
+        assert_eq!(
+            (md.mode() & 0o7777, md.uid(), md.gid(), md.mtime(), md.len()),
+            (0, 0, 0, 0, 0)
+        );
+        // Each one alone, the others as written (0644, 0:0, 1000000000).
+        let j = jail();
+        apply_vec(&with(b"", &[(size.clone(), 0)]), &j.dest, &delete()).unwrap();
+        let md = std::fs::symlink_metadata(j.dest.join("f")).unwrap();
+        assert_eq!(
+            (md.mode() & 0o7777, md.mtime(), md.len()),
+            (0o644, 1_000_000_000, 0)
+        );
+        for field in [&mode, &mtime] {
+            let j = jail();
+            apply_vec(&with(b"data", &[(field.clone(), 0)]), &j.dest, &delete()).unwrap();
+            let md = std::fs::symlink_metadata(j.dest.join("f")).unwrap();
+            assert_eq!(std::fs::read(j.dest.join("f")).unwrap(), b"data");
+            let want = if *field == mode {
+                (0, 1_000_000_000)
+            } else {
+                (0o644, 0)
+            };
+            assert_eq!((md.mode() & 0o7777, md.mtime()), want);
+        }
+        // A blank size with data after it: that data is the next header
+        // (GNU tar skips it as garbage).
+        jail().refuse(
+            &with(b"data", &[(size.clone(), 0)]),
+            &delete(),
+            "header checksum mismatch",
+        );
+        for (name, field) in [
+            ("mode", &mode),
+            ("uid", &uid),
+            ("gid", &gid),
+            ("size", &size),
+            ("mtime", &mtime),
+        ] {
+            for byte in [b' ', b'z', b'\n'] {
+                let data = with(b"", &[(field.clone(), byte)]);
+                match apply_vec(&data, &jail().dest, &delete()) {
+                    Err(LayerError::Invalid(msg)) => assert_eq!(
+                        msg,
+                        format!("entry `f`: its {name} field is not a number"),
+                        "{byte}"
+                    ),
+                    other => panic!("{name} {byte}: expected Invalid, got {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]

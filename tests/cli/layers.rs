@@ -476,7 +476,8 @@ both_drivers!(
     gnu_tar_layers,
     paths_longer_than_path_max,
     deep_layers,
-    old_style_directory_entries
+    old_style_directory_entries,
+    blank_numeric_fields_are_zero
 );
 
 /// A tarball written by Python's tarfile, which writes whatever it is told.
@@ -1222,4 +1223,44 @@ fn whiteouts_under_the_layers_own_non_directories_are_ignored() {
     assert_eq!(tree.content("e/x").as_deref(), Some("kept x"));
     assert_eq!(tree.content("e/sub/y").as_deref(), Some("kept y"));
     assert_eq!(tree.content("g").as_deref(), Some("now a file"));
+}
+
+/// A ustar header whose uid, gid, mode and mtime fields are all NULs (and an
+/// empty file's size field) is read as 0 there, as GNU tar, Go and Python
+/// read it; the tar crate's own reading refused it with its raw text. A
+/// field of only spaces (GNU tar refuses it) is invalid, named in one line.
+fn blank_numeric_fields_are_zero(driver: &str) {
+    let s = setup!(driver);
+    let layer = |fields: &str, fill: &str| {
+        let tar = s.scratch("blank.tar");
+        let script = format!(
+            "import tarfile\n\
+             def h(name, data, fields):\n\
+             \x20   i = tarfile.TarInfo(name); i.size = len(data); i.mode = 0o644\n\
+             \x20   i.uid, i.gid, i.mtime = 5, 6, 1000000000\n\
+             \x20   b = bytearray(i.tobuf(format=tarfile.USTAR_FORMAT))\n\
+             \x20   for a, z in fields: b[a:z] = {fill} * (z - a)\n\
+             \x20   b[148:156] = b' ' * 8; b[148:156] = b'%06o\\0 ' % sum(b)\n\
+             \x20   return bytes(b) + data + b'\\0' * (-len(data) % 512)\n\
+             open({:?}, 'wb').write(h('f', b'hi', {fields}) + h('e', b'', [(124, 136)]) + b'\\0' * 1024)\n",
+            tar.to_str().unwrap()
+        );
+        run_ok(Command::new("python3").args(["-c", &script]), "python3");
+        tar
+    };
+    let all = "[(100, 108), (108, 116), (116, 124), (136, 148)]";
+    with_stdin(&s, &["apply", "blank"], &layer(all, "b'\\0'")).success();
+    let tree = s.view_tree("blank");
+    let f = &tree.entries["f"];
+    assert_eq!(
+        (f.kind, f.mode, f.uid, f.gid, &f.data[..]),
+        ("file", 0, 0, 0, &b"hi"[..])
+    );
+    let e = &tree.entries["e"];
+    assert_eq!((e.kind, e.mode, e.uid, e.gid), ("file", 0o644, 5, 6));
+    assert!(e.data.is_empty());
+    assert_eq!(mtime_of(&s, "blank", "f"), 0);
+    assert_eq!(mtime_of(&s, "blank", "e"), 1_000_000_000);
+    with_stdin(&s, &["apply", "spaces"], &layer("[(108, 116)]", "b' '"))
+        .fails_with(6, "entry `f`: its uid field is not a number\n");
 }
