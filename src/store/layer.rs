@@ -811,10 +811,8 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
         let header = tar::Header::from_byte_slice(&block).clone();
         let kind = header.entry_type().as_byte();
         let hname = show(&header.path_bytes());
-        let size = header_number(&header.as_old().size, Blank::Nuls, "size", || {
-            header.entry_size()
-        })
-        .map_err(|field| not_a_number(&hname, field))?;
+        let size = header_number(&header.as_old().size, "size", || header.entry_size())
+            .map_err(|field| not_a_number(&hname, field))?;
         match kind {
             b'L' | b'K' => {
                 if size > MAX_LONG_NAME {
@@ -865,8 +863,8 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
             }
             _ => {
                 let old = header.as_old();
-                let uid = header_number(&old.uid, Blank::Nuls, "uid", || header.uid());
-                let gid = header_number(&old.gid, Blank::Nuls, "gid", || header.gid());
+                let uid = header_number(&old.uid, "uid", || header.uid());
+                let gid = header_number(&old.gid, "gid", || header.gid());
                 let uid = uid.map_err(|field| not_a_number(&hname, field))?;
                 let gid = gid.map_err(|field| not_a_number(&hname, field))?;
                 let mtime = header_mtime(&header).map_err(|e| match e {
@@ -956,7 +954,7 @@ fn header_mtime(h: &tar::Header) -> std::result::Result<i64, BadField> {
         }
         return Err(BadField::OutOfRange("a negative time out of range"));
     }
-    let t = header_number(raw, Blank::Nuls, "mtime", || h.mtime()).map_err(BadField::NotANumber)?;
+    let t = header_number(raw, "mtime", || h.mtime()).map_err(BadField::NotANumber)?;
     i64::try_from(t).map_err(|_| BadField::OutOfRange("a time out of range"))
 }
 
@@ -971,9 +969,9 @@ enum BadField {
 
 /// A header's device numbers (0 in a header without the fields: pre-POSIX
 /// tar). A field of only NULs is 0, as GNU tar, Go's archive/tar and
-/// Python's tarfile read it, and so is one of only spaces, as Go and Python
-/// read it (GNU tar refuses that one; the tar crate refuses both as not a
-/// number). The error names the field at fault.
+/// Python's tarfile read it (the tar crate refuses it as not a number); one
+/// of only spaces is refused, as GNU tar refuses it, like the other numeric
+/// fields (see [`header_number`]). The error names the field at fault.
 fn header_device(h: &tar::Header) -> std::result::Result<(u32, u32), &'static str> {
     let (major, minor) = match (h.as_ustar(), h.as_gnu()) {
         (Some(u), _) => (&u.dev_major, &u.dev_minor),
@@ -982,43 +980,24 @@ fn header_device(h: &tar::Header) -> std::result::Result<(u32, u32), &'static st
     };
     let device = |n: io::Result<Option<u32>>| n.map(|n| n.unwrap_or(0));
     Ok((
-        header_number(major, Blank::NulsOrSpaces, "devmajor", || {
-            device(h.device_major())
-        })?,
-        header_number(minor, Blank::NulsOrSpaces, "devminor", || {
-            device(h.device_minor())
-        })?,
+        header_number(major, "devmajor", || device(h.device_major()))?,
+        header_number(minor, "devminor", || device(h.device_minor()))?,
     ))
 }
 
-/// Which numeric header fields of padding alone read as 0.
-#[derive(Debug, Clone, Copy)]
-enum Blank {
-    /// Only NULs: GNU tar, Go's archive/tar and Python's tarfile all read
-    /// 0 (uid, gid, mode, size, mtime). A field of only spaces is refused:
-    /// Go and Python read 0 there, but GNU tar fails ("Blanks in header
-    /// where numeric ... value expected"; for the size it loses the
-    /// archive's framing).
-    Nuls,
-    /// Only NULs or spaces (the device numbers).
-    NulsOrSpaces,
-}
-
-/// One numeric header field, `raw` being its bytes: 0 if blank (which the
-/// tar crate refuses as not a number), anything else as the tar crate's
-/// `read` gives it (octal, and GNU base-256 where the crate reads that).
-/// The error is `field`, the field's name.
+/// One numeric header field, `raw` being its bytes: 0 if only NULs (GNU
+/// tar, Go's archive/tar and Python's tarfile all read 0; the tar crate
+/// refuses it as not a number), anything else as the tar crate's `read`
+/// gives it (octal, and GNU base-256 where the crate reads that). A field
+/// of only spaces is refused: Go and Python read 0 there, but GNU tar fails
+/// ("Blanks in header where numeric ... value expected"; for the size it
+/// loses the archive's framing). The error is `field`, the field's name.
 fn header_number<T: Default>(
     raw: &[u8],
-    blank: Blank,
     field: &'static str,
     read: impl FnOnce() -> io::Result<T>,
 ) -> std::result::Result<T, &'static str> {
-    let is_blank = match blank {
-        Blank::Nuls => raw.iter().all(|&b| b == 0),
-        Blank::NulsOrSpaces => raw.iter().all(|&b| b == 0 || b == b' '),
-    };
-    if is_blank {
+    if raw.iter().all(|&b| b == 0) {
         return Ok(T::default());
     }
     read().map_err(|_| field)
@@ -2621,10 +2600,8 @@ impl<'o> Extractor<'o> {
             }
         }
         let meta = Meta {
-            mode: header_number(&m.header.as_old().mode, Blank::Nuls, "mode", || {
-                m.header.mode()
-            })
-            .map_err(|field| not_a_number(&name, field))?
+            mode: header_number(&m.header.as_old().mode, "mode", || m.header.mode())
+                .map_err(|field| not_a_number(&name, field))?
                 & 0o7777,
             uid: Uid::from_raw(m.uid as u32),
             gid: Gid::from_raw(m.gid as u32),
@@ -5427,7 +5404,6 @@ mod tests {
         };
         for (major, minor, want) in [
             (b"\0\0\0\0\0\0\0\0", b"0000003\0", (0, 3)),
-            (b"        ", b"0000003 ", (0, 3)),
             (b"0000001\0", b"\0\0\0\0\0\0\0\0", (1, 0)),
         ] {
             let j = jail();
@@ -5445,9 +5421,15 @@ mod tests {
             &delete(),
             "entry `c`: its devminor field is not a number",
         );
+        // Spaces are refused, as GNU tar refuses them.
+        jail().refuse(
+            &with_fields(b"        ", b"0000003 "),
+            &delete(),
+            "entry `c`: its devmajor field is not a number",
+        );
         // Both blank: a character device 0/0, which is a whiteout.
         jail().refuse(
-            &with_fields(b"\0\0\0\0\0\0\0\0", b"        "),
+            &with_fields(b"\0\0\0\0\0\0\0\0", b"\0\0\0\0\0\0\0\0"),
             &delete(),
             "0/0",
         );
