@@ -73,9 +73,11 @@ unsafe extern "C" fn open(
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
-    let default_open = *DEFAULT_OPEN
-        .get()
-        .expect("registered with the default xOpen");
+    // Set before the VFS is registered; a panic here could not unwind
+    // through SQLite anyway.
+    let Some(&default_open) = DEFAULT_OPEN.get() else {
+        return ffi::SQLITE_CANTOPEN;
+    };
     let create = ffi::SQLITE_OPEN_MAIN_JOURNAL | ffi::SQLITE_OPEN_CREATE;
     // SAFETY: SQLite passes a NUL-terminated name (or null for temp files).
     if flags & create == create
@@ -94,8 +96,10 @@ unsafe extern "C" fn open(
     unsafe { default_open(vfs, name, file, flags, out_flags) }
 }
 
-/// Whether the journal at `path` exists with something in it: then its
-/// maker synced its directory (see the module's comment).
+/// Whether the journal at `path` exists with something in it: then the
+/// process that made it synced its directory at its first sync, unless it
+/// died between writing and that sync (the window design.md's "Journal"
+/// names; the database was not touched yet then).
 fn written_before(path: &CStr) -> bool {
     rustix::fs::stat(path)
         .is_ok_and(|st| st.st_size > 0 && rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
