@@ -837,11 +837,19 @@ impl Store {
     ) -> Result<(Vec<MountRecord>, Vec<MountRecord>)> {
         let (live, stale) = live_and_stale(records)?;
         if drop_stale && !stale.is_empty() {
+            // Judged again under the write lock, and only those dropped: a
+            // target unmounted and mounted again since the first look has
+            // a new record, which is live (audit: `prune` dropped the
+            // record of a mount made in between, by its target, and
+            // `unmount` and `rm` then no longer knew the mount).
+            crash::point("mounts:judged");
             let tx = self.index.write()?;
-            for r in &stale {
+            let (_, stale_now) = live_and_stale(index::mounts(&tx)?)?;
+            for r in &stale_now {
                 index::remove_mount(&tx, &r.target)?;
             }
             tx.commit()?;
+            return Ok((live, stale_now));
         }
         Ok((live, stale))
     }

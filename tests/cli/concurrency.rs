@@ -360,6 +360,33 @@ fn rm_r_with_the_subtree_changing(driver: &str) {
     }
 }
 
+/// A command dropping stale mount records judges them again under the
+/// write lock: `prune` that found a record stale, paused while the target
+/// is mounted again (another snapshot), keeps the new, live record, so
+/// `unmount` still knows the mount and `rm` still refuses the snapshot.
+/// (Audit: it deleted the new record by its target.)
+#[test]
+fn stale_records_are_judged_again_before_they_go() {
+    let store = setup!("overlay");
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    store.strata(&["view", "v1", "base"]).success();
+    store.strata(&["view", "v2", "base"]).success();
+    let target = store.scratch("mnt");
+    let _guard = MountGuard::new(&target);
+    let t = target.to_str().unwrap();
+    store.strata(&["mount", "v1", t]).success();
+    sh_ok(&format!("umount {}", shell_quote(t)), "umount by hand");
+    let prune = Paused::start(&store, &["prune"], "mounts:judged");
+    store.strata(&["mount", "v2", t]).success();
+    let prune = prune.resume();
+    assert_eq!(code(&prune), 0, "{prune:?}");
+    assert_eq!(store.info("v2")["mounted_at"], serde_json::json!([t]));
+    store.fails(&["rm", "v2"], "failed_precondition");
+    store.strata(&["unmount", t]).success();
+    assert!(!is_mount_point(&target));
+    store.strata(&["check"]).success();
+}
+
 /// A diff whose snapshot an `rm` deletes under it (reading takes no lock)
 /// reports the snapshot gone (`not_found`), not a failed read.
 fn remove_during_diff(driver: &str) {
