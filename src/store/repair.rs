@@ -151,42 +151,71 @@ impl Store {
             }
             problems.push(p);
         }
-        for row in &rows {
+        // Only a directory that is not there (ENOENT) is missing: one that
+        // cannot be looked at, or a store whose every snapshot directory is
+        // gone at once (`snapshots/` on a disk not mounted yet, or moved),
+        // says nothing of the data, and forgetting its row would let the
+        // next `prune` delete the data once it is back (audit).
+        let shapes: Vec<Shape> = rows.iter().map(|r| shape(&self.layout.dir(r.id))).collect();
+        let none_there = !rows.is_empty() && shapes.iter().all(|s| matches!(s, Shape::Missing));
+        for (row, found) in rows.iter().zip(shapes) {
             let dir = self.layout.dir(row.id);
-            if !dir.is_dir() {
-                let mut p = problem(
-                    "missing-directory",
-                    Some(&row.name),
-                    format!(
-                        "snapshot `{}` ({}) has no directory {}",
-                        row.name,
-                        row.kind,
-                        dir.display()
-                    ),
-                );
-                // Its data is gone either way; forgetting a leaf is safe.
-                if repair && !children.contains(&row.id) {
-                    index::delete(&tx, row.id)?;
-                    ids.remove(&row.id);
-                    p.repaired = true;
-                    p.message.push_str("; its index row was removed");
+            match found {
+                Shape::Dir => {}
+                Shape::Missing => {
+                    let mut p = problem(
+                        "missing-directory",
+                        Some(&row.name),
+                        format!(
+                            "snapshot `{}` ({}) has no directory {}",
+                            row.name,
+                            row.kind,
+                            dir.display()
+                        ),
+                    );
+                    // Its data is gone either way; forgetting a leaf is safe.
+                    if repair && none_there {
+                        p.message.push_str(
+                            "; not repaired: no snapshot of the store has its directory (is snapshots/ on a file system not mounted, or moved?)",
+                        );
+                    } else if repair && !children.contains(&row.id) {
+                        index::delete(&tx, row.id)?;
+                        ids.remove(&row.id);
+                        p.repaired = true;
+                        p.message.push_str("; its index row was removed");
+                    }
+                    problems.push(p);
+                    continue;
                 }
-                problems.push(p);
-                continue;
+                Shape::Other(what) => {
+                    problems.push(problem(
+                        "bad-shape",
+                        Some(&row.name),
+                        format!(
+                            "snapshot `{}`'s directory {} {what}; left as it is",
+                            row.name,
+                            dir.display()
+                        ),
+                    ));
+                    continue;
+                }
             }
-            if !self.layout.fs(row.id).is_dir() {
+            let tree = self.layout.fs(row.id);
+            if !matches!(shape(&tree), Shape::Dir) {
                 problems.push(problem(
                     "bad-shape",
                     Some(&row.name),
                     format!(
-                        "snapshot `{}` has no tree {}",
+                        "snapshot `{}` has no tree {} (missing, or not a directory of its own)",
                         row.name,
-                        self.layout.fs(row.id).display()
+                        tree.display()
                     ),
                 ));
             }
             let work = self.layout.work(row.id);
-            if driver == Some(Driver::Overlay) && row.kind == SnapshotKind::Active && !work.is_dir()
+            if driver == Some(Driver::Overlay)
+                && row.kind == SnapshotKind::Active
+                && !matches!(shape(&work), Shape::Dir)
             {
                 let mut p = problem(
                     "bad-shape",
@@ -285,6 +314,27 @@ impl Store {
             ));
         }
         Ok(())
+    }
+}
+
+/// What is at a snapshot's directory.
+enum Shape {
+    Dir,
+    /// Not there (ENOENT): the directory is gone.
+    Missing,
+    /// Something else, or nothing that can be looked at: what, for the report.
+    Other(String),
+}
+
+/// The shape of `path`, not following a symlink there (a snapshot's
+/// directory that is a symlink points out of the store's layout).
+fn shape(path: &Path) -> Shape {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Shape::Dir,
+        Ok(m) if m.file_type().is_symlink() => Shape::Other("is a symlink".into()),
+        Ok(_) => Shape::Other("is not a directory".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Shape::Missing,
+        Err(e) => Shape::Other(format!("cannot be looked at ({e})")),
     }
 }
 

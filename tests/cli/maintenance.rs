@@ -157,6 +157,67 @@ fn check_cannot_repair_a_missing_parent(driver: &str) {
     assert!(run.stderr.contains("1 problem left"), "{}", run.stderr);
 }
 
+/// `check --repair` forgets a leaf only when its directory is not there:
+/// not when every snapshot's directory is gone at once (`snapshots/` moved,
+/// or on a disk not mounted yet), and not when the directory is something
+/// else (a symlink out of the layout). Once `snapshots/` is back, nothing
+/// was lost. (Audit: it forgot every leaf, and the next `prune` deleted
+/// their data when it came back.)
+fn check_forgets_no_snapshot_whose_data_may_be_there(driver: &str) {
+    let s = store(driver);
+    let snaps = s.root.join("snapshots");
+    let away = s.root.join("snapshots.away");
+    fs::rename(&snaps, &away).unwrap();
+    fs::create_dir(&snaps).unwrap();
+    let run = s.strata(&["check", "--repair"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    assert!(
+        run.stdout
+            .contains("not repaired: no snapshot of the store has its directory"),
+        "{}",
+        run.session()
+    );
+    assert_eq!(s.names(&[]), ["act", "base"]);
+    fs::remove_dir(&snaps).unwrap();
+    fs::rename(&away, &snaps).unwrap();
+    s.strata(&["prune"]).success();
+    s.strata(&["check"]).success();
+    let base = s
+        .snapshot_dirs()
+        .iter()
+        .map(|d| d.parse::<u64>().unwrap())
+        .min()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        fs::read(snaps.join(base).join("fs/f")).unwrap(),
+        vec![1u8; 10_000]
+    );
+
+    // The active's directory swapped for a symlink to a copy elsewhere.
+    let act = s
+        .snapshot_dirs()
+        .iter()
+        .map(|d| d.parse::<u64>().unwrap())
+        .max()
+        .unwrap()
+        .to_string();
+    let elsewhere = s.scratch("elsewhere");
+    fs::rename(snaps.join(&act), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, snaps.join(&act)).unwrap();
+    let run = s.strata(&["check", "--repair"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    assert!(
+        run.stdout.contains("is a symlink; left as it is"),
+        "{}",
+        run.session()
+    );
+    assert_eq!(s.names(&[]), ["act", "base"]);
+    fs::remove_file(snaps.join(&act)).unwrap();
+    fs::rename(&elsewhere, snaps.join(&act)).unwrap();
+    s.strata(&["check"]).success();
+}
+
 /// An index that is gone or emptied is not a new store: nothing is created
 /// over the snapshot directories still there, whatever the command.
 fn a_lost_index_is_refused(driver: &str) {
@@ -375,6 +436,7 @@ both_drivers!(
     prune_finds_every_leftover,
     check_reports_and_repairs,
     check_cannot_repair_a_missing_parent,
+    check_forgets_no_snapshot_whose_data_may_be_there,
     locked_work_in_progress_is_left_alone,
     a_parent_cycle_is_reported_and_walks_end
 );
