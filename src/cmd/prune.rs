@@ -1,6 +1,6 @@
 use super::Context;
 use crate::printer::human_size;
-use crate::store::Result;
+use crate::store::{Error, Result};
 
 /// Delete leftovers of interrupted work.
 ///
@@ -39,6 +39,25 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             },
             human_size(r.size)
         ));
+        for f in &r.failed {
+            out.push_str(&format!("not deleted  {}: {}\n", f.path, f.error));
+        }
         out
-    })
+    })?;
+    // The rest was deleted; what was not makes the command fail.
+    match report.failed.as_slice() {
+        [] => Ok(()),
+        [one] => Err(
+            Error::internal(format!("cannot delete {}: {}", one.path, one.error)).with_hint(
+                "delete it by hand, or see what holds it (a mount, a file system that refuses)",
+            ),
+        ),
+        many => Err(Error::internal(format!(
+            "cannot delete {} leftovers (listed above); the others were deleted",
+            many.len()
+        ))
+        .with_hint(
+            "delete them by hand, or see what holds them (a mount, a file system that refuses)",
+        )),
+    }
 }

@@ -42,6 +42,16 @@ pub struct PruneReport {
     pub removed: Vec<Leftover>,
     pub count: u64,
     pub size: u64,
+    /// Leftovers that could not be deleted (the others were): the command
+    /// reports them and fails.
+    pub failed: Vec<Undeleted>,
+}
+
+/// A leftover prune could not delete, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Undeleted {
+    pub path: String,
+    pub error: String,
 }
 
 /// One mismatch between the index and the disk.
@@ -87,12 +97,15 @@ impl Store {
             tx.commit()?;
             found
         };
-        removed.extend(delete(found, dry_run)?);
+        let (deleted, mut failed) = delete(found, dry_run);
+        removed.extend(deleted);
+        failed.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(PruneReport {
             dry_run,
             count: removed.len() as u64,
             size: removed.iter().map(|l| l.size).sum(),
             removed,
+            failed,
         })
     }
 
@@ -262,9 +275,11 @@ impl Store {
             .iter()
             .map(|(k, p, _)| (*k, p.clone()))
             .collect();
-        if repair {
-            delete(found, false)?;
-        }
+        let failed = if repair {
+            delete(found, false).1
+        } else {
+            Vec::new()
+        };
         for (kind, path) in leftovers {
             let what = match kind {
                 "orphan" => "a directory with no index row",
@@ -283,6 +298,11 @@ impl Store {
                 format!("{} is {what}", path.display()),
             );
             p.repaired = repair;
+            if let Some(f) = failed.iter().find(|f| f.path == path.display().to_string()) {
+                p.repaired = false;
+                p.message
+                    .push_str(&format!("; it could not be deleted: {}", f.error));
+            }
             problems.push(p);
         }
         Ok(CheckReport {
@@ -417,9 +437,11 @@ fn leftovers(layout: &Layout, ids: &HashMap<i64, SnapshotKind>, take: bool) -> R
         for item in items.iter_mut() {
             if matches!(item.0, "orphan" | "staging") {
                 let trash = layout.trash_path();
-                fs::rename(&item.1, &trash)
-                    .ctx(|| format!("cannot move {} aside", item.1.display()))?;
-                item.2 = trash;
+                // One that cannot be moved (a mount point: EBUSY) is
+                // deleted where it is, or reported as not deleted.
+                if fs::rename(&item.1, &trash).is_ok() {
+                    item.2 = trash;
+                }
             }
         }
         layout::sync_dir(&snapshots).ctx(|| format!("cannot sync {}", snapshots.display()))?;
@@ -431,19 +453,31 @@ fn leftovers(layout: &Layout, ids: &HashMap<i64, SnapshotKind>, take: bool) -> R
 }
 
 /// Deletes the leftovers `found` (only measures them with `dry_run`), then
-/// lets their locks go.
-fn delete(found: Found, dry_run: bool) -> Result<Vec<Leftover>> {
+/// lets their locks go. One that cannot be deleted is returned with the
+/// reason, and the others are still deleted (audit: the first failure
+/// stopped prune and check --repair, every time, with the rest left).
+fn delete(found: Found, dry_run: bool) -> (Vec<Leftover>, Vec<Undeleted>) {
     let mut removed = Vec::new();
+    let mut failed = Vec::new();
     for (kind, original, trash) in &found.items {
         let usage = disk_usage(trash).unwrap_or_default();
         if !dry_run {
             unmount_below(trash);
-            let gone = if *kind == "link" {
-                fs::remove_file(trash)
-            } else {
+            // By what is there, not by the name: a file named like a
+            // snapshot directory, a directory among the links.
+            let is_dir = fs::symlink_metadata(trash).is_ok_and(|m| m.is_dir());
+            let gone = if is_dir {
                 layout::remove_tree(trash)
+            } else {
+                fs::remove_file(trash)
             };
-            gone.ctx(|| format!("cannot delete {}", trash.display()))?;
+            if let Err(e) = gone {
+                failed.push(Undeleted {
+                    path: original.display().to_string(),
+                    error: e.to_string(),
+                });
+                continue;
+            }
         }
         removed.push(Leftover {
             kind,
@@ -452,7 +486,7 @@ fn delete(found: Found, dry_run: bool) -> Result<Vec<Leftover>> {
             inodes: usage.inodes,
         });
     }
-    Ok(removed)
+    (removed, failed)
 }
 
 /// The cycles of the parent links `parent` (child to parent), each listed
