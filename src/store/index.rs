@@ -215,10 +215,24 @@ const ROW_FROM: &str = "snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id"
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     let kind: String = r.get(2)?;
+    // A kind strata does not know (a hand-edited index) is an error, never
+    // taken for `active`: that would mount a committed layer read-write and
+    // give it a work directory (audit).
+    let kind = SnapshotKind::parse(&kind).ok_or_else(|| {
+        let name: String = r.get(1).unwrap_or_default();
+        rusqlite::Error::FromSqlConversionFailure(
+            2,
+            rusqlite::types::Type::Text,
+            format!(
+                "snapshot `{name}` has kind {kind:?}, which is none of active, view, committed"
+            )
+            .into(),
+        )
+    })?;
     Ok(Row {
         id: r.get(0)?,
         name: r.get(1)?,
-        kind: SnapshotKind::parse(&kind).unwrap_or(SnapshotKind::Active),
+        kind,
         parent_id: r.get(3)?,
         parent: r.get(4)?,
         created: Timestamp(r.get(5)?),

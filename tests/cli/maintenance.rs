@@ -157,6 +157,46 @@ fn check_cannot_repair_a_missing_parent(driver: &str) {
     assert!(run.stderr.contains("1 problem left"), "{}", run.stderr);
 }
 
+/// A kind strata does not know (an index edited past its constraints) is
+/// an error naming the snapshot, for `check` and every command, never
+/// taken for `active`: `check --repair` gave that committed layer a work
+/// directory and `mount` mounted it read-write (audit).
+fn an_unknown_kind_is_not_active(driver: &str) {
+    let s = store(driver);
+    let script = "import sqlite3, sys\n\
+                  c = sqlite3.connect(sys.argv[1])\n\
+                  c.execute('PRAGMA ignore_check_constraints = ON')\n\
+                  c.execute(\"UPDATE snapshots SET kind = 'Committed' WHERE name = 'base'\")\n\
+                  c.commit()";
+    run_ok(
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(s.root.join("index.db")),
+        "edit the kind",
+    );
+    for args in [
+        &["check", "--repair"][..],
+        &["info", "base"],
+        &["mounts", "base"],
+    ] {
+        let run = s.strata(args);
+        assert_eq!(run.code, 1, "{args:?}: {}", run.session());
+        assert!(
+            run.stderr.contains("has kind \"Committed\""),
+            "{args:?}: {}",
+            run.session()
+        );
+    }
+    let base = s
+        .snapshot_dirs()
+        .iter()
+        .map(|d| d.parse::<u64>().unwrap())
+        .min()
+        .unwrap()
+        .to_string();
+    assert!(!s.root.join("snapshots").join(base).join("work").exists());
+}
+
 /// A leftover is deleted by what it is, not by its name: a file named like a
 /// half-removed snapshot, a directory among the short links. (Audit: each
 /// made prune and `check --repair` fail every time, with the rest left.)
@@ -470,6 +510,7 @@ both_drivers!(
     check_cannot_repair_a_missing_parent,
     check_forgets_no_snapshot_whose_data_may_be_there,
     leftovers_of_the_wrong_type,
+    an_unknown_kind_is_not_active,
     locked_work_in_progress_is_left_alone,
     a_parent_cycle_is_reported_and_walks_end
 );

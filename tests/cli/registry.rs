@@ -831,11 +831,18 @@ fn export_into_wrong_layouts() {
     assert!(run.stderr.contains("is a directory"), "{}", run.session());
     assert_eq!(a.names(&[]), ["base"]);
 
-    // Blob paths holding junk, a symlink out, a directory.
-    let names: Vec<PathBuf> = fs::read_dir(good.join("blobs/sha256"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    // The layer's blob path holding junk, a symlink out, a directory (the
+    // layer's digest is the same at every export; the config's has the
+    // time of the export in it).
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(good.join("index.json")).unwrap()).unwrap();
+    let blob = |digest: &str| PathBuf::from("blobs/sha256").join(&digest[7..]);
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(good.join(blob(index["manifests"][0]["digest"].as_str().unwrap()))).unwrap(),
+    )
+    .unwrap();
+    let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+    let want = fs::read(good.join(&layer)).unwrap();
     let copy = a.scratch("copy");
     sh_ok(
         &format!(
@@ -847,28 +854,26 @@ fn export_into_wrong_layouts() {
     );
     let outside = a.scratch("outside");
     fs::write(&outside, "mine").unwrap();
-    let in_copy = |p: &PathBuf| copy.join("blobs/sha256").join(p.file_name().unwrap());
-    fs::write(in_copy(&names[0]), "junk").unwrap();
-    fs::remove_file(in_copy(&names[1])).unwrap();
-    std::os::unix::fs::symlink(&outside, in_copy(&names[1])).unwrap();
-    export(&copy).success();
-    for p in &names {
-        let meta = fs::symlink_metadata(in_copy(p)).unwrap();
-        assert!(meta.is_file(), "{} replaced by a regular file", p.display());
-        assert_eq!(
-            fs::read(in_copy(p)).unwrap(),
-            fs::read(p).unwrap(),
-            "{}",
-            p.display()
-        );
+    let in_copy = copy.join(&layer);
+    for wrong in ["junk", "a symlink out"] {
+        fs::remove_file(&in_copy).unwrap();
+        if wrong == "junk" {
+            fs::write(&in_copy, "junk").unwrap();
+        } else {
+            std::os::unix::fs::symlink(&outside, &in_copy).unwrap();
+        }
+        export(&copy).success();
+        let meta = fs::symlink_metadata(&in_copy).unwrap();
+        assert!(meta.is_file(), "{wrong}: replaced by a regular file");
+        assert_eq!(fs::read(&in_copy).unwrap(), want, "{wrong}");
     }
     assert_eq!(fs::read_to_string(&outside).unwrap(), "mine");
     b.strata(&["import", &format!("{}:latest", copy.display()), "back"])
         .success();
     b.view_tree("back")
         .assert_eq(&a.view_tree("base"), "imported from the mended layout");
-    fs::remove_file(in_copy(&names[0])).unwrap();
-    fs::create_dir(in_copy(&names[0])).unwrap();
+    fs::remove_file(&in_copy).unwrap();
+    fs::create_dir(&in_copy).unwrap();
     let run = a.fails(&["export", "base", copy.to_str().unwrap()], "invalid");
     assert!(run.stderr.contains("is a directory"), "{}", run.session());
     a.strata(&["check"]).success();
