@@ -1,4 +1,5 @@
 use super::Context;
+use crate::printer::shown;
 use crate::store::{Error, Result};
 
 /// Verify that the index and the disk agree.
@@ -34,7 +35,10 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                     "{}{}: {}\n",
                     if p.repaired { "repaired " } else { "" },
                     p.kind,
-                    p.message
+                    // A path holding a newline would split the line (and
+                    // could fake a `consistent` one), an escape sequence
+                    // drive the terminal (audit).
+                    shown(&p.message)
                 )
             })
             .collect();

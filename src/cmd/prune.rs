@@ -1,5 +1,5 @@
 use super::Context;
-use crate::printer::human_size;
+use crate::printer::{human_size, shown};
 use crate::store::{Error, Result};
 
 /// Delete leftovers of interrupted work.
@@ -27,7 +27,14 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         let mut out: String = r
             .removed
             .iter()
-            .map(|l| format!("{:<13}{:>10}  {}\n", l.kind, human_size(l.size), l.path))
+            .map(|l| {
+                format!(
+                    "{:<13}{:>10}  {}\n",
+                    l.kind,
+                    human_size(l.size),
+                    shown(&l.path)
+                )
+            })
             .collect();
         out.push_str(&format!(
             "{verb} {} {} ({})\n",
@@ -40,7 +47,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             human_size(r.size)
         ));
         for f in &r.failed {
-            out.push_str(&format!("not deleted  {}: {}\n", f.path, f.error));
+            out.push_str(&format!("not deleted  {}: {}\n", shown(&f.path), f.error));
         }
         out
     })?;

@@ -157,6 +157,27 @@ fn check_cannot_repair_a_missing_parent(driver: &str) {
     assert!(run.stderr.contains("1 problem left"), "{}", run.stderr);
 }
 
+/// Paths are shown with control characters escaped: a leftover named with
+/// a newline is one line of `check` and of `prune`, and cannot fake a
+/// `consistent` line (audit).
+fn control_characters_in_reports(driver: &str) {
+    let s = store(driver);
+    fs::create_dir(s.root.join("snapshots/rm-x\nconsistent\x1b[2J")).unwrap();
+    let run = s.strata(&["check"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    let lines = run.stdout_lines();
+    assert_eq!(lines.len(), 1, "{}", run.session());
+    assert!(
+        lines[0].contains("rm-x\\nconsistent\\u{1b}[2J"),
+        "{}",
+        run.session()
+    );
+    let run = s.strata(&["prune"]).success();
+    assert_eq!(run.stdout_lines().len(), 2, "{}", run.session());
+    assert!(!run.stdout.contains('\x1b'), "{}", run.session());
+    s.strata(&["check"]).success();
+}
+
 /// A kind strata does not know (an index edited past its constraints) is
 /// an error naming the snapshot, for `check` and every command, never
 /// taken for `active`: `check --repair` gave that committed layer a work
@@ -511,6 +532,7 @@ both_drivers!(
     check_forgets_no_snapshot_whose_data_may_be_there,
     leftovers_of_the_wrong_type,
     an_unknown_kind_is_not_active,
+    control_characters_in_reports,
     locked_work_in_progress_is_left_alone,
     a_parent_cycle_is_reported_and_walks_end
 );
