@@ -112,7 +112,7 @@ impl Store {
     /// Compares the index with the disk; with `repair`, fixes what is safe.
     pub fn check(&mut self, repair: bool) -> Result<CheckReport> {
         let mut problems = Vec::new();
-        self.check_index(&mut problems)?;
+        self.check_index(&mut problems, repair)?;
         let driver = self.driver()?;
         // One look while holding the write lock, as prune's (see the top).
         let tx = self.index.write()?;
@@ -311,7 +311,7 @@ impl Store {
         })
     }
 
-    fn check_index(&mut self, problems: &mut Vec<Problem>) -> Result<()> {
+    fn check_index(&mut self, problems: &mut Vec<Problem>, repair: bool) -> Result<()> {
         let tx = self.index.read()?;
         let integrity: Vec<String> = {
             let mut stmt = tx.prepare("PRAGMA integrity_check")?;
@@ -323,15 +323,50 @@ impl Store {
                 problems.push(problem("index-corrupt", None, format!("index: {line}")));
             }
         }
-        let fk: i64 = tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
-            r.get(0)
-        })?;
-        if fk > 0 {
-            problems.push(problem(
+        // Rows of a snapshot that does not exist (an index edited with
+        // foreign keys off): meaningless, and a label one would be taken up
+        // by a snapshot given that id (audit). A snapshot whose parent does
+        // not exist is `broken-parent`, reported with the snapshots.
+        let mut orphans = Vec::new();
+        for table in ["labels", "mounts", "layer_digests"] {
+            let n: i64 = tx.query_row(
+                &format!("SELECT count(*) FROM pragma_foreign_key_check('{table}')"),
+                [],
+                |r| r.get(0),
+            )?;
+            if n > 0 {
+                orphans.push((table, n));
+            }
+        }
+        drop(tx);
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let tx = if repair {
+            Some(self.index.write()?)
+        } else {
+            None
+        };
+        for (table, n) in orphans {
+            let mut p = problem(
                 "index-corrupt",
                 None,
-                format!("index: {fk} rows break foreign keys"),
-            ));
+                format!("index: {n} rows of `{table}` belong to no snapshot"),
+            );
+            if let Some(tx) = &tx {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE snapshot_id NOT IN (SELECT id FROM snapshots)"
+                    ),
+                    [],
+                )?;
+                p.repaired = true;
+                p.message.push_str("; they were deleted");
+            }
+            problems.push(p);
+        }
+        if let Some(tx) = tx {
+            tx.commit()?;
         }
         Ok(())
     }

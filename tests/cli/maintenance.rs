@@ -157,6 +157,36 @@ fn check_cannot_repair_a_missing_parent(driver: &str) {
     assert!(run.stderr.contains("1 problem left"), "{}", run.stderr);
 }
 
+/// Label, mount and digest rows of a snapshot that does not exist (an index
+/// edited with foreign keys off) are reported by table, and `--repair`
+/// deletes them (audit: one unnamed line, and the rows stayed).
+fn rows_of_no_snapshot(driver: &str) {
+    let s = store(driver);
+    python_sql(
+        &s,
+        "INSERT INTO labels (snapshot_id, key, value) VALUES (999, 'k', 'v')",
+    );
+    let run = s.strata(&["check"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    assert!(
+        run.stdout
+            .contains("1 rows of `labels` belong to no snapshot"),
+        "{}",
+        run.session()
+    );
+    let run = s.strata(&["check", "--repair"]).success();
+    assert!(
+        run.stdout.contains("they were deleted"),
+        "{}",
+        run.session()
+    );
+    assert_eq!(
+        python_sql(&s, "SELECT count(*) FROM labels WHERE snapshot_id = 999"),
+        "0"
+    );
+    s.strata(&["check"]).success();
+}
+
 /// Paths are shown with control characters escaped: a leftover named with
 /// a newline is one line of `check` and of `prune`, and cannot fake a
 /// `consistent` line (audit).
@@ -533,6 +563,7 @@ both_drivers!(
     leftovers_of_the_wrong_type,
     an_unknown_kind_is_not_active,
     control_characters_in_reports,
+    rows_of_no_snapshot,
     locked_work_in_progress_is_left_alone,
     a_parent_cycle_is_reported_and_walks_end
 );
