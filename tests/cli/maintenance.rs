@@ -15,6 +15,27 @@ fn store(driver: &str) -> Store {
     s
 }
 
+/// Which snapshot directory [`snapshot_dir`] names, by id.
+enum ById {
+    Oldest,
+    Newest,
+}
+use ById::*;
+
+/// The name under `snapshots/` of the store's oldest (`base` in [`store`])
+/// or newest snapshot.
+fn snapshot_dir(s: &Store, which: ById) -> String {
+    let ids = s
+        .snapshot_dirs()
+        .into_iter()
+        .filter_map(|d| d.parse::<u64>().ok());
+    let id = match which {
+        Oldest => ids.min(),
+        Newest => ids.max(),
+    };
+    id.unwrap().to_string()
+}
+
 fn prune_finds_every_leftover(driver: &str) {
     let s = store(driver);
     let snaps = s.root.join("snapshots");
@@ -144,13 +165,8 @@ fn check_reports_and_repairs(driver: &str) {
 
 fn check_cannot_repair_a_missing_parent(driver: &str) {
     let s = store(driver);
-    let base_id = s
-        .snapshot_dirs()
-        .iter()
-        .map(|d| d.parse::<u64>().unwrap())
-        .min()
-        .unwrap();
-    fs::remove_dir_all(s.root.join("snapshots").join(base_id.to_string())).unwrap();
+    let base_id = snapshot_dir(&s, Oldest);
+    fs::remove_dir_all(s.root.join("snapshots").join(base_id)).unwrap();
     let run = s.strata(&["check", "--repair"]);
     assert_eq!(run.code, 1, "{}", run.session());
     assert!(run.stdout.contains("missing-directory"), "{}", run.stdout);
@@ -238,13 +254,7 @@ fn an_unknown_kind_is_not_active(driver: &str) {
             run.session()
         );
     }
-    let base = s
-        .snapshot_dirs()
-        .iter()
-        .map(|d| d.parse::<u64>().unwrap())
-        .min()
-        .unwrap()
-        .to_string();
+    let base = snapshot_dir(&s, Oldest);
     assert!(!s.root.join("snapshots").join(base).join("work").exists());
 }
 
@@ -305,26 +315,14 @@ fn check_forgets_no_snapshot_whose_data_may_be_there(driver: &str) {
     fs::rename(&away, &snaps).unwrap();
     s.strata(&["prune"]).success();
     s.strata(&["check"]).success();
-    let base = s
-        .snapshot_dirs()
-        .iter()
-        .map(|d| d.parse::<u64>().unwrap())
-        .min()
-        .unwrap()
-        .to_string();
+    let base = snapshot_dir(&s, Oldest);
     assert_eq!(
         fs::read(snaps.join(base).join("fs/f")).unwrap(),
         vec![1u8; 10_000]
     );
 
     // The active's directory swapped for a symlink to a copy elsewhere.
-    let act = s
-        .snapshot_dirs()
-        .iter()
-        .map(|d| d.parse::<u64>().unwrap())
-        .max()
-        .unwrap()
-        .to_string();
+    let act = snapshot_dir(&s, Newest);
     let elsewhere = s.scratch("elsewhere");
     fs::rename(snaps.join(&act), &elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, snaps.join(&act)).unwrap();
@@ -408,13 +406,7 @@ fn locked_work_in_progress_is_left_alone(driver: &str) {
     let s = store(driver);
     let snaps = s.root.join("snapshots");
     // The oldest snapshot.
-    let base = s
-        .snapshot_dirs()
-        .iter()
-        .map(|d| d.parse::<u64>().unwrap())
-        .min()
-        .unwrap()
-        .to_string();
+    let base = snapshot_dir(&s, Oldest);
     fs::create_dir_all(snaps.join("999/fs")).unwrap();
     fs::create_dir_all(s.root.join("l")).unwrap();
     // 999 in base 36.
