@@ -112,7 +112,17 @@ impl Store {
     /// Compares the index with the disk; with `repair`, fixes what is safe.
     pub fn check(&mut self, repair: bool) -> Result<CheckReport> {
         let mut problems = Vec::new();
-        self.check_index(&mut problems, repair)?;
+        if !self.check_index(&mut problems, repair)? {
+            problems.push(problem(
+                "index-corrupt",
+                None,
+                "index: damaged; nothing else was checked or repaired: restore index.db from a backup (or `sqlite3 index.db .recover`)".into(),
+            ));
+            return Ok(CheckReport {
+                consistent: false,
+                problems,
+            });
+        }
         let driver = self.driver()?;
         // One look while holding the write lock, as prune's (see the top).
         let tx = self.index.write()?;
@@ -311,17 +321,27 @@ impl Store {
         })
     }
 
-    fn check_index(&mut self, problems: &mut Vec<Problem>, repair: bool) -> Result<()> {
+    /// Checks the index itself; false when it is damaged, and nothing
+    /// else should be read from it.
+    fn check_index(&mut self, problems: &mut Vec<Problem>, repair: bool) -> Result<bool> {
         let tx = self.index.read()?;
-        let integrity: Vec<String> = {
-            let mut stmt = tx.prepare("PRAGMA integrity_check")?;
-            stmt.query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
+        // SQLite lists what it finds, or (damage it cannot walk past) fails
+        // the check itself: both are the report.
+        let integrity = tx.prepare("PRAGMA integrity_check").and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+        let lines = match integrity {
+            Ok(lines) => lines,
+            Err(e) => vec![e.to_string()],
         };
-        if integrity != ["ok"] {
-            for line in integrity {
+        if lines != ["ok"] {
+            for line in lines {
                 problems.push(problem("index-corrupt", None, format!("index: {line}")));
             }
+            // Nothing more is read from a damaged index (a damaged table
+            // fails every query on it), and nothing repaired from it.
+            return Ok(false);
         }
         // Rows of a snapshot that does not exist (an index edited with
         // foreign keys off): meaningless, and a label one would be taken up
@@ -340,7 +360,7 @@ impl Store {
         }
         drop(tx);
         if orphans.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let tx = if repair {
             Some(self.index.write()?)
@@ -368,7 +388,7 @@ impl Store {
         if let Some(tx) = tx {
             tx.commit()?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 

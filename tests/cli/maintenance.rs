@@ -203,6 +203,43 @@ fn rows_of_no_snapshot(driver: &str) {
     s.strata(&["check"]).success();
 }
 
+/// A damaged index is reported as such, and nothing else is read from it or
+/// repaired with it: not a bare "malformed" error (audit).
+fn a_damaged_index_is_reported(driver: &str) {
+    let s = store(driver);
+    let page: u64 = python_sql(
+        &s,
+        "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_snapshots_1'",
+    )
+    .parse()
+    .unwrap();
+    let before = s.snapshot_dirs();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(s.root.join("index.db"))
+            .unwrap();
+        f.seek(SeekFrom::Start((page - 1) * 4096 + 8)).unwrap();
+        f.write_all(&[0xff; 64]).unwrap();
+    }
+    for args in [&["check"][..], &["check", "--repair"]] {
+        let run = s.strata(args);
+        assert_eq!(run.code, 1, "{args:?}: {}", run.session());
+        assert!(
+            run.stdout.starts_with("index-corrupt: index: "),
+            "{args:?}: {}",
+            run.session()
+        );
+        assert!(
+            run.stdout.contains("nothing else was checked or repaired"),
+            "{args:?}: {}",
+            run.session()
+        );
+    }
+    assert_eq!(s.snapshot_dirs(), before);
+}
+
 /// Paths are shown with control characters escaped: a leftover named with
 /// a newline is one line of `check` and of `prune`, and cannot fake a
 /// `consistent` line (audit).
@@ -556,6 +593,7 @@ both_drivers!(
     an_unknown_kind_is_not_active,
     control_characters_in_reports,
     rows_of_no_snapshot,
+    a_damaged_index_is_reported,
     locked_work_in_progress_is_left_alone,
     a_parent_cycle_is_reported_and_walks_end
 );
