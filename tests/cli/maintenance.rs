@@ -262,9 +262,10 @@ fn control_characters_in_reports(driver: &str) {
 }
 
 /// A kind strata does not know (an index edited past its constraints) is
-/// an error naming the snapshot, for `check` and every command, never
-/// taken for `active`: `check --repair` gave that committed layer a work
-/// directory and `mount` mounted it read-write (audit).
+/// `index-corrupt` for `check` and an error naming the snapshot for every
+/// other command, never taken for `active`: `check --repair` gave that
+/// committed layer a work directory and `mount` mounted it read-write
+/// (audit).
 fn an_unknown_kind_is_not_active(driver: &str) {
     let s = store(driver);
     let script = "import sqlite3, sys\n\
@@ -278,11 +279,16 @@ fn an_unknown_kind_is_not_active(driver: &str) {
             .arg(s.root.join("index.db")),
         "edit the kind",
     );
-    for args in [
-        &["check", "--repair"][..],
-        &["info", "base"],
-        &["mounts", "base"],
-    ] {
+    // `check` sees the broken constraint in SQLite's integrity check, and
+    // stops there.
+    let run = s.strata(&["check", "--repair"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    assert!(
+        run.stdout.contains("CHECK constraint failed"),
+        "{}",
+        run.session()
+    );
+    for args in [&["info", "base"][..], &["mounts", "base"]] {
         let run = s.strata(args);
         assert_eq!(run.code, 1, "{args:?}: {}", run.session());
         assert!(
