@@ -448,7 +448,10 @@ fn leftovers(layout: &Layout, ids: &HashMap<i64, SnapshotKind>, take: bool) -> R
         let entry = entry.ctx(|| format!("cannot read {}", snapshots.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        let id = name.parse::<i64>().ok();
+        // Only the names strata gives (`7`, never `007` or `+7`): another
+        // name is not a snapshot's, whatever number it reads as (audit:
+        // `007` was taken for snapshot 7's, or deleted as an orphan).
+        let id = name.parse::<i64>().ok().filter(|id| id.to_string() == name);
         let kind = if let Some(id) = id {
             match ids.get(&id) {
                 None => "orphan",

@@ -331,6 +331,21 @@ fn leftovers_of_the_wrong_type(driver: &str) {
     s.strata(&["check", "--repair"]).success();
     s.strata(&["check"]).success();
     assert_eq!(s.names(&[]), ["act", "base"]);
+    // Names strata never gives are not snapshots' (`007` read as 7 was
+    // taken for snapshot 7's directory, or deleted as an orphan).
+    let base = snapshot_dir(&s, Oldest);
+    for name in [format!("00{base}"), format!("+{base}"), "0099".to_string()] {
+        fs::create_dir(snaps.join(&name)).unwrap();
+        fs::write(snaps.join(&name).join("mine"), "mine").unwrap();
+    }
+    s.strata(&["prune"]).success();
+    s.strata(&["check"]).success();
+    for name in [format!("00{base}"), format!("+{base}"), "0099".to_string()] {
+        assert!(
+            snaps.join(&name).join("mine").exists(),
+            "{name} was deleted"
+        );
+    }
 }
 
 /// `check --repair` forgets a leaf only when its directory is not there:
