@@ -55,7 +55,14 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         "the store is not consistent: {left} {} left",
         if left == 1 { "problem" } else { "problems" }
     ));
-    Err(if args.repair {
+    let damaged = report
+        .problems
+        .iter()
+        .any(|p| p.kind == "index-corrupt" && !p.repaired);
+    Err(if damaged {
+        // --repair does nothing with a damaged index.
+        err.with_hint("restore index.db from a backup, or recover it with `sqlite3 index.db .recover`, then check again")
+    } else if args.repair {
         err.with_hint("these need a person: restore the missing data from a backup, or remove the snapshots concerned")
     } else {
         err.with_hint(

@@ -232,6 +232,11 @@ fn a_damaged_index_is_reported(driver: &str) {
             run.session()
         );
         assert!(
+            run.stderr.contains("restore index.db from a backup"),
+            "{args:?}: {}",
+            run.session()
+        );
+        assert!(
             run.stdout.contains("nothing else was checked or repaired"),
             "{args:?}: {}",
             run.session()
