@@ -338,13 +338,9 @@ impl Store {
         )
     }
 
-    /// Writes committed `key`'s layer to `out` and remembers its digests,
-    /// so later pushes and exports only check them. Digests already known
-    /// are kept: a pulled layer's are those of the registry's blob, which
-    /// a cross-repository mount can reuse and strata's own writing of the
-    /// same tree (another tar, another gzip) would not match (audit: a push
-    /// to a second registry replaced them, and a later push back to the
-    /// first uploaded the layer again instead of mounting it).
+    /// Writes `key`'s layer to `out` and, when `key` is committed, remembers
+    /// its digests (see [`Store::remember_digests`]), so later pushes and
+    /// exports only check them.
     pub fn layer_blob(
         &mut self,
         key: &str,
@@ -356,19 +352,19 @@ impl Store {
         let digests = self
             .diff(key, None, out, compression, source_date_epoch, progress)?
             .digests;
-        // An active snapshot may still change: only committed ones are remembered.
-        if self.stat(key)?.kind == SnapshotKind::Committed
-            && self
-                .known_digests(key, compression, source_date_epoch)?
-                .is_none()
-        {
-            self.remember_digests(key, compression, source_date_epoch, &digests)?;
-        }
+        self.remember_digests(key, compression, source_date_epoch, &digests)?;
         Ok(digests)
     }
 
-    /// Records digests of a committed layer learnt elsewhere (a pull knows
-    /// them from the manifest, verified while applying).
+    /// Records the digests of committed `key`'s layer with these settings:
+    /// learnt elsewhere (a pull knows them from the manifest, verified while
+    /// applying) or written here. An active snapshot may still change, so
+    /// nothing is recorded for one. Digests already known are kept: a
+    /// pulled layer's are those of the registry's blob, which a
+    /// cross-repository mount can reuse and strata's own writing of the
+    /// same tree (another tar, another gzip) would not match (audit: a push
+    /// to a second registry replaced them, and a later push back to the
+    /// first uploaded the layer again instead of mounting it).
     pub fn remember_digests(
         &mut self,
         key: &str,
@@ -378,6 +374,9 @@ impl Store {
     ) -> Result<()> {
         let tx = self.index.write()?;
         let row = super::existing(&tx, key)?;
+        if row.kind != SnapshotKind::Committed {
+            return Ok(());
+        }
         let v = variant(compression, source_date_epoch);
         index::set_layer_digests(
             &tx,

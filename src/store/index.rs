@@ -902,6 +902,8 @@ pub fn layer_digests(
         .optional()?)
 }
 
+/// Records a layer's digests for `variant`, unless some are recorded
+/// already (the first are kept; see `Store::remember_digests`).
 pub fn set_layer_digests(
     tx: &Transaction<'_>,
     id: i64,
@@ -913,8 +915,7 @@ pub fn set_layer_digests(
     tx.execute(
         "INSERT INTO layer_digests (snapshot_id, variant, digest, diff_id, size)
          VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (snapshot_id, variant) DO UPDATE SET
-            digest = excluded.digest, diff_id = excluded.diff_id, size = excluded.size",
+         ON CONFLICT (snapshot_id, variant) DO NOTHING",
         params![id, variant, digest, diff_id, size as i64],
     )?;
     Ok(())

@@ -179,10 +179,16 @@ impl Store {
         // gone at once (`snapshots/` on a disk not mounted yet, or moved),
         // says nothing of the data, and forgetting its row would let the
         // next `prune` delete the data once it is back (audit).
-        let shapes: Vec<Shape> = rows.iter().map(|r| shape(&self.layout.dir(r.id))).collect();
-        let none_there = !rows.is_empty() && shapes.iter().all(|s| matches!(s, Shape::Missing));
-        for (row, found) in rows.iter().zip(shapes) {
-            let dir = self.layout.dir(row.id);
+        let dirs: Vec<(PathBuf, Shape)> = rows
+            .iter()
+            .map(|r| {
+                let dir = self.layout.dir(r.id);
+                let found = shape(&dir);
+                (dir, found)
+            })
+            .collect();
+        let none_there = !rows.is_empty() && dirs.iter().all(|(_, s)| matches!(s, Shape::Missing));
+        for (row, (dir, found)) in rows.iter().zip(dirs) {
             match found {
                 Shape::Dir => {}
                 Shape::Missing => {

@@ -182,14 +182,8 @@ fn rows_of_no_snapshot(driver: &str) {
         &s,
         "INSERT INTO labels (snapshot_id, key, value) VALUES (999, 'k', 'v')",
     );
-    let run = s.strata(&["check"]);
-    assert_eq!(run.code, 1, "{}", run.session());
-    assert!(
-        run.stdout
-            .contains("1 rows of `labels` belong to no snapshot"),
-        "{}",
-        run.session()
-    );
+    s.strata(&["check"])
+        .fails_reporting(1, "1 rows of `labels` belong to no snapshot");
     let run = s.strata(&["check", "--repair"]).success();
     assert!(
         run.stdout.contains("they were deleted"),
@@ -286,13 +280,8 @@ fn an_unknown_kind_is_not_active(driver: &str) {
     );
     // `check` sees the broken constraint in SQLite's integrity check, and
     // stops there.
-    let run = s.strata(&["check", "--repair"]);
-    assert_eq!(run.code, 1, "{}", run.session());
-    assert!(
-        run.stdout.contains("CHECK constraint failed"),
-        "{}",
-        run.session()
-    );
+    s.strata(&["check", "--repair"])
+        .fails_reporting(1, "CHECK constraint failed");
     for args in [&["info", "base"][..], &["mounts", "base"]] {
         let run = s.strata(args);
         assert_eq!(run.code, 1, "{args:?}: {}", run.session());
@@ -365,13 +354,9 @@ fn check_forgets_no_snapshot_whose_data_may_be_there(driver: &str) {
     let away = s.root.join("snapshots.away");
     fs::rename(&snaps, &away).unwrap();
     fs::create_dir(&snaps).unwrap();
-    let run = s.strata(&["check", "--repair"]);
-    assert_eq!(run.code, 1, "{}", run.session());
-    assert!(
-        run.stdout
-            .contains("not repaired: no snapshot of the store has its directory"),
-        "{}",
-        run.session()
+    s.strata(&["check", "--repair"]).fails_reporting(
+        1,
+        "not repaired: no snapshot of the store has its directory",
     );
     assert_eq!(s.names(&[]), ["act", "base"]);
     fs::remove_dir(&snaps).unwrap();
@@ -389,13 +374,8 @@ fn check_forgets_no_snapshot_whose_data_may_be_there(driver: &str) {
     let elsewhere = s.scratch("elsewhere");
     fs::rename(snaps.join(&act), &elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, snaps.join(&act)).unwrap();
-    let run = s.strata(&["check", "--repair"]);
-    assert_eq!(run.code, 1, "{}", run.session());
-    assert!(
-        run.stdout.contains("is a symlink; left as it is"),
-        "{}",
-        run.session()
-    );
+    s.strata(&["check", "--repair"])
+        .fails_reporting(1, "is a symlink; left as it is");
     assert_eq!(s.names(&[]), ["act", "base"]);
     fs::remove_file(snaps.join(&act)).unwrap();
     fs::rename(&elsewhere, snaps.join(&act)).unwrap();

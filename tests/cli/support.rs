@@ -81,6 +81,19 @@ impl Run {
         self
     }
 
+    /// Asserts the exit code and that stdout (a report, as `check`'s)
+    /// contains `needle`.
+    #[track_caller]
+    pub fn fails_reporting(self, code: i32, needle: &str) -> Self {
+        if self.code != code || !self.stdout.contains(needle) {
+            panic!(
+                "expected exit code {code} and {needle:?} on stdout, got:\n{}",
+                self.session()
+            );
+        }
+        self
+    }
+
     /// Asserts a failure of the given SPEC kind, printed as JSON (`-o json`) on stderr.
     #[track_caller]
     pub fn fails_json(self, kind: &str) -> Self {
