@@ -19,7 +19,7 @@
 //! * Refused as [`LayerError::Invalid`], naming the entry: bad checksums,
 //!   short reads, a stream that ends without its end-of-archive block (a
 //!   plain tar cut on a block boundary), anything but zeros after that
-//!   block, decompression errors, GNU sparse and other unknown entry types,
+//!   block, decompression errors, unknown entry types,
 //!   data attached to header-only entries (directories, links, devices,
 //!   FIFOs: Go ignores such sizes while GNU tar skips the data, so they
 //!   would be read differently), more uncompressed bytes than
@@ -53,6 +53,9 @@
 //!   path is still refused.
 //! * Entries for the root directory itself (`./`) are ignored, as in
 //!   containerd; [`write`] never emits one.
+//! * GNU sparse files, in the four ways GNU tar writes them (see
+//!   [`sparse`]), are written with their holes left holes; [`write`]
+//!   writes every file in full, holes as zeros, as docker does.
 //! * A hardlink must point to an earlier entry of the same layer (the only
 //!   kind docker/containerd/buildah write). This keeps both drivers
 //!   identical: an overlay upper does not contain the parent's files.
@@ -173,6 +176,8 @@ use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use super::longpath;
+
+mod sparse;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -653,6 +658,9 @@ struct Member {
     mtime: Timespec,
     atime: Option<Timespec>,
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Where the data goes in a GNU sparse file (`size` is then the bytes
+    /// of data archived, the map taken out).
+    sparse: Option<sparse::Sparse>,
 }
 
 fn checksum_ok(block: &[u8; BLOCK]) -> bool {
@@ -892,8 +900,10 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
                     },
                     atime: None,
                     xattrs: BTreeMap::new(),
+                    sparse: None,
                     header,
                 };
+                let mut sparse_records = sparse::Records::default();
                 for (k, v) in pax.take().unwrap_or_default() {
                     let name = show(&m.path);
                     let bad_pax = || {
@@ -909,10 +919,11 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
                         m.xattrs.insert(attr.to_vec(), v);
                         continue;
                     }
-                    if k.starts_with(b"GNU.sparse.") {
-                        return Err(invalid(format!(
-                            "entry `{name}`: GNU sparse files are not supported"
-                        )));
+                    let sparse_record = sparse_records
+                        .take(&k, &v)
+                        .map_err(|e| invalid(format!("corrupt archive: entry `{name}`: {e}")))?;
+                    if sparse_record {
+                        continue;
                     }
                     // An empty value removes the record (POSIX): the header
                     // field stands.
@@ -930,8 +941,111 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
                         _ => {}
                     }
                 }
+                m.sparse = read_sparse(s, &mut m, &sparse_records)?;
                 return Ok(Some(m));
             }
+        }
+    }
+}
+
+/// The map of `m` if it is a GNU sparse file (old GNU type `S`, or PAX
+/// `records`), read with what of it follows the header: an old header's
+/// extension blocks, a PAX 1.0 map at the start of the data, which is
+/// taken out of `m.size`. Also gives `m` its real name (PAX 0.1 and 1.0).
+fn read_sparse(
+    s: &mut Stream,
+    m: &mut Member,
+    records: &sparse::Records,
+) -> Result<Option<sparse::Sparse>> {
+    let type_byte = m.header.as_old().linkflag[0];
+    let (size, segments) = if type_byte == b'S' {
+        old_gnu_sparse(s, m)?
+    } else {
+        let bad = |e: String| invalid(format!("corrupt archive: entry `{}`: {e}", show(&m.path)));
+        let Some(format) = records.format().map_err(bad)? else {
+            return Ok(None);
+        };
+        if !matches!(type_byte, b'0' | b'7' | 0) {
+            return Err(bad(
+                "GNU sparse records on an entry that is not a file".into()
+            ));
+        }
+        // Without a size record the file is as long as its data (Go).
+        let size = records.size().map_err(bad)?.unwrap_or(m.size);
+        let segments = match format {
+            sparse::Format::InRecords => records.segments().map_err(bad)?,
+            sparse::Format::InData => {
+                let (segments, used) = map_in_data(s, m)?;
+                m.size -= used;
+                segments
+            }
+        };
+        if let Some(name) = records.name() {
+            m.path = name.to_vec();
+        }
+        (size, segments)
+    };
+    sparse::check(&segments, size, m.size)
+        .map_err(|e| invalid(format!("corrupt archive: entry `{}`: {e}", show(&m.path))))?;
+    Ok(Some(sparse::Sparse { size, segments }))
+}
+
+/// An old GNU sparse header's file size and map, reading its extension
+/// blocks from `s`.
+fn old_gnu_sparse(s: &mut Stream, m: &Member) -> Result<(u64, Vec<sparse::Segment>)> {
+    let bad = |e: &str| invalid(format!("corrupt archive: entry `{}`: {e}", show(&m.path)));
+    let gnu = m
+        .header
+        .as_gnu()
+        .ok_or_else(|| bad("a GNU sparse entry (type S) without a GNU header"))?;
+    let size = sparse::number(&gnu.realsize).ok_or_else(|| bad("a bad GNU sparse size"))?;
+    let mut segments =
+        sparse::old_gnu_segments(&m.header.as_bytes()[386..482], 4).map_err(|e| bad(&e))?;
+    let mut more = gnu.isextended[0] != 0;
+    let mut blocks = 0;
+    while more {
+        blocks += 1;
+        if blocks > sparse::MAX_EXTENSIONS {
+            return Err(bad("a GNU sparse map of too many extension headers"));
+        }
+        let mut block = [0u8; BLOCK];
+        if s.read_full(&mut block)? < BLOCK {
+            return Err(bad(
+                "truncated archive inside a GNU sparse extension header",
+            ));
+        }
+        segments.extend(sparse::old_gnu_segments(&block, 21).map_err(|e| bad(&e))?);
+        more = block[504] != 0;
+    }
+    Ok((size, segments))
+}
+
+/// Reads a PAX 1.0 map from the start of `m`'s data: its segments and the
+/// bytes it takes.
+fn map_in_data(s: &mut Stream, m: &Member) -> Result<(Vec<sparse::Segment>, u64)> {
+    let bad = |e: String| invalid(format!("corrupt archive: entry `{}`: {e}", show(&m.path)));
+    let mut text = Vec::new();
+    let (mut lines, mut want) = (0u64, 1u64);
+    loop {
+        if text.len() as u64 + BLOCK as u64 > m.size.min(sparse::MAX_MAP_TEXT) {
+            return Err(bad(if m.size <= sparse::MAX_MAP_TEXT {
+                "its GNU sparse map runs past its data".into()
+            } else {
+                "a GNU sparse map over 16 MiB".into()
+            }));
+        }
+        let mut block = [0u8; BLOCK];
+        if s.read_full(&mut block)? < BLOCK {
+            return Err(bad("truncated archive inside a GNU sparse map".into()));
+        }
+        text.extend_from_slice(&block);
+        lines += block.iter().filter(|b| **b == b'\n').count() as u64;
+        if lines < want {
+            continue;
+        }
+        match sparse::map_in_data(&text).map_err(bad)? {
+            sparse::MapText::Lines(all) => want = all,
+            sparse::MapText::Map(segments, used) => return Ok((segments, used)),
         }
     }
 }
@@ -2497,6 +2611,57 @@ impl<'o> Extractor<'o> {
             .map_err(|e| io_err(format!("cannot remove {}", self.path_of(rel).display()), e))
     }
 
+    /// Writes the next `len` bytes of the stream to `file`, at its offset.
+    fn write_data(
+        &self,
+        s: &mut Stream,
+        file: &mut File,
+        len: u64,
+        name: &str,
+        rel: &[u8],
+        progress: &mut dyn FnMut(),
+    ) -> Result<()> {
+        let mut left = len;
+        while left > 0 {
+            let avail = s
+                .fill()
+                .map_err(|e| context(e, &format!("entry `{name}`")))?;
+            if avail.is_empty() {
+                return Err(invalid(format!(
+                    "truncated archive: entry `{name}` ends {left} bytes early"
+                )));
+            }
+            let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            file.write_all(&avail[..n])
+                .map_err(|e| io_err(format!("cannot write {}", self.path_of(rel).display()), e))?;
+            s.consume(n);
+            left -= n as u64;
+            progress();
+        }
+        Ok(())
+    }
+
+    /// Writes a GNU sparse file's data where its map puts it, and leaves
+    /// the rest holes: the file takes the space its data does, where Go
+    /// (containerd) writes the holes out as zeros.
+    fn write_sparse(
+        &self,
+        s: &mut Stream,
+        file: &mut File,
+        map: &sparse::Sparse,
+        name: &str,
+        rel: &[u8],
+        progress: &mut dyn FnMut(),
+    ) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let failed = |e| io_err(format!("cannot write {}", self.path_of(rel).display()), e);
+        for seg in map.segments.iter().filter(|seg| seg.len > 0) {
+            file.seek(SeekFrom::Start(seg.offset)).map_err(failed)?;
+            self.write_data(s, file, seg.len, name, rel, progress)?;
+        }
+        file.set_len(map.size).map_err(failed)
+    }
+
     fn member(&mut self, m: Member, s: &mut Stream, progress: &mut dyn FnMut()) -> Result<()> {
         let name = show(&m.path);
         // The raw typeflag: `EntryType` reads NUL as `0`, and the two differ
@@ -2514,11 +2679,7 @@ impl<'o> Extractor<'o> {
             b'4' => Kind::Block,
             b'5' => Kind::Dir,
             b'6' => Kind::Fifo,
-            b'S' => {
-                return Err(invalid(format!(
-                    "entry `{name}`: GNU sparse files are not supported"
-                )));
-            }
+            b'S' => Kind::File,
             t => {
                 return Err(invalid(format!(
                     "entry `{name}`: unsupported entry type `{}`",
@@ -2526,6 +2687,11 @@ impl<'o> Extractor<'o> {
                 )));
             }
         };
+        if m.sparse.is_some() && !matches!(kind, Kind::File) {
+            return Err(invalid(format!(
+                "entry `{name}`: a GNU sparse map on an entry that is not a file"
+            )));
+        }
         if !matches!(kind, Kind::File) && m.size != 0 {
             return Err(invalid(format!(
                 "entry `{name}`: a {} entry with {} bytes of data",
@@ -2715,23 +2881,9 @@ impl<'o> Extractor<'o> {
                     )
                 })?;
                 let mut file = File::from(fd);
-                let mut left = m.size;
-                while left > 0 {
-                    let avail = s
-                        .fill()
-                        .map_err(|e| context(e, &format!("entry `{name}`")))?;
-                    if avail.is_empty() {
-                        return Err(invalid(format!(
-                            "truncated archive: entry `{name}` ends {left} bytes early"
-                        )));
-                    }
-                    let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    file.write_all(&avail[..n]).map_err(|e| {
-                        io_err(format!("cannot write {}", self.path_of(&rel).display()), e)
-                    })?;
-                    s.consume(n);
-                    left -= n as u64;
-                    progress();
+                match &m.sparse {
+                    None => self.write_data(s, &mut file, m.size, &name, &rel, progress)?,
+                    Some(map) => self.write_sparse(s, &mut file, map, &name, &rel, progress)?,
                 }
                 s.skip_padding(m.size)
                     .map_err(|e| context(e, &format!("entry `{name}`")))?;
@@ -5144,6 +5296,147 @@ mod tests {
         jail().refuse(&with_mtime(beyond), &delete(), "bad mtime");
     }
 
+    /// An old GNU sparse entry (type `S`) of `data`, with `map` (offset,
+    /// length pairs in the header; more in one extension block) for a file
+    /// of `size` bytes.
+    fn old_sparse(map: &[(u64, u64)], size: u64, data: &[u8]) -> Vec<u8> {
+        let mut tar = raw(b"s", b'S', data, b"");
+        let mut h = tar::Header::new_gnu();
+        h.as_mut_bytes().copy_from_slice(&tar[..512]);
+        let field = |v: u64| format!("{v:011o}\0").into_bytes();
+        let mut ext = [0u8; 512];
+        for (i, (offset, len)) in map.iter().enumerate() {
+            let (area, at) = if i < 4 {
+                (&mut h.as_mut_bytes()[386..482], i * 24)
+            } else {
+                (&mut ext[..], (i - 4) * 24)
+            };
+            area[at..at + 12].copy_from_slice(&field(*offset));
+            area[at + 12..at + 24].copy_from_slice(&field(*len));
+        }
+        h.as_mut_bytes()[483..495].copy_from_slice(&field(size));
+        if map.len() > 4 {
+            h.as_mut_bytes()[482] = 1;
+            tar.splice(512..512, ext);
+        }
+        h.set_cksum();
+        tar[..512].copy_from_slice(h.as_bytes());
+        tar
+    }
+
+    /// A PAX header of `records`, then a file `p` of `data`.
+    fn pax_then(records: &[(&str, &str)], kind: u8, data: &[u8]) -> Vec<u8> {
+        let mut pax = Vec::new();
+        for (k, v) in records {
+            pax_record(&mut pax, k.as_bytes(), v.as_bytes());
+        }
+        let name: &[u8] = if kind == b'5' { b"p/" } else { b"p" };
+        tar_of(&[
+            Raw {
+                name: b"p",
+                kind: b'x',
+                data: &pax,
+                link: b"",
+            },
+            Raw {
+                name,
+                kind,
+                data,
+                link: b"",
+            },
+        ])
+    }
+
+    /// GNU sparse entries: the data lands where the map says, the rest is
+    /// holes (zeros when read); the real name of PAX 0.1 and 1.0 wins. A
+    /// map that overlaps, leaves data over or runs short of it, goes past
+    /// the file or the entry, sits on a directory, or is of a version
+    /// strata does not know, is refused with nothing written.
+    #[test]
+    fn gnu_sparse_entries() {
+        let read = |j: &Jail, name: &str| std::fs::read(j.dest.join(name)).unwrap();
+        let expect = |size: usize, runs: &[(usize, &[u8])]| {
+            let mut v = vec![0u8; size];
+            for (at, data) in runs {
+                v[*at..*at + data.len()].copy_from_slice(data);
+            }
+            v
+        };
+        // Old GNU, in the header and with an extension block.
+        let j = jail();
+        apply_vec(
+            &old_sparse(&[(2, 3), (9, 1)], 12, b"abcd"),
+            &j.dest,
+            &delete(),
+        )
+        .unwrap();
+        assert_eq!(read(&j, "s"), expect(12, &[(2, b"abc"), (9, b"d")]));
+        let map: Vec<(u64, u64)> = (0..6).map(|i| (i * 10, 1)).collect();
+        let j = jail();
+        apply_vec(&old_sparse(&map, 60, b"uvwxyz"), &j.dest, &delete()).unwrap();
+        let runs: Vec<(usize, &[u8])> = (0..6).map(|i| (i * 10, &b"uvwxyz"[i..i + 1])).collect();
+        assert_eq!(read(&j, "s"), expect(60, &runs));
+        // PAX 0.1 and 1.0 with their real names.
+        let j = jail();
+        let v01 = [
+            ("GNU.sparse.major", "0"),
+            ("GNU.sparse.minor", "1"),
+            ("GNU.sparse.name", "real"),
+            ("GNU.sparse.size", "8"),
+            ("GNU.sparse.numblocks", "1"),
+            ("GNU.sparse.map", "5,2"),
+        ];
+        apply_vec(&pax_then(&v01, b'0', b"hi"), &j.dest, &delete()).unwrap();
+        assert_eq!(read(&j, "real"), expect(8, &[(5, b"hi")]));
+        let mut data = b"1\n1000\n2\n".to_vec();
+        data.resize(512, 0);
+        data.extend_from_slice(b"hi");
+        let v10 = [
+            ("GNU.sparse.major", "1"),
+            ("GNU.sparse.minor", "0"),
+            ("GNU.sparse.name", "real"),
+            ("GNU.sparse.realsize", "4096"),
+        ];
+        let j = jail();
+        apply_vec(&pax_then(&v10, b'0', &data), &j.dest, &delete()).unwrap();
+        assert_eq!(read(&j, "real"), expect(4096, &[(1000, b"hi")]));
+        assert!(!j.dest.join("p").exists());
+
+        // Refused.
+        jail().refuse(
+            &old_sparse(&[(0, 3), (2, 1)], 12, b"abcd"),
+            &delete(),
+            "overlaps",
+        );
+        jail().refuse(&old_sparse(&[(0, 3)], 12, b"abcd"), &delete(), "holds 4");
+        jail().refuse(&old_sparse(&[(0, 5)], 12, b"abcd"), &delete(), "places 5");
+        jail().refuse(&old_sparse(&[(10, 4)], 12, b"abcd"), &delete(), "offset 10");
+        // Type S in a POSIX (not GNU) header.
+        let mut ustar = old_sparse(&[(0, 4)], 4, b"abcd");
+        let mut h = tar::Header::new_ustar();
+        h.as_mut_bytes()[..257].copy_from_slice(&ustar[..257]);
+        h.as_mut_bytes()[345..].copy_from_slice(&ustar[345..512]);
+        h.set_cksum();
+        ustar[..512].copy_from_slice(h.as_bytes());
+        jail().refuse(&ustar, &delete(), "without a GNU header");
+        // A 1.0 map that runs past its entry's data.
+        let mut short = b"1\n0\n".to_vec();
+        short.resize(512, b'7');
+        jail().refuse(
+            &pax_then(&v10, b'0', &short),
+            &delete(),
+            "runs past its data",
+        );
+        // Sparse records on a directory; an unknown version.
+        jail().refuse(&pax_then(&v01, b'5', b""), &delete(), "not a file");
+        let v2 = [("GNU.sparse.major", "2"), ("GNU.sparse.minor", "0")];
+        jail().refuse(
+            &pax_then(&v2, b'0', b"x"),
+            &delete(),
+            "2.0 is not supported",
+        );
+    }
+
     /// An xattr name with `=` would come back as another xattr (`user.k` =
     /// `v=val`): refused with the file named, not written.
     #[test]
@@ -5612,9 +5905,8 @@ mod tests {
         let mut gz = gzip(&good);
         gz.extend_from_slice(b"garbage");
         jail().refuse(&gz, &delete(), "gzip");
-        // A directory with data, a sparse file, an unknown type.
+        // A directory with data, an unknown type.
         jail().refuse(&raw(b"d/", b'5', b"data", b""), &delete(), "d/");
-        jail().refuse(&raw(b"s", b'S', b"", b""), &delete(), "sparse");
         jail().refuse(&raw(b"v", b'V', b"", b""), &delete(), "unsupported");
         // Extension header with no entry.
         let mut pax = Vec::new();

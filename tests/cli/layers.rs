@@ -470,6 +470,84 @@ fn old_style_directory_entries(driver: &str) {
     assert_eq!(seen, "True x\n");
 }
 
+/// Sparse files as GNU tar writes them with `-S`, in all four of its ways
+/// (old GNU headers, with extension blocks past four runs of data; PAX
+/// 0.0, 0.1 and 1.0), apply byte for byte, and keep their holes: the
+/// applied file takes about the space of its data, not of its size.
+fn gnu_sparse_files(driver: &str) {
+    let s = setup!(driver);
+    let src = s.scratch_dir("sparse");
+    let write_at = |name: &str, size: u64, runs: &[(u64, &[u8])]| {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::create(src.join(name)).unwrap();
+        f.set_len(size).unwrap();
+        for (at, data) in runs {
+            f.write_all_at(data, *at).unwrap();
+        }
+    };
+    let block = vec![b'd'; 4096];
+    // Data at the start and in the middle, a hole at the end.
+    write_at("a", 8 << 20, &[(0, &block), (3 << 20, &[b'm'; 8192])]);
+    // 40 runs: more than the 4 an old GNU header holds.
+    let runs: Vec<(u64, &[u8])> = (0..40u64)
+        .map(|i| ((i * 2 + 1) << 17, &block[..]))
+        .collect();
+    write_at("many", 12 << 20, &runs);
+    // Only a hole.
+    write_at("empty", 5 << 20, &[]);
+    let blocks = |p: &Path| fs::metadata(p).unwrap().blocks();
+    assert!(
+        blocks(&src.join("a")) <= 64,
+        "the scratch area keeps no holes"
+    );
+    let expected = python_hashes(&src);
+    for (i, format) in ["gnu", "0.0", "0.1", "1.0"].iter().enumerate() {
+        let tar = s.scratch("sparse.tar");
+        let args: Vec<String> = match *format {
+            "gnu" => vec!["-S".into(), "--format=gnu".into()],
+            v => vec![
+                "-S".into(),
+                "--format=posix".into(),
+                format!("--sparse-version={v}"),
+            ],
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tar_dir(&src, &tar, &args);
+        let name = format!("l{i}");
+        let before = s.snapshot_dirs();
+        with_stdin(&s, &["apply", &name], &tar).success();
+        let id = s.snapshot_dirs().into_iter().find(|d| !before.contains(d));
+        let seen = python_in_view(&s, &name, &hashes_script());
+        assert_eq!(seen, expected, "{format} on {driver}");
+        // The applied files, in the snapshot's own directory.
+        let fs_dir = s.root.join("snapshots").join(id.unwrap()).join("fs");
+        let used: Vec<u64> = ["a", "many", "empty"]
+            .iter()
+            .map(|f| blocks(&fs_dir.join(f)))
+            .collect();
+        // 12 KiB, 160 KiB and nothing of data (a few blocks of slack each).
+        assert!(
+            used[0] <= 24 + 8 && used[1] <= 320 + 64 && used[2] <= 8,
+            "{format} on {driver}: 512-byte blocks used {used:?}"
+        );
+    }
+}
+
+/// `name size sha256` of each file in the current directory, sorted.
+fn hashes_script() -> String {
+    "import hashlib, os\nfor n in sorted(os.listdir('.')):\n    d = open(n, 'rb').read()\n    print(n, len(d), hashlib.sha256(d).hexdigest())\n".to_string()
+}
+
+fn python_hashes(dir: &Path) -> String {
+    let out = Command::new("python3")
+        .args(["-c", &hashes_script()])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
 both_drivers!(
     same_driver,
     diff_of_an_active_snapshot_and_against_another_parent,
@@ -477,7 +555,8 @@ both_drivers!(
     paths_longer_than_path_max,
     deep_layers,
     old_style_directory_entries,
-    blank_numeric_fields_are_zero
+    blank_numeric_fields_are_zero,
+    gnu_sparse_files
 );
 
 /// A tarball written by Python's tarfile, which writes whatever it is told.
