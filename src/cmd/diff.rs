@@ -1,6 +1,7 @@
 use super::Context;
 use crate::printer::Unit;
 use crate::store::layer::{Compression, Digests};
+use crate::store::newfile::NewFile;
 use crate::store::{Error, Result};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -105,20 +106,18 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(std::path::Path::new("."));
-            let mut tmp = tempfile_in(dir, path)?;
-            let written = layer(ctx, &mut tmp.1);
-            let written = written.and_then(|d| {
-                tmp.1
-                    .flush()
-                    .and_then(|()| tmp.1.get_ref().sync_all())
-                    .and_then(|()| std::fs::rename(&tmp.0, path))
-                    .map(|()| d)
-                    .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
-            });
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp.0);
-            }
-            written?
+            let cannot = |e| Error::io(format!("cannot write {}", path.display()), e);
+            // Unnamed until written and synced (a killed diff leaves no
+            // temporary); mode 0666 less the umask, as File::create gives.
+            let tmp = NewFile::create_in(dir, 0o666).map_err(cannot)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+            let diffed = layer(ctx, &mut out)?;
+            out.flush().map_err(cannot)?;
+            drop(out);
+            tmp.as_file().sync_all().map_err(cannot)?;
+            crate::store::crash::point("diff:written");
+            tmp.persist(path).map_err(cannot)?;
+            diffed
         }
         None => {
             let stdout = std::io::stdout();
@@ -166,19 +165,4 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
 /// directory: a device, FIFO or socket.
 fn is_special(path: &std::path::Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
-}
-
-/// A new file beside `path` to write into before the final rename.
-fn tempfile_in(
-    dir: &std::path::Path,
-    path: &std::path::Path,
-) -> Result<(PathBuf, std::io::BufWriter<std::fs::File>)> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
-    let f = std::fs::File::create(&tmp)
-        .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
-    Ok((tmp, std::io::BufWriter::with_capacity(1 << 20, f)))
 }

@@ -4,6 +4,7 @@
 //! `org.opencontainers.image.ref.name` annotation (the tag).
 
 use super::{MT_MANIFEST, Source, Target};
+use crate::store::newfile::NewFile;
 use crate::store::{Error, Result};
 use indicatif::ProgressBar;
 use serde_json::{Value, json};
@@ -50,27 +51,35 @@ fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| Error::io(format!("cannot write in {}", dir.display()), e))?;
-    tmp.write_all(bytes)
+    let mut tmp = new_file(dir)?;
+    tmp.as_file_mut()
+        .write_all(bytes)
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
     persist(tmp, path)
 }
 
-fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+/// A file to write in `dir` before [`persist`] puts it in place (unnamed
+/// until then, so a killed export leaves no temporary behind).
+fn new_file(dir: &Path) -> Result<NewFile> {
+    NewFile::create_in(dir, 0o644)
+        .map_err(|e| Error::io(format!("cannot write in {}", dir.display()), e))
+}
+
+fn persist(tmp: NewFile, path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    // 0644 whatever the umask: a layout is read by other tools and users.
     let _ = tmp
         .as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644));
-    tmp.persist(path).map(|_| ()).map_err(|e| {
+    tmp.persist(path).map_err(|e| {
         let what = format!("cannot write {}", path.display());
-        match e.error.kind() {
+        match e.kind() {
             // The layout holds a directory where a file goes: the user's
             // layout is wrong, not strata.
             std::io::ErrorKind::IsADirectory | std::io::ErrorKind::DirectoryNotEmpty => {
                 Error::invalid(format!("{what}: it is a directory"))
             }
-            _ => Error::io(what, e.error),
+            _ => Error::io(what, e),
         }
     })
 }
@@ -398,8 +407,7 @@ impl Target for Layout {
     ) -> Result<()> {
         let path = blob_path(&self.dir, digest)?;
         let dir = path.parent().expect("blobs/sha256");
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
-            .map_err(|e| Error::io(format!("cannot write in {}", dir.display()), e))?;
+        let mut tmp = new_file(dir)?;
         let mut w = ProgressWriter {
             inner: tmp.as_file_mut(),
             n: 0,
@@ -407,6 +415,7 @@ impl Target for Layout {
         };
         std::io::copy(file, &mut w)
             .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        crate::store::crash::point("export:blob-written");
         persist(tmp, &path)
     }
 

@@ -19,6 +19,7 @@ pub mod layer;
 pub mod layout;
 pub(crate) mod longpath;
 pub mod mount;
+pub mod newfile;
 pub mod parallel;
 pub mod repair;
 pub(crate) mod target;

@@ -618,6 +618,41 @@ fn diff_to_a_device_or_a_fifo() {
     assert_eq!(tar_list(&listed), ["f"]);
 }
 
+/// `diff --output-file F` killed (SIGKILL) with the whole layer written, just before
+/// it is put in place, leaves F's directory as it was: F untouched and no temporary
+/// beside it (`.F.partial-PID` used to stay forever), since the layer is written
+/// unnamed. A normal run then replaces F, with mode 0666 less the umask as before.
+#[test]
+fn diff_killed_before_its_rename_leaves_no_temporary() {
+    let s = setup!("native");
+    s.layer("base", None, &[file("f", "x\n", 0o644)]);
+    let dir = s.scratch_dir("out");
+    let out = dir.join("layer.tar");
+    fs::write(&out, "old").unwrap();
+    let args = ["diff", "base", "--output-file", out.to_str().unwrap()];
+    let killed = s.strata_with(
+        &args,
+        With {
+            env: &[("STRATA_CRASH_AT", "diff:written")],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        killed.code,
+        -1,
+        "killed at diff:written: {}",
+        killed.session()
+    );
+    let names = || Tree::read(&dir).entries.into_keys().collect::<Vec<_>>();
+    assert_eq!(names(), ["layer.tar"], "{}", killed.session());
+    assert_eq!(fs::read_to_string(&out).unwrap(), "old");
+    s.strata(&args).success();
+    assert_eq!(names(), ["layer.tar"]);
+    assert_eq!(tar_list(&out), ["f"]);
+    let mode = fs::metadata(&out).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o666 & !umask(), "{mode:o}");
+}
+
 /// An active mounted by hand with `metacopy=on,redirect_dir=on` (strata's own mounts
 /// never are): a chown'd file's data and a renamed directory's content stay in the
 /// parent, so its upper directory is not its change. `diff` refuses it

@@ -879,6 +879,50 @@ fn export_into_wrong_layouts() {
     a.strata(&["check"]).success();
 }
 
+/// `export` killed (SIGKILL) with a blob written, just before it is put in place,
+/// leaves no temporary in the layout (a `.tmpXXXXXX` in `blobs/sha256/` used to stay
+/// forever), since blobs are written unnamed; what the layout held stays. A normal
+/// export then fills it, every file mode 0644 whatever the umask, as before.
+#[test]
+fn export_killed_before_a_rename_leaves_no_temporary() {
+    let Some(a) = Store::setup("native") else {
+        return;
+    };
+    a.layer("base", None, &base_ops());
+    let layout = a.scratch_dir("layout");
+    fs::write(layout.join("mine"), "mine").unwrap();
+    let args = ["export", "base", layout.to_str().unwrap()];
+    let killed = a.strata_with(
+        &args,
+        With {
+            env: &[("STRATA_CRASH_AT", "export:blob-written")],
+            ..Default::default()
+        },
+    );
+    assert_eq!(killed.code, -1, "killed at a blob: {}", killed.session());
+    let entries = || Tree::read(&layout).entries;
+    let names: Vec<String> = entries().into_keys().collect();
+    assert_eq!(
+        names,
+        ["blobs", "blobs/sha256", "mine", "oci-layout"],
+        "{}",
+        killed.session()
+    );
+    a.strata(&args).success();
+    for (name, entry) in entries() {
+        let base = name.rsplit('/').next().unwrap();
+        assert!(!base.starts_with('.'), "{name} left in the layout");
+        if entry.kind == "file" && name != "mine" {
+            assert_eq!(entry.mode, 0o644, "{name}: {:o}", entry.mode);
+        }
+    }
+    let b = Store::setup("native").unwrap();
+    b.strata(&["import", layout.to_str().unwrap(), "back"])
+        .success();
+    b.view_tree("back")
+        .assert_eq(&a.view_tree("base"), "imported");
+}
+
 /// `import` takes what skopeo and umoci write: tags holding `/` and `:`
 /// (`DIR:example.com/app:v1`), indexes inside indexes, and of several
 /// entries for the host's architecture the one without a variant (as

@@ -754,6 +754,16 @@ pub struct Entry {
     pub xattrs: BTreeMap<String, Vec<u8>>,
 }
 
+/// The test process's umask (its children's), read without changing it.
+pub fn umask() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .unwrap();
+    u32::from_str_radix(line.trim(), 8).unwrap()
+}
+
 /// A directory tree read through the file system: entries by relative path, plus the
 /// groups of paths that are hard links of one another.
 #[derive(Debug, Clone, PartialEq, Eq)]
