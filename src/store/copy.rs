@@ -39,11 +39,13 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{
-    DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, fchown, lchown, symlink,
+    DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, fchown, lchown, symlink,
 };
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RawDir, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{
+    AtFlags, CWD, FileType, Mode, OFlags, RawDir, SeekFrom, Timespec, Timestamps, XattrFlags,
+};
 use rustix::io::Errno;
 
 use super::longpath::reach;
@@ -54,7 +56,9 @@ use super::longpath::reach;
 ///
 /// Regular files are reflinked when the filesystem supports it (`FICLONE`),
 /// otherwise copied in-kernel with `copy_file_range`, otherwise with plain
-/// reads and writes. Sparse files are not kept sparse by the fallbacks.
+/// reads and writes. The fallbacks keep a sparse file's holes when the
+/// source filesystem reports them (`SEEK_DATA`/`SEEK_HOLE`), as
+/// `cp --sparse=auto` does; runs of zeros written as data stay data.
 ///
 /// Errors name the path they concern. On error `dst` is left partially
 /// populated; the caller is expected to discard it.
@@ -230,7 +234,7 @@ impl Copier {
             .open(&*reach(d).ctx(d)?)
             .ctx(d)?;
         if md.len() > 0 {
-            self.copy_data(&src, &dst, md.len()).ctx(d)?;
+            self.copy_data(&src, &dst, md).ctx(d)?;
         }
         // Same order as `apply_attrs`, but through the open descriptors,
         // which saves a path lookup per call.
@@ -242,10 +246,12 @@ impl Copier {
         Ok(())
     }
 
-    /// Reflink, else in-kernel copy, else read/write. Both fallbacks rely on
-    /// the descriptors' file offsets, so a `copy_file_range` that gives up
-    /// midway is continued by the read/write loop where it stopped.
-    fn copy_data(&mut self, src: &File, dst: &File, len: u64) -> io::Result<()> {
+    /// Reflink, else in-kernel copy, else read/write. For a file without
+    /// holes both fallbacks rely on the descriptors' file offsets, so a
+    /// `copy_file_range` that gives up midway is continued by the read/write
+    /// loop where it stopped. A file with holes goes through `copy_sparse`.
+    fn copy_data(&mut self, src: &File, dst: &File, md: &Metadata) -> io::Result<()> {
+        let len = md.len();
         if self.try_reflink {
             match rustix::fs::ioctl_ficlone(dst, src) {
                 Ok(()) => return Ok(()),
@@ -255,6 +261,17 @@ impl Copier {
                 Err(Errno::INVAL) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        // Fewer allocated blocks than the size is the only cheap sign of a
+        // hole, and it comes from the lstat already done: files without one
+        // (nearly all) pay no lseek for it.
+        if md.blocks().saturating_mul(512) < len {
+            if self.copy_sparse(src, dst, len)? {
+                return Ok(());
+            }
+            // No hole reporting here. The full copy below works from the
+            // file offsets, and a failed walk may have moved the source's.
+            rustix::fs::seek(src, SeekFrom::Start(0))?;
         }
         if self.try_copy_range {
             // Stop at the size seen by lstat instead of asking for one more
@@ -295,6 +312,89 @@ impl Copier {
             };
             dst.write_all(&self.data[..n])?;
         }
+    }
+
+    /// Copies only the data segments of `src` (of size `len`), each to the
+    /// same offset in `dst`, then sets `dst`'s size, so that holes stay
+    /// holes. Returns false, having written nothing that the full copy
+    /// would not overwrite, if the filesystem cannot report holes.
+    fn copy_sparse(&mut self, src: &File, dst: &File, mut len: u64) -> io::Result<bool> {
+        let mut pos = 0;
+        while pos < len {
+            let start = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+                Ok(start) => start,
+                // No data at or after `pos`: the rest is one hole.
+                Err(Errno::NXIO) => break,
+                Err(Errno::INVAL | Errno::OPNOTSUPP) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            if start >= len {
+                break;
+            }
+            // There is always a hole at the end of the file, so this only
+            // fails if hole reporting does.
+            let end = match rustix::fs::seek(src, SeekFrom::Hole(start)) {
+                Ok(end) => end.min(len),
+                Err(Errno::INVAL | Errno::OPNOTSUPP) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            let reached = self.copy_segment(src, dst, start, end)?;
+            if reached < end {
+                // The source ended early: copy what there was, as the full
+                // copy does.
+                len = reached;
+                break;
+            }
+            pos = end;
+        }
+        // Gives `dst` its trailing hole, if any.
+        rustix::fs::ftruncate(dst, len)?;
+        Ok(true)
+    }
+
+    /// Copies bytes `start..end` of `src` to the same offsets of `dst`,
+    /// in-kernel if possible. Returns the offset reached: `end`, or less if
+    /// the source ended first. Both methods take explicit offsets (never the
+    /// file offsets, which the hole walk moves), so a `copy_file_range` that
+    /// gives up midway is continued by `pread`/`pwrite` where it stopped.
+    fn copy_segment(&mut self, src: &File, dst: &File, start: u64, end: u64) -> io::Result<u64> {
+        let mut at = start;
+        if self.try_copy_range {
+            while at < end {
+                let chunk = usize::try_from(end - at).unwrap_or(usize::MAX).min(1 << 30);
+                // Copies: the kernel advances the offsets it is given.
+                let (mut off_in, mut off_out) = (at, at);
+                let (i, o) = (Some(&mut off_in), Some(&mut off_out));
+                match rustix::fs::copy_file_range(src, i, dst, o, chunk) {
+                    // Same reasons as in `copy_data`.
+                    Ok(0) => break,
+                    Ok(n) => at += n as u64,
+                    Err(Errno::INTR) => {}
+                    Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                        self.try_copy_range = false;
+                        break;
+                    }
+                    Err(Errno::INVAL) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if at < end && self.data.is_empty() {
+            self.data = vec![0; 128 * 1024];
+        }
+        while at < end {
+            let want =
+                usize::try_from(end - at).map_or(self.data.len(), |n| n.min(self.data.len()));
+            let n = match src.read_at(&mut self.data[..want], at) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            dst.write_all_at(&self.data[..n], at)?;
+            at += n as u64;
+        }
+        Ok(at)
     }
 
     /// Gives a non-regular-file node (directory, symlink, device, FIFO,
@@ -860,6 +960,126 @@ mod tests {
             fs::read_link(dst.join("dangling")).unwrap(),
             Path::new("/nonexistent/target")
         );
+    }
+
+    /// Creates a file of `size` bytes holding `data` at the given offsets
+    /// and holes everywhere else.
+    fn write_sparse(path: &Path, size: u64, data: &[(u64, &[u8])]) {
+        let file = File::create(path).unwrap();
+        file.set_len(size).unwrap();
+        for (at, bytes) in data {
+            file.write_all_at(bytes, *at).unwrap();
+        }
+    }
+
+    /// Copies one file as the walk does, minus reflink (which would keep
+    /// holes by itself where the filesystem has it), and with or without
+    /// `copy_file_range`.
+    fn copy_one(src: &Path, dst: &Path, copy_range: bool) {
+        let mut copier = Copier::new((0, 0));
+        copier.try_reflink = false;
+        copier.try_copy_range = copy_range;
+        let md = fs::symlink_metadata(src).unwrap();
+        copier.copy_file(src, dst, &md).unwrap();
+    }
+
+    fn assert_same_contents(src: &Path, dst: &Path) {
+        let (s, d) = (fs::metadata(src).unwrap(), fs::metadata(dst).unwrap());
+        assert_eq!(d.len(), s.len(), "size of {dst:?}");
+        assert!(
+            fs::read(dst).unwrap() == fs::read(src).unwrap(),
+            "contents of {dst:?} differ from {src:?}"
+        );
+    }
+
+    /// `dst` has the contents of `src` and, if `src` really has holes, no
+    /// more blocks than `src` (give or take a little metadata).
+    fn assert_copied_sparse(src: &Path, dst: &Path) {
+        assert_same_contents(src, dst);
+        let (s, d) = (fs::metadata(src).unwrap(), fs::metadata(dst).unwrap());
+        if s.blocks() * 512 >= s.len() {
+            eprintln!(
+                "not checking the blocks of {dst:?}: the source has no holes on this \
+                 filesystem ({} blocks for {} bytes)",
+                s.blocks(),
+                s.len()
+            );
+            return;
+        }
+        assert!(
+            d.blocks() <= s.blocks() + 8,
+            "{dst:?} has {} blocks, its source {}",
+            d.blocks(),
+            s.blocks()
+        );
+        assert!(
+            d.blocks() < d.len() / 512,
+            "{dst:?} has {} blocks for {} bytes: its holes were filled",
+            d.blocks(),
+            d.len()
+        );
+    }
+
+    /// Files with holes at the start, in the middle and at the end, with
+    /// only holes, and ending in data (whose names it returns), and one
+    /// without holes, "dense".
+    fn build_sparse_files(src: &Path) -> [&'static str; 3] {
+        const MIB: u64 = 1 << 20;
+        fs::create_dir(src).unwrap();
+        let pattern: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 + 1).collect();
+        write_sparse(
+            &src.join("holes"),
+            8 * MIB,
+            &[
+                (MIB, &pattern[..100_000]),
+                // Unaligned, and with zeros written as data inside.
+                (3 * MIB + 123, &pattern[..5_000]),
+                (3 * MIB + 5_123, &[0; 3_000]),
+                (3 * MIB + 8_123, &pattern[..7]),
+            ],
+        );
+        write_sparse(&src.join("only-hole"), 4 * MIB, &[]);
+        write_sparse(
+            &src.join("ends-in-data"),
+            2 * MIB,
+            &[(2 * MIB - 10, b"0123456789")],
+        );
+        fs::write(src.join("dense"), &pattern).unwrap();
+        ["holes", "only-hole", "ends-in-data"]
+    }
+
+    #[test]
+    fn keeps_holes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let files = build_sparse_files(&src);
+        let dst = tmp.path().join("dst");
+        fs::create_dir(&dst).unwrap();
+        copy_tree(&src, &dst).unwrap();
+        // Before reading the contents, which moves atimes.
+        let differences = diff(&snapshot(&src), &snapshot(&dst));
+        assert!(differences.is_empty(), "{}", differences.join("\n"));
+        for name in files {
+            assert_copied_sparse(&src.join(name), &dst.join(name));
+        }
+        assert_same_contents(&src.join("dense"), &dst.join("dense"));
+    }
+
+    #[test]
+    fn keeps_holes_in_both_fallbacks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let files = build_sparse_files(&src);
+        for copy_range in [true, false] {
+            let dst = tmp.path().join(format!("dst-{copy_range}"));
+            fs::create_dir(&dst).unwrap();
+            for name in files {
+                copy_one(&src.join(name), &dst.join(name), copy_range);
+                assert_copied_sparse(&src.join(name), &dst.join(name));
+            }
+            copy_one(&src.join("dense"), &dst.join("dense"), copy_range);
+            assert_same_contents(&src.join("dense"), &dst.join("dense"));
+        }
     }
 
     #[test]
