@@ -335,7 +335,13 @@ impl Store {
         let mut child = cmd.spawn().expect("cannot run the strata binary");
         if let Some(input) = with.stdin {
             let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(input).unwrap();
+            // A command may exit without reading its stdin (refused before it
+            // gets there): the pipe is then closed, which is not the test's failure.
+            if let Err(e) = stdin.write_all(input)
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                panic!("cannot write the stdin of `{cmdline}`: {e}");
+            }
         }
         let out = child.wait_with_output().unwrap();
         Run {
