@@ -65,12 +65,18 @@ fn new_file(dir: &Path) -> Result<NewFile> {
         .map_err(|e| Error::io(format!("cannot write in {}", dir.display()), e))
 }
 
+/// Puts a written file in place, its data synced first: the rename must
+/// not reach the disk before what it names (an `index.json` replaced by an
+/// empty file after a power loss would lose every image of the layout).
 fn persist(tmp: NewFile, path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // 0644 whatever the umask: a layout is read by other tools and users.
     let _ = tmp
         .as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644));
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
     tmp.persist(path).map_err(|e| {
         let what = format!("cannot write {}", path.display());
         match e.kind() {
@@ -82,6 +88,14 @@ fn persist(tmp: NewFile, path: &Path) -> Result<()> {
             _ => Error::io(what, e),
         }
     })
+}
+
+fn sync_dirs(dirs: &[&Path]) -> Result<()> {
+    for dir in dirs {
+        crate::store::layout::sync_dir(dir)
+            .map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))?;
+    }
+    Ok(())
 }
 
 /// Checks a tag against the grammar the OCI image spec gives for
@@ -448,7 +462,12 @@ impl Target for Layout {
         index["mediaType"] = json!(super::MT_INDEX);
         index["manifests"] = Value::Array(entries);
         let text = serde_json::to_vec(&index).map_err(|e| Error::internal(e.to_string()))?;
-        write_atomic(&self.dir.join("index.json"), &text)
+        // The blobs' names reach the disk before the index that names
+        // them, and the index's before export reports success.
+        let blobs = self.dir.join("blobs");
+        sync_dirs(&[&blobs.join("sha256"), &blobs])?;
+        write_atomic(&self.dir.join("index.json"), &text)?;
+        sync_dirs(&[&self.dir])
     }
 }
 

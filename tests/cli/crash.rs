@@ -391,9 +391,19 @@ fn random_sigkills_leave_a_consistent_store() {
 /// The paths a command `fsync`s (or `fdatasync`s), in order, as `strace -y`
 /// names their descriptors.
 fn synced_paths(store: &Store, args: &[&str]) -> Vec<String> {
+    traced(store, args, "fsync,fdatasync")
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect()
+}
+
+/// The system calls of `calls` that `strata ARGS` makes, in order, each
+/// with the path it concerns: a sync's descriptor's path (`-y`), a
+/// rename's destination.
+fn traced(store: &Store, args: &[&str], calls: &str) -> Vec<(String, String)> {
     let log = store.scratch("strace");
     let status = Command::new("strace")
-        .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+        .args(["-f", "-y", "-qq", "-e", &format!("trace={calls}"), "-o"])
         .arg(&log)
         .arg(BIN)
         .arg("--root")
@@ -409,10 +419,77 @@ fn synced_paths(store: &Store, args: &[&str]) -> Vec<String> {
     let log = fs::read_to_string(&log).unwrap();
     log.lines()
         .filter_map(|line| {
-            let (_, rest) = line.split_once('<')?;
-            Some(rest.split_once('>')?.0.to_string())
+            // `PID call(args) = result`
+            let (_, call) = line.split_once(' ')?;
+            let (name, args) = call.trim_start().split_once('(')?;
+            let path = if name.starts_with("rename") {
+                args.rsplit('"').nth(1)?
+            } else {
+                args.split_once('<')?.1.split_once('>')?.0
+            };
+            Some((name.to_string(), path.to_string()))
         })
         .collect()
+}
+
+/// `export` makes its layout durable in order: each blob's data is synced
+/// before the rename that names it, the blob directories before
+/// `index.json` is replaced, `index.json`'s data before its rename, and
+/// the layout directory after it. A power loss then leaves the old layout
+/// or the new one, never an `index.json` naming a blob the disk lacks or
+/// replaced by an empty file (which would lose every image in it).
+#[test]
+fn export_syncs_what_it_names_before_it_names_it() {
+    if !require(&["strace"]) {
+        return;
+    }
+    let Some(store) = Store::setup("native") else {
+        return;
+    };
+    write_layer(&store, "base", None, &[("a", "base a")]);
+    write_layer(&store, "app", Some("base"), &[("b", "app b")]);
+    let layout = store.scratch_dir("layout");
+    let dir = layout.to_str().unwrap().to_string();
+    let sha = format!("{dir}/blobs/sha256");
+    let calls = traced(
+        &store,
+        &["export", "app", &dir],
+        "fsync,fdatasync,rename,renameat,renameat2",
+    );
+    let (mut data_synced, mut blobs, mut sha_synced, mut index) = (false, 0, false, None);
+    for (i, (call, path)) in calls.iter().enumerate() {
+        let in_sha = path.starts_with(&format!("{sha}/"));
+        if call.starts_with("rename") {
+            assert!(
+                data_synced,
+                "{path} renamed before its data was synced: {calls:#?}"
+            );
+            data_synced = false;
+            if in_sha {
+                blobs += 1;
+            } else if path == &format!("{dir}/index.json") {
+                assert!(sha_synced, "index.json before {sha} was synced: {calls:#?}");
+                index = Some(i);
+            }
+        } else if in_sha
+            || path.starts_with(&format!("{dir}/#"))
+            || path.starts_with(&format!("{dir}/."))
+        {
+            // A file being written (unnamed, or a temporary).
+            data_synced = true;
+        } else if path == &sha {
+            sha_synced = true;
+        }
+    }
+    // Two layers, their config and the manifest.
+    assert_eq!(blobs, 4, "{calls:#?}");
+    let index = index.expect("index.json replaced");
+    assert!(
+        calls[index..]
+            .iter()
+            .any(|(call, path)| call.starts_with("fsync") && path == &dir),
+        "the layout directory is synced after index.json: {calls:#?}"
+    );
 }
 
 /// SQLite syncs the directory of a rollback journal it opens with the
