@@ -2659,7 +2659,18 @@ impl<'o> Extractor<'o> {
             file.seek(SeekFrom::Start(seg.offset)).map_err(failed)?;
             self.write_data(s, file, seg.len, name, rel, progress)?;
         }
-        file.set_len(map.size).map_err(failed)
+        file.set_len(map.size).map_err(|e| {
+            // As the kernel refusing an xattr: the layer asks for what this
+            // file system cannot hold, said of the entry.
+            if e.raw_os_error() == Some(libc::EFBIG) {
+                invalid(format!(
+                    "entry `{name}`: a sparse file of {} bytes, larger than this file system allows",
+                    map.size
+                ))
+            } else {
+                failed(e)
+            }
+        })
     }
 
     fn member(&mut self, m: Member, s: &mut Stream, progress: &mut dyn FnMut()) -> Result<()> {
@@ -5435,6 +5446,28 @@ mod tests {
             &delete(),
             "2.0 is not supported",
         );
+        // As large as a file can be: ext4 (16 TiB) refuses it, tmpfs,
+        // XFS and btrfs (8 EiB less a byte) hold it.
+        let huge = (i64::MAX as u64).to_string();
+        let v01_huge = [
+            ("GNU.sparse.major", "0"),
+            ("GNU.sparse.minor", "1"),
+            ("GNU.sparse.size", huge.as_str()),
+            ("GNU.sparse.numblocks", "1"),
+            ("GNU.sparse.map", "0,2"),
+        ];
+        let j = jail();
+        let probe = std::fs::File::create(j.top.join("probe")).unwrap();
+        let holds = probe.set_len(i64::MAX as u64).is_ok();
+        std::fs::remove_file(j.top.join("probe")).unwrap();
+        let huge_tar = pax_then(&v01_huge, b'0', b"hi");
+        if holds {
+            apply_vec(&huge_tar, &j.dest, &delete()).unwrap();
+            let md = std::fs::metadata(j.dest.join("p")).unwrap();
+            assert_eq!(md.len(), i64::MAX as u64);
+        } else {
+            j.refuse(&huge_tar, &delete(), "larger than this file system allows");
+        }
     }
 
     /// An xattr name with `=` would come back as another xattr (`user.k` =
