@@ -582,6 +582,21 @@ impl Stream {
         self.pos += n;
     }
 
+    /// Counts a sparse file's holes toward the limit: they take no room
+    /// here, but a `diff`, `export` or `push` of the snapshot writes them
+    /// out as zeros, and a comparison of trees reads them, so a layer of a
+    /// few KiB could otherwise stand for terabytes.
+    fn count_holes(&mut self, n: u64) -> Result<()> {
+        self.count = self.count.saturating_add(n);
+        if self.count > self.max {
+            return Err(invalid(format!(
+                "the layer is larger than the limit of {} bytes uncompressed (the holes of sparse files count)",
+                self.max
+            )));
+        }
+        Ok(())
+    }
+
     fn input_error(&self, e: io::Error) -> LayerError {
         if self.input.failed.load(Ordering::Relaxed) {
             io_err("cannot read the layer", e)
@@ -987,6 +1002,8 @@ fn read_sparse(
     };
     sparse::check(&segments, size, m.size)
         .map_err(|e| invalid(format!("corrupt archive: entry `{}`: {e}", show(&m.path))))?;
+    s.count_holes(size - m.size)
+        .map_err(|e| context(e, &format!("entry `{}`", show(&m.path))))?;
     Ok(Some(sparse::Sparse { size, segments }))
 }
 
@@ -5461,13 +5478,39 @@ mod tests {
         let holds = probe.set_len(i64::MAX as u64).is_ok();
         std::fs::remove_file(j.top.join("probe")).unwrap();
         let huge_tar = pax_then(&v01_huge, b'0', b"hi");
+        // Its holes count toward the limit: within it only when allowed.
+        j.refuse(&huge_tar, &delete(), "the holes of sparse files count");
+        let unlimited = ApplyOptions {
+            max_size: u64::MAX,
+            ..delete()
+        };
         if holds {
-            apply_vec(&huge_tar, &j.dest, &delete()).unwrap();
+            apply_vec(&huge_tar, &j.dest, &unlimited).unwrap();
             let md = std::fs::metadata(j.dest.join("p")).unwrap();
             assert_eq!(md.len(), i64::MAX as u64);
         } else {
-            j.refuse(&huge_tar, &delete(), "larger than this file system allows");
+            j.refuse(&huge_tar, &unlimited, "larger than this file system allows");
         }
+        // The limit counts the holes with the archive's bytes: its 3.5 KiB
+        // and 4094 bytes of holes are over 4000 and under 8192.
+        let small_limit = ApplyOptions {
+            max_size: 4000,
+            ..delete()
+        };
+        jail().refuse(
+            &pax_then(&v10, b'0', &data),
+            &small_limit,
+            "sparse files count",
+        );
+        apply_vec(
+            &pax_then(&v10, b'0', &data),
+            &jail().dest,
+            &ApplyOptions {
+                max_size: 8192,
+                ..delete()
+            },
+        )
+        .unwrap();
     }
 
     /// An xattr name with `=` would come back as another xattr (`user.k` =
