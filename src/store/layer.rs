@@ -1048,7 +1048,7 @@ fn map_in_data(s: &mut Stream, m: &Member) -> Result<(Vec<sparse::Segment>, u64)
             return Err(bad(if m.size <= sparse::MAX_MAP_TEXT {
                 "its GNU sparse map runs past its data".into()
             } else {
-                "a GNU sparse map over 16 MiB".into()
+                "a GNU sparse map over 1 MiB".into()
             }));
         }
         let mut block = [0u8; BLOCK];
@@ -2672,13 +2672,11 @@ impl<'o> Extractor<'o> {
     ) -> Result<()> {
         use std::io::{Seek, SeekFrom};
         let failed = |e| io_err(format!("cannot write {}", self.path_of(rel).display()), e);
-        for seg in map.segments.iter().filter(|seg| seg.len > 0) {
-            file.seek(SeekFrom::Start(seg.offset)).map_err(failed)?;
-            self.write_data(s, file, seg.len, name, rel, progress)?;
-        }
+        // The size first: every segment lies within it, so a file larger
+        // than the file system allows fails here, once, and is said of the
+        // entry (as an xattr the kernel refuses is), not at a seek or a
+        // write past the limit.
         file.set_len(map.size).map_err(|e| {
-            // As the kernel refusing an xattr: the layer asks for what this
-            // file system cannot hold, said of the entry.
             if e.raw_os_error() == Some(libc::EFBIG) {
                 invalid(format!(
                     "entry `{name}`: a sparse file of {} bytes, larger than this file system allows",
@@ -2687,7 +2685,12 @@ impl<'o> Extractor<'o> {
             } else {
                 failed(e)
             }
-        })
+        })?;
+        for seg in map.segments.iter().filter(|seg| seg.len > 0) {
+            file.seek(SeekFrom::Start(seg.offset)).map_err(failed)?;
+            self.write_data(s, file, seg.len, name, rel, progress)?;
+        }
+        Ok(())
     }
 
     fn member(&mut self, m: Member, s: &mut Stream, progress: &mut dyn FnMut()) -> Result<()> {
@@ -5590,6 +5593,11 @@ mod tests {
         h.set_cksum();
         ustar[..512].copy_from_slice(h.as_bytes());
         jail().refuse(&ustar, &delete(), "without a GNU header");
+        // A 1.0 map over 1 MiB.
+        let mut long = b"300000\n".to_vec();
+        long.extend_from_slice(&b"0\n0\n".repeat(300_000));
+        long.resize(long.len().div_ceil(512) * 512, 0);
+        jail().refuse(&pax_then(&v10, b'0', &long), &delete(), "over 1 MiB");
         // A 1.0 map that runs past its entry's data.
         let mut short = b"1\n0\n".to_vec();
         short.resize(512, b'7');

@@ -44,9 +44,11 @@ pub(super) enum Format {
     InData,
 }
 
-/// Most bytes of map text a PAX 1.0 entry may start with (as much as a
-/// PAX header may hold).
-pub(super) const MAX_MAP_TEXT: u64 = 16 << 20;
+/// Most bytes of map text an entry may have, in its records (0.0, 0.1) or
+/// at the start of its data (1.0): Go's archive/tar allows 1 MiB since
+/// CVE-2025-58183 (over 60,000 segments), and it bounds the memory a map
+/// takes (a 15 MiB map took 220 MB).
+pub(super) const MAX_MAP_TEXT: u64 = 1 << 20;
 /// Most extension blocks an old GNU sparse header may have (21 segments
 /// each: over 650,000 segments).
 pub(super) const MAX_EXTENSIONS: usize = 1 << 15;
@@ -63,6 +65,8 @@ pub(super) struct Records {
     map: Option<Vec<u8>>,
     /// 0.0's offset and length records, in the order given.
     pairs: Vec<Vec<u8>>,
+    /// Bytes of map text taken so far (0.0's records, 0.1's map).
+    map_text: u64,
 }
 
 impl Records {
@@ -71,6 +75,12 @@ impl Records {
         let Some(field) = key.strip_prefix(b"GNU.sparse.") else {
             return Ok(false);
         };
+        if matches!(field, b"map" | b"offset" | b"numbytes") {
+            self.map_text += value.len() as u64 + 1;
+            if self.map_text > MAX_MAP_TEXT {
+                return Err("a GNU sparse map over 1 MiB".into());
+            }
+        }
         let value = value.to_vec();
         match field {
             b"major" => self.major = Some(value),
@@ -106,7 +116,10 @@ impl Records {
         match (major, minor) {
             (Some(b"0"), Some(b"0" | b"1")) => Ok(Some(Format::InRecords)),
             (Some(b"1"), Some(b"0")) => Ok(Some(Format::InData)),
-            (None, None) if !self.pairs.is_empty() || self.map.is_some() => {
+            // Without a version, a map (an empty one is none, as in Go).
+            (None, None)
+                if !self.pairs.is_empty() || self.map.as_ref().is_some_and(|m| !m.is_empty()) =>
+            {
                 Ok(Some(Format::InRecords))
             }
             (None, None) => Ok(None),
@@ -240,9 +253,11 @@ pub(super) fn number(field: &[u8]) -> Option<u64> {
         }
         return Some(v);
     }
+    // Octal digits, with spaces before and spaces or NULs after (as GNU tar
+    // and Go read them: no sign, no other blanks).
     let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
-    let text = std::str::from_utf8(&field[..end]).ok()?.trim();
-    if text.is_empty() {
+    let text = std::str::from_utf8(&field[..end]).ok()?.trim_matches(' ');
+    if text.is_empty() || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
         return None;
     }
     u64::from_str_radix(text, 8).ok()
@@ -366,9 +381,12 @@ mod tests {
         assert_eq!(v10.format(), Ok(Some(Format::InData)));
         assert_eq!(v10.size(), Ok(Some(7)));
 
-        // No version and no map: not a sparse file (as Go reads it).
+        // No version and no map (or an empty one): not a sparse file (as
+        // Go reads it).
         let none = records(&[("GNU.sparse.name", "x")]).unwrap();
         assert_eq!(none.format(), Ok(None));
+        let empty = records(&[("GNU.sparse.map", "")]).unwrap();
+        assert_eq!(empty.format(), Ok(None));
         // A version strata does not know.
         let v2 = records(&[("GNU.sparse.major", "2"), ("GNU.sparse.minor", "0")]).unwrap();
         assert!(v2.format().unwrap_err().contains("2.0"));
@@ -397,6 +415,28 @@ mod tests {
         }
         let r = records(&[("GNU.sparse.size", "-1"), ("GNU.sparse.map", "")]).unwrap();
         assert!(r.size().is_err());
+        // Over 1 MiB of map, in one record or in many.
+        let long = "0,0,".repeat(300_000);
+        let mut r = Records::default();
+        assert!(
+            r.take(b"GNU.sparse.map", long.as_bytes())
+                .unwrap_err()
+                .contains("1 MiB")
+        );
+        let mut r = Records::default();
+        let mut refused = None;
+        for i in 0..300_000 {
+            let key: &[u8] = if i % 2 == 0 {
+                b"GNU.sparse.offset"
+            } else {
+                b"GNU.sparse.numbytes"
+            };
+            if let Err(e) = r.take(key, b"1234") {
+                refused = Some(e);
+                break;
+            }
+        }
+        assert!(refused.unwrap().contains("1 MiB"));
     }
 
     #[test]
@@ -442,6 +482,11 @@ mod tests {
         area[1] = b'9';
         assert!(old_gnu_segments(&area, 4).is_err());
         assert_eq!(number(b"   17\0 \0"), Some(15));
+        assert_eq!(number(b"  17  "), Some(15));
+        // No sign, no tabs, no digits 8 and 9 (as GNU tar and Go).
+        assert_eq!(number(b"+17"), None);
+        assert_eq!(number(b"\t17"), None);
+        assert_eq!(number(b"18"), None);
         assert_eq!(number(b"\0\0\0"), Some(0));
         assert_eq!(number(b"    "), None);
         assert_eq!(number(&[0xff; 12]), None);
