@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{
@@ -246,10 +246,8 @@ impl Copier {
         Ok(())
     }
 
-    /// Reflink, else in-kernel copy, else read/write. For a file without
-    /// holes both fallbacks rely on the descriptors' file offsets, so a
-    /// `copy_file_range` that gives up midway is continued by the read/write
-    /// loop where it stopped. A file with holes goes through `copy_sparse`.
+    /// Reflink, else in-kernel copy, else read/write (see `copy_segment`);
+    /// a file with holes keeps them (see `copy_sparse`).
     fn copy_data(&mut self, src: &File, dst: &File, md: &Metadata) -> io::Result<()> {
         let len = md.len();
         if self.try_reflink {
@@ -264,54 +262,14 @@ impl Copier {
         }
         // Fewer allocated blocks than the size is the only cheap sign of a
         // hole, and it comes from the lstat already done: files without one
-        // (nearly all) pay no lseek for it.
-        if md.blocks().saturating_mul(512) < len {
-            if self.copy_sparse(src, dst, len)? {
-                return Ok(());
-            }
-            // No hole reporting here. The full copy below works from the
-            // file offsets, and a failed walk may have moved the source's.
-            rustix::fs::seek(src, SeekFrom::Start(0))?;
+        // (nearly all) pay no lseek for it. Without hole reporting the whole
+        // file is copied, over whatever the walk wrote.
+        if md.blocks().saturating_mul(512) < len && self.copy_sparse(src, dst, len)? {
+            return Ok(());
         }
-        if self.try_copy_range {
-            // Stop at the size seen by lstat instead of asking for one more
-            // chunk to see EOF: that saves a syscall per file, and the
-            // source is an immutable snapshot.
-            let mut left = len;
-            while left > 0 {
-                let chunk = usize::try_from(left).unwrap_or(usize::MAX).min(1 << 30);
-                match rustix::fs::copy_file_range(src, None, dst, None, chunk) {
-                    // EOF before the expected size, or a filesystem that
-                    // reports 0 instead of an error (some virtual ones):
-                    // let read/write settle it.
-                    Ok(0) => break,
-                    Ok(n) => left = left.saturating_sub(n as u64),
-                    Err(Errno::INTR) => {}
-                    Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                        self.try_copy_range = false;
-                        break;
-                    }
-                    Err(Errno::INVAL) => break,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if left == 0 {
-                return Ok(());
-            }
-        }
-        if self.data.is_empty() {
-            self.data = vec![0; 128 * 1024];
-        }
-        let (mut src, mut dst) = (src, dst);
-        loop {
-            let n = match src.read(&mut self.data) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            dst.write_all(&self.data[..n])?;
-        }
+        // Up to the size lstat saw, not to EOF: that saves a syscall per
+        // file, and the source is an immutable snapshot.
+        self.copy_segment(src, dst, 0, len).map(drop)
     }
 
     /// Copies only the data segments of `src` (of size `len`), each to the
@@ -366,7 +324,9 @@ impl Copier {
                 let (mut off_in, mut off_out) = (at, at);
                 let (i, o) = (Some(&mut off_in), Some(&mut off_out));
                 match rustix::fs::copy_file_range(src, i, dst, o, chunk) {
-                    // Same reasons as in `copy_data`.
+                    // EOF before the expected end, or a filesystem that
+                    // reports 0 instead of an error (some virtual ones):
+                    // let pread/pwrite settle it.
                     Ok(0) => break,
                     Ok(n) => at += n as u64,
                     Err(Errno::INTR) => {}
