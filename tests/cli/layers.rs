@@ -630,19 +630,7 @@ fn diff_killed_before_its_rename_leaves_no_temporary() {
     let out = dir.join("layer.tar");
     fs::write(&out, "old").unwrap();
     let args = ["diff", "base", "--output-file", out.to_str().unwrap()];
-    let killed = s.strata_with(
-        &args,
-        With {
-            env: &[("STRATA_CRASH_AT", "diff:written")],
-            ..Default::default()
-        },
-    );
-    assert_eq!(
-        killed.code,
-        -1,
-        "killed at diff:written: {}",
-        killed.session()
-    );
+    let killed = s.killed_at(&args, "diff:written");
     let names = || Tree::read(&dir).entries.into_keys().collect::<Vec<_>>();
     assert_eq!(names(), ["layer.tar"], "{}", killed.session());
     assert_eq!(fs::read_to_string(&out).unwrap(), "old");

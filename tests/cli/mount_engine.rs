@@ -446,14 +446,7 @@ fn mounts_strata_did_not_record_block_commit_and_rm(driver: &str) {
         let target = store.scratch("killed");
         let guard = MountGuard::new(&target);
         let t = target.to_str().unwrap();
-        let killed = store.strata_with(
-            &["mount", "a", t],
-            With {
-                env: &[("STRATA_CRASH_AT", "mount:mounted")],
-                ..With::default()
-            },
-        );
-        assert_ne!(killed.code, 0, "{}", killed.session());
+        let killed = store.killed_at(&["mount", "a", t], "mount:mounted");
         assert!(is_mount_point(&target), "{}", killed.session());
         assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
         blocked(&store, &target);

@@ -484,19 +484,7 @@ fn interrupted_pull_resumes(driver: &str) {
     plain(&a, &["push", "app", &r]);
 
     let b = setup!(driver);
-    let killed = b.strata_with(
-        &["pull", "--plain-http", &r],
-        With {
-            env: &[("STRATA_CRASH_AT", "create:committed")],
-            ..Default::default()
-        },
-    );
-    assert_eq!(
-        killed.code,
-        -1,
-        "the pull was not killed: {}",
-        killed.session()
-    );
+    b.killed_at(&["pull", "--plain-http", &r], "create:committed");
     b.strata(&["prune"]).success();
     b.strata(&["check"]).success();
     let names = b.names(&[]);
@@ -892,14 +880,7 @@ fn export_killed_before_a_rename_leaves_no_temporary() {
     let layout = a.scratch_dir("layout");
     fs::write(layout.join("mine"), "mine").unwrap();
     let args = ["export", "base", layout.to_str().unwrap()];
-    let killed = a.strata_with(
-        &args,
-        With {
-            env: &[("STRATA_CRASH_AT", "export:blob-written")],
-            ..Default::default()
-        },
-    );
-    assert_eq!(killed.code, -1, "killed at a blob: {}", killed.session());
+    let killed = a.killed_at(&args, "export:blob-written");
     let entries = || Tree::read(&layout).entries;
     let names: Vec<String> = entries().into_keys().collect();
     assert_eq!(

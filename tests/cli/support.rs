@@ -308,6 +308,22 @@ impl Store {
         self.strata_with(args, With::default())
     }
 
+    /// `strata ARGS…` killed by itself (SIGKILL) at crash point `point`
+    /// (`STRATA_CRASH_AT`), checking it got there.
+    #[track_caller]
+    pub fn killed_at(&self, args: &[&str], point: &str) -> Run {
+        let env = [("STRATA_CRASH_AT", point)];
+        let run = self.strata_with(
+            args,
+            With {
+                env: &env,
+                ..With::default()
+            },
+        );
+        assert_eq!(run.code, -1, "not killed at {point}: {}", run.session());
+        run
+    }
+
     pub fn strata_with(&self, args: &[&str], with: With) -> Run {
         let mut cmd = Command::new(BIN);
         cmd.env_clear().env("PATH", PATH).env("NO_COLOR", "1");
