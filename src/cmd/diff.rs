@@ -10,7 +10,8 @@ use std::path::PathBuf;
 ///
 /// KEY is an active or committed snapshot; the changes are against its
 /// parent, or against committed snapshot P. The tarball goes to
-/// --output-file (written under a temporary name, then renamed; a device or
+/// --output-file (written unnamed, synced, then renamed into place, so a
+/// failed or killed diff leaves the old file and nothing else; a device or
 /// FIFO such as /dev/null is written to directly) or stdout.
 /// Output is reproducible: entries sorted, owners numeric, mtimes clamped to
 /// $SOURCE_DATE_EPOCH when set. The compressed digest and the uncompressed
