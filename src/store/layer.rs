@@ -976,7 +976,7 @@ fn read_sparse(
     let (size, segments) = if type_byte == b'S' {
         old_gnu_sparse(s, m)?
     } else {
-        let bad = |e: String| invalid(format!("corrupt archive: entry `{}`: {e}", show(&m.path)));
+        let bad = |e: String| corrupt(m, e);
         let Some(format) = records.format().map_err(bad)? else {
             return Ok(None);
         };
@@ -1000,17 +1000,24 @@ fn read_sparse(
         }
         (size, segments)
     };
-    sparse::check(&segments, size, m.size)
-        .map_err(|e| invalid(format!("corrupt archive: entry `{}`: {e}", show(&m.path))))?;
+    sparse::check(&segments, size, m.size).map_err(|e| corrupt(m, e))?;
     s.count_holes(size - m.size)
         .map_err(|e| context(e, &format!("entry `{}`", show(&m.path))))?;
     Ok(Some(sparse::Sparse { size, segments }))
 }
 
+/// "corrupt archive: entry `NAME`: WHAT".
+fn corrupt(m: &Member, what: impl std::fmt::Display) -> LayerError {
+    invalid(format!(
+        "corrupt archive: entry `{}`: {what}",
+        show(&m.path)
+    ))
+}
+
 /// An old GNU sparse header's file size and map, reading its extension
 /// blocks from `s`.
 fn old_gnu_sparse(s: &mut Stream, m: &Member) -> Result<(u64, Vec<sparse::Segment>)> {
-    let bad = |e: &str| invalid(format!("corrupt archive: entry `{}`: {e}", show(&m.path)));
+    let bad = |e: &str| corrupt(m, e);
     let gnu = m
         .header
         .as_gnu()
@@ -1040,7 +1047,7 @@ fn old_gnu_sparse(s: &mut Stream, m: &Member) -> Result<(u64, Vec<sparse::Segmen
 /// Reads a PAX 1.0 map from the start of `m`'s data: its segments and the
 /// bytes it takes.
 fn map_in_data(s: &mut Stream, m: &Member) -> Result<(Vec<sparse::Segment>, u64)> {
-    let bad = |e: String| invalid(format!("corrupt archive: entry `{}`: {e}", show(&m.path)));
+    let bad = |e: String| corrupt(m, e);
     let mut text = Vec::new();
     let (mut lines, mut want) = (0u64, 1u64);
     loop {
