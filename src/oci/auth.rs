@@ -146,8 +146,9 @@ pub fn password_from_stdin() -> Result<String> {
 /// Stores credentials for `registry` in `path` (created with mode 0600;
 /// other entries kept). Returns the file written.
 pub fn store(path: &Path, registry: &str, c: &Credentials) -> Result<()> {
+    use crate::store::newfile::NewFile;
     use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let mut v = read_file(path)?.unwrap_or_else(|| json!({}));
     if !v.is_object() {
         v = json!({});
@@ -169,28 +170,15 @@ pub fn store(path: &Path, registry: &str, c: &Credentials) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
     let text = serde_json::to_vec_pretty(&v).map_err(|e| Error::internal(e.to_string()))?;
+    // Written unnamed and synced before it replaces the file (which other
+    // tools share): a killed login leaves the old file and no temporary.
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&text)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        let mut f = NewFile::create_in(dir, 0o600)?;
+        f.as_file_mut().write_all(&text)?;
+        f.as_file_mut().write_all(b"\n")?;
+        f.as_file().sync_all()?;
+        f.persist(path)
     };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(format!("cannot write {}", path.display()), e)
-    })
+    write().map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
