@@ -1,6 +1,6 @@
 use super::Context;
 use crate::printer::{Format, shell_quote};
-use crate::store::{Kind, Mount, Plan, Result};
+use crate::store::{Error, Kind, Mount, Plan, Result, Store};
 use std::path::Path;
 
 /// Print the mounts of an active snapshot or a view.
@@ -102,6 +102,26 @@ pub fn command(m: &Mount, target: &str) -> String {
         shell_quote(&m.options.join(",")),
         shell_quote(target)
     )
+}
+
+/// A prepare or view refused for a chain deeper than overlayfs stacks,
+/// on an image alias (an empty layer `pull` and `import` put on an image's
+/// top layer): says to build on that top layer, which has the same files
+/// and one layer less; a 500-layer image's alias is the 501st.
+pub fn past_alias(store: &mut Store, parent: Option<&str>, e: Error) -> Error {
+    let Some(parent) = parent.filter(|_| e.kind() == Kind::Unsupported) else {
+        return e;
+    };
+    match store.stat(parent) {
+        Ok(info) if info.labels.contains_key(crate::oci::LABEL_REF) => match info.parent {
+            Some(top) => e.with_hint(format!(
+                "`{parent}` is an image alias, an empty layer on the image's top layer: \
+                 use `{top}` as the parent instead (the same files, one layer less)"
+            )),
+            None => e,
+        },
+        _ => e,
+    }
 }
 
 /// After prepare/view: mount at `target` if asked, else print the mounts.

@@ -31,8 +31,11 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let labels = key::parse_labels(&args.labels)?;
     ctx.store()?;
     let store = ctx.store.as_mut().expect("opened");
-    let list = ctx.printer.spin(&format!("preparing `{}`", args.key), || {
-        store.prepare(&args.key, args.parent.as_deref(), &labels)
-    })?;
+    let list = ctx
+        .printer
+        .spin(&format!("preparing `{}`", args.key), || {
+            store.prepare(&args.key, args.parent.as_deref(), &labels)
+        })
+        .map_err(|e| mounts::past_alias(store, args.parent.as_deref(), e))?;
     mounts::finish_create(ctx, &args.key, list, args.mount.as_deref())
 }

@@ -27,6 +27,9 @@ pub struct Args {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let labels = key::parse_labels(&args.labels)?;
-    let list = ctx.store()?.view(&args.key, &args.parent, &labels)?;
+    let store = ctx.store()?;
+    let list = store
+        .view(&args.key, &args.parent, &labels)
+        .map_err(|e| mounts::past_alias(store, Some(&args.parent), e))?;
     mounts::finish_create(ctx, &args.key, list, args.mount.as_deref())
 }

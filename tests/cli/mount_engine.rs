@@ -83,8 +83,29 @@ fn overlay_chain_of_500_layers_mounts_and_the_501st_is_refused() {
         "names the kernel limit: {}",
         run.stderr
     );
-    store.fails(&["prepare", "p502", "l501"], "unsupported");
+    let run = store.fails(&["prepare", "p502", "l501"], "unsupported");
+    assert!(!run.stderr.contains("alias"), "{}", run.stderr);
     assert!(!store.names(&[]).contains(&"v501".to_string()));
+
+    // On an image alias (the empty layer pull and import put on an image's
+    // top layer; a 500-layer image's is the 501st), the refusal says to
+    // build on the top layer instead.
+    store.strata(&["prepare", "al", "l500"]).success();
+    let label = "strata.image.ref=example.com/app:1";
+    store
+        .strata(&["commit", "--label", label, "alias", "al"])
+        .success();
+    for verb in ["prepare", "view"] {
+        let run = store.fails(&[verb, "app", "alias"], "unsupported");
+        assert!(
+            run.stderr
+                .contains("`alias` is an image alias, an empty layer on the image's top layer: use `l500` as the parent"),
+            "{}",
+            run.stderr
+        );
+    }
+    store.strata(&["prepare", "app", "l500"]).success();
+    store.strata(&["rm", "app", "alias"]).success();
 
     // The view of the 500-layer chain, mounted by pasting the printed command.
     let made = store.strata(&["view", "look", "l500"]).success();
