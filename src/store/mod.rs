@@ -1128,6 +1128,7 @@ impl Store {
             let tx = self.index.read()?;
             (index::all_own(&tx)?, read_driver(&tx)?)
         };
+        crash::point("usage:listed");
         let workers = std::thread::available_parallelism()
             .map(|n| n.get().min(4))
             .unwrap_or(2);
@@ -1149,13 +1150,25 @@ impl Store {
             |_, i| usage_of(layout, driver, &rows[i], Some(snapshots)),
             |_| false,
         );
-        rows.into_iter()
-            .zip(results)
-            .map(|(row, r)| {
-                let usage = r.unwrap_or_else(|| Err(Error::internal("a usage worker failed")))?;
-                Ok((row.name, usage))
-            })
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for (row, r) in rows.into_iter().zip(results) {
+            match r.unwrap_or_else(|| Err(Error::internal("a usage worker failed"))) {
+                Ok(usage) => out.push((row.name, usage)),
+                // An active that another process removed while it was
+                // measured is left out, as if listed after the removal; one
+                // still in the index has lost its directory, which is an
+                // error (`check` says more).
+                Err(e) if e.kind() == Kind::NotFound && self.is_gone(row.id)? => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether snapshot `id` is no longer in the index.
+    fn is_gone(&mut self, id: i64) -> Result<bool> {
+        let tx = self.index.read()?;
+        Ok(index::find_id(&tx, id)?.is_none())
     }
 }
 

@@ -407,6 +407,27 @@ fn remove_during_diff(driver: &str) {
     store.strata(&["check"]).success();
 }
 
+/// `usage` of every snapshot, racing an `rm` of an active it listed (the
+/// read takes no lock): the removed snapshot is left out, as if listed after
+/// the removal, and the others are measured.
+fn remove_during_usage(driver: &str) {
+    let store = setup!(driver);
+    store.strata(&["prepare", "gone"]).success();
+    store.strata(&["prepare", "stays"]).success();
+    let usage = Paused::start(&store, &["usage", "--json"], "usage:listed");
+    store.strata(&["rm", "gone"]).success();
+    let usage = usage.resume();
+    assert_eq!(code(&usage), 0, "{usage:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["stays"], "{usage:?}");
+}
+
 /// Two `init`s asking for different drivers on a new store: the one whose
 /// driver was not recorded is refused (`failed_precondition`), as it is
 /// when it runs second.
@@ -612,6 +633,7 @@ both_drivers!(
     remove_then_mount,
     remove_then_commit,
     remove_during_diff,
+    remove_during_usage,
     rm_r_with_the_subtree_changing,
     second_mount,
     check_during_each_step,
