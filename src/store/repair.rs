@@ -626,7 +626,21 @@ fn just_made(unique: &str) -> bool {
     matches!(
         signal::kill(Pid::from_raw(pid), None),
         Ok(()) | Err(Errno::EPERM)
-    )
+    ) && !is_zombie(pid)
+}
+
+/// Whether process `pid` has exited but is not reaped yet: `kill(pid, 0)`
+/// still succeeds for it, but its locks died with it, and a parent that
+/// never reaps (a container's PID 1, say) would keep its leftovers from
+/// `prune` for the whole window. The state is the field after the command
+/// name in `/proc/PID/stat` (the name may hold spaces and parentheses).
+fn is_zombie(pid: i32) -> bool {
+    fs::read(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.iter()
+            .rposition(|b| *b == b')')
+            .and_then(|end| stat.get(end + 2))
+            .is_some_and(|state| matches!(state, b'Z' | b'X'))
+    })
 }
 
 /// Detaches anything still mounted inside a directory about to be deleted
@@ -640,5 +654,45 @@ fn unmount_below(path: &Path) {
     below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in below {
         let _ = mount::unmount(p, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn made_now_by(pid: u32) -> String {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!("{pid}-{nanos}-0")
+    }
+
+    /// A staging directory made moments ago is left alone while its maker
+    /// lives, and not once it has exited, even before its parent reaps it
+    /// (a zombie: `kill(pid, 0)` still succeeds for it).
+    #[test]
+    fn a_zombie_maker_is_not_alive() {
+        assert!(just_made(&made_now_by(std::process::id())));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let mut zombie = false;
+        for _ in 0..500 {
+            if is_zombie(pid as i32) {
+                zombie = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let made = made_now_by(pid);
+        let seen = just_made(&made);
+        child.wait().unwrap();
+        assert!(zombie, "`true` never became a zombie");
+        assert!(
+            !seen,
+            "a zombie's staging directory was taken for live work"
+        );
+        assert!(!is_zombie(std::process::id() as i32));
     }
 }
