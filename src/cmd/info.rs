@@ -42,7 +42,7 @@ pub fn render(i: &Info) -> String {
         let labels: Vec<String> = i
             .labels
             .iter()
-            .map(|(k, v)| format!("{k}={}", shown(v)))
+            .map(|(k, v)| format!("{}={}", shown(k), shown(v)))
             .collect();
         line("Labels:", &labels.join("\n            "));
     }

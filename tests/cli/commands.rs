@@ -254,6 +254,14 @@ fn labels(driver: &str) {
     assert!(table.contains("ctl=a\\nb\\u{1b}[2J\n"), "{table}");
     assert!(!table.contains('\u{1b}'), "{table}");
     s.strata(&["label", "work", "ctl="]).success();
+    // So is a key: the SPEC asks only that it be non-empty and, with its
+    // value, at most 4096 bytes (as containerd does).
+    s.strata(&["label", "work", "k\tey=v"]).success();
+    assert_eq!(s.info("work")["labels"]["k\tey"], "v");
+    let table = s.strata(&["info", "work"]).success().stdout;
+    assert!(table.contains("k\\tey=v\n"), "{table}");
+    assert_eq!(s.names(&["--filter", "labels.\"k\\tey\"==v"]), ["work"]);
+    s.strata(&["label", "work", "k\tey="]).success();
 
     // A committed snapshot gets only the labels given to commit.
     s.strata(&["commit", "--label", "x=y", "done", "work"])
