@@ -58,7 +58,7 @@ pub fn validate_label(k: &str, v: &str) -> Result<()> {
     }
     if k.len() + v.len() > MAX_LABEL_LEN {
         return Err(Error::invalid(format!(
-            "invalid label `{}`: key and value are {} bytes, longer than the limit of {MAX_LABEL_LEN}",
+            "invalid label {:?}: key and value are {} bytes, longer than the limit of {MAX_LABEL_LEN}",
             shorten(k),
             k.len() + v.len()
         )));
