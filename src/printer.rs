@@ -186,7 +186,10 @@ impl Printer {
     }
 
     /// Reports an error: `error:` line, `caused by:` lines with `-v`, then
-    /// `hint:` lines; with JSON output, one JSON object instead.
+    /// `hint:` lines; with JSON output, one JSON object instead. An internal
+    /// error's line ends with its root cause (`cannot create X: Permission
+    /// denied`) unless `-v` shows the chain: the SPEC's one clear line, which
+    /// a bare "cannot create X" would not be.
     pub fn error(&self, err: &Error) {
         if err.is_reported() {
             return;
@@ -207,14 +210,19 @@ impl Printer {
         // Escaped: a message may quote what a registry, a layout or a file
         // name said, and a newline or an escape code in it must not make
         // more lines or reach the terminal as a command.
+        let causes = causes(err);
+        let root = causes
+            .last()
+            .filter(|_| self.verbose == 0 && err.kind() == Kind::Internal);
         let _ = writeln!(
             stderr,
-            "{} {}",
+            "{} {}{}",
             self.paint("error:", "31;1"),
-            shown(err.message())
+            shown(err.message()),
+            root.map(|c| format!(": {}", shown(c))).unwrap_or_default()
         );
-        if self.verbose > 0 || err.kind() == Kind::Internal {
-            for cause in causes(err) {
+        if self.verbose > 0 {
+            for cause in causes {
                 let _ = writeln!(
                     stderr,
                     "{} {}",

@@ -196,6 +196,12 @@ fn verbose_shows_the_cause_chain_and_hints_help() {
     let quiet = store.strata(&["mount", "c", target]);
     let verbose = store.strata(&["-v", "mount", "c", target]);
     assert_eq!(quiet.code, 1, "{}", quiet.session());
+    // Without -v, one line that ends with the root cause (SPEC: "one clear
+    // line"; `-v` adds the cause chain).
+    let lines: Vec<&str> = quiet.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", quiet.session());
+    assert!(lines[0].starts_with("error: "), "{}", quiet.session());
+    assert!(lines[0].ends_with("(os error 2)"), "{}", quiet.session());
     assert!(
         verbose.stderr.contains("caused by:"),
         "{}",
