@@ -260,11 +260,8 @@ impl Copier {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Fewer allocated blocks than the size is the only cheap sign of a
-        // hole, and it comes from the lstat already done: files without one
-        // (nearly all) pay no lseek for it. Without hole reporting the whole
-        // file is copied, over whatever the walk wrote.
-        if md.blocks().saturating_mul(512) < len && self.copy_sparse(src, dst, len)? {
+        // Without hole reporting the whole file is copied.
+        if may_have_holes(md) && self.copy_sparse(src, dst, len)? {
             return Ok(());
         }
         // Up to the size lstat saw, not to EOF: that saves a syscall per
@@ -274,28 +271,13 @@ impl Copier {
 
     /// Copies only the data segments of `src` (of size `len`), each to the
     /// same offset in `dst`, then sets `dst`'s size, so that holes stay
-    /// holes. Returns false, having written nothing that the full copy
-    /// would not overwrite, if the filesystem cannot report holes.
+    /// holes. Returns false, having written nothing, if the filesystem
+    /// cannot report holes.
     fn copy_sparse(&mut self, src: &File, dst: &File, mut len: u64) -> io::Result<bool> {
-        let mut pos = 0;
-        while pos < len {
-            let start = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
-                Ok(start) => start,
-                // No data at or after `pos`: the rest is one hole.
-                Err(Errno::NXIO) => break,
-                Err(Errno::INVAL | Errno::OPNOTSUPP) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            };
-            if start >= len {
-                break;
-            }
-            // There is always a hole at the end of the file, so this only
-            // fails if hole reporting does.
-            let end = match rustix::fs::seek(src, SeekFrom::Hole(start)) {
-                Ok(end) => end.min(len),
-                Err(Errno::INVAL | Errno::OPNOTSUPP) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            };
+        let Some(segments) = data_segments(src, len)? else {
+            return Ok(false);
+        };
+        for (start, end) in segments {
             let reached = self.copy_segment(src, dst, start, end)?;
             if reached < end {
                 // The source ended early: copy what there was, as the full
@@ -303,7 +285,6 @@ impl Copier {
                 len = reached;
                 break;
             }
-            pos = end;
         }
         // Gives `dst` its trailing hole, if any.
         rustix::fs::ftruncate(dst, len)?;
@@ -582,6 +563,40 @@ fn get_xattr(node: Node<'_>, name: &[u8], buf: &mut Vec<u8>) -> io::Result<Optio
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Whether a file may have holes: fewer allocated blocks than its size,
+/// the only cheap sign, from the `lstat` already done (files without one,
+/// nearly all, pay no `lseek` for holes).
+pub(crate) fn may_have_holes(md: &Metadata) -> bool {
+    md.blocks().saturating_mul(512) < md.len()
+}
+
+/// The data segments (offset, end) of `f` below `len`, the rest being
+/// holes; None if its file system cannot report holes. Moves `f`'s file
+/// offset.
+pub(crate) fn data_segments(f: &File, len: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
+    let mut segments = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let start = match rustix::fs::seek(f, SeekFrom::Data(pos)) {
+            Ok(start) if start < len => start,
+            // No data at or after `pos`: the rest is one hole.
+            Ok(_) | Err(Errno::NXIO) => break,
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // There is always a hole at the end of the file, so this only
+        // fails if hole reporting does.
+        let end = match rustix::fs::seek(f, SeekFrom::Hole(start)) {
+            Ok(end) => end.min(len),
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        segments.push((start, end));
+        pos = end;
+    }
+    Ok(Some(segments))
 }
 
 #[cfg(test)]

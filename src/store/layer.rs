@@ -3885,41 +3885,9 @@ fn same_content(a: &Path, b: &Path, len: u64, sparse: bool) -> Result<bool> {
 /// ones below `len`; None if they differ, or the file system cannot tell
 /// holes (then the whole files are compared).
 fn same_data_map(a: &File, b: &File, len: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
-    use rustix::fs::SeekFrom;
-    let seek = |f: &File, to: SeekFrom| match rustix::fs::seek(f, to) {
-        Ok(at) => Ok(Some(at.min(len))),
-        // No data at or after the offset: the rest is a hole.
-        Err(Errno::NXIO) => Ok(Some(len)),
-        Err(Errno::INVAL | Errno::OPNOTSUPP) => Ok(None),
-        Err(e) => Err(io::Error::from(e)),
-    };
-    let mut data = Vec::new();
-    let mut pos = 0;
-    while pos < len {
-        let (Some(start), Some(other)) =
-            (seek(a, SeekFrom::Data(pos))?, seek(b, SeekFrom::Data(pos))?)
-        else {
-            return Ok(None);
-        };
-        if start != other {
-            return Ok(None);
-        }
-        if start == len {
-            break;
-        }
-        let (Some(end), Some(other)) = (
-            seek(a, SeekFrom::Hole(start))?,
-            seek(b, SeekFrom::Hole(start))?,
-        ) else {
-            return Ok(None);
-        };
-        if end != other {
-            return Ok(None);
-        }
-        data.push((start, end));
-        pos = end;
-    }
-    Ok(Some(data))
+    let ours = super::copy::data_segments(a, len)?;
+    let theirs = super::copy::data_segments(b, len)?;
+    Ok(if ours == theirs { ours } else { None })
 }
 
 /// Whether `a` and `b` hold the same bytes in each of `ranges`.
@@ -3979,8 +3947,8 @@ fn changed(old: &Path, om: &Metadata, new: &Path, nm: &Metadata) -> Result<bool>
         return Ok(true);
     }
     if nt.is_file() && !(om.dev() == nm.dev() && om.ino() == nm.ino()) {
-        let holes = |m: &Metadata| m.blocks().saturating_mul(512) < m.size();
-        return Ok(!same_content(old, new, nm.size(), holes(om) || holes(nm))?);
+        let holes = super::copy::may_have_holes(om) || super::copy::may_have_holes(nm);
+        return Ok(!same_content(old, new, nm.size(), holes)?);
     }
     Ok(false)
 }
