@@ -48,7 +48,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use super::longpath::reach;
+use super::longpath::{PathContext, reach};
 
 /// Copies the contents of the directory `src` into the existing, empty
 /// directory `dst`, then gives `dst` itself the mode, owner, extended
@@ -86,20 +86,6 @@ fn not_a_dir(path: &Path) -> io::Error {
         io::ErrorKind::NotADirectory,
         format!("{}: not a directory", path.display()),
     )
-}
-
-/// Attaches the offending path to an error, keeping its kind.
-trait Ctx<T> {
-    fn ctx(self, path: &Path) -> io::Result<T>;
-}
-
-impl<T, E: Into<io::Error>> Ctx<T> for Result<T, E> {
-    fn ctx(self, path: &Path) -> io::Result<T> {
-        self.map_err(|e| {
-            let e: io::Error = e.into();
-            io::Error::new(e.kind(), format!("{}: {}", path.display(), e))
-        })
-    }
 }
 
 /// One directory being copied: its remaining entries and the metadata to

@@ -217,6 +217,21 @@ fn steps_from(mut dir: Option<OwnedFd>, mut rest: &[u8]) -> rustix::io::Result<O
     dir.ok_or(Errno::NOENT)
 }
 
+/// Attaches the offending path to an error, keeping its kind: the walks
+/// that reach long paths report which one failed.
+pub(crate) trait PathContext<T> {
+    fn ctx(self, path: &Path) -> io::Result<T>;
+}
+
+impl<T, E: Into<io::Error>> PathContext<T> for Result<T, E> {
+    fn ctx(self, path: &Path) -> io::Result<T> {
+        self.map_err(|e| {
+            let e: io::Error = e.into();
+            io::Error::new(e.kind(), format!("{}: {}", path.display(), e))
+        })
+    }
+}
+
 /// A path the kernel takes for `path`: `path` itself when it is short
 /// enough, else its last name under `/proc/self/fd/N`, N its directory. The
 /// directory stays open as long as this does; the `l…` calls (`lstat`,

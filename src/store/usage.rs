@@ -46,7 +46,7 @@ use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RawDir, Stat};
 use rustix::io::Errno;
 
-use super::longpath::{open_dir, reach};
+use super::longpath::{PathContext, open_dir, reach};
 
 /// Space and inodes used by a directory tree.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -402,20 +402,6 @@ fn count(usage: &mut Usage, st: &Stat, links: &Mutex<HashSet<(u64, u64)>>) {
     }
     usage.size += blocks * 512;
     usage.inodes += 1;
-}
-
-/// Attaches the offending path to an error, keeping its kind.
-trait Ctx<T> {
-    fn ctx(self, path: &Path) -> io::Result<T>;
-}
-
-impl<T, E: Into<io::Error>> Ctx<T> for Result<T, E> {
-    fn ctx(self, path: &Path) -> io::Result<T> {
-        self.map_err(|e| {
-            let e: io::Error = e.into();
-            io::Error::new(e.kind(), format!("{}: {}", path.display(), e))
-        })
-    }
 }
 
 #[cfg(test)]
