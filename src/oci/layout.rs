@@ -132,8 +132,8 @@ impl Layout {
                     .with_hint("an OCI layout is a directory: name a new or an existing layout"),
             );
         }
-        std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| {
-            let what = format!("cannot create {}", dir.display());
+        let not_a_layout = |path: &Path, e: std::io::Error| {
+            let what = format!("cannot create {}", path.display());
             match e.kind() {
                 // A dangling symlink, or a file where a directory goes.
                 std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
@@ -142,11 +142,21 @@ impl Layout {
                 }
                 _ => Error::io(what, e),
             }
-        })?;
+        };
+        std::fs::create_dir_all(dir).map_err(|e| not_a_layout(dir, e))?;
         // Blobs are written through these two: a symlink among them would
-        // send them anywhere (into the store, or a committed snapshot).
+        // send them anywhere (into the store, or a committed snapshot). So
+        // each is made, or found, and checked before the next is made in it
+        // (audit: `blobs/sha256` was made through a symlinked `blobs` before
+        // the check refused it).
         for sub in ["blobs", "blobs/sha256"] {
             let path = dir.join(sub);
+            match std::fs::create_dir(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(not_a_layout(&path, e));
+                }
+                _ => {}
+            }
             let meta = std::fs::symlink_metadata(&path)
                 .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
             if !meta.is_dir() {

@@ -755,6 +755,14 @@ fn hostile_layouts() {
     a.fails(&["export", "base", evil.to_str().unwrap()], "invalid");
     a.view_tree("base")
         .assert_eq(&before, "base after a refused export");
+    // The same one level up: a symlinked `blobs`, under which `sha256` must
+    // not be made (audit: it was, inside the committed snapshot).
+    let evil = a.scratch_dir("evil2");
+    std::os::unix::fs::symlink(&tree, evil.join("blobs")).unwrap();
+    a.fails(&["export", "base", evil.to_str().unwrap()], "invalid");
+    assert!(!tree.join("sha256").exists(), "made in the snapshot");
+    a.view_tree("base")
+        .assert_eq(&before, "base after a refused export");
     a.strata(&["check"]).success();
 }
 
