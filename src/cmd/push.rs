@@ -107,7 +107,16 @@ pub fn pushed_text(p: &oci::Pushed, verb: &str) -> String {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let access = args.registry.access()?;
-    oci::registry::parse_reference(&args.reference)?;
+    let reference = oci::registry::parse_reference(&args.reference)?;
+    // A manifest's digest is known only once strata has written it: a REF
+    // naming one would upload every blob, then fail at the manifest.
+    if reference.digest().is_some() {
+        return Err(Error::invalid(format!(
+            "cannot push to {}: a push names a tag, not a digest",
+            args.reference
+        ))
+        .with_hint("write HOST[:PORT]/REPOSITORY[:TAG]; the pushed manifest's digest is printed"));
+    }
     // Fail on a missing or uncommitted KEY before touching the network.
     ctx.store()?.chain_of(&args.key)?;
     let mut registry = Registry::open(
@@ -123,7 +132,6 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         &mut registry,
         args.compression.into(),
         &printer,
-    )
-    .map_err(|e: Error| e)?;
+    )?;
     ctx.printer.data(&pushed, |p| pushed_text(p, "pushed"))
 }

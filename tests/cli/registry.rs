@@ -1252,6 +1252,14 @@ fn login_and_errors() {
         &["pull", "--plain-http", &format!("127.0.0.1:{dead}/x:y")],
         "internal",
     );
+    // A push to a digest (with or without a tag) is refused before anything
+    // else: the manifest's digest is strata's to compute (audit: every blob
+    // was uploaded, then the manifest refused).
+    for at in ["x", "x:y"] {
+        let r = format!("127.0.0.1:{dead}/{at}@sha256:{}", "0".repeat(64));
+        let run = s.fails(&["push", "--plain-http", "missing", &r], "invalid");
+        assert!(run.stderr.contains("not a digest"), "{}", run.session());
+    }
     // A registry that takes the connection and never answers: `login` gives
     // up (it used to wait forever), in STRATA_REGISTRY_TIMEOUT seconds here.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
