@@ -740,7 +740,7 @@ pub fn pull(
     crate::store::key::validate_key(name)?;
     let what = source.describe();
     let (bytes, mut digest) = source.manifest(None)?;
-    let mut manifest = parse_json(&bytes, "manifest")?;
+    let mut manifest = parse_json(&bytes, &format!("manifest of {what}"))?;
     // An index may name another index (containerd follows them too); a
     // content-addressed chain cannot loop, but it is kept short.
     let mut depth = 0;
@@ -756,7 +756,7 @@ pub fn pull(
         let bytes;
         (bytes, digest) = source.manifest(Some(d))?;
         check_size(&entry, bytes.len(), &what)?;
-        manifest = parse_json(&bytes, "manifest")?;
+        manifest = parse_json(&bytes, &format!("manifest of {what}"))?;
     }
     let config_desc = manifest
         .get("config")
@@ -764,7 +764,7 @@ pub fn pull(
     let config_digest = digest_of(config_desc, "config descriptor")?;
     let config_size = size_of(config_desc, "config descriptor")?;
     let config = small_blob(source, config_digest, config_size)?;
-    let config = parse_json(&config, "image config")?;
+    let config = parse_json(&config, &format!("image config of {what}"))?;
     let diff_ids: Vec<String> = config
         .pointer("/rootfs/diff_ids")
         .and_then(Value::as_array)
@@ -793,6 +793,7 @@ pub fn pull(
         sha256_hex(d, &format!("a diff_id in the image config of {what}"))?;
     }
     let chain = chain_ids(&diff_ids);
+    alias_plan(store, name, chain.last().map(String::as_str))?;
     let mut layers = Vec::with_capacity(descs.len());
     let mut parent: Option<String> = None;
     for (i, desc) in descs.iter().enumerate() {
@@ -892,6 +893,12 @@ pub fn pull(
                 Err(e) if e.kind() == Kind::AlreadyExists => {
                     labels = store.stat(chain_id)?.labels;
                 }
+                // The layer below, there a moment ago, was removed.
+                Err(e) if e.kind() == Kind::NotFound && parent.is_some() => {
+                    return Err(e.with_hint(
+                        "another process removed a layer of this image meanwhile: pull again",
+                    ));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -916,11 +923,44 @@ pub fn pull(
     })
 }
 
+/// How many times a pull looks again at a NAME other processes change.
+const ALIAS_ROUNDS: usize = 4;
+
+/// What pulling an image under `name` does to it.
+enum AliasPlan {
+    /// `name` is free: it is made.
+    Create,
+    /// `name` is already this image's alias: its labels are refreshed.
+    Refresh,
+    /// `name` is an alias of another image: it is replaced.
+    Replace,
+}
+
+/// What `name` holds, and so what a pull with top layer `top` would do to
+/// it; `already_exists` when it is not an alias of strata's, which a pull
+/// never replaces. Asked before any layer is downloaded (audit: a whole
+/// image was downloaded and committed, then refused), and again at the end.
+fn alias_plan(store: &mut Store, name: &str, top: Option<&str>) -> Result<AliasPlan> {
+    match store.stat(name) {
+        Err(e) if e.kind() == Kind::NotFound => Ok(AliasPlan::Create),
+        Err(e) => Err(e),
+        Ok(info) if info.kind != SnapshotKind::Committed || !is_alias(&info.labels) => {
+            Err(Error::already_exists(format!(
+                "`{name}` exists and is not an image pulled by strata"
+            ))
+            .with_hint("give another NAME: strata pull REF NAME"))
+        }
+        Ok(info) if info.parent.as_deref() == top => Ok(AliasPlan::Refresh),
+        Ok(_) => Ok(AliasPlan::Replace),
+    }
+}
+
 /// Makes `name` an empty committed snapshot on `top` (or a root, for an
-/// image with no layers) labelled with the
-/// image's reference and digest. An existing alias on the same parent only
-/// gets its labels updated; an alias elsewhere without children is
-/// replaced; anything else is `already_exists`.
+/// image with no layers) labelled with the image's reference and digest,
+/// as [`alias_plan`] says. Another pull may move the same name meanwhile:
+/// each round looks again, so the last pull to finish names its image, as
+/// one pull after the other would (audit: the loser of such a race failed
+/// with a bare "already exists").
 fn make_alias(
     store: &mut Store,
     name: &str,
@@ -931,54 +971,42 @@ fn make_alias(
     let mut labels = Labels::new();
     labels.insert(LABEL_REF.to_string(), reference.to_string());
     labels.insert(LABEL_DIGEST.to_string(), digest.to_string());
-    match store.stat(name) {
-        Err(e) if e.kind() == Kind::NotFound => {}
-        Err(e) => return Err(e),
-        Ok(info) => {
-            if info.kind == SnapshotKind::Committed
-                && info.parent.as_deref() == top
-                && is_alias(&info.labels)
-            {
-                store.update_labels(name, &labels)?;
-                return Ok(());
-            }
-            if info.kind != SnapshotKind::Committed || !is_alias(&info.labels) {
-                return Err(Error::already_exists(format!(
-                    "`{name}` exists and is not an image pulled by strata"
-                ))
-                .with_hint("give another NAME: strata pull REF NAME"));
-            }
-            store.remove(name, false, false).map_err(|e| {
-                if e.kind() == Kind::FailedPrecondition {
-                    Error::already_exists(format!(
+    let gone = |e: &Error| e.kind() == Kind::NotFound;
+    for _ in 0..ALIAS_ROUNDS {
+        match alias_plan(store, name, top)? {
+            AliasPlan::Create => {}
+            AliasPlan::Refresh => match store.update_labels(name, &labels) {
+                Err(e) if gone(&e) => continue,
+                done => return done.map(drop),
+            },
+            AliasPlan::Replace => match store.remove(name, false, false) {
+                Err(e) if e.kind() == Kind::FailedPrecondition => {
+                    return Err(Error::already_exists(format!(
                         "`{name}` names another image and has snapshots built on it"
                     ))
-                    .with_hint("give another NAME, or remove what is built on it")
-                } else {
-                    e
+                    .with_hint("give another NAME, or remove what is built on it"));
                 }
-            })?;
+                Err(e) if !gone(&e) => return Err(e),
+                _ => {}
+            },
+        }
+        crate::store::crash::point("pull:alias-planned");
+        // An empty layer: just the end-of-archive blocks.
+        let empty = [0u8; 1024];
+        match store.apply(
+            name,
+            top,
+            &labels,
+            &mut &empty[..],
+            ApplyChecks::default(),
+            &mut |_| {},
+        ) {
+            Err(e) if e.kind() == Kind::AlreadyExists => continue,
+            done => return done.map(drop),
         }
     }
-    // An empty layer: just the end-of-archive blocks.
-    let empty = [0u8; 1024];
-    let r = store.apply(
-        name,
-        top,
-        &labels,
-        &mut &empty[..],
-        ApplyChecks::default(),
-        &mut |_| {},
-    );
-    match r {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == Kind::AlreadyExists => {
-            // A concurrent pull of the same image made it.
-            match store.stat(name) {
-                Ok(info) if info.parent.as_deref() == top => Ok(()),
-                _ => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    }
+    Err(Error::already_exists(format!(
+        "`{name}` was changed by other processes each time it was to be made"
+    ))
+    .with_hint("pull again once the other pulls are done"))
 }

@@ -4,24 +4,11 @@
 //! nothing may be lost or duplicated.
 
 use crate::support::*;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::thread;
 
 const PROCS: usize = 8;
-
-/// `strata --root ROOT ARGS…` with a cleared environment and no stdin.
-fn command(root: &std::path::Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("NO_COLOR", "1")
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::null());
-    cmd
-}
 
 fn run(root: &std::path::Path, args: &[String]) -> Output {
     command(root, args).output().unwrap()
@@ -227,41 +214,6 @@ fn parent_removal(driver: &str) {
 }
 fn mixed(driver: &str) {
     mixed_operations(driver)
-}
-
-/// A strata process stopped at crash point `at` (`STRATA_PAUSE_AT`), so a
-/// test can run another command exactly there; [`Paused::resume`] lets it
-/// go on and returns its output.
-struct Paused {
-    child: std::process::Child,
-    flag: std::path::PathBuf,
-}
-
-impl Paused {
-    #[track_caller]
-    fn start(store: &Store, args: &[&str], at: &str) -> Paused {
-        let flag = store.scratch("pause");
-        let child = command(&store.root, args)
-            .env("STRATA_PAUSE_AT", at)
-            .env("STRATA_PAUSE_FILE", &flag)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        for _ in 0..3000 {
-            if flag.exists() {
-                break;
-            }
-            thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(flag.exists(), "`{args:?}` never reached {at}");
-        Paused { child, flag }
-    }
-
-    fn resume(self) -> Output {
-        std::fs::remove_file(&self.flag).unwrap();
-        self.child.wait_with_output().unwrap()
-    }
 }
 
 /// Runs `first` paused at crash point `at` (it holds the snapshot's lock

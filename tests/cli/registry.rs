@@ -575,6 +575,42 @@ fn exported_base(tag: &str) -> Option<(Store, PathBuf)> {
     Some((a, layout))
 }
 
+/// A NAME held by something other than an image's alias is refused before
+/// any layer is fetched (audit: the whole image was downloaded and
+/// committed first). Two imports naming different images with one NAME at
+/// once both succeed, the last to finish naming its image, as one after the
+/// other would (audit: the loser failed with a bare "already exists").
+#[test]
+fn pull_into_a_taken_or_contested_name() {
+    let Some((a, layout)) = exported_base("v1") else {
+        return;
+    };
+    a.layer("app", Some("base"), &app_ops("v2"));
+    let dir = layout.to_str().unwrap();
+    a.strata(&["export", "app", dir, "--tag", "v2"]).success();
+    let (v1, v2) = (format!("{dir}:v1"), format!("{dir}:v2"));
+
+    let b = Store::setup("native").unwrap();
+    b.strata(&["prepare", "taken"]).success();
+    let run = b.fails(&["import", &v2, "taken"], "already_exists");
+    assert!(run.stderr.contains("not an image"), "{}", run.session());
+    assert_eq!(b.names(&[]), ["taken"], "layers were committed first");
+
+    let first = Paused::start(&b, &["import", &v1, "img"], "pull:alias-planned");
+    b.strata(&["import", &v2, "img"]).success();
+    assert_eq!(b.info("img")["labels"]["strata.image.ref"], v2.as_str());
+    let out = first.resume();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.info("img")["labels"]["strata.image.ref"], v1.as_str());
+    b.view_tree("img")
+        .assert_eq(&a.view_tree("base"), "the last import's image");
+    b.strata(&["check"]).success();
+}
+
 /// Rewrites the one image of OCI layout `layout`: `edit` changes its
 /// manifest and its config, which are stored again under their new digests
 /// (the index then points at the new manifest).

@@ -1040,3 +1040,51 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
     );
     out
 }
+
+/// `strata --root ROOT ARGS…` with a cleared environment and no stdin.
+pub fn command(root: &std::path::Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", PATH)
+        .env("NO_COLOR", "1")
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A strata process stopped at crash point `at` (`STRATA_PAUSE_AT`), so a
+/// test can run another command exactly there; [`Paused::resume`] lets it
+/// go on and returns its output.
+pub struct Paused {
+    child: std::process::Child,
+    flag: std::path::PathBuf,
+}
+
+impl Paused {
+    #[track_caller]
+    pub fn start(store: &Store, args: &[&str], at: &str) -> Paused {
+        let flag = store.scratch("pause");
+        let child = command(&store.root, args)
+            .env("STRATA_PAUSE_AT", at)
+            .env("STRATA_PAUSE_FILE", &flag)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        for _ in 0..3000 {
+            if flag.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(flag.exists(), "`{args:?}` never reached {at}");
+        Paused { child, flag }
+    }
+
+    pub fn resume(self) -> std::process::Output {
+        std::fs::remove_file(&self.flag).unwrap();
+        self.child.wait_with_output().unwrap()
+    }
+}
