@@ -10,7 +10,8 @@ use crate::store::Result;
 /// layers in order. Each layer becomes a committed snapshot named by its OCI
 /// chain ID (sha256:…), shared by every image that has it. NAME (default:
 /// REF as given) is then an empty committed snapshot on the top layer,
-/// labelled strata.image.ref and strata.image.digest: prepare from it. A
+/// labelled strata.image.ref and strata.image.digest (the digest REF
+/// names: an index's for a multi-platform image): prepare from it. A
 /// failed or interrupted pull commits no partial layer; pull again to
 /// resume. An existing NAME made by an earlier pull is moved to the new
 /// image unless something is built on it.

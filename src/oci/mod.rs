@@ -131,7 +131,12 @@ pub struct PulledLayer {
 pub struct Pulled {
     #[serde(rename = "ref")]
     pub reference: String,
+    /// The digest of what REF names: an index's for a multi-platform
+    /// image, as `docker pull` prints and containerd records.
     pub digest: String,
+    /// The digest of the image manifest taken (from the index, for the
+    /// host's platform; else the same as `digest`).
+    pub manifest: String,
     pub name: String,
     pub layers: Vec<PulledLayer>,
 }
@@ -740,6 +745,7 @@ pub fn pull(
     crate::store::key::validate_key(name)?;
     let what = source.describe();
     let (bytes, mut digest) = source.manifest(None)?;
+    let named = digest.clone();
     let mut manifest = parse_json(&bytes, &format!("manifest of {what}"))?;
     // An index may name another index (containerd follows them too); a
     // content-addressed chain cannot loop, but it is kept short.
@@ -914,10 +920,11 @@ pub fn pull(
     }
     // An image with no layers (the image spec allows it; `umoci new` makes
     // one) is an alias with no parent: an empty root.
-    make_alias(store, name, parent.as_deref(), reference, &digest)?;
+    make_alias(store, name, parent.as_deref(), reference, &named)?;
     Ok(Pulled {
         reference: reference.to_string(),
-        digest,
+        digest: named,
+        manifest: digest,
         name: name.to_string(),
         layers,
     })

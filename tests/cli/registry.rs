@@ -450,14 +450,26 @@ fn image_index_picks_the_host_platform(driver: &str) {
                 "annotations": {"org.opencontainers.image.ref.name": tag}
             }));
         fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+        digest
     };
-    write_index(vec![foreign.clone(), real], "multi");
+    let manifest = real["digest"].clone();
+    let multi = write_index(vec![foreign.clone(), real], "multi");
     write_index(vec![foreign], "elsewhere");
 
     let b = setup!(driver);
     let layout = dir.to_str().unwrap();
-    b.strata(&["import", &format!("{layout}:multi"), "multi"])
-        .success();
+    let imported = b
+        .strata(&["import", "--json", &format!("{layout}:multi"), "multi"])
+        .success()
+        .json();
+    // The digest is the one the tag names, the index's (as `docker pull`
+    // says); the image manifest taken from it is named beside it.
+    assert_eq!(imported["digest"], multi.as_str(), "{imported}");
+    assert_eq!(imported["manifest"], manifest, "{imported}");
+    assert_eq!(
+        b.info("multi")["labels"]["strata.image.digest"],
+        multi.as_str()
+    );
     b.view_tree("multi")
         .assert_eq(&a.view_tree("app"), "the host's image");
     let run = b.fails(
