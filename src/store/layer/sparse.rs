@@ -238,7 +238,8 @@ pub(super) fn old_gnu_segments(area: &[u8], count: usize) -> Result<Vec<Segment>
 }
 
 /// A numeric header field (octal text, or base-256 with the high bit set),
-/// as in [`super::header_number`]: only NULs is 0; negative is refused.
+/// as in [`super::reader::header_number`]: only NULs is 0; negative is
+/// refused.
 pub(super) fn number(field: &[u8]) -> Option<u64> {
     if field.iter().all(|b| *b == 0) {
         return Some(0);
