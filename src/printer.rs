@@ -354,14 +354,31 @@ fn plain_table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The most characters of one cause that are printed: a cause may carry
+/// text from outside (a registry's answer, a file's contents) of any
+/// length, and an error is a line, not a dump.
+const MAX_CAUSE: usize = 1000;
+
+/// The causes of `err`, outermost first, each cut to [`MAX_CAUSE`]
+/// characters.
 fn causes(err: &Error) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = std::error::Error::source(err);
     while let Some(c) = cur {
-        out.push(c.to_string());
+        out.push(clip_cause(c.to_string()));
         cur = c.source();
     }
     out
+}
+
+/// `text` cut to [`MAX_CAUSE`] characters (on a character boundary), with
+/// "…" where it was cut.
+fn clip_cause(mut text: String) -> String {
+    if let Some((end, _)) = text.char_indices().nth(MAX_CAUSE) {
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// Human-readable size: bytes below 1 KiB, then KiB, MiB, GiB…
@@ -452,6 +469,23 @@ mod tests {
             ],
         );
         assert_eq!(t, "KEY        KIND\na          active\nlong-key\n");
+    }
+
+    #[test]
+    fn causes_are_clipped() {
+        assert_eq!(clip_cause("short".into()), "short");
+        let exact = "x".repeat(MAX_CAUSE);
+        assert_eq!(clip_cause(exact.clone()), exact);
+        // Cut on a character boundary: 'é' is two bytes.
+        let long = "é".repeat(MAX_CAUSE + 5);
+        let cut = clip_cause(long);
+        assert_eq!(cut.chars().count(), MAX_CAUSE + 1);
+        assert!(cut.ends_with("é…"), "{cut}");
+        let err =
+            Error::internal("cannot x").with_source(std::io::Error::other("y".repeat(1 << 20)));
+        let got = causes(&err);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].chars().count(), MAX_CAUSE + 1);
     }
 
     #[test]
