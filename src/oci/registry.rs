@@ -10,7 +10,8 @@
 //! is `internal` (with the cause); missing images are `not_found`; refused
 //! credentials or access (401/403, a failed token exchange) are `invalid`
 //! with a hint to `strata login`; a blob whose content does not match its
-//! digest is `invalid`.
+//! digest is `invalid`. Text the registry chose is quoted clipped (see
+//! [`clipped`]), and never again whole as the error's cause.
 
 use super::auth::{self, Credentials};
 use super::{Source, Target, clipped};
@@ -452,6 +453,12 @@ fn cause_chain(e: &dyn std::error::Error) -> String {
 
 /// Maps a registry failure to the contract's error kinds.
 /// `tries` is how many times the request was made (said when more than one).
+///
+/// The registry's own text (an error envelope's messages, an error page, a
+/// token service's answer) is quoted clipped in the message; the
+/// oci-client error that carries it whole is then not kept as the cause,
+/// which the printer would show after it (and again whole: a registry
+/// could make that line as long as it liked).
 pub fn map_error(
     given: &str,
     what: &str,
@@ -551,8 +558,33 @@ pub fn map_error(
         }
         _ => Error::internal(msg("the registry request failed")),
     };
-    err.with_source(e)
+    match e {
+        // Refused: the page the registry sent with it is the cause, clipped.
+        OciDistributionError::ServerError {
+            code: 401 | 403,
+            message,
+            ..
+        } if !message.trim().is_empty() => err.with_source(Said(clipped(message.trim()).into())),
+        // Quoted in the message already.
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::RegistryError { .. }
+        | OciDistributionError::ServerError { .. } => err,
+        e => err.with_source(e),
+    }
 }
+
+/// What a registry said, clipped: the cause of an error whose message does
+/// not quote it.
+#[derive(Debug)]
+struct Said(String);
+
+impl std::fmt::Display for Said {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the registry said: {}", self.0)
+    }
+}
+
+impl std::error::Error for Said {}
 
 impl Source for Registry {
     fn describe(&self) -> String {

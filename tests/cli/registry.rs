@@ -2052,6 +2052,142 @@ fn endless_manifest() {
     assert_eq!(s.names(&[]), Vec::<String>::new());
 }
 
+/// A hand-made registry on 127.0.0.1 with one image, `x/y:t`: one layer (an empty
+/// tar, [`Hostile::LAYER`], uncompressed) and its config. Each request is first offered
+/// to `answer` (its head, lower-cased, and the connection): when that answers it, it
+/// returns true; else the registry answers as a registry would. A thread per
+/// connection, one request each; the listener lives as long as the test binary.
+struct Hostile {
+    host: String,
+}
+
+impl Hostile {
+    /// The layer: an empty tar (its end-of-archive blocks).
+    const LAYER: [u8; 1024] = [0; 1024];
+
+    fn layer_digest() -> String {
+        sha256_of(&Hostile::LAYER)
+    }
+
+    fn start(answer: impl Fn(&str, &mut TcpStream) -> bool + Send + Sync + 'static) -> Hostile {
+        let layer = Hostile::layer_digest();
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        let config = serde_json::json!({
+            "architecture": arch,
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer]},
+        })
+        .to_string();
+        let config_digest = sha256_of(config.as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": layer,
+                "size": Hostile::LAYER.len(),
+            }],
+        })
+        .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let answer = std::sync::Arc::new(answer);
+        std::thread::spawn(move || {
+            for mut c in listener.incoming().flatten() {
+                let answer = answer.clone();
+                let (layer, config, manifest) = (layer.clone(), config.clone(), manifest.clone());
+                let config_path = format!("/v2/x/y/blobs/{config_digest}");
+                std::thread::spawn(move || {
+                    let head = request_head(&mut c);
+                    if answer(&head, &mut c) {
+                        return;
+                    }
+                    let (status, body): (&str, &[u8]) = match path_of(&head) {
+                        "/v2/" => ("200 OK", b"{}"),
+                        "/v2/x/y/manifests/t" => ("200 OK", manifest.as_bytes()),
+                        p if p == config_path => ("200 OK", config.as_bytes()),
+                        p if p == format!("/v2/x/y/blobs/{layer}") => ("200 OK", &Hostile::LAYER),
+                        _ => ("404 Not Found", b""),
+                    };
+                    let _ = write!(
+                        c,
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = c.write_all(body);
+                });
+            }
+        });
+        Hostile { host }
+    }
+
+    fn reference(&self) -> String {
+        format!("{}/x/y:t", self.host)
+    }
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// The path a request's head asks for.
+fn path_of(head: &str) -> &str {
+    head.split_whitespace().nth(1).unwrap_or("")
+}
+
+/// A manifest refused with a 500 and a 5 KB page: its text is quoted once, clipped
+/// (it was quoted clipped, then again whole as the line's root cause).
+#[test]
+fn a_registry_error_text_is_quoted_once_and_clipped() {
+    let s = setup!("native");
+    let reg = Hostile::start(|head, c| {
+        if path_of(head) != "/v2/x/y/manifests/t" {
+            return false;
+        }
+        let body = format!("MARK{}", "y".repeat(5000));
+        let _ = write!(
+            c,
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        true
+    });
+    let r = reg.reference();
+    let run = s.strata(&["pull", "--plain-http", &r]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.session());
+    assert!(
+        lines[0].len() < 1000,
+        "{} bytes: {}",
+        lines[0].len(),
+        run.session()
+    );
+    assert_eq!(run.stderr.matches("MARK").count(), 1, "{}", run.session());
+    assert!(
+        lines[0].contains("answered 500: MARKyyy"),
+        "{}",
+        run.session()
+    );
+    let run = s.strata(&["-v", "pull", "--plain-http", &r]);
+    assert_eq!(run.stderr.matches("MARK").count(), 1, "{}", run.session());
+    assert!(run.stderr.len() < 2048, "{}", run.session());
+    let run = s
+        .strata(&["-o", "json", "pull", "--plain-http", &r])
+        .fails_json("internal");
+    assert_eq!(run.stderr.matches("MARK").count(), 1, "{}", run.session());
+}
+
 /// A registry on HTTPS that names a token service on plain HTTP: credentials are not
 /// sent there (login, push with `-u`, pull with stored credentials are `invalid`, and
 /// the token server never hears of `ci`); an anonymous pull still asks it for a token;
