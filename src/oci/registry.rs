@@ -240,6 +240,12 @@ impl Registry {
         map_error(&self.given, what, self.plain_http, tries, e)
     }
 
+    /// [`Registry::error`] of a request for blob `digest`, which it names.
+    fn blob_error(&self, what: &str, digest: &str, e: OciDistributionError, tries: u32) -> Error {
+        let blob = format!("blob {digest}");
+        map_error_about(&self.given, what, Some(&blob), self.plain_http, tries, e)
+    }
+
     /// `HOST[:PORT]/REPOSITORY` of this reference.
     fn location_of(&self) -> String {
         format!(
@@ -453,15 +459,28 @@ fn cause_chain(e: &dyn std::error::Error) -> String {
 
 /// Maps a registry failure to the contract's error kinds.
 /// `tries` is how many times the request was made (said when more than one).
+pub fn map_error(
+    given: &str,
+    what: &str,
+    plain_http: bool,
+    tries: u32,
+    e: OciDistributionError,
+) -> Error {
+    map_error_about(given, what, None, plain_http, tries, e)
+}
+
+/// [`map_error`] of a request about `about` (`blob sha256:…`), which the
+/// message names after the reference.
 ///
 /// The registry's own text (an error envelope's messages, an error page, a
 /// token service's answer) is quoted clipped in the message; the
 /// oci-client error that carries it whole is then not kept as the cause,
 /// which the printer would show after it (and again whole: a registry
 /// could make that line as long as it liked).
-pub fn map_error(
+fn map_error_about(
     given: &str,
     what: &str,
+    about: Option<&str>,
     plain_http: bool,
     tries: u32,
     e: OciDistributionError,
@@ -471,11 +490,15 @@ pub fn map_error(
         "log in first: strata login {host}{} --username USER --password-stdin",
         if plain_http { " --plain-http" } else { "" }
     );
+    let subject = match about {
+        Some(about) => format!("{given}: {about}"),
+        None => given.to_string(),
+    };
     let msg = |m: &str| {
         if tries > 1 {
-            format!("cannot {what} {given}: {m} (tried {tries} times)")
+            format!("cannot {what} {subject}: {m} (tried {tries} times)")
         } else {
-            format!("cannot {what} {given}: {m}")
+            format!("cannot {what} {subject}: {m}")
         }
     };
     let err = match &e {
@@ -624,7 +647,7 @@ impl Source for Registry {
                         .with_source(e),
                 );
             }
-            Err((e, tries)) => return Err(self.error("pull", e, tries)),
+            Err((e, tries)) => return Err(self.blob_error("pull", digest, e, tries)),
         }
         f.seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("cannot read a downloaded blob", e))?;
@@ -638,9 +661,11 @@ impl Target for Registry {
     }
 
     fn has_blob(&mut self, digest: &str, _size: u64) -> Result<bool> {
-        self.retry("push to", || {
-            self.client.blob_exists(&self.reference, digest)
+        with_retries(|| {
+            self.rt
+                .block_on(self.client.blob_exists(&self.reference, digest))
         })
+        .map_err(|(e, tries)| self.blob_error("push to", digest, e, tries))
     }
 
     fn put_blob(
@@ -661,7 +686,7 @@ impl Target for Registry {
                     delay *= 2;
                     attempt += 1;
                 }
-                Err(e) => return Err(self.error("push to", e, attempt)),
+                Err(e) => return Err(self.blob_error("push to", digest, e, attempt)),
             }
         }
     }

@@ -2145,6 +2145,12 @@ fn path_of(head: &str) -> &str {
     head.split_whitespace().nth(1).unwrap_or("")
 }
 
+/// Whether `head` is the GET of the layer blob of [`Hostile`].
+fn is_layer(head: &str) -> bool {
+    head.starts_with("get ")
+        && path_of(head) == format!("/v2/x/y/blobs/{}", Hostile::layer_digest())
+}
+
 /// A manifest refused with a 500 and a 5 KB page: its text is quoted once, clipped
 /// (it was quoted clipped, then again whole as the line's root cause).
 #[test]
@@ -2186,6 +2192,35 @@ fn a_registry_error_text_is_quoted_once_and_clipped() {
         .strata(&["-o", "json", "pull", "--plain-http", &r])
         .fails_json("internal");
     assert_eq!(run.stderr.matches("MARK").count(), 1, "{}", run.session());
+}
+
+/// A layer blob the registry does not have: `not_found`, naming the blob.
+#[test]
+fn a_missing_blob_is_named() {
+    let s = setup!("native");
+    let reg = Hostile::start(|head, c| {
+        if !is_layer(head) {
+            return false;
+        }
+        let body = r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#;
+        let _ = write!(
+            c,
+            "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        true
+    });
+    let run = s.fails(&["pull", "--plain-http", &reg.reference()], "not_found");
+    let message = run.json_error()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains(&format!(
+            "blob {}: blob unknown to registry",
+            Hostile::layer_digest()
+        )),
+        "{}",
+        run.session()
+    );
+    assert_eq!(s.names(&[]), Vec::<String>::new());
 }
 
 /// A registry on HTTPS that names a token service on plain HTTP: credentials are not

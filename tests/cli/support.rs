@@ -115,6 +115,14 @@ impl Run {
         self
     }
 
+    /// The `error` object of a failure printed as JSON on stderr.
+    #[track_caller]
+    pub fn json_error(&self) -> Value {
+        let err: Value = serde_json::from_str(self.stderr.trim())
+            .unwrap_or_else(|e| panic!("stderr is not JSON ({e}):\n{}", self.session()));
+        err["error"].clone()
+    }
+
     #[track_caller]
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
