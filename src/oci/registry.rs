@@ -3,8 +3,9 @@
 //! tried up to [`TRIES`] times (0.5 s then 1 s apart) on connection errors,
 //! timeouts, 429 and 5xx answers; untrusted TLS certificates are not
 //! retried. Blobs another repository of the registry has are mounted
-//! (`mount_blob`) rather than uploaded. Manifests are fetched by strata
-//! itself, so that their size is bounded (oci-client reads them whole).
+//! (`mount_blob`) rather than uploaded. Manifests and blobs are fetched by
+//! strata itself, so that what it reads is bounded (oci-client reads a
+//! manifest, and an error's body, whole).
 //!
 //! Errors: a registry that cannot be reached or answers with a server error
 //! is `internal` (with the cause); missing images are `not_found`; refused
@@ -53,10 +54,12 @@ pub struct Registry {
     given: String,
     auth: RegistryAuth,
     /// The bearer token oci-client got for this repository, if the
-    /// registry wants one: strata's own manifest requests carry it.
+    /// registry wants one: strata's own manifest and blob requests carry
+    /// it.
     token: Option<String>,
-    /// The client of strata's own requests (`/v2/`, manifests), made at
-    /// the first one and kept: each client loads the trusted certificates.
+    /// The client of strata's own requests (`/v2/`, manifests, blob
+    /// downloads), made at the first one and kept: each client loads the
+    /// trusted certificates.
     http: std::cell::OnceCell<reqwest::Client>,
 }
 
@@ -155,7 +158,7 @@ impl Registry {
         let http = self.http()?;
         let url = format!("https://{}/v2/", self.reference.resolve_registry());
         let challenge = self.retry("authenticate", || async {
-            let res = http.get(&url).send().await?;
+            let res = http.get(&url).timeout(timeout(300)).send().await?;
             Ok(challenge_of(&res))
         })?;
         check_token_service(self.reference.registry(), &challenge)
@@ -165,14 +168,37 @@ impl Registry {
         &self.reference
     }
 
-    /// The client of strata's own requests (see the field).
+    /// The client of strata's own requests (see the field). Each read
+    /// waits up to 300 s, with no bound on the whole (a blob may be
+    /// large); requests for small answers set a total bound of their own.
     fn http(&self) -> Result<&reqwest::Client> {
         if let Some(http) = self.http.get() {
             return Ok(http);
         }
         let _in_runtime = self.rt.enter();
-        let made = http_client(timeout(300))?;
+        let made = http_client(None, Some(timeout(300)))?;
         Ok(self.http.get_or_init(|| made))
+    }
+
+    /// `req` with the credentials oci-client would send: its bearer token
+    /// for this repository, else the basic credentials. reqwest drops them
+    /// on a redirect to another scheme, host or port.
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match (&self.token, &self.auth) {
+            (Some(token), _) => req.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => req.basic_auth(user, Some(password)),
+            _ => req,
+        }
+    }
+
+    /// `{scheme}://{registry}/v2/{repository}/{kind}/{name}` of `r`.
+    fn url(&self, r: &Reference, kind: &str, name: &str) -> String {
+        format!(
+            "{}://{}/v2/{}/{kind}/{name}",
+            if self.plain_http { "http" } else { "https" },
+            r.resolve_registry(),
+            r.repository(),
+        )
     }
 
     /// GETs the manifest `r` names as oci-client would, but reads at most
@@ -185,45 +211,29 @@ impl Registry {
         http: &reqwest::Client,
         r: &Reference,
     ) -> std::result::Result<Result<Vec<u8>>, OciDistributionError> {
-        let url = format!(
-            "{}://{}/v2/{}/manifests/{}",
-            if self.plain_http { "http" } else { "https" },
-            r.resolve_registry(),
-            r.repository(),
-            r.digest().or(r.tag()).unwrap_or("latest")
-        );
-        let mut req = http
+        let url = self.url(r, "manifests", r.digest().or(r.tag()).unwrap_or("latest"));
+        let req = http
             .get(&url)
+            .timeout(timeout(300))
             .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
-        req = match (&self.token, &self.auth) {
-            (Some(token), _) => req.bearer_auth(token),
-            (None, RegistryAuth::Basic(user, password)) => req.basic_auth(user, Some(password)),
-            _ => req,
-        };
-        let mut res = req.send().await?;
+        let mut res = self.authorized(req).send().await?;
         let status = res.status();
-        // An error's body is only read for its message.
-        let limit = if status.is_success() {
-            super::MAX_SMALL_BLOB
-        } else {
-            64 << 10
-        };
+        if status != reqwest::StatusCode::OK {
+            let body = error_body(&mut res).await;
+            registry_answer(status, &body, &url)?;
+        }
         let mut body = Vec::new();
         while let Some(chunk) = res.chunk().await? {
-            if (body.len() + chunk.len()) as u64 > limit {
-                if status.is_success() {
-                    return Ok(Err(Error::invalid(format!(
-                        "the manifest of {} is larger than {} MiB",
-                        self.given,
-                        super::MAX_SMALL_BLOB >> 20
-                    ))
-                    .with_hint(super::NOTHING_COMMITTED)));
-                }
-                break;
+            if (body.len() + chunk.len()) as u64 > super::MAX_SMALL_BLOB {
+                return Ok(Err(Error::invalid(format!(
+                    "the manifest of {} is larger than {} MiB",
+                    self.given,
+                    super::MAX_SMALL_BLOB >> 20
+                ))
+                .with_hint(super::NOTHING_COMMITTED)));
             }
             body.extend_from_slice(&chunk);
         }
-        registry_answer(status, &body, &url)?;
         Ok(Ok(body))
     }
 
@@ -255,13 +265,17 @@ impl Registry {
         )
     }
 
-    /// Downloads blob `digest` into `out`, stopping once it has more than
-    /// `size` bytes (when `size` is known, not 0). The outer error is the
+    /// Downloads blob `digest` into `out` (GET `/v2/REPOSITORY/blobs/DIGEST`,
+    /// following redirects), stopping once it has more than `size` bytes
+    /// (when `size` is known, not 0). An error's body is read only up to
+    /// [`ERROR_BODY_MAX`], for its message. The digest is not checked here:
+    /// the caller checks the file's size and digest. The outer error is the
     /// registry's (worth retrying when transient); the inner one is local
     /// (writing the file) or a blob larger than its descriptor: never
     /// retried, and not said to be the registry's failure.
     fn download(
         &self,
+        http: &reqwest::Client,
         digest: &str,
         size: u64,
         out: &mut File,
@@ -275,23 +289,30 @@ impl Registry {
             return Ok(Err(local(e)));
         }
         bar.set_position(0);
+        let larger = || {
+            Error::invalid(format!(
+                "blob {digest} of {} is larger than the {size} bytes its descriptor says",
+                self.given
+            ))
+            .with_hint(super::NOTHING_COMMITTED)
+        };
+        let url = self.url(&self.reference, "blobs", digest);
         self.rt.block_on(async {
-            use futures_util::StreamExt;
-            let mut s = self
-                .client
-                .pull_blob_stream(&self.reference, digest)
-                .await?;
+            let mut res = self.authorized(http.get(&url)).send().await?;
+            let status = res.status();
+            if status != reqwest::StatusCode::OK {
+                let body = error_body(&mut res).await;
+                registry_answer(status, &body, &url)?;
+            }
+            if size > 0 && res.content_length().is_some_and(|n| n > size) {
+                return Ok(Err(larger()));
+            }
             let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
             let mut n = 0u64;
-            while let Some(chunk) = s.next().await {
-                let chunk = chunk?;
+            while let Some(chunk) = res.chunk().await? {
                 n += chunk.len() as u64;
                 if size > 0 && n > size {
-                    return Ok(Err(Error::invalid(format!(
-                        "blob {digest} of {} is larger than the {size} bytes its descriptor says",
-                        self.given
-                    ))
-                    .with_hint(super::NOTHING_COMMITTED)));
+                    return Ok(Err(larger()));
                 }
                 if let Err(e) = w.write_all(&chunk) {
                     return Ok(Err(local(e)));
@@ -345,6 +366,24 @@ fn client_for(plain_http: bool, monolithic: bool) -> Client {
 
 /// How many times a registry operation is tried.
 pub const TRIES: u32 = 3;
+
+/// The most of an error answer's body that is read: only its message is
+/// wanted, and that is clipped (a registry could send one without end).
+const ERROR_BODY_MAX: usize = 64 << 10;
+
+/// The first [`ERROR_BODY_MAX`] bytes of the body of an error answer `res`;
+/// a body that breaks off gives what came (the status is the answer).
+async fn error_body(res: &mut reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = res.chunk().await {
+        let room = ERROR_BODY_MAX - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == ERROR_BODY_MAX {
+            break;
+        }
+    }
+    body
+}
 
 /// Calls `f` until it succeeds, fails for good, or has been tried
 /// [`TRIES`] times, sleeping 0.5 s then 1 s between tries; on failure gives
@@ -639,14 +678,9 @@ impl Source for Registry {
 
     fn blob(&mut self, digest: &str, size: u64, bar: &ProgressBar) -> Result<File> {
         let mut f = super::temp_file()?;
-        match with_retries(|| self.download(digest, size, &mut f, bar)) {
+        let http = self.http()?;
+        match with_retries(|| self.download(http, digest, size, &mut f, bar)) {
             Ok(done) => done?,
-            Err((e, _)) if is_digest_error(&e) => {
-                return Err(
-                    super::corrupt_blob(&self.given, digest, "does not match its digest")
-                        .with_source(e),
-                );
-            }
             Err((e, tries)) => return Err(self.blob_error("pull", digest, e, tries)),
         }
         f.seek(SeekFrom::Start(0))
@@ -737,7 +771,7 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
     let _in_runtime = rt.enter();
     let scheme = if access.plain_http { "http" } else { "https" };
     let url = format!("{scheme}://{registry}/v2/");
-    let http = http_client(timeout(60))?;
+    let http = http_client(Some(timeout(60)), None)?;
     let unreachable = |e: reqwest::Error| {
         let err = Error::internal(format!(
             "cannot log in to {registry}: the registry cannot be reached"
@@ -834,12 +868,21 @@ fn registry_answer(
 }
 
 /// An HTTP client for strata's own requests, with the connection timeout
-/// and user agent of oci-client's, and `total` for the whole request.
-fn http_client(total: Duration) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// and user agent of oci-client's, `total` for a whole request and `read`
+/// for each read. Redirects are followed as reqwest does by default (at
+/// most 10; the credentials are dropped on one to another scheme, host or
+/// port).
+fn http_client(total: Option<Duration>, read: Option<Duration>) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
-        .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
-        .timeout(total)
+        .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")));
+    if let Some(total) = total {
+        builder = builder.timeout(total);
+    }
+    if let Some(read) = read {
+        builder = builder.read_timeout(read);
+    }
+    builder
         .build()
         .map_err(|e| Error::internal("cannot make an HTTP client").with_source(e))
 }

@@ -2151,6 +2151,80 @@ fn is_layer(head: &str) -> bool {
         && path_of(head) == format!("/v2/x/y/blobs/{}", Hostile::layer_digest())
 }
 
+/// A registry that answers the layer's GET with a 500 and a 20 MB body: strata reads
+/// a little of it (its peak memory is about that of a 100-byte body), and says one
+/// short line naming the blob, also with `-v` and as JSON (the body was read whole
+/// and printed whole, as the line's root cause).
+#[test]
+fn a_huge_error_body_is_neither_read_nor_printed_whole() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const BIG: usize = 20 << 20;
+    let s = setup!("native");
+    let size = std::sync::Arc::new(AtomicUsize::new(100));
+    let body_size = size.clone();
+    let reg = Hostile::start(move |head, c| {
+        if !is_layer(head) {
+            return false;
+        }
+        let size = body_size.load(Ordering::SeqCst);
+        let _ = write!(
+            c,
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\
+             Content-Length: {size}\r\nConnection: close\r\n\r\n"
+        );
+        let chunk = vec![b'x'; (1 << 16).min(size)];
+        let mut sent = 0;
+        while sent < size && c.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        true
+    });
+    let r = reg.reference();
+    let layer = Hostile::layer_digest();
+    let (small, small_kib) = s.strata_peak(&["pull", "--plain-http", &r]);
+    assert_eq!(small.code, 1, "{}", small.session());
+    size.store(BIG, Ordering::SeqCst);
+    let (run, peak_kib) = s.strata_peak(&["pull", "--plain-http", &r]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    assert!(
+        run.stderr.len() < 2048,
+        "{} bytes on stderr",
+        run.stderr.len()
+    );
+    // The body costs next to nothing (it cost about 3 times its size).
+    if let (Some(small_kib), Some(peak_kib)) = (small_kib, peak_kib) {
+        assert!(
+            peak_kib < small_kib + (BIG / 4 / 1024) as u64,
+            "peak memory {peak_kib} KiB for a {BIG}-byte error body, {small_kib} KiB for 100 bytes"
+        );
+    }
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.session());
+    assert!(
+        lines[0].starts_with("error: ")
+            && lines[0].contains(&format!("blob {layer}"))
+            && lines[0].contains("500")
+            && lines[0].contains("tried 3 times"),
+        "{}",
+        run.session()
+    );
+    let run = s.strata(&["-v", "pull", "--plain-http", &r]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    assert!(
+        run.stderr.len() < 4096,
+        "{} bytes with -v",
+        run.stderr.len()
+    );
+    let run = s.strata(&["-o", "json", "pull", "--plain-http", &r]);
+    assert!(
+        run.stderr.len() < 4096,
+        "{} bytes as JSON",
+        run.stderr.len()
+    );
+    run.fails_json("internal");
+    assert_eq!(s.names(&[]), Vec::<String>::new());
+}
+
 /// A manifest refused with a 500 and a 5 KB page: its text is quoted once, clipped
 /// (it was quoted clipped, then again whole as the line's root cause).
 #[test]
@@ -2221,6 +2295,179 @@ fn a_missing_blob_is_named() {
         run.session()
     );
     assert_eq!(s.names(&[]), Vec::<String>::new());
+}
+
+/// A layer blob shorter than its descriptor says, with an honest Content-Length:
+/// `invalid`, said as such with both sizes, not retried (it was "does not match its
+/// digest").
+#[test]
+fn a_short_blob_is_said_to_be_short() {
+    let s = setup!("native");
+    let reg = Hostile::start(|head, c| {
+        if !is_layer(head) {
+            return false;
+        }
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\nContent-Length: 512\r\nConnection: close\r\n\r\n"
+        );
+        let _ = c.write_all(&Hostile::LAYER[..512]);
+        true
+    });
+    let run = s.fails(&["pull", "--plain-http", &reg.reference()], "invalid");
+    let message = run.json_error()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains(&Hostile::layer_digest())
+            && message.contains("is 512 bytes, but its descriptor says 1024")
+            && !message.contains("tried"),
+        "{}",
+        run.session()
+    );
+    assert!(
+        run.stderr.contains("nothing was committed"),
+        "{}",
+        run.session()
+    );
+    assert_eq!(s.names(&[]), Vec::<String>::new());
+}
+
+/// `STRATA_REGISTRY_TIMEOUT` bounds each read of a blob, not the whole download: a
+/// layer sent in pieces over more than that arrives; one that stops coming is given
+/// up (`internal`, after the tries), naming the blob.
+#[test]
+fn a_blob_may_take_long_but_not_stall() {
+    let s = setup!("native");
+    let reg = Hostile::start(|head, c| {
+        if !is_layer(head) {
+            return false;
+        }
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            Hostile::LAYER.len()
+        );
+        for piece in Hostile::LAYER.chunks(256) {
+            let _ = c.write_all(piece);
+            let _ = c.flush();
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+        true
+    });
+    let env = [("STRATA_REGISTRY_TIMEOUT", "2")];
+    let with = || With {
+        env: &env,
+        ..With::default()
+    };
+    let started = Instant::now();
+    s.strata_with(&["pull", "--plain-http", &reg.reference(), "slow"], with())
+        .success();
+    assert!(started.elapsed() >= Duration::from_secs(3));
+
+    let stalled = Hostile::start(|head, c| {
+        if !is_layer(head) {
+            return false;
+        }
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            Hostile::LAYER.len()
+        );
+        let _ = c.write_all(&Hostile::LAYER[..256]);
+        std::thread::sleep(Duration::from_secs(30));
+        true
+    });
+    // Another store: this one has the layer now.
+    let s = setup!("native");
+    let started = Instant::now();
+    let run = s.strata_with(
+        &[
+            "-o",
+            "json",
+            "pull",
+            "--plain-http",
+            &stalled.reference(),
+            "stalled",
+        ],
+        with(),
+    );
+    let run = run.fails_json("internal");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{}",
+        run.session()
+    );
+    let message = run.json_error()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains(&format!("blob {}", Hostile::layer_digest()))
+            && message.contains("tried 3 times"),
+        "{}",
+        run.session()
+    );
+}
+
+/// A blob redirected to another host (here another port): strata's own download
+/// follows it without the credentials, which went only to the registry.
+#[test]
+fn a_blob_redirect_elsewhere_gets_no_credentials() {
+    let s = setup!("native");
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let storage = TcpListener::bind("127.0.0.1:0").unwrap();
+    let storage_port = storage.local_addr().unwrap().port();
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for mut c in storage.incoming().flatten() {
+            seen.lock().unwrap().push(request_head(&mut c));
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                Hostile::LAYER.len()
+            );
+            let _ = c.write_all(&Hostile::LAYER);
+        }
+    });
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let registry_heads = asked.clone();
+    let reg = Hostile::start(move |head, c| {
+        if !is_layer(head) {
+            return false;
+        }
+        registry_heads.lock().unwrap().push(head.to_string());
+        let _ = write!(
+            c,
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{storage_port}/blob\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        true
+    });
+    let run = s.strata_with(
+        &[
+            "pull",
+            "--plain-http",
+            "-u",
+            "ci",
+            "--password-stdin",
+            &reg.reference(),
+            "img",
+        ],
+        With {
+            stdin: Some(b"s3cret\n"),
+            ..With::default()
+        },
+    );
+    run.success();
+    let asked = asked.lock().unwrap();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].contains("authorization: basic"),
+        "no credentials to the registry: {asked:?}"
+    );
+    let heads = heads.lock().unwrap();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].starts_with("get /blob "), "{heads:?}");
+    assert!(
+        !heads[0].contains("authorization"),
+        "credentials sent on: {heads:?}"
+    );
 }
 
 /// A registry on HTTPS that names a token service on plain HTTP: credentials are not

@@ -376,6 +376,55 @@ impl Store {
         }
     }
 
+    /// [`Store::strata`] under GNU `time`: also the most memory the process had
+    /// resident at once, in KiB; None without `/usr/bin/time`. Measured by `time`, a
+    /// small process, not by `wait4` here: a child's `ru_maxrss` also counts the
+    /// memory of the process it was forked from (this test binary, which may hold
+    /// 100 MB or more while tests run in parallel).
+    pub fn strata_peak(&self, args: &[&str]) -> (Run, Option<u64>) {
+        const TIME: &str = "/usr/bin/time";
+        if !Path::new(TIME).exists() {
+            eprintln!("no {TIME}: the peak memory of `strata` is not measured");
+            return (self.strata(args), None);
+        }
+        let report = self.scratch("time");
+        let out = Command::new(TIME)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("NO_COLOR", "1")
+            .args(["-f", "%M", "-o"])
+            .arg(&report)
+            .arg(BIN)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run the strata binary under time");
+        let mut words = vec![
+            "strata".to_string(),
+            "--root".into(),
+            shell_quote(&self.root.to_string_lossy()),
+        ];
+        words.extend(args.iter().map(|a| shell_quote(a)));
+        // "Command exited with non-zero status N" comes first when it did.
+        let peak = fs::read_to_string(&report)
+            .ok()
+            .and_then(|r| r.lines().last()?.trim().parse().ok());
+        let run = Run {
+            cmdline: words.join(" "),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert!(
+            peak.is_some(),
+            "no peak memory from time: {}",
+            run.session()
+        );
+        (run, peak)
+    }
+
     /// Runs `strata -o json ARGS…` and asserts it fails with the error `kind`.
     #[track_caller]
     pub fn fails(&self, args: &[&str], kind: &str) -> Run {
