@@ -69,7 +69,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         .filter(|i| filters.matches(&InfoFields(i)))
         .collect();
     let printer = &ctx.printer;
-    printer.data(&list, |list| {
+    printer.list(&list, |list| {
         let rows = list
             .iter()
             .map(|i| {

@@ -50,7 +50,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         })
         .collect();
     let printer = &ctx.printer;
-    printer.data(&entries, |list| {
+    printer.list(&entries, |list| {
         let rows = list
             .iter()
             .map(|e| vec![e.name.clone(), human_size(e.size), e.inodes.to_string()])
