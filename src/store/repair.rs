@@ -10,16 +10,19 @@
 //! `rm-*`, is gone), a committed snapshot whose work directory its `commit`
 //! is removing. What stays once the process is gone (killed: its locks die
 //! with it) is reported. Each leftover taken is locked until deleted, so a
-//! concurrent prune or check sees it as work in progress too.
+//! concurrent prune or check sees it as work in progress too; leftovers are
+//! taken in batches, each judged again under the write lock, so that any
+//! number of them needs a bounded number of file descriptors.
 
 use super::error::{IoContext, Result};
 use super::index::{self, SnapshotKind};
 use super::layout::{self, Layout, STAGING_PREFIX, TRASH_PREFIX};
-use super::usage::disk_usage;
+use super::usage::{Usage, disk_usage};
 use super::{Driver, Store, mount};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::hash::Hash;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -87,18 +90,30 @@ impl Store {
                 inodes: 0,
             });
         }
-        let found = {
-            let tx = self.index.write()?;
-            let ids = index::all_own(&tx)?
+        let known = {
+            let tx = self.index.read()?;
+            index::all_own(&tx)?
                 .into_iter()
                 .map(|r| (r.id, r.kind))
-                .collect();
-            let found = leftovers(&self.layout, &ids, !dry_run)?;
-            tx.commit()?;
-            found
+                .collect()
         };
-        let (deleted, mut failed) = delete(found, dry_run);
-        removed.extend(deleted);
+        let how = Sweep {
+            measure: true,
+            delete: !dry_run,
+        };
+        let mut failed = Vec::new();
+        for swept in self.sweep(&known, how)? {
+            let path = swept.path.display().to_string();
+            match swept.error {
+                None => removed.push(Leftover {
+                    kind: swept.kind,
+                    path,
+                    size: swept.usage.size,
+                    inodes: swept.usage.inodes,
+                }),
+                Some(error) => failed.push(Undeleted { path, error }),
+            }
+        }
         failed.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(PruneReport {
             dry_run,
@@ -283,21 +298,14 @@ impl Store {
             p.repaired = repair;
             problems.push(p);
         }
-        // Leftovers: reported, and with --repair deleted as prune would.
-        let found = leftovers(&self.layout, &ids, repair)?;
         tx.commit()?;
-        let leftovers: Vec<(&'static str, PathBuf)> = found
-            .items
-            .iter()
-            .map(|(k, p, _)| (*k, p.clone()))
-            .collect();
-        let failed = if repair {
-            delete(found, false).1
-        } else {
-            Vec::new()
+        // Leftovers: reported, and with --repair deleted as prune would.
+        let how = Sweep {
+            measure: false,
+            delete: repair,
         };
-        for (kind, path) in leftovers {
-            let what = match kind {
+        for swept in self.sweep(&ids, how)? {
+            let what = match swept.kind {
                 "orphan" => "a directory with no index row",
                 "staging" => "a half-made snapshot",
                 "trash" => "a half-removed snapshot",
@@ -305,19 +313,21 @@ impl Store {
                 _ => "a short link of a removed snapshot",
             };
             let mut p = problem(
-                if kind == "orphan" {
+                if swept.kind == "orphan" {
                     "orphan-directory"
                 } else {
                     "leftover"
                 },
                 None,
-                format!("{} is {what}", path.display()),
+                format!("{} is {what}", swept.path.display()),
             );
             p.repaired = repair;
-            if let Some(f) = failed.iter().find(|f| f.path == path.display().to_string()) {
+            if let Some(error) = swept.error {
                 p.repaired = false;
-                p.message
-                    .push_str(&format!("; it could not be deleted: {}", f.error));
+                p.message.push_str(&format!(
+                    "; it could not be {}: {error}",
+                    if repair { "deleted" } else { "looked at" }
+                ));
             }
             problems.push(p);
         }
@@ -325,6 +335,109 @@ impl Store {
             consistent: problems.iter().all(|p| p.repaired),
             problems,
         })
+    }
+
+    /// Finds leftovers (see the top) and, as `how` says, measures and
+    /// deletes them. `known` is the kind of each row of a reading of the
+    /// index made before: what the directory listing (made without the
+    /// write lock) finds is judged again under it, in batches of
+    /// [`batch_size`] leftovers, each locked from then until it is deleted
+    /// (or, without `how.delete`, looked at), so any number of them is
+    /// dealt with in a bounded number of file descriptors (audit: a lock
+    /// held for each of 9,855 leftovers ran out of them, and those past the
+    /// 1,016th were taken for work in progress and never deleted).
+    fn sweep(&mut self, known: &HashMap<i64, SnapshotKind>, how: Sweep) -> Result<Vec<Swept>> {
+        let snapshots = self.layout.snapshots().to_path_buf();
+        let (dirs, links) = candidates(&self.layout, known)?;
+        let mut swept = Vec::new();
+        // Row-less ids whose directories this sweep locked (orphans), and
+        // those another process holds (an `rm` between its commit and its
+        // directory's rename, which deletes their links too).
+        let mut ours = HashSet::new();
+        let mut busy = HashSet::new();
+        for batch in dirs.chunks(batch_size()) {
+            let mut taken = Vec::new();
+            let mut locks = Vec::new();
+            let tx = self.index.write()?;
+            for (kind, path, id) in batch {
+                let kind = match id {
+                    // A row made or removed since the listing: as it is now.
+                    Some(id) => match index::find_id(&tx, *id)?.map(|r| r.kind) {
+                        None => "orphan",
+                        Some(SnapshotKind::Committed) if path.join("work").exists() => "work",
+                        Some(_) => continue,
+                    },
+                    None => *kind,
+                };
+                match claim(path) {
+                    Claim::Held(lock) => locks.push(lock),
+                    Claim::Busy => {
+                        busy.extend(*id);
+                        continue;
+                    }
+                    Claim::Gone => continue,
+                    Claim::Failed(e) => {
+                        swept.push(Swept::failed(kind, path.clone(), e.to_string()));
+                        continue;
+                    }
+                }
+                if kind == "orphan" {
+                    ours.extend(*id);
+                }
+                let path = if kind == "work" {
+                    path.join("work")
+                } else {
+                    path.clone()
+                };
+                taken.push((kind, path.clone(), path));
+            }
+            if how.delete {
+                let mut moved = false;
+                for item in taken.iter_mut() {
+                    if matches!(item.0, "orphan" | "staging") {
+                        let trash = self.layout.trash_path();
+                        // One that cannot be moved (a mount point: EBUSY) is
+                        // deleted where it is, or reported as not deleted.
+                        if fs::rename(&item.1, &trash).is_ok() {
+                            item.2 = trash;
+                            moved = true;
+                        }
+                    }
+                }
+                if moved {
+                    layout::sync_dir(&snapshots)
+                        .ctx(|| format!("cannot sync {}", snapshots.display()))?;
+                }
+            }
+            tx.commit()?;
+            swept.extend(delete(taken, how));
+            drop(locks);
+        }
+        if !links.is_empty() {
+            let mut taken = Vec::new();
+            let tx = self.index.write()?;
+            for (id, path) in links {
+                // A link is a snapshot's while its row is there, and while
+                // its directory is, unless this sweep found that directory
+                // an orphan: another process may be removing the snapshot
+                // (or a directory made after the listing be its own).
+                let live = match id {
+                    Some(id) => {
+                        busy.contains(&id)
+                            || index::find_id(&tx, id)?.is_some()
+                            || (!ours.contains(&id)
+                                && fs::symlink_metadata(self.layout.dir(id)).is_ok())
+                    }
+                    None => false,
+                };
+                if !live {
+                    taken.push(("link", path.clone(), path));
+                }
+            }
+            tx.commit()?;
+            swept.extend(delete(taken, how));
+        }
+        Ok(swept)
     }
 
     /// Checks the index itself; false when it is damaged, and nothing
@@ -428,28 +541,54 @@ fn problem(kind: &'static str, snapshot: Option<&str>, message: String) -> Probl
     }
 }
 
-/// Leftovers found in one look under the index's write lock.
-struct Found {
-    /// (kind, path as found, path to delete): see [`Leftover::kind`].
-    items: Vec<(&'static str, PathBuf, PathBuf)>,
-    /// The locks of their directories, held until they are deleted.
-    _locks: Vec<fs::File>,
+/// What a sweep does with each leftover it finds: measures it (for prune's
+/// report), deletes it; with neither, only lists it.
+#[derive(Clone, Copy)]
+struct Sweep {
+    measure: bool,
+    delete: bool,
 }
 
-/// Finds leftovers; called under the index's write lock with the kinds of
-/// the index's rows by id, and skipping what a live process is working on
-/// (see the top). With `take`, each orphan and staging directory is moved to
-/// a trash name under the lock (so no concurrent operation can claim it),
-/// and its returned path to delete is the trash path.
-fn leftovers(layout: &Layout, ids: &HashMap<i64, SnapshotKind>, take: bool) -> Result<Found> {
-    let snapshots = layout.snapshots().to_path_buf();
-    let mut items = Vec::new();
-    let mut locks = Vec::new();
-    // Row-less ids whose directory another process holds: an `rm` between
-    // its commit and its directory's rename, which deletes their links too.
-    let mut busy = HashSet::new();
-    let entries =
-        fs::read_dir(&snapshots).ctx(|| format!("cannot read {}", snapshots.display()))?;
+/// A leftover a sweep found.
+struct Swept {
+    /// See [`Leftover::kind`].
+    kind: &'static str,
+    /// Where it was found.
+    path: PathBuf,
+    /// Measured only when asked.
+    usage: Usage,
+    /// Why it could not be looked at or deleted; the others are.
+    error: Option<String>,
+}
+
+impl Swept {
+    fn failed(kind: &'static str, path: PathBuf, error: String) -> Swept {
+        Swept {
+            kind,
+            path,
+            usage: Usage::default(),
+            error: Some(error),
+        }
+    }
+}
+
+/// A directory under `snapshots/` that may be a leftover: its kind as far
+/// as the listing tells (a snapshot's is judged by its row), its path, and
+/// for a snapshot's directory its id.
+type Candidate = (&'static str, PathBuf, Option<i64>);
+
+/// Lists what may be leftovers, without any lock: directories under
+/// `snapshots/` (see [`Candidate`]), skipping those of the rows of `known`
+/// that cannot be (all but committed ones with a work directory), and the
+/// short links in `l/`, with their ids.
+#[allow(clippy::type_complexity)]
+fn candidates(
+    layout: &Layout,
+    known: &HashMap<i64, SnapshotKind>,
+) -> Result<(Vec<Candidate>, Vec<(Option<i64>, PathBuf)>)> {
+    let snapshots = layout.snapshots();
+    let mut dirs = Vec::new();
+    let entries = fs::read_dir(snapshots).ctx(|| format!("cannot read {}", snapshots.display()))?;
     for entry in entries {
         let entry = entry.ctx(|| format!("cannot read {}", snapshots.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -459,7 +598,7 @@ fn leftovers(layout: &Layout, ids: &HashMap<i64, SnapshotKind>, take: bool) -> R
         // `007` was taken for snapshot 7's, or deleted as an orphan).
         let id = name.parse::<i64>().ok().filter(|id| id.to_string() == name);
         let kind = if let Some(id) = id {
-            match ids.get(&id) {
+            match known.get(&id) {
                 None => "orphan",
                 Some(SnapshotKind::Committed) if path.join("work").exists() => "work",
                 Some(_) => continue,
@@ -474,83 +613,83 @@ fn leftovers(layout: &Layout, ids: &HashMap<i64, SnapshotKind>, take: bool) -> R
         } else {
             continue;
         };
-        let Some(lock) = claim(&path) else {
-            busy.extend(id);
-            continue;
-        };
-        locks.push(lock);
-        let path = if kind == "work" {
-            path.join("work")
-        } else {
-            path
-        };
-        items.push((kind, path.clone(), path));
+        dirs.push((kind, path, id));
     }
+    let mut links = Vec::new();
     if let Ok(entries) = fs::read_dir(layout.links()) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let live = i64::from_str_radix(&name, 36)
-                .ok()
-                .is_some_and(|id| ids.contains_key(&id) || busy.contains(&id));
-            if !live {
-                items.push(("link", entry.path(), entry.path()));
+            let id = i64::from_str_radix(&name, 36).ok();
+            if id.is_some_and(|id| known.contains_key(&id)) {
+                continue;
             }
+            links.push((id, entry.path()));
         }
     }
-    if take {
-        for item in items.iter_mut() {
-            if matches!(item.0, "orphan" | "staging") {
-                let trash = layout.trash_path();
-                // One that cannot be moved (a mount point: EBUSY) is
-                // deleted where it is, or reported as not deleted.
-                if fs::rename(&item.1, &trash).is_ok() {
-                    item.2 = trash;
+    Ok((dirs, links))
+}
+
+/// How many leftovers a sweep locks at once: a quarter of the file
+/// descriptors the process may open, the rest left for measuring and
+/// deleting them, and for the index.
+fn batch_size() -> usize {
+    use rustix::process::{Resource, getrlimit};
+    let limit = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    usize::try_from(limit / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(8, 1024)
+}
+
+/// Measures and deletes (as `how` says) the leftovers `taken`, each given
+/// as (kind, path as found, path to delete). One that cannot be deleted is
+/// returned with the reason, and the others are still deleted (audit: the
+/// first failure stopped prune and check --repair, every time, with the
+/// rest left).
+fn delete(taken: Vec<(&'static str, PathBuf, PathBuf)>, how: Sweep) -> Vec<Swept> {
+    // Read once for them all (it was read again for each: audit).
+    let points = if how.delete && !taken.is_empty() {
+        mount::mount_points().unwrap_or_default()
+    } else {
+        HashSet::new()
+    };
+    let mut swept = Vec::new();
+    for (kind, original, trash) in taken {
+        let usage = if how.measure {
+            disk_usage(&trash).unwrap_or_default()
+        } else {
+            Usage::default()
+        };
+        if how.delete {
+            unmount_below(&trash, &points);
+            // By what is there, not by the name: a file named like a
+            // snapshot directory, a directory among the links.
+            let is_dir = fs::symlink_metadata(&trash).is_ok_and(|m| m.is_dir());
+            let gone = if is_dir {
+                layout::remove_tree(&trash)
+            } else {
+                fs::remove_file(&trash)
+            };
+            match gone {
+                Ok(()) => {}
+                // A link another prune deleted meanwhile (links have no
+                // lock): not this one's.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && kind == "link" => {
+                    continue;
+                }
+                Err(e) => {
+                    swept.push(Swept::failed(kind, original, e.to_string()));
+                    continue;
                 }
             }
         }
-        layout::sync_dir(&snapshots).ctx(|| format!("cannot sync {}", snapshots.display()))?;
-    }
-    Ok(Found {
-        items,
-        _locks: locks,
-    })
-}
-
-/// Deletes the leftovers `found` (only measures them with `dry_run`), then
-/// lets their locks go. One that cannot be deleted is returned with the
-/// reason, and the others are still deleted (audit: the first failure
-/// stopped prune and check --repair, every time, with the rest left).
-fn delete(found: Found, dry_run: bool) -> (Vec<Leftover>, Vec<Undeleted>) {
-    let mut removed = Vec::new();
-    let mut failed = Vec::new();
-    for (kind, original, trash) in &found.items {
-        let usage = disk_usage(trash).unwrap_or_default();
-        if !dry_run {
-            unmount_below(trash);
-            // By what is there, not by the name: a file named like a
-            // snapshot directory, a directory among the links.
-            let is_dir = fs::symlink_metadata(trash).is_ok_and(|m| m.is_dir());
-            let gone = if is_dir {
-                layout::remove_tree(trash)
-            } else {
-                fs::remove_file(trash)
-            };
-            if let Err(e) = gone {
-                failed.push(Undeleted {
-                    path: original.display().to_string(),
-                    error: e.to_string(),
-                });
-                continue;
-            }
-        }
-        removed.push(Leftover {
+        swept.push(Swept {
             kind,
-            path: original.display().to_string(),
-            size: usage.size,
-            inodes: usage.inodes,
+            path: original,
+            usage,
+            error: None,
         });
     }
-    (removed, failed)
+    swept
 }
 
 /// The cycles of the parent links `parent` (child to parent), each listed
@@ -583,13 +722,42 @@ pub fn parent_cycles<K: Copy + Eq + Hash + Ord>(parent: &HashMap<K, K>) -> Vec<V
     cycles
 }
 
+/// What [`claim`] found.
+enum Claim {
+    /// Locked by this process, until the file is dropped.
+    Held(fs::File),
+    /// Another process holds its lock: it is working on it.
+    Busy,
+    /// Not there any more (its holder finished with it meanwhile).
+    Gone,
+    /// It could not be locked (out of file descriptors, say): neither work
+    /// in progress nor a leftover, as far as this process can tell.
+    Failed(std::io::Error),
+}
+
 /// Locks directory `path` unless another process holds its lock (it is
-/// working on it) or it is gone; the lock is held while the file is.
-fn claim(path: &Path) -> Option<fs::File> {
-    let dir = fs::File::open(path).ok()?;
+/// working on it) or it is gone. Only `EWOULDBLOCK` means held: any other
+/// error is one (audit: running out of file descriptors made every
+/// leftover past the limit look held, and prune skipped them silently).
+fn claim(path: &Path) -> Claim {
+    let dir = match fs::File::open(path) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Claim::Gone,
+        Err(e) => return Claim::Failed(e),
+    };
     match dir.try_lock() {
-        Ok(()) => Some(dir),
-        Err(_) => None,
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Claim::Busy,
+        Err(fs::TryLockError::Error(e)) => return Claim::Failed(e),
+    }
+    // The holder waited for may have deleted it (another prune) between
+    // the open and the lock: then the name is gone, or another's.
+    match (dir.metadata(), fs::metadata(path)) {
+        (Ok(held), Ok(now)) if held.dev() == now.dev() && held.ino() == now.ino() => {
+            Claim::Held(dir)
+        }
+        (Err(e), _) => Claim::Failed(e),
+        _ => Claim::Gone,
     }
 }
 
@@ -645,11 +813,8 @@ fn is_zombie(pid: i32) -> bool {
 
 /// Detaches anything still mounted inside a directory about to be deleted
 /// (a process killed while testing overlay support, say), so deleting never
-/// reaches into a mounted tree.
-fn unmount_below(path: &Path) {
-    let Ok(points) = mount::mount_points() else {
-        return;
-    };
+/// reaches into a mounted tree; `points` are the mount points.
+fn unmount_below(path: &Path, points: &HashSet<PathBuf>) {
     let mut below: Vec<&PathBuf> = points.iter().filter(|p| p.starts_with(path)).collect();
     below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in below {
