@@ -1,24 +1,26 @@
 //! `prune` and `check`: finding and removing what interrupted work left
 //! behind, and verifying that the index and the disk agree.
 //!
-//! Both look at the snapshot directory while holding the index's write lock,
-//! so no create can be between its rename and its commit, and no remove
-//! between its commit and its lock's release. What a live process is still
-//! working on holds that process's lock, and is skipped: a directory being
-//! built (`new-*`, locked by its builder), or deleted (an `rm` holds the
-//! snapshot's lock from before its commit until its directory, renamed
-//! `rm-*`, is gone), a committed snapshot whose work directory its `commit`
-//! is removing. What stays once the process is gone (killed: its locks die
-//! with it) is reported. Each leftover taken is locked until deleted, so a
-//! concurrent prune or check sees it as work in progress too; leftovers are
-//! taken in batches, each judged again under the write lock, so that any
-//! number of them needs a bounded number of file descriptors.
+//! Both look at the disk without the index's write lock (a store of
+//! 100,000 snapshots kept writers waiting for seconds), then judge what
+//! they found again holding it, so no create can be between its rename and
+//! its commit, and no remove between its commit and its lock's release:
+//! only what is still wrong then is reported or repaired. What a live
+//! process is still working on holds that process's lock, and is skipped: a
+//! directory being built (`new-*`, locked by its builder), or deleted (an
+//! `rm` holds the snapshot's lock from before its commit until its
+//! directory, renamed `rm-*`, is gone), a committed snapshot whose work
+//! directory its `commit` is removing. What stays once the process is gone
+//! (killed: its locks die with it) is reported. Each leftover taken is
+//! locked until deleted, so a concurrent prune or check sees it as work in
+//! progress too; leftovers are taken in batches, so that any number of them
+//! needs a bounded number of file descriptors.
 
 use super::error::{IoContext, Result};
 use super::index::{self, SnapshotKind};
 use super::layout::{self, Layout, STAGING_PREFIX, TRASH_PREFIX};
 use super::usage::{Usage, disk_usage};
-use super::{Driver, Store, mount};
+use super::{Driver, Store, crash, mount};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::hash::Hash;
@@ -139,16 +141,16 @@ impl Store {
             });
         }
         let driver = self.driver()?;
-        // One look while holding the write lock, as prune's (see the top).
-        let tx = self.index.write()?;
-        let rows = index::all(&tx)?;
+        // One consistent reading of the index, let go before the disk is
+        // looked at: a read transaction would keep writers from committing.
+        let (rows, records) = {
+            let tx = self.index.read()?;
+            (index::all(&tx)?, index::mounts(&tx)?)
+        };
         let by_id: HashMap<i64, &index::Row> = rows.iter().map(|r| (r.id, r)).collect();
-        // The kinds of the rows left (--repair may forget some).
-        let mut ids: HashMap<i64, SnapshotKind> = rows.iter().map(|r| (r.id, r.kind)).collect();
-        let mut children: HashSet<i64> = HashSet::new();
+        // Problems of the index alone: no transaction shows one half made.
         for row in &rows {
             if let Some(p) = row.parent_id {
-                children.insert(p);
                 match by_id.get(&p) {
                     None => problems.push(problem(
                         "broken-parent",
@@ -189,122 +191,38 @@ impl Store {
             }
             problems.push(p);
         }
-        // Only a directory that is not there (ENOENT) is missing: one that
-        // cannot be looked at, or a store whose every snapshot directory is
-        // gone at once (`snapshots/` on a disk not mounted yet, or moved),
-        // says nothing of the data, and forgetting its row would let the
-        // next `prune` delete the data once it is back (audit).
-        let dirs: Vec<(PathBuf, Shape)> = rows
+        // The walk, without the write lock (a store of 100,000 snapshots
+        // kept writers waiting for seconds, past SQLite's busy timeout at a
+        // few hundred thousand: audit). What it finds may be work that
+        // another process finished meanwhile (an `rm` renaming a directory
+        // away, a commit removing its work directory): each such row is
+        // looked at again under the write lock, and only what is still wrong
+        // then is a problem.
+        crash::point("check:walking");
+        let suspects: Vec<i64> = rows
             .iter()
-            .map(|r| {
-                let dir = self.layout.dir(r.id);
-                let found = shape(&dir);
-                (dir, found)
-            })
+            .filter(|r| look(&self.layout, r, driver).is_some())
+            .map(|r| r.id)
             .collect();
-        let none_there = !rows.is_empty() && dirs.iter().all(|(_, s)| matches!(s, Shape::Missing));
-        for (row, (dir, found)) in rows.iter().zip(dirs) {
-            match found {
-                Shape::Dir => {}
-                Shape::Missing => {
-                    let mut p = problem(
-                        "missing-directory",
-                        Some(&row.name),
-                        format!(
-                            "snapshot `{}` ({}) has no directory {}",
-                            row.name,
-                            row.kind,
-                            dir.display()
-                        ),
-                    );
-                    // Its data is gone either way; forgetting a leaf is safe.
-                    if repair && none_there {
-                        p.message.push_str(
-                            "; not repaired: no snapshot of the store has its directory (is snapshots/ on a file system not mounted, or moved?)",
-                        );
-                    } else if repair && !children.contains(&row.id) {
-                        index::delete(&tx, row.id)?;
-                        ids.remove(&row.id);
-                        p.repaired = true;
-                        p.message.push_str("; its index row was removed");
-                    }
-                    problems.push(p);
-                    continue;
-                }
-                Shape::Other(what) => {
-                    problems.push(problem(
-                        "bad-shape",
-                        Some(&row.name),
-                        format!(
-                            "snapshot `{}`'s directory {} {what}; left as it is",
-                            row.name,
-                            dir.display()
-                        ),
-                    ));
-                    continue;
-                }
+        let (_, stale) = super::live_and_stale(records)?;
+        // The kinds of the rows left (--repair may forget some).
+        let mut known: HashMap<i64, SnapshotKind> = rows.iter().map(|r| (r.id, r.kind)).collect();
+        if !suspects.is_empty() || !stale.is_empty() {
+            let tx = self.index.write()?;
+            for id in judge_rows(&self.layout, &tx, &suspects, driver, repair, &mut problems)? {
+                known.remove(&id);
             }
-            let tree = self.layout.fs(row.id);
-            if !matches!(shape(&tree), Shape::Dir) {
-                problems.push(problem(
-                    "bad-shape",
-                    Some(&row.name),
-                    format!(
-                        "snapshot `{}` has no tree {} (missing, or not a directory of its own)",
-                        row.name,
-                        tree.display()
-                    ),
-                ));
+            if !stale.is_empty() {
+                judge_records(&self.layout, &tx, repair, &mut problems)?;
             }
-            let work = self.layout.work(row.id);
-            if driver == Some(Driver::Overlay)
-                && row.kind == SnapshotKind::Active
-                && !matches!(shape(&work), Shape::Dir)
-            {
-                let mut p = problem(
-                    "bad-shape",
-                    Some(&row.name),
-                    format!(
-                        "active snapshot `{}` has no overlay work directory {}",
-                        row.name,
-                        work.display()
-                    ),
-                );
-                if repair && fs::create_dir(&work).is_ok() {
-                    p.repaired = true;
-                    p.message.push_str("; it was recreated");
-                }
-                problems.push(p);
-            }
+            tx.commit()?;
         }
-        // A record whose mount is gone, except while a commit or `rm -f`
-        // unmounting the snapshot (holding its lock) has yet to drop it.
-        let (_, mut stale) = super::live_and_stale(index::mounts(&tx)?)?;
-        stale.retain(|r| !held(&self.layout.dir(r.snapshot_id)));
-        for r in &stale {
-            if repair {
-                index::remove_mount(&tx, &r.target)?;
-            }
-            let name = by_id.get(&r.snapshot_id).map(|r| r.name.clone());
-            let mut p = problem(
-                "stale-mount-record",
-                name.as_deref(),
-                format!(
-                    "snapshot `{}` is recorded as mounted at {}, which is not mounted",
-                    name.as_deref().unwrap_or("?"),
-                    r.target
-                ),
-            );
-            p.repaired = repair;
-            problems.push(p);
-        }
-        tx.commit()?;
         // Leftovers: reported, and with --repair deleted as prune would.
         let how = Sweep {
             measure: false,
             delete: repair,
         };
-        for swept in self.sweep(&ids, how)? {
+        for swept in self.sweep(&known, how)? {
             let what = match swept.kind {
                 "orphan" => "a directory with no index row",
                 "staging" => "a half-made snapshot",
@@ -511,6 +429,148 @@ impl Store {
     }
 }
 
+/// Looks again, under the write lock `tx`, at the rows `suspects` whose
+/// directories the walk found wrong, and reports (with `repair`,
+/// repairs) what is still wrong: a row removed meanwhile, or an active
+/// committed (its work directory removed), is not a problem. Returns the
+/// ids of the rows forgotten.
+fn judge_rows(
+    layout: &Layout,
+    tx: &index::Transaction<'_>,
+    suspects: &[i64],
+    driver: Option<Driver>,
+    repair: bool,
+    problems: &mut Vec<Problem>,
+) -> Result<Vec<i64>> {
+    let mut forgotten = Vec::new();
+    let mut wrong = Vec::new();
+    for &id in suspects {
+        if let Some(row) = index::find_id(tx, id)?
+            && let Some(found) = look(layout, &row, driver)
+        {
+            // Judged before any repair: only a leaf as the index had it
+            // is forgotten.
+            let leaf = index::children(tx, id)?.is_empty();
+            wrong.push((row, found, leaf));
+        }
+    }
+    // Only a directory that is not there (ENOENT) is missing: one that
+    // cannot be looked at, or a store whose every snapshot directory is
+    // gone at once (`snapshots/` on a disk not mounted yet, or moved),
+    // says nothing of the data, and forgetting its row would let the
+    // next `prune` delete the data once it is back (audit).
+    let rows: i64 = tx.query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))?;
+    let missing = wrong
+        .iter()
+        .filter(|(_, f, _)| matches!(f.dir, Shape::Missing))
+        .count();
+    let none_there = rows > 0 && missing as i64 == rows;
+    for (row, found, leaf) in wrong {
+        let dir = layout.dir(row.id);
+        match found.dir {
+            Shape::Dir => {}
+            Shape::Missing => {
+                let mut p = problem(
+                    "missing-directory",
+                    Some(&row.name),
+                    format!(
+                        "snapshot `{}` ({}) has no directory {}",
+                        row.name,
+                        row.kind,
+                        dir.display()
+                    ),
+                );
+                // Its data is gone either way; forgetting a leaf is safe.
+                if repair && none_there {
+                    p.message.push_str(
+                        "; not repaired: no snapshot of the store has its directory (is snapshots/ on a file system not mounted, or moved?)",
+                    );
+                } else if repair && leaf {
+                    index::delete(tx, row.id)?;
+                    forgotten.push(row.id);
+                    p.repaired = true;
+                    p.message.push_str("; its index row was removed");
+                }
+                problems.push(p);
+                continue;
+            }
+            Shape::Other(what) => {
+                problems.push(problem(
+                    "bad-shape",
+                    Some(&row.name),
+                    format!(
+                        "snapshot `{}`'s directory {} {what}; left as it is",
+                        row.name,
+                        dir.display()
+                    ),
+                ));
+                continue;
+            }
+        }
+        if found.tree_bad {
+            problems.push(problem(
+                "bad-shape",
+                Some(&row.name),
+                format!(
+                    "snapshot `{}` has no tree {} (missing, or not a directory of its own)",
+                    row.name,
+                    layout.fs(row.id).display()
+                ),
+            ));
+        }
+        if found.work_missing {
+            let work = layout.work(row.id);
+            let mut p = problem(
+                "bad-shape",
+                Some(&row.name),
+                format!(
+                    "active snapshot `{}` has no overlay work directory {}",
+                    row.name,
+                    work.display()
+                ),
+            );
+            if repair && fs::create_dir(&work).is_ok() {
+                p.repaired = true;
+                p.message.push_str("; it was recreated");
+            }
+            problems.push(p);
+        }
+    }
+    Ok(forgotten)
+}
+
+/// Reports (with `repair`, drops) the mount records stale under the
+/// write lock `tx`: a target mounted again since the first look has a
+/// new, live record. A record whose snapshot a commit or `rm -f`
+/// unmounting it holds (it has yet to drop it) is not stale.
+fn judge_records(
+    layout: &Layout,
+    tx: &index::Transaction<'_>,
+    repair: bool,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
+    let (_, mut stale) = super::live_and_stale(index::mounts(tx)?)?;
+    stale.retain(|r| !held(&layout.dir(r.snapshot_id)));
+    for r in &stale {
+        if repair {
+            index::remove_mount(tx, &r.target)?;
+        }
+        let name = index::find_id(tx, r.snapshot_id)?.map(|r| r.name);
+        let mut p = problem(
+            "stale-mount-record",
+            name.as_deref(),
+            format!(
+                "snapshot `{}` is recorded as mounted at {}, which is not mounted",
+                name.as_deref().unwrap_or("?"),
+                r.target
+            ),
+        );
+        p.repaired = repair;
+        problems.push(p);
+    }
+    Ok(())
+}
+
 /// What is at a snapshot's directory.
 enum Shape {
     Dir,
@@ -530,6 +590,37 @@ fn shape(path: &Path) -> Shape {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Shape::Missing,
         Err(e) => Shape::Other(format!("cannot be looked at ({e})")),
     }
+}
+
+/// What is wrong with the directories of a snapshot.
+struct Wrong {
+    /// Its directory's shape; the rest is looked at only when a directory.
+    dir: Shape,
+    /// Its tree is not a directory of its own.
+    tree_bad: bool,
+    /// An active snapshot of the overlay driver without its work directory.
+    work_missing: bool,
+}
+
+/// What is wrong with row `row`'s directories, if anything.
+fn look(layout: &Layout, row: &index::Row, driver: Option<Driver>) -> Option<Wrong> {
+    let dir = shape(&layout.dir(row.id));
+    if !matches!(dir, Shape::Dir) {
+        return Some(Wrong {
+            dir,
+            tree_bad: false,
+            work_missing: false,
+        });
+    }
+    let tree_bad = !matches!(shape(&layout.fs(row.id)), Shape::Dir);
+    let work_missing = driver == Some(Driver::Overlay)
+        && row.kind == SnapshotKind::Active
+        && !matches!(shape(&layout.work(row.id)), Shape::Dir);
+    (tree_bad || work_missing).then_some(Wrong {
+        dir,
+        tree_bad,
+        work_missing,
+    })
 }
 
 fn problem(kind: &'static str, snapshot: Option<&str>, message: String) -> Problem {
