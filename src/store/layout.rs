@@ -262,33 +262,10 @@ impl Drop for Staging {
 }
 
 /// Removes a tree, tolerating entries that vanish meanwhile (prune may be
-/// deleting the same tree).
+/// deleting the same tree), with a bounded number of directories open
+/// however deep it is (see [`super::remover`]).
 pub fn remove_tree(path: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            // Read-only directories inside a tree (e.g. 0555) block unlink of
-            // their entries; make them writable and try again.
-            make_writable(path);
-            match fs::remove_dir_all(path) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            }
-        }
-        _ => Ok(()),
-    }
-}
-
-fn make_writable(path: &Path) {
-    if let Ok(meta) = path.symlink_metadata()
-        && meta.is_dir()
-    {
-        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
-        if let Ok(entries) = fs::read_dir(path) {
-            for entry in entries.flatten() {
-                make_writable(&entry.path());
-            }
-        }
-    }
+    super::remover::remove_tree(path)
 }
 
 /// Makes directory `path` with the owner and mode of `like` (a parent

@@ -21,6 +21,7 @@ pub(crate) mod longpath;
 pub mod mount;
 pub mod newfile;
 pub mod parallel;
+pub(crate) mod remover;
 pub mod repair;
 pub(crate) mod target;
 pub mod time;

@@ -325,3 +325,79 @@ fn a_wal_mode_index_switches_to_the_journal_when_alone() {
     assert!(!store.root.join("index.db-shm").exists());
     store.strata(&["check"]).success();
 }
+
+/// `strata --root ROOT ARGS…` with a soft limit of `files` open files, as
+/// under `ulimit -n FILES`.
+fn strata_limited(store: &Store, files: u64, args: &[&str]) -> Run {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    use std::os::unix::process::CommandExt;
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let mut cmd = command(&store.root, args);
+    // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs.
+    unsafe {
+        cmd.pre_exec(move || {
+            setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(files),
+                    maximum: hard,
+                },
+            )
+            .map_err(Into::into)
+        });
+    }
+    let out = cmd.output().unwrap();
+    let mut words = vec![format!("ulimit -n {files}; strata")];
+    words.extend(args.iter().map(|a| shell_quote(a)));
+    Run {
+        cmdline: words.join(" "),
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `check` finds the store consistent, and no directory is left under
+/// `snapshots/` (nor any short link).
+#[track_caller]
+fn empty_and_consistent(store: &Store) {
+    store.strata(&["check"]).success();
+    assert_eq!(store.names(&[]), Vec::<String>::new());
+    assert_eq!(store.snapshot_dirs(), Vec::<String>::new());
+    let links = store.root.join("l");
+    if links.exists() {
+        assert_eq!(fs::read_dir(&links).unwrap().count(), 0, "links left");
+    }
+}
+
+/// Removing a snapshot whose tree nests 1,500 directories, its paths far
+/// longer than `PATH_MAX`, under `ulimit -n 256` (audit: std's
+/// `remove_dir_all` keeps a directory open per level, so `rm` failed with
+/// "os error 24" past ~1,000 levels under `ulimit -n 1024`, and left an
+/// `rm-*` directory that prune could not delete either).
+fn rm_of_a_deep_tree_under_a_low_file_limit(driver: &str) {
+    let store = Store::uninitialized(driver);
+    store.strata(&["init", "--driver", driver]).success();
+    store.strata(&["prepare", "uc"]).success();
+    let top = writable_dir(&store, "uc");
+    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY;
+    let mode = rustix::fs::Mode::from_raw_mode(0o755);
+    let mut dir = rustix::fs::open(&top, flags, rustix::fs::Mode::empty()).unwrap();
+    for _ in 0..1_500 {
+        let file = rustix::fs::openat(
+            &dir,
+            "f",
+            rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY,
+            mode,
+        )
+        .unwrap();
+        drop(file);
+        rustix::fs::mkdirat(&dir, "level-12345", mode).unwrap();
+        dir = rustix::fs::openat(&dir, "level-12345", flags, rustix::fs::Mode::empty()).unwrap();
+    }
+    drop(dir);
+    strata_limited(&store, 256, &["rm", "uc"]).success();
+    empty_and_consistent(&store);
+}
+
+both_drivers!(rm_of_a_deep_tree_under_a_low_file_limit);
