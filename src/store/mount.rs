@@ -12,7 +12,7 @@
 //! Bind mounts use `open_tree`/`mount_setattr`/`move_mount`, falling back to
 //! mount(2) with `MS_BIND` plus a read-only remount.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fmt;
 use std::io;
@@ -156,28 +156,49 @@ impl MountTable {
     /// inode its root shows: `fs` itself for a bind; for an overlay on one
     /// file system, the upper root's inode number (on the overlay's device).
     pub fn showing(&self, fs: &Path) -> Vec<PathBuf> {
-        use std::os::unix::fs::MetadataExt;
-        // `snapshots/ID/fs`: the path below the store's root.
-        let tail = fs
-            .ancestors()
-            .nth(3)
-            .and_then(|root| fs.strip_prefix(root).ok())
-            .unwrap_or(fs);
-        let Ok(own) = std::fs::metadata(fs) else {
-            return Vec::new();
-        };
-        let shows = |point: &Path, same_dev: bool| {
-            std::fs::metadata(point)
-                .is_ok_and(|m| m.ino() == own.ino() && (!same_dev || m.dev() == own.dev()))
-        };
-        self.mounts
-            .iter()
-            .filter(|m| match &m.upper {
-                Some(upper) => upper == fs || (upper.ends_with(tail) && shows(&m.point, false)),
-                None => m.root.ends_with(tail) && shows(&m.point, true),
-            })
-            .map(|m| m.point.clone())
-            .collect()
+        showing_among(self.mounts.iter(), fs)
+    }
+
+    /// The first of the snapshot directories `dirs` (each given with a
+    /// `T` to return) that some mount shows, as [`MountTable::showing`]
+    /// says, and where; mounts at a point of `known` are passed over. The
+    /// mounts are filed once by the last three names
+    /// of the path they are judged by, so each directory costs a lookup
+    /// rather than a pass over the table (audit: `rm -r` of 10,000
+    /// snapshots with 3,000 mounts).
+    pub fn first_showing<T>(
+        &self,
+        dirs: impl IntoIterator<Item = (T, PathBuf)>,
+        known: &HashSet<&Path>,
+    ) -> Option<(T, PathBuf)> {
+        let mut by_tail: HashMap<PathBuf, Vec<&MountEntry>> = HashMap::new();
+        for m in &self.mounts {
+            if known.contains(m.point.as_path()) {
+                continue;
+            }
+            if let Some(tail) = last_three(m.upper.as_deref().unwrap_or(&m.root)) {
+                by_tail.entry(tail).or_default().push(m);
+            }
+        }
+        for (what, fs) in dirs {
+            let found = match last_three(&fs) {
+                Some(tail) => match by_tail.get(&tail) {
+                    Some(mounts) => showing_among(mounts.iter().copied(), &fs),
+                    None => continue,
+                },
+                // Not under a store's root: judged against every mount.
+                None => showing_among(
+                    self.mounts
+                        .iter()
+                        .filter(|m| !known.contains(m.point.as_path())),
+                    &fs,
+                ),
+            };
+            if let Some(point) = found.into_iter().next() {
+                return Some((what, point));
+            }
+        }
+        None
     }
 
     /// Where the mounts inside mount `id` (mounted on a directory of it)
@@ -197,6 +218,51 @@ impl MountTable {
             .find(|m| m.id == id)
             .map(|m| m.identity.as_str())
     }
+}
+
+/// The body of [`MountTable::showing`], over `mounts`.
+fn showing_among<'a>(mounts: impl Iterator<Item = &'a MountEntry>, fs: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    // `snapshots/ID/fs`: the path below the store's root.
+    let tail = fs
+        .ancestors()
+        .nth(3)
+        .and_then(|root| fs.strip_prefix(root).ok())
+        .unwrap_or(fs);
+    // Looked at only once a mount's path matches (most directories have
+    // none): a directory that is not there is shown by none.
+    let mut own: Option<Option<std::fs::Metadata>> = None;
+    let mut found = Vec::new();
+    for m in mounts {
+        let (exact, candidate, same_dev) = match &m.upper {
+            Some(upper) => (upper == fs, upper == fs || upper.ends_with(tail), false),
+            None => (false, m.root.ends_with(tail), true),
+        };
+        if !candidate {
+            continue;
+        }
+        let Some(own) = own.get_or_insert_with(|| std::fs::metadata(fs).ok()) else {
+            return Vec::new();
+        };
+        let shows = exact
+            || std::fs::metadata(&m.point)
+                .is_ok_and(|p| p.ino() == own.ino() && (!same_dev || p.dev() == own.dev()));
+        if shows {
+            found.push(m.point.clone());
+        }
+    }
+    found
+}
+
+/// The last three names of `path` (`snapshots/ID/fs` of a snapshot's
+/// directory), by which [`MountTable::first_showing`] files mounts.
+fn last_three(path: &Path) -> Option<PathBuf> {
+    let mut names: Vec<Component<'_>> = path.components().rev().take(3).collect();
+    if names.len() < 3 {
+        return None;
+    }
+    names.reverse();
+    Some(names.into_iter().collect())
 }
 
 /// The id of the mount on top at `path` (`statx` with `STATX_MNT_ID`).
@@ -1949,7 +2015,25 @@ mod tests {
         let table = MountTable {
             mounts: parse_mountinfo(relative.as_bytes()),
         };
-        assert_eq!(table.showing(&fs), vec![fs]);
+        assert_eq!(table.showing(&fs), vec![fs.clone()]);
+
+        // Many directories at once, as `rm -r` asks: the same answer, the
+        // first directory shown; a mount at a known point is passed over.
+        let other = tmp.path().join("st,x/snapshots/5/fs");
+        std::fs::create_dir_all(&other).unwrap();
+        let none = HashSet::new();
+        let dirs = || [(5, other.clone()), (4, fs.clone())];
+        assert_eq!(table.first_showing(dirs(), &none), Some((4, fs.clone())));
+        assert_eq!(table.first_showing([(5, other.clone())], &none), None);
+        let known = HashSet::from([fs.as_path()]);
+        assert_eq!(table.first_showing(dirs(), &known), None);
+        let table = MountTable {
+            mounts: parse_mountinfo(info.as_bytes()),
+        };
+        assert_eq!(
+            table.first_showing(dirs(), &none),
+            Some((4, PathBuf::from("/mnt/o")))
+        );
     }
 
     #[test]
