@@ -370,6 +370,48 @@ fn empty_and_consistent(store: &Store) {
     }
 }
 
+/// `rm -r` of a subtree of 1,500 snapshots under `ulimit -n 256`: it goes
+/// in batches, each holding its own locks, so it succeeds (audit: it held
+/// a lock, an open directory, on every snapshot, and failed with "No file
+/// descriptors available" past ~1,000 under `ulimit -n 1024`, removing
+/// nothing). A snapshot mounted anywhere in the subtree (here one the last
+/// batch would reach) refuses the whole `rm -r` before anything goes.
+#[test]
+fn rm_r_of_a_big_subtree_under_a_low_file_limit() {
+    let store = setup!("overlay");
+    store.strata(&["prepare", "b"]).success();
+    store.strata(&["commit", "base", "b"]).success();
+    // Leaves first, then by id, newest first: `a0` is among the last to go.
+    for i in 0..1_496 {
+        store
+            .strata(&["-q", "prepare", &format!("a{i}"), "base"])
+            .success();
+    }
+    store.strata(&["prepare", "m", "base"]).success();
+    store.strata(&["commit", "mid", "m"]).success();
+    store.strata(&["prepare", "leaf", "mid"]).success();
+    store.strata(&["view", "look", "mid"]).success();
+    let all = store.names(&[]).len();
+    assert_eq!(all, 1_500);
+    let guard = store.mount("a0");
+    let refused = strata_limited(&store, 256, &["-o", "json", "rm", "-r", "base"])
+        .fails_json("failed_precondition");
+    let message = refused.json_error()["message"].to_string();
+    assert!(message.contains("`a0` is mounted"), "{}", refused.session());
+    assert_eq!(store.names(&[]).len(), all, "nothing removed");
+    store.strata(&["check"]).success();
+
+    let rm = strata_limited(&store, 256, &["rm", "-r", "-f", "base"]).success();
+    assert_eq!(
+        rm.stderr.matches("removed `").count(),
+        all,
+        "{}",
+        rm.session()
+    );
+    assert!(!is_mount_point(&guard.join(".")), "a0 still mounted");
+    empty_and_consistent(&store);
+}
+
 /// Removing a snapshot whose tree nests 1,500 directories, its paths far
 /// longer than `PATH_MAX`, under `ulimit -n 256` (audit: std's
 /// `remove_dir_all` keeps a directory open per level, so `rm` failed with
