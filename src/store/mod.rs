@@ -1016,7 +1016,8 @@ impl Store {
             (rows, index::mounts(&tx)?)
         };
         crash::point("rm:read");
-        let batch = rm_batch();
+        // A batch is 16 or more: a plain `rm` does not ask the limit.
+        let batch = if rows.len() <= 16 { 16 } else { rm_batch() };
         if rows.len() <= batch {
             return self.remove_batch(key, &rows, Some(records), force);
         }
