@@ -1490,14 +1490,6 @@ fn mounted_meanwhile(key: &str, target: &str) -> Error {
     ))
 }
 
-/// Mount records split into those whose mount still exists and the stale
-/// ones (unmounted by hand, lost in a reboot).
-///
-/// A mount made in another mount namespace (a `unshare -m` shell, a
-/// service with a private /tmp) cannot be seen from here: it is live while
-/// a process is still in that namespace (audit: from the host, `rm` deleted
-/// a snapshot such a mount was writing to, and a read-only `ls` in a new
-/// namespace dropped the host's records).
 /// /proc/self/mountinfo, read.
 fn mount_table() -> Result<mount::MountTable> {
     mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())
@@ -1532,6 +1524,14 @@ fn mounted_error(rows: &[Row], first: &MountRecord, key: &str) -> Error {
     )
 }
 
+/// Mount records split into those whose mount still exists and the stale
+/// ones (unmounted by hand, lost in a reboot).
+///
+/// A mount made in another mount namespace (a `unshare -m` shell, a
+/// service with a private /tmp) cannot be seen from here: it is live while
+/// a process is still in that namespace (audit: from the host, `rm` deleted
+/// a snapshot such a mount was writing to, and a read-only `ls` in a new
+/// namespace dropped the host's records).
 fn live_and_stale(records: Vec<MountRecord>) -> Result<(Vec<MountRecord>, Vec<MountRecord>)> {
     if records.is_empty() {
         return Ok((records, Vec::new()));
