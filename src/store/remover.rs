@@ -194,6 +194,19 @@ fn open_up(dir: &OwnedFd, name: impl rustix::path::Arg) -> rustix::io::Result<()
 }
 
 /// An error of `path`, keeping its kind.
+/// Opens directory `name` in `dir`, never onto another mount (a bind
+/// mount inside a snapshot's tree): deleting through it would delete what
+/// it shows, outside the store (audit: `rm` emptied a bind mount's source).
+/// Such a directory is `EXDEV`. Without `openat2` (before Linux 5.6), a
+/// plain open.
+fn open_below(dir: &OwnedFd, name: &CStr) -> rustix::io::Result<OwnedFd> {
+    use rustix::fs::ResolveFlags;
+    match rustix::fs::openat2(dir, name, DIR_FLAGS, Mode::empty(), ResolveFlags::NO_XDEV) {
+        Err(Errno::NOSYS) => rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty()),
+        other => other,
+    }
+}
+
 fn at(path: &Path, e: Errno) -> io::Error {
     let e = io::Error::from(e);
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
@@ -356,9 +369,20 @@ impl Walk<'_> {
         let fd = loop {
             let name = CStr::from_bytes_with_nul(&self.name).expect("a NUL-terminated name");
             let dir = self.frames[top].fd();
-            match rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty()) {
+            match open_below(dir, name) {
                 Ok(fd) => break fd,
                 Err(Errno::NOENT) => return Ok(()),
+                Err(Errno::XDEV) => {
+                    let name = CStr::from_bytes_with_nul(&self.name).expect("NUL");
+                    let path = self.path(top).join(OsStr::from_bytes(name.to_bytes()));
+                    return Err(io::Error::new(
+                        io::Error::from(Errno::XDEV).kind(),
+                        format!(
+                            "{}: another file system is mounted there; nothing is deleted through it",
+                            path.display()
+                        ),
+                    ));
+                }
                 // Not a directory any more: unlinked as what it is.
                 Err(Errno::NOTDIR | Errno::LOOP) => return self.unlink(top),
                 Err(e @ Errno::ACCESS) if !tried => {
@@ -588,6 +612,45 @@ mod tests {
             remove_tree(&tree).unwrap_err().kind(),
             io::ErrorKind::NotADirectory
         );
+    }
+
+    /// A file system mounted inside the tree stops the removal there with
+    /// an error naming it; what it shows is untouched (audit: `rm` emptied
+    /// a bind mount's source).
+    #[test]
+    fn never_deletes_through_a_mount() {
+        if !rustix::process::geteuid().is_root() {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "needs root");
+            eprintln!("skipping never_deletes_through_a_mount: mounting needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let source = tmp.path().join("source");
+        std::fs::create_dir_all(source.join("sub")).unwrap();
+        std::fs::write(source.join("sub/precious"), "keep").unwrap();
+        let tree = tmp.path().join("tree");
+        let point = tree.join("a/mnt");
+        std::fs::create_dir_all(&point).unwrap();
+        std::fs::write(tree.join("a/other"), "x").unwrap();
+        rustix::mount::mount_bind(&source, &point).unwrap();
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        let guard = Unmount(&point);
+        let err = remove_tree(&tree).unwrap_err();
+        assert!(err.to_string().contains("mounted there"), "{err}");
+        assert!(err.to_string().contains("a/mnt"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(source.join("sub/precious")).unwrap(),
+            "keep"
+        );
+        drop(guard);
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        assert!(source.join("sub/precious").exists());
     }
 
     /// A shallow tree is walked with one directory open per level.
