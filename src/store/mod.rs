@@ -887,6 +887,27 @@ impl Store {
         )))
     }
 
+    /// Refuses to remove snapshots `rows` while another file system is
+    /// mounted inside the directory of one (a bind mount made by hand in
+    /// its tree): the removal would stop there, after the row was gone
+    /// (the tree remover never deletes through a mount; audit: it did, and
+    /// emptied the bind's source).
+    fn refuse_mounts_inside(&self, table: &mount::MountTable, rows: &[Row]) -> Result<()> {
+        let Ok(snapshots) = std::fs::canonicalize(self.layout.snapshots()) else {
+            return Ok(());
+        };
+        let ids: HashMap<i64, &str> = rows.iter().map(|r| (r.id, r.name.as_str())).collect();
+        let Some((id, point)) = table.first_inside(&snapshots, |id| ids.contains_key(&id)) else {
+            return Ok(());
+        };
+        Err(Error::precondition(format!(
+            "cannot remove `{}`: a file system is mounted inside it, at {}",
+            ids[&id],
+            point.display()
+        ))
+        .with_hint(format!("unmount it first (`umount {}`)", point.display())))
+    }
+
     /// Turns active `key` into committed `name`, recording its usage.
     /// A mounted `key` is unmounted first.
     pub fn commit(&mut self, name: &str, key: &str, labels: &Labels) -> Result<()> {
@@ -1038,6 +1059,7 @@ impl Store {
         let table = mount_table()?;
         let rows_named = rows.iter().map(|r| (r.id, &*r.name));
         self.refuse_other_mounts(&table, rows_named, &mounted, "remove")?;
+        self.refuse_mounts_inside(&table, &rows)?;
         drop(table);
         for part in rows.chunks(batch) {
             // Each batch reads the mount records again once it holds its
@@ -1085,6 +1107,7 @@ impl Store {
         let table = mount_table()?;
         let rows_named = rows.iter().map(|r| (r.id, &*r.name));
         self.refuse_other_mounts(&table, rows_named, &[], "remove")?;
+        self.refuse_mounts_inside(&table, rows)?;
         drop(table);
         let names: HashSet<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         let tx = self.index.write()?;

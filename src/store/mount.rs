@@ -201,6 +201,27 @@ impl MountTable {
         None
     }
 
+    /// The first mount point inside the directory `snapshots/ID` of a
+    /// snapshot whose ID `wanted` takes, with that ID; `snapshots` as the
+    /// kernel names it (no symlinks).
+    pub fn first_inside(
+        &self,
+        snapshots: &Path,
+        wanted: impl Fn(i64) -> bool,
+    ) -> Option<(i64, &Path)> {
+        self.mounts.iter().find_map(|m| {
+            let rest = m.point.strip_prefix(snapshots).ok()?;
+            let id = rest
+                .components()
+                .next()?
+                .as_os_str()
+                .to_str()?
+                .parse()
+                .ok()?;
+            wanted(id).then_some((id, m.point.as_path()))
+        })
+    }
+
     /// Where the mounts inside mount `id` (mounted on a directory of it)
     /// are.
     pub fn inside(&self, id: u64) -> Vec<PathBuf> {

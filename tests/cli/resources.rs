@@ -442,4 +442,44 @@ fn rm_of_a_deep_tree_under_a_low_file_limit(driver: &str) {
     empty_and_consistent(&store);
 }
 
-both_drivers!(rm_of_a_deep_tree_under_a_low_file_limit);
+both_drivers!(
+    rm_of_a_deep_tree_under_a_low_file_limit,
+    rm_of_a_snapshot_with_a_mount_inside
+);
+
+/// A file system mounted by hand inside a snapshot's tree refuses its `rm`
+/// (and `rm -r` of a subtree holding it) before anything is removed; what
+/// the mount shows is untouched, and once it is unmounted the `rm` goes
+/// through (audit: `rm` deleted every file of the bind's source, then
+/// failed with the row gone and an `rm-*` directory left).
+fn rm_of_a_snapshot_with_a_mount_inside(driver: &str) {
+    let store = setup!(driver);
+    let source = store.scratch_dir("source");
+    fs::write(source.join("precious"), "keep").unwrap();
+    store.strata(&["prepare", "base-work"]).success();
+    store.strata(&["commit", "base", "base-work"]).success();
+    store.strata(&["prepare", "a", "base"]).success();
+    let point = writable_dir(&store, "a").join("mnt");
+    fs::create_dir(&point).unwrap();
+    let guard = MountGuard::new(&point);
+    let status = Command::new("mount")
+        .args(["--bind", source.to_str().unwrap(), point.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for args in [&["rm", "a"][..], &["rm", "-r", "-f", "base"]] {
+        let run = store.fails(args, "failed_precondition");
+        assert!(
+            run.stderr.contains("mounted inside it"),
+            "{}",
+            run.session()
+        );
+        assert_eq!(store.names(&[]), ["a", "base"], "{}", run.session());
+        assert_eq!(fs::read_to_string(source.join("precious")).unwrap(), "keep");
+    }
+    drop(guard);
+    store.strata(&["rm", "-r", "base"]).success();
+    assert!(store.names(&[]).is_empty());
+    assert_eq!(fs::read_to_string(source.join("precious")).unwrap(), "keep");
+    store.strata(&["check"]).success();
+}
