@@ -506,28 +506,6 @@ fn locked_work_in_progress_is_left_alone(driver: &str) {
     assert_eq!(s.names(&[]), vec!["act", "base"]);
 }
 
-/// `strata ARGS…` with a soft limit of `files` open files (`ulimit -n`).
-fn with_open_files(s: &Store, files: u32, args: &[&str]) -> Run {
-    let out = std::process::Command::new("bash")
-        .args(["-c", &format!("ulimit -n {files} && exec \"$0\" \"$@\"")])
-        .arg(BIN)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("NO_COLOR", "1")
-        .arg("--root")
-        .arg(&s.root)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        cmdline: format!("ulimit -n {files}; strata {}", args.join(" ")),
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// Any number of leftovers is listed, deleted and checked with few file
 /// descriptors: 1,500 row-less directories (100 with their short links),
 /// 100 half-made and 100 half-removed snapshots, under `ulimit -n 256`.
@@ -564,30 +542,32 @@ fn many_leftovers_in_few_files(driver: &str) {
     }
     let all = 1500 + 100 + 100 + 100;
 
-    let dry = with_open_files(&s, 256, &["prune", "--dry-run", "-o", "json"]).success();
+    let dry = s
+        .with_open_files(256, &["prune", "--dry-run", "-o", "json"])
+        .success();
     let report = dry.json();
     assert_eq!(report["count"], all, "{}", dry.session());
     assert_eq!(report["failed"], serde_json::json!([]), "{}", dry.session());
-    let check = with_open_files(&s, 256, &["check"]);
+    let check = s.with_open_files(256, &["check"]);
     assert_eq!(check.code, 1, "{}", check.session());
     assert_eq!(check.stdout.lines().count(), all, "{}", check.session());
 
-    let run = with_open_files(&s, 256, &["prune", "-o", "json"]).success();
+    let run = s.with_open_files(256, &["prune", "-o", "json"]).success();
     let report = run.json();
     assert_eq!(report["count"], all, "{}", run.session());
     assert_eq!(report["failed"], serde_json::json!([]), "{}", run.session());
     assert_eq!(s.snapshot_dirs().len(), 2, "{:?}", s.snapshot_dirs());
     assert_eq!(fs::read_dir(&links).unwrap().count(), 0);
-    with_open_files(&s, 256, &["check"]).success();
+    s.with_open_files(256, &["check"]).success();
     assert_eq!(s.names(&[]), vec!["act", "base"]);
 
     // And `check --repair` deletes them as prune does.
     for i in 0..600 {
         fs::create_dir_all(snaps.join(format!("{}/fs", 200_000 + i))).unwrap();
     }
-    let run = with_open_files(&s, 256, &["check", "--repair"]).success();
+    let run = s.with_open_files(256, &["check", "--repair"]).success();
     assert_eq!(run.stdout.lines().count(), 600, "{}", run.session());
-    with_open_files(&s, 256, &["check"]).success();
+    s.with_open_files(256, &["check"]).success();
     assert_eq!(s.snapshot_dirs().len(), 2, "{:?}", s.snapshot_dirs());
 }
 

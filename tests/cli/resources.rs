@@ -326,37 +326,6 @@ fn a_wal_mode_index_switches_to_the_journal_when_alone() {
     store.strata(&["check"]).success();
 }
 
-/// `strata --root ROOT ARGS…` with a soft limit of `files` open files, as
-/// under `ulimit -n FILES`.
-fn strata_limited(store: &Store, files: u64, args: &[&str]) -> Run {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    use std::os::unix::process::CommandExt;
-    let hard = getrlimit(Resource::Nofile).maximum;
-    let mut cmd = command(&store.root, args);
-    // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs.
-    unsafe {
-        cmd.pre_exec(move || {
-            setrlimit(
-                Resource::Nofile,
-                Rlimit {
-                    current: Some(files),
-                    maximum: hard,
-                },
-            )
-            .map_err(Into::into)
-        });
-    }
-    let out = cmd.output().unwrap();
-    let mut words = vec![format!("ulimit -n {files}; strata")];
-    words.extend(args.iter().map(|a| shell_quote(a)));
-    Run {
-        cmdline: words.join(" "),
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// `check` finds the store consistent, and no directory is left under
 /// `snapshots/` (nor any short link).
 #[track_caller]
@@ -394,14 +363,17 @@ fn rm_r_of_a_big_subtree_under_a_low_file_limit() {
     let all = store.names(&[]).len();
     assert_eq!(all, 1_500);
     let guard = store.mount("a0");
-    let refused = strata_limited(&store, 256, &["-o", "json", "rm", "-r", "base"])
+    let refused = store
+        .with_open_files(256, &["-o", "json", "rm", "-r", "base"])
         .fails_json("failed_precondition");
     let message = refused.json_error()["message"].to_string();
     assert!(message.contains("`a0` is mounted"), "{}", refused.session());
     assert_eq!(store.names(&[]).len(), all, "nothing removed");
     store.strata(&["check"]).success();
 
-    let rm = strata_limited(&store, 256, &["rm", "-r", "-f", "base"]).success();
+    let rm = store
+        .with_open_files(256, &["rm", "-r", "-f", "base"])
+        .success();
     assert_eq!(
         rm.stderr.matches("removed `").count(),
         all,
@@ -438,7 +410,7 @@ fn rm_of_a_deep_tree_under_a_low_file_limit(driver: &str) {
         dir = rustix::fs::openat(&dir, "level-12345", flags, rustix::fs::Mode::empty()).unwrap();
     }
     drop(dir);
-    strata_limited(&store, 256, &["rm", "uc"]).success();
+    store.with_open_files(256, &["rm", "uc"]).success();
     empty_and_consistent(&store);
 }
 

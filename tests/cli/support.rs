@@ -316,6 +316,34 @@ impl Store {
         self.strata_with(args, With::default())
     }
 
+    /// `strata ARGS…` with a soft limit of `files` open files, as under
+    /// `ulimit -n FILES` (the hard limit kept).
+    pub fn with_open_files(&self, files: u64, args: &[&str]) -> Run {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        use std::os::unix::process::CommandExt;
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let mut cmd = command(&self.root, args);
+        // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = Rlimit {
+                    current: Some(files),
+                    maximum: hard,
+                };
+                setrlimit(Resource::Nofile, limit).map_err(Into::into)
+            });
+        }
+        let out = cmd.output().unwrap();
+        let mut words = vec![format!("ulimit -n {files}; strata")];
+        words.extend(args.iter().map(|a| shell_quote(a)));
+        Run {
+            cmdline: words.join(" "),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// `strata ARGS…` killed by itself (SIGKILL) at crash point `point`
     /// (`STRATA_CRASH_AT`), checking it got there.
     #[track_caller]
