@@ -678,10 +678,25 @@ impl Source for Registry {
 
     fn blob(&mut self, digest: &str, size: u64, bar: &ProgressBar) -> Result<File> {
         let mut f = super::temp_file()?;
-        let http = self.http()?;
-        match with_retries(|| self.download(http, digest, size, &mut f, bar)) {
-            Ok(done) => done?,
-            Err((e, tries)) => return Err(self.blob_error("pull", digest, e, tries)),
+        let mut renewed = false;
+        loop {
+            let http = self.http()?;
+            match with_retries(|| self.download(http, digest, size, &mut f, bar)) {
+                Ok(done) => break done?,
+                // A token expires (a few minutes at Docker Hub), and a long
+                // pull outlives it: a new one is asked for, once a blob, as
+                // oci-client renews its own.
+                Err((OciDistributionError::UnauthorizedError { .. }, _))
+                    if self.token.is_some() && !renewed =>
+                {
+                    renewed = true;
+                    self.token = self.retry("authenticate", || {
+                        self.client
+                            .auth(&self.reference, &self.auth, RegistryOperation::Pull)
+                    })?;
+                }
+                Err((e, tries)) => return Err(self.blob_error("pull", digest, e, tries)),
+            }
         }
         f.seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("cannot read a downloaded blob", e))?;

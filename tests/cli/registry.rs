@@ -2542,3 +2542,51 @@ both_drivers!(
     push_skopeo_umoci,
     cross_repository_mount
 );
+
+/// A bearer token that expires during a pull (here: the first one the
+/// token service gives is refused for the layer) is renewed, once, and the
+/// pull goes on: strata fetches blobs itself now, with the token oci-client
+/// got, and oci-client renewed its own.
+#[test]
+fn an_expired_token_is_renewed_during_a_pull() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let s = setup!("native");
+    let host = Arc::new(Mutex::new(String::new()));
+    let issued = Arc::new(AtomicUsize::new(0));
+    let (h, n) = (host.clone(), issued.clone());
+    let reg = Hostile::start(move |head, c| {
+        let answer = |c: &mut TcpStream, status: &str, extra: &str, body: &[u8]| {
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = c.write_all(body);
+            true
+        };
+        if path_of(head) == "/v2/" {
+            let realm = format!("http://{}/token", h.lock().unwrap());
+            let challenge = format!("WWW-Authenticate: Bearer realm=\"{realm}\",service=\"t\"\r\n");
+            return answer(c, "401 Unauthorized", &challenge, b"{}");
+        }
+        if path_of(head).starts_with("/token") {
+            let token = format!("token-{}", n.fetch_add(1, Ordering::SeqCst) + 1);
+            return answer(
+                c,
+                "200 OK",
+                "",
+                format!("{{\"token\":\"{token}\"}}").as_bytes(),
+            );
+        }
+        if is_layer(head) && !head.contains("authorization: bearer token-2") {
+            return answer(c, "401 Unauthorized", "", b"");
+        }
+        false
+    });
+    *host.lock().unwrap() = reg.host.clone();
+    let run = s.strata(&["pull", "--plain-http", &reg.reference(), "img"]);
+    run.success();
+    assert_eq!(issued.load(Ordering::SeqCst), 2, "one renewal");
+    assert!(s.names(&[]).contains(&"img".to_string()));
+}
