@@ -711,8 +711,7 @@ impl Store {
         // detach it too, and its files with it (audit: a tmpfs the user
         // mounted in a snapshot's mount). A plain one would fail as busy.
         if let Some(ours) = rec.mount_id {
-            let table =
-                mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())?;
+            let table = mount_table()?;
             if let Some(inner) = table.inside(ours).first() {
                 return Err(Error::precondition(format!(
                     "cannot unmount {}: another filesystem is mounted inside it, at {}",
@@ -893,11 +892,11 @@ impl Store {
     /// (the tree remover never deletes through a mount; audit: it did, and
     /// emptied the bind's source).
     fn refuse_mounts_inside(&self, table: &mount::MountTable, rows: &[Row]) -> Result<()> {
-        let Ok(snapshots) = std::fs::canonicalize(self.layout.snapshots()) else {
-            return Ok(());
-        };
+        // The store's root was made symlink-free when it was opened, as
+        // mountinfo names paths.
+        let snapshots = self.layout.snapshots();
         let ids: HashMap<i64, &str> = rows.iter().map(|r| (r.id, r.name.as_str())).collect();
-        let Some((id, point)) = table.first_inside(&snapshots, |id| ids.contains_key(&id)) else {
+        let Some((id, point)) = table.first_inside(snapshots, |id| ids.contains_key(&id)) else {
             return Ok(());
         };
         Err(Error::precondition(format!(
@@ -1518,17 +1517,24 @@ fn mount_table() -> Result<mount::MountTable> {
     mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())
 }
 
-/// How many snapshots `rm -r` removes at a time: each holds a lock (an open
-/// directory) until its batch is gone, so a quarter of the soft limit on
-/// open files (256 under the usual 1,024), at least 16. A batch is a
-/// transaction and a read of the mount table: bigger ones save little.
-fn rm_batch() -> usize {
+/// How many snapshots a batch of `rm -r`, `prune` or `check` locks at once
+/// (each lock is an open directory, held until its snapshot is gone): a
+/// quarter of the soft limit on open files, the rest left for deleting and
+/// measuring them and for the index, within `min..=max`.
+pub(crate) fn lock_batch(min: usize, max: usize) -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);
     usize::try_from(limit / 4)
         .unwrap_or(usize::MAX)
-        .clamp(16, 256)
+        .clamp(min, max)
+}
+
+/// How many snapshots `rm -r` removes at a time: 256 under the usual
+/// `ulimit -n 1024`, at least 16. A batch is a transaction and a read of
+/// the mount table: bigger ones save little.
+fn rm_batch() -> usize {
+    lock_batch(16, 256)
 }
 
 /// The error of `rm` without `force` of `rows`, `first` of whose mounts
@@ -1559,7 +1565,7 @@ fn live_and_stale(records: Vec<MountRecord>) -> Result<(Vec<MountRecord>, Vec<Mo
     if records.is_empty() {
         return Ok((records, Vec::new()));
     }
-    let table = mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())?;
+    let table = mount_table()?;
     let own = mount::own_namespace();
     let mut alive: HashMap<u64, bool> = HashMap::new();
     Ok(records.into_iter().partition(|r| match foreign(r, own) {

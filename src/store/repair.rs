@@ -720,15 +720,9 @@ fn candidates(
     Ok((dirs, links))
 }
 
-/// How many leftovers a sweep locks at once: a quarter of the file
-/// descriptors the process may open, the rest left for measuring and
-/// deleting them, and for the index.
+/// How many leftovers a sweep locks at once (see [`super::lock_batch`]).
 fn batch_size() -> usize {
-    use rustix::process::{Resource, getrlimit};
-    let limit = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-    usize::try_from(limit / 4)
-        .unwrap_or(usize::MAX)
-        .clamp(8, 1024)
+    super::lock_batch(8, 1024)
 }
 
 /// Measures and deletes (as `how` says) the leftovers `taken`, each given
