@@ -856,10 +856,11 @@ impl Store {
     }
 
     /// Refuses to `op` snapshots `rows` (id, key) while a mount that strata
-    /// did not record shows the own directory of one: one pasted from
-    /// `strata mounts`, or one a `strata mount` killed before its record
-    /// left. Committing would leave it writable on a committed layer,
-    /// removing would delete what it shows. strata's own mounts are
+    /// did not record shows the own directory of one, as a tree of its own
+    /// or as a layer of an overlay (a view's are all lower layers): one
+    /// pasted from `strata mounts`, or one a `strata mount` killed before
+    /// its record left. Committing would leave it writable on a committed
+    /// layer, removing would delete what it shows. strata's own mounts are
     /// unmounted before this is asked, or are among `theirs` (their
     /// targets). `table` is read once by the caller (audit: `rm -r` read
     /// /proc/self/mountinfo again for each snapshot, 93 s for 10,000 of

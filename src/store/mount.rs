@@ -125,8 +125,10 @@ struct MountEntry {
     legacy: String,
     /// The directory of its file system that it shows (field 4).
     root: PathBuf,
-    /// An overlay's upper directory (from its super options).
+    /// An overlay's upper directory and lower layers (nearest first, data-only
+    /// ones last), from its super options, as the mounter wrote them.
     upper: Option<PathBuf>,
+    lowers: Vec<PathBuf>,
 }
 
 impl MountTable {
@@ -147,14 +149,18 @@ impl MountTable {
         })
     }
 
-    /// Where `fs`, a snapshot's own directory, is mounted writable or as a
-    /// tree of its own: as a bind (the mount shows `fs` itself) or as an
-    /// overlay's upper directory. Neither path is absolute in mountinfo (a
-    /// bind's root is given within its file system, an overlay's upperdir
-    /// as the mounter wrote it, maybe relative to where it ran), so a mount
-    /// whose path ends like `fs` (`snapshots/ID/fs`) is confirmed by the
+    /// Where `fs`, a snapshot's own directory, is mounted: as a bind (the
+    /// mount shows `fs` itself), or as a layer of an overlay, its upper
+    /// directory or one of its lower ones (a view of two or more layers
+    /// mounted by hand is an overlay of lower layers only). Neither path is
+    /// absolute in mountinfo (a bind's root is given within its file system,
+    /// an overlay's layers as the mounter wrote them: maybe relative to where
+    /// it ran, as a short link of the store's `l/`, or through
+    /// `/proc/self/fd/N`), so a mount whose path only ends like `fs`
+    /// (`snapshots/ID/fs`), or is `fs`'s short link name, is confirmed by the
     /// inode its root shows: `fs` itself for a bind; for an overlay on one
-    /// file system, the upper root's inode number (on the overlay's device).
+    /// file system, its top layer's inode number (on the overlay's device),
+    /// the upper directory's or the first lower one's.
     pub fn showing(&self, fs: &Path) -> Vec<PathBuf> {
         showing_among(self.mounts.iter(), fs)
     }
@@ -162,27 +168,31 @@ impl MountTable {
     /// The first of the snapshot directories `dirs` (each given with a
     /// `T` to return) that some mount shows, as [`MountTable::showing`]
     /// says, and where; mounts at a point of `known` are passed over. The
-    /// mounts are filed once by the last three names
-    /// of the path they are judged by, so each directory costs a lookup
-    /// rather than a pass over the table (audit: `rm -r` of 10,000
-    /// snapshots with 3,000 mounts).
+    /// mounts are filed once by the snapshot id each path they are judged
+    /// by names, so each directory costs a lookup rather than a pass over
+    /// the table (audit: `rm -r` of 10,000 snapshots with 3,000 mounts).
     pub fn first_showing<T>(
         &self,
         dirs: impl IntoIterator<Item = (T, PathBuf)>,
         known: &HashSet<&Path>,
     ) -> Option<(T, PathBuf)> {
-        let mut by_tail: HashMap<PathBuf, Vec<&MountEntry>> = HashMap::new();
+        let mut by_id: HashMap<i64, Vec<&MountEntry>> = HashMap::new();
         for m in &self.mounts {
             if known.contains(m.point.as_path()) {
                 continue;
             }
-            if let Some(tail) = last_three(m.upper.as_deref().unwrap_or(&m.root)) {
-                by_tail.entry(tail).or_default().push(m);
+            for id in m.judged_by().filter_map(named_id) {
+                let filed = by_id.entry(id).or_default();
+                // A chain names each layer once; this keeps one mount
+                // from being judged twice for one directory all the same.
+                if !filed.last().is_some_and(|last| std::ptr::eq(*last, m)) {
+                    filed.push(m);
+                }
             }
         }
         for (what, fs) in dirs {
-            let found = match last_three(&fs) {
-                Some(tail) => match by_tail.get(&tail) {
+            let found = match named_id(&fs) {
+                Some(id) => match by_id.get(&id) {
                     Some(mounts) => showing_among(mounts.iter().copied(), &fs),
                     None => continue,
                 },
@@ -241,6 +251,58 @@ impl MountTable {
     }
 }
 
+impl MountEntry {
+    /// The paths the mount is judged by: an overlay's layers, or the root
+    /// of anything else (a bind's).
+    fn judged_by(&self) -> impl Iterator<Item = &Path> {
+        let layers = self.upper.iter().chain(&self.lowers);
+        let root = (!self.is_overlay()).then_some(&self.root);
+        layers.chain(root).map(PathBuf::as_path)
+    }
+
+    fn is_overlay(&self) -> bool {
+        self.upper.is_some() || !self.lowers.is_empty()
+    }
+
+    /// The layer whose inode number an overlay's root shows (on one file
+    /// system, without `xino`): the upper directory, else the first lower.
+    fn top(&self) -> Option<&Path> {
+        self.upper
+            .as_deref()
+            .or(self.lowers.first().map(PathBuf::as_path))
+    }
+}
+
+/// How a mount names a snapshot directory.
+enum Naming {
+    /// An overlay layer whose path is the directory itself.
+    Exact,
+    /// An overlay layer written otherwise: confirmed by the root's inode
+    /// number, which is its top layer's.
+    Layer,
+    /// A bind whose root ends like it: confirmed by the mount point's
+    /// device and inode.
+    Bind,
+}
+
+/// How `m` names `fs`, whose last names are `tail` and whose short link
+/// name in the store's `l/` is `short`.
+fn naming(m: &MountEntry, fs: &Path, tail: &Path, short: Option<&str>) -> Option<Naming> {
+    if !m.is_overlay() {
+        return m.root.ends_with(tail).then_some(Naming::Bind);
+    }
+    let mut found = None;
+    for layer in m.upper.iter().chain(&m.lowers) {
+        if layer == fs {
+            return Some(Naming::Exact);
+        }
+        if layer.ends_with(tail) || short.is_some_and(|s| layer.as_os_str() == s) {
+            found = Some(Naming::Layer);
+        }
+    }
+    found
+}
+
 /// The body of [`MountTable::showing`], over `mounts`.
 fn showing_among<'a>(mounts: impl Iterator<Item = &'a MountEntry>, fs: &Path) -> Vec<PathBuf> {
     use std::os::unix::fs::MetadataExt;
@@ -250,24 +312,26 @@ fn showing_among<'a>(mounts: impl Iterator<Item = &'a MountEntry>, fs: &Path) ->
         .nth(3)
         .and_then(|root| fs.strip_prefix(root).ok())
         .unwrap_or(fs);
+    let short = named_id(fs).map(super::layout::link_name);
     // Looked at only once a mount's path matches (most directories have
     // none): a directory that is not there is shown by none.
     let mut own: Option<Option<std::fs::Metadata>> = None;
     let mut found = Vec::new();
     for m in mounts {
-        let (exact, candidate, same_dev) = match &m.upper {
-            Some(upper) => (upper == fs, upper == fs || upper.ends_with(tail), false),
-            None => (false, m.root.ends_with(tail), true),
-        };
-        if !candidate {
+        let Some(how) = naming(m, fs, tail, short.as_deref()) else {
             continue;
-        }
+        };
         let Some(own) = own.get_or_insert_with(|| std::fs::metadata(fs).ok()) else {
             return Vec::new();
         };
-        let shows = exact
-            || std::fs::metadata(&m.point)
-                .is_ok_and(|p| p.ino() == own.ino() && (!same_dev || p.dev() == own.dev()));
+        let point = || std::fs::metadata(&m.point);
+        let shows = match how {
+            Naming::Exact => true,
+            Naming::Bind => point().is_ok_and(|p| p.ino() == own.ino() && p.dev() == own.dev()),
+            Naming::Layer => top_dir(m, fs)
+                .and_then(|top| std::fs::metadata(top).ok())
+                .is_some_and(|top| point().is_ok_and(|p| p.ino() == top.ino())),
+        };
         if shows {
             found.push(m.point.clone());
         }
@@ -275,15 +339,34 @@ fn showing_among<'a>(mounts: impl Iterator<Item = &'a MountEntry>, fs: &Path) ->
     found
 }
 
-/// The last three names of `path` (`snapshots/ID/fs` of a snapshot's
-/// directory), by which [`MountTable::first_showing`] files mounts.
-fn last_three(path: &Path) -> Option<PathBuf> {
-    let mut names: Vec<Component<'_>> = path.components().rev().take(3).collect();
-    if names.len() < 3 {
+/// `m`'s top layer as a directory of the store `fs` is in (a layer named
+/// otherwise, by a relative path or a short link, is looked for there).
+fn top_dir(m: &MountEntry, fs: &Path) -> Option<PathBuf> {
+    let id = named_id(m.top()?)?;
+    let snapshots = fs.parent()?.parent()?;
+    Some(snapshots.join(id.to_string()).join("fs"))
+}
+
+/// The snapshot id a path names: `…/snapshots/ID/fs` (a snapshot's own
+/// directory, absolute or relative), or `ID` in base 36 alone (the short
+/// link `l/ID` to it, which the printed `(cd STORE/l && mount …)` form
+/// names relative to `l/`).
+fn named_id(path: &Path) -> Option<i64> {
+    let mut names = path.components().rev();
+    let last = names.next()?;
+    let Some(dir) = names.next() else {
+        let name = last.as_os_str().to_str()?;
+        let id = i64::from_str_radix(name, 36).ok()?;
+        return (super::layout::link_name(id) == name).then_some(id);
+    };
+    let snapshots = names.next()?;
+    if last.as_os_str() != "fs" || snapshots.as_os_str() != "snapshots" {
         return None;
     }
-    names.reverse();
-    Some(names.into_iter().collect())
+    let name = dir.as_os_str().to_str()?;
+    let id: i64 = name.parse().ok()?;
+    // As the store spells its directories: `snapshots/07/fs` is not one.
+    (id.to_string() == name).then_some(id)
 }
 
 /// The id of the mount on top at `path` (`statx` with `STATX_MNT_ID`).
@@ -1260,7 +1343,9 @@ fn parse_mountinfo(data: &[u8]) -> Vec<MountEntry> {
                 Some(options) => format!("{legacy} {}", String::from_utf8_lossy(options)),
                 None => legacy.clone(),
             };
-            let upper = overlay_options.and_then(|options| upper_dir(options));
+            let (upper, lowers) = overlay_options
+                .map(|o| overlay_layers(o))
+                .unwrap_or_default();
             (point.first() == Some(&b'/')).then(|| MountEntry {
                 id,
                 parent,
@@ -1269,6 +1354,7 @@ fn parse_mountinfo(data: &[u8]) -> Vec<MountEntry> {
                 legacy,
                 root: path_of(unescape_octal(root)),
                 upper,
+                lowers,
             })
         })
         .collect()
@@ -1278,13 +1364,47 @@ fn path_of(bytes: Vec<u8>) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(bytes))
 }
 
-/// The `upperdir` of an overlay's super options (the kernel writes a `,`
-/// in it as `\054`).
-fn upper_dir(options: &[u8]) -> Option<PathBuf> {
-    options
-        .split(|&b| b == b',')
-        .find_map(|o| o.strip_prefix(b"upperdir="))
-        .map(|value| path_of(unescape_octal(value)))
+/// An overlay's upper directory and lower layers (nearest first, then the
+/// data-only ones) from its super options. mountinfo writes each `,` in an
+/// option as `\054` and each value as the mounter gave it: `upperdir=` and
+/// `lowerdir=` with mount(2)'s escapes (`\,` `\:` `\\`, which fsconfig
+/// takes in `upperdir` too), the layers of `lowerdir=` split at an
+/// unescaped `:` (`::` before the data-only ones); fsconfig's `lowerdir+=`
+/// and `datadir+=`, one layer each, literally (strata's own mounts use
+/// them).
+fn overlay_layers(options: &[u8]) -> (Option<PathBuf>, Vec<PathBuf>) {
+    let mut upper = None;
+    let mut lowers = Vec::new();
+    for option in options.split(|&b| b == b',') {
+        let Some(eq) = option.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let value = unescape_octal(&option[eq + 1..]);
+        match &option[..eq] {
+            b"upperdir" => upper = split_escaped(&value, false).pop().map(path_of),
+            b"lowerdir" => lowers.extend(split_escaped(&value, true).into_iter().map(path_of)),
+            b"lowerdir+" | b"datadir+" => lowers.push(path_of(value)),
+            _ => {}
+        }
+    }
+    (upper, lowers)
+}
+
+/// `value` with mount(2)'s backslash escapes removed, split at each
+/// unescaped `:` if `at_colons`; empty parts (`::`) are left out.
+fn split_escaped(value: &[u8], at_colons: bool) -> Vec<Vec<u8>> {
+    let mut parts = vec![Vec::new()];
+    let mut bytes = value.iter().copied();
+    while let Some(b) = bytes.next() {
+        let part = parts.last_mut().expect("one part at least");
+        match b {
+            b'\\' => part.extend(bytes.next()),
+            b':' if at_colons => parts.push(Vec::new()),
+            b => part.push(b),
+        }
+    }
+    parts.retain(|p| !p.is_empty());
+    parts
 }
 
 /// Decode the kernel's `\ooo` escapes (used for space, tab, newline and
@@ -2055,6 +2175,90 @@ mod tests {
             table.first_showing(dirs(), &none),
             Some((4, PathBuf::from("/mnt/o")))
         );
+    }
+
+    /// An overlay's layers as mountinfo shows them for each way of
+    /// mounting it: mount(2)'s `lowerdir=` with its escapes (a `\` is
+    /// `\134` in mountinfo, a `,` is `\054`) and `::` before data-only
+    /// layers, fsconfig's `lowerdir+=`/`datadir+=` taken literally, an
+    /// `upperdir=` with escapes.
+    #[test]
+    fn overlay_layers_in_every_form() {
+        let paths = |v: Vec<PathBuf>| v.into_iter().map(|p| s(&p)).collect::<Vec<_>>();
+        let (upper, lowers) = overlay_layers(
+            br"ro,lowerdir=/s\134\054t\134:o\040re\134\134x/snapshots/2/fs:1::/d,redirect_dir=on",
+        );
+        assert_eq!(upper, None);
+        assert_eq!(paths(lowers), [r"/s,t:o re\x/snapshots/2/fs", "1", "/d"]);
+        let (upper, lowers) = overlay_layers(
+            br"rw,lowerdir+=/s\054t:o\134x/snapshots/2/fs,lowerdir+=2,datadir+=/d,upperdir=../snapshots/4/fs\134\134,workdir=/w",
+        );
+        assert_eq!(upper.map(|u| s(&u)).as_deref(), Some(r"../snapshots/4/fs\"));
+        assert_eq!(paths(lowers), [r"/s,t:o\x/snapshots/2/fs", "2", "/d"]);
+        assert_eq!(
+            overlay_layers(b"rw,lowerdir=,upperdir="),
+            (None, Vec::new())
+        );
+
+        for (path, id) in [
+            ("/s/snapshots/12/fs", Some(12)),
+            ("../snapshots/12/fs", Some(12)),
+            ("c", Some(12)),
+            ("2s", Some(100)),
+            ("C", None),
+            ("0c", None),
+            ("/c", None),
+            ("..", None),
+            ("/s/snapshots/012/fs", None),
+            ("/s/other/12/fs", None),
+            ("/s/snapshots/12/work", None),
+        ] {
+            assert_eq!(named_id(Path::new(path)), id, "{path}");
+        }
+    }
+
+    /// A view mounted by hand names its layers only as lowers: found for
+    /// each of them, whether written absolute (as it is, no check), or
+    /// relative or as a short link of `l/` (when the root shows the top
+    /// layer's inode number: here the mount point is that directory).
+    #[test]
+    fn mounts_using_a_snapshot_as_a_lower_layer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snapshots = tmp.path().join("st,x/snapshots");
+        let fs_of = |id: i64| snapshots.join(id.to_string()).join("fs");
+        for id in [1, 2, 36] {
+            std::fs::create_dir_all(fs_of(id)).unwrap();
+        }
+        let dirs = || [(1, fs_of(1)), (2, fs_of(2)), (36, fs_of(36))];
+        let none = HashSet::new();
+        let escaped = |p: &Path| p.display().to_string().replace(',', "\\134\\054");
+        let table = |line: String| MountTable {
+            mounts: parse_mountinfo(line.as_bytes()),
+        };
+        let absolute = table(format!(
+            "60 27 0:51 / /mnt/v ro - overlay overlay ro,lowerdir={}:{}\n",
+            escaped(&fs_of(2)),
+            escaped(&fs_of(1))
+        ));
+        assert_eq!(absolute.showing(&fs_of(1)), [PathBuf::from("/mnt/v")]);
+        assert_eq!(absolute.first_showing([(36, fs_of(36))], &none), None);
+        let known = HashSet::from([Path::new("/mnt/v")]);
+        assert_eq!(absolute.first_showing(dirs(), &known), None);
+
+        // A mount point's `,` is not escaped in mountinfo.
+        let top = fs_of(36).display().to_string();
+        let short = table(format!(
+            "61 27 0:52 / {top} ro - overlay overlay ro,lowerdir=10:2:1\n\
+             62 27 0:53 / /elsewhere ro - overlay overlay ro,lowerdir=2:1\n"
+        ));
+        assert_eq!(short.showing(&fs_of(1)), [fs_of(36)], "not /elsewhere");
+        assert_eq!(short.first_showing(dirs(), &none), Some((1, fs_of(36))));
+        let plus = table(format!(
+            "63 27 0:54 / {top} ro - overlay overlay ro,lowerdir+=/proc/self/fd/5/snapshots/36/fs,\
+             lowerdir+=../snapshots/2/fs,datadir+=/proc/self/fd/5/snapshots/1/fs\n"
+        ));
+        assert_eq!(plus.showing(&fs_of(2)), [fs_of(36)]);
+        assert_eq!(plus.showing(&fs_of(1)), [fs_of(36)], "a data-only layer");
     }
 
     #[test]

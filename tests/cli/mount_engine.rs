@@ -506,6 +506,108 @@ fn blocked(store: &Store, target: &Path) {
     );
 }
 
+/// A view of two or more layers mounted by hand is an overlay of lower
+/// layers only (the view's own directory is not in it): `rm -r` of the
+/// chain under it is refused while it is mounted, in every form its layers
+/// can be named in, and `rm -r -f` leaves it mounted (strata never undoes a
+/// mount it did not record). strata's own view mounts are not taken for one.
+#[test]
+fn hand_made_view_mounts_keep_rm_r_off_their_layers() {
+    // With a `,` in the store's path the printed line is the relative
+    // `(cd STORE/l && mount …)` form, naming layers by their short links.
+    // Past a batch, 16 under `ulimit -n 64` (as `rm` runs here), `rm -r`
+    // looks at the whole subtree before its batches.
+    for (name, relative) in [("store", false), ("st,ore", true)] {
+        for crowded in [false, true] {
+            let Some(store) = Store::setup_named("overlay", name) else {
+                return;
+            };
+            view_chain(&store, crowded);
+            for parent in ["mid", "top"] {
+                let view = format!("v-{parent}");
+                let pasted = paste_mount(&store, &view, relative);
+                rm_r_refused(&store, &pasted.path);
+                umount_by_hand(&pasted.path);
+                // Left by a `strata mount` killed before its record: the
+                // layers as strata hands them over (`lowerdir+=`).
+                let killed = MountGuard::new(&store.scratch("killed"));
+                let t = killed.path.to_str().unwrap();
+                store.killed_at(&["mount", &view, t], "mount:mounted");
+                rm_r_refused(&store, &killed.path);
+                umount_by_hand(&killed.path);
+            }
+            // strata's own: unmounted by `rm -r -f`, refused by `rm -r`.
+            let own = store.mount("v-top");
+            rm(&store, &["rm", "-r", "base"]).fails_json("failed_precondition");
+            rm(&store, &["rm", "-r", "-f", "base"]).success();
+            assert!(!is_mount_point(&own.path));
+            assert_eq!(store.names(&[]), Vec::<String>::new());
+        }
+    }
+}
+
+/// `base`, `mid` and `top`, a chain of three layers, with views `v-mid`
+/// and `v-top` of two and three layers; `crowded` adds actives on `base`
+/// until `rm -r base` takes more than one batch of 16.
+fn view_chain(store: &Store, crowded: bool) {
+    store.layer("base", None, &[file("one", "1", 0o644)]);
+    store.layer("mid", Some("base"), &[file("two", "2", 0o644)]);
+    store.layer("top", Some("mid"), &[file("three", "3", 0o644)]);
+    store.strata(&["view", "v-mid", "mid"]).success();
+    store.strata(&["view", "v-top", "top"]).success();
+    for i in 0..if crowded { 12 } else { 0 } {
+        store
+            .strata(&["prepare", &format!("a{i}"), "base"])
+            .success();
+    }
+}
+
+/// `strata -o json ARGS…` (an `rm`) in batches of 16 snapshots.
+fn rm(store: &Store, args: &[&str]) -> Run {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    store.with_open_files(64, &all)
+}
+
+/// `key` mounted by pasting the line `strata mounts` prints into a shell,
+/// which is in the relative `(cd …)` form if `relative`.
+#[track_caller]
+fn paste_mount(store: &Store, key: &str, relative: bool) -> MountGuard {
+    let guard = MountGuard::new(&store.scratch_dir("pasted"));
+    let lines = store
+        .strata(&["mounts", key, guard.path.to_str().unwrap()])
+        .success();
+    assert_eq!(
+        lines.stdout.starts_with("(cd "),
+        relative,
+        "{}",
+        lines.session()
+    );
+    sh_ok(&lines.stdout, &lines.session());
+    assert!(is_mount_point(&guard.path), "{}", lines.session());
+    guard
+}
+
+/// `rm -r base` and `rm -r -f base` are refused for the mount at `target`,
+/// which strata did not record, remove nothing and leave it mounted.
+#[track_caller]
+fn rm_r_refused(store: &Store, target: &Path) {
+    let before = store.names(&[]);
+    for args in [&["rm", "-r", "base"][..], &["rm", "-r", "-f", "base"]] {
+        let run = rm(store, args).fails_json("failed_precondition");
+        let named = run.stderr.contains(target.to_str().unwrap());
+        assert!(
+            named && run.stderr.contains("strata did not record"),
+            "{}",
+            run.session()
+        );
+    }
+    assert_eq!(store.names(&[]), before);
+    assert!(is_mount_point(target));
+    assert_eq!(fs::read_to_string(target.join("one")).unwrap(), "1");
+    assert_eq!(fs::read_to_string(target.join("two")).unwrap(), "2");
+}
+
 both_drivers!(
     mounts_strata_did_not_record_block_commit_and_rm,
     mounts_inside_a_strata_mount_are_left_alone
