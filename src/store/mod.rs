@@ -531,10 +531,14 @@ impl Store {
             return Err(replaced(key));
         }
         let live = self.live_mounts()?;
-        if plan.kind == SnapshotKind::Active
+        // A parentless active is a bind of its directory even on the
+        // overlay driver, and binds may be made any number of times (as on
+        // the native driver: the SPEC has both drivers behave alike but for
+        // their mounts).
+        let overlay_upper = plan.kind == SnapshotKind::Active
             && plan.driver == Driver::Overlay
-            && let Some(rec) = live.iter().find(|r| r.snapshot_id == id)
-        {
+            && !plan.chain.is_empty();
+        if overlay_upper && let Some(rec) = live.iter().find(|r| r.snapshot_id == id) {
             // Two overlays on one upper directory: the kernel warns that
             // using both is undefined behaviour.
             return Err(Error::precondition(format!(
@@ -546,7 +550,7 @@ impl Store {
                 rec.target
             )));
         }
-        if plan.kind == SnapshotKind::Active && plan.driver == Driver::Overlay {
+        if overlay_upper {
             self.refuse_other_mounts(&mount_table()?, [(id, key)], &[], "mount")?;
         }
         let mounts = self.mounts_of(&plan);
