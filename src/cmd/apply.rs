@@ -1,7 +1,7 @@
 use super::Context;
 use crate::printer::{Unit, human_size};
 use crate::store::exchange::ApplyChecks;
-use crate::store::{Error, Result, key};
+use crate::store::{Error, Kind, Result, key};
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -83,12 +83,11 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         None => (stdin(), None),
         Some(p) if p.as_os_str() == "-" => (stdin(), None),
         Some(p) => {
-            let f = std::fs::File::open(p).map_err(|e| {
-                let what = format!("cannot open the layer {}", p.display());
-                match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::not_found(what).with_source(e),
-                    _ => Error::io(what, e),
+            let f = std::fs::File::open(p).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    Error::not_found(format!("the layer {} does not exist", p.display()))
                 }
+                _ => Error::io(format!("cannot open the layer {}", p.display()), e),
             })?;
             let meta = f
                 .metadata()
@@ -105,8 +104,9 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         }
     };
     if args.file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        return Err(Error::invalid("no layer to apply: stdin is a terminal")
-            .with_hint("give a FILE, or pipe a layer in: strata apply NAME [PARENT] < layer.tar"));
+        let err = Error::invalid("no layer to apply: stdin is a terminal")
+            .with_hint("give a FILE, or pipe a layer in: strata apply NAME [PARENT] < layer.tar");
+        return Err(parent_is_a_file(err, &args));
     }
     let bar = ctx
         .printer
@@ -124,7 +124,10 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         &mut |n| bar.set_position(n),
     );
     bar.finish_and_clear();
-    let digests = digests?;
+    let digests = digests.map_err(|e| match e.kind() {
+        Kind::NotFound => parent_is_a_file(e, &args),
+        _ => e,
+    })?;
     let applied = Applied {
         name: args.name,
         parent: args.parent,
@@ -147,4 +150,19 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             a.digests.diff_id
         )
     })
+}
+
+/// `err` with a hint when PARENT names a file and no FILE was given: the
+/// trap the SPEC points out (`strata apply base layer.tar` takes
+/// `layer.tar` as the parent; audit: it said only that no such parent
+/// exists).
+fn parent_is_a_file(err: Error, args: &Args) -> Error {
+    match &args.parent {
+        Some(parent) if args.file.is_none() && std::path::Path::new(parent).is_file() => err
+            .with_hint(format!(
+                "`{parent}` is a file, but the second argument is always PARENT: apply a root layer from stdin (strata apply {name} < {parent}), or onto a parent (strata apply {name} PARENT {parent})",
+                name = args.name
+            )),
+        _ => err,
+    }
 }

@@ -46,7 +46,8 @@ impl NewFile {
         use std::os::unix::fs::PermissionsExt;
         let (file, path) = ::tempfile::Builder::new()
             .permissions(std::fs::Permissions::from_mode(mode))
-            .tempfile_in(dir)?
+            .tempfile_in(dir)
+            .map_err(without_temp_name)?
             .into_parts();
         Ok(NewFile {
             file,
@@ -90,6 +91,26 @@ fn unnamed(dir: &Path, mode: u32) -> Option<File> {
     // file (or none) at our descriptor's number.
     let seen = rustix::fs::stat(proc_path(fd.as_raw_fd())).ok()?;
     (seen.st_dev == own.st_dev && seen.st_ino == own.st_ino).then(|| File::from(fd))
+}
+
+/// `e` without the name of the temporary file tempfile adds to it: the
+/// user named another file, which the caller's message names (audit:
+/// `diff --output-file /missing/dir/l.tar` said `at path
+/// "/missing/dir/.tmpZIT11Z"`). tempfile keeps the system's error only as
+/// text, so the usual ones are told by their kind.
+fn without_temp_name(e: io::Error) -> io::Error {
+    use io::ErrorKind as K;
+    let errno = match e.kind() {
+        _ if e.raw_os_error().is_some() => return e,
+        K::NotFound => libc::ENOENT,
+        K::PermissionDenied => libc::EACCES,
+        K::NotADirectory => libc::ENOTDIR,
+        K::ReadOnlyFilesystem => libc::EROFS,
+        K::StorageFull => libc::ENOSPC,
+        K::QuotaExceeded => libc::EDQUOT,
+        _ => return e,
+    };
+    io::Error::from_raw_os_error(errno)
 }
 
 fn proc_path(fd: std::os::fd::RawFd) -> String {
@@ -194,6 +215,19 @@ mod tests {
             let f = make(tmp.path(), 0o644).unwrap();
             assert!(f.persist(&dest).is_err());
             assert_eq!(names(tmp.path()), ["d"]);
+        }
+    }
+
+    /// A missing directory is said as the system says it, without the
+    /// temporary name tempfile tried (the user named another file).
+    #[test]
+    fn a_missing_directory_names_no_temporary() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("missing");
+        for make in BOTH {
+            let e = make(&missing, 0o644).err().expect("no directory");
+            assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+            assert!(!e.to_string().contains(".tmp"), "{e}");
         }
     }
 }

@@ -612,7 +612,7 @@ fn error_lines_escape_what_they_quote() {
     s.strata(&["commit", "base", "a"]).success();
     let path = s.tmp().join("no\nsuch\x1b[2Jlayer.tar");
     let run = s.strata(&["apply", "x", "base", path.to_str().unwrap()]);
-    let run = run.fails_with(3, "cannot open the layer");
+    let run = run.fails_with(3, "does not exist");
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.session());
     assert!(!run.stderr.contains('\x1b'), "{}", run.session());
     assert!(
@@ -620,4 +620,37 @@ fn error_lines_escape_what_they_quote() {
         "{}",
         run.session()
     );
+}
+
+/// What is missing is named, in the user's terms (audit): a layer FILE
+/// that does not exist; a PARENT that is a file, the trap of `apply NAME
+/// FILE` (the second argument is always PARENT); and a directory missing
+/// for `diff --output-file`, without the temporary name strata tried in it.
+#[test]
+fn missing_inputs_are_named_as_the_user_gave_them() {
+    let s = Store::uninitialized("native");
+    s.strata(&["init", "--driver", "native"]).success();
+    s.strata(&["prepare", "a"]).success();
+    s.strata(&["commit", "base", "a"]).success();
+    let missing = s.tmp().join("missing.tar");
+    let m = missing.to_str().unwrap();
+    s.strata(&["apply", "x", "base", m])
+        .fails_with(3, &format!("error: the layer {m} does not exist"));
+    let layer = s.tmp().join("layer.tar");
+    std::fs::write(&layer, "").unwrap();
+    let l = layer.to_str().unwrap();
+    s.strata(&["apply", "x", l])
+        .fails_with(3, &format!("parent snapshot `{l}` does not exist"))
+        .fails_with(3, "is a file, but the second argument is always PARENT")
+        .fails_with(3, &format!("strata apply x < {l}"));
+    // A parent that is no file gets no such hint.
+    let run = s
+        .strata(&["apply", "x", "nothing-here"])
+        .fails_with(3, "does not exist");
+    assert!(!run.stderr.contains("hint:"), "{}", run.session());
+    let out = s.tmp().join("no-dir/layer.tar");
+    let run = s.strata(&["diff", "base", "--output-file", out.to_str().unwrap()]);
+    let run = run.fails_with(1, "No such file or directory");
+    assert!(!run.stderr.contains(".tmp"), "{}", run.session());
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.session());
 }
