@@ -55,11 +55,17 @@ impl Layout {
             // DirBuilder applies the umask; the contract says 0700 exactly.
             fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
         }
-        if !layout.snapshots.exists() {
-            match fs::DirBuilder::new().mode(0o700).create(&layout.snapshots) {
-                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-                _ => {}
+        // Made when missing; any other error (a store of another user:
+        // permission denied) is returned as it is, not hidden by a mkdir.
+        match fs::metadata(&layout.snapshots) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match fs::DirBuilder::new().mode(0o700).create(&layout.snapshots) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                    _ => {}
+                }
             }
+            Err(e) => return Err(e),
+            Ok(_) => {}
         }
         Ok(layout)
     }

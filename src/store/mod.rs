@@ -136,7 +136,20 @@ impl Store {
     pub fn open(root: &Path, options: Options) -> Result<Store> {
         let root = std::path::absolute(root)
             .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
-        Layout::create(&root).ctx(|| format!("cannot create the store {}", root.display()))?;
+        // Not there, rather than there but out of reach (another user's).
+        let existed =
+            !matches!(std::fs::metadata(&root), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        Layout::create(&root).map_err(|e| {
+            let verb = if existed { "open" } else { "create" };
+            let denied = e.kind() == std::io::ErrorKind::PermissionDenied;
+            let err = Error::io(format!("cannot {verb} the store {}", root.display()), e);
+            match denied {
+                true => err.with_hint(
+                    "the store, or a directory above it, belongs to another user (root's store is /var/lib/strata): use a store of your own, with --root or STRATA_ROOT",
+                ),
+                false => err,
+            }
+        })?;
         // Absolute, symlink-free paths: printed mounts must work from anywhere.
         let root = root
             .canonicalize()

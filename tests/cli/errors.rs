@@ -654,3 +654,43 @@ fn missing_inputs_are_named_as_the_user_gave_them() {
     assert!(!run.stderr.contains(".tmp"), "{}", run.session());
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.session());
 }
+
+/// Another user's store is said to be out of reach, not "cannot create
+/// the store" (audit: as uid 65534 on root's existing store), with a hint
+/// to use one's own.
+#[test]
+fn another_users_store_is_out_of_reach() {
+    // Root, to act as another user.
+    if !require_root_and_overlay() {
+        return;
+    }
+    let s = Store::uninitialized("native");
+    s.strata(&["init", "--driver", "native"]).success();
+    fs::set_permissions(s.tmp(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--root",
+        ])
+        .arg(&s.root)
+        .arg("ls")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot open the store"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(
+        stderr.contains("hint: the store, or a directory above it, belongs to another user"),
+        "{stderr}"
+    );
+}
