@@ -2,6 +2,10 @@
 # strata's main job on a real, temporary store: build a root filesystem in
 # two layers, mount, write, commit, view, list. Run as root (it mounts).
 set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+    echo "quickstart: run it as root, it mounts (sudo bash $0)" >&2
+    exit 1
+fi
 cd "$(dirname "$0")/.."
 source link/toolchain.sh  # the musl target (see .cargo/config.toml), else glibc
 cargo build --release --quiet
