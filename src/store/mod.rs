@@ -814,12 +814,22 @@ impl Store {
         }
     }
 
-    /// The locks of `rows`, taken in id order (so two `rm -r` of
-    /// overlapping trees cannot each wait for the other).
-    fn lock_all(&self, rows: &[Row]) -> Result<Vec<std::fs::File>> {
+    /// The locks of `rows` still there, taken in id order (so two `rm -r`
+    /// of overlapping trees cannot each wait for the other). A snapshot
+    /// whose directory is gone was removed by another process (its row
+    /// went first) and has no lock to take.
+    fn lock_remaining(&self, rows: &[Row]) -> Result<Vec<std::fs::File>> {
         let mut rows: Vec<&Row> = rows.iter().collect();
         rows.sort_by_key(|r| r.id);
-        rows.iter().map(|r| self.lock(r.id, &r.name)).collect()
+        let mut locks = Vec::with_capacity(rows.len());
+        for row in rows {
+            match self.lock(row.id, &row.name) {
+                Ok(lock) => locks.push(lock),
+                Err(e) if e.kind() == Kind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(locks)
     }
 
     /// Mount records whose mounts still exist; records of mounts that are
@@ -996,7 +1006,12 @@ impl Store {
     /// or committed under it in between shows only under the write lock:
     /// `rm -r` then starts over with the subtree as it is now (audit: it
     /// failed with "has 1 child … use rm -r", or said a child it had just
-    /// seen committed was removed). A few times; then what changed is said.
+    /// seen committed was removed). A few times: processes that keep
+    /// making children inside the subtree could starve it, and then what
+    /// changed is said. A snapshot of it another process removed meanwhile
+    /// is passed over (audit: `rm -r` failed with "was removed by another
+    /// process"); if that took `key` too and this call removed nothing, it
+    /// is `not_found`, as a plain `rm` that lost the race.
     ///
     /// A big subtree goes in batches (see [`Store::remove_once`]); an error
     /// after some were removed says so in a hint.
@@ -1004,11 +1019,9 @@ impl Store {
         let mut removed = Vec::new();
         let mut tries = 1;
         let error = loop {
-            match self.remove_once(key, recursive, force, &mut removed) {
-                Ok(Removal::Done(names)) => {
-                    removed.extend(names);
-                    return Ok(removed);
-                }
+            match self.remove_once(key, recursive, force, tries > 1, &mut removed) {
+                Ok(Removal::Done) if removed.is_empty() => break replaced(key),
+                Ok(Removal::Done) => return Ok(removed),
                 Ok(Removal::Changed(e)) if !recursive || tries == 5 => break e,
                 Ok(Removal::Changed(_)) => tries += 1,
                 Err(e) => break e,
@@ -1024,24 +1037,31 @@ impl Store {
         })
     }
 
-    /// One attempt of [`Store::remove`]. The snapshots go in batches of
-    /// [`rm_batch`], leaves first: each batch is locked, unmounted (with
-    /// `force`), deleted in one transaction and discarded before the next
-    /// (audit: `rm -r` of 1,100 snapshots held a lock, an open directory,
-    /// on each, and failed under `ulimit -n 1024`). Before the first batch,
-    /// the mounts of the whole subtree are looked at: a mounted snapshot
-    /// anywhere in it refuses the `rm` (without `force`) before anything is
-    /// removed. The names of batches removed are added to `removed`.
+    /// One attempt of [`Store::remove`] (`again`: not the first). The
+    /// snapshots go in batches of [`rm_batch`], leaves first: each batch is
+    /// locked, unmounted (with `force`), deleted in one transaction and
+    /// discarded before the next (audit: `rm -r` of 1,100 snapshots held a
+    /// lock, an open directory, on each, and failed under `ulimit -n
+    /// 1024`). Before the first batch, the mounts of the whole subtree are
+    /// looked at: a mounted snapshot anywhere in it refuses the `rm`
+    /// (without `force`) before anything is removed. The names of the
+    /// snapshots removed are added to `removed`.
     fn remove_once(
         &mut self,
         key: &str,
         recursive: bool,
         force: bool,
+        again: bool,
         removed: &mut Vec<String>,
     ) -> Result<Removal> {
         let (rows, records) = {
             let tx = self.index.read()?;
-            let row = existing(&tx, key)?;
+            let row = match index::find(&tx, key)? {
+                Some(row) => row,
+                // An earlier attempt saw it: another process removed it.
+                None if again => return Ok(Removal::Done),
+                None => return Err(missing(&tx, key, "snapshot")),
+            };
             let children = index::children(&tx, row.id)?;
             if !children.is_empty() && !recursive {
                 return Err(has_children(key, &children));
@@ -1057,7 +1077,7 @@ impl Store {
         // A batch is 16 or more: a plain `rm` does not ask the limit.
         let batch = if rows.len() <= 16 { 16 } else { rm_batch() };
         if rows.len() <= batch {
-            return self.remove_batch(key, &rows, Some(records), force);
+            return self.remove_batch(key, &rows, Some(records), force, removed);
         }
         // The whole subtree, before any of it goes (each batch looks again
         // under its locks).
@@ -1081,26 +1101,30 @@ impl Store {
         for part in rows.chunks(batch) {
             // Each batch reads the mount records again once it holds its
             // locks: one recorded since the first look is unmounted too.
-            match self.remove_batch(key, part, None, force)? {
-                Removal::Done(names) => removed.extend(names),
-                changed @ Removal::Changed(_) => return Ok(changed),
+            if let changed @ Removal::Changed(_) =
+                self.remove_batch(key, part, None, force, removed)?
+            {
+                return Ok(changed);
             }
         }
-        Ok(Removal::Done(Vec::new()))
+        Ok(Removal::Done)
     }
 
     /// Removes `rows`, which hold every snapshot built on one of them
     /// (leaves first), in one transaction; `records` are the mount records
-    /// read with them (None: read once the rows are locked).
+    /// read with them (None: read once the rows are locked). Those another
+    /// process removed meanwhile are passed over; the names of those
+    /// removed here are added to `removed`.
     fn remove_batch(
         &mut self,
         key: &str,
         rows: &[Row],
         records: Option<Vec<MountRecord>>,
         force: bool,
+        removed: &mut Vec<String>,
     ) -> Result<Removal> {
         let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
-        let _locks = self.lock_all(rows)?;
+        let _locks = self.lock_remaining(rows)?;
         let records = match records {
             Some(records) => records,
             None => {
@@ -1127,6 +1151,7 @@ impl Store {
         self.refuse_mounts_inside(&table, rows)?;
         drop(table);
         let names: HashSet<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        let mut deleted = Vec::with_capacity(rows.len());
         let tx = self.index.write()?;
         for row in rows {
             match index::find_id(&tx, row.id)? {
@@ -1137,12 +1162,8 @@ impl Store {
                         row.name, now.name
                     ))));
                 }
-                None => {
-                    return Ok(Removal::Changed(Error::not_found(format!(
-                        "snapshot `{}` was removed by another process",
-                        row.name
-                    ))));
-                }
+                // Removed by another process: what this one was to do.
+                None => continue,
             }
             // Its children in the subtree came before it: in this batch,
             // or removed with an earlier one.
@@ -1158,10 +1179,11 @@ impl Store {
             }
             index::delete(&tx, row.id)?;
             crash::point("rm:row-deleted");
+            deleted.push(row);
         }
         tx.commit()?;
         crash::point("rm:committed");
-        for row in rows {
+        for row in deleted {
             self.layout.discard(row.id).ctx(|| {
                 format!(
                     "snapshot `{}` was removed, but deleting its files failed",
@@ -1169,8 +1191,9 @@ impl Store {
                 )
             })?;
             crash::point("rm:files-deleted");
+            removed.push(row.name.clone());
         }
-        Ok(Removal::Done(rows.iter().map(|r| r.name.clone()).collect()))
+        Ok(Removal::Done)
     }
 
     /// Every snapshot, in byte order of names.
@@ -1404,8 +1427,8 @@ fn exists(key: &str) -> Error {
 
 /// How one attempt of [`Store::remove`] ended.
 enum Removal {
-    /// The snapshots removed.
-    Done(Vec<String>),
+    /// What there was to remove is gone.
+    Done,
     /// The subtree changed between its reading and the write lock: the
     /// error to give if it is not read again.
     Changed(Error),

@@ -312,6 +312,62 @@ fn rm_r_with_the_subtree_changing(driver: &str) {
     }
 }
 
+/// A snapshot of the subtree another process removes while `rm -r` runs is
+/// passed over, not a reason to give up: the user wanted it gone (audit:
+/// `rm -r` failed with "was removed by another process", exit 3, 3 runs of
+/// 3). If the other process took the whole subtree before this one removed
+/// any of it, this one is `not_found`, as a plain `rm` that lost the race;
+/// once it removed a batch, the rest going elsewhere is success.
+fn rm_r_with_snapshots_removed_meanwhile(driver: &str) {
+    let store = setup!(driver);
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    for leaf in ["x", "y"] {
+        store.strata(&["prepare", leaf, "base"]).success();
+    }
+    store.strata(&["view", "v", "base"]).success();
+    let rm = Paused::start(&store, &["rm", "-r", "base"], "rm:read");
+    store.strata(&["rm", "x"]).success();
+    let rm = rm.resume();
+    let stderr = String::from_utf8_lossy(&rm.stderr);
+    assert_eq!(code(&rm), 0, "{rm:?}");
+    for name in ["y", "v", "base"] {
+        assert!(stderr.contains(&format!("removed `{name}`")), "{stderr}");
+    }
+    assert!(!stderr.contains("removed `x`"), "{stderr}");
+    assert!(store.names(&[]).is_empty());
+    store.strata(&["check"]).success();
+
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    store.strata(&["prepare", "x", "base"]).success();
+    let rm = Paused::start(&store, &["rm", "-r", "base"], "rm:read");
+    store.strata(&["rm", "-r", "base"]).success();
+    let rm = rm.resume();
+    assert_eq!(code(&rm), 3, "{rm:?}");
+    let stderr = String::from_utf8_lossy(&rm.stderr);
+    assert!(
+        stderr.contains("`base` was removed by another process"),
+        "{stderr}"
+    );
+    store.strata(&["check"]).success();
+
+    // In batches of 16 (under `ulimit -n 48`): paused after the first,
+    // while another `rm -r` takes the rest.
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    for i in 0..20 {
+        store
+            .strata(&["-q", "prepare", &format!("a{i}"), "base"])
+            .success();
+    }
+    let rm = Paused::start_with_file_limit(&store, 48, &["rm", "-r", "base"], "rm:committed");
+    store.strata(&["rm", "-r", "base"]).success();
+    let rm = rm.resume();
+    let stderr = String::from_utf8_lossy(&rm.stderr);
+    assert_eq!(code(&rm), 0, "{rm:?}");
+    assert_eq!(stderr.matches("removed `").count(), 16, "{stderr}");
+    assert!(store.names(&[]).is_empty());
+    store.strata(&["check"]).success();
+}
+
 /// A command dropping stale mount records judges them again under the
 /// write lock: `prune` that found a record stale, paused while the target
 /// is mounted again (another snapshot), keeps the new, live record, so
@@ -627,6 +683,7 @@ both_drivers!(
     remove_during_diff,
     remove_during_usage,
     rm_r_with_the_subtree_changing,
+    rm_r_with_snapshots_removed_meanwhile,
     second_mount,
     check_during_each_step,
     check_walks_without_the_write_lock,

@@ -317,24 +317,16 @@ impl Store {
     }
 
     /// `strata ARGS…` with a soft limit of `files` open files, as under
-    /// `ulimit -n FILES` (the hard limit kept).
+    /// `ulimit -Sn FILES` (the hard limit kept).
     pub fn with_open_files(&self, files: u64, args: &[&str]) -> Run {
-        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-        use std::os::unix::process::CommandExt;
-        let hard = getrlimit(Resource::Nofile).maximum;
         let mut cmd = command(&self.root, args);
-        // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs.
-        unsafe {
-            cmd.pre_exec(move || {
-                let limit = Rlimit {
-                    current: Some(files),
-                    maximum: hard,
-                };
-                setrlimit(Resource::Nofile, limit).map_err(Into::into)
-            });
-        }
+        limit_open_files(&mut cmd, files, None);
+        self.limited_run(cmd, &format!("ulimit -Sn {files}"), args)
+    }
+
+    fn limited_run(&self, mut cmd: Command, ulimit: &str, args: &[&str]) -> Run {
         let out = cmd.output().unwrap();
-        let mut words = vec![format!("ulimit -n {files}; strata")];
+        let mut words = vec![format!("{ulimit}; strata")];
         words.extend(args.iter().map(|a| shell_quote(a)));
         Run {
             cmdline: words.join(" "),
@@ -1139,6 +1131,24 @@ pub fn command(root: &std::path::Path, args: &[impl AsRef<std::ffi::OsStr>]) -> 
     cmd
 }
 
+/// Sets `cmd`'s limits on open files: soft `soft`, hard `hard` (None:
+/// kept).
+pub fn limit_open_files(cmd: &mut Command, soft: u64, hard: Option<u64>) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    use std::os::unix::process::CommandExt;
+    let hard = hard.or(getrlimit(Resource::Nofile).maximum);
+    // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = Rlimit {
+                current: Some(soft),
+                maximum: hard,
+            };
+            setrlimit(Resource::Nofile, limit).map_err(Into::into)
+        });
+    }
+}
+
 /// A strata process stopped at crash point `at` (`STRATA_PAUSE_AT`), so a
 /// test can run another command exactly there; [`Paused::resume`] lets it
 /// go on and returns its output.
@@ -1150,8 +1160,21 @@ pub struct Paused {
 impl Paused {
     #[track_caller]
     pub fn start(store: &Store, args: &[&str], at: &str) -> Paused {
+        Paused::start_cmd(store, command(&store.root, args), args, at)
+    }
+
+    /// [`Paused::start`] under `ulimit -n FILES` (soft and hard).
+    #[track_caller]
+    pub fn start_with_file_limit(store: &Store, files: u64, args: &[&str], at: &str) -> Paused {
+        let mut cmd = command(&store.root, args);
+        limit_open_files(&mut cmd, files, Some(files));
+        Paused::start_cmd(store, cmd, args, at)
+    }
+
+    #[track_caller]
+    fn start_cmd(store: &Store, mut cmd: Command, args: &[&str], at: &str) -> Paused {
         let flag = store.scratch("pause");
-        let child = command(&store.root, args)
+        let child = cmd
             .env("STRATA_PAUSE_AT", at)
             .env("STRATA_PAUSE_FILE", &flag)
             .stdout(Stdio::piped())
