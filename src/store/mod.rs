@@ -1087,6 +1087,7 @@ impl Store {
             .into_iter()
             .filter(|r| ids.contains(&r.snapshot_id))
             .collect();
+        refuse_foreign_mounts(&rows, &mounted)?;
         if let Some(first) = mounted.first()
             && !force
         {
@@ -1137,6 +1138,8 @@ impl Store {
             .into_iter()
             .filter(|r| ids.contains(&r.snapshot_id))
             .collect();
+        // Before any of them is unmounted.
+        refuse_foreign_mounts(rows, &mounted)?;
         if let Some(first) = mounted.first() {
             if !force {
                 return Err(mounted_error(rows, first, key));
@@ -1592,6 +1595,33 @@ fn mounted_error(rows: &[Row], first: &MountRecord, key: &str) -> Error {
             first.target
         ),
     )
+}
+
+/// Refuses to remove `rows` while one of `mounted` (their live mount
+/// records) was made by strata in another mount namespace: no `rm`, `-f`
+/// or not, can undo that mount from here (see [`Store::unmount_target`]),
+/// so it is found before anything is unmounted or removed (audit: `rm -r
+/// -f` removed the batches before that snapshot's, then failed on it).
+fn refuse_foreign_mounts(rows: &[Row], mounted: &[MountRecord]) -> Result<()> {
+    let own = mount::own_namespace();
+    let Some((rec, ns)) = mounted
+        .iter()
+        .find_map(|r| foreign(r, own).map(|ns| (r, ns)))
+    else {
+        return Ok(());
+    };
+    let name = rows
+        .iter()
+        .find(|r| r.id == rec.snapshot_id)
+        .map_or("", |r| r.name.as_str());
+    Err(Error::precondition(format!(
+        "cannot remove `{name}`: strata mounted it at {} in another mount namespace (mnt:[{ns}]), which cannot be unmounted from here",
+        rec.target
+    ))
+    .with_hint(format!(
+        "unmount it from a shell in that namespace (nsenter --mount=/proc/PID/ns/mnt strata unmount {}), then remove it again",
+        rec.target
+    )))
 }
 
 /// Mount records split into those whose mount still exists and the stale

@@ -268,6 +268,39 @@ impl Drop for InNamespace {
     }
 }
 
+/// `unshare -m --propagation private ARGS…`, in a cleared environment.
+fn unshared(args: &[&str]) -> Command {
+    let mut c = Command::new("unshare");
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .args(["-m", "--propagation", "private"])
+        .args(args);
+    c
+}
+
+/// `strata mount KEY TARGET` run in a mount namespace of its own, which a
+/// process keeps alive until the result is dropped; TARGET is returned.
+fn mount_in_another_namespace(store: &Store, key: &str) -> (InNamespace, PathBuf) {
+    let t = store.scratch_dir("elsewhere");
+    let ready = store.scratch("ready");
+    let script = format!(
+        "'{BIN}' --root '{}' mount '{key}' '{}' && : > '{}' && exec sleep 120",
+        store.root.display(),
+        t.display(),
+        ready.display()
+    );
+    let child = InNamespace(unshared(&["sh", "-c", &script]).spawn().unwrap());
+    for _ in 0..500 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(ready.exists(), "the mount in the namespace did not happen");
+    assert!(!is_mount_point(&t), "the namespace's mount shows here");
+    (child, t)
+}
+
 /// A strata mount made in another mount namespace (`unshare -m`) cannot be seen from
 /// here: while a process is in that namespace it counts as mounted (`rm`, `rm -f`,
 /// `commit` and `unmount` refuse; `info` shows it), and once the namespace is gone
@@ -278,38 +311,8 @@ fn mounts_of_other_mount_namespaces() {
     let store = setup!("overlay");
     store.layer("base", None, &[file("f", "x", 0o644)]);
     store.strata(&["prepare", "a", "base"]).success();
-    let t = store.scratch_dir("elsewhere");
-    let ready = store.scratch("ready");
-    let (root, t, ready) = (
-        store.root.to_str().unwrap(),
-        t.to_str().unwrap(),
-        ready.to_str().unwrap(),
-    );
-    let script =
-        format!("'{BIN}' --root '{root}' mount a '{t}' && : > '{ready}' && exec sleep 120");
-    let unshared = |args: &[&str]| {
-        let mut c = Command::new("unshare");
-        c.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .args(["-m", "--propagation", "private"])
-            .args(args);
-        c
-    };
-    let child = InNamespace(unshared(&["sh", "-c", &script]).spawn().unwrap());
-    for _ in 0..500 {
-        if Path::new(ready).exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(
-        Path::new(ready).exists(),
-        "the mount in the namespace did not happen"
-    );
-    assert!(
-        !is_mount_point(Path::new(t)),
-        "the namespace's mount shows here"
-    );
+    let (child, t) = mount_in_another_namespace(&store, "a");
+    let (root, t) = (store.root.to_str().unwrap(), t.to_str().unwrap());
     assert_eq!(store.info("a")["mounted_at"][0], t);
     for args in [
         &["rm", "a"][..],
@@ -329,6 +332,51 @@ fn mounts_of_other_mount_namespaces() {
     drop(child);
     // That namespace is gone, and its mount with it.
     store.strata(&["rm", "a"]).success();
+}
+
+/// `rm -r -f` of a subtree one of whose snapshots strata mounted in another
+/// mount namespace refuses before anything goes, whatever batch would have
+/// reached it: that mount cannot be undone from here (audit: the batches
+/// before it were removed, then `rm` failed on it). Without `-f` too, and
+/// the hint says where to unmount it.
+#[test]
+fn rm_r_of_a_subtree_mounted_in_another_namespace() {
+    let store = setup!("overlay");
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    // Leaves go first, newest first: `a`, the oldest, in the last batch.
+    store.strata(&["prepare", "a", "base"]).success();
+    for i in 0..40 {
+        store
+            .strata(&["-q", "prepare", &format!("a{i}"), "base"])
+            .success();
+    }
+    let (child, t) = mount_in_another_namespace(&store, "a");
+    let all = store.names(&[]);
+    for args in [&["rm", "-r", "-f", "base"][..], &["rm", "-r", "base"]] {
+        let mut json = vec!["-o", "json"];
+        json.extend_from_slice(args);
+        // Batches of 16.
+        let run = store
+            .with_file_limit(64, &json)
+            .fails_json("failed_precondition");
+        let error = run.json_error();
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("`a`") && message.contains("another mount namespace"),
+            "{}",
+            run.session()
+        );
+        assert!(
+            error["hints"].to_string().contains("nsenter"),
+            "{}",
+            run.session()
+        );
+        assert_eq!(store.names(&[]), all, "{}", run.session());
+    }
+    assert_eq!(store.info("a")["mounted_at"][0], t.to_str().unwrap());
+    drop(child);
+    store.strata(&["rm", "-r", "base"]).success();
+    store.strata(&["check"]).success();
 }
 
 /// A file system the user mounted inside a strata mount is theirs: `unmount --lazy`

@@ -324,6 +324,14 @@ impl Store {
         self.limited_run(cmd, &format!("ulimit -Sn {files}"), args)
     }
 
+    /// `strata ARGS…` with soft and hard limits of `files` open files, as
+    /// under `ulimit -n FILES`: one it cannot raise.
+    pub fn with_file_limit(&self, files: u64, args: &[&str]) -> Run {
+        let mut cmd = command(&self.root, args);
+        limit_open_files(&mut cmd, files, Some(files));
+        self.limited_run(cmd, &format!("ulimit -n {files}"), args)
+    }
+
     fn limited_run(&self, mut cmd: Command, ulimit: &str, args: &[&str]) -> Run {
         let out = cmd.output().unwrap();
         let mut words = vec![format!("{ulimit}; strata")];
