@@ -814,6 +814,15 @@ impl Store {
         }
     }
 
+    /// `row`'s lock, or None when another process removed it.
+    fn lock_if_there(&self, row: &Row) -> Result<Option<std::fs::File>> {
+        match self.lock(row.id, &row.name) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(e) if e.kind() == Kind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The locks of `rows` still there, taken in id order (so two `rm -r`
     /// of overlapping trees cannot each wait for the other). A snapshot
     /// whose directory is gone was removed by another process (its row
@@ -823,11 +832,7 @@ impl Store {
         rows.sort_by_key(|r| r.id);
         let mut locks = Vec::with_capacity(rows.len());
         for row in rows {
-            match self.lock(row.id, &row.name) {
-                Ok(lock) => locks.push(lock),
-                Err(e) if e.kind() == Kind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            locks.extend(self.lock_if_there(row)?);
         }
         Ok(locks)
     }
@@ -1081,24 +1086,7 @@ impl Store {
         }
         // The whole subtree, before any of it goes (each batch looks again
         // under its locks).
-        let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
-        let mounted: Vec<MountRecord> = self
-            .live_among(records)?
-            .into_iter()
-            .filter(|r| ids.contains(&r.snapshot_id))
-            .collect();
-        refuse_foreign_mounts(&rows, &mounted)?;
-        if let Some(first) = mounted.first()
-            && !force
-        {
-            return Err(mounted_error(&rows, first, key));
-        }
-        // strata's own mounts (`force`) are unmounted batch by batch.
-        let table = mount_table()?;
-        let rows_named = rows.iter().map(|r| (r.id, &*r.name));
-        self.refuse_other_mounts(&table, rows_named, &mounted, "remove")?;
-        self.refuse_mounts_inside(&table, &rows)?;
-        drop(table);
+        self.refuse_subtree_mounts(key, &rows, records, force)?;
         for part in rows.chunks(batch) {
             // Each batch reads the mount records again once it holds its
             // locks: one recorded since the first look is unmounted too.
@@ -1109,6 +1097,59 @@ impl Store {
             }
         }
         Ok(Removal::Done)
+    }
+
+    /// Refuses `rm -r` of `rows` (a whole subtree, `records` the mount
+    /// records read with it) before any of it is removed, when one of them
+    /// is mounted: by strata (without `force`; in another mount namespace,
+    /// with it too), or by a mount strata did not record, or has a file
+    /// system mounted inside. strata's own mounts (`force`) are left to
+    /// the batches to unmount.
+    ///
+    /// A mount found unrecorded may be a `strata mount` between its
+    /// mount(2) and its record, which holds the snapshot's lock all along:
+    /// that lock is taken (waiting for the mount to finish), and the
+    /// records and the mount table read again while it is held, once per
+    /// snapshot (audit: `rm -r -f` refused such a mount as one strata did
+    /// not record, 4 runs of 12).
+    fn refuse_subtree_mounts(
+        &mut self,
+        key: &str,
+        rows: &[Row],
+        mut records: Vec<MountRecord>,
+        force: bool,
+    ) -> Result<()> {
+        let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        let mut waited = HashSet::new();
+        let mut _held = None;
+        loop {
+            let mounted: Vec<MountRecord> = self
+                .live_among(records)?
+                .into_iter()
+                .filter(|r| ids.contains(&r.snapshot_id))
+                .collect();
+            refuse_foreign_mounts(rows, &mounted)?;
+            if let Some(first) = mounted.first()
+                && !force
+            {
+                return Err(mounted_error(rows, first, key));
+            }
+            let table = mount_table()?;
+            let known: HashSet<&Path> = mounted.iter().map(|r| Path::new(&r.target)).collect();
+            let dirs = rows.iter().map(|r| (r, self.layout.fs(r.id)));
+            match table.first_showing(dirs, &known) {
+                Some((row, _)) if waited.insert(row.id) => {
+                    crash::point("rm:unrecorded-mount");
+                    _held = self.lock_if_there(row)?;
+                    records = self.read_mounts()?;
+                }
+                _ => {
+                    let rows_named = rows.iter().map(|r| (r.id, &*r.name));
+                    self.refuse_other_mounts(&table, rows_named, &mounted, "remove")?;
+                    return self.refuse_mounts_inside(&table, rows);
+                }
+            }
+        }
     }
 
     /// Removes `rows`, which hold every snapshot built on one of them
@@ -1124,31 +1165,22 @@ impl Store {
         force: bool,
         removed: &mut Vec<String>,
     ) -> Result<Removal> {
-        let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
         let _locks = self.lock_remaining(rows)?;
+        let read_before = records.is_some();
         let records = match records {
             Some(records) => records,
-            None => {
-                let tx = self.index.read()?;
-                index::mounts(&tx)?
-            }
+            None => self.read_mounts()?,
         };
-        let mounted: Vec<MountRecord> = self
-            .live_among(records)?
-            .into_iter()
-            .filter(|r| ids.contains(&r.snapshot_id))
-            .collect();
-        // Before any of them is unmounted.
-        refuse_foreign_mounts(rows, &mounted)?;
-        if let Some(first) = mounted.first() {
-            if !force {
-                return Err(mounted_error(rows, first, key));
-            }
-            for rec in &mounted {
-                self.unmount_target(rec, false)?;
-            }
+        self.unmount_batch(key, rows, records, force)?;
+        let mut table = mount_table()?;
+        if read_before && shows_any(&table, &self.layout, rows) {
+            // The records were read before the locks: a `strata mount`
+            // that held one of them, recorded since, would look like a
+            // mount strata did not record.
+            let records = self.read_mounts()?;
+            self.unmount_batch(key, rows, records, force)?;
+            table = mount_table()?;
         }
-        let table = mount_table()?;
         let rows_named = rows.iter().map(|r| (r.id, &*r.name));
         self.refuse_other_mounts(&table, rows_named, &[], "remove")?;
         self.refuse_mounts_inside(&table, rows)?;
@@ -1197,6 +1229,41 @@ impl Store {
             removed.push(row.name.clone());
         }
         Ok(Removal::Done)
+    }
+
+    /// Refuses to remove `rows` while one is mounted by strata (without
+    /// `force`, or in another mount namespace); with `force`, unmounts
+    /// their live mounts among `records`.
+    fn unmount_batch(
+        &mut self,
+        key: &str,
+        rows: &[Row],
+        records: Vec<MountRecord>,
+        force: bool,
+    ) -> Result<()> {
+        let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        let mounted: Vec<MountRecord> = self
+            .live_among(records)?
+            .into_iter()
+            .filter(|r| ids.contains(&r.snapshot_id))
+            .collect();
+        // Before any of them is unmounted.
+        refuse_foreign_mounts(rows, &mounted)?;
+        if let Some(first) = mounted.first() {
+            if !force {
+                return Err(mounted_error(rows, first, key));
+            }
+            for rec in &mounted {
+                self.unmount_target(rec, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The mount records, as the index has them now.
+    fn read_mounts(&mut self) -> Result<Vec<MountRecord>> {
+        let tx = self.index.read()?;
+        index::mounts(&tx)
     }
 
     /// Every snapshot, in byte order of names.
@@ -1579,6 +1646,13 @@ pub(crate) fn lock_batch(min: usize, max: usize) -> usize {
 /// the mount table: bigger ones save little.
 fn rm_batch() -> usize {
     lock_batch(16, 256)
+}
+
+/// Whether a mount shows the own directory of one of `rows` (strata's
+/// or not).
+fn shows_any(table: &mount::MountTable, layout: &Layout, rows: &[Row]) -> bool {
+    let dirs = rows.iter().map(|r| ((), layout.fs(r.id)));
+    table.first_showing(dirs, &HashSet::new()).is_some()
 }
 
 /// The error of `rm` without `force` of `rows`, `first` of whose mounts

@@ -368,6 +368,80 @@ fn rm_r_with_snapshots_removed_meanwhile(driver: &str) {
     store.strata(&["check"]).success();
 }
 
+/// `rm -f KEY` and `rm -r -f` of a subtree holding KEY, started while a
+/// `strata mount` of KEY is between its mount(2) and its record (it holds
+/// KEY's lock there), wait for that mount and unmount it as strata's own:
+/// it is not a mount strata did not record (audit: `rm -r -f` refused it
+/// as one, 4 runs of 12). Each `rm` is let to reach where it judges (trace
+/// point `at`) before the mount goes on.
+fn rm_f_during_a_mount(driver: &str) {
+    let store = setup!(driver);
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    for i in 0..20 {
+        store
+            .strata(&["-q", "prepare", &format!("c{i}"), "base"])
+            .success();
+    }
+    // `rm -f a` reads the mount records before it waits for a's lock;
+    // `rm -r -f base` (batches of 16 under `ulimit -n 48`) looks at the
+    // whole subtree before any batch.
+    for (args, at) in [
+        (&["rm", "-f", "a"][..], "rm:read"),
+        (&["rm", "-r", "-f", "base"], "rm:unrecorded-mount"),
+    ] {
+        store.strata(&["prepare", "a", "base"]).success();
+        let target = store.scratch("mnt");
+        let _guard = MountGuard::new(&target);
+        let t = target.to_str().unwrap();
+        let mount = Paused::start(&store, &["mount", "a", t], "mount:mounted");
+        let trace = store.scratch("trace");
+        let mut rm = command(&store.root, args);
+        limit_open_files(&mut rm, 48, Some(48));
+        let mut rm = rm
+            .env("STRATA_CRASH_TRACE", &trace)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let reached = || std::fs::read_to_string(&trace).is_ok_and(|t| t.contains(at));
+        for _ in 0..3000 {
+            if reached() || rm.try_wait().unwrap().is_some() {
+                break;
+            }
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mount = mount.resume();
+        assert_eq!(code(&mount), 0, "{mount:?}");
+        let rm = rm.wait_with_output().unwrap();
+        assert_eq!(code(&rm), 0, "{args:?}: {rm:?}");
+        assert!(!is_mount_point(&target), "{args:?} left it mounted");
+        assert!(!store.names(&[]).contains(&"a".to_string()), "{args:?}");
+    }
+    assert!(store.names(&[]).is_empty());
+    store.strata(&["check"]).success();
+
+    // A `strata mount` killed there holds no lock: its mount is still one
+    // strata did not record, and the whole `rm -r -f` is refused.
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    for i in 0..20 {
+        store
+            .strata(&["-q", "prepare", &format!("c{i}"), "base"])
+            .success();
+    }
+    store.strata(&["prepare", "a", "base"]).success();
+    let target = store.scratch("mnt");
+    let guard = MountGuard::new(&target);
+    store.killed_at(&["mount", "a", target.to_str().unwrap()], "mount:mounted");
+    let all = store.names(&[]);
+    store
+        .with_file_limit(48, &["rm", "-r", "-f", "base"])
+        .fails_with(5, "strata did not record");
+    assert_eq!(store.names(&[]), all);
+    drop(guard);
+    store.strata(&["rm", "-r", "base"]).success();
+    store.strata(&["check"]).success();
+}
+
 /// A command dropping stale mount records judges them again under the
 /// write lock: `prune` that found a record stale, paused while the target
 /// is mounted again (another snapshot), keeps the new, live record, so
@@ -684,6 +758,7 @@ both_drivers!(
     remove_during_usage,
     rm_r_with_the_subtree_changing,
     rm_r_with_snapshots_removed_meanwhile,
+    rm_f_during_a_mount,
     second_mount,
     check_during_each_step,
     check_walks_without_the_write_lock,
