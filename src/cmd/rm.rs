@@ -30,6 +30,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
+    // It holds a lock, an open directory, on each of a batch of snapshots.
+    crate::store::raise_open_file_limit();
     let mut first: Option<Error> = None;
     // `rm -r base top` with top built on base: top went with base.
     let mut removed_here = std::collections::HashSet::new();

@@ -1079,8 +1079,8 @@ impl Store {
             (rows, index::mounts(&tx)?)
         };
         crash::point("rm:read");
-        // A batch is 16 or more: a plain `rm` does not ask the limit.
-        let batch = if rows.len() <= 16 { 16 } else { rm_batch() };
+        // A plain `rm` does not ask the limit.
+        let batch = if rows.len() == 1 { 1 } else { rm_batch() };
         if rows.len() <= batch {
             return self.remove_batch(key, &rows, Some(records), force, removed);
         }
@@ -1628,22 +1628,58 @@ fn mount_table() -> Result<mount::MountTable> {
     mount::MountTable::read().ctx(|| "cannot read /proc/self/mountinfo".into())
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as
+/// Go's runtime does for every program (and so `ctr` and containerd): the
+/// soft limit is kept low (often 1,024) for programs that use `select`,
+/// which strata does not. For the commands that hold many files at once
+/// (`rm`, `prune`, `check`), not for every command: it costs two system
+/// calls, and a short command's start is counted (docs/benchmarks.md).
+/// strata starts no other program from these commands, so none inherits
+/// the raised limit. A failure leaves the limit as it was: the batches
+/// are sized by the limit in force.
+pub fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.maximum.is_some() && limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, raised);
+    }
+}
+
+/// Open files a batch of locks leaves, besides the tree remover's
+/// directories: standard streams, the index and its journal files, the
+/// mount table and namespace files being read, with room to spare (a
+/// `rm -r` of deep trees needs about 6 beside its locks and the remover's).
+const RESERVED_FILES: usize = 16;
+
 /// How many snapshots a batch of `rm -r`, `prune` or `check` locks at once
 /// (each lock is an open directory, held until its snapshot is gone): a
 /// quarter of the soft limit on open files, the rest left for deleting and
-/// measuring them and for the index, within `min..=max`.
+/// measuring them and for the index, within `min..=max`; but never more
+/// than leaves room for the remover's directories and the reserve, so
+/// under a tiny limit a batch is smaller than `min`, down to 1 (audit:
+/// batches of 16 under `ulimit -n 32` failed with "No file descriptors
+/// available" after some were removed).
 pub(crate) fn lock_batch(min: usize, max: usize) -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
-        .unwrap_or(u64::MAX);
-    usize::try_from(limit / 4)
-        .unwrap_or(usize::MAX)
-        .clamp(min, max)
+        .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    batch_within(limit, min, max)
+}
+
+/// [`lock_batch`] under a soft limit of `limit` open files.
+fn batch_within(limit: usize, min: usize, max: usize) -> usize {
+    let room = limit.saturating_sub(remover::OPEN + RESERVED_FILES).max(1);
+    (limit / 4).clamp(min, max).min(room)
 }
 
 /// How many snapshots `rm -r` removes at a time: 256 under the usual
-/// `ulimit -n 1024`, at least 16. A batch is a transaction and a read of
-/// the mount table: bigger ones save little.
+/// `ulimit -n 1024` (which `rm` raises to the hard limit), 16 or more
+/// unless the limit is tiny. A batch is a transaction and a read of the
+/// mount table: bigger ones save little.
 fn rm_batch() -> usize {
     lock_batch(16, 256)
 }
@@ -1772,4 +1808,23 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_within;
+
+    #[test]
+    fn batches_leave_room_for_the_remover_and_the_index() {
+        // rm's batches: a quarter of the limit, 16 to 256.
+        assert_eq!(batch_within(1024, 16, 256), 256);
+        assert_eq!(batch_within(256, 16, 256), 64);
+        assert_eq!(batch_within(64, 16, 256), 16);
+        // Below 48 files, 16 locks and the remover's 16 directories leave
+        // too little for the rest: smaller batches, down to one.
+        assert_eq!(batch_within(40, 16, 256), 8);
+        assert_eq!(batch_within(32, 16, 256), 1);
+        assert_eq!(batch_within(10, 16, 256), 1);
+        assert_eq!(batch_within(usize::MAX, 8, 1024), 1024);
+    }
 }

@@ -31,7 +31,7 @@ use rustix::io::Errno;
 use super::longpath;
 
 /// At most this many directories of the tree are open at once.
-const OPEN: usize = 16;
+pub(crate) const OPEN: usize = 16;
 
 /// Bytes of directory entries read by one `getdents`.
 const LISTING: usize = 32 * 1024;

@@ -543,31 +543,31 @@ fn many_leftovers_in_few_files(driver: &str) {
     let all = 1500 + 100 + 100 + 100;
 
     let dry = s
-        .with_open_files(256, &["prune", "--dry-run", "-o", "json"])
+        .with_file_limit(256, &["prune", "--dry-run", "-o", "json"])
         .success();
     let report = dry.json();
     assert_eq!(report["count"], all, "{}", dry.session());
     assert_eq!(report["failed"], serde_json::json!([]), "{}", dry.session());
-    let check = s.with_open_files(256, &["check"]);
+    let check = s.with_file_limit(256, &["check"]);
     assert_eq!(check.code, 1, "{}", check.session());
     assert_eq!(check.stdout.lines().count(), all, "{}", check.session());
 
-    let run = s.with_open_files(256, &["prune", "-o", "json"]).success();
+    let run = s.with_file_limit(256, &["prune", "-o", "json"]).success();
     let report = run.json();
     assert_eq!(report["count"], all, "{}", run.session());
     assert_eq!(report["failed"], serde_json::json!([]), "{}", run.session());
     assert_eq!(s.snapshot_dirs().len(), 2, "{:?}", s.snapshot_dirs());
     assert_eq!(fs::read_dir(&links).unwrap().count(), 0);
-    s.with_open_files(256, &["check"]).success();
+    s.with_file_limit(256, &["check"]).success();
     assert_eq!(s.names(&[]), vec!["act", "base"]);
 
     // And `check --repair` deletes them as prune does.
     for i in 0..600 {
         fs::create_dir_all(snaps.join(format!("{}/fs", 200_000 + i))).unwrap();
     }
-    let run = s.with_open_files(256, &["check", "--repair"]).success();
+    let run = s.with_file_limit(256, &["check", "--repair"]).success();
     assert_eq!(run.stdout.lines().count(), 600, "{}", run.session());
-    s.with_open_files(256, &["check"]).success();
+    s.with_file_limit(256, &["check"]).success();
     assert_eq!(s.snapshot_dirs().len(), 2, "{:?}", s.snapshot_dirs());
 }
 

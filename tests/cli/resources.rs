@@ -364,7 +364,7 @@ fn rm_r_of_a_big_subtree_under_a_low_file_limit() {
     assert_eq!(all, 1_500);
     let guard = store.mount("a0");
     let refused = store
-        .with_open_files(256, &["-o", "json", "rm", "-r", "base"])
+        .with_file_limit(256, &["-o", "json", "rm", "-r", "base"])
         .fails_json("failed_precondition");
     let message = refused.json_error()["message"].to_string();
     assert!(message.contains("`a0` is mounted"), "{}", refused.session());
@@ -372,7 +372,7 @@ fn rm_r_of_a_big_subtree_under_a_low_file_limit() {
     store.strata(&["check"]).success();
 
     let rm = store
-        .with_open_files(256, &["rm", "-r", "-f", "base"])
+        .with_file_limit(256, &["rm", "-r", "-f", "base"])
         .success();
     assert_eq!(
         rm.stderr.matches("removed `").count(),
@@ -410,12 +410,45 @@ fn rm_of_a_deep_tree_under_a_low_file_limit(driver: &str) {
         dir = rustix::fs::openat(&dir, "level-12345", flags, rustix::fs::Mode::empty()).unwrap();
     }
     drop(dir);
-    store.with_open_files(256, &["rm", "uc"]).success();
+    store.with_file_limit(256, &["rm", "uc"]).success();
     empty_and_consistent(&store);
+}
+
+/// `rm -r` of a subtree of 100 snapshots whose trees each nest 20
+/// directories, so that deleting one keeps the remover's 16 directories
+/// open: under a soft limit of 32 open files (the hard one kept), which
+/// strata raises to the hard limit as Go does for every program; and
+/// under `ulimit -n 36`, soft and hard, where batches are sized so that a
+/// batch's locks, the remover's directories and the index fit (audit: a
+/// batch of 16 locks did not, and `rm -r` failed with "No file
+/// descriptors available" after some batches).
+fn rm_r_of_deep_trees_under_a_tiny_file_limit(driver: &str) {
+    let store = Store::uninitialized(driver);
+    store.strata(&["init", "--driver", driver]).success();
+    let deep: std::path::PathBuf = (1..=20).map(|i| i.to_string()).collect();
+    // Soft 32 (hard kept), then soft and hard 36.
+    for hard in [false, true] {
+        store.strata(&["prepare", "b"]).success();
+        store.strata(&["commit", "base", "b"]).success();
+        for i in 0..100 {
+            let key = format!("a{i}");
+            store.strata(&["-q", "prepare", &key, "base"]).success();
+            fs::create_dir_all(writable_dir(&store, &key).join(&deep)).unwrap();
+        }
+        let run = if hard {
+            store.with_file_limit(36, &["rm", "-r", "base"])
+        } else {
+            store.with_open_files(32, &["rm", "-r", "base"])
+        };
+        let run = run.success();
+        assert_eq!(run.stderr.matches("removed `").count(), 101);
+        empty_and_consistent(&store);
+    }
 }
 
 both_drivers!(
     rm_of_a_deep_tree_under_a_low_file_limit,
+    rm_r_of_deep_trees_under_a_tiny_file_limit,
     rm_of_a_snapshot_with_a_mount_inside
 );
 
