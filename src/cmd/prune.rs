@@ -58,7 +58,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         [] => Ok(()),
         [one] => Err(
             Error::internal(format!("cannot delete {}: {}", one.path, one.error)).with_hint(
-                "delete it by hand, or see what holds it (a mount, a file system that refuses)",
+                "delete it by hand, or see what holds it (a mount, an immutable or append-only file: `lsattr`, a file system that refuses)",
             ),
         ),
         many => Err(Error::internal(format!(
@@ -66,7 +66,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             many.len()
         ))
         .with_hint(
-            "delete them by hand, or see what holds them (a mount, a file system that refuses)",
+            "delete them by hand, or see what holds them (a mount, an immutable or append-only file: `lsattr`, a file system that refuses)",
         )),
     }
 }

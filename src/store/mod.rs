@@ -1019,26 +1019,35 @@ impl Store {
     /// is `not_found`, as a plain `rm` that lost the race.
     ///
     /// A big subtree goes in batches (see [`Store::remove_once`]); an error
-    /// after some were removed says so in a hint.
+    /// after some were removed says so in a hint. A snapshot whose files
+    /// cannot all be deleted once its row is gone does not stop the rest:
+    /// the first such failure is the error once the rest is removed.
     pub fn remove(&mut self, key: &str, recursive: bool, force: bool) -> Result<Vec<String>> {
-        let mut removed = Vec::new();
+        let mut done = Removed::default();
         let mut tries = 1;
         let error = loop {
-            match self.remove_once(key, recursive, force, tries > 1, &mut removed) {
-                Ok(Removal::Done) if removed.is_empty() => break replaced(key),
-                Ok(Removal::Done) => return Ok(removed),
+            match self.remove_once(key, recursive, force, tries > 1, &mut done) {
+                Ok(Removal::Done) if done.names.is_empty() => break replaced(key),
+                Ok(Removal::Done) => return done.into_result(key),
                 Ok(Removal::Changed(e)) if !recursive || tries == 5 => break e,
                 Ok(Removal::Changed(_)) => tries += 1,
                 Err(e) => break e,
             }
         };
-        Err(match removed.len() {
+        let error = match done.names.len() {
             0 => error,
             n => error.with_hint(format!(
                 "{n} snapshot{} of the subtree of `{key}` (those built on others of it first) {} removed before this; the rest, `{key}` with it, is still there",
                 if n == 1 { "" } else { "s" },
                 if n == 1 { "was" } else { "were" },
             )),
+        };
+        Err(match done.leftovers.first() {
+            Some(first) => error.with_hint(format!(
+                "also, {}; `strata prune` deletes what is left of it",
+                first.message()
+            )),
+            None => error,
         })
     }
 
@@ -1049,15 +1058,15 @@ impl Store {
     /// lock, an open directory, on each, and failed under `ulimit -n
     /// 1024`). Before the first batch, the mounts of the whole subtree are
     /// looked at: a mounted snapshot anywhere in it refuses the `rm`
-    /// (without `force`) before anything is removed. The names of the
-    /// snapshots removed are added to `removed`.
+    /// (without `force`) before anything is removed. What is removed is
+    /// added to `done`.
     fn remove_once(
         &mut self,
         key: &str,
         recursive: bool,
         force: bool,
         again: bool,
-        removed: &mut Vec<String>,
+        done: &mut Removed,
     ) -> Result<Removal> {
         let (rows, records) = {
             let tx = self.index.read()?;
@@ -1082,7 +1091,7 @@ impl Store {
         // A plain `rm` does not ask the limit.
         let batch = if rows.len() == 1 { 1 } else { rm_batch() };
         if rows.len() <= batch {
-            return self.remove_batch(key, &rows, Some(records), force, removed);
+            return self.remove_batch(key, &rows, Some(records), force, done);
         }
         // The whole subtree, before any of it goes (each batch looks again
         // under its locks).
@@ -1091,7 +1100,7 @@ impl Store {
             // Each batch reads the mount records again once it holds its
             // locks: one recorded since the first look is unmounted too.
             if let changed @ Removal::Changed(_) =
-                self.remove_batch(key, part, None, force, removed)?
+                self.remove_batch(key, part, None, force, done)?
             {
                 return Ok(changed);
             }
@@ -1155,15 +1164,15 @@ impl Store {
     /// Removes `rows`, which hold every snapshot built on one of them
     /// (leaves first), in one transaction; `records` are the mount records
     /// read with them (None: read once the rows are locked). Those another
-    /// process removed meanwhile are passed over; the names of those
-    /// removed here are added to `removed`.
+    /// process removed meanwhile are passed over; what is removed here is
+    /// added to `done`.
     fn remove_batch(
         &mut self,
         key: &str,
         rows: &[Row],
         records: Option<Vec<MountRecord>>,
         force: bool,
-        removed: &mut Vec<String>,
+        done: &mut Removed,
     ) -> Result<Removal> {
         let _locks = self.lock_remaining(rows)?;
         let read_before = records.is_some();
@@ -1218,15 +1227,14 @@ impl Store {
         }
         tx.commit()?;
         crash::point("rm:committed");
+        // Each one's files, also after one that fails: their rows are gone
+        // (audit: the rest of the batch was left as row-less directories).
         for row in deleted {
-            self.layout.discard(row.id).ctx(|| {
-                format!(
-                    "snapshot `{}` was removed, but deleting its files failed",
-                    row.name
-                )
-            })?;
+            if let Err(e) = self.layout.discard(row.id) {
+                done.leftovers.push(files_left(&row.name, e));
+            }
             crash::point("rm:files-deleted");
-            removed.push(row.name.clone());
+            done.names.push(row.name.clone());
         }
         Ok(Removal::Done)
     }
@@ -1493,6 +1501,57 @@ fn mounted_by_id(records: &[MountRecord]) -> HashMap<i64, Vec<String>> {
 
 fn exists(key: &str) -> Error {
     Error::already_exists(format!("snapshot `{key}` already exists"))
+}
+
+/// What [`Store::remove`] has done so far.
+#[derive(Default)]
+struct Removed {
+    /// The snapshots removed, in order.
+    names: Vec<String>,
+    /// One error for each snapshot removed whose files could not all be
+    /// deleted.
+    leftovers: Vec<Error>,
+}
+
+impl Removed {
+    /// The result of a removal of `key` that went to the end.
+    fn into_result(self, key: &str) -> Result<Vec<String>> {
+        let n = self.names.len();
+        let mut leftovers = self.leftovers.into_iter();
+        let Some(first) = leftovers.next() else {
+            return Ok(self.names);
+        };
+        let more = leftovers.count();
+        Err(match (n, more) {
+            (1, _) => first,
+            (n, 0) => first.with_hint(format!(
+                "the other {} snapshot{} of the subtree of `{key}` went with it",
+                n - 1,
+                if n == 2 { "" } else { "s" }
+            )),
+            (n, more) => first.with_hint(format!(
+                "all {n} snapshots of the subtree of `{key}` were removed; {more} more left files behind (`strata prune` lists them)"
+            )),
+        })
+    }
+}
+
+/// The error of snapshot `name`, removed from the index, whose files could
+/// not all be deleted (`e`): what is left is an `rm-*` directory, or its
+/// own without a row, which `prune` deletes once what refused is fixed.
+fn files_left(name: &str, e: std::io::Error) -> Error {
+    let hint = match remover::held_by_attribute(&e) {
+        Some(path) => format!(
+            "{} is immutable or append-only (`lsattr -d` shows it): take that off with `chattr -i -a`, then `strata prune` deletes what is left of the snapshot",
+            path.display()
+        ),
+        None => "`strata prune` deletes what is left of it once what refused is fixed".into(),
+    };
+    Error::io(
+        format!("snapshot `{name}` was removed, but deleting its files failed"),
+        e,
+    )
+    .with_hint(hint)
 }
 
 /// How one attempt of [`Store::remove`] ended.

@@ -22,7 +22,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RawDir};
@@ -208,8 +208,60 @@ fn open_below(dir: &OwnedFd, name: &CStr) -> rustix::io::Result<OwnedFd> {
 }
 
 fn at(path: &Path, e: Errno) -> io::Error {
-    let e = io::Error::from(e);
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    let failed = PathError {
+        path: path.to_path_buf(),
+        errno: e,
+    };
+    io::Error::new(io::Error::from(e).kind(), failed)
+}
+
+/// An error of one path of the tree. It keeps the errno, which an
+/// `io::Error` made with a message loses, for [`held_by_attribute`].
+#[derive(Debug)]
+struct PathError {
+    path: PathBuf,
+    errno: Errno,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.path.display(),
+            io::Error::from(self.errno)
+        )
+    }
+}
+
+impl std::error::Error for PathError {}
+
+/// When [`remove_tree`] failed with `EPERM` on a path that is immutable or
+/// append-only (`chattr +i`, `+a`), or that is in a directory that is: the
+/// path or directory with the flag. Such a flag stops root too, until it
+/// is taken off.
+pub(crate) fn held_by_attribute(e: &io::Error) -> Option<PathBuf> {
+    let failed = e.get_ref()?.downcast_ref::<PathError>()?;
+    if failed.errno != Errno::PERM {
+        return None;
+    }
+    let path = failed.path.as_path();
+    [Some(path), path.parent()]
+        .into_iter()
+        .flatten()
+        .find(|p| has_blocking_attribute(p))
+        .map(Path::to_path_buf)
+}
+
+/// Whether `path` (not followed if a symlink) is immutable or append-only.
+fn has_blocking_attribute(path: &Path) -> bool {
+    use rustix::fs::{StatxAttributes, StatxFlags};
+    let Ok((dir, name)) = parent_of(path) else {
+        return false;
+    };
+    let blocking = StatxAttributes::IMMUTABLE | StatxAttributes::APPEND;
+    rustix::fs::statx(&dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::empty())
+        .is_ok_and(|st| st.stx_attributes.intersects(blocking))
 }
 
 struct Walk<'p> {

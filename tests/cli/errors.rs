@@ -56,6 +56,7 @@ both_drivers!(
     failed_create_with_mount_leaves_nothing,
     table_errors_are_one_line,
     outputs_inside_the_store_are_invalid,
+    rm_of_immutable_files,
 );
 
 /// What strata writes at a path the user names never lands in the store:
@@ -693,4 +694,125 @@ fn another_users_store_is_out_of_reach() {
         stderr.contains("hint: the store, or a directory above it, belongs to another user"),
         "{stderr}"
     );
+}
+
+/// Takes the immutable and append-only flags off everything under a path
+/// when dropped, however the test ends, so its temporary directory can be
+/// deleted.
+struct Unflag(std::path::PathBuf);
+
+impl Drop for Unflag {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr")
+            .args(["-R", "-f", "-i", "-a"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Whether `chattr +i` works on the file system of `dir` (as root); if
+/// not, prints why the test is skipped, or panics with `CI=true`, whose
+/// temporary directory is on ext4, where it does.
+fn chattr_works(dir: &Path) -> bool {
+    let probe = dir.join("chattr-probe");
+    fs::write(&probe, "").unwrap();
+    let _unflag = Unflag(probe.clone());
+    let out = Command::new("chattr").arg("+i").arg(&probe).output();
+    match out {
+        Ok(o) if o.status.success() => true,
+        other => {
+            let why = format!("chattr +i does not work in {}: {other:?}", dir.display());
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but {why}"
+            );
+            eprintln!("skipped: {why}");
+            false
+        }
+    }
+}
+
+/// `rm` of a snapshot whose tree holds an immutable file (`chattr +i`), and
+/// `rm -r` of a subtree one of whose snapshots has an append-only directory
+/// (`chattr +a`): the snapshots are removed from the store, their files
+/// deleted but for what the flag holds, which is left for `prune`; the
+/// error says which path holds it and what to do (audit: one line without
+/// a hint, and `rm -r` left the directories of the rest of its batch).
+fn rm_of_immutable_files(driver: &str) {
+    let store = Store::uninitialized(driver);
+    store.strata(&["init", "--driver", driver]).success();
+    let unflag = Unflag(store.root.clone());
+    if !chattr_works(store.tmp()) {
+        return;
+    }
+    store.strata(&["prepare", "a"]).success();
+    let sub = writable_dir(&store, "a").join("sub");
+    fs::create_dir(&sub).unwrap();
+    fs::write(sub.join("f"), "x").unwrap();
+    sh_ok(
+        &format!("chattr +i {}", shell_quote(sub.join("f").to_str().unwrap())),
+        "chattr",
+    );
+    let run = store.fails(&["rm", "a"], "internal");
+    let error = run.json_error();
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("`a` was removed, but deleting its files failed"),
+        "{}",
+        run.session()
+    );
+    let hints = error["hints"].to_string();
+    assert!(
+        hints.contains("sub/f is immutable or append-only"),
+        "{}",
+        run.session()
+    );
+    assert!(
+        hints.contains("chattr -i -a") && hints.contains("strata prune"),
+        "{hints}"
+    );
+    assert!(store.names(&[]).is_empty());
+
+    store.strata(&["prepare", "b"]).success();
+    store.strata(&["commit", "base", "b"]).success();
+    for leaf in ["x", "y", "z"] {
+        store.strata(&["prepare", leaf, "base"]).success();
+    }
+    let sub = writable_dir(&store, "y").join("sub");
+    fs::create_dir(&sub).unwrap();
+    fs::write(sub.join("f"), "x").unwrap();
+    sh_ok(
+        &format!("chattr +a {}", shell_quote(sub.to_str().unwrap())),
+        "chattr",
+    );
+    let run = store.fails(&["rm", "-r", "base"], "internal");
+    let error = run.json_error();
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("`y` was removed"),
+        "{}",
+        run.session()
+    );
+    assert!(
+        error["hints"]
+            .to_string()
+            .contains("/sub is immutable or append-only"),
+        "{}",
+        run.session()
+    );
+    assert!(store.names(&[]).is_empty(), "{}", run.session());
+    let dirs = store.snapshot_dirs();
+    assert!(
+        dirs.len() == 2 && dirs.iter().all(|d| d.starts_with("rm-")),
+        "only the leftovers of a and y: {dirs:?}"
+    );
+    store.fails(&["prune"], "internal");
+    drop(unflag);
+    store.strata(&["prune"]).success();
+    store.strata(&["check"]).success();
+    assert_eq!(store.snapshot_dirs(), Vec::<String>::new());
 }
