@@ -1175,25 +1175,28 @@ impl Store {
         done: &mut Removed,
     ) -> Result<Removal> {
         let _locks = self.lock_remaining(rows)?;
-        let read_before = records.is_some();
+        let table = mount_table()?;
         let records = match records {
+            // Read before the locks: a `strata mount` that held one of
+            // them, recorded since, would look like a mount strata did not
+            // record (its mount(2) came before its record, so the table
+            // read now shows it either way).
+            Some(_) if shows_any(&table, &self.layout, rows) => self.read_mounts()?,
             Some(records) => records,
             None => self.read_mounts()?,
         };
-        self.unmount_batch(key, rows, records, force)?;
-        let mut table = mount_table()?;
-        if read_before && shows_any(&table, &self.layout, rows) {
-            // The records were read before the locks: a `strata mount`
-            // that held one of them, recorded since, would look like a
-            // mount strata did not record.
-            let records = self.read_mounts()?;
-            self.unmount_batch(key, rows, records, force)?;
-            table = mount_table()?;
-        }
+        let mounted = self.mounted_among(key, rows, records, force)?;
+        // Every refusal before any unmount: `rm -f` refused for a mount
+        // strata did not record leaves strata's own mounts as they were
+        // (audit: they were undone first).
         let rows_named = rows.iter().map(|r| (r.id, &*r.name));
-        self.refuse_other_mounts(&table, rows_named, &[], "remove")?;
+        self.refuse_other_mounts(&table, rows_named, &mounted, "remove")?;
         self.refuse_mounts_inside(&table, rows)?;
         drop(table);
+        for rec in &mounted {
+            self.unmount_target(rec, false)
+                .map_err(|e| unmount_failed(rows, rec, key, e))?;
+        }
         let names: HashSet<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         let mut deleted = Vec::with_capacity(rows.len());
         let tx = self.index.write()?;
@@ -1239,33 +1242,27 @@ impl Store {
         Ok(Removal::Done)
     }
 
-    /// Refuses to remove `rows` while one is mounted by strata (without
-    /// `force`, or in another mount namespace); with `force`, unmounts
-    /// their live mounts among `records`.
-    fn unmount_batch(
+    /// strata's live mounts of `rows` among `records`, which `rm` is to
+    /// undo; refused (before any is undone) without `force`, or when one
+    /// is in another mount namespace.
+    fn mounted_among(
         &mut self,
         key: &str,
         rows: &[Row],
         records: Vec<MountRecord>,
         force: bool,
-    ) -> Result<()> {
+    ) -> Result<Vec<MountRecord>> {
         let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
         let mounted: Vec<MountRecord> = self
             .live_among(records)?
             .into_iter()
             .filter(|r| ids.contains(&r.snapshot_id))
             .collect();
-        // Before any of them is unmounted.
         refuse_foreign_mounts(rows, &mounted)?;
-        if let Some(first) = mounted.first() {
-            if !force {
-                return Err(mounted_error(rows, first, key));
-            }
-            for rec in &mounted {
-                self.unmount_target(rec, false)?;
-            }
+        match mounted.first() {
+            Some(first) if !force => Err(mounted_error(rows, first, key)),
+            _ => Ok(mounted),
         }
-        Ok(())
     }
 
     /// The mount records, as the index has them now.
@@ -1748,6 +1745,26 @@ fn rm_batch() -> usize {
 fn shows_any(table: &mount::MountTable, layout: &Layout, rows: &[Row]) -> bool {
     let dirs = rows.iter().map(|r| ((), layout.fs(r.id)));
     table.first_showing(dirs, &HashSet::new()).is_some()
+}
+
+/// The error of `rm -f` of `rows` when undoing `rec` failed (busy): it
+/// names the snapshot, as the error of `commit` does (audit: "cannot
+/// unmount T: it is busy" said nothing of what was being removed).
+fn unmount_failed(rows: &[Row], rec: &MountRecord, key: &str, e: Error) -> Error {
+    let name = rows
+        .iter()
+        .find(|r| r.id == rec.snapshot_id)
+        .map(|r| r.name.as_str())
+        .unwrap_or(key);
+    let err = Error::precondition(format!(
+        "cannot remove `{name}`: unmounting it from {} failed: {}",
+        rec.target,
+        e.message()
+    ));
+    match e.hints() {
+        [] => err.with_hint("close what uses the mount, then remove it again"),
+        hints => hints.iter().fold(err, |err, h| err.with_hint(h.clone())),
+    }
 }
 
 /// The error of `rm` without `force` of `rows`, `first` of whose mounts

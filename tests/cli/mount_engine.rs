@@ -233,8 +233,23 @@ fn stale_records_are_dropped_and_busy_unmounts_change_nothing() {
     // commit of a busy mount fails and leaves `a` active and mounted.
     store.fails(&["commit", "c", "a"], "failed_precondition");
     assert_eq!(store.info("a")["kind"], "active");
-    // rm -f cannot unmount it either.
-    store.fails(&["rm", "-f", "a"], "failed_precondition");
+    // rm -f cannot unmount it either, and says which snapshot it was
+    // removing (audit: only the busy target was named).
+    let run = store.fails(&["rm", "-f", "a"], "failed_precondition");
+    let error = run.json_error();
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot remove `a`: unmounting it from "),
+        "{}",
+        run.session()
+    );
+    assert!(
+        error["hints"].to_string().contains("strata unmount --lazy"),
+        "{}",
+        run.session()
+    );
     // --lazy detaches it anyway.
     store.strata(&["unmount", "--lazy", "a"]).success();
     assert!(!is_mount_point(&m.path));
@@ -575,6 +590,18 @@ fn hand_made_view_mounts_keep_rm_r_off_their_layers() {
                 let view = format!("v-{parent}");
                 let pasted = paste_mount(&store, &view, relative);
                 rm_r_refused(&store, &pasted.path);
+                // strata's own mount in the subtree stays: every refusal
+                // comes before `-f` undoes anything (in one batch it did).
+                let own = store.mount("v-mid");
+                let run = rm(&store, &["rm", "-r", "-f", "base"]);
+                let run = run.fails_json("failed_precondition");
+                assert!(
+                    run.stderr.contains("strata did not record"),
+                    "{}",
+                    run.session()
+                );
+                assert!(is_mount_point(&own.path), "rm -r -f undid strata's mount");
+                store.unmount(&own);
                 umount_by_hand(&pasted.path);
                 // Left by a `strata mount` killed before its record: the
                 // layers as strata hands them over (`lowerdir+=`).
