@@ -45,8 +45,7 @@ fn prune_finds_every_leftover(driver: &str) {
     fs::create_dir(snaps.join("rm-4-5-6")).unwrap();
     // A staging directory whose builder is alive (holds the lock) stays.
     fs::create_dir(snaps.join("new-alive")).unwrap();
-    let lock = fs::File::open(snaps.join("new-alive")).unwrap();
-    lock.try_lock().unwrap();
+    let lock = HeldLock::on(&snaps.join("new-alive"));
 
     let dry = s
         .strata(&["prune", "--dry-run", "-o", "json"])
@@ -458,14 +457,7 @@ fn locked_work_in_progress_is_left_alone(driver: &str) {
     fs::create_dir_all(snaps.join("new-by-hand/fs")).unwrap();
     fs::create_dir(snaps.join(&base).join("work")).unwrap();
     let held = ["999", "rm-by-hand", "new-by-hand", &base];
-    let locks: Vec<fs::File> = held
-        .iter()
-        .map(|d| {
-            let lock = fs::File::open(snaps.join(d)).unwrap();
-            lock.try_lock().unwrap();
-            lock
-        })
-        .collect();
+    let locks: Vec<HeldLock> = held.iter().map(|d| HeldLock::on(&snaps.join(d))).collect();
 
     let check = s.strata(&["check"]).success();
     assert_eq!(check.stdout, "consistent\n", "{}", check.session());

@@ -1204,3 +1204,39 @@ impl Paused {
         self.child.wait_with_output().unwrap()
     }
 }
+
+/// The lock strata takes on a snapshot's directory (`flock`), held by a
+/// process of its own (`flock -o DIR cat`) until dropped, not by this test
+/// process: a descriptor open here is copied into every child another test
+/// thread forks, until that child execs, so dropping it would not always
+/// free the lock at once (1 run in ~300 of the maintenance tests saw it
+/// still held).
+pub struct HeldLock(std::process::Child);
+
+impl HeldLock {
+    #[track_caller]
+    pub fn on(dir: &Path) -> HeldLock {
+        let mut child = Command::new("flock")
+            .args(["--nonblock", "--close"])
+            .arg(dir)
+            .args(["sh", "-c", "echo locked; exec cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("flock (util-linux)");
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        assert_eq!(line, "locked\n", "flock {} failed", dir.display());
+        HeldLock(child)
+    }
+}
+
+impl Drop for HeldLock {
+    /// Ends `cat` (its input closes), then waits for `flock`, whose exit
+    /// frees the lock.
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
