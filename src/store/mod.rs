@@ -1824,11 +1824,9 @@ fn live_and_stale(records: Vec<MountRecord>) -> Result<(Vec<MountRecord>, Vec<Mo
     }
     let table = mount_table()?;
     let own = mount::own_namespace();
-    let mut alive: HashMap<u64, bool> = HashMap::new();
+    let mut others = mount::Namespaces::default();
     Ok(records.into_iter().partition(|r| match foreign(r, own) {
-        Some(ns) => *alive
-            .entry(ns)
-            .or_insert_with(|| mount::namespace_alive(ns)),
+        Some(ns) => others.shows(ns, r.mount_id, r.mount_identity()),
         None => table.has(r.mount_id, r.mount_identity(), Path::new(&r.target)),
     }))
 }

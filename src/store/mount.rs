@@ -393,21 +393,93 @@ pub fn own_namespace() -> Option<u64> {
     std::fs::metadata("/proc/self/ns/mnt").ok().map(|m| m.ino())
 }
 
-/// Whether some process is still in mount namespace `ino` (a namespace
-/// with no process in it is gone, with its mounts, unless something pins
-/// it). Processes this one may not look into are passed over.
-pub fn namespace_alive(ino: u64) -> bool {
+/// What other mount namespaces show, looked at through the processes in
+/// them (`/proc/PID/ns/mnt`, `/proc/PID/mountinfo`), each read at most
+/// once per command.
+#[derive(Default)]
+pub struct Namespaces {
+    /// The processes in each namespace asked about; None when /proc
+    /// cannot be listed.
+    members: HashMap<u64, Option<Vec<PathBuf>>>,
+    tables: HashMap<PathBuf, Seen>,
+}
+
+/// A process's mount table, as far as it could be read.
+enum Seen {
+    Table(MountTable),
+    /// Exited since it was listed: it shows nothing.
+    Gone,
+    /// Not ours to read: it may show anything.
+    Hidden,
+}
+
+impl Namespaces {
+    /// Whether mount `id` with `identity` is still mounted in namespace
+    /// `ns`, as one of the processes in it shows it. A namespace with no
+    /// process in it is gone, with its mounts (unless something pins it);
+    /// a process this one may not look into counts as showing it. The
+    /// mount is looked for by its id and identity, not its path: a process
+    /// in a `chroot` shows paths (and only the mounts) below its root, so
+    /// every process is asked before a mount counts as gone. Without an id
+    /// and identity (a record older than schema 3) a live namespace is all
+    /// there is to go by.
+    ///
+    /// (Before, only whether a process was in a namespace of that inode
+    /// number: a mount undone there by hand stayed "mounted" for as long
+    /// as the namespace lived, and the kernel hands a freed namespace's
+    /// inode number to the next namespace made, flaky-test review.)
+    pub fn shows(&mut self, ns: u64, id: Option<u64>, identity: Option<&str>) -> bool {
+        let Some(members) = self.members.entry(ns).or_insert_with(|| processes_in(ns)) else {
+            return true;
+        };
+        let (Some(id), Some(identity)) = (id, identity) else {
+            return !members.is_empty();
+        };
+        members.iter().any(|proc| {
+            let seen = self
+                .tables
+                .entry(proc.clone())
+                .or_insert_with(|| read_table(proc));
+            match seen {
+                Seen::Table(t) => t
+                    .mounts
+                    .iter()
+                    .any(|m| m.id == id && (identity == m.identity || identity == m.legacy)),
+                Seen::Gone => false,
+                Seen::Hidden => true,
+            }
+        })
+    }
+}
+
+fn read_table(proc: &Path) -> Seen {
+    match std::fs::read(proc.join("mountinfo")) {
+        Ok(data) => Seen::Table(MountTable {
+            mounts: parse_mountinfo(&data),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            Seen::Gone
+        }
+        Err(_) => Seen::Hidden,
+    }
+}
+
+/// The `/proc/PID` of every process in mount namespace `ino`; None when
+/// /proc cannot be listed.
+fn processes_in(ino: u64) -> Option<Vec<PathBuf>> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    procs.flatten().any(|p| {
-        p.file_name()
-            .as_encoded_bytes()
-            .iter()
-            .all(u8::is_ascii_digit)
-            && std::fs::metadata(p.path().join("ns/mnt")).is_ok_and(|m| m.ino() == ino)
-    })
+    let procs = std::fs::read_dir("/proc").ok()?;
+    let pid = |name: &std::ffi::OsStr| name.as_encoded_bytes().iter().all(u8::is_ascii_digit);
+    Some(
+        procs
+            .flatten()
+            .filter(|p| {
+                pid(&p.file_name())
+                    && std::fs::metadata(p.path().join("ns/mnt")).is_ok_and(|m| m.ino() == ino)
+            })
+            .map(|p| p.path())
+            .collect(),
+    )
 }
 
 /// Whether the overlay module's parameter `name` (a boolean such as

@@ -296,12 +296,18 @@ fn unshared(args: &[&str]) -> Command {
 /// `strata mount KEY TARGET` run in a mount namespace of its own, which a
 /// process keeps alive until the result is dropped; TARGET is returned.
 fn mount_in_another_namespace(store: &Store, key: &str) -> (InNamespace, PathBuf) {
+    mount_in_another_namespace_then(store, key, ":")
+}
+
+/// [`mount_in_another_namespace`], running shell command `then` there
+/// after the mount (`$T` is the target).
+fn mount_in_another_namespace_then(store: &Store, key: &str, then: &str) -> (InNamespace, PathBuf) {
     let t = store.scratch_dir("elsewhere");
     let ready = store.scratch("ready");
     let script = format!(
-        "'{BIN}' --root '{}' mount '{key}' '{}' && : > '{}' && exec sleep 120",
-        store.root.display(),
+        "T='{}' && '{BIN}' --root '{}' mount '{key}' \"$T\" && {then} && : > '{}' && exec sleep 120",
         t.display(),
+        store.root.display(),
         ready.display()
     );
     let child = InNamespace(unshared(&["sh", "-c", &script]).spawn().unwrap());
@@ -347,6 +353,27 @@ fn mounts_of_other_mount_namespaces() {
     drop(child);
     // That namespace is gone, and its mount with it.
     store.strata(&["rm", "a"]).success();
+}
+
+/// A strata mount in another namespace undone there by hand (`umount`),
+/// the namespace still alive: its record is stale from here too, so `rm`
+/// goes through (before, it counted as mounted for as long as any process
+/// was in that namespace). The mount is looked for in what the processes
+/// of that namespace show.
+#[test]
+fn a_mount_undone_in_its_namespace_is_stale() {
+    let store = setup!("overlay");
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    store.strata(&["prepare", "a", "base"]).success();
+    store.strata(&["prepare", "b", "base"]).success();
+    let (child, t) = mount_in_another_namespace_then(&store, "a", "umount \"$T\"");
+    assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
+    store.strata(&["rm", "a"]).success();
+    // Still mounted there: refused, as before.
+    let (other, _) = mount_in_another_namespace(&store, "b");
+    store.fails(&["rm", "b"], "failed_precondition");
+    drop((child, other, t));
+    store.strata(&["rm", "b"]).success();
 }
 
 /// `rm -r -f` of a subtree one of whose snapshots strata mounted in another
