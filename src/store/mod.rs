@@ -955,12 +955,24 @@ impl Store {
             }
             (row, index::mounts(&tx)?)
         };
+        crash::point("commit:read");
         let _lock = self.lock(row.id, key)?;
+        let table = mount_table()?;
+        // Read before the lock: a `strata mount` that held it, recorded
+        // since, would look like a mount strata did not record (as in
+        // `rm`; its mount(2) came before its record, so the table shows it).
+        let records = match shows_any(&table, &self.layout, std::slice::from_ref(&row)) {
+            true => self.read_mounts()?,
+            false => records,
+        };
         let mounted: Vec<MountRecord> = self
             .live_among(records)?
             .into_iter()
             .filter(|r| r.snapshot_id == row.id)
             .collect();
+        // Refused before strata's own mounts are undone.
+        self.refuse_other_mounts(&table, [(row.id, key)], &mounted, "commit")?;
+        drop(table);
         for rec in &mounted {
             self.unmount_target(rec, false).map_err(|e| {
                 Error::precondition(format!(
@@ -971,8 +983,6 @@ impl Store {
                 .with_hint("close what uses the mount, then commit again")
             })?;
         }
-        let table = mount_table()?;
-        self.refuse_other_mounts(&table, [(row.id, key)], &[], "commit")?;
         crash::point("commit:unmounted");
         let usage = usage::disk_usage(&self.layout.fs(row.id))
             .ctx(|| format!("cannot measure the disk usage of `{key}`"))?;

@@ -442,6 +442,46 @@ fn rm_f_during_a_mount(driver: &str) {
     store.strata(&["check"]).success();
 }
 
+/// `commit` while a `strata mount` of its key is between its mount(2) and
+/// its record (it holds the key's lock): the commit, which read the mount
+/// records before it waited for that lock, reads them again and unmounts
+/// the mount as strata's own, rather than refusing it as one strata did not
+/// record (review: `rm` had this fixed, `commit` not).
+fn commit_during_a_mount(driver: &str) {
+    let store = setup!(driver);
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    store.strata(&["prepare", "a", "base"]).success();
+    let target = store.scratch("mnt");
+    let _guard = MountGuard::new(&target);
+    let mount = Paused::start(
+        &store,
+        &["mount", "a", target.to_str().unwrap()],
+        "mount:mounted",
+    );
+    let trace = store.scratch("trace");
+    let mut commit = command(&store.root, &["commit", "c", "a"])
+        .env("STRATA_CRASH_TRACE", &trace)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reached = || std::fs::read_to_string(&trace).is_ok_and(|t| t.contains("commit:read"));
+    for _ in 0..3000 {
+        if reached() || commit.try_wait().unwrap().is_some() {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(reached(), "the commit did not get to its read");
+    let mount = mount.resume();
+    assert_eq!(code(&mount), 0, "{mount:?}");
+    let commit = commit.wait_with_output().unwrap();
+    assert_eq!(code(&commit), 0, "{commit:?}");
+    assert!(!is_mount_point(&target), "the commit left it mounted");
+    assert_eq!(store.info("c")["kind"], "committed");
+    store.strata(&["check"]).success();
+}
+
 /// A command dropping stale mount records judges them again under the
 /// write lock: `prune` that found a record stale, paused while the target
 /// is mounted again (another snapshot), keeps the new, live record, so
@@ -760,6 +800,7 @@ both_drivers!(
     rm_r_with_snapshots_removed_meanwhile,
     rm_f_during_a_mount,
     second_mount,
+    commit_during_a_mount,
     check_during_each_step,
     check_walks_without_the_write_lock,
     check_alongside_writers
