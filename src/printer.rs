@@ -218,6 +218,41 @@ impl Printer {
         }
     }
 
+    /// Asks `question` on the controlling terminal (`/dev/tty`, so stdin
+    /// and stdout may carry other things, as `login`'s stdin carries the
+    /// password) and returns the line typed, without its line end. None
+    /// when the process has no terminal to ask on. Shown even with
+    /// `--quiet`: the answer is needed.
+    pub fn ask(&self, question: &str) -> Result<Option<String>, Error> {
+        use std::io::BufRead;
+        let tty = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+        {
+            Ok(tty) => tty,
+            // ENXIO: no controlling terminal; ENOENT: no /dev/tty at all.
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::ENXIO))
+                    || e.kind() == io::ErrorKind::NotFound =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::io("cannot open the terminal /dev/tty", e)),
+        };
+        let terminal_error = |e| Error::io("cannot ask on the terminal", e);
+        (&tty)
+            .write_all(question.as_bytes())
+            .and_then(|()| (&tty).flush())
+            .map_err(terminal_error)?;
+        let mut line = String::new();
+        io::BufReader::new(&tty)
+            .read_line(&mut line)
+            .map_err(terminal_error)?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        Ok(Some(line.strip_suffix('\r').unwrap_or(line).to_string()))
+    }
+
     /// A warning on stderr (shown even with `--quiet`).
     pub fn warn(&self, text: &str) {
         eprintln!("{} {text}", self.paint("warning:", "33;1"));

@@ -1,10 +1,12 @@
 use super::Context;
 use crate::oci::{self, auth::Credentials, registry::Access};
-use crate::store::{Error, Result};
+use crate::store::{Error, Kind, Result};
 
 /// Log in to an OCI registry: check the credentials and store them.
 ///
-/// The password (or token) is read from stdin. The credentials are checked
+/// The password (or token) is read from stdin; without --username, the user
+/// name is asked on the terminal (`Username: `), as `docker login` asks it.
+/// The credentials are checked
 /// against the registry (`GET /v2/`, with a token exchange when the registry
 /// asks for one), then stored, base64 as Docker and Podman do, in
 /// $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, else
@@ -14,14 +16,15 @@ use crate::store::{Error, Result};
 /// Examples:
 ///   echo "$TOKEN" | strata login ghcr.io --username me --password-stdin
 ///   strata login 127.0.0.1:5000 -u ci --password-stdin --plain-http < pass.txt
+///   strata login ghcr.io --password-stdin < token.txt   # asks `Username: `
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The registry: HOST[:PORT]
     pub registry: String,
-    /// The user name
+    /// The user name (asked on the terminal when not given)
     #[arg(long, short = 'u', value_name = "USER")]
-    pub username: String,
+    pub username: Option<String>,
     /// Read the password (or token) from stdin (required)
     #[arg(long)]
     pub password_stdin: bool,
@@ -49,8 +52,12 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                 .with_hint("give HOST[:PORT], e.g. registry.example.com or 127.0.0.1:5000"),
         );
     }
+    let username = match args.username {
+        Some(name) => name,
+        None => ask_username(ctx)?,
+    };
     let creds = Credentials {
-        username: args.username.clone(),
+        username: username.clone(),
         password: oci::auth::password_from_stdin()?,
     };
     let access = Access {
@@ -69,7 +76,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     oci::auth::store(&file, &args.registry, &creds)?;
     let out = LoggedIn {
         registry: args.registry,
-        username: args.username,
+        username,
         auth_file: file.display().to_string(),
         verified,
     };
@@ -79,6 +86,24 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             o.registry, o.username, o.auth_file
         )
     })
+}
+
+/// The user name, asked on the terminal as `docker login` asks it; a usage
+/// error where there is no terminal (a script must give --username).
+fn ask_username(ctx: &Context) -> Result<String> {
+    let Some(name) = ctx.printer.ask("Username: ")? else {
+        return Err(Error::new(
+            Kind::Usage,
+            "strata login needs --username: there is no terminal to ask the user name on",
+        )
+        .with_hint("echo \"$PASSWORD\" | strata login REGISTRY --username USER --password-stdin"));
+    };
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(Error::invalid("the user name is empty")
+            .with_hint("type the user name at the prompt, or give --username USER"));
+    }
+    Ok(name.to_string())
 }
 
 /// Whether `text` is `HOST[:PORT]` as image references write a registry: a

@@ -1347,6 +1347,94 @@ fn login_and_errors() {
     }
 }
 
+/// `login` without `--username` asks `Username: ` on the terminal, as
+/// `docker login` does, and takes the password from stdin as before; with
+/// no terminal to ask on it is a usage error (exit 2) with a hint, and
+/// stores nothing.
+#[test]
+fn login_asks_the_user_name_on_the_terminal() {
+    let s = Store::uninitialized("none");
+    // A registry that asks for no credentials: `GET /v2/` is a 200.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            request_head(&mut c);
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}"
+            );
+        }
+    });
+    let auth = s.scratch("auth.json");
+    // No controlling terminal (a new session), stdin the password.
+    for json in [false, true] {
+        let mut cmd = command(&s.root, &[] as &[&str]);
+        if json {
+            cmd.args(["-o", "json"]);
+        }
+        cmd.args(["login", &host, "--password-stdin", "--plain-http"])
+            .env("REGISTRY_AUTH_FILE", &auth)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid(2) is async-signal-safe, and nothing else runs.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let _ = child.stdin.take().unwrap().write_all(b"s3cret\n");
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        if json {
+            let v: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap();
+            assert_eq!(v["error"]["kind"], "usage", "{stderr}");
+        } else {
+            let lines: Vec<&str> = stderr.lines().collect();
+            assert!(
+                lines[0].starts_with("error: ") && lines[0].contains("--username"),
+                "{stderr}"
+            );
+            assert!(
+                lines.iter().skip(1).all(|l| l.starts_with("hint: ")),
+                "{stderr}"
+            );
+        }
+        assert!(!auth.exists(), "stored without a user name");
+    }
+    // On a terminal (`script`): the name typed at the prompt, the password
+    // from stdin.
+    let line = format!(
+        "echo s3cret | {BIN} --root {} login {host} --password-stdin --plain-http",
+        shell_quote(s.root.to_str().unwrap())
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .env("REGISTRY_AUTH_FILE", &auth)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    child.stdin.take().unwrap().write_all(b"me\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    assert!(tty.contains("Username: "), "{tty}");
+    assert!(tty.contains(&format!("logged in to {host} as me")), "{tty}");
+    let saved: serde_json::Value = serde_json::from_slice(&fs::read(&auth).unwrap()).unwrap();
+    // base64("me:s3cret")
+    assert_eq!(saved["auths"][&host]["auth"], "bWU6czNjcmV0", "{tty}");
+}
+
 /// `strata -o json ARGS…` with `env` (and stdin), for commands that read credentials.
 fn with_env(s: &Store, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Run {
     let mut all = vec!["-o", "json"];
