@@ -104,10 +104,21 @@ fn run() -> Status {
             Err(e) => return usage_error(e),
         },
     };
-    let cli = match Cli::from_arg_matches(&matches) {
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    // `--json` is short for `-o json` (SPEC): the last one given wins.
+    // clap's `overrides_with` settles it among one command's options; given
+    // on both sides of the subcommand's name (`strata --json ls -o table`),
+    // both reach here, where the line decides.
+    if cli.global.json && cli.global.output.is_some() {
+        if output_on_line().as_deref() == Some(b"json") {
+            cli.global.output = None;
+        } else {
+            cli.global.json = false;
+        }
+    }
     let root_source = match matches.value_source("root") {
         Some(ValueSource::EnvVariable) => Source::Environment,
         _ => Source::Flag,
@@ -116,11 +127,7 @@ fn run() -> Status {
         Ok(ctx) => ctx,
         Err(e) => {
             let g = &cli.global;
-            let format = if g.json {
-                Format::Json
-            } else {
-                g.output.unwrap_or_default()
-            };
+            let format = g.output_asked().unwrap_or_default();
             Printer::new(format, g.quiet, g.verbose).error(&e);
             return e.kind().exit_code();
         }
@@ -186,16 +193,33 @@ fn one_line(e: &clap::Error) -> String {
 }
 
 /// Whether the raw arguments ask for JSON output, or leave the format to a
-/// config file that does. Options are read as clap reads them: `--output
-/// json`, `--output=json`, `-o json`, `-ojson`, `-o=json`, and `-o` last in
-/// a cluster of `-q` and `-v` (`-qo json`, `-vqojson`); the first one given
-/// counts (a second is itself a usage error).
+/// config file that does.
 fn wants_json() -> bool {
+    let (output, config) = output_and_config_on_line();
+    match output {
+        Some(format) => format == b"json",
+        None => strata::config::load(config.as_deref().map(|c| Path::new(OsStr::from_bytes(c))))
+            .is_ok_and(|(_, file)| file.output == Some(Format::Json)),
+    }
+}
+
+/// The output format the raw arguments ask for, as written (`json` for
+/// `--json`).
+fn output_on_line() -> Option<Vec<u8>> {
+    output_and_config_on_line().0
+}
+
+/// The output format and the config file the raw arguments name, read as
+/// clap reads them: `--json`, `--output json`, `--output=json`, `-o json`,
+/// `-ojson`, `-o=json`, and `-o` last in a cluster of `-q` and `-v` (`-qo
+/// json`, `-vqojson`). The last one given counts: `--json` is short for
+/// `-o json` (SPEC), so the last of them on the line wins.
+fn output_and_config_on_line() -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     let args: Vec<OsString> = (strata::argv::args_os().into_iter())
         .skip(1)
         .take_while(|a| a != "--")
         .collect();
-    let (mut json, mut output, mut config) = (false, None, None);
+    let (mut output, mut config) = (None, None);
     let mut rest = args.iter().map(|a| a.as_bytes());
     while let Some(arg) = rest.next() {
         let long = |name: &str, rest: &mut dyn Iterator<Item = &[u8]>| {
@@ -207,24 +231,17 @@ fn wants_json() -> bool {
             }
         };
         if arg == b"--json" {
-            json = true;
+            output = Some(b"json".to_vec());
         } else if let Some(v) = long("--output", &mut rest) {
-            output.get_or_insert(v);
+            output = Some(v);
         } else if let Some(v) = long("--config", &mut rest) {
             config.get_or_insert(v);
         } else if let Some(cmd::ShortFlags::Output(value)) = cmd::short_flags(arg) {
             let value = value
                 .map(<[u8]>::to_vec)
                 .or_else(|| rest.next().map(<[u8]>::to_vec));
-            output = output.or(value);
+            output = value.or(output);
         }
     }
-    if json {
-        return true;
-    }
-    match output {
-        Some(format) => format == b"json",
-        None => strata::config::load(config.as_deref().map(|c| Path::new(OsStr::from_bytes(c))))
-            .is_ok_and(|(_, file)| file.output == Some(Format::Json)),
-    }
+    (output, config)
 }

@@ -73,11 +73,13 @@ pub struct Global {
     pub config: Option<PathBuf>,
 
     /// Output format for commands that print data
+    // `--json` is `-o json` (SPEC): whichever of them comes last wins.
     #[arg(short = 'o', long, global = true, value_enum, value_name = "FORMAT")]
+    #[arg(overrides_with = "json")]
     pub output: Option<Format>,
 
     /// Short for `-o json`
-    #[arg(long, global = true)]
+    #[arg(long, global = true, overrides_with = "output")]
     pub json: bool,
 
     /// No progress bars or notes: data and errors only
@@ -87,6 +89,19 @@ pub struct Global {
     /// More detail on stderr (repeatable)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl Global {
+    /// The output format the command line asks for: `--json` or `-o
+    /// FORMAT` (`main` keeps only the last one given); None leaves it to
+    /// the config file or the default.
+    pub fn output_asked(&self) -> Option<Format> {
+        if self.json {
+            Some(Format::Json)
+        } else {
+            self.output
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,11 +330,7 @@ pub fn context(cli: &Cli, root_source: settings::Source) -> Result<Context> {
             "a value is required for '--root <DIR>' but none was supplied",
         ));
     }
-    let output = if global.json {
-        Some(Format::Json)
-    } else {
-        global.output
-    };
+    let output = global.output_asked();
     let settings = settings::resolve(settings::Given {
         root: global.root.as_deref().map(|p| (p, root_source)),
         config: global.config.as_deref(),

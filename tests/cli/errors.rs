@@ -106,12 +106,13 @@ fn usage_errors() {
         &["frobnicate"],
         &["prepare", "-x"],
         &["ls", "--kind", "weird"],
-        &["-o", "xml", "ls"],
         &["init", "--driver", "zfs"],
     ] {
         s.strata(args).fails_with(2, "");
         s.fails(args, "usage");
     }
+    // The last `-o` on the line decides the form: `-o json -o xml` is not JSON.
+    s.strata(&["-o", "xml", "ls"]).fails_with(2, "");
     for args in [
         &["prepare"][..],
         &["view", "k"],

@@ -552,3 +552,58 @@ fn tree_json_shape(driver: &str) {
     let leaf: Vec<Value> = leaf.as_array().unwrap().iter().map(strip).collect();
     assert_eq!(leaf, vec![node("leaf", "active", vec![])]);
 }
+
+/// `--json` is short for `-o json` (SPEC), so the last of them on the line
+/// wins, whatever side of the subcommand's name each is on; the same goes
+/// for the form of a usage error. A config file's `output` yields to both.
+#[test]
+fn the_last_of_json_and_output_wins() {
+    let s = Store::uninitialized("none");
+    let config = s.scratch("config.yaml");
+    fs::write(&config, "output: yaml\n").unwrap();
+    let config = config.to_str().unwrap();
+    let form = |run: &Run| {
+        if run.stdout.starts_with('{') {
+            "json"
+        } else if run.stdout.starts_with("config_file:") {
+            "yaml"
+        } else if run.stdout.starts_with("config file:") {
+            "table"
+        } else {
+            panic!("no known form: {}", run.session())
+        }
+    };
+    for (args, want) in [
+        (&["-o", "table", "--json", "config"][..], "json"),
+        (&["--json", "-o", "table", "config"], "table"),
+        (&["--json", "-o", "yaml", "config"], "yaml"),
+        (&["-o", "yaml", "--json", "-o", "table", "config"], "table"),
+        (&["config", "-o", "table", "--json"], "json"),
+        (&["config", "--json", "-o", "yaml"], "yaml"),
+        (&["--json", "config", "-o", "table"], "table"),
+        (&["-o", "table", "config", "--json"], "json"),
+        (&["-qo", "table", "config", "--json"], "json"),
+        (&["--json", "config", "-qoyaml"], "yaml"),
+        (
+            &["--output=table", "config", "--json", "--output", "yaml"],
+            "yaml",
+        ),
+        (&["--config", config, "--json", "config"], "json"),
+        (&["--config", config, "config"], "yaml"),
+    ] {
+        let run = s.strata(args).success();
+        assert_eq!(form(&run), want, "{}", run.session());
+    }
+    // A usage error (`prepare` without KEY) in the form the line asks for.
+    for (args, json) in [
+        (&["-o", "table", "--json", "prepare"][..], true),
+        (&["--json", "-o", "table", "prepare"], false),
+        (&["--json", "prepare", "-o", "table"], false),
+        (&["-o", "table", "prepare", "--json"], true),
+    ] {
+        let run = s.strata(args);
+        assert_eq!(run.code, 2, "{}", run.session());
+        assert_eq!(run.stderr.starts_with('{'), json, "{}", run.session());
+    }
+    assert!(!s.root.exists(), "config made a store");
+}
