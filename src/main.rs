@@ -5,7 +5,7 @@
 //! runtime start, which costs a short command 3-7% here (see there).
 #![no_main]
 
-use clap::error::ErrorKind as ClapKind;
+use clap::error::{ContextKind, ContextValue, ErrorKind as ClapKind};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 use std::ffi::{OsStr, OsString};
@@ -161,22 +161,46 @@ fn usage_error(e: clap::Error) -> Status {
             0
         };
     }
-    // A key or label must be UTF-8 (SPEC): a bad value, not a bad command line.
-    let kind = if e.kind() == ClapKind::InvalidUtf8 {
+    let kind = if is_bad_value(&e) {
         Kind::Invalid
     } else {
         Kind::Usage
     };
+    let error = || {
+        let error = Error::new(kind, one_line(&e));
+        match e.get(ContextKind::SuggestedValue) {
+            Some(ContextValue::String(near)) => error.with_hint(format!("did you mean `{near}`?")),
+            _ => error,
+        }
+    };
     if wants_json() {
-        Printer::new(Format::Json, true, 0).error(&Error::new(kind, one_line(&e)));
+        Printer::new(Format::Json, true, 0).error(&error());
     } else if kind == Kind::Invalid {
         // One line, as every bad value gets; clap's usage lines are for
         // a bad command line.
-        Printer::new(Format::Table, true, 0).error(&Error::new(kind, one_line(&e)));
+        Printer::new(Format::Table, true, 0).error(&error());
     } else {
         let _ = e.print();
     }
     kind.exit_code()
+}
+
+/// Whether clap refused a value given on the line, rather than the line
+/// itself: a bad value is `invalid` (SPEC: "a bad value"), as a bad filter
+/// or label is, so `ls --kind bogus`, `-o xml` and `apply --max-size
+/// bogus` are, like `ls --filter kind==bogus`. A key or label must be
+/// UTF-8 (SPEC), so an argument that is not is one too. An unknown flag, a
+/// missing argument or value (clap reports a missing value as an empty
+/// one), an unexpected argument stay `usage`.
+fn is_bad_value(e: &clap::Error) -> bool {
+    match e.kind() {
+        ClapKind::InvalidUtf8 => true,
+        ClapKind::InvalidValue | ClapKind::ValueValidation => matches!(
+            e.get(ContextKind::InvalidValue),
+            Some(ContextValue::String(value)) if !value.is_empty()
+        ),
+        _ => false,
+    }
 }
 
 /// clap's message on one line, without its `error: ` prefix and its usage

@@ -105,14 +105,40 @@ fn usage_errors() {
         &["ls", "--nope"],
         &["frobnicate"],
         &["prepare", "-x"],
-        &["ls", "--kind", "weird"],
-        &["init", "--driver", "zfs"],
+        &["ls", "--kind"],
+        &["prepare", "k", "--label"],
+        &["apply", "x", "--max-size="],
     ] {
         s.strata(args).fails_with(2, "");
         s.fails(args, "usage");
     }
-    // The last `-o` on the line decides the form: `-o json -o xml` is not JSON.
-    s.strata(&["-o", "xml", "ls"]).fails_with(2, "");
+    // A value a flag refuses is a bad value (`invalid`, exit 6), as a bad
+    // filter is: one line naming it, without clap's usage lines.
+    for (args, value) in [
+        (&["ls", "--kind", "weird"][..], "'weird'"),
+        (&["-o", "xml", "ls"], "'xml'"),
+        (&["init", "--driver", "zfs"], "'zfs'"),
+        (&["diff", "k", "--compression", "bogus"], "'bogus'"),
+        (&["apply", "x", "--max-size", "bogus"], "'bogus'"),
+        (&["completions", "tcsh"], "'tcsh'"),
+    ] {
+        let run = s.strata(args).fails_with(6, value);
+        let mut lines = run.stderr.lines();
+        assert!(
+            lines.next().is_some_and(|l| l.starts_with("error: ")),
+            "{}",
+            run.session()
+        );
+        assert!(lines.all(|l| l.starts_with("hint: ")), "{}", run.session());
+        if args[0] != "-o" {
+            let mut json = args.to_vec();
+            json.push("--json");
+            s.strata(&json).fails_json("invalid");
+        }
+    }
+    // A near miss gets a hint.
+    s.strata(&["-o", "yml", "ls"])
+        .fails_with(6, "hint: did you mean `yaml`?");
     for args in [
         &["prepare"][..],
         &["view", "k"],
