@@ -6,14 +6,12 @@
 #![no_main]
 
 use clap::error::{ContextKind, ContextValue, ErrorKind as ClapKind};
-use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use strata::cmd::{self, Cli};
-use strata::config::Source;
 use strata::printer::{self, Format, Printer};
 use strata::store::{Error, Kind};
 
@@ -119,11 +117,7 @@ fn run() -> Status {
             cli.global.json = false;
         }
     }
-    let root_source = match matches.value_source("root") {
-        Some(ValueSource::EnvVariable) => Source::Environment,
-        _ => Source::Flag,
-    };
-    let mut ctx = match cmd::context(&cli, root_source) {
+    let mut ctx = match cmd::context(&cli) {
         Ok(ctx) => ctx,
         Err(e) => {
             let g = &cli.global;

@@ -58,13 +58,11 @@ pub struct Global {
     /// The store directory; else $STRATA_ROOT, else the config file's
     /// `root` [default: /var/lib/strata as root, else
     /// ${XDG_DATA_HOME:-~/.local/share}/strata]
-    #[arg(long, global = true, value_name = "DIR", env = "STRATA_ROOT")]
-    // Empty is let through, so that an empty STRATA_ROOT counts as unset
-    // (an empty --root is refused in `context`).
-    #[arg(value_parser = clap::builder::TypedValueParser::map(
-        clap::builder::OsStringValueParser::new(),
-        PathBuf::from,
-    ))]
+    // $STRATA_ROOT is read in `context`, not by clap: clap counts a value
+    // from the environment as given, and every usage error then showed
+    // `--root <DIR>` as if the line had it (SPEC audit). An empty --root is
+    // a missing value (usage); an empty STRATA_ROOT counts as unset.
+    #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
     /// YAML config file [default: /etc/strata/config.yaml as root, else
@@ -315,24 +313,17 @@ impl Context {
 }
 
 /// Resolves settings from flags, environment, config file and defaults.
-/// `root_source` says whether `--root` came from the command line or
-/// `$STRATA_ROOT`.
-pub fn context(cli: &Cli, root_source: settings::Source) -> Result<Context> {
+pub fn context(cli: &Cli) -> Result<Context> {
     let global = &cli.global;
-    if root_source == settings::Source::Flag
-        && global
-            .root
-            .as_ref()
-            .is_some_and(|r| r.as_os_str().is_empty())
-    {
-        return Err(crate::store::Error::new(
-            crate::store::Kind::Usage,
-            "a value is required for '--root <DIR>' but none was supplied",
-        ));
-    }
+    let env_root = std::env::var_os("STRATA_ROOT").map(PathBuf::from);
+    let root = match (&global.root, &env_root) {
+        (Some(flag), _) => Some((flag.as_path(), settings::Source::Flag)),
+        (None, Some(env)) => Some((env.as_path(), settings::Source::Environment)),
+        (None, None) => None,
+    };
     let output = global.output_asked();
     let settings = settings::resolve(settings::Given {
-        root: global.root.as_deref().map(|p| (p, root_source)),
+        root,
         config: global.config.as_deref(),
         output,
     })?;

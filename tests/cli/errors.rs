@@ -96,6 +96,35 @@ fn outputs_inside_the_store_are_invalid(driver: &str) {
     s.strata(&["check"]).success();
 }
 
+/// A store named by `$STRATA_ROOT` is no part of the command line: a usage
+/// error shows the same usage line as with `--root` (it showed `strata view
+/// --root <DIR> <KEY> <PARENT>`, as if `--root` were required).
+#[test]
+fn usage_lines_do_not_show_the_environment_root() {
+    let s = Store::uninitialized("none");
+    let root = s.root.to_str().unwrap();
+    let usage = |run: Run| {
+        assert_eq!(run.code, 2, "{}", run.session());
+        let line = run.stderr.lines().find(|l| l.starts_with("Usage: "));
+        line.unwrap_or_else(|| panic!("{}", run.session()))
+            .to_string()
+    };
+    for args in [&["view", "k"][..], &["prepare"], &["ls", "--nope"]] {
+        let flag = usage(s.strata(args));
+        let env = usage(s.strata_with(
+            args,
+            With {
+                env: &[("STRATA_ROOT", root)],
+                no_root: true,
+                ..Default::default()
+            },
+        ));
+        assert_eq!(env, flag);
+        assert!(!env.contains("--root"), "{env}");
+    }
+    assert!(!s.root.exists(), "a usage error created the store");
+}
+
 #[test]
 fn usage_errors() {
     // No store is touched: parsing fails first. Needs neither root nor overlay.
