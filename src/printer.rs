@@ -132,6 +132,19 @@ impl Printer {
         }
     }
 
+    /// For a command whose table form is only a sentence for people
+    /// (`init`): `value` as data in JSON and YAML, for scripts; in table
+    /// form, `note` as a note (stderr, silent with `--quiet`).
+    pub fn data_or_note<T: Serialize + ?Sized>(&self, value: &T, note: &str) -> Result<(), Error> {
+        match self.format {
+            Format::Table => {
+                self.note(note);
+                Ok(())
+            }
+            Format::Json | Format::Yaml => self.data(value, |_| String::new()),
+        }
+    }
+
     /// Prints a list, as [`Printer::data`] would print the slice, but YAML
     /// an element at a time: serde's tree of a whole list of 100,000
     /// snapshots took 426 MB (audit), one element's takes a few KiB.

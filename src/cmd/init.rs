@@ -9,6 +9,9 @@ use crate::store::{Driver, Result};
 /// store; without either, overlay is chosen when a test overlay mount
 /// succeeds, else native.
 ///
+/// Says which store and driver as a note on stderr (-q silences it); with
+/// --json or -o yaml, prints {root, driver, created} on stdout.
+///
 /// Examples:
 ///   strata --root /tmp/store init
 ///   strata init --driver native
@@ -45,15 +48,14 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         driver,
         created,
     };
-    ctx.printer.data(&out, |o| {
-        if o.created {
-            format!(
-                "initialized store {} with the {} driver\n",
-                o.root,
-                o.driver.as_str()
-            )
-        } else {
-            format!("store {} uses the {} driver\n", o.root, o.driver.as_str())
-        }
-    })
+    let note = if out.created {
+        format!(
+            "initialized store {} with the {} driver",
+            out.root,
+            out.driver.as_str()
+        )
+    } else {
+        format!("store {} uses the {} driver", out.root, out.driver.as_str())
+    };
+    ctx.printer.data_or_note(&out, &note)
 }

@@ -448,6 +448,48 @@ fn init_refuses_another_driver() {
     assert_eq!(mounts[0]["type"], "overlay");
 }
 
+/// `init`'s sentence is a note: on stderr, silent with `-q` (it was on
+/// stdout, also with `-q`); JSON and YAML are data on stdout.
+#[test]
+fn init_says_what_it_did_in_a_note() {
+    let s = Store::uninitialized("native");
+    let run = s.strata(&["init", "--driver", "native"]).success();
+    assert_eq!(run.stdout, "", "{}", run.session());
+    assert_eq!(
+        run.stderr,
+        format!(
+            "initialized store {} with the native driver\n",
+            s.root.display()
+        ),
+        "{}",
+        run.session()
+    );
+    let run = s.strata(&["init"]).success();
+    assert_eq!(run.stdout, "", "{}", run.session());
+    assert!(
+        run.stderr.contains("uses the native driver"),
+        "{}",
+        run.session()
+    );
+    let other = Store::uninitialized("native");
+    for store in [&s, &other] {
+        let run = store
+            .strata(&["init", "-q", "--driver", "native"])
+            .success();
+        assert_eq!(
+            (run.stdout.as_str(), run.stderr.as_str()),
+            ("", ""),
+            "{}",
+            run.session()
+        );
+    }
+    let run = s.strata(&["init", "-q", "--json"]).success();
+    assert_eq!(run.json()["driver"], "native", "{}", run.session());
+    assert_eq!(run.stderr, "", "{}", run.session());
+    let run = s.strata(&["init", "-o", "yaml"]).success();
+    assert!(run.stdout.contains("driver: native"), "{}", run.session());
+}
+
 /// The config file's `driver` is the driver for new stores, for `init` as
 /// for a first write; `--driver` wins, and an existing store keeps its own.
 #[test]
