@@ -31,7 +31,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let bar = ctx.printer.progress("measuring", Unit::Items, None);
     let store = ctx.store()?;
     let measured: Vec<(String, Usage)> = if args.keys.is_empty() {
-        store.usage_all()?
+        store.usage_all(&|| bar.inc(1))?
     } else {
         let mut out = Vec::new();
         for key in &args.keys {

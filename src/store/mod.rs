@@ -1355,8 +1355,9 @@ impl Store {
     }
 
     /// Usage of every snapshot, in byte order of names. Committed ones are
-    /// an index read; active ones are walked, several at once.
-    pub fn usage_all(&mut self) -> Result<Vec<(String, Usage)>> {
+    /// an index read; active ones are walked, several at once. `measured`
+    /// is called (from the walking threads) each time a snapshot is done.
+    pub fn usage_all(&mut self, measured: &(dyn Fn() + Sync)) -> Result<Vec<(String, Usage)>> {
         let (rows, driver) = {
             let tx = self.index.read()?;
             (index::all_own(&tx)?, read_driver(&tx)?)
@@ -1380,7 +1381,12 @@ impl Store {
         let results = parallel::run(
             vec![(); workers],
             rows.len(),
-            |_, i| usage_of(layout, driver, &rows[i], Some(snapshots)),
+            |_, i| {
+                let usage = usage_of(layout, driver, &rows[i], Some(snapshots));
+                measured();
+                crash::point("usage:measured");
+                usage
+            },
             |_| false,
         );
         let mut out = Vec::with_capacity(rows.len());

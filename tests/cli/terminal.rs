@@ -251,3 +251,53 @@ fn apply_and_diff_show_progress_on_a_terminal() {
         "progress despite --quiet: {quiet:?}"
     );
 }
+
+/// `usage` of all snapshots counts them as they are measured on its
+/// progress bar (it showed "measuring 0" to the end): held after the first
+/// is measured (`STRATA_PAUSE_AT`), the bar shows a count above zero.
+#[test]
+fn usage_of_all_counts_on_its_progress_bar() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    store.strata(&["prepare", "w"]).success();
+    store.strata(&["commit", "base", "w"]).success();
+    for key in ["a", "b", "c"] {
+        store.strata(&["prepare", key, "base"]).success();
+    }
+    let flag = store.scratch("pause");
+    let line = format!(
+        "stty cols 80 rows 40; {} --root {} usage",
+        BIN,
+        shell_quote(store.root.to_str().unwrap())
+    );
+    let child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .env("STRATA_PROGRESS_DELAY_MS", "0")
+        .env("STRATA_PAUSE_AT", "usage:measured")
+        .env("STRATA_PAUSE_FILE", &flag)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    for _ in 0..3000 {
+        if flag.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(flag.exists(), "usage never measured a snapshot");
+    // A few ticks of the bar (one each 120 ms) while it is held.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    std::fs::remove_file(&flag).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let counted = tty
+        .match_indices("measuring ")
+        .any(|(at, m)| tty[at + m.len()..].starts_with(|c: char| ('1'..='9').contains(&c)));
+    assert!(counted, "no count above zero: {tty:?}");
+    assert!(tty.contains("INODES"), "{tty:?}");
+}
