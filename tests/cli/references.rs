@@ -48,6 +48,80 @@ fn man_page_renders_with_man() {
     assert!(page.contains("Examples"), "the examples are in the page");
 }
 
+/// Each page's SYNOPSIS shows what `--help`'s usage line shows: option
+/// values (`[--label <K=V>]...`, not `[--label]`) and repeated arguments
+/// (`<KEY>...`, not `<KEY>`), for every option and argument of the command.
+#[test]
+fn man_synopses_show_values_and_repetition() {
+    use clap::CommandFactory;
+    let files = strata::reference::files();
+    let synopsis = |name: &str| -> String {
+        let (_, page) = files
+            .iter()
+            .find(|(path, _)| *path == format!("man/{name}.1"))
+            .unwrap_or_else(|| panic!("no page for {name}"));
+        let page = String::from_utf8_lossy(page);
+        let (_, rest) = page.split_once(".SH SYNOPSIS\n").unwrap();
+        rest.split("\n.SH ").next().unwrap().to_string()
+    };
+    let escape = |text: &str| text.replace('-', "\\-");
+    for (page, want) in [
+        ("strata-rm", "<\\fIKEY\\fR>..."),
+        ("strata-usage", "[\\fIKEY\\fR]..."),
+        ("strata-label", "<\\fIK=V\\fR>..."),
+        ("strata-prepare", "[\\fB\\-\\-label\\fR\\ <\\fIK=V\\fR>]..."),
+        ("strata-prepare", "[\\fB\\-\\-mount\\fR\\ <\\fITARGET\\fR>]"),
+        ("strata-ls", "[\\fB\\-\\-filter\\fR\\ <\\fIEXPR\\fR>]..."),
+        (
+            "strata",
+            "[\\fB\\-o\\fR|\\fB\\-\\-output\\fR\\ <\\fIFORMAT\\fR>]",
+        ),
+    ] {
+        let text = synopsis(page);
+        assert!(text.contains(want), "{page}: no {want} in\n{text}");
+    }
+    let mut cmd = strata::cmd::Cli::command();
+    cmd.build();
+    for sub in cmd.get_subcommands() {
+        let page = format!("strata-{}", sub.get_name());
+        let text = synopsis(&page);
+        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+            let takes = arg.get_num_args().is_some_and(|n| n.takes_values());
+            let names: Vec<String> = arg
+                .get_value_names()
+                .map(|v| {
+                    v.iter()
+                        .map(|n| format!("<\\fI{}\\fR>", escape(n)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            match arg.get_long() {
+                Some(long) if takes => {
+                    let want = format!("\\-\\-{}\\fR\\ {}", escape(long), names.join("\\ "));
+                    assert!(text.contains(&want), "{page}: no {want} in\n{text}");
+                }
+                Some(long) => {
+                    let want = format!("\\-\\-{}\\fR]", escape(long));
+                    assert!(text.contains(&want), "{page}: no {want} in\n{text}");
+                }
+                None if arg.is_positional() => {
+                    let name = names.join(" ").replace("\\fI", "").replace("\\fR", "");
+                    let name = name.trim_start_matches('<').trim_end_matches('>');
+                    let many = arg.get_num_args().is_some_and(|n| n.max_values() > 1);
+                    let want = match (arg.is_required_set(), many) {
+                        (true, false) => format!("<\\fI{name}\\fR>"),
+                        (true, true) => format!("<\\fI{name}\\fR>..."),
+                        (false, false) => format!("[\\fI{name}\\fR]"),
+                        (false, true) => format!("[\\fI{name}\\fR]..."),
+                    };
+                    assert!(text.contains(&want), "{page}: no {want} in\n{text}");
+                }
+                None => {}
+            }
+        }
+    }
+}
+
 /// Every command's `--help` explains itself and shows at least one example;
 /// the top-level help shows the SPEC's aliases.
 #[test]
