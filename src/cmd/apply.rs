@@ -25,7 +25,7 @@ pub struct Args {
     /// The committed snapshot to make
     pub name: String,
     /// The committed snapshot to unpack onto
-    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::committed))]
     pub parent: Option<String>,
     /// The layer tarball (default: stdin; `-` is stdin)
     pub file: Option<PathBuf>,

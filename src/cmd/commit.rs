@@ -16,7 +16,7 @@ pub struct Args {
     /// The committed snapshot's name
     pub name: String,
     /// The active snapshot to commit
-    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::actives))]
     pub key: String,
     /// Set a label on NAME (repeatable)
     #[arg(long = "label", value_name = "K=V")]

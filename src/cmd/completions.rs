@@ -1,5 +1,6 @@
 use super::Context;
-use crate::store::{Error, Result};
+use crate::store::{Error, Result, SnapshotKind};
+use clap_complete::engine::CompletionCandidate;
 use clap_complete::env::Shells;
 use std::ffi::OsString;
 
@@ -71,13 +72,69 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     ctx.printer.stdout(&script(args.shell)?)
 }
 
-/// Completion candidates for snapshot keys, read from the store the line
-/// being completed would use: its `--root`, else `$STRATA_ROOT`, else the
-/// `root` of its `--config` file or of the default one, else the default
-/// store. Nothing when there is no store (completion never creates one).
-pub fn keys() -> Vec<clap_complete::engine::CompletionCandidate> {
+/// Completion candidates for snapshot keys of any kind (`rm`, `info`,
+/// `label`, `usage`, `tree`), read from the store the line being completed
+/// would use: its `--root`, else `$STRATA_ROOT`, else the `root` of its
+/// `--config` file or of the default one, else the default store. Nothing
+/// when there is no store (completion never creates one).
+pub fn keys() -> Vec<CompletionCandidate> {
+    of_kinds(&[
+        SnapshotKind::Active,
+        SnapshotKind::View,
+        SnapshotKind::Committed,
+    ])
+}
+
+/// Committed snapshots: the only valid parents (`prepare`, `view`,
+/// `apply`, `diff --parent`), and what `push` and `export` take.
+pub fn committed() -> Vec<CompletionCandidate> {
+    of_kinds(&[SnapshotKind::Committed])
+}
+
+/// Active snapshots: what `commit` takes.
+pub fn actives() -> Vec<CompletionCandidate> {
+    of_kinds(&[SnapshotKind::Active])
+}
+
+/// Actives and views: what `mount` and `mounts` take.
+pub fn mountable() -> Vec<CompletionCandidate> {
+    of_kinds(&[SnapshotKind::Active, SnapshotKind::View])
+}
+
+/// Actives and committed snapshots: what `diff` takes (a view has no
+/// changes of its own).
+pub fn with_changes() -> Vec<CompletionCandidate> {
+    of_kinds(&[SnapshotKind::Active, SnapshotKind::Committed])
+}
+
+/// What `unmount` takes: the snapshots strata has mounted, and where.
+pub fn mounted() -> Vec<CompletionCandidate> {
+    let mut out = Vec::new();
+    for info in snapshots().into_iter().filter(|i| !i.mounted_at.is_empty()) {
+        for target in &info.mounted_at {
+            out.push(
+                CompletionCandidate::new(target)
+                    .help(Some(format!("where {} is mounted", info.name).into())),
+            );
+        }
+        out.push(CompletionCandidate::new(info.name).help(Some(info.kind.as_str().into())));
+    }
+    out
+}
+
+/// The snapshots of `kinds`, each with its kind as help.
+fn of_kinds(kinds: &[SnapshotKind]) -> Vec<CompletionCandidate> {
+    snapshots()
+        .into_iter()
+        .filter(|i| kinds.contains(&i.kind))
+        .map(|i| CompletionCandidate::new(i.name).help(Some(i.kind.as_str().into())))
+        .collect()
+}
+
+/// Every snapshot of the store the line being completed would use (see
+/// [`keys`]); none when there is no store.
+fn snapshots() -> Vec<crate::store::Info> {
     use crate::config::{self, Given, Source};
-    use clap_complete::engine::CompletionCandidate;
     use std::path::PathBuf;
     // The shell runs `COMPLETE=SHELL strata -- WORDS…`, the last word the
     // one being completed; the store is the one that line would use.
@@ -107,12 +164,7 @@ pub fn keys() -> Vec<clap_complete::engine::CompletionCandidate> {
     let Ok(mut store) = crate::store::Store::open(&root, Default::default()) else {
         return Vec::new();
     };
-    store
-        .list()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|i| CompletionCandidate::new(i.name).help(Some(i.kind.as_str().into())))
-        .collect()
+    store.list().unwrap_or_default()
 }
 
 /// The value given to option `name` (`--name V` or `--name=V`) among

@@ -27,10 +27,10 @@ use std::path::PathBuf;
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// An active or committed snapshot
-    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::with_changes))]
     pub key: String,
     /// Compare against this committed snapshot instead of KEY's parent
-    #[arg(long, value_name = "P", add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    #[arg(long, value_name = "P", add = clap_complete::engine::ArgValueCandidates::new(super::completions::committed))]
     pub parent: Option<String>,
     /// Write the tarball here instead of stdout
     #[arg(long, value_name = "F")]

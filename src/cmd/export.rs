@@ -21,7 +21,7 @@ use std::path::PathBuf;
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The committed snapshot at the top of the image
-    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::committed))]
     pub key: String,
     /// The layout directory
     pub dir: PathBuf,

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// An active snapshot or a view
-    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::mountable))]
     pub key: String,
     /// Where to mount it
     pub target: PathBuf,

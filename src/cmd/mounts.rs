@@ -16,7 +16,7 @@ use std::path::Path;
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// An active snapshot or a view
-    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::mountable))]
     pub key: String,
     /// The mount point to print in the commands
     #[arg(default_value = "TARGET")]

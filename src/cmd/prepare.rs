@@ -17,7 +17,7 @@ pub struct Args {
     /// The new snapshot's key
     pub key: String,
     /// A committed snapshot to build on
-    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::committed))]
     pub parent: Option<String>,
     /// Set a label (repeatable)
     #[arg(long = "label", value_name = "K=V")]

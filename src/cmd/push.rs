@@ -27,7 +27,7 @@ use crate::store::{Error, Result};
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The committed snapshot at the top of the image
-    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::committed))]
     pub key: String,
     /// Where to push: HOST[:PORT]/REPOSITORY[:TAG]
     #[arg(value_name = "REF")]

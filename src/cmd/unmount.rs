@@ -14,7 +14,7 @@ use crate::store::Result;
 pub struct Args {
     /// A mount target or a snapshot key
     #[arg(value_name = "TARGET|KEY")]
-    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::mounted))]
     pub what: String,
     /// Detach a busy mount now and clean it up when it is no longer used
     #[arg(long)]

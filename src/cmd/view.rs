@@ -15,7 +15,7 @@ pub struct Args {
     /// The new view's key
     pub key: String,
     /// The committed snapshot to view
-    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::keys))]
+    #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::committed))]
     pub parent: String,
     /// Set a label (repeatable)
     #[arg(long = "label", value_name = "K=V")]

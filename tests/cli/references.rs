@@ -225,3 +225,69 @@ echo "--- pre"; complete_words strata pre"#;
     assert!(keys(rm).is_empty(), "{text}");
     assert_eq!(keys(on_line), ["alpha", "beta"], "{text}");
 }
+
+/// Dynamic completions offer only the snapshots an argument takes: committed
+/// ones as a PARENT (`prepare`, `view`, `apply`, `diff --parent`) and for
+/// `push`/`export`, actives for `commit`, actives and views for
+/// `mount`/`mounts`, actives and committed for `diff`, what strata mounted
+/// (key and target) for `unmount`, any for `rm`, `info`, `label`, `usage`.
+#[test]
+fn completions_offer_the_kinds_each_argument_takes() {
+    use crate::support::*;
+    let s = setup!("native");
+    s.strata(&["prepare", "w"]).success();
+    s.strata(&["commit", "base", "w"]).success();
+    s.strata(&["view", "look", "base"]).success();
+    s.strata(&["prepare", "work", "base"]).success();
+    let target = s.scratch_dir("mnt");
+    let target = target.to_str().unwrap();
+    s.strata(&["mount", "work", target]).success();
+    let complete = |words: &[&str]| -> Vec<String> {
+        // The index of the word completed, "strata" being word 0.
+        let index = words.len().to_string();
+        let run = s.strata_with(
+            &[&["--", "strata"][..], words].concat(),
+            With {
+                env: &[
+                    ("COMPLETE", "bash"),
+                    ("_CLAP_COMPLETE_INDEX", &index),
+                    ("STRATA_ROOT", s.root.to_str().unwrap()),
+                ],
+                no_root: true,
+                ..Default::default()
+            },
+        );
+        let mut got: Vec<String> = run
+            .stdout
+            .split(['\n', '\u{b}'])
+            .filter(|w| !w.is_empty() && !w.starts_with('-'))
+            .map(String::from)
+            .collect();
+        got.sort();
+        got
+    };
+    let all = ["base", "look", "work"];
+    for (words, want) in [
+        (&["prepare", "k", ""][..], &["base"][..]),
+        (&["view", "k", ""], &["base"]),
+        (&["apply", "n", ""], &["base"]),
+        (&["diff", "k", "--parent", ""], &["base"]),
+        (&["push", ""], &["base"]),
+        (&["export", ""], &["base"]),
+        (&["commit", "n", ""], &["work"]),
+        (&["mount", ""], &["look", "work"]),
+        (&["mounts", ""], &["look", "work"]),
+        (&["diff", ""], &["base", "work"]),
+        (&["unmount", ""], &[target, "work"]),
+        (&["rm", ""], &all),
+        (&["info", ""], &all),
+        (&["label", ""], &all),
+        (&["usage", ""], &all),
+        (&["tree", ""], &all),
+    ] {
+        let mut want: Vec<&str> = want.to_vec();
+        want.sort();
+        assert_eq!(complete(words), want, "strata {}", words.join(" "));
+    }
+    s.strata(&["unmount", target]).success();
+}
