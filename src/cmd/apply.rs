@@ -1,7 +1,7 @@
 use super::Context;
 use crate::printer::{Unit, human_size};
 use crate::store::exchange::ApplyChecks;
-use crate::store::{Error, Kind, Result, key};
+use crate::store::{Error, Kind, Result};
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -30,7 +30,7 @@ pub struct Args {
     /// The layer tarball (default: stdin; `-` is stdin)
     pub file: Option<PathBuf>,
     /// Set a label on NAME (repeatable)
-    #[arg(long = "label", value_name = "K=V")]
+    #[arg(long = "label", value_name = "K=V", allow_hyphen_values = true)]
     pub labels: Vec<String>,
     /// Refuse layers that expand beyond this size (e.g. 512M, 20G)
     #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
@@ -74,7 +74,7 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
 }
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
-    let labels = key::parse_labels(&args.labels)?;
+    let labels = super::labels_of_options(&args.labels)?;
     // Send: the layer is read on a second thread. Unbuffered: that thread
     // reads 1 MiB at a time (a compressed layer through a buffer of the
     // decoder's own), so a buffer here would only add a copy.

@@ -1,5 +1,5 @@
 use super::Context;
-use crate::store::{Result, key};
+use crate::store::Result;
 
 /// Turn active snapshot KEY into committed snapshot NAME.
 ///
@@ -19,12 +19,12 @@ pub struct Args {
     #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::actives))]
     pub key: String,
     /// Set a label on NAME (repeatable)
-    #[arg(long = "label", value_name = "K=V")]
+    #[arg(long = "label", value_name = "K=V", allow_hyphen_values = true)]
     pub labels: Vec<String>,
 }
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
-    let labels = key::parse_labels(&args.labels)?;
+    let labels = super::labels_of_options(&args.labels)?;
     ctx.store()?;
     let store = ctx.store.as_mut().expect("opened");
     ctx.printer.spin(&format!("committing `{}`", args.key), || {

@@ -8,6 +8,7 @@ use crate::store::{Labels, Result, key};
 /// Examples:
 ///   strata label base stage=build owner=ci
 ///   strata label base stage=
+///   strata label base -- -x=1             # a label key starting with `-`
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {

@@ -370,6 +370,25 @@ pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
     }
 }
 
+/// The labels of `--label K=V` options (prepare, view, commit, apply). The
+/// option takes a value starting with `-` (`--label -x=1`, as `--label=-x=1`
+/// always did), so a `--label` left without its value takes the next
+/// option as one (`--label --json`): that label is refused with a hint
+/// saying so.
+pub fn labels_of_options(texts: &[String]) -> Result<store::Labels> {
+    store::key::parse_labels(texts).map_err(|e| {
+        match texts
+            .iter()
+            .find(|t| t.starts_with('-') && !t.contains('='))
+        {
+            Some(text) => e.with_hint(format!(
+                "`{text}` was taken as the value of --label, which needs one: --label K=V"
+            )),
+            None => e,
+        }
+    })
+}
+
 /// Whether an error is a closed stdout pipe (`strata ls | head -1`), which
 /// ends the command quietly and successfully.
 pub fn is_broken_pipe(err: &Error) -> bool {

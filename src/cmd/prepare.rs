@@ -1,5 +1,5 @@
 use super::{Context, mounts};
-use crate::store::{Result, key};
+use crate::store::Result;
 use std::path::PathBuf;
 
 /// Create an active (writable) snapshot KEY on committed PARENT.
@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::committed))]
     pub parent: Option<String>,
     /// Set a label (repeatable)
-    #[arg(long = "label", value_name = "K=V")]
+    #[arg(long = "label", value_name = "K=V", allow_hyphen_values = true)]
     pub labels: Vec<String>,
     /// Mount the new snapshot at TARGET instead of printing its mounts
     #[arg(long, value_name = "TARGET")]
@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
-    let labels = key::parse_labels(&args.labels)?;
+    let labels = super::labels_of_options(&args.labels)?;
     ctx.store()?;
     let store = ctx.store.as_mut().expect("opened");
     let list = ctx

@@ -1,5 +1,5 @@
 use super::{Context, mounts};
-use crate::store::{Result, key};
+use crate::store::Result;
 use std::path::PathBuf;
 
 /// Create a read-only view KEY of committed snapshot PARENT.
@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::committed))]
     pub parent: String,
     /// Set a label (repeatable)
-    #[arg(long = "label", value_name = "K=V")]
+    #[arg(long = "label", value_name = "K=V", allow_hyphen_values = true)]
     pub labels: Vec<String>,
     /// Mount the view at TARGET instead of printing its mounts
     #[arg(long, value_name = "TARGET")]
@@ -26,7 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
-    let labels = key::parse_labels(&args.labels)?;
+    let labels = super::labels_of_options(&args.labels)?;
     let store = ctx.store()?;
     let list = store
         .view(&args.key, &args.parent, &labels)

@@ -219,3 +219,58 @@ fn key_length_limit(driver: &str) {
     assert_eq!(names, want);
     assert_only_numeric_dirs(&s);
 }
+
+/// A label may start with `-`: `--label -x=1` takes it (clap refused it as
+/// an unexpected argument, though `--label=-x=1` worked) on prepare, view,
+/// commit and apply, and the options after it are still options. A
+/// `--label` left without its value takes the next option as one, which is
+/// refused with a hint. `label KEY K=V…` takes them after `--`, its labels
+/// being positional (there a hyphen value would take every option after it).
+#[test]
+fn labels_may_start_with_a_hyphen() {
+    let s = Store::uninitialized("native");
+    s.strata(&["init", "--driver", "native"]).success();
+    let labels = |key: &str| s.info(key)["labels"].clone();
+    let run = s
+        .strata(&["prepare", "a", "--label", "-x=1", "--json"])
+        .success();
+    run.json();
+    assert_eq!(labels("a"), serde_json::json!({"-x": "1"}));
+    let run = s
+        .strata(&["prepare", "b", "--label", "--y=2", "--label", "z=3", "-q"])
+        .success();
+    assert!(run.stdout.starts_with("mount "), "{}", run.session());
+    assert_eq!(labels("b"), serde_json::json!({"--y": "2", "z": "3"}));
+    s.strata(&["commit", "c", "b", "--label", "-c=1", "-q"])
+        .success();
+    assert_eq!(labels("c"), serde_json::json!({"-c": "1"}));
+    s.strata(&["view", "--label", "-v=1", "v", "c", "--json"])
+        .success()
+        .json();
+    assert_eq!(labels("v"), serde_json::json!({"-v": "1"}));
+    let layer = s.scratch("layer.tar");
+    tar_dir(&s.scratch_dir("empty"), &layer, &[]);
+    s.strata(&[
+        "apply",
+        "n",
+        "c",
+        layer.to_str().unwrap(),
+        "--label",
+        "-n=1",
+    ])
+    .success();
+    assert_eq!(labels("n"), serde_json::json!({"-n": "1"}));
+    // A missing value: the next option is taken, and refused with a hint.
+    s.strata(&["prepare", "d", "--label", "--json"])
+        .fails_with(6, "`--json` was taken as the value of --label");
+    s.strata(&["prepare", "d", "--label"])
+        .fails_with(2, "--label");
+    assert_eq!(s.names(&[]), ["a", "c", "n", "v"]);
+    // `label`: after `--`; and options after its labels stay options.
+    s.strata(&["label", "a", "--", "-w=4"]).success();
+    s.strata(&["label", "a", "k=5", "--json"]).success().json();
+    assert_eq!(
+        labels("a"),
+        serde_json::json!({"-w": "4", "-x": "1", "k": "5"})
+    );
+}
