@@ -37,6 +37,21 @@ pub enum DriverName {
     Native,
 }
 
+impl DriverName {
+    pub fn as_str(self) -> &'static str {
+        Driver::from(self).as_str()
+    }
+}
+
+impl From<Driver> for DriverName {
+    fn from(d: Driver) -> DriverName {
+        match d {
+            Driver::Overlay => DriverName::Overlay,
+            Driver::Native => DriverName::Native,
+        }
+    }
+}
+
 impl From<DriverName> for Driver {
     fn from(d: DriverName) -> Driver {
         match d {
@@ -53,6 +68,8 @@ pub enum Source {
     Flag,
     Environment,
     File,
+    /// Recorded in the store (its driver, chosen when it was created).
+    Store,
     Default,
 }
 
@@ -62,6 +79,7 @@ impl Source {
             Source::Flag => "flag",
             Source::Environment => "environment",
             Source::File => "file",
+            Source::Store => "store",
             Source::Default => "default",
         }
     }

@@ -1,11 +1,14 @@
 use super::Context;
+use crate::config::{Setting, Source};
 use crate::store::Result;
 
 /// Print the effective configuration and where each value came from.
 ///
 /// Sources, strongest first: flag, environment ($STRATA_ROOT), the YAML
 /// config file (--config FILE, else /etc/strata/config.yaml as root or
-/// ~/.config/strata/config.yaml), default. The file's keys:
+/// ~/.config/strata/config.yaml), default. The driver of a store that
+/// exists is the one it recorded when it was created (source `store`); the
+/// file's and the default are for a new store. The file's keys:
 ///
 ///   root: /var/lib/strata          # the store
 ///   driver: overlay                # driver for new stores: overlay | native
@@ -21,7 +24,26 @@ use crate::store::Result;
 pub struct Args {}
 
 pub fn run(_args: Args, ctx: &mut Context) -> Result<()> {
-    let settings = ctx.settings.clone();
+    let mut settings = ctx.settings.clone();
+    // An existing store's driver is its own, whatever the file says; a
+    // store that does not exist is not created to ask.
+    if settings.root.value.join("index.db").exists()
+        && let Some(driver) = ctx.store()?.driver()?
+    {
+        let recorded = Setting {
+            value: Some(driver.into()),
+            source: Source::Store,
+        };
+        let configured = std::mem::replace(&mut settings.driver, recorded);
+        if let Some(other) = configured.value.filter(|d| *d != driver.into()) {
+            ctx.printer.note(&format!(
+                "the config file's driver ({}) is for new stores; {} uses {}",
+                other.as_str(),
+                settings.root.value.display(),
+                driver.as_str()
+            ));
+        }
+    }
     let printer = &ctx.printer;
     printer.data(&settings, |s| {
         let rows = s

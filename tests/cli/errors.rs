@@ -528,6 +528,62 @@ fn config_file_errors() {
     assert!(!s.root.exists(), "a bad config created the store");
 }
 
+/// `config` reports an existing store's driver, the one it recorded (source
+/// `store`), over the config file's (for new stores, said in a note) and
+/// the default "detect"; it does not create a store to ask.
+#[test]
+fn config_shows_the_store_s_driver() {
+    let s = Store::uninitialized("native");
+    let config = s.scratch("config.yaml");
+    fs::write(&config, "driver: overlay\n").unwrap();
+    let config = config.to_str().unwrap();
+    let driver = |run: &Run| run.json()["driver"].clone();
+    let run = s.strata(&["config", "--json"]).success();
+    assert_eq!(
+        driver(&run),
+        serde_json::json!({"value": null, "source": "default"}),
+        "{}",
+        run.session()
+    );
+    assert!(!s.root.exists(), "config created the store");
+    let run = s
+        .strata(&["--config", config, "config", "--json"])
+        .success();
+    assert_eq!(
+        driver(&run),
+        serde_json::json!({"value": "overlay", "source": "file"}),
+        "{}",
+        run.session()
+    );
+    assert!(!s.root.exists(), "config created the store");
+    s.strata(&["init", "--driver", "native"]).success();
+    let run = s.strata(&["config", "--json"]).success();
+    assert_eq!(
+        driver(&run),
+        serde_json::json!({"value": "native", "source": "store"}),
+        "{}",
+        run.session()
+    );
+    let run = s
+        .strata(&["--config", config, "config", "--json"])
+        .success();
+    assert_eq!(
+        driver(&run),
+        serde_json::json!({"value": "native", "source": "store"}),
+        "{}",
+        run.session()
+    );
+    let run = s.strata(&["--config", config, "config"]).success();
+    let row = run.stdout.lines().find(|l| l.starts_with("driver "));
+    let row: Vec<&str> = row.unwrap().split_whitespace().collect();
+    assert_eq!(row, ["driver", "native", "store"], "{}", run.session());
+    assert!(
+        run.stderr.contains("driver (overlay) is for new stores"),
+        "{}",
+        run.session()
+    );
+}
+
 #[test]
 fn unsupported_mount_without_privilege() {
     // Reachable by running strata as an unprivileged user (via util-linux setpriv).
