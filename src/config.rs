@@ -154,7 +154,7 @@ pub fn load(named: Option<&Path>) -> Result<(Option<PathBuf>, File)> {
     if text.trim().is_empty() {
         return Ok((Some(path), File::default()));
     }
-    let file: File = serde_yaml::from_str(&text).map_err(|e| {
+    let mut file: File = serde_yaml::from_str(&text).map_err(|e| {
         let at = e
             .location()
             .map(|l| format!(" line {}, column {}:", l.line(), l.column()))
@@ -183,7 +183,48 @@ pub fn load(named: Option<&Path>) -> Result<(Option<PathBuf>, File)> {
             path.display()
         )));
     }
+    if let Some(root) = &file.root {
+        file.root = Some(root_in_file(root, &path)?);
+    }
     Ok((Some(path), file))
+}
+
+/// The file's `root` as the store's path: a leading `~` or `~/` is $HOME
+/// (the SPEC writes `~/.config` for the same), and what is left must be
+/// absolute: a relative `root` would name another store from every
+/// directory strata runs in (`root: ~/store` made `./~/store`).
+/// `--root` and `$STRATA_ROOT` are the shell's to expand and may be
+/// relative.
+fn root_in_file(root: &Path, file: &Path) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = root.as_os_str().as_bytes();
+    let expanded = match bytes.strip_prefix(b"~") {
+        Some(rest) if rest.is_empty() || rest.starts_with(b"/") => {
+            let Some(home) = env_path("HOME") else {
+                return Err(Error::invalid(format!(
+                    "bad config file {}: `root` starts with `~` but $HOME is not set",
+                    file.display()
+                )));
+            };
+            let rest = std::ffi::OsStr::from_bytes(rest.strip_prefix(b"/").unwrap_or(rest));
+            if rest.is_empty() {
+                home
+            } else {
+                home.join(rest)
+            }
+        }
+        _ => root.to_path_buf(),
+    };
+    if !expanded.is_absolute() {
+        return Err(Error::invalid(format!(
+            "bad config file {}: `root` is a relative path (`{}`): the store would \
+             depend on the current directory",
+            file.display(),
+            root.display()
+        ))
+        .with_hint("give an absolute path, or one under your home as `~/…`"));
+    }
+    Ok(expanded)
 }
 
 /// One resolved setting and its source.

@@ -10,7 +10,7 @@ use crate::store::Result;
 /// exists is the one it recorded when it was created (source `store`); the
 /// file's and the default are for a new store. The file's keys:
 ///
-///   root: /var/lib/strata          # the store
+///   root: /var/lib/strata          # the store: absolute, or ~/… under $HOME
 ///   driver: overlay                # driver for new stores: overlay | native
 ///   output: table                  # default output: table | json | yaml
 ///   overlay:

@@ -526,6 +526,53 @@ fn config_file_errors() {
     let run = s.fails(&["--config", empty_root.to_str().unwrap(), "ls"], "invalid");
     assert!(run.stderr.contains("`root` is empty"), "{}", run.session());
     assert!(!s.root.exists(), "a bad config created the store");
+    // `root: ~/…` is under $HOME (it made `./~/store`); a relative `root`
+    // would depend on the current directory, and is refused naming the
+    // file and the key. Neither creates anything where strata runs.
+    let home = s.scratch_dir("home");
+    let cwd = s.scratch_dir("cwd");
+    let config = s.scratch("config.yaml");
+    // strata run in `cwd` with `HOME=home`, the config file and no --root.
+    let in_cwd = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .env("HOME", &home)
+            .args(["--config", config.to_str().unwrap()])
+            .args(args)
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
+        Run {
+            cmdline: format!("cd {}; strata {}", cwd.display(), args.join(" ")),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    fs::write(&config, "root: ~/\n").unwrap();
+    let v = in_cwd(&["config", "--json"]).success().json();
+    assert_eq!(v["root"]["value"], home.to_str().unwrap(), "{v}");
+    fs::write(&config, "root: ~/store\n").unwrap();
+    let v = in_cwd(&["config", "--json"]).success().json();
+    assert_eq!(
+        v["root"]["value"],
+        home.join("store").to_str().unwrap(),
+        "{v}"
+    );
+    assert_eq!(v["root"]["source"], "file", "{v}");
+    in_cwd(&["init", "--driver", "native"]).success();
+    assert!(home.join("store/index.db").exists(), "no store under $HOME");
+    for root in ["store", "./store", "~bob/store"] {
+        fs::write(&config, format!("root: {root}\n")).unwrap();
+        let run = in_cwd(&["ls"]).fails_with(6, "`root` is a relative path");
+        assert!(
+            run.stderr.contains(config.to_str().unwrap()),
+            "{}",
+            run.session()
+        );
+    }
+    assert_eq!(fs::read_dir(&cwd).unwrap().count(), 0, "made in the cwd");
 }
 
 /// `config` reports an existing store's driver, the one it recorded (source
