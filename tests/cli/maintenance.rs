@@ -685,5 +685,6 @@ fn a_broken_store_does_not_choose_the_driver() {
     fs::create_dir(&snaps).unwrap();
     s.strata(&["prepare", "a"]).success();
     let init = s.strata(&["init"]).success();
-    assert!(init.stdout.contains("overlay"), "{}", init.session());
+    // A note, on stderr.
+    assert!(init.stderr.contains("overlay driver"), "{}", init.session());
 }

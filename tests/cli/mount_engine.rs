@@ -937,7 +937,8 @@ $S rm -r a1 || exit 17
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("native driver"), "{stdout}");
+    // `init`'s note, on stderr.
+    assert!(stderr.contains("native driver"), "{stderr}");
     assert!(stdout.contains("mount=7"), "{stdout}");
     assert!(stderr.contains("hint:"), "{stderr}");
     assert!(stdout.contains("\"inodes\": 2"), "{stdout}");
