@@ -1127,8 +1127,8 @@ impl Store {
     ///
     /// A mount found unrecorded may be a `strata mount` between its
     /// mount(2) and its record, which holds the snapshot's lock all along:
-    /// that lock is taken (waiting for the mount to finish), and the
-    /// records and the mount table read again while it is held, once per
+    /// that lock is taken (waiting for the mount to finish) and let go,
+    /// and the records and the mount table read again, once per
     /// snapshot (audit: `rm -r -f` refused such a mount as one strata did
     /// not record, 4 runs of 12).
     fn refuse_subtree_mounts(
@@ -1140,7 +1140,6 @@ impl Store {
     ) -> Result<()> {
         let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
         let mut waited = HashSet::new();
-        let mut _held = None;
         loop {
             let mounted: Vec<MountRecord> = self
                 .live_among(records)?
@@ -1159,7 +1158,13 @@ impl Store {
             match table.first_showing(dirs, &known) {
                 Some((row, _)) if waited.insert(row.id) => {
                     crash::point("rm:unrecorded-mount");
-                    _held = self.lock_if_there(row)?;
+                    // Taken only to wait for a mount in progress (which
+                    // records before it lets go), then let go at once:
+                    // holding it while waiting for another snapshot's lock
+                    // would take locks out of id order, and an `rm` taking
+                    // them in order could then wait for this one forever
+                    // (review: two `rm -r -f` hung).
+                    drop(self.lock_if_there(row)?);
                     records = self.read_mounts()?;
                 }
                 _ => {

@@ -648,6 +648,83 @@ fn hand_made_view_mounts_keep_rm_r_off_their_layers() {
     }
 }
 
+/// Two `rm -r -f` at once never wait for each other: one (X, in batches)
+/// that waited for the lock of a snapshot a `strata mount` held, then
+/// found another mounted by hand, and one (Y) that took the locks of its
+/// subtree in id order (review: X kept the first lock while it waited for
+/// the second, which Y held while it waited for the first; both hung).
+/// Both are refused for the hand-made mount, and end.
+#[test]
+fn racing_rm_r_f_do_not_wait_for_each_other() {
+    let store = setup!("overlay");
+    store.layer("base", None, &[file("f", "x", 0o644)]);
+    for i in 0..20 {
+        store
+            .strata(&["-q", "prepare", &format!("pad{i}"), "base"])
+            .success();
+    }
+    store.layer("mid", Some("base"), &[]);
+    store.strata(&["prepare", "b", "mid"]).success();
+    store.strata(&["prepare", "a", "mid"]).success();
+    let pasted = paste_mount(&store, "b", false);
+    let target = MountGuard::new(&store.scratch("mnt"));
+    let mount = Paused::start(
+        &store,
+        &["mount", "a", target.path.to_str().unwrap()],
+        "mount:mounted",
+    );
+    let trace = store.scratch("trace");
+    let spawn = |args: &[&str], hard: Option<u64>| {
+        let mut cmd = command(&store.root, args);
+        if let Some(n) = hard {
+            limit_open_files(&mut cmd, n, Some(n));
+        }
+        cmd.env("STRATA_CRASH_TRACE", &trace)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // X: batches of 16; it waits for a's lock at its look at the subtree.
+    let x = spawn(&["rm", "-r", "-f", "base"], Some(64));
+    let reached = || fs::read_to_string(&trace).is_ok_and(|t| t.contains("rm:unrecorded-mount"));
+    for _ in 0..3000 {
+        if reached() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(reached(), "rm -r -f base did not look at the subtree");
+    // Y: one batch (mid, b, a), locked in id order: it waits for a's lock.
+    let y = spawn(&["rm", "-r", "-f", "mid"], None);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mount = mount.resume();
+    assert_eq!(mount.status.code(), Some(0), "{mount:?}");
+    for (name, child) in [("X", x), ("Y", y)] {
+        let out = bounded(child, 30);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{name}: {stderr}");
+        assert!(stderr.contains("strata did not record"), "{name}: {stderr}");
+    }
+    umount_by_hand(&pasted.path);
+    store.strata(&["rm", "-r", "-f", "base"]).success();
+    assert!(!is_mount_point(&target.path));
+}
+
+/// `child`'s output, once it ends within `secs` seconds; killed (and the
+/// test failed) if it does not.
+fn bounded(mut child: std::process::Child, secs: u64) -> std::process::Output {
+    for _ in 0..secs * 20 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!("still running after {secs} s (killed): {out:?}");
+}
+
 /// `base`, `mid` and `top`, a chain of three layers, with views `v-mid`
 /// and `v-top` of two and three layers; `crowded` adds actives on `base`
 /// until `rm -r base` takes more than one batch of 16.
