@@ -457,7 +457,11 @@ fn read_table(proc: &Path) -> Seen {
         Ok(data) => Seen::Table(MountTable {
             mounts: parse_mountinfo(&data),
         }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+        // Gone, or exiting (its mountinfo then reads as EINVAL, review).
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                || matches!(e.raw_os_error(), Some(libc::ESRCH | libc::EINVAL)) =>
+        {
             Seen::Gone
         }
         Err(_) => Seen::Hidden,

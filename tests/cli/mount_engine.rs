@@ -745,7 +745,7 @@ fn view_chain(store: &Store, crowded: bool) {
 fn rm(store: &Store, args: &[&str]) -> Run {
     let mut all = vec!["-o", "json"];
     all.extend_from_slice(args);
-    store.with_open_files(64, &all)
+    store.with_file_limit(64, &all)
 }
 
 /// `key` mounted by pasting the line `strata mounts` prints into a shell,
