@@ -27,9 +27,22 @@ pub fn run(_args: Args, ctx: &mut Context) -> Result<()> {
     let mut settings = ctx.settings.clone();
     // An existing store's driver is its own, whatever the file says; a
     // store that does not exist is not created to ask.
-    if settings.root.value.join("index.db").exists()
-        && let Some(driver) = ctx.store()?.driver()?
-    {
+    // A store that cannot be read (a damaged index) does not stop this
+    // diagnostic: it says so, and shows what the file and defaults say
+    // (review: `config` failed there).
+    let recorded = match settings.root.value.join("index.db").exists() {
+        true => ctx.store().and_then(|store| store.driver()),
+        false => Ok(None),
+    };
+    let recorded = recorded.unwrap_or_else(|e| {
+        ctx.printer.warn(&format!(
+            "cannot read the driver of the store {}: {}",
+            settings.root.value.display(),
+            e.message()
+        ));
+        None
+    });
+    if let Some(driver) = recorded {
         let recorded = Setting {
             value: Some(driver.into()),
             source: Source::Store,

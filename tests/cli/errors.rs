@@ -629,6 +629,24 @@ fn config_shows_the_store_s_driver() {
         "{}",
         run.session()
     );
+    // A store whose index cannot be read: `config` still shows the
+    // settings, with a warning (review: it failed).
+    fs::write(s.root.join("index.db"), "not a database").unwrap();
+    let run = s
+        .strata(&["--config", config, "config", "--json"])
+        .success();
+    assert_eq!(
+        driver(&run),
+        serde_json::json!({"value": "overlay", "source": "file"}),
+        "{}",
+        run.session()
+    );
+    assert!(
+        run.stderr
+            .contains("warning: cannot read the driver of the store"),
+        "{}",
+        run.session()
+    );
 }
 
 #[test]
