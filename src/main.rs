@@ -230,8 +230,9 @@ fn output_on_line() -> Option<Vec<u8>> {
 /// The output format and the config file the raw arguments name, read as
 /// clap reads them: `--json`, `--output json`, `--output=json`, `-o json`,
 /// `-ojson`, `-o=json`, and `-o` last in a cluster of `-q` and `-v` (`-qo
-/// json`, `-vqojson`). The last one given counts: `--json` is short for
-/// `-o json` (SPEC), so the last of them on the line wins.
+/// json`, `-vqojson`), passing over the value of a `--label`. The last one
+/// given counts: `--json` is short for `-o json` (SPEC), so the last of
+/// them on the line wins.
 fn output_and_config_on_line() -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     let args: Vec<OsString> = (strata::argv::args_os().into_iter())
         .skip(1)
@@ -248,7 +249,11 @@ fn output_and_config_on_line() -> (Option<Vec<u8>>, Option<Vec<u8>>) {
                 _ => None,
             }
         };
-        if arg == b"--json" {
+        if arg == b"--label" {
+            // Its value, which may start with `-` (`--label -o=yaml` is a
+            // label, not a format: review).
+            rest.next();
+        } else if arg == b"--json" {
             output = Some(b"json".to_vec());
         } else if let Some(v) = long("--output", &mut rest) {
             output = Some(v);

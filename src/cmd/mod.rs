@@ -72,8 +72,10 @@ pub struct Global {
 
     /// Output format for commands that print data
     // `--json` is `-o json` (SPEC): whichever of them comes last wins.
+    // Given twice, the last wins too, wherever each is (it was a usage
+    // error within one command, and last-wins across them; review).
     #[arg(short = 'o', long, global = true, value_enum, value_name = "FORMAT")]
-    #[arg(overrides_with = "json")]
+    #[arg(overrides_with_all = ["json", "output"])]
     pub output: Option<Format>,
 
     /// Short for `-o json`

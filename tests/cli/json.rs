@@ -590,6 +590,10 @@ fn the_last_of_json_and_output_wins() {
         ),
         (&["--config", config, "--json", "config"], "json"),
         (&["--config", config, "config"], "yaml"),
+        // `-o` twice: the last, within one command too (review: a usage
+        // error there).
+        (&["config", "-o", "json", "-o", "table"], "table"),
+        (&["-o", "json", "-o", "yaml", "config"], "yaml"),
     ] {
         let run = s.strata(args).success();
         assert_eq!(form(&run), want, "{}", run.session());
@@ -606,4 +610,13 @@ fn the_last_of_json_and_output_wins() {
         assert_eq!(run.stderr.starts_with('{'), json, "{}", run.session());
     }
     assert!(!s.root.exists(), "config made a store");
+    // A label's value is no format flag, whatever it looks like (review:
+    // `--label -o=yaml` was read as `-o yaml`).
+    let run = s
+        .strata(&[
+            "-o", "table", "prepare", "k", "--json", "--label", "-o=yaml",
+        ])
+        .success();
+    assert!(run.stdout.starts_with('['), "{}", run.session());
+    assert_eq!(s.info("k")["labels"]["-o"], "yaml");
 }
