@@ -41,22 +41,20 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         }
         ctx.store()?;
         let store = ctx.store.as_mut().expect("opened");
-        let removed = ctx.printer.spin(&format!("removing `{key}`"), || {
-            store.remove(key, args.recursive, args.force)
+        let mut removed = Vec::new();
+        let result = ctx.printer.spin(&format!("removing `{key}`"), || {
+            store.remove_into(key, args.recursive, args.force, &mut removed)
         });
-        match removed {
-            Ok(removed) => {
-                for name in removed {
-                    ctx.printer.note(&format!("removed `{name}`"));
-                    removed_here.insert(name);
-                }
-            }
-            // Each failure is reported as it happens; the first one decides
-            // the exit code.
-            Err(e) => {
-                ctx.printer.error(&e);
-                first.get_or_insert(e.reported());
-            }
+        // What went is said, also before a failure.
+        for name in removed {
+            ctx.printer.note(&format!("removed `{name}`"));
+            removed_here.insert(name);
+        }
+        // Each failure is reported as it happens; the first one decides
+        // the exit code.
+        if let Err(e) = result {
+            ctx.printer.error(&e);
+            first.get_or_insert(e.reported());
         }
     }
     match first {

@@ -1033,12 +1033,41 @@ impl Store {
     /// cannot all be deleted once its row is gone does not stop the rest:
     /// the first such failure is the error once the rest is removed.
     pub fn remove(&mut self, key: &str, recursive: bool, force: bool) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        self.remove_into(key, recursive, force, &mut removed)?;
+        Ok(removed)
+    }
+
+    /// [`Store::remove`], adding the names removed to `removed` also when
+    /// it fails after some were (review: `rm -r base top` then said `top`
+    /// was not found, when `base`'s removal had taken it and failed later,
+    /// on files it could not delete).
+    pub fn remove_into(
+        &mut self,
+        key: &str,
+        recursive: bool,
+        force: bool,
+        removed: &mut Vec<String>,
+    ) -> Result<()> {
         let mut done = Removed::default();
+        let result = self.remove_all(key, recursive, force, &mut done);
+        removed.extend(done.names.iter().cloned());
+        result.and_then(|()| done.into_result(key))
+    }
+
+    /// The body of [`Store::remove_into`]; what it removes is in `done`.
+    fn remove_all(
+        &mut self,
+        key: &str,
+        recursive: bool,
+        force: bool,
+        done: &mut Removed,
+    ) -> Result<()> {
         let mut tries = 1;
         let error = loop {
-            match self.remove_once(key, recursive, force, tries > 1, &mut done) {
+            match self.remove_once(key, recursive, force, tries > 1, done) {
                 Ok(Removal::Done) if done.names.is_empty() => break replaced(key),
-                Ok(Removal::Done) => return done.into_result(key),
+                Ok(Removal::Done) => return Ok(()),
                 Ok(Removal::Changed(e)) if !recursive || tries == 5 => break e,
                 Ok(Removal::Changed(_)) => tries += 1,
                 Err(e) => break e,
@@ -1533,11 +1562,11 @@ struct Removed {
 
 impl Removed {
     /// The result of a removal of `key` that went to the end.
-    fn into_result(self, key: &str) -> Result<Vec<String>> {
+    fn into_result(self, key: &str) -> Result<()> {
         let n = self.names.len();
         let mut leftovers = self.leftovers.into_iter();
         let Some(first) = leftovers.next() else {
-            return Ok(self.names);
+            return Ok(());
         };
         let more = leftovers.count();
         Err(match (n, more) {
