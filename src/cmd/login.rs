@@ -6,10 +6,10 @@ use crate::store::{Error, Kind, Result};
 ///
 /// The password (or token) is read from stdin; without --username, the user
 /// name is asked on the terminal (`Username: `), as `docker login` asks it.
-/// The credentials are checked
-/// against the registry (`GET /v2/`, with a token exchange when the registry
-/// asks for one), then stored, base64 as Docker and Podman do, in
-/// $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, else
+/// The credentials are checked against the registry (`GET /v2/`, with a
+/// token exchange when the registry asks for one), then stored, base64 as
+/// Docker and Podman do, in $REGISTRY_AUTH_FILE, else
+/// $XDG_RUNTIME_DIR/containers/auth.json, else
 /// ~/.config/containers/auth.json (mode 0600; other registries' entries are
 /// kept). push and pull read that file, then Docker's ~/.docker/config.json.
 ///
