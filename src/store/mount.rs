@@ -417,10 +417,10 @@ impl Namespaces {
     /// Whether mount `id` with `identity` is still mounted in namespace
     /// `ns`, as one of the processes in it shows it. A namespace with no
     /// process in it is gone, with its mounts (unless something pins it);
-    /// a process this one may not look into counts as showing it. The
-    /// mount is looked for by its id and identity, not its path: a process
-    /// in a `chroot` shows paths (and only the mounts) below its root, so
-    /// every process is asked before a mount counts as gone. Without an id
+    /// a process this one may not look into, or one in a `chroot` (which
+    /// shows only the mounts below its root), counts as showing it. The
+    /// mount is looked for by its id and identity, not its path, and every
+    /// process is asked before a mount counts as gone. Without an id
     /// and identity (a record older than schema 3) a live namespace is all
     /// there is to go by.
     ///
@@ -453,6 +453,14 @@ impl Namespaces {
 }
 
 fn read_table(proc: &Path) -> Seen {
+    // A process in a `chroot` shows only the mounts below its root: what it
+    // does not show may still be mounted (review). Only a process whose root
+    // is its namespace's own is trusted to show everything.
+    match std::fs::read_link(proc.join("root")) {
+        Ok(root) if root == Path::new("/") => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Seen::Gone,
+        _ => return Seen::Hidden,
+    }
     match std::fs::read(proc.join("mountinfo")) {
         Ok(data) => Seen::Table(MountTable {
             mounts: parse_mountinfo(&data),
