@@ -1167,20 +1167,9 @@ impl Store {
         mut records: Vec<MountRecord>,
         force: bool,
     ) -> Result<()> {
-        let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
         let mut waited = HashSet::new();
         loop {
-            let mounted: Vec<MountRecord> = self
-                .live_among(records)?
-                .into_iter()
-                .filter(|r| ids.contains(&r.snapshot_id))
-                .collect();
-            refuse_foreign_mounts(rows, &mounted)?;
-            if let Some(first) = mounted.first()
-                && !force
-            {
-                return Err(mounted_error(rows, first, key));
-            }
+            let mounted = self.mounted_among(key, rows, records, force)?;
             let table = mount_table()?;
             let known: HashSet<&Path> = mounted.iter().map(|r| Path::new(&r.target)).collect();
             let dirs = rows.iter().map(|r| (r, self.layout.fs(r.id)));

@@ -585,41 +585,30 @@ fn config_shows_the_store_s_driver() {
     fs::write(&config, "driver: overlay\n").unwrap();
     let config = config.to_str().unwrap();
     let driver = |run: &Run| run.json()["driver"].clone();
-    let run = s.strata(&["config", "--json"]).success();
-    assert_eq!(
-        driver(&run),
+    // (with the config file?, its driver as `config` shows it)
+    let shows = |with_file: bool, want: serde_json::Value| {
+        let mut args = vec!["config", "--json"];
+        if with_file {
+            args.splice(0..0, ["--config", config]);
+        }
+        let run = s.strata(&args).success();
+        assert_eq!(driver(&run), want, "{}", run.session());
+        run
+    };
+    shows(
+        false,
         serde_json::json!({"value": null, "source": "default"}),
-        "{}",
-        run.session()
     );
     assert!(!s.root.exists(), "config created the store");
-    let run = s
-        .strata(&["--config", config, "config", "--json"])
-        .success();
-    assert_eq!(
-        driver(&run),
+    shows(
+        true,
         serde_json::json!({"value": "overlay", "source": "file"}),
-        "{}",
-        run.session()
     );
     assert!(!s.root.exists(), "config created the store");
     s.strata(&["init", "--driver", "native"]).success();
-    let run = s.strata(&["config", "--json"]).success();
-    assert_eq!(
-        driver(&run),
-        serde_json::json!({"value": "native", "source": "store"}),
-        "{}",
-        run.session()
-    );
-    let run = s
-        .strata(&["--config", config, "config", "--json"])
-        .success();
-    assert_eq!(
-        driver(&run),
-        serde_json::json!({"value": "native", "source": "store"}),
-        "{}",
-        run.session()
-    );
+    let native = serde_json::json!({"value": "native", "source": "store"});
+    shows(false, native.clone());
+    shows(true, native);
     let run = s.strata(&["--config", config, "config"]).success();
     let row = run.stdout.lines().find(|l| l.starts_with("driver "));
     let row: Vec<&str> = row.unwrap().split_whitespace().collect();
@@ -632,14 +621,9 @@ fn config_shows_the_store_s_driver() {
     // A store whose index cannot be read: `config` still shows the
     // settings, with a warning (review: it failed).
     fs::write(s.root.join("index.db"), "not a database").unwrap();
-    let run = s
-        .strata(&["--config", config, "config", "--json"])
-        .success();
-    assert_eq!(
-        driver(&run),
+    let run = shows(
+        true,
         serde_json::json!({"value": "overlay", "source": "file"}),
-        "{}",
-        run.session()
     );
     assert!(
         run.stderr
