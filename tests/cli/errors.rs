@@ -810,10 +810,7 @@ fn table_errors_are_one_line(driver: &str) {
 /// the terminal.
 #[test]
 fn error_lines_escape_what_they_quote() {
-    let s = Store::uninitialized("native");
-    s.strata(&["init", "--driver", "native"]).success();
-    s.strata(&["prepare", "a"]).success();
-    s.strata(&["commit", "base", "a"]).success();
+    let s = native_with_base();
     let path = s.tmp().join("no\nsuch\x1b[2Jlayer.tar");
     let run = s.strata(&["apply", "x", "base", path.to_str().unwrap()]);
     let run = run.fails_with(3, "does not exist");
@@ -832,10 +829,7 @@ fn error_lines_escape_what_they_quote() {
 /// for `diff --output-file`, without the temporary name strata tried in it.
 #[test]
 fn missing_inputs_are_named_as_the_user_gave_them() {
-    let s = Store::uninitialized("native");
-    s.strata(&["init", "--driver", "native"]).success();
-    s.strata(&["prepare", "a"]).success();
-    s.strata(&["commit", "base", "a"]).success();
+    let s = native_with_base();
     let missing = s.tmp().join("missing.tar");
     let m = missing.to_str().unwrap();
     s.strata(&["apply", "x", "base", m])
@@ -1020,4 +1014,13 @@ fn rm_of_immutable_files(driver: &str) {
     store.strata(&["prune"]).success();
     store.strata(&["check"]).success();
     assert_eq!(store.snapshot_dirs(), Vec::<String>::new());
+}
+
+/// A native store holding committed `base` (empty).
+fn native_with_base() -> Store {
+    let s = Store::uninitialized("native");
+    s.strata(&["init", "--driver", "native"]).success();
+    s.strata(&["prepare", "a"]).success();
+    s.strata(&["commit", "base", "a"]).success();
+    s
 }
