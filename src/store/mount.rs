@@ -452,6 +452,7 @@ impl Namespaces {
     }
 }
 
+/// What process `proc` (`/proc/PID`) shows of its namespace's mounts.
 fn read_table(proc: &Path) -> Seen {
     // A process in a `chroot` shows only the mounts below its root: what it
     // does not show may still be mounted (review). Only a process whose root
