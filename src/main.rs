@@ -111,7 +111,7 @@ fn run() -> Status {
     // on both sides of the subcommand's name (`strata --json ls -o table`),
     // both reach here, where the line decides.
     if cli.global.json && cli.global.output.is_some() {
-        if output_on_line().as_deref() == Some(b"json") {
+        if output_and_config_on_line().0.as_deref() == Some(b"json") {
             cli.global.output = None;
         } else {
             cli.global.json = false;
@@ -219,12 +219,6 @@ fn wants_json() -> bool {
         None => strata::config::load(config.as_deref().map(|c| Path::new(OsStr::from_bytes(c))))
             .is_ok_and(|(_, file)| file.output == Some(Format::Json)),
     }
-}
-
-/// The output format the raw arguments ask for, as written (`json` for
-/// `--json`).
-fn output_on_line() -> Option<Vec<u8>> {
-    output_and_config_on_line().0
 }
 
 /// The output format and the config file the raw arguments name, read as

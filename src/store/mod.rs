@@ -846,7 +846,17 @@ impl Store {
     /// The live ones of mount records already read (the stale ones are
     /// dropped from the index).
     fn live_among(&mut self, records: Vec<MountRecord>) -> Result<Vec<MountRecord>> {
-        Ok(self.sort_these_records(records, true)?.0)
+        Ok(self.sort_these_records(records, true, None)?.0)
+    }
+
+    /// [`Store::live_among`] against `table`, the mount table the caller
+    /// has just read for its own checks (one read of mountinfo, not two).
+    fn live_among_in(
+        &mut self,
+        table: &mount::MountTable,
+        records: Vec<MountRecord>,
+    ) -> Result<Vec<MountRecord>> {
+        Ok(self.sort_these_records(records, true, Some(table))?.0)
     }
 
     /// Mount records split into (live, stale) against /proc/self/mountinfo;
@@ -859,16 +869,18 @@ impl Store {
             let tx = self.index.read()?;
             index::mounts(&tx)?
         };
-        self.sort_these_records(records, drop_stale)
+        self.sort_these_records(records, drop_stale, None)
     }
 
-    /// [`Store::sort_mount_records`] of records already read.
+    /// [`Store::sort_mount_records`] of records already read, against
+    /// `table` if given (else mountinfo read now).
     fn sort_these_records(
         &mut self,
         records: Vec<MountRecord>,
         drop_stale: bool,
+        table: Option<&mount::MountTable>,
     ) -> Result<(Vec<MountRecord>, Vec<MountRecord>)> {
-        let (live, stale) = live_and_stale(records)?;
+        let (live, stale) = live_and_stale(records, table)?;
         if drop_stale && !stale.is_empty() {
             // Judged again under the write lock, and only those dropped: a
             // target unmounted and mounted again since the first look has
@@ -877,7 +889,7 @@ impl Store {
             // `unmount` and `rm` then no longer knew the mount).
             crash::point("mounts:judged");
             let tx = self.index.write()?;
-            let (_, stale_now) = live_and_stale(index::mounts(&tx)?)?;
+            let (_, stale_now) = live_and_stale(index::mounts(&tx)?, None)?;
             for r in &stale_now {
                 index::remove_mount(&tx, &r.target)?;
             }
@@ -966,7 +978,7 @@ impl Store {
             false => records,
         };
         let mounted: Vec<MountRecord> = self
-            .live_among(records)?
+            .live_among_in(&table, records)?
             .into_iter()
             .filter(|r| r.snapshot_id == row.id)
             .collect();
@@ -1169,8 +1181,8 @@ impl Store {
     ) -> Result<()> {
         let mut waited = HashSet::new();
         loop {
-            let mounted = self.mounted_among(key, rows, records, force)?;
             let table = mount_table()?;
+            let mounted = self.mounted_among(key, &table, rows, records, force)?;
             let known: HashSet<&Path> = mounted.iter().map(|r| Path::new(&r.target)).collect();
             let dirs = rows.iter().map(|r| (r, self.layout.fs(r.id)));
             match table.first_showing(dirs, &known) {
@@ -1218,7 +1230,7 @@ impl Store {
             Some(records) => records,
             None => self.read_mounts()?,
         };
-        let mounted = self.mounted_among(key, rows, records, force)?;
+        let mounted = self.mounted_among(key, &table, rows, records, force)?;
         // Every refusal before any unmount: `rm -f` refused for a mount
         // strata did not record leaves strata's own mounts as they were
         // (audit: they were undone first).
@@ -1281,13 +1293,14 @@ impl Store {
     fn mounted_among(
         &mut self,
         key: &str,
+        table: &mount::MountTable,
         rows: &[Row],
         records: Vec<MountRecord>,
         force: bool,
     ) -> Result<Vec<MountRecord>> {
         let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
         let mounted: Vec<MountRecord> = self
-            .live_among(records)?
+            .live_among_in(table, records)?
             .into_iter()
             .filter(|r| ids.contains(&r.snapshot_id))
             .collect();
@@ -1853,15 +1866,26 @@ fn refuse_foreign_mounts(rows: &[Row], mounted: &[MountRecord]) -> Result<()> {
 /// ones (unmounted by hand, lost in a reboot).
 ///
 /// A mount made in another mount namespace (a `unshare -m` shell, a
-/// service with a private /tmp) cannot be seen from here: it is live while
-/// a process is still in that namespace (audit: from the host, `rm` deleted
-/// a snapshot such a mount was writing to, and a read-only `ls` in a new
-/// namespace dropped the host's records).
-fn live_and_stale(records: Vec<MountRecord>) -> Result<(Vec<MountRecord>, Vec<MountRecord>)> {
+/// service with a private /tmp) is not in this one's table: it is judged
+/// by what the processes of that namespace show ([`mount::Namespaces`];
+/// audit: from the host, `rm` deleted a snapshot such a mount was writing
+/// to, and a read-only `ls` in a new namespace dropped the host's
+/// records). `table` is this namespace's, when the caller has read it.
+fn live_and_stale(
+    records: Vec<MountRecord>,
+    table: Option<&mount::MountTable>,
+) -> Result<(Vec<MountRecord>, Vec<MountRecord>)> {
     if records.is_empty() {
         return Ok((records, Vec::new()));
     }
-    let table = mount_table()?;
+    let read;
+    let table = match table {
+        Some(table) => table,
+        None => {
+            read = mount_table()?;
+            &read
+        }
+    };
     let own = mount::own_namespace();
     let mut others = mount::Namespaces::default();
     Ok(records.into_iter().partition(|r| match foreign(r, own) {

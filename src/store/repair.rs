@@ -204,7 +204,7 @@ impl Store {
             .filter(|r| look(&self.layout, r, driver).is_some())
             .map(|r| r.id)
             .collect();
-        let (_, stale) = super::live_and_stale(records)?;
+        let (_, stale) = super::live_and_stale(records, None)?;
         // The kinds of the rows left (--repair may forget some).
         let mut known: HashMap<i64, SnapshotKind> = rows.iter().map(|r| (r.id, r.kind)).collect();
         if !suspects.is_empty() || !stale.is_empty() {
@@ -549,7 +549,7 @@ fn judge_records(
     repair: bool,
     problems: &mut Vec<Problem>,
 ) -> Result<()> {
-    let (_, mut stale) = super::live_and_stale(index::mounts(tx)?)?;
+    let (_, mut stale) = super::live_and_stale(index::mounts(tx)?, None)?;
     stale.retain(|r| !held(&layout.dir(r.snapshot_id)));
     for r in &stale {
         if repair {
