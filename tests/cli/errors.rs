@@ -196,8 +196,7 @@ fn usage_errors() {
     );
     // `-o=json` and a config file's `output: json` ask for JSON as well.
     s.strata(&["-o=json", "prepare"]).fails_json("usage");
-    let config = s.scratch("config.yaml");
-    fs::write(&config, "output: json\n").unwrap();
+    let config = s.config_file("output: json\n");
     s.strata(&["--config", config.to_str().unwrap(), "prepare"])
         .fails_json("usage");
     // `-o` at the end of a cluster of short flags, as clap takes it; and a
@@ -495,8 +494,7 @@ fn init_says_what_it_did_in_a_note() {
 #[test]
 fn init_takes_the_configured_driver() {
     let s = Store::uninitialized("native");
-    let config = s.scratch("config.yaml");
-    fs::write(&config, "driver: native\n").unwrap();
+    let config = s.config_file("driver: native\n");
     let config = config.to_str().unwrap();
     let run = s.strata(&["--config", config, "init", "--json"]).success();
     assert_eq!(run.json()["driver"], "native", "{}", run.session());
@@ -521,8 +519,7 @@ fn config_file_errors() {
     let missing = s.scratch("nope.yaml");
     let run = s.fails(&["--config", missing.to_str().unwrap(), "ls"], "not_found");
     assert!(run.stderr.contains("does not exist"), "{}", run.session());
-    let empty_root = s.scratch("config.yaml");
-    fs::write(&empty_root, "root: \"\"\n").unwrap();
+    let empty_root = s.config_file("root: \"\"\n");
     let run = s.fails(&["--config", empty_root.to_str().unwrap(), "ls"], "invalid");
     assert!(run.stderr.contains("`root` is empty"), "{}", run.session());
     assert!(!s.root.exists(), "a bad config created the store");
@@ -581,8 +578,7 @@ fn config_file_errors() {
 #[test]
 fn config_shows_the_store_s_driver() {
     let s = Store::uninitialized("native");
-    let config = s.scratch("config.yaml");
-    fs::write(&config, "driver: overlay\n").unwrap();
+    let config = s.config_file("driver: overlay\n");
     let config = config.to_str().unwrap();
     let driver = |run: &Run| run.json()["driver"].clone();
     // (with the config file?, its driver as `config` shows it)

@@ -559,8 +559,7 @@ fn tree_json_shape(driver: &str) {
 #[test]
 fn the_last_of_json_and_output_wins() {
     let s = Store::uninitialized("none");
-    let config = s.scratch("config.yaml");
-    fs::write(&config, "output: yaml\n").unwrap();
+    let config = s.config_file("output: yaml\n");
     let config = config.to_str().unwrap();
     let form = |run: &Run| {
         if run.stdout.starts_with('{') {

@@ -869,21 +869,12 @@ fn unmount_by_key_undoes_every_mount_of_the_snapshot() {
     store.fails(&["mount", "v", c.path.to_str().unwrap()], "already_exists");
 }
 
-fn write_config(store: &Store, text: &str) -> PathBuf {
-    let path = store.scratch("config.yaml");
-    fs::write(&path, text).unwrap();
-    path
-}
-
 #[test]
 fn overlay_mount_options_come_from_the_config_file() {
     let store = setup!("overlay");
     store.layer("base", None, &[file("f", "x", 0o644)]);
     store.layer("app", Some("base"), &[file("g", "y", 0o644)]);
-    let config = write_config(
-        &store,
-        "overlay:\n  mount_options: [\"xino=off\", \"index=on\"]\n",
-    );
+    let config = store.config_file("overlay:\n  mount_options: [\"xino=off\", \"index=on\"]\n");
     let config = config.to_str().unwrap();
     store.strata(&["prepare", "p", "app"]).success();
     store.strata(&["prepare", "r"]).success();
@@ -915,13 +906,13 @@ fn overlay_mount_options_come_from_the_config_file() {
         .strata(&["--config", config, "mount", "p", target.to_str().unwrap()])
         .success();
     assert_eq!(fs::read_to_string(guard.join("f")).unwrap(), "x");
-    let bad = write_config(&store, "overlay:\n  mount_option: [x]\n");
+    let bad = store.config_file("overlay:\n  mount_option: [x]\n");
     let run = store.fails(&["--config", bad.to_str().unwrap(), "ls"], "invalid");
     assert!(run.stderr.contains("mount_option"), "{}", run.stderr);
     // With these an upper directory is no longer a snapshot's change (a
     // file's data, a renamed directory's content stay below): refused.
     for option in ["metacopy=on", "redirect_dir=on"] {
-        let bad = write_config(&store, &format!("overlay:\n  mount_options: [{option}]\n"));
+        let bad = store.config_file(&format!("overlay:\n  mount_options: [{option}]\n"));
         let run = store.fails(&["--config", bad.to_str().unwrap(), "ls"], "invalid");
         assert!(run.stderr.contains(option), "{}", run.stderr);
     }

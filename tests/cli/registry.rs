@@ -2014,24 +2014,11 @@ fn retries() {
     );
 }
 
-/// `strata --root ROOT ARGS` on a pseudo-terminal (`script`), progress shown at once;
+/// `strata --root ROOT ARGS` on a pseudo-terminal, progress shown at once;
 /// what the terminal saw.
-fn on_tty(store: &Store, args: &str) -> String {
-    let line = format!(
-        "stty cols 120 rows 40; {BIN} --root {} {args}",
-        shell_quote(store.root.to_str().unwrap())
-    );
-    let out = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("TERM", "xterm")
-        .env("NO_COLOR", "1")
-        .env("STRATA_PROGRESS_DELAY_MS", "0")
-        .stdin(Stdio::null())
-        .output()
-        .expect("script(1) from util-linux");
-    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+fn on_tty_now(store: &Store, args: &str) -> String {
+    let env = [("NO_COLOR", "1"), ("STRATA_PROGRESS_DELAY_MS", "0")];
+    on_tty(store, 120, &env, args)
 }
 
 /// `pull` and `import` show a progress bar per layer on a terminal.
@@ -2054,11 +2041,11 @@ fn progress_per_layer() {
 
     let b = Store::uninitialized("native");
     b.strata(&["init", "--driver", "native"]).success();
-    let tty = on_tty(&b, &format!("import {} big", layout.display()));
+    let tty = on_tty_now(&b, &format!("import {} big", layout.display()));
     assert!(tty.contains("applying layer 1/1"), "no progress: {tty:?}");
     let c = Store::uninitialized("native");
     c.strata(&["init", "--driver", "native"]).success();
-    let tty = on_tty(&c, &format!("pull --plain-http {r} big"));
+    let tty = on_tty_now(&c, &format!("pull --plain-http {r} big"));
     assert!(tty.contains("layer 1/1"), "no progress: {tty:?}");
     assert_eq!(c.info("big")["parent"], b.info("big")["parent"]);
 }

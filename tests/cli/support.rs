@@ -303,6 +303,13 @@ impl Store {
         self.tmp.path().join(format!("{hint}-{n}"))
     }
 
+    /// A new config file in the scratch area holding `yaml`.
+    pub fn config_file(&self, yaml: &str) -> PathBuf {
+        let path = self.scratch("config.yaml");
+        fs::write(&path, yaml).unwrap();
+        path
+    }
+
     /// A new, existing, empty directory in the scratch area.
     pub fn scratch_dir(&self, hint: &str) -> PathBuf {
         let p = self.scratch(hint);
@@ -1239,4 +1246,37 @@ impl Drop for HeldLock {
         drop(self.0.stdin.take());
         let _ = self.0.wait();
     }
+}
+
+/// `script(1)` running `strata --root ROOT ARGS` on a pseudo-terminal
+/// `cols` wide, in a cleared environment plus `env`.
+pub fn tty_command(store: &Store, cols: u16, env: &[(&str, &str)], args: &str) -> Command {
+    let line = format!(
+        "stty cols {cols} rows 40; {BIN} --root {} {args}",
+        shell_quote(store.root.to_str().unwrap())
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("TERM", "xterm")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// What the terminal saw of `script`'s run (stdout and stderr), with
+/// plain newlines.
+pub fn tty_text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+}
+
+/// [`tty_command`], run to its end: what the terminal saw.
+pub fn on_tty(store: &Store, cols: u16, env: &[(&str, &str)], args: &str) -> String {
+    let out = tty_command(store, cols, env, args)
+        .output()
+        .expect("script(1) from util-linux");
+    tty_text(&out)
 }

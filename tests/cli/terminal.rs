@@ -7,27 +7,6 @@ use crate::support::*;
 use std::io::Read;
 use std::process::{Command, Stdio};
 
-/// Runs `strata --root ROOT ARGS` on a pseudo-terminal `cols` wide;
-/// returns everything it wrote (stdout and stderr, as the terminal saw it).
-fn on_tty(store: &Store, cols: u16, env: &[(&str, &str)], args: &str) -> String {
-    let line = format!(
-        "stty cols {cols} rows 40; {} --root {} {args}",
-        BIN,
-        shell_quote(store.root.to_str().unwrap())
-    );
-    let mut cmd = Command::new("script");
-    cmd.args(["-qec", &line, "/dev/null"])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("TERM", "xterm")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("script(1) from util-linux");
-    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
-}
-
 #[test]
 fn colour_only_on_a_terminal_and_never_with_no_color() {
     let store = Store::uninitialized("native");
@@ -265,21 +244,13 @@ fn usage_of_all_counts_on_its_progress_bar() {
         store.strata(&["prepare", key, "base"]).success();
     }
     let flag = store.scratch("pause");
-    let line = format!(
-        "stty cols 80 rows 40; {} --root {} usage",
-        BIN,
-        shell_quote(store.root.to_str().unwrap())
-    );
-    let child = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("TERM", "xterm")
-        .env("NO_COLOR", "1")
-        .env("STRATA_PROGRESS_DELAY_MS", "0")
-        .env("STRATA_PAUSE_AT", "usage:measured")
-        .env("STRATA_PAUSE_FILE", &flag)
-        .stdin(Stdio::null())
+    let env = [
+        ("NO_COLOR", "1"),
+        ("STRATA_PROGRESS_DELAY_MS", "0"),
+        ("STRATA_PAUSE_AT", "usage:measured"),
+        ("STRATA_PAUSE_FILE", flag.to_str().unwrap()),
+    ];
+    let child = tty_command(&store, 80, &env, "usage")
         .stdout(Stdio::piped())
         .spawn()
         .expect("script(1) from util-linux");
@@ -293,8 +264,7 @@ fn usage_of_all_counts_on_its_progress_bar() {
     // A few ticks of the bar (one each 120 ms) while it is held.
     std::thread::sleep(std::time::Duration::from_millis(600));
     std::fs::remove_file(&flag).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let tty = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let tty = tty_text(&child.wait_with_output().unwrap());
     let counted = tty
         .match_indices("measuring ")
         .any(|(at, m)| tty[at + m.len()..].starts_with(|c: char| ('1'..='9').contains(&c)));
