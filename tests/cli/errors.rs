@@ -642,31 +642,7 @@ fn unsupported_mount_without_privilege() {
     let s = Store::uninitialized("native");
     let tmp = s.tmp().to_path_buf();
     fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let nobody = |args: &[&str]| {
-        let mut all = vec![
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--root",
-            s.root.to_str().unwrap(),
-        ];
-        all.extend_from_slice(args);
-        let out = Command::new("setpriv")
-            .args(&all)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("NO_COLOR", "1")
-            .env("HOME", &tmp)
-            .output()
-            .unwrap();
-        Run {
-            cmdline: format!("setpriv … strata {}", args.join(" ")),
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    };
+    let nobody = |args: &[&str]| as_nobody(&s.root, &tmp, args);
     nobody(&["init", "--driver", "native"]).success();
     nobody(&["prepare", "a"]).success();
     let target = tmp.join("m");
@@ -695,29 +671,11 @@ fn unsupported_mount_without_privilege() {
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )
     .unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "-o",
-            "json",
-            "--root",
-        ])
-        .arg(&s2.root)
-        .args(["init", "--driver", "overlay"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", s2.tmp())
-        .output()
-        .unwrap();
-    Run {
-        cmdline: "setpriv … strata -o json init --driver overlay".into(),
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    as_nobody(
+        &s2.root,
+        s2.tmp(),
+        &["-o", "json", "init", "--driver", "overlay"],
+    )
     .fails_json("unsupported");
 }
 
@@ -861,23 +819,9 @@ fn another_users_store_is_out_of_reach() {
     let s = Store::uninitialized("native");
     s.strata(&["init", "--driver", "native"]).success();
     fs::set_permissions(s.tmp(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--root",
-        ])
-        .arg(&s.root)
-        .arg("ls")
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", "/nonexistent")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let run = as_nobody(&s.root, Path::new("/nonexistent"), &["ls"]);
+    let stderr = &run.stderr;
+    assert_eq!(run.code, 1, "{stderr}");
     assert!(
         stderr.starts_with("error: cannot open the store"),
         "{stderr}"
@@ -887,6 +831,33 @@ fn another_users_store_is_out_of_reach() {
         stderr.contains("hint: the store, or a directory above it, belongs to another user"),
         "{stderr}"
     );
+}
+
+/// `strata --root ROOT ARGS…` as user and group 65534 (util-linux
+/// `setpriv`), in a cleared environment with `HOME` set to `home`.
+fn as_nobody(root: &Path, home: &Path, args: &[&str]) -> Run {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--root",
+        ])
+        .arg(root)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("NO_COLOR", "1")
+        .env("HOME", home)
+        .output()
+        .unwrap();
+    Run {
+        cmdline: format!("setpriv … strata {}", args.join(" ")),
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// Takes the immutable and append-only flags off everything under a path
