@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use super::Context;
 use crate::printer::{human_size, shown};
 use crate::store::filter::{Fields, FilterSet};
@@ -73,13 +75,21 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         let rows = list
             .iter()
             .map(|i| {
+                // Borrowed where the text is there already: a row of
+                // 10,000 is cheaper without six allocations each.
                 vec![
-                    i.name.clone(),
-                    i.parent.clone().unwrap_or_default(),
-                    i.kind.to_string(),
-                    i.usage.map(|u| human_size(u.size)).unwrap_or_default(),
-                    i.created.to_string(),
-                    shown(&i.mounted_at.join(", ")).into_owned(),
+                    Cow::Borrowed(i.name.as_str()),
+                    Cow::Borrowed(i.parent.as_deref().unwrap_or_default()),
+                    Cow::Borrowed(i.kind.as_str()),
+                    i.usage
+                        .map(|u| human_size(u.size))
+                        .unwrap_or_default()
+                        .into(),
+                    i.created.rfc3339().into(),
+                    match i.mounted_at.as_slice() {
+                        [] => Cow::Borrowed(""),
+                        at => shown(&at.join(", ")).into_owned().into(),
+                    },
                 ]
             })
             .collect();

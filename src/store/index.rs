@@ -602,10 +602,29 @@ pub fn find_id(tx: &Transaction<'_>, id: i64) -> Result<Option<Row>> {
 
 /// All snapshots, in byte order of their names (as `ctr snapshots ls`).
 pub fn all(tx: &Transaction<'_>) -> Result<Vec<Row>> {
-    rows(
+    // Read in id order, the table's own, and sorted here: read in name
+    // order, through the names' index, each row cost SQLite a seek into the
+    // table, and a join for the parent's name another. Every parent is
+    // among the rows, so its name is found here by id.
+    let mut rows = rows(
         tx,
-        &format!("SELECT {ROW_COLUMNS} FROM {ROW_FROM} ORDER BY s.name"),
-    )
+        "SELECT s.id, s.name, s.kind, s.parent_id, NULL, s.created, s.updated, s.size, s.inodes
+           FROM snapshots s ORDER BY s.id",
+    )?;
+    let parents: Vec<Option<String>> = rows
+        .iter()
+        .map(|row| {
+            let at = rows.binary_search_by_key(&row.parent_id?, |r| r.id).ok()?;
+            Some(rows[at].name.clone())
+        })
+        .collect();
+    for (row, parent) in rows.iter_mut().zip(parents) {
+        // A parent missing from a damaged index has no name, as with a join.
+        row.parent = parent;
+    }
+    // SQLite's BINARY collation is byte order, as `str`'s.
+    rows.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok(rows)
 }
 
 /// Every row `sql` (selecting [`ROW_COLUMNS`]) yields.
@@ -1038,6 +1057,57 @@ mod tests {
         let tx = index.read().unwrap();
         assert_eq!(get_meta(&tx, "kept").unwrap().as_deref(), Some("1"));
         assert_eq!(get_meta(&tx, "dropped").unwrap(), None);
+    }
+
+    /// `all` gives what a join ordered by name gives: every row, in byte
+    /// order of the names, each with its parent's name, also when a parent
+    /// has a higher id than its child, and none when a damaged index names
+    /// a parent that is not there.
+    #[test]
+    fn all_lists_by_name_with_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        let mut index = Index::open(&path).unwrap();
+        let tx = index.write().unwrap();
+        let t = Timestamp(1);
+        let none = Labels::new();
+        let b = insert(&tx, "b", SnapshotKind::Committed, None, &none, t).unwrap();
+        let z = insert(&tx, "Z", SnapshotKind::Active, Some(b), &none, t).unwrap();
+        let e = insert(&tx, "é", SnapshotKind::View, Some(b), &none, t).unwrap();
+        let a = insert(&tx, "a", SnapshotKind::Committed, None, &none, t).unwrap();
+        let a1 = insert(&tx, "a1", SnapshotKind::Active, Some(a), &none, t).unwrap();
+        // `b` now sits on `a`, made after it; `a1` on a parent that is gone.
+        // (Checked only at a commit, which this transaction never makes.)
+        tx.execute_batch("PRAGMA defer_foreign_keys = ON").unwrap();
+        tx.execute("UPDATE snapshots SET parent_id = ?1 WHERE id = ?2", [a, b])
+            .unwrap();
+        tx.execute("UPDATE snapshots SET parent_id = 999 WHERE id = ?1", [a1])
+            .unwrap();
+        let got: Vec<(i64, String, Option<String>)> = all(&tx)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.name, r.parent))
+            .collect();
+        let joined: Vec<(i64, String, Option<String>)> = rows(
+            &tx,
+            &format!("SELECT {ROW_COLUMNS} FROM {ROW_FROM} ORDER BY s.name"),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.name, r.parent))
+        .collect();
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            got,
+            vec![
+                (z, "Z".into(), some("b")),
+                (a, "a".into(), None),
+                (a1, "a1".into(), None),
+                (b, "b".into(), some("a")),
+                (e, "é".into(), some("b")),
+            ]
+        );
+        assert_eq!(got, joined);
     }
 
     /// A writer finding the index locked waits, in naps, until the holder

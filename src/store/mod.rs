@@ -1327,8 +1327,8 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|row| {
-                let labels = labels.remove(&row.id).unwrap_or_default();
-                let at = mounted.remove(&row.id).unwrap_or_default();
+                let labels = take(&mut labels, row.id);
+                let at = take(&mut mounted, row.id);
                 info(row, labels, at)
             })
             .collect())
@@ -1538,6 +1538,15 @@ fn info(row: Row, labels: Labels, mounted_at: Vec<String>) -> Info {
         usage,
         mounted_at,
     }
+}
+
+/// `map`'s entry for `id`, taken out, or an empty one. An empty map (most
+/// stores have few labels and mounts) is not hashed into for each row.
+fn take<V: Default>(map: &mut HashMap<i64, V>, id: i64) -> V {
+    if map.is_empty() {
+        return V::default();
+    }
+    map.remove(&id).unwrap_or_default()
 }
 
 fn mounted_by_id(records: &[MountRecord]) -> HashMap<i64, Vec<String>> {
