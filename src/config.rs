@@ -101,6 +101,10 @@ fn env_path(name: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// The environment variable naming the config file read in place of the
+/// default one (beyond the SPEC: docs/design.md).
+pub const CONFIG_VAR: &str = "STRATA_CONFIG";
+
 /// The default config file: `/etc/strata/config.yaml` as root, else
 /// `${XDG_CONFIG_HOME:-~/.config}/strata/config.yaml`.
 pub fn default_path() -> PathBuf {
@@ -125,17 +129,48 @@ pub fn default_root() -> PathBuf {
     }
 }
 
-/// Reads the config file: `named` (which must exist) or the default path
-/// (which may be missing). Returns the path read, if any, and its contents.
-pub fn load(named: Option<&Path>) -> Result<(Option<PathBuf>, File)> {
-    let (path, required) = match named {
-        Some(p) => (p.to_path_buf(), true),
-        None => (default_path(), false),
+/// The config file read without `--config`, and where its name came from:
+/// `$STRATA_CONFIG` when set and not empty (source `environment`), else
+/// [`default_path`] (source `default`). Either may be missing.
+pub fn unnamed_path() -> (PathBuf, Source) {
+    match env_path(CONFIG_VAR) {
+        Some(path) => (path, Source::Environment),
+        None => (default_path(), Source::Default),
+    }
+}
+
+/// The config file looked for: its path, where that came from (`flag`,
+/// `environment` or `default`), and whether it was there to read.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub path: PathBuf,
+    pub source: Source,
+    pub found: bool,
+}
+
+/// Reads the config file: `named` (which must exist), else the one
+/// [`unnamed_path`] names (which may be missing). Returns the file looked
+/// for and its contents (the defaults when it is missing).
+pub fn load(named: Option<&Path>) -> Result<(Lookup, File)> {
+    let (path, source) = match named {
+        Some(p) => (p.to_path_buf(), Source::Flag),
+        None => unnamed_path(),
     };
-    let text = match std::fs::read_to_string(&path) {
+    let required = source == Source::Flag;
+    let lookup = Lookup {
+        path,
+        source,
+        found: true,
+    };
+    let path = &lookup.path;
+    let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-            return Ok((None, File::default()));
+            let missing = Lookup {
+                found: false,
+                ..lookup
+            };
+            return Ok((missing, File::default()));
         }
         // A missing input file is `not_found`, as `apply`'s FILE is.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -152,7 +187,7 @@ pub fn load(named: Option<&Path>) -> Result<(Option<PathBuf>, File)> {
         }
     };
     if text.trim().is_empty() {
-        return Ok((Some(path), File::default()));
+        return Ok((lookup, File::default()));
     }
     let mut file: File = serde_yaml::from_str(&text).map_err(|e| {
         let at = e
@@ -184,9 +219,9 @@ pub fn load(named: Option<&Path>) -> Result<(Option<PathBuf>, File)> {
         )));
     }
     if let Some(root) = &file.root {
-        file.root = Some(root_in_file(root, &path)?);
+        file.root = Some(root_in_file(root, path)?);
     }
-    Ok((Some(path), file))
+    Ok((lookup, file))
 }
 
 /// The file's `root` as the store's path: a leading `~` or `~/` is $HOME
@@ -237,7 +272,11 @@ pub struct Setting<T> {
 /// The effective configuration (`strata config`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Settings {
+    /// The config file read, if there was one.
     pub config_file: Option<String>,
+    /// The config file looked for (shown in the table).
+    #[serde(skip)]
+    pub config_lookup: Lookup,
     pub root: Setting<PathBuf>,
     pub driver: Setting<Option<DriverName>>,
     pub output: Setting<Format>,
@@ -285,7 +324,7 @@ pub struct Given<'a> {
 
 /// Resolves every setting: flag, then environment, then file, then default.
 pub fn resolve(given: Given<'_>) -> Result<Settings> {
-    let (path, file) = load(given.config)?;
+    let (lookup, file) = load(given.config)?;
     let root = match given.root {
         Some((p, source)) if !p.as_os_str().is_empty() => Setting {
             value: p.to_path_buf(),
@@ -320,7 +359,8 @@ pub fn resolve(given: Given<'_>) -> Result<Settings> {
         },
     };
     Ok(Settings {
-        config_file: path.map(|p| p.display().to_string()),
+        config_file: lookup.found.then(|| lookup.path.display().to_string()),
+        config_lookup: lookup,
         root,
         driver: Setting {
             value: file.driver,

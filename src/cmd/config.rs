@@ -1,14 +1,15 @@
 use super::Context;
-use crate::config::{Setting, Source};
+use crate::config::{CONFIG_VAR, Setting, Source};
 use crate::store::Result;
 
 /// Print the effective configuration and where each value came from.
 ///
 /// Sources, strongest first: flag, environment ($STRATA_ROOT), the YAML
-/// config file (--config FILE, else /etc/strata/config.yaml as root or
-/// ~/.config/strata/config.yaml), default. The driver of a store that
-/// exists is the one it recorded when it was created (source `store`); the
-/// file's and the default are for a new store. The file's keys:
+/// config file (--config FILE, else $STRATA_CONFIG, else
+/// /etc/strata/config.yaml as root or ~/.config/strata/config.yaml),
+/// default. The driver of a store that exists is the one it recorded when
+/// it was created (source `store`); the file's and the default are for a
+/// new store. The file's keys:
 ///
 ///   root: /var/lib/strata          # the store: absolute, or ~/… under $HOME
 ///   driver: overlay                # driver for new stores: overlay | native
@@ -64,12 +65,15 @@ pub fn run(_args: Args, ctx: &mut Context) -> Result<()> {
             .into_iter()
             .map(|(k, v, src)| vec![k.to_string(), v, src.as_str().to_string()])
             .collect();
-        let mut out = match &s.config_file {
-            Some(f) => format!("config file: {f}\n"),
-            None => format!(
-                "config file: none ({} does not exist)\n",
-                crate::config::default_path().display()
-            ),
+        let looked = &s.config_lookup;
+        let path = looked.path.display();
+        let mut out = match (looked.found, looked.source) {
+            (true, Source::Environment) => format!("config file: {path} (${CONFIG_VAR})\n"),
+            (true, _) => format!("config file: {path}\n"),
+            (false, Source::Environment) => {
+                format!("config file: none (${CONFIG_VAR} names {path}, which does not exist)\n")
+            }
+            (false, _) => format!("config file: none ({path} does not exist)\n"),
         };
         out.push_str(&printer.table(&["SETTING", "VALUE", "SOURCE"], rows));
         out

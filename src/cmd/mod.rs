@@ -65,8 +65,11 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
-    /// YAML config file [default: /etc/strata/config.yaml as root, else
+    /// YAML config file [default: $STRATA_CONFIG, else
+    /// /etc/strata/config.yaml as root, else
     /// ${XDG_CONFIG_HOME:-~/.config}/strata/config.yaml]
+    // $STRATA_CONFIG stands in for the default (it may be missing), read
+    // in `config::load`, not by clap, as $STRATA_ROOT is.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
