@@ -235,6 +235,7 @@ fn usage_errors() {
         let out = Command::new(BIN)
             .env_clear()
             .env("NO_COLOR", "1")
+            .env(CONFIG_VAR, no_config(&s.root))
             .arg("--root")
             .arg(&s.root)
             .args(args.iter().map(|a| std::ffi::OsStr::from_bytes(a)))
@@ -535,6 +536,7 @@ fn config_file_errors() {
             .env_clear()
             .env("NO_COLOR", "1")
             .env("HOME", &home)
+            .env(CONFIG_VAR, no_config(&s.root))
             .args(["--config", config.to_str().unwrap()])
             .args(args)
             .current_dir(&cwd)
@@ -627,6 +629,142 @@ fn config_shows_the_store_s_driver() {
         "{}",
         run.session()
     );
+}
+
+/// `$STRATA_CONFIG` names the config file read without `--config`, in
+/// place of the default one, and like it may be missing (no file is read
+/// then); `--config` wins over it. `config` names the file and says it
+/// came from the variable.
+#[test]
+fn strata_config_names_the_config_file() {
+    let s = Store::uninitialized("native");
+    s.strata(&["init", "--driver", "native"]).success();
+    s.strata(&["prepare", "a"]).success();
+    let json_file = s.config_file("output: json\n");
+    let json_file = json_file.to_str().unwrap();
+    let with_config = |value: &str, args: &[&str]| {
+        let env = [(CONFIG_VAR, value)];
+        s.strata_with(
+            args,
+            With {
+                env: &env,
+                ..With::default()
+            },
+        )
+    };
+    // The file it names is read: `ls` prints JSON, and so does a bad
+    // command line (read before clap's error is printed).
+    let run = with_config(json_file, &["ls"]).success();
+    assert_eq!(run.json()[0]["name"], "a", "{}", run.session());
+    with_config(json_file, &["prepare"]).fails_json("usage");
+    let v = with_config(json_file, &["config"]).success().json();
+    assert_eq!(v["config_file"], json_file, "{v}");
+    assert_eq!(
+        v["output"],
+        serde_json::json!({"value": "json", "source": "file"}),
+        "{v}"
+    );
+    let run = with_config(json_file, &["config", "-o", "table"]).success();
+    assert_eq!(
+        run.stdout.lines().next(),
+        Some(format!("config file: {json_file} ($STRATA_CONFIG)").as_str()),
+        "{}",
+        run.session()
+    );
+    // A missing one is no error: no file is read.
+    let missing = s.scratch("missing.yaml");
+    let missing = missing.to_str().unwrap();
+    let run = with_config(missing, &["ls"]).success();
+    assert!(run.stdout.starts_with("KEY "), "{}", run.session());
+    let v = with_config(missing, &["config", "--json"]).success().json();
+    assert_eq!(v["config_file"], serde_json::Value::Null, "{v}");
+    let run = with_config(missing, &["config"]).success();
+    assert_eq!(
+        run.stdout.lines().next(),
+        Some(
+            format!("config file: none ($STRATA_CONFIG names {missing}, which does not exist)")
+                .as_str()
+        ),
+        "{}",
+        run.session()
+    );
+    // `--config` wins, and a missing one is still `not_found`.
+    let yaml_file = s.config_file("output: yaml\n");
+    let yaml_file = yaml_file.to_str().unwrap();
+    let run = with_config(json_file, &["--config", yaml_file, "ls"]).success();
+    assert!(run.stdout.starts_with("- name: a\n"), "{}", run.session());
+    let run = with_config(json_file, &["--config", yaml_file, "config"]).success();
+    assert!(
+        run.stdout
+            .starts_with(&format!("config_file: {yaml_file}\n")),
+        "{}",
+        run.session()
+    );
+    let run = with_config(json_file, &["--config", missing, "ls"]);
+    run.fails_with(exit_code("not_found"), "does not exist");
+    // Its errors are the file's: an unknown key is `invalid`, naming it.
+    let bad = s.config_file("outptu: json\n");
+    let run = with_config(bad.to_str().unwrap(), &["-o", "json", "ls"]).fails_json("invalid");
+    assert!(
+        run.stderr.contains(bad.to_str().unwrap()),
+        "{}",
+        run.session()
+    );
+}
+
+/// Without `$STRATA_CONFIG`, or with it empty, a user's config file is
+/// the default one, `${XDG_CONFIG_HOME:-~/.config}/strata/config.yaml`
+/// (every other test sets the variable: `no_config`); set, it replaces
+/// that file, even when it names none that exists. Run as user 65534,
+/// whose default is not the host's /etc/strata/config.yaml.
+#[test]
+fn a_user_s_default_config_file_and_strata_config() {
+    if !require_root_and_overlay() {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv is not installed");
+        return;
+    }
+    let s = Store::uninitialized("native");
+    fs::set_permissions(s.tmp(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let home = s.scratch_dir("home");
+    let in_home = home.join(".config/strata/config.yaml");
+    fs::create_dir_all(in_home.parent().unwrap()).unwrap();
+    fs::write(&in_home, "driver: overlay\n").unwrap();
+    let xdg = s.scratch_dir("xdg");
+    let in_xdg = xdg.join("strata/config.yaml");
+    fs::create_dir_all(in_xdg.parent().unwrap()).unwrap();
+    fs::write(&in_xdg, "driver: native\n").unwrap();
+    let missing = s.scratch("missing.yaml");
+    let missing = missing.to_str().unwrap();
+    // `config --json` as nobody, with each variable set (Some) or unset.
+    let config = |env: &[(&str, Option<&str>)]| {
+        let args = ["config", "--json"];
+        let mut cmd = nobody_command(&s.root, &home, &args);
+        for (name, value) in env {
+            match value {
+                Some(value) => cmd.env(name, value),
+                None => cmd.env_remove(name),
+            };
+        }
+        run_as_nobody(&mut cmd, &args).success().json()
+    };
+    let from_file = |driver: &str| serde_json::json!({"value": driver, "source": "file"});
+    for unset in [None, Some("")] {
+        let v = config(&[(CONFIG_VAR, unset)]);
+        assert_eq!(v["config_file"], in_home.to_str().unwrap(), "{v}");
+        assert_eq!(v["driver"], from_file("overlay"), "{v}");
+        let v = config(&[(CONFIG_VAR, unset), ("XDG_CONFIG_HOME", xdg.to_str())]);
+        assert_eq!(v["config_file"], in_xdg.to_str().unwrap(), "{v}");
+        assert_eq!(v["driver"], from_file("native"), "{v}");
+    }
+    let v = config(&[(CONFIG_VAR, Some(missing))]);
+    assert_eq!(v["config_file"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["driver"]["source"], "default", "{v}");
+    let v = config(&[(CONFIG_VAR, in_xdg.to_str())]);
+    assert_eq!(v["config_file"], in_xdg.to_str().unwrap(), "{v}");
+    assert_eq!(v["driver"], from_file("native"), "{v}");
 }
 
 #[test]
@@ -836,22 +974,32 @@ fn another_users_store_is_out_of_reach() {
 /// `strata --root ROOT ARGS…` as user and group 65534 (util-linux
 /// `setpriv`), in a cleared environment with `HOME` set to `home`.
 fn as_nobody(root: &Path, home: &Path, args: &[&str]) -> Run {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--root",
-        ])
-        .arg(root)
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("NO_COLOR", "1")
-        .env("HOME", home)
-        .output()
-        .unwrap();
+    run_as_nobody(&mut nobody_command(root, home, args), args)
+}
+
+/// The command [`as_nobody`] runs, to change its environment first.
+fn nobody_command(root: &Path, home: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        BIN,
+        "--root",
+    ])
+    .arg(root)
+    .args(args)
+    .env_clear()
+    .env("PATH", "/usr/bin:/bin")
+    .env("NO_COLOR", "1")
+    .env("HOME", home)
+    .env(CONFIG_VAR, no_config(root));
+    cmd
+}
+
+/// Runs `cmd`, a [`nobody_command`] for `args`.
+fn run_as_nobody(cmd: &mut Command, args: &[&str]) -> Run {
+    let out = cmd.output().unwrap();
     Run {
         cmdline: format!("setpriv … strata {}", args.join(" ")),
         code: out.status.code().unwrap_or(-1),

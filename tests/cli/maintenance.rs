@@ -572,6 +572,7 @@ fn bounded(s: &Store, args: &[&str]) -> std::process::Output {
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("NO_COLOR", "1")
+        .env(CONFIG_VAR, no_config(&s.root))
         .arg("--root")
         .arg(&s.root)
         .args(args)

@@ -283,11 +283,13 @@ impl Drop for InNamespace {
     }
 }
 
-/// `unshare -m --propagation private ARGS…`, in a cleared environment.
-fn unshared(args: &[&str]) -> Command {
+/// `unshare -m --propagation private ARGS…`, in a cleared environment
+/// (STRATA_CONFIG naming no file beside `store`'s root: [`no_config`]).
+fn unshared(store: &Store, args: &[&str]) -> Command {
     let mut c = Command::new("unshare");
     c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(CONFIG_VAR, no_config(&store.root))
         .args(["-m", "--propagation", "private"])
         .args(args);
     c
@@ -310,7 +312,7 @@ fn mount_in_another_namespace_then(store: &Store, key: &str, then: &str) -> (InN
         store.root.display(),
         ready.display()
     );
-    let child = InNamespace(unshared(&["sh", "-c", &script]).spawn().unwrap());
+    let child = InNamespace(unshared(store, &["sh", "-c", &script]).spawn().unwrap());
     for _ in 0..500 {
         if ready.exists() {
             break;
@@ -343,7 +345,9 @@ fn mounts_of_other_mount_namespaces() {
     ] {
         store.fails(args, "failed_precondition");
     }
-    let ls = unshared(&[BIN, "--root", root, "ls"]).output().unwrap();
+    let ls = unshared(&store, &[BIN, "--root", root, "ls"])
+        .output()
+        .unwrap();
     assert!(ls.status.success(), "{ls:?}");
     assert_eq!(
         store.info("a")["mounted_at"][0],
@@ -832,6 +836,7 @@ fn bad_mount_targets_are_invalid() {
     let out = Command::new(BIN)
         .env_clear()
         .env("NO_COLOR", "1")
+        .env(CONFIG_VAR, no_config(&store.root))
         .arg("--root")
         .arg(&store.root)
         .args(["mount", "a"])
@@ -951,6 +956,7 @@ $S unmount v
     );
     let out = Command::new("unshare")
         .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .env(CONFIG_VAR, no_config(&root))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -999,6 +1005,7 @@ $S rm -r a1 || exit 17
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .args(["env", "-i", "PATH=/usr/bin:/bin", "NO_COLOR=1"])
         .arg(format!("HOME={}", home.display()))
+        .arg(format!("{CONFIG_VAR}={}", no_config(&home).display()))
         .args(["sh", "-c", &script])
         .output()
         .unwrap();

@@ -1,6 +1,7 @@
 //! The checked-in man pages and completion scripts match the CLI definition.
 //! Regenerate them with `STRATA_UPDATE_REFERENCES=1 cargo test --test cli references`.
 
+use crate::support::{CONFIG_VAR, no_config};
 use std::fs;
 use std::path::Path;
 
@@ -127,8 +128,11 @@ fn man_synopses_show_values_and_repetition() {
 #[test]
 fn every_command_has_help_with_an_example() {
     use clap::CommandFactory;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = no_config(&tmp.path().join("store"));
     let top = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
         .arg("--help")
+        .env(CONFIG_VAR, &config)
         .output()
         .unwrap();
     let top = String::from_utf8_lossy(&top.stdout);
@@ -140,6 +144,7 @@ fn every_command_has_help_with_an_example() {
         let name = sub.get_name();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
             .args([name, "--help"])
+            .env(CONFIG_VAR, &config)
             .output()
             .unwrap();
         let help = String::from_utf8_lossy(&out.stdout);
@@ -162,12 +167,14 @@ fn every_command_has_help_with_an_example() {
 fn bash_completion_lists_snapshot_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
+    let config = no_config(&root);
     let bin = env!("CARGO_BIN_EXE_strata");
     let strata = |args: &[&str]| {
         let ok = std::process::Command::new(bin)
             .arg("--root")
             .arg(&root)
             .args(args)
+            .env(CONFIG_VAR, &config)
             .output()
             .unwrap()
             .status
@@ -188,6 +195,7 @@ echo "--- pre"; complete_words strata pre"#;
         .arg("--root")
         .arg(&empty)
         .args(["init", "--driver", "native"])
+        .env(CONFIG_VAR, &config)
         .status()
         .unwrap();
     assert!(made.success());
@@ -197,6 +205,7 @@ echo "--- pre"; complete_words strata pre"#;
             .arg(script)
             .env("PATH", format!("{}:/usr/bin:/bin", bindir.display()))
             .env("HOME", tmp.path())
+            .env(CONFIG_VAR, &config)
             .env("STRATA_ROOT", strata_root)
             .env("ON_LINE", on_line)
             .output()

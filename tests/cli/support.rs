@@ -16,6 +16,25 @@ use tempfile::TempDir;
 pub const BIN: &str = env!("CARGO_BIN_EXE_strata");
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The environment variable naming the config file strata reads without
+/// `--config`, in place of the default one.
+pub const CONFIG_VAR: &str = "STRATA_CONFIG";
+
+/// `$STRATA_CONFIG` for a strata on the store `root`: `no-config.yaml`
+/// beside the store, in the test's temporary directory, which no test
+/// makes, so no config file is read. Every strata the tests start gets it
+/// (see `command`, `Store::strata_with`, `tty_command` and the tests'
+/// own runners): without it each would read the host's config file, the
+/// suite running as root `/etc/strata/config.yaml`, and one with `output:
+/// json` or `root:` in it would change what every test sees (git's suite
+/// sets GIT_CONFIG_NOSYSTEM for the same, jj's JJ_CONFIG). A test of a
+/// config file names its own: `--config`, or `STRATA_CONFIG` in
+/// `With::env`, which comes after this one (empty, it counts as unset and
+/// strata looks in the default place).
+pub fn no_config(root: &Path) -> PathBuf {
+    root.parent().unwrap_or(root).join("no-config.yaml")
+}
+
 /// Exit code of each error kind of the SPEC.
 pub fn exit_code(kind: &str) -> i32 {
     match kind {
@@ -250,6 +269,8 @@ macro_rules! both_drivers {
 #[derive(Default)]
 pub struct With<'a> {
     pub stdin: Option<&'a [u8]>,
+    /// Set after PATH, NO_COLOR and `STRATA_CONFIG` ([`no_config`]), so
+    /// a test may set its own `STRATA_CONFIG`.
     pub env: &'a [(&'a str, &'a str)],
     /// Do not pass `--root` (to test `$STRATA_ROOT`, for example).
     pub no_root: bool,
@@ -317,8 +338,8 @@ impl Store {
         p
     }
 
-    /// `strata --root ROOT ARGS…` with a cleared environment (PATH and NO_COLOR=1 only)
-    /// and stdin from /dev/null.
+    /// `strata --root ROOT ARGS…` with a cleared environment (PATH, NO_COLOR=1 and
+    /// STRATA_CONFIG naming no file: [`no_config`]) and stdin from /dev/null.
     pub fn strata(&self, args: &[&str]) -> Run {
         self.strata_with(args, With::default())
     }
@@ -369,7 +390,10 @@ impl Store {
 
     pub fn strata_with(&self, args: &[&str], with: With) -> Run {
         let mut cmd = Command::new(BIN);
-        cmd.env_clear().env("PATH", PATH).env("NO_COLOR", "1");
+        cmd.env_clear()
+            .env("PATH", PATH)
+            .env("NO_COLOR", "1")
+            .env(CONFIG_VAR, no_config(&self.root));
         for (k, v) in with.env {
             cmd.env(k, v);
         }
@@ -427,6 +451,7 @@ impl Store {
             .env_clear()
             .env("PATH", PATH)
             .env("NO_COLOR", "1")
+            .env(CONFIG_VAR, no_config(&self.root))
             .args(["-f", "%M", "-o"])
             .arg(&report)
             .arg(BIN)
@@ -1133,12 +1158,14 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
     out
 }
 
-/// `strata --root ROOT ARGS…` with a cleared environment and no stdin.
+/// `strata --root ROOT ARGS…` with a cleared environment (as
+/// [`Store::strata`]'s) and no stdin.
 pub fn command(root: &std::path::Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .env("PATH", PATH)
         .env("NO_COLOR", "1")
+        .env(CONFIG_VAR, no_config(root))
         .arg("--root")
         .arg(root)
         .args(args)
@@ -1249,7 +1276,8 @@ impl Drop for HeldLock {
 }
 
 /// `script(1)` running `strata --root ROOT ARGS` on a pseudo-terminal
-/// `cols` wide, in a cleared environment plus `env`.
+/// `cols` wide, in a cleared environment (STRATA_CONFIG naming no file:
+/// [`no_config`]) plus `env`.
 pub fn tty_command(store: &Store, cols: u16, env: &[(&str, &str)], args: &str) -> Command {
     let line = format!(
         "stty cols {cols} rows 40; {BIN} --root {} {args}",
@@ -1260,6 +1288,7 @@ pub fn tty_command(store: &Store, cols: u16, env: &[(&str, &str)], args: &str) -
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("TERM", "xterm")
+        .env(CONFIG_VAR, no_config(&store.root))
         .stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);

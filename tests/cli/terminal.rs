@@ -116,6 +116,7 @@ fn a_closed_pipe_ends_quietly_with_success() {
     let mut child = Command::new(BIN)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
+        .env(CONFIG_VAR, no_config(&store.root))
         .arg("--root")
         .arg(&store.root)
         .args(["ls", "-o", "json"])
@@ -140,6 +141,7 @@ fn a_closed_pipe_ends_quietly_with_success() {
             "{BIN} --root {} ls | head -1",
             store.root.display()
         ))
+        .env(CONFIG_VAR, no_config(&store.root))
         .output()
         .unwrap();
     assert!(out.status.success());
