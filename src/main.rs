@@ -97,7 +97,7 @@ fn run() -> Status {
         Ok(m) => m,
         Err(e) if e.kind() == ClapKind::DisplayVersion => return usage_error(e),
         // Help and usage errors come from the complete tree.
-        Err(_) => match Cli::command().try_get_matches_from(strata::argv::args_os()) {
+        Err(_) => match Cli::command().try_get_matches_from(cmd::command_line()) {
             Ok(m) => m,
             Err(e) => return usage_error(e),
         },

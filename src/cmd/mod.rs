@@ -159,7 +159,46 @@ thread_local! {
 /// arguments with it. Any error (including help and version) is to be
 /// reported from the eager tree instead, whose messages are complete.
 pub fn parse_lazily() -> std::result::Result<clap::ArgMatches, clap::Error> {
-    parse_lazily_from(crate::argv::args_os())
+    parse_lazily_from(command_line())
+}
+
+/// The process's arguments as clap is to parse them. The `--label` options
+/// take values starting with `-` (`allow_hyphen_values`), and clap then
+/// takes `--` as one too: `prepare k --label -- -x` made `--` a label and
+/// `-x` an unexpected argument, with clap's tip to write `-- -x`. As in git
+/// or ctr, `--` stays the end of options, so that `--label` has no value:
+/// the line is cut after it, and clap reports the missing value (a usage
+/// error) as it does for a `--label` that ends the line. Nothing before
+/// it changes, so neither does an error clap finds there.
+pub fn command_line() -> Vec<std::ffi::OsString> {
+    let mut args = crate::argv::args_os();
+    if let Some(at) = labels_apart(&args)
+        .into_iter()
+        .find(|&at| args.get(at + 1).is_some_and(|next| next == "--"))
+    {
+        args.truncate(at + 1);
+    }
+    args
+}
+
+/// Where the `--label` options whose value is the next argument (`--label
+/// K=V`, not `--label=K=V`) stand on a command line, up to the end of
+/// options: a `--` that is not such a value. No other option takes
+/// `--label` as its value (clap reports the other option's missing value).
+fn labels_apart(args: &[std::ffi::OsString]) -> Vec<usize> {
+    let mut found = Vec::new();
+    let mut at = 1;
+    while let Some(arg) = args.get(at) {
+        if arg == "--" {
+            break;
+        }
+        if arg == "--label" {
+            found.push(at);
+            at += 1;
+        }
+        at += 1;
+    }
+    found
 }
 
 fn parse_lazily_from<I, T>(args: I) -> std::result::Result<clap::ArgMatches, clap::Error>

@@ -274,3 +274,39 @@ fn labels_may_start_with_a_hyphen() {
         serde_json::json!({"-w": "4", "-x": "1", "k": "5"})
     );
 }
+
+/// `--` ends the options, also right after a `--label` (whose values may
+/// start with `-`): that `--label` has no value, reported as one that ends
+/// the line is (`usage`, exit 2, one `error:` line), not as the label `--`
+/// (exit 6) or, before `-x`, as an unexpected `-x` with clap's tip to write
+/// `-- -x`. Nothing is created.
+#[test]
+fn double_dash_is_not_a_label_value() {
+    let s = Store::uninitialized("native");
+    s.strata(&["init", "--driver", "native"]).success();
+    let missing = "a value is required for '--label <K=V>' but none was supplied";
+    let alone = s
+        .strata(&["prepare", "d", "--label"])
+        .fails_with(2, missing);
+    for args in [
+        &["prepare", "d", "--label", "--"][..],
+        &["prepare", "d", "--label", "--", "-x"],
+        &["prepare", "--label", "--", "-x"],
+        &["prepare", "d", "--label=a=1", "--label", "--", "-x"],
+        &["view", "v", "base", "--label", "--"],
+        &["commit", "--label", "--", "n", "k"],
+        &["apply", "n", "--label", "--"],
+    ] {
+        let run = s.strata(args).fails_with(2, missing);
+        assert_eq!(run.stderr, alone.stderr, "{}", run.session());
+        let errors = run.stderr.lines().filter(|l| l.starts_with("error:"));
+        assert_eq!(errors.count(), 1, "{}", run.session());
+        assert!(!run.stderr.contains("tip:"), "{}", run.session());
+        s.fails(args, "usage");
+    }
+    // A `--label` value `--label` does not end the options; a `--` after
+    // it does.
+    s.strata(&["prepare", "d", "--label", "--label", "--", "-x"])
+        .fails_with(6, "`--label` was taken as the value of --label");
+    assert!(s.names(&[]).is_empty(), "{:?}", s.names(&[]));
+}
