@@ -418,17 +418,24 @@ pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
 /// option takes a value starting with `-` (`--label -x=1`, as `--label=-x=1`
 /// always did), so a `--label` left without its value takes the next
 /// option as one (`--label --json`): that label is refused with a hint
-/// saying so.
+/// saying so. A value given with `=` (`--label=--json`) was written as
+/// one, and is refused as any invalid label is.
 pub fn labels_of_options(texts: &[String]) -> Result<store::Labels> {
     store::key::parse_labels(texts).map_err(|e| {
-        match texts
-            .iter()
-            .find(|t| t.starts_with('-') && !t.contains('='))
-        {
-            Some(text) => e.with_hint(format!(
-                "`{text}` was taken as the value of --label, which needs one: --label K=V"
-            )),
-            None => e,
+        // The label refused, as `parse_labels` refuses the first bad one.
+        let refused = texts.iter().find(|t| store::key::parse_label(t).is_err());
+        let args = crate::argv::args_os();
+        let apart = |text: &str| {
+            labels_apart(&args)
+                .iter()
+                .any(|&at| args.get(at + 1).is_some_and(|value| value == text))
+        };
+        match refused {
+            Some(text) if text.starts_with('-') && !text.contains('=') && apart(text) => e
+                .with_hint(format!(
+                    "`{text}` was taken as the value of --label, which needs one: --label K=V"
+                )),
+            _ => e,
         }
     })
 }

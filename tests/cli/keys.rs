@@ -310,3 +310,43 @@ fn double_dash_is_not_a_label_value() {
         .fails_with(6, "`--label` was taken as the value of --label");
     assert!(s.names(&[]).is_empty(), "{:?}", s.names(&[]));
 }
+
+/// The hint that a `--label` took the next option as its value is for a
+/// value given as the next argument (`--label --json`); one written with
+/// `=` (`--label=--json`) was written as the value, and is refused as any
+/// bad label is, without it. The hint is about the label refused.
+#[test]
+fn a_label_given_with_equals_gets_no_hint() {
+    let s = Store::uninitialized("native");
+    s.strata(&["init", "--driver", "native"]).success();
+    let taken = "was taken as the value of --label";
+    s.strata(&["prepare", "d", "--label", "--json"])
+        .fails_with(6, "`--json` was taken as the value of --label");
+    for (args, label) in [
+        (&["prepare", "d", "--label=--json"][..], "\"--json\""),
+        (&["view", "--label=-v", "v", "base"], "\"-v\""),
+        (&["commit", "n", "k", "--label=--"], "\"--\""),
+        // The first bad label is refused: `-x`, written with `=`.
+        (
+            &["prepare", "d", "--label=-x", "--label", "--json"],
+            "\"-x\"",
+        ),
+    ] {
+        let run = s.strata(args).fails_with(6, label);
+        assert!(
+            run.stderr.starts_with("error: invalid label "),
+            "{}",
+            run.session()
+        );
+        assert!(!run.stderr.contains(taken), "{}", run.session());
+        assert!(!run.stderr.contains("hint:"), "{}", run.session());
+        let run = s.fails(args, "invalid");
+        assert_eq!(
+            run.json_error()["hints"],
+            serde_json::json!([]),
+            "{}",
+            run.session()
+        );
+    }
+    assert!(s.names(&[]).is_empty(), "{:?}", s.names(&[]));
+}
