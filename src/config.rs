@@ -225,8 +225,8 @@ pub fn load(named: Option<&Path>) -> Result<(Lookup, File)> {
 }
 
 /// The file's `root` as the store's path: a leading `~` or `~/` is $HOME
-/// (the SPEC writes `~/.config` for the same), and what is left must be
-/// absolute: a relative `root` would name another store from every
+/// (the SPEC writes `~/.config` for the same), which must then be set and
+/// absolute, and what is left must be absolute: a relative `root` would name another store from every
 /// directory strata runs in (`root: ~/store` made `./~/store`).
 /// `--root` and `$STRATA_ROOT` are the shell's to expand and may be
 /// relative.
@@ -241,6 +241,17 @@ fn root_in_file(root: &Path, file: &Path) -> Result<PathBuf> {
                     file.display()
                 )));
             };
+            // `HOME=rel` would make `~/store` a relative root, refused below
+            // as if the file had written one: say what went wrong instead.
+            if !home.is_absolute() {
+                return Err(Error::invalid(format!(
+                    "bad config file {}: `root` starts with `~`, which cannot be expanded: \
+                     $HOME (`{}`) is not an absolute path",
+                    file.display(),
+                    home.display()
+                ))
+                .with_hint("set $HOME to an absolute path, or give `root` as one"));
+            }
             let rest = std::ffi::OsStr::from_bytes(rest.strip_prefix(b"/").unwrap_or(rest));
             if rest.is_empty() {
                 home

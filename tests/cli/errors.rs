@@ -574,6 +574,52 @@ fn config_file_errors() {
     assert_eq!(fs::read_dir(&cwd).unwrap().count(), 0, "made in the cwd");
 }
 
+/// A config file's `root: ~/…` with a relative $HOME cannot be expanded:
+/// said as that (`invalid`, as the relative `root` it would make was), not
+/// as a relative `root` the file does not have. Nothing is created.
+#[test]
+fn config_root_tilde_needs_an_absolute_home() {
+    let s = Store::uninitialized("none");
+    let cwd = s.scratch_dir("cwd");
+    let config = s.config_file("root: ~/store\n");
+    for home in ["rel", "./rel", "."] {
+        let run = |args: &[&str]| {
+            let out = Command::new(BIN)
+                .env_clear()
+                .env("NO_COLOR", "1")
+                .env("HOME", home)
+                .args(["--config", config.to_str().unwrap()])
+                .args(args)
+                .current_dir(&cwd)
+                .output()
+                .unwrap();
+            Run {
+                cmdline: format!(
+                    "cd {}; HOME={home} strata {}",
+                    cwd.display(),
+                    args.join(" ")
+                ),
+                code: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        };
+        let ls = run(&["ls"]).fails_with(
+            6,
+            &format!("`~`, which cannot be expanded: $HOME (`{home}`) is not an absolute path"),
+        );
+        assert!(
+            ls.stderr.contains(config.to_str().unwrap()),
+            "{}",
+            ls.session()
+        );
+        assert!(!ls.stderr.contains("relative path"), "{}", ls.session());
+        let json = run(&["-o", "json", "init"]).fails_json("invalid");
+        assert!(!json.stderr.contains("relative path"), "{}", json.session());
+    }
+    assert_eq!(fs::read_dir(&cwd).unwrap().count(), 0, "made in the cwd");
+}
+
 /// `config` reports an existing store's driver, the one it recorded (source
 /// `store`), over the config file's (for new stores, said in a note) and
 /// the default "detect"; it does not create a store to ask.
