@@ -258,11 +258,6 @@ fn stale_records_are_dropped_and_busy_unmounts_change_nothing() {
     store.strata(&["commit", "c", "a"]).success();
 }
 
-/// `umount PATH`, behind strata's back.
-fn umount_by_hand(path: &Path) {
-    assert!(Command::new("umount").arg(path).status().unwrap().success());
-}
-
 fn tmpfs_at(target: &Path) {
     let ok = Command::new("mount")
         .args(["-t", "tmpfs", "mine"])

@@ -649,6 +649,28 @@ impl Drop for MountGuard {
     }
 }
 
+/// `umount PATH`, behind strata's back, failing the test if it does not
+/// unmount. As with [`Store::unmount`], a fork in another test thread can
+/// hold a file of the mount for an instant: a busy mount is retried.
+#[track_caller]
+pub fn umount_by_hand(path: &Path) {
+    for _ in 0..40 {
+        let out = Command::new("umount").arg(path).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("busy"),
+            "umount {}: {stderr}",
+            path.display()
+        );
+        eprintln!("note: mount busy, retrying: umount {}", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{} stayed busy for 2 s", path.display());
+}
+
 fn lazy_unmount(path: &Path) {
     // Stacked mounts need one umount each.
     for _ in 0..8 {
