@@ -114,11 +114,13 @@ pub fn past_alias(store: &mut Store, parent: Option<&str>, e: Error) -> Error {
     };
     match store.stat(parent) {
         Ok(info) if info.labels.contains_key(crate::oci::LABEL_REF) => match info.parent {
-            Some(top) => e.with_hint(format!(
+            // Not when the top layer is too deep as well (an image of over
+            // 500 layers).
+            Some(top) if store.can_stack_on(&top).unwrap_or(false) => e.with_hint(format!(
                 "`{parent}` is an image alias, an empty layer on the image's top layer: \
                  use `{top}` as the parent instead (the same files, one layer less)"
             )),
-            None => e,
+            _ => e,
         },
         _ => e,
     }

@@ -1380,6 +1380,15 @@ impl Store {
         self.info_with_mounts(row, labels, records)
     }
 
+    /// Whether the driver can mount a snapshot made on `parent`: its chain
+    /// of layers is within what the driver stacks.
+    pub fn can_stack_on(&mut self, parent: &str) -> Result<bool> {
+        let tx = self.index.read()?;
+        let row = existing(&tx, parent)?;
+        let chain = index::layers_on(&tx, Some(row.id))?;
+        Ok(read_driver(&tx)?.is_none_or(|d| d.check_depth(chain.len()).is_ok()))
+    }
+
     /// Disk usage of `key`: recorded at commit for a committed snapshot,
     /// measured for an active one (its own layer only), zero for a view.
     pub fn usage(&mut self, key: &str) -> Result<Usage> {

@@ -106,6 +106,17 @@ fn overlay_chain_of_500_layers_mounts_and_the_501st_is_refused() {
     }
     store.strata(&["prepare", "app", "l500"]).success();
     store.strata(&["rm", "app", "alias"]).success();
+    // An image of 501 layers: its top layer is too deep as well, so no hint.
+    // (Its alias is made as pull makes it, without mounting: an empty layer.)
+    let empty = store.scratch("empty.tar");
+    fs::write(&empty, [0u8; 1024]).unwrap();
+    let empty = empty.to_str().unwrap();
+    store
+        .strata(&["apply", "--label", label, "alias501", "l501", empty])
+        .success();
+    let run = store.fails(&["prepare", "app", "alias501"], "unsupported");
+    assert!(!run.stderr.contains("image alias"), "{}", run.stderr);
+    store.strata(&["rm", "alias501"]).success();
 
     // The view of the 500-layer chain, mounted by pasting the printed command.
     let made = store.strata(&["view", "look", "l500"]).success();
