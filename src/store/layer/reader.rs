@@ -560,6 +560,13 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
         let hname = show(&header.path_bytes());
         let size = header_number(&header.as_old().size, "size", || header.entry_size())
             .map_err(|field| not_a_number(&hname, field))?;
+        // GNU base-256 marks a negative number with a first byte of 0xff;
+        // the tar crate would read it as a size near 2^64.
+        if header.as_old().size[0] == 0xff {
+            return Err(invalid(format!(
+                "entry `{hname}`: its size field is negative"
+            )));
+        }
         match kind {
             b'L' | b'K' => {
                 if size > MAX_LONG_NAME {

@@ -1497,6 +1497,13 @@ fn blank_numeric_fields_are_zero() {
         };
         assert_eq!((md.mode() & 0o7777, md.mtime()), want);
     }
+    // A negative size in base-256 (all ones: -1) is named as such, not as
+    // an archive ending 2^64 bytes early.
+    jail().refuse(
+        &with(b"", &[(size.clone(), 0xff)]),
+        &delete(),
+        "entry `f`: its size field is negative",
+    );
     // A blank size with data after it: that data is the next header
     // (GNU tar skips it as garbage).
     jail().refuse(
