@@ -160,14 +160,24 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
-/// `SOURCE_DATE_EPOCH`, if set.
+/// `SOURCE_DATE_EPOCH`, if set. strata records times in nanoseconds in an
+/// `i64`, so one outside the years 1677 to 2262 is refused rather than
+/// written as the nearest end of that range.
 pub fn source_date_epoch() -> Result<Option<i64>> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => v.trim().parse().map(Some).map_err(|_| {
-            Error::invalid(format!(
-                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
-            ))
-        }),
+        Ok(v) if !v.is_empty() => {
+            let seconds: i64 = v.trim().parse().map_err(|_| {
+                Error::invalid(format!(
+                    "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+                ))
+            })?;
+            if seconds.checked_mul(1_000_000_000).is_none() {
+                return Err(Error::invalid(format!(
+                    "SOURCE_DATE_EPOCH={v:?} is outside the years 1677 to 2262, the times strata can record"
+                )));
+            }
+            Ok(Some(seconds))
+        }
         _ => Ok(None),
     }
 }

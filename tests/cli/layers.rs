@@ -249,6 +249,24 @@ fn reproducible_with_source_date_epoch() {
         "mtimes clamped: {text}"
     );
     assert!(text.contains(" 0/0 "), "numeric owners: {text}");
+    // A value strata cannot record is refused, not moved to 2262.
+    for (value, says) in [
+        ("abc", "is not a number of seconds"),
+        ("99999999999", "outside the years 1677 to 2262"),
+        ("-99999999999", "outside the years 1677 to 2262"),
+    ] {
+        let out = s.scratch("refused.tar");
+        let run = s.strata_with(
+            &["diff", "l", "--output-file", out.to_str().unwrap()],
+            With {
+                env: &[("SOURCE_DATE_EPOCH", value)],
+                ..Default::default()
+            },
+        );
+        assert_eq!(run.code, 6, "{}", run.session());
+        assert!(run.stderr.contains(says), "{}", run.session());
+        assert!(!out.exists(), "{}", run.session());
+    }
 }
 
 /// Layers made by GNU tar, with whiteouts made by hand, apply to the tree
