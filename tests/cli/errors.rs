@@ -530,25 +530,7 @@ fn config_file_errors() {
     let home = s.scratch_dir("home");
     let cwd = s.scratch_dir("cwd");
     let config = s.scratch("config.yaml");
-    // strata run in `cwd` with `HOME=home`, the config file and no --root.
-    let in_cwd = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .env_clear()
-            .env("NO_COLOR", "1")
-            .env("HOME", &home)
-            .env(CONFIG_VAR, no_config(&s.root))
-            .args(["--config", config.to_str().unwrap()])
-            .args(args)
-            .current_dir(&cwd)
-            .output()
-            .unwrap();
-        Run {
-            cmdline: format!("cd {}; strata {}", cwd.display(), args.join(" ")),
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    };
+    let in_cwd = |args: &[&str]| in_dir(&cwd, home.as_os_str(), &config, args);
     fs::write(&config, "root: ~/\n").unwrap();
     let v = in_cwd(&["config", "--json"]).success().json();
     assert_eq!(v["root"]["value"], home.to_str().unwrap(), "{v}");
@@ -574,6 +556,32 @@ fn config_file_errors() {
     assert_eq!(fs::read_dir(&cwd).unwrap().count(), 0, "made in the cwd");
 }
 
+/// `strata --config CONFIG ARGS…` without `--root`, run in `cwd` with
+/// `HOME=home` in a cleared environment.
+fn in_dir(cwd: &Path, home: &std::ffi::OsStr, config: &Path, args: &[&str]) -> Run {
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("HOME", home)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    Run {
+        cmdline: format!(
+            "cd {}; HOME={} strata {}",
+            cwd.display(),
+            home.to_string_lossy(),
+            args.join(" ")
+        ),
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A config file's `root: ~/…` with a relative $HOME cannot be expanded:
 /// said as that (`invalid`, as the relative `root` it would make was), not
 /// as a relative `root` the file does not have. Nothing is created.
@@ -583,27 +591,7 @@ fn config_root_tilde_needs_an_absolute_home() {
     let cwd = s.scratch_dir("cwd");
     let config = s.config_file("root: ~/store\n");
     for home in ["rel", "./rel", "."] {
-        let run = |args: &[&str]| {
-            let out = Command::new(BIN)
-                .env_clear()
-                .env("NO_COLOR", "1")
-                .env("HOME", home)
-                .args(["--config", config.to_str().unwrap()])
-                .args(args)
-                .current_dir(&cwd)
-                .output()
-                .unwrap();
-            Run {
-                cmdline: format!(
-                    "cd {}; HOME={home} strata {}",
-                    cwd.display(),
-                    args.join(" ")
-                ),
-                code: out.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            }
-        };
+        let run = |args: &[&str]| in_dir(&cwd, home.as_ref(), &config, args);
         let ls = run(&["ls"]).fails_with(
             6,
             &format!("`~`, which cannot be expanded: $HOME (`{home}`) is not an absolute path"),
@@ -765,15 +753,9 @@ fn strata_config_names_the_config_file() {
 /// whose default is not the host's /etc/strata/config.yaml.
 #[test]
 fn a_user_s_default_config_file_and_strata_config() {
-    if !require_root_and_overlay() {
+    let Some(s) = store_for_nobody("native", 0o755) else {
         return;
-    }
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("skipped: setpriv is not installed");
-        return;
-    }
-    let s = Store::uninitialized("native");
-    fs::set_permissions(s.tmp(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
     let home = s.scratch_dir("home");
     let in_home = home.join(".config/strata/config.yaml");
     fs::create_dir_all(in_home.parent().unwrap()).unwrap();
@@ -816,16 +798,10 @@ fn a_user_s_default_config_file_and_strata_config() {
 #[test]
 fn unsupported_mount_without_privilege() {
     // Reachable by running strata as an unprivileged user (via util-linux setpriv).
-    if !require_root_and_overlay() {
+    let Some(s) = store_for_nobody("native", 0o777) else {
         return;
-    }
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("skipped: setpriv is not installed");
-        return;
-    }
-    let s = Store::uninitialized("native");
+    };
     let tmp = s.tmp().to_path_buf();
-    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let nobody = |args: &[&str]| as_nobody(&s.root, &tmp, args);
     nobody(&["init", "--driver", "native"]).success();
     nobody(&["prepare", "a"]).success();
@@ -849,12 +825,7 @@ fn unsupported_mount_without_privilege() {
     let listed = nobody(&["ls", "--json"]).success().json();
     assert!(!listed.to_string().contains(r#""b""#), "{listed}");
 
-    let s2 = Store::uninitialized("overlay");
-    fs::set_permissions(
-        s2.tmp(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let s2 = store_for_nobody("overlay", 0o777).expect("checked above");
     as_nobody(
         &s2.root,
         s2.tmp(),
@@ -997,12 +968,10 @@ fn missing_inputs_are_named_as_the_user_gave_them() {
 #[test]
 fn another_users_store_is_out_of_reach() {
     // Root, to act as another user.
-    if !require_root_and_overlay() {
+    let Some(s) = store_for_nobody("native", 0o755) else {
         return;
-    }
-    let s = Store::uninitialized("native");
+    };
     s.strata(&["init", "--driver", "native"]).success();
-    fs::set_permissions(s.tmp(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let run = as_nobody(&s.root, Path::new("/nonexistent"), &["ls"]);
     let stderr = &run.stderr;
     assert_eq!(run.code, 1, "{stderr}");
@@ -1015,6 +984,18 @@ fn another_users_store_is_out_of_reach() {
         stderr.contains("hint: the store, or a directory above it, belongs to another user"),
         "{stderr}"
     );
+}
+
+/// A store not made yet, for a test that runs strata as user 65534, its
+/// temporary directory opened to `mode`; `None` (the test is skipped, or
+/// fails in CI) without root and overlay or without util-linux `setpriv`.
+fn store_for_nobody(driver: &str, mode: u32) -> Option<Store> {
+    if !require_root_and_overlay() || !require(&["setpriv"]) {
+        return None;
+    }
+    let s = Store::uninitialized(driver);
+    fs::set_permissions(s.tmp(), std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    Some(s)
 }
 
 /// `strata --root ROOT ARGS…` as user and group 65534 (util-linux
