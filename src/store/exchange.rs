@@ -55,6 +55,8 @@ fn as_expected(name: &str, d: &Digests, want: &Expected) -> Result<()> {
 fn layer_error(name: &str, e: LayerError) -> Error {
     match e {
         LayerError::Invalid(msg) => Error::invalid(format!("cannot apply `{name}`: {msg}")),
+        // Only writing a layer finds these.
+        e @ LayerError::Reserved { .. } => Error::invalid(format!("cannot apply `{name}`: {e}")),
         LayerError::Precondition(msg) => {
             Error::precondition(format!("cannot apply `{name}`: {msg}"))
         }
@@ -151,6 +153,15 @@ impl Store {
                 |e| match e {
                     LayerError::Invalid(msg) => {
                         Error::invalid(format!("cannot diff `{key}`: {msg}"))
+                    }
+                    LayerError::Reserved { deleted, .. } => {
+                        let hint = if deleted {
+                            "the snapshot that has the file cannot go into a layer either; \
+                             rename such files in the active snapshot before committing it"
+                        } else {
+                            "rename it in the active snapshot before committing it"
+                        };
+                        Error::invalid(format!("cannot diff `{key}`: {e}")).with_hint(hint)
                     }
                     LayerError::Precondition(msg) => {
                         Error::precondition(format!("cannot diff `{key}`: {msg}")).with_hint(

@@ -141,6 +141,14 @@
 //!   archive ends with two zero blocks (no padding to a 10 KiB record).
 //! * Whiteouts and opaque markers are empty regular files with mode 0, owner
 //!   0:0 and mtime 0, so they do not depend on when a file was deleted.
+//! * A file, directory or symlink whose name begins with `.wh.` (written
+//!   through a mount: `.wh.f`, `d/.wh..wh..opq`) cannot be carried: every
+//!   reader, strata's too, takes such an entry for a whiteout and deletes
+//!   what it names. Nor can the deletion of one (`.wh..wh.f` is aufs
+//!   metadata, which readers skip). Both are [`LayerError::Reserved`],
+//!   found once the walk is done and before a byte is written, on both
+//!   drivers (an overlay upper's char 0/0 devices are still read as the
+//!   whiteouts they are), as Go's writer refuses what a header cannot hold.
 //! * The root directory itself is never emitted (its metadata is not part of
 //!   a layer, as with containerd).
 //! * `Compare` also emits every parent directory of an emitted entry (with
@@ -203,6 +211,12 @@ pub enum LayerError {
     /// (`failed_precondition`).
     #[error("{0}")]
     Precondition(String),
+    /// A change no layer can carry: a file whose name begins with `.wh.`
+    /// (OCI layers take such names for deletions, so every reader would
+    /// take it for a whiteout), or the deletion of one (`deleted`). Refused
+    /// before a byte is written (`invalid`). `path` is in the snapshot.
+    #[error("{}", reserved_message(.path, *.deleted))]
+    Reserved { path: Vec<u8>, deleted: bool },
     /// I/O failure on our side (disk full, permission…): `internal`.
     #[error("{what}: {source}")]
     Io {
@@ -216,6 +230,14 @@ type Result<T, E = LayerError> = std::result::Result<T, E>;
 
 fn invalid(msg: impl Into<String>) -> LayerError {
     LayerError::Invalid(msg.into())
+}
+
+fn reserved_message(path: &[u8], deleted: bool) -> String {
+    format!(
+        "{}`{}` cannot go into a layer: OCI layers take names beginning with `.wh.` for deletions",
+        if deleted { "the deletion of " } else { "" },
+        show(path)
+    )
 }
 
 fn io_err(what: impl Into<String>, source: impl Into<io::Error>) -> LayerError {

@@ -1390,3 +1390,109 @@ fn blank_numeric_fields_are_zero(driver: &str) {
     with_stdin(&s, &["apply", "spaces"], &layer("[(108, 116)]", "b' '"))
         .fails_with(6, "entry `f`: its uid field is not a number\n");
 }
+
+/// Files a snapshot holds under names OCI layers keep for deletions (`.wh.NAME`,
+/// `.wh..wh..opq`, written through a mount) cannot go into a layer: every reader,
+/// strata included, takes them for whiteouts (audit: `diff` wrote them with exit 0, and
+/// applying that layer deleted `f` and `d/x` while the `.wh.` files vanished). `diff`
+/// (against the parent, and `--parent P`, which compares trees on both drivers) and
+/// `export` refuse them as `invalid`, naming the path, with nothing written: no output
+/// file, no tarball on stdout, no layout. The deletion of such a file cannot be written
+/// either (its `.wh..wh.NAME` is aufs metadata that readers skip). Real deletions are
+/// still whiteouts: an overlay upper's char 0/0 device becomes `.wh.f`.
+#[test]
+fn names_kept_for_whiteouts_cannot_go_into_a_layer() {
+    for driver in ["overlay", "native"] {
+        let s = setup!(driver);
+        s.layer(
+            "base",
+            None,
+            &[
+                file("/f", "f\n", 0o644),
+                dir("/d", 0o755),
+                file("/d/x", "x\n", 0o644),
+            ],
+        );
+        s.layer("other", None, &[file("/o", "o\n", 0o644)]);
+        let cases = [
+            (
+                "both",
+                vec![
+                    file("/.wh.f", "secret\n", 0o644),
+                    file("/d/.wh.x", "keep\n", 0o644),
+                ],
+                ".wh.f",
+            ),
+            ("nested", vec![file("/d/.wh.x", "keep\n", 0o644)], "d/.wh.x"),
+            (
+                "opq",
+                vec![file("/d/.wh..wh..opq", "", 0o644)],
+                "d/.wh..wh..opq",
+            ),
+            (
+                "dir",
+                vec![dir("/.wh.dir", 0o755), file("/.wh.dir/y", "y\n", 0o644)],
+                ".wh.dir",
+            ),
+            ("link", vec![symlink("../f", "/d/.wh.l")], "d/.wh.l"),
+        ];
+        for (name, ops, _) in &cases {
+            s.layer(name, Some("base"), ops);
+        }
+        // Deleting such a file: char 0/0 `.wh.f` in an overlay upper, a name gone from
+        // the tree on native.
+        s.layer("unwrite", Some("both"), &[remove_all("/.wh.f")]);
+        let mut refusals: Vec<(&str, &str, Option<&str>)> = cases
+            .iter()
+            .map(|(name, _, path)| (*name, *path, None))
+            .collect();
+        refusals.push(("both", ".wh.f", Some("other")));
+        refusals.push(("unwrite", ".wh.f", None));
+        let layout = s.scratch_dir("layout");
+        s.strata(&["export", "base", layout.to_str().unwrap()])
+            .success();
+        let index = fs::read(layout.join("index.json")).unwrap();
+        let blobs = Tree::read(&layout.join("blobs"));
+        for (name, path, parent) in refusals {
+            let what = format!("{driver} {name} (--parent {parent:?})");
+            let want = format!("`{path}` cannot go into a layer");
+            let out = s.scratch("wh.tar");
+            let mut args = vec!["diff", name, "--output-file", out.to_str().unwrap()];
+            if let Some(p) = parent {
+                args.extend(["--parent", p]);
+            }
+            let run = s.strata(&args).fails_with(exit_code("invalid"), &want);
+            assert_eq!(
+                run.stderr.matches("error:").count(),
+                1,
+                "{what}: {}",
+                run.session()
+            );
+            assert!(!out.exists(), "{what}: a refused diff left its output file");
+            args.truncate(2);
+            let run = s.fails(&args, "invalid");
+            assert!(run.stdout.is_empty(), "{what}: {}", run.session());
+            if parent.is_some() {
+                continue;
+            }
+            // export: into a new directory (removed again) and an existing layout
+            // (left as it was).
+            let fresh = s.scratch("fresh-layout");
+            let run = s.fails(&["export", name, fresh.to_str().unwrap()], "invalid");
+            assert!(run.stderr.contains(&want), "{what}: {}", run.session());
+            assert!(!fresh.exists(), "{what}: a refused export left a layout");
+            s.fails(&["export", name, layout.to_str().unwrap()], "invalid");
+            assert_eq!(
+                fs::read(layout.join("index.json")).unwrap(),
+                index,
+                "{what}"
+            );
+            Tree::read(&layout.join("blobs")).assert_eq(&blobs, &what);
+        }
+        // A real deletion is a whiteout, as before.
+        s.layer("deleted", Some("base"), &[remove_all("/f")]);
+        let (tar, _) = diff_to(&s, "deleted", "none");
+        assert_eq!(tar_list(&tar), [".wh.f"], "{driver}");
+        s.strata(&["check"]).success();
+    }
+}

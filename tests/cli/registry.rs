@@ -2667,3 +2667,33 @@ fn an_expired_token_is_renewed_during_a_pull() {
     assert_eq!(issued.load(Ordering::SeqCst), 2, "one renewal");
     assert!(s.names(&[]).contains(&"img".to_string()));
 }
+
+/// A chain whose top layer holds a file named `.wh.f` (a name OCI layers keep for
+/// deletions, so no layer can carry it) is not pushed at all: `invalid`, naming the
+/// file, and the registry gets no blob and no manifest, not even the good base layer's.
+#[test]
+fn a_name_kept_for_whiteouts_pushes_nothing() {
+    let s = setup!("native");
+    let Some(reg) = Registry::start() else { return };
+    s.layer("base", None, &base_ops());
+    s.layer(
+        "app",
+        Some("base"),
+        &[file("/etc/.wh.passwd", "mine\n", 0o644)],
+    );
+    let r = reg.reference("team/app:v1");
+    let run = s.fails(&["push", "--plain-http", "app", &r], "invalid");
+    assert!(
+        run.stderr
+            .contains("`etc/.wh.passwd` cannot go into a layer"),
+        "{}",
+        run.session()
+    );
+    let v2 = reg.storage.join("docker/registry/v2");
+    for what in ["blobs", "repositories"] {
+        assert!(
+            !v2.join(what).exists(),
+            "a refused push left {what} in the registry"
+        );
+    }
+}

@@ -169,6 +169,38 @@ fn upper_dir_marker(p: &Path, rel: &[u8]) -> Result<Option<Item>> {
     }))
 }
 
+/// The whiteout for `name` of directory `dir`, deleted. A name that is
+/// itself a `.wh.` one cannot be deleted by a layer: its whiteout would be
+/// `.wh..wh.NAME`, which readers skip as aufs metadata (and the whiteout
+/// of `.wh..opq` would be the opaque marker).
+fn whiteout(dir: &[u8], name: &[u8]) -> Result<Item> {
+    if name.starts_with(WHITEOUT_PREFIX) {
+        return Err(LayerError::Reserved {
+            path: join(dir, name),
+            deleted: true,
+        });
+    }
+    Ok(Item::Marker(join(dir, &[WHITEOUT_PREFIX, name].concat())))
+}
+
+/// Refuses the first entry (in `items`' order) whose name begins with
+/// `.wh.`: a layer cannot carry it, since every reader takes it for a
+/// whiteout or an opaque marker and deletes what it names.
+pub(super) fn refuse_reserved(items: &[Item]) -> Result<()> {
+    for item in items {
+        if let Item::Node(rel, _) = item {
+            let base = rel.rsplit(|b| *b == b'/').next().unwrap_or(rel);
+            if base.starts_with(WHITEOUT_PREFIX) {
+                return Err(LayerError::Reserved {
+                    path: rel.clone(),
+                    deleted: false,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn walk_upper(upper: &Path) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     items.extend(upper_dir_marker(upper, b".")?);
@@ -179,10 +211,7 @@ pub(super) fn walk_upper(upper: &Path) -> Result<Vec<Item>> {
             let md = lstat(&path)?;
             let crel = join(&rel, name.as_bytes());
             if is_whiteout_dev(&md) {
-                items.push(Item::Marker(join(
-                    &rel,
-                    &[WHITEOUT_PREFIX, name.as_bytes()].concat(),
-                )));
+                items.push(whiteout(&rel, name.as_bytes())?);
                 continue;
             }
             if md.file_type().is_socket() {
@@ -441,7 +470,7 @@ pub(super) fn walk_compare(old: Option<&Path>, new: &Path) -> Result<Vec<Item>> 
             }
         }
         for gone in olive.into_keys() {
-            items.push(Item::Marker(join(&rel, &[WHITEOUT_PREFIX, &gone].concat())));
+            items.push(whiteout(&rel, &gone)?);
         }
     }
     // The paths emitted, borrowed from the items (no copy of each path).

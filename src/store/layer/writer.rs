@@ -13,7 +13,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use super::changes::{
-    Item, left_below, open_file, read_link, walk_compare, walk_upper, xattrs_listed,
+    Item, left_below, open_file, read_link, refuse_reserved, walk_compare, walk_upper,
+    xattrs_listed,
 };
 use super::reader::Digester;
 use super::{
@@ -379,6 +380,7 @@ pub fn write(
     };
     items.sort_by(|a, b| path_order(a.rel(), b.rel()));
     items.dedup_by(|a, b| a.rel() == b.rel());
+    refuse_reserved(&items)?;
 
     let raw = HashWriter {
         inner: out,
