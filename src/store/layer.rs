@@ -118,7 +118,12 @@
 //!   error. An xattr the kernel refuses as malformed or too large (EINVAL,
 //!   E2BIG, ERANGE: the layer's value is bad) is `Invalid`, naming the entry
 //!   and the xattr; ENOTSUP as root (the file system cannot) stays an I/O
-//!   error (`unsupported`).
+//!   error (`unsupported`), naming the entry too. An xattr no Linux file can
+//!   have is `Invalid` before it is set, whoever runs: a namespace other
+//!   than `user.`, `trusted.`, `security.` and `system.`, a POSIX ACL that
+//!   is not version 2 with 8-byte entries, an ACL on a symlink, a default
+//!   ACL on a non-directory (the kernel's ENOTSUP and EACCES would read as
+//!   this side's).
 //! * atime is the PAX `atime` when present, else the mtime.
 //! * One zero block ends the archive (Go wants two; GNU tar pads with more):
 //!   what follows must be zeros. The stream is then read to its end, so the

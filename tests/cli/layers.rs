@@ -1496,3 +1496,101 @@ fn names_kept_for_whiteouts_cannot_go_into_a_layer() {
         s.strata(&["check"]).success();
     }
 }
+
+/// A POSIX ACL xattr with Linux's header but 8 zeros for its ids (UTF-8 as it is, so
+/// Python's tarfile writes it byte for byte): owner rw, group r, others r.
+const GOOD_ACL: &str = r"'\x02\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x04\x00\x04\x00\x00\x00\x00\x00\x20\x00\x04\x00\x00\x00\x00\x00'";
+
+/// An xattr no Linux file can have is a malformed layer: `invalid`, naming the entry and
+/// the xattr (audit: a POSIX ACL of another version, or a namespace Linux does not have,
+/// failed with EOPNOTSUPP and was `unsupported`, naming the staging directory). So are
+/// an ACL whose length is not a header and whole entries, a default ACL on a
+/// non-directory (EACCES, `internal` before) and an ACL on a symlink. An xattr Linux
+/// has but the file system cannot hold (`system.foo`, EOPNOTSUPP) stays `unsupported`,
+/// naming the entry too. Well-formed ACLs apply. After each refusal the store is as
+/// it was and `check` finds nothing.
+#[test]
+fn malformed_xattrs_are_invalid_naming_the_entry() {
+    for driver in ["overlay", "native"] {
+        let s = setup!(driver);
+        s.layer("base", None, &[file("/f", "f", 0o644)]);
+        let on_file = |attr: &str, value: &str| {
+            format!("f('d/f', b'', pax_headers={{'SCHILY.xattr.{attr}': {value}}})")
+        };
+        let cases = [
+            (
+                "acl-version",
+                "system.posix_acl_access",
+                on_file("system.posix_acl_access", r"'\x03\x00\x00\x00'"),
+                "invalid",
+            ),
+            (
+                "acl-length",
+                "system.posix_acl_access",
+                on_file(
+                    "system.posix_acl_access",
+                    r"'\x02\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00'",
+                ),
+                "invalid",
+            ),
+            ("namespace", "foo.bar", on_file("foo.bar", "'x'"), "invalid"),
+            (
+                "default-on-a-file",
+                "system.posix_acl_default",
+                on_file("system.posix_acl_default", GOOD_ACL),
+                "invalid",
+            ),
+            (
+                "acl-on-a-symlink",
+                "system.posix_acl_access",
+                format!(
+                    "f('d/f', b'', type=tarfile.SYMTYPE, linkname='x', \
+                     pax_headers={{'SCHILY.xattr.system.posix_acl_access': {GOOD_ACL}}})"
+                ),
+                "invalid",
+            ),
+            (
+                "unstorable",
+                "system.foo",
+                on_file("system.foo", "'x'"),
+                "unsupported",
+            ),
+        ];
+        for (name, attr, body, kind) in cases {
+            let what = format!("{driver} {name}");
+            let tar = s.scratch(&format!("{name}.tar"));
+            python_tar(&tar, &format!("t.format = tarfile.PAX_FORMAT\n{body}"));
+            let dirs = s.snapshot_dirs();
+            let msg = refused(
+                s.strata(&["-o", "json", "apply", name, "base", tar.to_str().unwrap()]),
+                kind,
+            );
+            assert!(
+                msg.contains("entry `d/f`") && msg.contains(&format!("`{attr}`")),
+                "{what}: {msg}"
+            );
+            assert!(!msg.contains(s.root.to_str().unwrap()), "{what}: {msg}");
+            assert_eq!(s.snapshot_dirs(), dirs, "{what}: left a directory");
+            // A root layer from stdin too.
+            let run = with_stdin(&s, &["-o", "json", "apply", name], &tar);
+            assert!(refused(run, kind).contains("entry `d/f`"), "{what}");
+            assert_eq!(s.names(&[]), ["base"], "{what}");
+            s.strata(&["check"]).success();
+        }
+        let tar = s.scratch("good.tar");
+        python_tar(
+            &tar,
+            &format!(
+                "t.format = tarfile.PAX_FORMAT\n\
+                 f('d/', b'', type=tarfile.DIRTYPE, mode=0o755, pax_headers={{\
+                 'SCHILY.xattr.system.posix_acl_access': {GOOD_ACL}, \
+                 'SCHILY.xattr.system.posix_acl_default': {GOOD_ACL}}})\n\
+                 f('d/f', b'', mode=0o644, pax_headers={{\
+                 'SCHILY.xattr.system.posix_acl_access': {GOOD_ACL}}})"
+            ),
+        );
+        s.strata(&["apply", "good", "base", tar.to_str().unwrap()])
+            .success();
+        s.strata(&["check"]).success();
+    }
+}

@@ -30,6 +30,63 @@ use super::{
 
 mod whiteouts;
 
+/// The xattr namespaces Linux has: a name in any other is EOPNOTSUPP on
+/// every file system.
+const XATTR_NAMESPACES: [&[u8]; 4] = [b"user.", b"trusted.", b"security.", b"system."];
+const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
+/// `POSIX_ACL_XATTR_VERSION`: the one version of the POSIX ACL xattr Linux
+/// reads (a little-endian 32-bit header, then 8-byte entries).
+const ACL_XATTR_VERSION: u32 = 2;
+
+/// Refuses, as `invalid` naming the entry, an xattr of the layer that no
+/// Linux file can have, before it is set. The kernel says EOPNOTSUPP for a
+/// namespace it does not have, a POSIX ACL of another version
+/// (`posix_acl_from_xattr`) and an ACL on a symlink, the same error as a
+/// file system that cannot store a good xattr (which stays `unsupported`),
+/// and EACCES for a default ACL on a non-directory. The ACL's entries are
+/// the kernel's to judge (EINVAL, `invalid` too: [`Extractor::xattr_error`]).
+fn check_xattr(entry: &str, kind: &Kind, name: &[u8], value: &[u8]) -> Result<()> {
+    let refuse = |why: &str| {
+        Err(invalid(format!(
+            "entry `{entry}`: xattr `{}` ({} bytes): {why}",
+            show(name),
+            value.len()
+        )))
+    };
+    if !XATTR_NAMESPACES.iter().any(|ns| name.starts_with(ns)) {
+        return refuse(
+            "Linux has no such namespace (only `user.`, `trusted.`, `security.` and `system.`)",
+        );
+    }
+    if name != ACL_ACCESS && name != ACL_DEFAULT {
+        return Ok(());
+    }
+    if matches!(kind, Kind::Symlink) {
+        return refuse("Linux has no ACLs on symlinks");
+    }
+    // Empty: no ACL (the kernel removes it).
+    if value.is_empty() {
+        return Ok(());
+    }
+    if name == ACL_DEFAULT && !matches!(kind, Kind::Dir) {
+        return refuse("only directories have a default ACL");
+    }
+    let Some((header, entries)) = value.split_first_chunk::<4>() else {
+        return refuse("not a POSIX ACL (a 4-byte header and 8-byte entries)");
+    };
+    if !entries.len().is_multiple_of(8) {
+        return refuse("not a POSIX ACL (a 4-byte header and 8-byte entries)");
+    }
+    let version = u32::from_le_bytes(*header);
+    if version != ACL_XATTR_VERSION {
+        return refuse(&format!(
+            "a POSIX ACL of version {version}, where Linux reads version {ACL_XATTR_VERSION}"
+        ));
+    }
+    Ok(())
+}
+
 /// Linux's longest path, with its NUL (a symlink's target is one).
 const PATH_MAX: usize = 4096;
 const META_PREFIX: &[u8] = b".wh..wh.";
@@ -1116,9 +1173,14 @@ impl<'o> Extractor<'o> {
         }
         let mut xattrs = Vec::with_capacity(m.xattrs.len());
         for (k, v) in m.xattrs {
-            if !is_overlay_xattr(&k) {
-                xattrs.push((cstr(&k), v));
+            if is_overlay_xattr(&k) {
+                continue;
             }
+            // A hardlink's are not set: its target's stand.
+            if !matches!(kind, Kind::Hardlink) {
+                check_xattr(&name, &kind, &k, &v)?;
+            }
+            xattrs.push((cstr(&k), v));
         }
         let meta = Meta {
             mode: header_number(&m.header.as_old().mode, "mode", || m.header.mode())
@@ -1403,22 +1465,29 @@ impl<'o> Extractor<'o> {
 
     /// The error for xattr `name` (value `value`) of entry `rel` that could
     /// not be set. The kernel's EINVAL (a malformed value, such as a
-    /// `security.capability` or an ACL it cannot read), E2BIG (a value over
-    /// its 64 KiB limit) and ERANGE (a name or value too long) say the
+    /// `security.capability` or an ACL entry it cannot read), E2BIG (a value
+    /// over its 64 KiB limit) and ERANGE (a name or value too long) say the
     /// layer's xattr is bad: `invalid`, naming the entry and the xattr, as
-    /// other refused entries. Anything else is this side's (ENOTSUP, a file
-    /// system without xattrs, stays `unsupported`).
+    /// other refused entries. Anything else is this side's: ENOTSUP, a file
+    /// system that cannot store that xattr, stays `unsupported` (an xattr no
+    /// Linux file can have, which also gives ENOTSUP, was refused before:
+    /// [`check_xattr`]). Those name the entry too, not the store's path.
     fn xattr_error(&self, rel: &[u8], name: &CStr, value: &[u8], e: Errno) -> LayerError {
         let why = match e {
             Errno::INVAL => "the kernel refuses it as malformed",
             Errno::TOOBIG => "its value is larger than the kernel allows (64 KiB)",
             Errno::RANGE => "its name or value is too long",
             _ => {
+                let why = if e == Errno::NOTSUP {
+                    ": the store's file system cannot hold it"
+                } else {
+                    ""
+                };
                 return io_err(
                     format!(
-                        "cannot set the xattr `{}` of {}",
+                        "entry `{}`: cannot set its xattr `{}`{why}",
+                        show(rel),
                         name.to_string_lossy(),
-                        self.path_of(rel).display()
                     ),
                     e,
                 );
