@@ -542,50 +542,254 @@ fn is_index(v: &Value) -> bool {
     ) || (v.get("manifests").is_some() && v.get("layers").is_none())
 }
 
-/// The descriptor of the manifest for linux and the host architecture in
-/// an image index. Of several, the first without a variant (or with the
-/// architecture's baseline one, `v1` for amd64, `v8` for arm64) wins, as in
-/// containerd; else the first of the architecture.
-pub fn pick_platform(index: &Value, what: &str) -> Result<Value> {
-    let arch = host_arch();
-    let manifests = index
-        .get("manifests")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let baseline = match arch {
-        "amd64" => "v1",
-        "arm64" => "v8",
-        _ => "",
-    };
-    let mut seen = Vec::new();
-    let mut fallback = None;
-    for m in &manifests {
-        let p = m.get("platform");
-        let field = |name: &str| p.and_then(|p| p.get(name)).and_then(Value::as_str);
-        let (os, a, variant) = (field("os"), field("architecture"), field("variant"));
-        if os == Some("linux") && a == Some(arch) && m.get("digest").is_some_and(Value::is_string) {
-            if variant.is_none_or(|v| v.is_empty() || v == baseline) {
-                return Ok(m.clone());
-            }
-            fallback.get_or_insert_with(|| m.clone());
-        }
-        seen.push(format!("{}/{}", os.unwrap_or("?"), a.unwrap_or("?")));
-    }
-    if let Some(m) = fallback {
-        return Ok(m);
-    }
-    Err(Error::not_found(format!(
-        "{what} has no image for linux/{arch} (it has: {})",
-        if seen.is_empty() {
-            "none".to_string()
-        } else {
-            seen.join(", ")
-        }
-    )))
+/// The platform [`pull`] takes from an image index: linux and the host's
+/// architecture, preferably with no variant or the architecture's baseline
+/// one (`v1` for amd64, `v8` for arm64), as in containerd.
+struct Wanted {
+    arch: &'static str,
+    baseline: &'static str,
 }
 
-/// How many image indexes [`pull`] follows, one inside the other.
+/// How a platform fits the [`Wanted`] one.
+enum Fit {
+    /// The architecture, with no variant or its baseline one.
+    Best,
+    /// The architecture with a newer variant: taken when there is no better.
+    Variant,
+    No,
+}
+
+impl Wanted {
+    fn host() -> Wanted {
+        let arch = host_arch();
+        let baseline = match arch {
+            "amd64" => "v1",
+            "arm64" => "v8",
+            _ => "",
+        };
+        Wanted { arch, baseline }
+    }
+
+    /// How `platform` (an object with `os`, `architecture` and maybe
+    /// `variant`) fits; with `partial`, a missing `os` or `architecture`
+    /// is taken to agree (an image config need not say them).
+    fn fit(&self, platform: &Value, partial: bool) -> Fit {
+        let field = |name: &str| platform.get(name).and_then(Value::as_str);
+        let agrees = |got: Option<&str>, want: &str| match got {
+            Some(got) => got == want,
+            None => partial,
+        };
+        if !agrees(field("os"), "linux") || !agrees(field("architecture"), self.arch) {
+            return Fit::No;
+        }
+        match field("variant") {
+            None | Some("") => Fit::Best,
+            Some(v) if v == self.baseline => Fit::Best,
+            Some(_) => Fit::Variant,
+        }
+    }
+}
+
+/// How an index entry without a platform is shown among what an index has.
+const NO_PLATFORM: &str = "an entry without a platform";
+
+/// The most manifests, indexes and configs [`pull`] reads while it looks
+/// through an index for the host's platform.
+const MAX_LOOKED_AT: usize = 32;
+
+/// The image manifest [`pull`] takes, with its digest, and its config when
+/// that was read to judge the manifest's platform.
+struct Chosen {
+    manifest: Value,
+    digest: String,
+    config: Option<Vec<u8>>,
+}
+
+/// A walk through an image index, and the indexes it names, for the
+/// manifest of the [`Wanted`] platform, as containerd's `images.Manifest`
+/// walks one: of an index's entries, those whose platform fits are tried
+/// first (the best fits first), then those without a platform (`platform`
+/// is optional in the image spec; an entry naming another index usually
+/// has none). An index is walked in turn; a manifest reached through an
+/// entry without a platform is taken if its config names the platform (or
+/// names none), and passed over otherwise.
+struct Walk<'a> {
+    source: &'a mut dyn Source,
+    what: String,
+    wanted: Wanted,
+    /// Manifests, indexes and configs read so far.
+    looked_at: usize,
+    /// The first manifest reached through an entry without a platform
+    /// whose config names the architecture with a newer variant.
+    fallback: Option<Chosen>,
+}
+
+impl Walk<'_> {
+    /// Counts one more read, refusing more than [`MAX_LOOKED_AT`]: an
+    /// index's entries could name indexes of indexes, each to be read.
+    fn look(&mut self) -> Result<()> {
+        self.looked_at += 1;
+        if self.looked_at > MAX_LOOKED_AT {
+            return Err(Error::invalid(format!(
+                "{}: more than {MAX_LOOKED_AT} manifests, indexes and configs read without \
+                 finding the image for linux/{}",
+                self.what, self.wanted.arch
+            )));
+        }
+        Ok(())
+    }
+
+    /// The manifest for the platform under `index`, at nesting `depth` (1
+    /// for the index REF names); else what the index has, for the message.
+    fn index(
+        &mut self,
+        index: &Value,
+        depth: usize,
+    ) -> Result<std::result::Result<Chosen, Vec<String>>> {
+        if depth > MAX_INDEX_DEPTH {
+            return Err(Error::invalid(format!(
+                "{}: image indexes nested more than {MAX_INDEX_DEPTH} deep",
+                self.what
+            )));
+        }
+        let entries = index
+            .get("manifests")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut seen = Vec::with_capacity(entries.len());
+        // Entry numbers: best fits, other variants, no platform.
+        let mut tiers: [Vec<usize>; 3] = Default::default();
+        for (i, m) in entries.iter().enumerate() {
+            let usable = m.get("digest").is_some_and(Value::is_string);
+            match m.get("platform").filter(|p| !p.is_null()) {
+                Some(p) => {
+                    let field = |name: &str| p.get(name).and_then(Value::as_str).unwrap_or("?");
+                    seen.push(format!("{}/{}", field("os"), field("architecture")));
+                    match self.wanted.fit(p, false) {
+                        Fit::Best if usable => tiers[0].push(i),
+                        Fit::Variant if usable => tiers[1].push(i),
+                        _ => {}
+                    }
+                }
+                None => {
+                    seen.push(NO_PLATFORM.to_string());
+                    if usable {
+                        tiers[2].push(i);
+                    }
+                }
+            }
+        }
+        for (tier, i) in tiers
+            .iter()
+            .enumerate()
+            .flat_map(|(t, entries)| entries.iter().map(move |&i| (t, i)))
+        {
+            let entry = &entries[i];
+            let d = digest_of(entry, "platform's manifest descriptor")?;
+            self.look()?;
+            let (bytes, digest) = self.source.manifest(Some(d))?;
+            check_size(entry, bytes.len(), &self.what)?;
+            let manifest = parse_json(&bytes, &format!("manifest of {}", self.what))?;
+            if is_index(&manifest) {
+                match self.index(&manifest, depth + 1)? {
+                    Ok(chosen) => return Ok(Ok(chosen)),
+                    Err(inner) => {
+                        seen[i] = format!("{} (an index with: {})", seen[i], listed(&inner));
+                        continue;
+                    }
+                }
+            }
+            if tier < 2 {
+                return Ok(Ok(Chosen {
+                    manifest,
+                    digest,
+                    config: None,
+                }));
+            }
+            // No platform on the entry: the image config says it.
+            let Some(config_desc) = manifest.get("config") else {
+                // Refused by pull, which needs one.
+                return Ok(Ok(Chosen {
+                    manifest,
+                    digest,
+                    config: None,
+                }));
+            };
+            let config_digest = digest_of(config_desc, "config descriptor")?;
+            let config_size = size_of(config_desc, "config descriptor")?;
+            self.look()?;
+            let config = small_blob(self.source, config_digest, config_size)?;
+            let parsed = parse_json(&config, &format!("image config of {}", self.what))?;
+            let chosen = Chosen {
+                manifest,
+                digest,
+                config: Some(config),
+            };
+            match self.wanted.fit(&parsed, true) {
+                Fit::Best => return Ok(Ok(chosen)),
+                Fit::Variant => {
+                    self.fallback.get_or_insert(chosen);
+                }
+                Fit::No => {
+                    let field =
+                        |name: &str| parsed.get(name).and_then(Value::as_str).unwrap_or("?");
+                    seen[i] = format!(
+                        "{NO_PLATFORM} (a manifest for {}/{})",
+                        field("os"),
+                        field("architecture")
+                    );
+                }
+            }
+        }
+        Ok(Err(seen))
+    }
+}
+
+/// What an index has, for a message.
+fn listed(seen: &[String]) -> String {
+    if seen.is_empty() {
+        "none".to_string()
+    } else {
+        seen.join(", ")
+    }
+}
+
+/// The image manifest `top` (digest `digest`) is, or, when it is an image
+/// index, the one it has for linux and the host's architecture (see
+/// [`Walk`]); `not_found` listing what it has when there is none.
+fn choose_manifest(source: &mut dyn Source, top: Value, digest: String) -> Result<Chosen> {
+    if !is_index(&top) {
+        return Ok(Chosen {
+            manifest: top,
+            digest,
+            config: None,
+        });
+    }
+    let what = source.describe();
+    let mut walk = Walk {
+        source,
+        what,
+        wanted: Wanted::host(),
+        looked_at: 0,
+        fallback: None,
+    };
+    match walk.index(&top, 1)? {
+        Ok(chosen) => Ok(chosen),
+        Err(seen) => walk.fallback.ok_or_else(|| {
+            Error::not_found(format!(
+                "{} has no image for linux/{} (it has: {})",
+                walk.what,
+                walk.wanted.arch,
+                listed(&seen)
+            ))
+        }),
+    }
+}
+
+/// How many image indexes [`pull`] follows, one inside the other (as
+/// containerd follows them): a content-addressed chain cannot loop, but it
+/// is kept short.
 const MAX_INDEX_DEPTH: usize = 8;
 
 /// Refuses a manifest or index whose descriptor `entry` gives another size
@@ -754,32 +958,25 @@ pub fn pull(
 ) -> Result<Pulled> {
     crate::store::key::validate_key(name)?;
     let what = source.describe();
-    let (bytes, mut digest) = source.manifest(None)?;
+    let (bytes, digest) = source.manifest(None)?;
     let named = digest.clone();
-    let mut manifest = parse_json(&bytes, &format!("manifest of {what}"))?;
-    // An index may name another index (containerd follows them too); a
-    // content-addressed chain cannot loop, but it is kept short.
-    let mut depth = 0;
-    while is_index(&manifest) {
-        depth += 1;
-        if depth > MAX_INDEX_DEPTH {
-            return Err(Error::invalid(format!(
-                "{what}: image indexes nested more than {MAX_INDEX_DEPTH} deep"
-            )));
-        }
-        let entry = pick_platform(&manifest, &what)?;
-        let d = digest_of(&entry, "platform's manifest descriptor")?;
-        let bytes;
-        (bytes, digest) = source.manifest(Some(d))?;
-        check_size(&entry, bytes.len(), &what)?;
-        manifest = parse_json(&bytes, &format!("manifest of {what}"))?;
-    }
+    let top = parse_json(&bytes, &format!("manifest of {what}"))?;
+    let Chosen {
+        manifest,
+        digest,
+        config,
+    } = choose_manifest(source, top, digest)?;
     let config_desc = manifest
         .get("config")
         .ok_or_else(|| Error::invalid(format!("the manifest of {what} has no config")))?;
-    let config_digest = digest_of(config_desc, "config descriptor")?;
-    let config_size = size_of(config_desc, "config descriptor")?;
-    let config = small_blob(source, config_digest, config_size)?;
+    let config = match config {
+        Some(config) => config,
+        None => {
+            let config_digest = digest_of(config_desc, "config descriptor")?;
+            let config_size = size_of(config_desc, "config descriptor")?;
+            small_blob(source, config_digest, config_size)?
+        }
+    };
     let config = parse_json(&config, &format!("image config of {what}"))?;
     let diff_ids: Vec<String> = config
         .pointer("/rootfs/diff_ids")

@@ -1090,6 +1090,161 @@ fn import_tags_nested_indexes_and_descriptors() {
     );
 }
 
+/// Index entries without a `platform` (optional in the image spec; an entry naming
+/// another index usually has none), as containerd takes them: an entry whose
+/// platform fits comes first; else one without a platform is tried, an index walked
+/// (within the depth limit), a manifest taken when its config names the host's
+/// platform or none, passed over when it names another. Nothing fitting is
+/// `not_found`, saying what there is (it took no entry without a platform, and said
+/// "it has: ?/?").
+#[test]
+fn import_takes_entries_without_a_platform() {
+    use serde_json::{Value, json};
+    let Some((a, layout)) = exported_base("base") else {
+        return;
+    };
+    let dir = layout.to_str().unwrap();
+    let blob = |digest: &str| -> Value {
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap())
+            .unwrap()
+    };
+    let put = |v: &Value| -> Value {
+        let bytes = serde_json::to_vec(v).unwrap();
+        json!({
+            "mediaType": v["mediaType"],
+            "digest": put_blob(&layout, &bytes),
+            "size": bytes.len(),
+        })
+    };
+    let index_path = layout.join("index.json");
+    let top: Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let mut manifest_desc = top["manifests"][0].clone();
+    manifest_desc.as_object_mut().unwrap().remove("annotations");
+    let manifest = blob(manifest_desc["digest"].as_str().unwrap());
+    let config = blob(manifest["config"]["digest"].as_str().unwrap());
+    let host = config["architecture"].as_str().unwrap().to_string();
+    let other = if host == "s390x" { "ppc64le" } else { "s390x" };
+    // The same image with another config: for `other`, or naming no platform.
+    let with_config = |config: &Value| -> Value {
+        let mut m = manifest.clone();
+        let c = put(config);
+        m["config"]["digest"] = c["digest"].clone();
+        m["config"]["size"] = c["size"].clone();
+        put(&m)
+    };
+    let mut foreign_config = config.clone();
+    foreign_config["architecture"] = other.into();
+    let foreign = with_config(&foreign_config);
+    let mut bare_config = config.clone();
+    bare_config.as_object_mut().unwrap().remove("os");
+    bare_config.as_object_mut().unwrap().remove("architecture");
+    let bare = with_config(&bare_config);
+    let mut newer_config = config.clone();
+    newer_config["variant"] = "v99".into();
+    let newer = with_config(&newer_config);
+    // Another manifest for the host (another digest).
+    let mut twin = manifest.clone();
+    twin["annotations"] = json!({"twin": "yes"});
+    let twin = put(&twin);
+    let index = |entries: Vec<Value>| -> Value {
+        put(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": entries,
+        }))
+    };
+    let on = |mut desc: Value, arch: &str| -> Value {
+        desc["platform"] = json!({"os": "linux", "architecture": arch});
+        desc
+    };
+    let nested = |depth: usize| -> Value {
+        (0..depth).fold(manifest_desc.clone(), |inner, _| index(vec![inner]))
+    };
+    let mut tags: Vec<(&str, Value)> = vec![
+        // Two indexes, no platform anywhere.
+        ("deep2", nested(2)),
+        // A manifest for another platform, passed over for the index after it.
+        (
+            "after",
+            index(vec![foreign.clone(), index(vec![manifest_desc.clone()])]),
+        ),
+        // The entry whose platform fits wins over one without a platform before it.
+        (
+            "prefer",
+            index(vec![twin.clone(), on(manifest_desc.clone(), &host)]),
+        ),
+        // A config that names no platform.
+        ("bare", index(vec![bare.clone()])),
+        // A newer variant, only when nothing else fits.
+        ("newer", index(vec![newer.clone(), bare.clone()])),
+        ("newer-only", index(vec![newer.clone()])),
+        (
+            "none",
+            index(vec![on(twin.clone(), other), foreign.clone()]),
+        ),
+        ("deep8", nested(8)),
+        ("deep9", nested(9)),
+        // Each a manifest and its config to read.
+        ("many", index(vec![foreign.clone(); 17])),
+    ];
+    let mut edited = top.clone();
+    for (tag, desc) in tags.iter_mut() {
+        desc["annotations"] = json!({"org.opencontainers.image.ref.name": *tag});
+        edited["manifests"]
+            .as_array_mut()
+            .unwrap()
+            .push(desc.clone());
+    }
+    fs::write(&index_path, serde_json::to_vec(&edited).unwrap()).unwrap();
+
+    let b = Store::setup("native").unwrap();
+    let import = |tag: &str| {
+        b.strata(&["import", "--json", &format!("{dir}:{tag}"), tag])
+            .success()
+            .json()
+    };
+    for (tag, want) in [
+        ("deep2", &manifest_desc),
+        ("after", &manifest_desc),
+        ("prefer", &manifest_desc),
+        ("bare", &bare),
+        ("newer", &bare),
+        ("newer-only", &newer),
+        ("deep8", &manifest_desc),
+    ] {
+        let out = import(tag);
+        assert_eq!(out["manifest"], want["digest"], "{tag}: {out}");
+        b.view_tree(tag).assert_eq(&a.view_tree("base"), tag);
+    }
+    let run = b.fails(&["import", &format!("{dir}:none"), "none"], "not_found");
+    let message = run.json_error()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains(&format!(
+            "(it has: linux/{other}, an entry without a platform (a manifest for linux/{other}))"
+        )) && !message.contains("?/?"),
+        "{}",
+        run.session()
+    );
+    let run = b.fails(&["import", &format!("{dir}:deep9"), "deep9"], "invalid");
+    assert!(
+        run.stderr.contains("nested more than 8 deep"),
+        "{}",
+        run.session()
+    );
+    let run = b.fails(&["import", &format!("{dir}:many"), "many"], "invalid");
+    assert!(
+        run.stderr
+            .contains("more than 32 manifests, indexes and configs read"),
+        "{}",
+        run.session()
+    );
+    assert!(
+        !b.names(&[])
+            .iter()
+            .any(|n| ["none", "deep9", "many"].contains(&n.as_str()))
+    );
+}
+
 /// An image with no layers (allowed by the image spec; `umoci new` makes
 /// one) imports as an empty root alias, and exports back with no layers.
 #[test]
@@ -2146,35 +2301,46 @@ impl Hostile {
         sha256_of(&Hostile::LAYER)
     }
 
-    fn start(answer: impl Fn(&str, &mut TcpStream) -> bool + Send + Sync + 'static) -> Hostile {
-        let layer = Hostile::layer_digest();
+    /// The image config: the host's platform, the one layer.
+    fn config() -> String {
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
             other => other,
         };
-        let config = serde_json::json!({
+        serde_json::json!({
             "architecture": arch,
             "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [layer]},
+            "rootfs": {"type": "layers", "diff_ids": [Hostile::layer_digest()]},
         })
-        .to_string();
-        let config_digest = sha256_of(config.as_bytes());
-        let manifest = serde_json::json!({
+        .to_string()
+    }
+
+    /// The image manifest `x/y:t` names.
+    fn manifest() -> String {
+        let config = Hostile::config();
+        serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {
                 "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
+                "digest": sha256_of(config.as_bytes()),
                 "size": config.len(),
             },
             "layers": [{
                 "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                "digest": layer,
+                "digest": Hostile::layer_digest(),
                 "size": Hostile::LAYER.len(),
             }],
         })
-        .to_string();
+        .to_string()
+    }
+
+    fn start(answer: impl Fn(&str, &mut TcpStream) -> bool + Send + Sync + 'static) -> Hostile {
+        let layer = Hostile::layer_digest();
+        let config = Hostile::config();
+        let config_digest = sha256_of(config.as_bytes());
+        let manifest = Hostile::manifest();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
         let answer = std::sync::Arc::new(answer);
@@ -2343,6 +2509,69 @@ fn a_registry_error_text_is_quoted_once_and_clipped() {
         .strata(&["-o", "json", "pull", "--plain-http", &r])
         .fails_json("internal");
     assert_eq!(run.stderr.matches("MARK").count(), 1, "{}", run.session());
+}
+
+/// Answers a request on `c` with a 200 and `body`, and closes the connection.
+fn answer_ok(c: &mut TcpStream, body: &[u8]) {
+    let _ = write!(
+        c,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = c.write_all(body);
+}
+
+/// REF names an index whose one entry, without a platform, names another index,
+/// whose one entry, without a platform, names the image manifest: pull walks both
+/// and takes it (it took no entry without a platform: `not_found`, "it has: ?/?").
+#[test]
+fn pull_walks_index_entries_without_a_platform() {
+    use serde_json::json;
+    let s = setup!("native");
+    let manifest = Hostile::manifest();
+    let index = |mt: &str, bytes: &str| {
+        json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": mt,
+                "digest": sha256_of(bytes.as_bytes()),
+                "size": bytes.len(),
+            }],
+        })
+        .to_string()
+    };
+    let inner = index("application/vnd.oci.image.manifest.v1+json", &manifest);
+    let top = index("application/vnd.oci.image.index.v1+json", &inner);
+    let (want_top, want_manifest) = (sha256_of(top.as_bytes()), sha256_of(manifest.as_bytes()));
+    let by_digest: Vec<(String, String)> = [&manifest, &inner]
+        .into_iter()
+        .map(|b| {
+            (
+                format!("/v2/x/y/manifests/{}", sha256_of(b.as_bytes())),
+                b.clone(),
+            )
+        })
+        .collect();
+    let reg = Hostile::start(move |head, c| {
+        let path = path_of(head);
+        let body = if path == "/v2/x/y/manifests/t" {
+            &top
+        } else if let Some((_, b)) = by_digest.iter().find(|(p, _)| p == path) {
+            b
+        } else {
+            return false;
+        };
+        answer_ok(c, body.as_bytes());
+        true
+    });
+    let out = s
+        .strata(&["pull", "--json", "--plain-http", &reg.reference(), "img"])
+        .success()
+        .json();
+    assert_eq!(out["digest"], want_top.as_str(), "{out}");
+    assert_eq!(out["manifest"], want_manifest.as_str(), "{out}");
+    assert_eq!(s.info("img")["kind"], "committed");
 }
 
 /// A layer blob the registry does not have: `not_found`, naming the blob.
