@@ -42,9 +42,14 @@ struct LoggedIn {
 }
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
+    // A missing option, as a missing --username is with no terminal to ask
+    // on: a usage error.
     if !args.password_stdin {
-        return Err(Error::invalid("strata login reads the password from stdin only")
-            .with_hint("add --password-stdin: echo \"$PASSWORD\" | strata login REGISTRY -u USER --password-stdin"));
+        return Err(Error::new(
+            Kind::Usage,
+            "strata login needs --password-stdin: it reads the password (or token) from stdin only",
+        )
+        .with_hint("add --password-stdin: echo \"$PASSWORD\" | strata login REGISTRY -u USER --password-stdin"));
     }
     if !is_registry_host(&args.registry) {
         return Err(

@@ -1523,6 +1523,30 @@ fn login_asks_the_user_name_on_the_terminal() {
         }
     });
     let auth = s.scratch("auth.json");
+    // Without --password-stdin, the only way to give the password: a usage error
+    // too, with the form that works (it was `invalid`, exit 6).
+    let env = [("REGISTRY_AUTH_FILE", auth.to_str().unwrap())];
+    let no_password = ["login", &host, "-u", "ci", "--plain-http"];
+    let run = s.strata_with(
+        &no_password,
+        With {
+            env: &env,
+            ..With::default()
+        },
+    );
+    assert_eq!(run.code, 2, "{}", run.session());
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert!(
+        lines[0].starts_with("error: ")
+            && lines[0].contains("--password-stdin")
+            && lines.len() == 2
+            && lines[1].starts_with("hint: ")
+            && lines[1].contains("--password-stdin"),
+        "{}",
+        run.session()
+    );
+    s.fails(&no_password, "usage");
+    assert!(!auth.exists());
     // No controlling terminal (a new session), stdin the password.
     for json in [false, true] {
         let mut cmd = command(&s.root, &[] as &[&str]);
