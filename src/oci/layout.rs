@@ -248,13 +248,13 @@ impl Layout {
         open_regular(&p).map_err(|e| self.blob_error(digest, &p, e))
     }
 
-    /// Reads a small blob (a manifest, an index, a config) whole.
-    fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+    /// Reads a manifest (or an index) whole, checking its digest.
+    fn read_manifest(&self, digest: &str) -> Result<Vec<u8>> {
         let p = blob_path(&self.dir, digest)?;
         let bytes = read_small(&p).map_err(|e| self.blob_error(digest, &p, e))?;
         let got = super::sha256(&bytes);
         if got != digest {
-            return Err(super::digest_mismatch(
+            return Err(super::manifest_mismatch(
                 &describe(&self.dir, self.tag.as_deref()),
                 digest,
                 &got,
@@ -351,7 +351,7 @@ impl Source for Layout {
 
     fn manifest(&mut self, digest: Option<&str>) -> Result<(Vec<u8>, String)> {
         if let Some(d) = digest {
-            return Ok((self.read_blob(d)?, d.to_string()));
+            return Ok((self.read_manifest(d)?, d.to_string()));
         }
         let index = self.index()?;
         let entries = index
@@ -395,7 +395,7 @@ impl Source for Layout {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::invalid("an index.json entry has no digest"))?
             .to_string();
-        let bytes = self.read_blob(&d)?;
+        let bytes = self.read_manifest(&d)?;
         super::check_size(
             entry,
             bytes.len(),

@@ -854,6 +854,15 @@ fn digest_mismatch(what: &str, want: &str, got: &str) -> Error {
     corrupt_blob(what, want, &format!("has digest {got}"))
 }
 
+/// The manifest (or index) `want` of `what`, fetched by that digest, has
+/// digest `got` instead.
+pub(crate) fn manifest_mismatch(what: &str, want: &str, got: &str) -> Error {
+    Error::invalid(format!(
+        "manifest {want} of {what} has digest {got}: it is corrupt or was tampered with"
+    ))
+    .with_hint(NOTHING_COMMITTED)
+}
+
 /// Blob `want` of `what` is not what its digest says (`how`).
 pub(crate) fn corrupt_blob(what: &str, want: &str, how: &str) -> Error {
     Error::invalid(format!(

@@ -671,7 +671,7 @@ impl Source for Registry {
         if let Some(want) = digest.or(self.reference.digest())
             && got != want
         {
-            return Err(super::digest_mismatch(&self.given, want, &got));
+            return Err(super::manifest_mismatch(&self.given, want, &got));
         }
         Ok((bytes, got))
     }

@@ -2598,6 +2598,32 @@ fn pull_walks_index_entries_without_a_platform() {
     assert_eq!(s.info("img")["kind"], "committed");
 }
 
+/// A manifest pulled by digest whose bytes have another digest is named a manifest
+/// (it was "blob sha256:… has digest …"), `invalid`, and nothing is committed.
+#[test]
+fn a_manifest_of_other_bytes_is_named_a_manifest() {
+    let s = setup!("native");
+    let digest = sha256_of(Hostile::manifest().as_bytes());
+    let path = format!("/v2/x/y/manifests/{digest}");
+    let reg = Hostile::start(move |head, c| {
+        if path_of(head) != path {
+            return false;
+        }
+        answer_ok(c, format!("{} ", Hostile::manifest()).as_bytes());
+        true
+    });
+    let r = format!("{}/x/y@{digest}", reg.host);
+    let run = s.fails(&["pull", "--plain-http", &r, "img"], "invalid");
+    let message = run.json_error()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.starts_with(&format!("manifest {digest} of {r} has digest sha256:"))
+            && !message.contains("blob"),
+        "{}",
+        run.session()
+    );
+    assert_eq!(s.names(&[]), Vec::<String>::new());
+}
+
 /// A layer blob the registry does not have: `not_found`, naming the blob.
 #[test]
 fn a_missing_blob_is_named() {
