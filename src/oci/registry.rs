@@ -1,11 +1,11 @@
 //! OCI registries through `oci-client`, driven from a current-thread tokio
 //! runtime made only for the command that needs it. Every request is
-//! tried up to [`TRIES`] times (0.5 s then 1 s apart) on connection errors,
-//! timeouts, 429 and 5xx answers; untrusted TLS certificates are not
-//! retried. Blobs another repository of the registry has are mounted
-//! (`mount_blob`) rather than uploaded. Manifests and blobs are fetched by
-//! strata itself, so that what it reads is bounded (oci-client reads a
-//! manifest, and an error's body, whole).
+//! tried up to [`TRIES`] times (0.5 s then 1 s apart) on connection errors
+//! (an answer cut off too), timeouts, 429 and 5xx answers; untrusted TLS
+//! certificates are not retried. Blobs another repository of the registry
+//! has are mounted (`mount_blob`) rather than uploaded. Manifests and
+//! blobs are fetched by strata itself, so that what it reads is bounded
+//! (oci-client reads a manifest, and an error's body, whole).
 //!
 //! Errors: a registry that cannot be reached or answers with a server error
 //! is `internal` (with the cause); missing images are `not_found`; refused
@@ -459,7 +459,8 @@ fn is_certificate_error(r: &reqwest::Error) -> bool {
     cause_chain(r).contains("certificate")
 }
 
-/// Connection errors, timeouts, 429 and 5xx are worth another try.
+/// Connection errors, timeouts, answers cut off, 429 and 5xx are worth
+/// another try.
 fn transient(e: &OciDistributionError) -> bool {
     if is_digest_error(e) {
         return false;
@@ -471,6 +472,9 @@ fn transient(e: &OciDistributionError) -> bool {
             r.is_connect()
                 || r.is_timeout()
                 || r.is_body()
+                // A body that broke off (reqwest says so of a response's
+                // body as a decoding error): the connection was cut.
+                || r.is_decode()
                 || r.is_request()
                 || r.status()
                     .is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
@@ -607,12 +611,24 @@ fn map_error_about(
         }
         OciDistributionError::RequestError(r) => {
             let chain = cause_chain(r);
-            let what = if is_certificate_error(r) {
+            let failed = if is_certificate_error(r) {
                 "its TLS certificate is not trusted"
+            } else if r.is_connect() {
+                "the registry cannot be reached"
+            } else if r.is_timeout() {
+                "the registry stopped answering (timed out)"
+            } else if r.is_body() || r.is_decode() {
+                // An answer's body broke off: the connection closed (or
+                // was reset) before its end.
+                if what == "pull" {
+                    "the download was cut off before its end"
+                } else {
+                    "the connection was cut off before the end"
+                }
             } else {
                 "the registry cannot be reached"
             };
-            let err = Error::internal(msg(what));
+            let err = Error::internal(msg(failed));
             match tls_hint(&chain, plain_http) {
                 Some(h) => err.with_hint(h),
                 None => err,

@@ -2624,6 +2624,37 @@ fn a_manifest_of_other_bytes_is_named_a_manifest() {
     assert_eq!(s.names(&[]), Vec::<String>::new());
 }
 
+/// A layer whose connection closes halfway through (its `Content-Length` says
+/// more): said to be cut off, after the tries, naming the blob (it was said that
+/// the registry "cannot be reached"); still `internal`.
+#[test]
+fn a_download_cut_off_is_said_to_be_cut_off() {
+    let s = setup!("native");
+    let reg = Hostile::start(|head, c| {
+        if !is_layer(head) {
+            return false;
+        }
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            Hostile::LAYER.len()
+        );
+        let _ = c.write_all(&Hostile::LAYER[..512]);
+        true
+    });
+    let run = s.fails(&["pull", "--plain-http", &reg.reference()], "internal");
+    let message = run.json_error()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains(&format!(
+            "blob {}: the download was cut off before its end (tried 3 times)",
+            Hostile::layer_digest()
+        )) && !message.contains("cannot be reached"),
+        "{}",
+        run.session()
+    );
+    assert_eq!(s.names(&[]), Vec::<String>::new());
+}
+
 /// A layer blob the registry does not have: `not_found`, naming the blob.
 #[test]
 fn a_missing_blob_is_named() {
@@ -2689,7 +2720,8 @@ fn a_short_blob_is_said_to_be_short() {
 
 /// `STRATA_REGISTRY_TIMEOUT` bounds each read of a blob, not the whole download: a
 /// layer sent in pieces over more than that arrives; one that stops coming is given
-/// up (`internal`, after the tries), naming the blob.
+/// up (`internal`, after the tries), naming the blob and saying it timed out (it was
+/// said that the registry "cannot be reached").
 #[test]
 fn a_blob_may_take_long_but_not_stall() {
     let s = setup!("native");
@@ -2755,6 +2787,7 @@ fn a_blob_may_take_long_but_not_stall() {
     let message = run.json_error()["message"].as_str().unwrap().to_string();
     assert!(
         message.contains(&format!("blob {}", Hostile::layer_digest()))
+            && message.contains("the registry stopped answering (timed out)")
             && message.contains("tried 3 times"),
         "{}",
         run.session()
