@@ -57,6 +57,8 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                 .with_hint("give HOST[:PORT], e.g. registry.example.com or 127.0.0.1:5000"),
         );
     }
+    // Refused before the user name is asked.
+    oci::registry::timeout_setting()?;
     let username = match args.username {
         Some(name) => name,
         None => ask_username(ctx)?,

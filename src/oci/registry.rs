@@ -66,13 +66,33 @@ pub struct Registry {
 /// How long a registry may keep strata waiting for a reply: 300 s per read
 /// for pulls and pushes (a blob may be large; each read waits this long),
 /// and 60 s in all for `login`. `STRATA_REGISTRY_TIMEOUT` (seconds) sets
-/// both, for tests of a registry that never answers.
+/// both, for tests of a registry that never answers; [`timeout_setting`]
+/// refuses a bad value before the first request.
 fn timeout(default_secs: u64) -> Duration {
-    let secs = std::env::var("STRATA_REGISTRY_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_secs);
-    Duration::from_secs(secs)
+    Duration::from_secs(timeout_setting().ok().flatten().unwrap_or(default_secs))
+}
+
+/// `STRATA_REGISTRY_TIMEOUT`, if set: a positive whole number of seconds
+/// (`invalid` otherwise: 0 would fail every request, and a value ignored
+/// would wait the default instead of what was asked), at most
+/// [`u32::MAX`] (136 years; a deadline past `Instant`'s range panicked).
+pub fn timeout_setting() -> Result<Option<u64>> {
+    const VAR: &str = "STRATA_REGISTRY_TIMEOUT";
+    let refuse = |v: &str| {
+        Error::invalid(format!(
+            "{VAR}={v:?} is not a whole number of seconds from 1 to {}",
+            u32::MAX
+        ))
+    };
+    match std::env::var(VAR) {
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(secs) if secs > 0 => Ok(Some(secs.into())),
+            _ => Err(refuse(&v)),
+        },
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => Err(refuse(&v.to_string_lossy())),
+    }
 }
 
 fn client(plain_http: bool, monolithic: bool) -> Client {
@@ -127,6 +147,7 @@ pub fn credentials(registry: &str, access: &Access) -> Result<RegistryAuth> {
 impl Registry {
     /// Connects to the registry of `text` and authenticates for `op`.
     pub fn open(text: &str, access: &Access, op: RegistryOperation) -> Result<Registry> {
+        timeout_setting()?;
         let reference = parse_reference(text)?;
         let auth = credentials(reference.registry(), access)?;
         let mut reg = Registry {
@@ -796,6 +817,7 @@ impl Target for Registry {
 /// Verifies credentials against `registry` (`GET /v2/`, with a token
 /// exchange when the registry asks for one).
 pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Result<bool> {
+    timeout_setting()?;
     let rt = runtime()?;
     // The requests' timers belong to the runtime, even those made before
     // `block_on`.

@@ -2655,6 +2655,55 @@ fn a_download_cut_off_is_said_to_be_cut_off() {
     assert_eq!(s.names(&[]), Vec::<String>::new());
 }
 
+/// `STRATA_REGISTRY_TIMEOUT` that is not a whole number of seconds from 1 up (or is
+/// past what a deadline can hold) is refused, one `error:` line, `invalid`, before
+/// any request (it was ignored, and `0` failed every request; a huge one panicked).
+#[test]
+fn a_bad_registry_timeout_is_refused() {
+    let s = Store::uninitialized("native");
+    // Nothing listens there: a request would fail as `internal`.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = format!("127.0.0.1:{dead}");
+    let auth = s.scratch("auth.json");
+    for bad in ["abc", "-1", "0.5", "0", "4294967296"] {
+        let env = [
+            ("STRATA_REGISTRY_TIMEOUT", bad),
+            ("REGISTRY_AUTH_FILE", auth.to_str().unwrap()),
+        ];
+        let pull = ["pull", "--plain-http", &format!("{host}/x:y")];
+        let login = [
+            "login",
+            &host,
+            "-u",
+            "u",
+            "--password-stdin",
+            "--plain-http",
+        ];
+        for args in [&pull[..], &login[..]] {
+            let with = With {
+                stdin: Some(b"s3cret\n"),
+                env: &env,
+                ..With::default()
+            };
+            let run = s.strata_with(args, with);
+            assert_eq!(run.code, 6, "{}", run.session());
+            assert_eq!(
+                run.stderr,
+                format!(
+                    "error: STRATA_REGISTRY_TIMEOUT=\"{bad}\" is not a whole number of seconds from 1 to 4294967295\n"
+                ),
+                "{}",
+                run.session()
+            );
+        }
+    }
+    assert!(!auth.exists());
+}
+
 /// A layer blob the registry does not have: `not_found`, naming the blob.
 #[test]
 fn a_missing_blob_is_named() {
