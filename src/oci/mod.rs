@@ -1168,10 +1168,11 @@ fn alias_plan(store: &mut Store, name: &str, top: Option<&str>) -> Result<AliasP
         Err(e) if e.kind() == Kind::NotFound => Ok(AliasPlan::Create),
         Err(e) => Err(e),
         Ok(info) if info.kind != SnapshotKind::Committed || !is_alias(&info.labels) => {
+            // Said of `pull` and `import` alike, which both come here.
             Err(Error::already_exists(format!(
-                "`{name}` exists and is not an image pulled by strata"
+                "`{name}` exists and is not an image pulled or imported by strata"
             ))
-            .with_hint("give another NAME: strata pull REF NAME"))
+            .with_hint("give the image another NAME, the command's last argument"))
         }
         Ok(info) if info.parent.as_deref() == top => Ok(AliasPlan::Refresh),
         Ok(_) => Ok(AliasPlan::Replace),

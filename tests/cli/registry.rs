@@ -605,7 +605,13 @@ fn pull_into_a_taken_or_contested_name() {
     let b = Store::setup("native").unwrap();
     b.strata(&["prepare", "taken"]).success();
     let run = b.fails(&["import", &v2, "taken"], "already_exists");
-    assert!(run.stderr.contains("not an image"), "{}", run.session());
+    assert!(
+        run.stderr.contains("not an image pulled or imported"),
+        "{}",
+        run.session()
+    );
+    // The hint fits import as well as pull (it named `strata pull`).
+    assert!(!run.stderr.contains("strata pull"), "{}", run.session());
     assert_eq!(b.names(&[]), ["taken"], "layers were committed first");
 
     let first = Paused::start(&b, &["import", &v1, "img"], "pull:alias-planned");
