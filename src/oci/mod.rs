@@ -43,6 +43,7 @@ pub const MAX_LOCATIONS: usize = 8;
 pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MT_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -571,15 +572,13 @@ impl Wanted {
     }
 
     /// How `platform` (an object with `os`, `architecture` and maybe
-    /// `variant`) fits; with `partial`, a missing `os` or `architecture`
-    /// is taken to agree (an image config need not say them).
-    fn fit(&self, platform: &Value, partial: bool) -> Fit {
+    /// `variant`, or an image config, which has the same fields) fits. One
+    /// that does not name the `os` and the `architecture` does not fit, as
+    /// in containerd (review: a signature or SBOM entry, whose config is
+    /// `{}`, was taken for the image).
+    fn fit(&self, platform: &Value) -> Fit {
         let field = |name: &str| platform.get(name).and_then(Value::as_str);
-        let agrees = |got: Option<&str>, want: &str| match got {
-            Some(got) => got == want,
-            None => partial,
-        };
-        if !agrees(field("os"), "linux") || !agrees(field("architecture"), self.arch) {
+        if field("os") != Some("linux") || field("architecture") != Some(self.arch) {
             return Fit::No;
         }
         match field("variant") {
@@ -611,8 +610,8 @@ struct Chosen {
 /// first (the best fits first), then those without a platform (`platform`
 /// is optional in the image spec; an entry naming another index usually
 /// has none). An index is walked in turn; a manifest reached through an
-/// entry without a platform is taken if its config names the platform (or
-/// names none), and passed over otherwise.
+/// entry without a platform is taken if its config names the platform,
+/// and passed over otherwise, as are artifacts (signatures, SBOMs).
 struct Walk<'a> {
     source: &'a mut dyn Source,
     what: String,
@@ -666,11 +665,16 @@ impl Walk<'_> {
                 Some(p) => {
                     let field = |name: &str| p.get(name).and_then(Value::as_str).unwrap_or("?");
                     seen.push(format!("{}/{}", field("os"), field("architecture")));
-                    match self.wanted.fit(p, false) {
+                    match self.wanted.fit(p) {
                         Fit::Best if usable => tiers[0].push(i),
                         Fit::Variant if usable => tiers[1].push(i),
                         _ => {}
                     }
+                }
+                // An artifact (a signature, an SBOM: OCI 1.1's
+                // `artifactType`) is not an image to run.
+                None if m.get("artifactType").is_some() => {
+                    seen.push(format!("{NO_PLATFORM} (an artifact)"));
                 }
                 None => {
                     seen.push(NO_PLATFORM.to_string());
@@ -707,7 +711,17 @@ impl Walk<'_> {
                     config: None,
                 }));
             }
-            // No platform on the entry: the image config says it.
+            // No platform on the entry: the image config says it. An
+            // artifact's manifest, or one whose config is not an image's,
+            // is passed over.
+            let is_image_config = manifest
+                .pointer("/config/mediaType")
+                .and_then(Value::as_str)
+                .is_none_or(|t| [MT_CONFIG, MT_DOCKER_CONFIG].contains(&t));
+            if manifest.get("artifactType").is_some() || !is_image_config {
+                seen[i] = format!("{NO_PLATFORM} (an artifact)");
+                continue;
+            }
             let Some(config_desc) = manifest.get("config") else {
                 // Refused by pull, which needs one.
                 return Ok(Ok(Chosen {
@@ -726,7 +740,7 @@ impl Walk<'_> {
                 digest,
                 config: Some(config),
             };
-            match self.wanted.fit(&parsed, true) {
+            match self.wanted.fit(&parsed) {
                 Fit::Best => return Ok(Ok(chosen)),
                 Fit::Variant => {
                     self.fallback.get_or_insert(chosen);

@@ -1100,7 +1100,8 @@ fn import_tags_nested_indexes_and_descriptors() {
 /// another index usually has none), as containerd takes them: an entry whose
 /// platform fits comes first; else one without a platform is tried, an index walked
 /// (within the depth limit), a manifest taken when its config names the host's
-/// platform or none, passed over when it names another. Nothing fitting is
+/// platform, passed over when it names another or none, or is an artifact's
+/// (review: a signature's `{}` config was taken for the image). Nothing fitting is
 /// `not_found`, saying what there is (it took no entry without a platform, and said
 /// "it has: ?/?").
 #[test]
@@ -1145,6 +1146,26 @@ fn import_takes_entries_without_a_platform() {
     bare_config.as_object_mut().unwrap().remove("os");
     bare_config.as_object_mut().unwrap().remove("architecture");
     let bare = with_config(&bare_config);
+    // A signature as OCI 1.1 makes one: an empty config, no layers.
+    let mut signature = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.sig",
+        "config": {
+            "mediaType": "application/vnd.oci.empty.v1+json",
+            "digest": put_blob(&layout, b"{}"),
+            "size": 2,
+        },
+        "layers": [],
+    });
+    let signature_entry = {
+        let mut d = put(&signature);
+        d["artifactType"] = signature["artifactType"].clone();
+        d
+    };
+    // The same without `artifactType` anywhere: its config is still not an image's.
+    signature.as_object_mut().unwrap().remove("artifactType");
+    let unmarked = put(&signature);
     let mut newer_config = config.clone();
     newer_config["variant"] = "v99".into();
     let newer = with_config(&newer_config);
@@ -1179,10 +1200,28 @@ fn import_takes_entries_without_a_platform() {
             "prefer",
             index(vec![twin.clone(), on(manifest_desc.clone(), &host)]),
         ),
-        // A config that names no platform.
-        ("bare", index(vec![bare.clone()])),
+        // A config that names no platform is passed over.
+        ("bare", index(vec![bare.clone(), manifest_desc.clone()])),
+        // So are artifacts, for the image after them.
+        (
+            "signed",
+            index(vec![
+                signature_entry.clone(),
+                unmarked.clone(),
+                manifest_desc.clone(),
+            ]),
+        ),
+        (
+            "only-signatures",
+            index(vec![
+                on(foreign.clone(), other),
+                signature_entry.clone(),
+                unmarked.clone(),
+                bare.clone(),
+            ]),
+        ),
         // A newer variant, only when nothing else fits.
-        ("newer", index(vec![newer.clone(), bare.clone()])),
+        ("newer", index(vec![newer.clone(), twin.clone()])),
         ("newer-only", index(vec![newer.clone()])),
         (
             "none",
@@ -1213,8 +1252,9 @@ fn import_takes_entries_without_a_platform() {
         ("deep2", &manifest_desc),
         ("after", &manifest_desc),
         ("prefer", &manifest_desc),
-        ("bare", &bare),
-        ("newer", &bare),
+        ("bare", &manifest_desc),
+        ("signed", &manifest_desc),
+        ("newer", &twin),
         ("newer-only", &newer),
         ("deep8", &manifest_desc),
     ] {
@@ -1228,6 +1268,24 @@ fn import_takes_entries_without_a_platform() {
         message.contains(&format!(
             "(it has: linux/{other}, an entry without a platform (a manifest for linux/{other}))"
         )) && !message.contains("?/?"),
+        "{}",
+        run.session()
+    );
+    // Nothing but another platform, artifacts and a config naming none.
+    let run = b.fails(
+        &[
+            "import",
+            &format!("{dir}:only-signatures"),
+            "only-signatures",
+        ],
+        "not_found",
+    );
+    let message = run.json_error()["message"].as_str().unwrap().to_string();
+    let no = "an entry without a platform";
+    assert!(
+        message.contains(&format!(
+            "(it has: linux/{other}, {no} (an artifact), {no} (an artifact), {no} (a manifest for ?/?))"
+        )),
         "{}",
         run.session()
     );
@@ -1247,7 +1305,7 @@ fn import_takes_entries_without_a_platform() {
     assert!(
         !b.names(&[])
             .iter()
-            .any(|n| ["none", "deep9", "many"].contains(&n.as_str()))
+            .any(|n| ["none", "only-signatures", "deep9", "many"].contains(&n.as_str()))
     );
 }
 
