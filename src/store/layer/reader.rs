@@ -560,11 +560,19 @@ fn next_member(s: &mut Stream, after: &str) -> Result<Option<Member>> {
         let hname = show(&header.path_bytes());
         let size = header_number(&header.as_old().size, "size", || header.entry_size())
             .map_err(|field| not_a_number(&hname, field))?;
-        // GNU base-256 marks a negative number with a first byte of 0xff;
-        // the tar crate would read it as a size near 2^64.
-        if header.as_old().size[0] == 0xff {
+        // GNU base-256 (a first byte with the high bit set) is 0x80 for a
+        // positive number and 0xff for a negative one, as GNU tar reads it.
+        // The tar crate reads any such field's last 8 bytes: a negative
+        // size as one near 2^64, bytes 1 to 3 not at all (review).
+        let raw = &header.as_old().size;
+        if raw[0] == 0xff {
             return Err(invalid(format!(
                 "entry `{hname}`: its size field is negative"
+            )));
+        }
+        if raw[0] & 0x80 != 0 && (raw[0] != 0x80 || raw[1..4] != [0, 0, 0]) {
+            return Err(invalid(format!(
+                "entry `{hname}`: its size field is out of range"
             )));
         }
         match kind {

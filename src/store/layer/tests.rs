@@ -1504,6 +1504,24 @@ fn blank_numeric_fields_are_zero() {
         &delete(),
         "entry `f`: its size field is negative",
     );
+    // 2^64 and more, and a first byte GNU tar does not take for base-256:
+    // refused, not read from the last 8 bytes alone (it was read as 0).
+    for fields in [
+        [(size.clone(), 0), (124..125, 0x80), (127..128, 1)],
+        [(size.clone(), 0), (124..125, 0xc0), (135..136, 1)],
+    ] {
+        let data = with(b"", &fields);
+        jail().refuse(
+            &data,
+            &delete(),
+            "entry `f`: its size field is out of range",
+        );
+    }
+    // Base-256 zero is a size.
+    let zero = with(b"", &[(size.clone(), 0), (124..125, 0x80)]);
+    let j = jail();
+    apply_vec(&zero, &j.dest, &delete()).unwrap();
+    assert_eq!(std::fs::metadata(j.dest.join("f")).unwrap().len(), 0);
     // A blank size with data after it: that data is the next header
     // (GNU tar skips it as garbage).
     jail().refuse(
