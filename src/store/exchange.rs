@@ -155,11 +155,20 @@ impl Store {
                         Error::invalid(format!("cannot diff `{key}`: {msg}"))
                     }
                     LayerError::Reserved { deleted, .. } => {
-                        let hint = if deleted {
-                            "the snapshot that has the file cannot go into a layer either; \
-                             rename such files in the active snapshot before committing it"
-                        } else {
-                            "rename it in the active snapshot before committing it"
+                        // A committed snapshot cannot be changed: its
+                        // changes must be made again (review).
+                        let hint = match (deleted, row.kind) {
+                            (true, _) => {
+                                "the snapshot that has the file cannot go into a layer either; \
+                                 rename such files in the active snapshot before committing it"
+                            }
+                            (false, SnapshotKind::Active) => {
+                                "rename it in the active snapshot before committing it"
+                            }
+                            (false, _) => {
+                                "a committed snapshot cannot change: prepare an active on its \
+                                 parent, make the change again without such names, and commit that"
+                            }
                         };
                         Error::invalid(format!("cannot diff `{key}`: {e}")).with_hint(hint)
                     }

@@ -1489,6 +1489,31 @@ fn names_kept_for_whiteouts_cannot_go_into_a_layer() {
             );
             Tree::read(&layout.join("blobs")).assert_eq(&blobs, &what);
         }
+        // The hint fits the snapshot: a committed one cannot be renamed in, an
+        // active one can.
+        let run = s
+            .strata(&["diff", "both"])
+            .fails_with(exit_code("invalid"), "");
+        assert!(
+            run.stderr
+                .contains("hint: a committed snapshot cannot change"),
+            "{driver}: {}",
+            run.session()
+        );
+        s.strata(&["prepare", "act", "base"]).success();
+        let m = s.mount("act");
+        apply(&m.path, &[file("/.wh.f", "secret\n", 0o644)]);
+        s.unmount(&m);
+        let run = s
+            .strata(&["diff", "act"])
+            .fails_with(exit_code("invalid"), "");
+        assert!(
+            run.stderr
+                .contains("hint: rename it in the active snapshot before committing it"),
+            "{driver}: {}",
+            run.session()
+        );
+        s.strata(&["rm", "act"]).success();
         // A real deletion is a whiteout, as before.
         s.layer("deleted", Some("base"), &[remove_all("/f")]);
         let (tar, _) = diff_to(&s, "deleted", "none");

@@ -655,7 +655,12 @@ impl Drop for MountGuard {
 #[track_caller]
 pub fn umount_by_hand(path: &Path) {
     for _ in 0..40 {
-        let out = Command::new("umount").arg(path).output().unwrap();
+        // In English, whatever the locale: "busy" is looked for below.
+        let out = Command::new("umount")
+            .arg(path)
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap();
         if out.status.success() {
             return;
         }
