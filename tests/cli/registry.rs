@@ -2601,12 +2601,17 @@ fn a_registry_error_text_is_quoted_once_and_clipped() {
 
 /// Answers a request on `c` with a 200 and `body`, and closes the connection.
 fn answer_ok(c: &mut TcpStream, body: &[u8]) {
+    answer_head(c, body.len());
+    let _ = c.write_all(body);
+}
+
+/// The head of a 200 answer of `len` bytes on `c`, which closes the connection
+/// after them.
+fn answer_head(c: &mut TcpStream, len: usize) {
     let _ = write!(
         c,
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
     );
-    let _ = c.write_all(body);
 }
 
 /// REF names an index whose one entry, without a platform, names another index,
@@ -2698,11 +2703,7 @@ fn a_download_cut_off_is_said_to_be_cut_off() {
         if !is_layer(head) {
             return false;
         }
-        let _ = write!(
-            c,
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            Hostile::LAYER.len()
-        );
+        answer_head(c, Hostile::LAYER.len());
         let _ = c.write_all(&Hostile::LAYER[..512]);
         true
     });
@@ -2842,11 +2843,7 @@ fn a_blob_may_take_long_but_not_stall() {
         if !is_layer(head) {
             return false;
         }
-        let _ = write!(
-            c,
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            Hostile::LAYER.len()
-        );
+        answer_head(c, Hostile::LAYER.len());
         for piece in Hostile::LAYER.chunks(256) {
             let _ = c.write_all(piece);
             let _ = c.flush();
@@ -2868,11 +2865,7 @@ fn a_blob_may_take_long_but_not_stall() {
         if !is_layer(head) {
             return false;
         }
-        let _ = write!(
-            c,
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            Hostile::LAYER.len()
-        );
+        answer_head(c, Hostile::LAYER.len());
         let _ = c.write_all(&Hostile::LAYER[..256]);
         std::thread::sleep(Duration::from_secs(30));
         true
@@ -2919,11 +2912,7 @@ fn a_blob_redirect_elsewhere_gets_no_credentials() {
     std::thread::spawn(move || {
         for mut c in storage.incoming().flatten() {
             seen.lock().unwrap().push(request_head(&mut c));
-            let _ = write!(
-                c,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                Hostile::LAYER.len()
-            );
+            answer_head(&mut c, Hostile::LAYER.len());
             let _ = c.write_all(&Hostile::LAYER);
         }
     });
