@@ -201,6 +201,32 @@ fn labels_apart(args: &[std::ffi::OsString]) -> Vec<usize> {
     found
 }
 
+/// For each `--label` option on a command line, in order, up to the end of
+/// options: whether its value is the next argument (`--label K=V`), not
+/// part of it (`--label=K=V`).
+fn label_forms(args: &[std::ffi::OsString]) -> Vec<bool> {
+    let apart = labels_apart(args);
+    let end = args
+        .iter()
+        .skip(1)
+        .position(|a| a == "--")
+        .map_or(args.len(), |p| p + 1);
+    let mut forms = Vec::new();
+    let mut at = 1;
+    while at < end {
+        if apart.contains(&at) {
+            forms.push(true);
+            at += 2;
+            continue;
+        }
+        if args[at].as_encoded_bytes().starts_with(b"--label=") {
+            forms.push(false);
+        }
+        at += 1;
+    }
+    forms
+}
+
 fn parse_lazily_from<I, T>(args: I) -> std::result::Result<clap::ArgMatches, clap::Error>
 where
     I: IntoIterator<Item = T>,
@@ -422,16 +448,16 @@ pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
 /// one, and is refused as any invalid label is.
 pub fn labels_of_options(texts: &[String]) -> Result<store::Labels> {
     store::key::parse_labels(texts).map_err(|e| {
-        // The label refused, as `parse_labels` refuses the first bad one.
-        let refused = texts.iter().find(|t| store::key::parse_label(t).is_err());
-        let args = crate::argv::args_os();
-        let apart = |text: &str| {
-            labels_apart(&args)
-                .iter()
-                .any(|&at| args.get(at + 1).is_some_and(|value| value == text))
-        };
-        match refused {
-            Some(text) if text.starts_with('-') && !text.contains('=') && apart(text) => e
+        // The label refused, as `parse_labels` refuses the first bad one,
+        // and whether it was the argument after a `--label`: clap collects
+        // the values in the order the options stand (review: matched by
+        // text, `--label=-x --label -x` got the hint for the first).
+        let refused = texts
+            .iter()
+            .position(|t| store::key::parse_label(t).is_err());
+        let apart = |n: usize| label_forms(&crate::argv::args_os()).get(n) == Some(&true);
+        match refused.map(|n| (n, &texts[n])) {
+            Some((n, text)) if text.starts_with('-') && !text.contains('=') && apart(n) => e
                 .with_hint(format!(
                     "`{text}` was taken as the value of --label, which needs one: --label K=V"
                 )),

@@ -331,6 +331,8 @@ fn a_label_given_with_equals_gets_no_hint() {
             &["prepare", "d", "--label=-x", "--label", "--json"],
             "\"-x\"",
         ),
+        // The same text again, apart: the one refused is still the first.
+        (&["prepare", "d", "--label=-x", "--label", "-x"], "\"-x\""),
     ] {
         let run = s.strata(args).fails_with(6, label);
         assert!(
