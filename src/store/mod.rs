@@ -594,27 +594,32 @@ impl Store {
         let made = resolved
             .create()
             .ctx(|| format!("cannot create the mount target {}", target.display()))?;
-        let mounted = self.mount_made(key, &mounts, &live, target);
+        let mounted = self.mount_made(key, &mounts, target);
         if mounted.is_err() {
             made.undo();
         }
         mounted
     }
 
-    /// The rest of [`Store::mount`], once the target directory exists.
-    fn mount_made(
-        &mut self,
-        key: &str,
-        mounts: &[Mount],
-        live: &[MountRecord],
-        target: &Path,
-    ) -> Result<PathBuf> {
+    /// The rest of [`Store::mount`], once the target directory exists. The
+    /// check that no live strata mount is at the target, the mount and its
+    /// record are one write transaction of the index: two mounts of other
+    /// snapshots at one target (each holding only its own snapshot's lock)
+    /// both passed the check before, stacked, and the one record left named
+    /// the hidden one, which `rm -f` then deleted while mounted (audit).
+    fn mount_made(&mut self, key: &str, mounts: &[Mount], target: &Path) -> Result<PathBuf> {
         let target = target
             .canonicalize()
             .ctx(|| format!("cannot resolve the mount target {}", target.display()))?;
         self.usable_target(key, &target)?;
-        if let Some(rec) = live.iter().find(|r| Path::new(&r.target) == target) {
-            let tx = self.index.read()?;
+        let tx = self.index.write()?;
+        let at_target: Vec<MountRecord> = index::mounts(&tx)?
+            .into_iter()
+            .filter(|r| Path::new(&r.target) == target)
+            .collect();
+        // A stale record is replaced by this mount's (`add_mount`).
+        let (live, _) = live_and_stale(at_target, None)?;
+        if let Some(rec) = live.first() {
             let name = index::find_id(&tx, rec.snapshot_id)?.map(|r| r.name);
             return Err(Error::already_exists(format!(
                 "{} is already a strata mount of `{}`",
@@ -626,6 +631,7 @@ impl Store {
                 target.display()
             )));
         }
+        let row = mountable(&tx, key)?;
         mount::mount_all(mounts, &target).map_err(|e| mount_error(key, &target, e))?;
         crash::point("mount:mounted");
         // Without an id (a kernel before 5.8) the record is of the target.
@@ -637,19 +643,14 @@ impl Store {
                 MountRecord::identity_in(mount::own_namespace(), identity),
             ))
         });
-        let recorded = (|| -> Result<()> {
-            let tx = self.index.write()?;
-            let row = mountable(&tx, key)?;
-            let identity = identity.as_ref().map(|(id, i)| (*id, i.as_str()));
-            index::add_mount(&tx, row.id, &target.display().to_string(), identity)?;
-            tx.commit()?;
-            crash::point("mount:recorded");
-            Ok(())
-        })();
+        let identity = identity.as_ref().map(|(id, i)| (*id, i.as_str()));
+        let recorded = index::add_mount(&tx, row.id, &target.display().to_string(), identity)
+            .and_then(|()| Ok(tx.commit()?));
         if let Err(e) = recorded {
             let _ = mount::unmount(&target, false);
             return Err(e);
         }
+        crash::point("mount:recorded");
         Ok(target)
     }
 

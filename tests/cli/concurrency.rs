@@ -787,7 +787,63 @@ fn check_alongside_writers(driver: &str) {
     assert_eq!(store.names(&[]), vec!["base"]);
 }
 
+/// The mounts at `target` in this process's mount table.
+fn mounts_at(target: &std::path::Path) -> usize {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let target = target.to_str().unwrap();
+    table
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(target))
+        .count()
+}
+
+/// `mount` of PROCS other snapshots at one target at once: one mounts it
+/// and the others are `already_exists`; one mount is there, the record
+/// names it, and what is seen through the target is its snapshot's (audit:
+/// all mounted, stacked, and the one record left could name a hidden one,
+/// which `rm -f` then deleted while mounted).
+fn one_target_one_mount(driver: &str) {
+    let store = setup!(driver);
+    store.strata(&["prepare", "b"]).success();
+    store.strata(&["commit", "base", "b"]).success();
+    for i in 0..PROCS {
+        let key = format!("k{i}");
+        store.strata(&["prepare", &key, "base"]).success();
+        let m = store.mount(&key);
+        std::fs::write(m.join("who"), &key).unwrap();
+        store.unmount(&m);
+    }
+    let target = store.scratch_dir("one");
+    let guard = MountGuard::new(&target);
+    let at = target.to_str().unwrap().to_string();
+    for round in 0..3 {
+        let outputs = race(&store, |i| s(&["mount", &format!("k{i}"), &at]));
+        let won: Vec<usize> = (0..PROCS).filter(|&i| code(&outputs[i]) == 0).collect();
+        assert_eq!(won.len(), 1, "round {round}: {outputs:?}");
+        let winner = format!("k{}", won[0]);
+        for (i, o) in outputs.iter().enumerate() {
+            if i != won[0] {
+                assert_eq!(code(o), 4, "round {round}, k{i}: {o:?}");
+            }
+        }
+        assert_eq!(mounts_at(&target), 1, "round {round}: stacked mounts");
+        assert_eq!(std::fs::read_to_string(target.join("who")).unwrap(), winner);
+        let listed = store.strata(&["ls", "--json"]).success().json();
+        let mounted: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| !i["mounted_at"].as_array().unwrap().is_empty())
+            .map(|i| i["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(mounted, [winner.as_str()], "round {round}");
+        store.unmount(&guard);
+    }
+    store.strata(&["check"]).success();
+}
+
 both_drivers!(
+    one_target_one_mount,
     same_key,
     parent_removal,
     mixed,
