@@ -932,12 +932,19 @@ impl Store {
         )))
     }
 
-    /// Refuses to remove snapshots `rows` while another file system is
+    /// Refuses to `op` snapshots `rows` while another file system is
     /// mounted inside the directory of one (a bind mount made by hand in
-    /// its tree): the removal would stop there, after the row was gone
-    /// (the tree remover never deletes through a mount; audit: it did, and
-    /// emptied the bind's source).
-    fn refuse_mounts_inside(&self, table: &mount::MountTable, rows: &[Row]) -> Result<()> {
+    /// its tree). A removal would stop there, after the row was gone (the
+    /// tree remover never deletes through a mount; audit: it did, and
+    /// emptied the bind's source); a commit would count what that file
+    /// system holds as the layer's usage and leave it mounted, writable,
+    /// in a committed layer.
+    fn refuse_mounts_inside(
+        &self,
+        table: &mount::MountTable,
+        rows: &[Row],
+        op: &str,
+    ) -> Result<()> {
         // The store's root was made symlink-free when it was opened, as
         // mountinfo names paths.
         let snapshots = self.layout.snapshots();
@@ -946,7 +953,7 @@ impl Store {
             return Ok(());
         };
         Err(Error::precondition(format!(
-            "cannot remove `{}`: a file system is mounted inside it, at {}",
+            "cannot {op} `{}`: a file system is mounted inside it, at {}",
             ids[&id],
             point.display()
         ))
@@ -983,8 +990,13 @@ impl Store {
             .into_iter()
             .filter(|r| r.snapshot_id == row.id)
             .collect();
-        // Refused before strata's own mounts are undone.
+        // Refused before strata's own mounts are undone: a file system
+        // mounted inside the snapshot's directory, or inside one of
+        // strata's mounts of it (whose unmount would fail after others
+        // were undone).
         self.refuse_other_mounts(&table, [(row.id, key)], &mounted, "commit")?;
+        self.refuse_mounts_inside(&table, std::slice::from_ref(&row), "commit")?;
+        refuse_mounts_inside_ours(&table, key, &mounted)?;
         drop(table);
         for rec in &mounted {
             self.unmount_target(rec, false).map_err(|e| {
@@ -1201,7 +1213,7 @@ impl Store {
                 _ => {
                     let rows_named = rows.iter().map(|r| (r.id, &*r.name));
                     self.refuse_other_mounts(&table, rows_named, &mounted, "remove")?;
-                    return self.refuse_mounts_inside(&table, rows);
+                    return self.refuse_mounts_inside(&table, rows, "remove");
                 }
             }
         }
@@ -1237,7 +1249,7 @@ impl Store {
         // (audit: they were undone first).
         let rows_named = rows.iter().map(|r| (r.id, &*r.name));
         self.refuse_other_mounts(&table, rows_named, &mounted, "remove")?;
-        self.refuse_mounts_inside(&table, rows)?;
+        self.refuse_mounts_inside(&table, rows, "remove")?;
         drop(table);
         for rec in &mounted {
             self.unmount_target(rec, false)
@@ -1739,6 +1751,34 @@ fn mountable(tx: &Transaction<'_>, key: &str) -> Result<Row> {
         .with_hint(format!("mount a view of it: strata view VIEW {key}")));
     }
     Ok(row)
+}
+
+/// Refuses to commit `key` while a file system is mounted inside one of
+/// strata's mounts of it, `mounted` (on one of its directories): the
+/// unmount of that mount would refuse (see [`Store::unmount_target`]),
+/// after the mounts before it were undone (audit: a native snapshot
+/// mounted twice lost its first mount, and the error's hint said to close
+/// what uses the mount).
+fn refuse_mounts_inside_ours(
+    table: &mount::MountTable,
+    key: &str,
+    mounted: &[MountRecord],
+) -> Result<()> {
+    // One of another mount namespace is not in `table`: its unmount
+    // refuses on its own, and no mount of this one is inside it.
+    let own = mount::own_namespace();
+    for rec in mounted.iter().filter(|r| foreign(r, own).is_none()) {
+        let Some(ours) = rec.mount_id else { continue };
+        if let Some(inner) = table.inside(ours).first() {
+            return Err(Error::precondition(format!(
+                "cannot commit `{key}`: a file system is mounted inside it, at {} (in strata's mount of it at {})",
+                inner.display(),
+                rec.target
+            ))
+            .with_hint(format!("unmount it first (`umount {}`)", inner.display())));
+        }
+    }
+    Ok(())
 }
 
 fn mounted_meanwhile(key: &str, target: &str) -> Error {

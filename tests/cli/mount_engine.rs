@@ -797,9 +797,96 @@ fn rm_r_refused(store: &Store, target: &Path) {
     assert_eq!(fs::read_to_string(target.join("two")).unwrap(), "2");
 }
 
+/// A file system mounted by hand inside an active snapshot's directory (the native
+/// driver's tree, the overlay's upper directory) refuses its `commit`, as it refuses
+/// its `rm`, before anything changes: the snapshot stays active and mounted where
+/// strata mounted it (audit: the commit went through and counted the tmpfs's files as
+/// the layer's usage).
+fn commit_of_a_snapshot_with_a_mount_inside(driver: &str) {
+    let store = setup!(driver);
+    store.layer("base", None, &[dir("dir", 0o755)]);
+    store.strata(&["prepare", "a", "base"]).success();
+    let m = store.mount("a");
+    // Made through the mount: in the overlay's upper directory too.
+    fs::create_dir(m.join("sub")).unwrap();
+    let inner = MountGuard::new(&writable_dir(&store, "a").join("sub"));
+    tmpfs_at(&inner.path);
+    fs::write(inner.join("big"), vec![0u8; 4 << 20]).unwrap();
+    let point = inner.path.to_str().unwrap();
+    let run = store.fails(&["commit", "c", "a"], "failed_precondition");
+    let error = run.json_error();
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot commit `a`")
+            && message.contains("mounted inside it")
+            && message.contains(point),
+        "{}",
+        run.session()
+    );
+    assert!(
+        error["hints"]
+            .to_string()
+            .contains(&format!("umount {point}")),
+        "{}",
+        run.session()
+    );
+    assert_eq!(store.names(&[]), ["a", "base"], "{}", run.session());
+    let info = store.info("a");
+    assert_eq!(info["kind"], "active");
+    assert_eq!(info["mounted_at"][0], m.path.to_str().unwrap());
+    assert!(is_mount_point(&m.path), "the commit undid strata's mount");
+    assert!(is_mount_point(&inner.path) && inner.join("precious").exists());
+    umount_by_hand(&inner.path);
+    store.strata(&["commit", "c", "a"]).success();
+    assert!(store.info("c")["usage"]["size"].as_u64().unwrap() < 1 << 20);
+    assert!(!is_mount_point(&m.path));
+    store.strata(&["check"]).success();
+}
+
+/// A native snapshot mounted twice, with a file system mounted by hand inside the mount
+/// strata would undo last: `commit` refuses before it undoes either (audit: it
+/// unmounted the first, then failed on the second, saying to close what uses it).
+#[test]
+fn commit_with_a_mount_inside_a_second_strata_mount() {
+    let store = setup!("native");
+    store.layer("base", None, &[dir("dir", 0o755)]);
+    store.strata(&["prepare", "a", "base"]).success();
+    let (one, two) = (store.mount("a"), store.mount("a"));
+    // Undone in the order of their targets: the tmpfs goes in the later one.
+    let last = if one.path < two.path { &two } else { &one };
+    let inner = MountGuard::new(&last.join("dir"));
+    tmpfs_at(&inner.path);
+    let point = inner.path.to_str().unwrap();
+    let run = store.fails(&["commit", "c", "a"], "failed_precondition");
+    let error = run.json_error();
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot commit `a`")
+            && message.contains("mounted inside it")
+            && message.contains(point),
+        "{}",
+        run.session()
+    );
+    assert!(
+        error["hints"]
+            .to_string()
+            .contains(&format!("umount {point}")),
+        "{}",
+        run.session()
+    );
+    assert_eq!(store.info("a")["kind"], "active");
+    assert_eq!(store.info("a")["mounted_at"].as_array().unwrap().len(), 2);
+    assert!(is_mount_point(&one.path) && is_mount_point(&two.path));
+    assert!(is_mount_point(&inner.path) && inner.join("precious").exists());
+    umount_by_hand(&inner.path);
+    store.strata(&["commit", "c", "a"]).success();
+    assert!(!is_mount_point(&one.path) && !is_mount_point(&two.path));
+}
+
 both_drivers!(
     mounts_strata_did_not_record_block_commit_and_rm,
-    mounts_inside_a_strata_mount_are_left_alone
+    mounts_inside_a_strata_mount_are_left_alone,
+    commit_of_a_snapshot_with_a_mount_inside
 );
 
 /// Targets that are not a directory, inside the store, the store itself or
