@@ -1,4 +1,5 @@
 use super::Context;
+use crate::printer::shown;
 use crate::store::Result;
 use std::path::PathBuf;
 
@@ -23,7 +24,11 @@ pub struct Args {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let at = ctx.store()?.mount(&args.key, &args.target)?;
-    ctx.printer
-        .note(&format!("mounted `{}` at {}", args.key, at.display()));
+    // A target's control characters escaped, as errors and `ls` show them.
+    ctx.printer.note(&format!(
+        "mounted `{}` at {}",
+        args.key,
+        shown(&at.to_string_lossy())
+    ));
     Ok(())
 }

@@ -1,5 +1,5 @@
 use super::Context;
-use crate::printer::{Format, shell_quote};
+use crate::printer::{Format, shell_quote, shown};
 use crate::store::{Error, Kind, Mount, Plan, Result, Store};
 use std::path::Path;
 
@@ -151,8 +151,10 @@ pub fn finish_create(
                     return Err(e);
                 }
             };
-            ctx.printer
-                .note(&format!("mounted `{key}` at {}", at.display()));
+            ctx.printer.note(&format!(
+                "mounted `{key}` at {}",
+                shown(&at.to_string_lossy())
+            ));
             Ok(())
         }
     }

@@ -1,4 +1,5 @@
 use super::Context;
+use crate::printer::shown;
 use crate::store::Result;
 
 /// Undo a mount made by strata, given its target or a snapshot key.
@@ -24,7 +25,9 @@ pub struct Args {
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let targets = ctx.store()?.unmount(&args.what, args.lazy)?;
     for t in targets {
-        ctx.printer.note(&format!("unmounted {}", t.display()));
+        // A target's control characters escaped, as errors and `ls` show them.
+        ctx.printer
+            .note(&format!("unmounted {}", shown(&t.to_string_lossy())));
     }
     Ok(())
 }

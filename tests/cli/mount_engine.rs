@@ -889,6 +889,57 @@ both_drivers!(
     commit_of_a_snapshot_with_a_mount_inside
 );
 
+/// The notes of `mount`, `unmount` and `prepare`/`view --mount` show a target's
+/// control characters escaped, as errors and `ls` do: one line per note, no raw
+/// newline or escape sequence (review: "mounted `a` at …" came out as two lines, an
+/// escape code sent to the terminal). A plain target is shown as it is.
+#[test]
+fn notes_escape_control_characters_of_a_target() {
+    let store = setup!("overlay");
+    store.layer("base", None, &[dir("dir", 0o755)]);
+    store.strata(&["prepare", "a", "base"]).success();
+    let odd = store.scratch("nl\n\x1b[31mred");
+    let shown = odd
+        .to_str()
+        .unwrap()
+        .replace('\n', "\\n")
+        .replace('\x1b', "\\u{1b}");
+    let one_note = |run: &Run, want: &str| {
+        assert_eq!(run.stderr, format!("{want}\n"), "{}", run.session());
+        assert!(!run.stderr.contains('\x1b'), "{}", run.session());
+    };
+
+    let guard = MountGuard::new(&odd);
+    let t = odd.to_str().unwrap();
+    let run = store.strata(&["mount", "a", t]).success();
+    one_note(&run, &format!("mounted `a` at {shown}"));
+    assert!(is_mount_point(&odd));
+    let run = store.strata(&["unmount", t]).success();
+    one_note(&run, &format!("unmounted {shown}"));
+    assert!(!is_mount_point(&odd));
+
+    let run = store
+        .strata(&["prepare", "b", "base", "--mount", t])
+        .success();
+    one_note(&run, &format!("mounted `b` at {shown}"));
+    let run = store.strata(&["unmount", "b"]).success();
+    one_note(&run, &format!("unmounted {shown}"));
+
+    let run = store.strata(&["view", "v", "base", "--mount", t]).success();
+    one_note(&run, &format!("mounted `v` at {shown}"));
+    let run = store.strata(&["unmount", "v"]).success();
+    one_note(&run, &format!("unmounted {shown}"));
+    drop(guard);
+
+    // A target that needs no escaping is shown byte for byte.
+    let plain = MountGuard::new(&store.scratch("plain"));
+    let p = plain.path.to_str().unwrap();
+    let run = store.strata(&["mount", "a", p]).success();
+    one_note(&run, &format!("mounted `a` at {p}"));
+    let run = store.strata(&["unmount", p]).success();
+    one_note(&run, &format!("unmounted {p}"));
+}
+
 /// Targets that are not a directory, inside the store, the store itself or
 /// above it are refused before anything is mounted or created.
 #[test]
