@@ -996,7 +996,7 @@ impl Store {
         // were undone).
         self.refuse_other_mounts(&table, [(row.id, key)], &mounted, "commit")?;
         self.refuse_mounts_inside(&table, std::slice::from_ref(&row), "commit")?;
-        refuse_mounts_inside_ours(&table, key, &mounted)?;
+        refuse_mounts_inside_ours(&table, std::slice::from_ref(&row), &mounted, "commit")?;
         drop(table);
         for rec in &mounted {
             self.unmount_target(rec, false).map_err(|e| {
@@ -1213,6 +1213,7 @@ impl Store {
                 _ => {
                     let rows_named = rows.iter().map(|r| (r.id, &*r.name));
                     self.refuse_other_mounts(&table, rows_named, &mounted, "remove")?;
+                    refuse_mounts_inside_ours(&table, rows, &mounted, "remove")?;
                     return self.refuse_mounts_inside(&table, rows, "remove");
                 }
             }
@@ -1249,6 +1250,7 @@ impl Store {
         // (audit: they were undone first).
         let rows_named = rows.iter().map(|r| (r.id, &*r.name));
         self.refuse_other_mounts(&table, rows_named, &mounted, "remove")?;
+        refuse_mounts_inside_ours(&table, rows, &mounted, "remove")?;
         self.refuse_mounts_inside(&table, rows, "remove")?;
         drop(table);
         for rec in &mounted {
@@ -1753,16 +1755,17 @@ fn mountable(tx: &Transaction<'_>, key: &str) -> Result<Row> {
     Ok(row)
 }
 
-/// Refuses to commit `key` while a file system is mounted inside one of
-/// strata's mounts of it, `mounted` (on one of its directories): the
-/// unmount of that mount would refuse (see [`Store::unmount_target`]),
-/// after the mounts before it were undone (audit: a native snapshot
-/// mounted twice lost its first mount, and the error's hint said to close
-/// what uses the mount).
+/// Refuses to `verb` (commit, remove) `rows` while a file system is
+/// mounted inside one of strata's mounts of them, `mounted`: the unmount
+/// of that mount would refuse (see [`Store::unmount_target`]), after the
+/// mounts before it were undone (audit: a native snapshot mounted twice
+/// lost its first mount, and the error's hint said to close what uses the
+/// mount; `rm -f` the same, review).
 fn refuse_mounts_inside_ours(
     table: &mount::MountTable,
-    key: &str,
+    rows: &[Row],
     mounted: &[MountRecord],
+    verb: &str,
 ) -> Result<()> {
     // One of another mount namespace is not in `table`: its unmount
     // refuses on its own, and no mount of this one is inside it.
@@ -1770,8 +1773,12 @@ fn refuse_mounts_inside_ours(
     for rec in mounted.iter().filter(|r| foreign(r, own).is_none()) {
         let Some(ours) = rec.mount_id else { continue };
         if let Some(inner) = table.inside(ours).first() {
+            let key = rows
+                .iter()
+                .find(|r| r.id == rec.snapshot_id)
+                .map_or("", |r| r.name.as_str());
             return Err(Error::precondition(format!(
-                "cannot commit `{key}`: a file system is mounted inside it, at {} (in strata's mount of it at {})",
+                "cannot {verb} `{key}`: a file system is mounted inside it, at {} (in strata's mount of it at {})",
                 inner.display(),
                 rec.target
             ))

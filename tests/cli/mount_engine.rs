@@ -844,10 +844,11 @@ fn commit_of_a_snapshot_with_a_mount_inside(driver: &str) {
 }
 
 /// A native snapshot mounted twice, with a file system mounted by hand inside the mount
-/// strata would undo last: `commit` refuses before it undoes either (audit: it
-/// unmounted the first, then failed on the second, saying to close what uses it).
+/// strata would undo last: `commit`, `rm -f` and `rm -r -f` refuse before they undo
+/// either (audit: they unmounted the first, then failed on the second, `commit`
+/// saying to close what uses it).
 #[test]
-fn commit_with_a_mount_inside_a_second_strata_mount() {
+fn commit_or_rm_with_a_mount_inside_a_second_strata_mount() {
     let store = setup!("native");
     store.layer("base", None, &[dir("dir", 0o755)]);
     store.strata(&["prepare", "a", "base"]).success();
@@ -874,10 +875,24 @@ fn commit_with_a_mount_inside_a_second_strata_mount() {
         "{}",
         run.session()
     );
-    assert_eq!(store.info("a")["kind"], "active");
-    assert_eq!(store.info("a")["mounted_at"].as_array().unwrap().len(), 2);
-    assert!(is_mount_point(&one.path) && is_mount_point(&two.path));
-    assert!(is_mount_point(&inner.path) && inner.join("precious").exists());
+    let still = || {
+        assert_eq!(store.info("a")["kind"], "active");
+        assert_eq!(store.info("a")["mounted_at"].as_array().unwrap().len(), 2);
+        assert!(is_mount_point(&one.path) && is_mount_point(&two.path));
+        assert!(is_mount_point(&inner.path) && inner.join("precious").exists());
+    };
+    still();
+    // `rm -f` the same, before it undoes a mount (review: it undid the first).
+    for args in [&["rm", "-f", "a"][..], &["rm", "-r", "-f", "base"]] {
+        let run = store.fails(args, "failed_precondition");
+        let message = run.json_error()["message"].to_string();
+        assert!(
+            message.contains("cannot remove `a`") && message.contains(point),
+            "{}",
+            run.session()
+        );
+        still();
+    }
     umount_by_hand(&inner.path);
     store.strata(&["commit", "c", "a"]).success();
     assert!(!is_mount_point(&one.path) && !is_mount_point(&two.path));
