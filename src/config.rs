@@ -280,13 +280,20 @@ pub struct Setting<T> {
     pub source: Source,
 }
 
+fn path_read<S: serde::Serializer>(lookup: &Lookup, s: S) -> std::result::Result<S::Ok, S::Error> {
+    if lookup.found {
+        s.collect_str(&lookup.path.display())
+    } else {
+        s.serialize_none()
+    }
+}
+
 /// The effective configuration (`strata config`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Settings {
-    /// The config file read, if there was one.
-    pub config_file: Option<String>,
-    /// The config file looked for (shown in the table).
-    #[serde(skip)]
+    /// The config file looked for; shown (`config_file`) as the path read,
+    /// or null when there was none.
+    #[serde(rename = "config_file", serialize_with = "path_read")]
     pub config_lookup: Lookup,
     pub root: Setting<PathBuf>,
     pub driver: Setting<Option<DriverName>>,
@@ -370,7 +377,6 @@ pub fn resolve(given: Given<'_>) -> Result<Settings> {
         },
     };
     Ok(Settings {
-        config_file: lookup.found.then(|| lookup.path.display().to_string()),
         config_lookup: lookup,
         root,
         driver: Setting {

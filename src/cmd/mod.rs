@@ -172,20 +172,21 @@ pub fn parse_lazily() -> std::result::Result<clap::ArgMatches, clap::Error> {
 /// it changes, so neither does an error clap finds there.
 pub fn command_line() -> Vec<std::ffi::OsString> {
     let mut args = crate::argv::args_os();
-    if let Some(at) = labels_apart(&args)
+    if let Some((at, _)) = label_options(&args)
         .into_iter()
-        .find(|&at| args.get(at + 1).is_some_and(|next| next == "--"))
+        .find(|&(at, apart)| apart && args.get(at + 1).is_some_and(|next| next == "--"))
     {
         args.truncate(at + 1);
     }
     args
 }
 
-/// Where the `--label` options whose value is the next argument (`--label
-/// K=V`, not `--label=K=V`) stand on a command line, up to the end of
-/// options: a `--` that is not such a value. No other option takes
-/// `--label` as its value (clap reports the other option's missing value).
-fn labels_apart(args: &[std::ffi::OsString]) -> Vec<usize> {
+/// The `--label` options of a command line, in order, up to the end of
+/// options (a `--` that is not such an option's value): where each stands
+/// and whether its value is the next argument (`--label K=V`, not
+/// `--label=K=V`). No other option takes `--label` as its value (clap
+/// reports the other option's missing value).
+fn label_options(args: &[std::ffi::OsString]) -> Vec<(usize, bool)> {
     let mut found = Vec::new();
     let mut at = 1;
     while let Some(arg) = args.get(at) {
@@ -193,38 +194,14 @@ fn labels_apart(args: &[std::ffi::OsString]) -> Vec<usize> {
             break;
         }
         if arg == "--label" {
-            found.push(at);
+            found.push((at, true));
             at += 1;
+        } else if arg.as_encoded_bytes().starts_with(b"--label=") {
+            found.push((at, false));
         }
         at += 1;
     }
     found
-}
-
-/// For each `--label` option on a command line, in order, up to the end of
-/// options: whether its value is the next argument (`--label K=V`), not
-/// part of it (`--label=K=V`).
-fn label_forms(args: &[std::ffi::OsString]) -> Vec<bool> {
-    let apart = labels_apart(args);
-    let end = args
-        .iter()
-        .skip(1)
-        .position(|a| a == "--")
-        .map_or(args.len(), |p| p + 1);
-    let mut forms = Vec::new();
-    let mut at = 1;
-    while at < end {
-        if apart.contains(&at) {
-            forms.push(true);
-            at += 2;
-            continue;
-        }
-        if args[at].as_encoded_bytes().starts_with(b"--label=") {
-            forms.push(false);
-        }
-        at += 1;
-    }
-    forms
 }
 
 fn parse_lazily_from<I, T>(args: I) -> std::result::Result<clap::ArgMatches, clap::Error>
@@ -455,7 +432,11 @@ pub fn labels_of_options(texts: &[String]) -> Result<store::Labels> {
         let refused = texts
             .iter()
             .position(|t| store::key::parse_label(t).is_err());
-        let apart = |n: usize| label_forms(&crate::argv::args_os()).get(n) == Some(&true);
+        let apart = |n: usize| {
+            label_options(&crate::argv::args_os())
+                .get(n)
+                .is_some_and(|&(_, apart)| apart)
+        };
         match refused.map(|n| (n, &texts[n])) {
             Some((n, text)) if text.starts_with('-') && !text.contains('=') && apart(n) => e
                 .with_hint(format!(

@@ -939,10 +939,15 @@ impl Store {
     /// emptied the bind's source); a commit would count what that file
     /// system holds as the layer's usage and leave it mounted, writable,
     /// in a committed layer.
+    ///
+    /// Also inside one of strata's own mounts of them, `mounted`
+    /// ([`refuse_mounts_inside_ours`]), so every such refusal comes before
+    /// any of those mounts is undone.
     fn refuse_mounts_inside(
         &self,
         table: &mount::MountTable,
         rows: &[Row],
+        mounted: &[MountRecord],
         op: &str,
     ) -> Result<()> {
         // The store's root was made symlink-free when it was opened, as
@@ -950,7 +955,7 @@ impl Store {
         let snapshots = self.layout.snapshots();
         let ids: HashMap<i64, &str> = rows.iter().map(|r| (r.id, r.name.as_str())).collect();
         let Some((id, point)) = table.first_inside(snapshots, |id| ids.contains_key(&id)) else {
-            return Ok(());
+            return refuse_mounts_inside_ours(table, rows, mounted, op);
         };
         Err(Error::precondition(format!(
             "cannot {op} `{}`: a file system is mounted inside it, at {}",
@@ -995,8 +1000,7 @@ impl Store {
         // strata's mounts of it (whose unmount would fail after others
         // were undone).
         self.refuse_other_mounts(&table, [(row.id, key)], &mounted, "commit")?;
-        self.refuse_mounts_inside(&table, std::slice::from_ref(&row), "commit")?;
-        refuse_mounts_inside_ours(&table, std::slice::from_ref(&row), &mounted, "commit")?;
+        self.refuse_mounts_inside(&table, std::slice::from_ref(&row), &mounted, "commit")?;
         drop(table);
         for rec in &mounted {
             self.unmount_target(rec, false).map_err(|e| {
@@ -1213,8 +1217,7 @@ impl Store {
                 _ => {
                     let rows_named = rows.iter().map(|r| (r.id, &*r.name));
                     self.refuse_other_mounts(&table, rows_named, &mounted, "remove")?;
-                    refuse_mounts_inside_ours(&table, rows, &mounted, "remove")?;
-                    return self.refuse_mounts_inside(&table, rows, "remove");
+                    return self.refuse_mounts_inside(&table, rows, &mounted, "remove");
                 }
             }
         }
@@ -1250,8 +1253,7 @@ impl Store {
         // (audit: they were undone first).
         let rows_named = rows.iter().map(|r| (r.id, &*r.name));
         self.refuse_other_mounts(&table, rows_named, &mounted, "remove")?;
-        refuse_mounts_inside_ours(&table, rows, &mounted, "remove")?;
-        self.refuse_mounts_inside(&table, rows, "remove")?;
+        self.refuse_mounts_inside(&table, rows, &mounted, "remove")?;
         drop(table);
         for rec in &mounted {
             self.unmount_target(rec, false)

@@ -72,12 +72,12 @@ fn check_xattr(entry: &str, kind: &Kind, name: &[u8], value: &[u8]) -> Result<()
     if name == ACL_DEFAULT && !matches!(kind, Kind::Dir) {
         return refuse("only directories have a default ACL");
     }
-    let Some((header, entries)) = value.split_first_chunk::<4>() else {
+    let Some((header, _)) = value
+        .split_first_chunk::<4>()
+        .filter(|(_, entries)| entries.len().is_multiple_of(8))
+    else {
         return refuse("not a POSIX ACL (a 4-byte header and 8-byte entries)");
     };
-    if !entries.len().is_multiple_of(8) {
-        return refuse("not a POSIX ACL (a 4-byte header and 8-byte entries)");
-    }
     let version = u32::from_le_bytes(*header);
     if version != ACL_XATTR_VERSION {
         return refuse(&format!(
