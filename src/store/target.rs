@@ -29,6 +29,19 @@ impl TargetPath {
             match fs::metadata(&existing) {
                 Ok(_) => break,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // A symlink to nowhere: making its name a directory is
+                    // impossible, and making the place it names would be a
+                    // guess at what the user meant.
+                    if let Ok(dest) = fs::read_link(&existing) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "{} is a symbolic link to {}, which does not exist",
+                                existing.display(),
+                                dest.display()
+                            ),
+                        ));
+                    }
                     // A missing directory followed by `..` has no name to
                     // create; `/` always exists.
                     let Some(name) = existing.file_name() else {
@@ -100,6 +113,27 @@ mod tests {
         assert!(real.join("a/b").is_dir());
         made.undo();
         assert!(!real.join("a").exists(), "undo removes what create made");
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn a_dangling_symlink_on_the_way_is_refused_by_name() {
+        let tmp = std::env::temp_dir().join(format!("strata-dangling-{}", std::process::id()));
+        fs::create_dir_all(&tmp).unwrap();
+        std::os::unix::fs::symlink(tmp.join("nowhere"), tmp.join("link")).unwrap();
+        for target in [tmp.join("link"), tmp.join("link/a")] {
+            let e = TargetPath::resolve(&target).err().expect("refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            let link = tmp.join("link");
+            let nowhere = tmp.join("nowhere");
+            let expected = format!(
+                "{} is a symbolic link to {}, which does not exist",
+                link.display(),
+                nowhere.display()
+            );
+            assert_eq!(e.to_string(), expected);
+        }
+        assert!(!tmp.join("nowhere").exists(), "nothing is made");
         fs::remove_dir_all(&tmp).unwrap();
     }
 }
