@@ -141,8 +141,12 @@ impl Store {
             !matches!(std::fs::metadata(&root), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
         Layout::create(&root).map_err(|e| {
             let verb = if existed { "open" } else { "create" };
-            let denied = e.kind() == std::io::ErrorKind::PermissionDenied;
-            let err = Error::io(format!("cannot {verb} the store {}", root.display()), e);
+            // EACCES is another user's directory; EPERM (a read-only kernel
+            // file system such as /sys) is not, and neither is a failure of
+            // the kernel's: the store is just not usable there.
+            let denied = e.raw_os_error() == Some(libc::EACCES);
+            let what = format!("cannot {verb} the store {}", root.display());
+            let err = Error::new(Kind::Internal, what).with_source(e);
             match denied {
                 true => err.with_hint(
                     "the store, or a directory above it, belongs to another user (root's store is /var/lib/strata): use a store of your own, with --root or STRATA_ROOT",
@@ -941,10 +945,10 @@ impl Store {
     /// in a committed layer.
     ///
     /// Also inside one of strata's own mounts of them, `mounted`
-    /// ([`refuse_mounts_inside_ours`]), so every such refusal comes before
+    /// ([`mount_inside_ours`]), so every such refusal comes before
     /// any of those mounts is undone.
     fn refuse_mounts_inside(
-        &self,
+        &mut self,
         table: &mount::MountTable,
         rows: &[Row],
         mounted: &[MountRecord],
@@ -954,15 +958,40 @@ impl Store {
         // mountinfo names paths.
         let snapshots = self.layout.snapshots();
         let ids: HashMap<i64, &str> = rows.iter().map(|r| (r.id, r.name.as_str())).collect();
-        let Some((id, point)) = table.first_inside(snapshots, |id| ids.contains_key(&id)) else {
-            return refuse_mounts_inside_ours(table, rows, mounted, op);
+        let (message, point) = match table.first_inside(snapshots, |id| ids.contains_key(&id)) {
+            Some((id, point)) => {
+                let message = format!(
+                    "cannot {op} `{}`: a file system is mounted inside it, at {}",
+                    ids[&id],
+                    point.display()
+                );
+                (message, point.to_path_buf())
+            }
+            None => match mount_inside_ours(table, rows, mounted) {
+                Some((key, inner, outer)) => {
+                    let message = format!(
+                        "cannot {op} `{key}`: a file system is mounted inside it, at {} (in strata's mount of it at {outer})",
+                        inner.display()
+                    );
+                    (message, inner)
+                }
+                None => return Ok(()),
+            },
         };
-        Err(Error::precondition(format!(
-            "cannot {op} `{}`: a file system is mounted inside it, at {}",
-            ids[&id],
+        // strata's own mount (of another snapshot) is undone by strata,
+        // which also forgets its record.
+        let strata_mount = self
+            .read_mounts()
+            .is_ok_and(|records| records.iter().any(|r| Path::new(&r.target) == point));
+        let command = if strata_mount {
+            "strata unmount"
+        } else {
+            "umount"
+        };
+        Err(Error::precondition(message).with_hint(format!(
+            "unmount it first (`{command} {}`)",
             point.display()
-        ))
-        .with_hint(format!("unmount it first (`umount {}`)", point.display())))
+        )))
     }
 
     /// Turns active `key` into committed `name`, recording its usage.
@@ -1763,12 +1792,14 @@ fn mountable(tx: &Transaction<'_>, key: &str) -> Result<Row> {
 /// mounts before it were undone (audit: a native snapshot mounted twice
 /// lost its first mount, and the error's hint said to close what uses the
 /// mount; `rm -f` the same, review).
-fn refuse_mounts_inside_ours(
+/// The first file system mounted inside one of strata's mounts
+/// `mounted` of `rows`: the snapshot's key, where it is, and strata's
+/// mount it is in.
+fn mount_inside_ours<'a>(
     table: &mount::MountTable,
-    rows: &[Row],
-    mounted: &[MountRecord],
-    verb: &str,
-) -> Result<()> {
+    rows: &'a [Row],
+    mounted: &'a [MountRecord],
+) -> Option<(&'a str, PathBuf, &'a str)> {
     // One of another mount namespace is not in `table`: its unmount
     // refuses on its own, and no mount of this one is inside it.
     let own = mount::own_namespace();
@@ -1779,15 +1810,10 @@ fn refuse_mounts_inside_ours(
                 .iter()
                 .find(|r| r.id == rec.snapshot_id)
                 .map_or("", |r| r.name.as_str());
-            return Err(Error::precondition(format!(
-                "cannot {verb} `{key}`: a file system is mounted inside it, at {} (in strata's mount of it at {})",
-                inner.display(),
-                rec.target
-            ))
-            .with_hint(format!("unmount it first (`umount {}`)", inner.display())));
+            return Some((key, inner.clone(), rec.target.as_str()));
         }
     }
-    Ok(())
+    None
 }
 
 fn mounted_meanwhile(key: &str, target: &str) -> Error {

@@ -986,6 +986,35 @@ fn another_users_store_is_out_of_reach() {
     );
 }
 
+/// A store the kernel will not let anyone make (sysfs refuses `mkdir` with
+/// EPERM even to root) is an I/O failure with the kernel's reason, and not
+/// another user's (audit: exit 7, no reason, and that user's hint).
+#[test]
+fn a_store_no_one_can_make_is_not_another_users() {
+    // Root, for whom EACCES cannot be the answer.
+    if !require_root_and_overlay() {
+        return;
+    }
+    if !Path::new("/sys/kernel").is_dir() {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "no /sys");
+        eprintln!("skipped: /sys is not mounted");
+        return;
+    }
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env(CONFIG_VAR, "/nonexistent/strata.yaml")
+        .args(["--root", "/sys/kernel/strata-test", "ls"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: cannot create the store /sys/kernel/strata-test: Operation not permitted (os error 1)\n"
+    );
+}
+
 /// A store not made yet, for a test that runs strata as user 65534, its
 /// temporary directory opened to `mode`; `None` (the test is skipped, or
 /// fails in CI) without root and overlay or without util-linux `setpriv`.

@@ -801,6 +801,11 @@ fn rm_r_refused(store: &Store, target: &Path) {
 /// with the hint to unmount it.
 #[track_caller]
 fn refused_for_mount_inside(store: &Store, point: &str) {
+    refused_for_mount_inside_with_hint(store, point, "umount");
+}
+
+/// As [`refused_for_mount_inside`], with the hint naming `command` to undo it.
+fn refused_for_mount_inside_with_hint(store: &Store, point: &str, command: &str) {
     let run = store.fails(&["commit", "c", "a"], "failed_precondition");
     let error = run.json_error();
     let message = error["message"].as_str().unwrap();
@@ -814,10 +819,29 @@ fn refused_for_mount_inside(store: &Store, point: &str) {
     assert!(
         error["hints"]
             .to_string()
-            .contains(&format!("umount {point}")),
+            .contains(&format!("(`{command} {point}`)")),
         "{}",
         run.session()
     );
+}
+
+/// A strata mount of another snapshot inside strata's mount of `a` refuses
+/// `a`'s commit, and the hint says to undo it with `strata unmount`, which also
+/// forgets its record (review: it said `umount`).
+#[test]
+fn a_strata_mount_inside_is_undone_with_strata_unmount() {
+    let store = setup!("overlay");
+    store.layer("base", None, &[dir("dir", 0o755)]);
+    store.strata(&["prepare", "a", "base"]).success();
+    store.strata(&["view", "b", "base"]).success();
+    let outer = store.mount("a");
+    let inner = MountGuard::new(&outer.join("dir"));
+    let point = inner.path.to_str().unwrap();
+    store.strata(&["mount", "b", point]).success();
+    refused_for_mount_inside_with_hint(&store, point, "strata unmount");
+    store.strata(&["unmount", point]).success();
+    store.strata(&["commit", "c", "a"]).success();
+    assert!(!is_mount_point(&outer.path));
 }
 
 /// A file system mounted by hand inside an active snapshot's directory (the native
@@ -962,7 +986,13 @@ fn bad_mount_targets_are_invalid() {
     let through_link = sneaky.join("x");
     let under_file = file.join("x");
     let up_from_missing = store.tmp().join("missing/../elsewhere");
+    // A symlink to nowhere, as the target or on the way to it.
+    let dangling = store.scratch("dangling");
+    std::os::unix::fs::symlink(store.tmp().join("nowhere"), &dangling).unwrap();
+    let under_dangling = dangling.join("x");
     for target in [
+        dangling.to_str().unwrap(),
+        under_dangling.to_str().unwrap(),
         file.to_str().unwrap(),
         under_file.to_str().unwrap(),
         up_from_missing.to_str().unwrap(),
@@ -980,6 +1010,10 @@ fn bad_mount_targets_are_invalid() {
         "nothing was created in the store through the symlink"
     );
     assert!(!store.tmp().join("missing").exists() && !store.tmp().join("elsewhere").exists());
+    assert!(
+        !store.tmp().join("nowhere").exists(),
+        "a symlink's destination was made"
+    );
     // A target that is not UTF-8 could not be recorded (nor named in JSON).
     use std::os::unix::ffi::OsStrExt;
     let odd = store.tmp().join(std::ffi::OsStr::from_bytes(b"m-\xff"));
