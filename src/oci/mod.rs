@@ -1029,6 +1029,14 @@ pub fn pull(
         sha256_hex(d, &format!("a diff_id in the image config of {what}"))?;
     }
     let chain = chain_ids(&diff_ids);
+    // Checked before a layer is read: the layers would be committed first,
+    // and then the name found taken by one of them.
+    if chain.iter().any(|id| id == name) {
+        return Err(Error::invalid(format!(
+            "`{name}` is the chain ID of a layer of {what}, which is that layer's snapshot: it cannot also name the image"
+        ))
+        .with_hint("give the image another NAME, the command's last argument"));
+    }
     alias_plan(store, name, chain.last().map(String::as_str))?;
     let mut layers = Vec::with_capacity(descs.len());
     let mut parent: Option<String> = None;

@@ -613,6 +613,25 @@ fn pull_into_a_taken_or_contested_name() {
     // The hint fits import as well as pull (it named `strata pull`).
     assert!(!run.stderr.contains("strata pull"), "{}", run.session());
     assert_eq!(b.names(&[]), ["taken"], "layers were committed first");
+    // Nor can NAME be the chain ID of one of the image's own layers (audit:
+    // the layers were committed, then the name was found taken by one).
+    let probe = Store::setup("native").unwrap();
+    probe.strata(&["import", &v2, "probe"]).success();
+    let ids: Vec<String> = probe
+        .names(&[])
+        .into_iter()
+        .filter(|n| n != "probe")
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    for id in &ids {
+        let run = b.fails(&["import", &v2, id], "invalid");
+        assert!(
+            run.stderr.contains("chain ID of a layer"),
+            "{}",
+            run.session()
+        );
+        assert_eq!(b.names(&[]), ["taken"], "layers were committed first");
+    }
 
     let first = Paused::start(&b, &["import", &v1, "img"], "pull:alias-planned");
     b.strata(&["import", &v2, "img"]).success();
