@@ -712,7 +712,11 @@ fn walk_parents<T>(
             break;
         }
         let Some((parent, value)) = lookup(id)? else {
-            break;
+            // Only a damaged index (foreign keys off, an edit by hand) has
+            // a parent id with no row; a chain cut there would mount the
+            // snapshot without its lower layers.
+            let child = out.last().map_or(start, |(child, _)| *child);
+            return Err(missing_parent_error(tx, child, id));
         };
         out.push((id, value));
         next = parent;
@@ -733,11 +737,27 @@ pub fn cycle_error(tx: &Transaction<'_>, ids: &[i64]) -> Error {
     cycle_named(names)
 }
 
+/// What to do about parent ids no command can mend.
+const DAMAGED_PARENTS_HINT: &str = "`strata check` reports it; no command can repair it: restore the index from a backup, or correct a parent_id with sqlite3";
+
+/// The error of a walk of parents that met a parent id (`parent`, of
+/// snapshot `child`) with no row.
+fn missing_parent_error(tx: &Transaction<'_>, child: i64, parent: i64) -> Error {
+    let name = match find_id(tx, child) {
+        Ok(Some(row)) => row.name,
+        _ => format!("#{child}"),
+    };
+    Error::internal(format!(
+        "the index is damaged: the parent of snapshot `{name}` (id {parent}) does not exist"
+    ))
+    .with_hint(DAMAGED_PARENTS_HINT)
+}
+
 /// [`cycle_error`] of snapshots named `names`, each a child of the next
 /// (and the last of the first).
 pub fn cycle_named(names: Vec<String>) -> Error {
     Error::internal(format!("the index is damaged: {}", parent_cycle(names)))
-        .with_hint("`strata check` reports it; no command can repair it: restore the index from a backup, or correct a parent_id with sqlite3")
+        .with_hint(DAMAGED_PARENTS_HINT)
 }
 
 /// How a cycle of parents (`names`, each a child of the next) is described,

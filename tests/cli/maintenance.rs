@@ -641,7 +641,38 @@ fn a_parent_cycle_is_reported_and_walks_end(driver: &str) {
     assert_eq!(s.names(&[]), vec!["a", "act", "b", "base", "v"]);
 }
 
+/// A parent id with no row (an index edited with foreign keys off) stops every
+/// walk of the chain as `internal`, naming the snapshot: a mount of what is
+/// built on it would lack the lower layers (audit: `mounts`, `prepare` and
+/// `info` went on as if it had no parent). `check` names it.
+fn a_parent_with_no_row_stops_every_walk(driver: &str) {
+    let s = store(driver);
+    s.strata(&["prepare", "w2", "base"]).success();
+    s.strata(&["commit", "mid", "w2"]).success();
+    s.strata(&["view", "v", "mid"]).success();
+    python_sql(
+        &s,
+        "UPDATE snapshots SET parent_id = 4242 WHERE name = 'mid'",
+    );
+    let export = s.scratch("export");
+    for args in [
+        &["mounts", "v"][..],
+        &["prepare", "x", "mid"],
+        &["export", "mid", export.to_str().unwrap()],
+    ] {
+        s.strata(args).fails_with(
+            1,
+            "error: the index is damaged: the parent of snapshot `mid` (id 4242) does not exist",
+        );
+    }
+    assert!(!s.names(&[]).contains(&"x".to_string()), "half-made");
+    let run = s.strata(&["check"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    assert!(run.stdout.contains("broken-parent"), "{}", run.session());
+}
+
 both_drivers!(
+    a_parent_with_no_row_stops_every_walk,
     a_lost_index_is_refused,
     prune_finds_every_leftover,
     check_reports_and_repairs,
