@@ -96,12 +96,17 @@ impl Error {
         Self::new(Kind::Unsupported, message)
     }
 
-    /// An I/O failure while doing `what`.
+    /// An I/O failure while doing `what`: `internal`, but where the kernel
+    /// cannot do it at all. EPERM is not among those: a file that is
+    /// immutable or on a kernel file system says it too, and a script
+    /// taking 7 for "use the native driver, or root" would act on it
+    /// (audit); where EPERM does mean "without privilege" (mount(2),
+    /// umount2(2)) the caller says so.
     pub fn io(what: impl Into<String>, err: std::io::Error) -> Self {
         let kind = match err.kind() {
             std::io::ErrorKind::Unsupported => Kind::Unsupported,
             _ => match err.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::ENOSYS) | Some(libc::ENODEV) => Kind::Unsupported,
+                Some(libc::ENOSYS) | Some(libc::ENODEV) => Kind::Unsupported,
                 _ => Kind::Internal,
             },
         };

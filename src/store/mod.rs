@@ -759,7 +759,13 @@ impl Store {
                 .with_source(e));
             }
             Err(e) => {
-                return Err(Error::io(format!("cannot unmount {}", target.display()), e));
+                let what = format!("cannot unmount {}", target.display());
+                return Err(match e.raw_os_error() {
+                    Some(libc::EPERM) => Error::unsupported(what)
+                        .with_hint("unmounting needs root, as mounting does")
+                        .with_source(e),
+                    _ => Error::io(what, e),
+                });
             }
         }
         crash::point("unmount:unmounted");

@@ -1015,6 +1015,39 @@ fn a_store_no_one_can_make_is_not_another_users() {
     );
 }
 
+/// EPERM from a file, not from mount(2), is an I/O failure (1), not
+/// `unsupported` (7), which says to use root or the native driver (audit: an
+/// immutable output file gave 7). An unmount without privilege stays 7.
+#[test]
+fn eperm_is_unsupported_only_for_mounting() {
+    let Some(s) = store_for_nobody("native", 0o777) else {
+        return;
+    };
+    // The store is the unprivileged user's, for it to try an unmount.
+    let tmp = s.tmp().to_path_buf();
+    let nobody = |args: &[&str]| as_nobody(&s.root, &tmp, args);
+    nobody(&["init", "--driver", "native"]).success();
+    nobody(&["prepare", "a"]).success();
+    nobody(&["commit", "base", "a"]).success();
+    nobody(&["view", "v", "base"]).success();
+    let out = s.scratch("immutable.tar");
+    fs::write(&out, "").unwrap();
+    let chattr = |flag: &str| {
+        let status = Command::new("chattr").arg(flag).arg(&out).status();
+        assert!(status.is_ok_and(|s| s.success()), "chattr {flag}");
+    };
+    chattr("+i");
+    let run = s.strata(&["diff", "base", "--output-file", out.to_str().unwrap()]);
+    chattr("-i");
+    run.fails_with(1, "Operation not permitted");
+
+    let m = s.mount("v");
+    nobody(&["unmount", m.path.to_str().unwrap()])
+        .fails_with(7, "cannot unmount")
+        .fails_with(7, "hint: unmounting needs root");
+    assert!(is_mount_point(&m.path));
+}
+
 /// A store not made yet, for a test that runs strata as user 65534, its
 /// temporary directory opened to `mode`; `None` (the test is skipped, or
 /// fails in CI) without root and overlay or without util-linux `setpriv`.
