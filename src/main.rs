@@ -37,6 +37,7 @@ extern "C" fn main(argc: std::ffi::c_int, argv: *const *const std::ffi::c_char) 
     // SAFETY: setting a signal's disposition to SIG_IGN before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     open_standard_fds();
+    keep_owner_permissions();
     let code = std::panic::catch_unwind(run).unwrap_or(101);
     let _ = std::io::stdout().flush();
     code.into()
@@ -68,6 +69,22 @@ fn open_standard_fds() {
             // SAFETY: exiting at once, as the runtime start does.
             unsafe { libc::abort() };
         }
+    }
+}
+
+/// Clears the owner's bits of the umask, keeping group and others' as the
+/// user set them: under a umask of 0777 the store's index, its directories
+/// and the snapshots' trees would be made mode 0000, and a store made by a
+/// user other than root unusable to that user ever after (audit).
+fn keep_owner_permissions() {
+    // SAFETY: umask(2) cannot fail; it is read by setting it.
+    let old = unsafe { libc::umask(0o077) };
+    if old & 0o700 == 0 {
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+    } else {
+        // SAFETY: as above.
+        unsafe { libc::umask(old & 0o077) };
     }
 }
 

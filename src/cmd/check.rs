@@ -27,7 +27,7 @@ pub struct Args {
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     // It holds a lock, an open directory, on each of a batch of snapshots.
     crate::store::raise_open_file_limit();
-    let report = ctx.store()?.check(args.repair)?;
+    let report = ctx.existing_store()?.check(args.repair)?;
     ctx.printer.data(&report, |r| {
         let mut out: String = r
             .problems

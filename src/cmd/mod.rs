@@ -357,6 +357,21 @@ impl Context {
         }
         Ok(self.store.as_mut().expect("store opened"))
     }
+
+    /// The store, which must exist: for commands that only look at one or
+    /// tidy it (`check`, `prune`), a mistyped root is an error, not a new
+    /// empty store reported consistent.
+    pub fn existing_store(&mut self) -> Result<&mut Store> {
+        let root = &self.settings.root.value;
+        if self.store.is_none() && std::fs::symlink_metadata(root).is_err() {
+            return Err(crate::store::Error::not_found(format!(
+                "there is no store at {}",
+                root.display()
+            ))
+            .with_hint("name the store with --root or STRATA_ROOT"));
+        }
+        self.store()
+    }
 }
 
 /// Resolves settings from flags, environment, config file and defaults.

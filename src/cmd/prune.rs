@@ -23,7 +23,7 @@ pub struct Args {
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     // It holds a lock, an open directory, on each of a batch of snapshots.
     crate::store::raise_open_file_limit();
-    let report = ctx.store()?.prune(args.dry_run)?;
+    let report = ctx.existing_store()?.prune(args.dry_run)?;
     ctx.printer.data(&report, |r| {
         let verb = if r.dry_run { "would free" } else { "freed" };
         let mut out: String = r

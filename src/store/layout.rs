@@ -29,6 +29,31 @@ pub const STAGING_PREFIX: &str = "new-";
 /// Prefix of directories being deleted.
 pub const TRASH_PREFIX: &str = "rm-";
 
+/// The error of [`Layout::create`] for a store that has an index but no
+/// `snapshots/` directory.
+#[derive(Debug)]
+pub struct SnapshotsMissing;
+
+impl std::fmt::Display for SnapshotsMissing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("it has an index but no snapshots/ directory")
+    }
+}
+
+impl std::error::Error for SnapshotsMissing {}
+
+/// Makes directory `path` with mode 0700 exactly (`mkdir` applies the
+/// umask: under 0077 the mode would be 0700 anyway, under 0777 it would be
+/// 0000 and the store unusable). Another process making it meanwhile is
+/// fine.
+fn make_private_dir(path: &Path) -> io::Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => fs::set_permissions(path, fs::Permissions::from_mode(0o700)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
@@ -48,21 +73,25 @@ impl Layout {
     pub fn create(root: &Path) -> io::Result<Layout> {
         let layout = Layout::at(root);
         if !root.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(root)?;
-            // DirBuilder applies the umask; the contract says 0700 exactly.
-            fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
+            // Directories above the store as `mkdir -p` makes them (the
+            // umask's mode); the store alone is 0700.
+            if let Some(parent) = root.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            make_private_dir(root)?;
         }
         // Made when missing; any other error (a store of another user:
         // permission denied) is returned as it is, not hidden by a mkdir.
         match fs::metadata(&layout.snapshots) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match fs::DirBuilder::new().mode(0o700).create(&layout.snapshots) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-                    _ => {}
+                // An index without `snapshots/`: the directories are on a
+                // file system not mounted yet, or lost. An empty one made
+                // here would take new snapshots onto the wrong disk and
+                // show the old ones missing (audit).
+                if fs::symlink_metadata(layout.index()).is_ok() {
+                    return Err(io::Error::new(io::ErrorKind::NotFound, SnapshotsMissing));
                 }
+                make_private_dir(&layout.snapshots)?;
             }
             Err(e) => return Err(e),
             Ok(_) => {}

@@ -146,7 +146,14 @@ impl Store {
             // the kernel's: the store is just not usable there.
             let denied = e.raw_os_error() == Some(libc::EACCES);
             let what = format!("cannot {verb} the store {}", root.display());
+            let missing = e.get_ref().is_some_and(|e| e.is::<layout::SnapshotsMissing>());
             let err = Error::new(Kind::Internal, what).with_source(e);
+            if missing {
+                return err.with_hint(format!(
+                    "if {}/snapshots is on a file system not mounted yet, mount it; if the snapshots are lost, make it again (mode 0700) and `strata check --repair` forgets them",
+                    root.display()
+                ));
+            }
             match denied {
                 true => err.with_hint(
                     "the store, or a directory above it, belongs to another user (root's store is /var/lib/strata): use a store of your own, with --root or STRATA_ROOT",

@@ -1048,6 +1048,81 @@ fn eperm_is_unsupported_only_for_mounting() {
     assert!(is_mount_point(&m.path));
 }
 
+/// A store made under a umask that masks the owner's bits is still its
+/// owner's to use: the store and what is in it are made 0700/0600, the
+/// directories above it as `mkdir -p` makes them (audit: `snapshots/` was
+/// left mode 0000, and with it the store). Other users' bits stay masked.
+#[test]
+fn a_umask_of_0777_leaves_a_usable_store() {
+    let Some(s) = store_for_nobody("native", 0o777) else {
+        return;
+    };
+    let root = s.tmp().join("above/store");
+    let run = |umask: &str, args: &str| {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(format!("umask {umask}; exec \"$0\" --root \"$1\" {args}"))
+            .arg(BIN)
+            .arg(&root)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env(CONFIG_VAR, "/nonexistent/strata.yaml")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "umask {umask}; strata {args}: {stderr}"
+        );
+    };
+    run("0777", "init --driver native");
+    run("0777", "prepare a");
+    run("0022", "commit b a");
+    run("0022", "ls");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root), 0o700);
+    assert_eq!(mode(&root.join("snapshots")), 0o700);
+    assert_eq!(mode(&root.join("index.db")), 0o600);
+    assert_eq!(mode(&s.tmp().join("above")), 0o700);
+}
+
+/// `check` and `prune` of a store that does not exist (a mistyped root) say
+/// so, and make nothing (audit: they made an empty store and called it
+/// consistent).
+#[test]
+fn check_and_prune_need_a_store() {
+    let s = Store::uninitialized("native");
+    let missing = s.tmp().join("typo");
+    for args in [&["check"][..], &["prune", "--dry-run"], &["prune"]] {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .env(CONFIG_VAR, "/nonexistent/strata.yaml")
+            .arg("--root")
+            .arg(&missing)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr,
+            format!(
+                "error: there is no store at {}\nhint: name the store with --root or STRATA_ROOT\n",
+                missing.display()
+            )
+        );
+        assert!(!missing.exists(), "{args:?} made the store");
+    }
+}
+
 /// A store not made yet, for a test that runs strata as user 65534, its
 /// temporary directory opened to `mode`; `None` (the test is skipped, or
 /// fails in CI) without root and overlay or without util-linux `setpriv`.

@@ -346,6 +346,14 @@ fn check_forgets_no_snapshot_whose_data_may_be_there(driver: &str) {
     let snaps = s.root.join("snapshots");
     let away = s.root.join("snapshots.away");
     fs::rename(&snaps, &away).unwrap();
+    // Not made again empty, for new snapshots to land on the wrong disk
+    // (audit: `prepare` made it and went on).
+    for args in [&["prepare", "new"][..], &["ls"], &["check"]] {
+        s.strata(args)
+            .fails_with(1, "it has an index but no snapshots/ directory")
+            .fails_with(1, "hint: if ");
+    }
+    assert!(!snaps.exists(), "snapshots/ was made again");
     fs::create_dir(&snaps).unwrap();
     s.strata(&["check", "--repair"]).fails_reporting(
         1,
