@@ -130,10 +130,12 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                 );
             }
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            let d = layer(ctx, &mut out)?;
-            out.flush()
-                .map_err(|e| Error::io("cannot write to standard output", e))?;
-            d
+            let written = layer(ctx, &mut out).and_then(|d| {
+                out.flush()
+                    .map_err(|e| Error::io("cannot write to standard output", e))?;
+                Ok(d)
+            });
+            written.map_err(cut_off)?
         }
     };
     bar.finish_and_clear();
@@ -160,6 +162,19 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             w.digests.diff_id
         )
     })
+}
+
+/// A closed stdout ends `ls | head` quietly and successfully (see
+/// `main`), but here stdout is the layer: what the reader got is cut off,
+/// and exit 0 would say it is whole (audit). Hence an error without the
+/// broken pipe in its chain.
+fn cut_off(e: Error) -> Error {
+    match super::is_broken_pipe(&e) {
+        true => Error::internal(
+            "the layer written to standard output was cut off: its reader closed the pipe",
+        ),
+        false => e,
+    }
 }
 
 /// Whether `path` (followed) exists and is neither a regular file nor a

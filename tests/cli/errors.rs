@@ -1123,6 +1123,42 @@ fn check_and_prune_need_a_store() {
     }
 }
 
+/// `diff` to a reader that stops early fails: its stdout is the layer, and
+/// what the reader got is cut off (audit: exit 0, as for `ls | head`, which
+/// still ends quietly and successfully).
+#[test]
+fn a_layer_cut_off_on_stdout_is_a_failure() {
+    let s = native_with_base();
+    s.strata(&["prepare", "w", "base"]).success();
+    // More than the pipe and strata's buffer hold.
+    let mut noise = vec![0u8; 8 << 20];
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom").unwrap(), &mut noise).unwrap();
+    fs::write(writable_dir(&s, "w").join("big"), &noise).unwrap();
+    s.strata(&["commit", "big", "w"]).success();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env(CONFIG_VAR, "/nonexistent/strata.yaml")
+        .arg("--root")
+        .arg(&s.root)
+        .args(["diff", "big"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 100];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: the layer written to standard output was cut off: its reader closed the pipe\n"
+    );
+}
+
 /// A store not made yet, for a test that runs strata as user 65534, its
 /// temporary directory opened to `mode`; `None` (the test is skipped, or
 /// fails in CI) without root and overlay or without util-linux `setpriv`.
