@@ -103,7 +103,7 @@ fn run() -> Status {
     }));
     // `COMPLETE=bash strata …` answers the shell's completion requests.
     let here = std::env::current_dir().ok();
-    match clap_complete::CompleteEnv::with_factory(Cli::command)
+    match clap_complete::CompleteEnv::with_factory(cmd::completions::tree)
         .try_complete(strata::argv::args_os(), here.as_deref())
     {
         Ok(true) => return 0,

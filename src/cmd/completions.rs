@@ -68,6 +68,27 @@ pub fn script(shell: Shell) -> Result<String> {
         .map_err(|e| Error::internal("completion script is not UTF-8").with_source(e))
 }
 
+/// The command tree the shell's completion requests (`COMPLETE=SHELL
+/// strata -- WORDS…`) are answered from: the CLI's, with the subcommands'
+/// aliases hidden.
+///
+/// clap_complete 4.6 offers a subcommand's name and its visible aliases as
+/// one candidate, and keeps the first of them in alphabetical order
+/// (clap-rs/clap#6317): `strata <TAB>` listed `umount remove list`, never
+/// `unmount rm ls`, and `strata r<TAB>` gave `remove`. Hidden, an alias is
+/// offered only where no name matches the word (`strata st<TAB>` still
+/// gives `stat`), and a line that uses one completes as with the name.
+/// `--help` and the man pages still show the aliases.
+pub fn tree() -> clap::Command {
+    use clap::CommandFactory;
+    super::Cli::command().mut_subcommands(|sub| {
+        let aliases: Vec<String> = sub.get_all_aliases().map(String::from).collect();
+        aliases
+            .into_iter()
+            .fold(sub.alias(None), |sub, alias| sub.alias(alias))
+    })
+}
+
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     ctx.printer.stdout(&script(args.shell)?)
 }

@@ -300,3 +300,41 @@ fn completions_offer_the_kinds_each_argument_takes() {
     }
     s.strata(&["unmount", target]).success();
 }
+
+/// Dynamic completion offers the subcommands' names, not their aliases in
+/// their place (clap_complete kept whichever of a name and its visible
+/// aliases sorts first: `umount remove list`, and `remove` for `r`). An
+/// alias still completes where no name matches.
+#[test]
+fn completions_offer_command_names_not_aliases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = no_config(&tmp.path().join("store"));
+    let complete = |word: &str| -> Vec<String> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["--", "strata", word])
+            .env("COMPLETE", "bash")
+            .env("_CLAP_COMPLETE_INDEX", "1")
+            .env(CONFIG_VAR, &config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .split(['\n', '\u{b}'])
+            .filter(|w| !w.is_empty() && !w.starts_with('-'))
+            .map(String::from)
+            .collect()
+    };
+    let all = complete("");
+    for name in ["rm", "ls", "unmount", "info", "prepare", "commit"] {
+        assert!(all.iter().any(|w| w == name), "no {name} in {all:?}");
+    }
+    assert_eq!(complete("r"), ["rm"]);
+    assert!(
+        complete("l").iter().any(|w| w == "ls"),
+        "{:?}",
+        complete("l")
+    );
+    assert!(complete("u").iter().any(|w| w == "unmount"));
+    assert_eq!(complete("st"), ["stat"]);
+    assert_eq!(complete("rem"), ["remove"]);
+}
