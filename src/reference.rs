@@ -38,23 +38,68 @@ pub fn files() -> Vec<(String, Vec<u8>)> {
 fn render(cmd: clap::Command) -> Vec<u8> {
     let mut buf = Vec::new();
     let synopsis = synopsis(&cmd);
+    let aliases = aliases(&cmd);
+    let listed: Vec<(String, String)> = (cmd.get_subcommands())
+        .filter(|sub| sub.get_visible_aliases().next().is_some())
+        .map(|sub| {
+            let page = format!("{}-{}(1)", cmd.get_name(), sub.get_name());
+            let aliases: Vec<&str> = sub.get_visible_aliases().collect();
+            (roff_escape(&page), aliases.join(", "))
+        })
+        .collect();
     clap_mangen::Man::new(cmd)
         .render(&mut buf)
         .expect("rendering to memory cannot fail");
     let page = String::from_utf8(buf).expect("a man page is UTF-8");
-    with_synopsis(&page, &synopsis).into_bytes()
+    let mut page = with_synopsis(&page, &synopsis);
+    if let Some(aliases) = aliases {
+        page = with_section_after_synopsis(&page, "ALIASES", &aliases);
+    }
+    // clap_mangen lists the subcommands without their aliases; `--help`
+    // shows each beside the name, as `[alias: …]`.
+    for (name, aliases) in listed {
+        let line = format!("\n.TP\n{name}\n");
+        assert!(page.contains(&line), "clap_mangen lists {name}");
+        page = page.replace(&line, &format!("\n.TP\n{name} [alias: {aliases}]\n"));
+    }
+    page.into_bytes()
+}
+
+/// The ALIASES section of a subcommand's page, in roff: the other names it
+/// is run by (`strata list` for `strata ls`), or None when there are none.
+/// clap_mangen leaves them out.
+fn aliases(cmd: &clap::Command) -> Option<String> {
+    let bin = cmd.get_bin_name().unwrap_or_else(|| cmd.get_name());
+    let parent = bin.rsplit_once(' ').map_or("", |(parent, _)| parent);
+    let names: Vec<String> = cmd
+        .get_visible_aliases()
+        .map(|alias| bold(format!("{parent} {alias}").trim_start()))
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
+}
+
+/// `page` with a section `heading` of `text` added after its SYNOPSIS.
+fn with_section_after_synopsis(page: &str, heading: &str, text: &str) -> String {
+    let (_, end) = synopsis_text(page);
+    format!("{}.SH {heading}\n{text}\n{}", &page[..end], &page[end..])
 }
 
 /// `page` with the text of its SYNOPSIS section replaced by `synopsis`.
 fn with_synopsis(page: &str, synopsis: &str) -> String {
+    let (start, end) = synopsis_text(page);
+    // Left-adjusted (`.ad l`), as synopses are, then the page's adjustment
+    // back (`.ad`): justified, the items were spread with wide gaps.
+    format!("{}.ad l\n{synopsis}\n.ad\n{}", &page[..start], &page[end..])
+}
+
+/// Where the text of `page`'s SYNOPSIS section starts and ends.
+fn synopsis_text(page: &str) -> (usize, usize) {
     const HEADING: &str = "\n.SH SYNOPSIS\n";
     let start = page.find(HEADING).expect("clap_mangen writes a SYNOPSIS") + HEADING.len();
     let end = page[start..]
         .find("\n.SH ")
         .map_or(page.len(), |at| start + at + 1);
-    // Left-adjusted (`.ad l`), as synopses are, then the page's adjustment
-    // back (`.ad`): justified, the items were spread with wide gaps.
-    format!("{}.ad l\n{synopsis}\n.ad\n{}", &page[..start], &page[end..])
+    (start, end)
 }
 
 /// The SYNOPSIS line of `cmd`'s page, in roff: what clap's usage line says,

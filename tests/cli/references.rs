@@ -123,6 +123,40 @@ fn man_synopses_show_values_and_repetition() {
     }
 }
 
+/// The man pages show the SPEC's aliases, as `--help` does: an ALIASES
+/// section in each aliased command's page, and the alias beside the
+/// command in strata(1)'s list.
+#[test]
+fn man_pages_show_the_aliases() {
+    let files = strata::reference::files();
+    let page = |name: &str| -> String {
+        let (_, page) = files
+            .iter()
+            .find(|(path, _)| *path == format!("man/{name}.1"))
+            .unwrap_or_else(|| panic!("no page for {name}"));
+        String::from_utf8_lossy(page).into_owned()
+    };
+    let top = page("strata");
+    for (name, alias) in [
+        ("unmount", "umount"),
+        ("rm", "remove"),
+        ("ls", "list"),
+        ("info", "stat"),
+    ] {
+        let text = page(&format!("strata-{name}"));
+        let want = format!(".SH ALIASES\n\\fBstrata {alias}\\fR\n");
+        assert!(
+            text.contains(&want),
+            "strata-{name}: no {want:?} in\n{text}"
+        );
+        let want = format!("\n.TP\nstrata\\-{name}(1) [alias: {alias}]\n");
+        assert!(top.contains(&want), "strata: no {want:?} in\n{top}");
+    }
+    // Only aliased commands have the section.
+    assert!(!page("strata-prepare").contains(".SH ALIASES"));
+    assert!(!top.contains(".SH ALIASES"));
+}
+
 /// Every command's `--help` explains itself and shows at least one example;
 /// the top-level help shows the SPEC's aliases.
 #[test]
