@@ -156,8 +156,11 @@ fn run() -> Status {
     code
 }
 
-/// A bad command line: clap's own message (exit 2), or with JSON output
-/// asked for, one JSON error object. Help and version exit 0.
+/// A bad command line: clap's message on one line with hints (clap's own
+/// tips, the usage line, where the help is), in the table form as every
+/// error is, or with JSON output asked for, one JSON error object. Help
+/// and version exit 0; help asked for by giving no arguments at all (bare
+/// `strata`) is printed to stderr, exit 2.
 fn usage_error(e: clap::Error) -> Status {
     if matches!(
         e.kind(),
@@ -177,23 +180,51 @@ fn usage_error(e: clap::Error) -> Status {
     } else {
         Kind::Usage
     };
-    let error = || {
-        let error = Error::new(kind, one_line(&e));
+    let error = Error::new(kind, one_line(&e));
+    let error = if kind == Kind::Invalid {
+        // One line naming the value and the values taken; a near miss
+        // gets a hint.
         match e.get(ContextKind::SuggestedValue) {
             Some(ContextValue::String(near)) => error.with_hint(format!("did you mean `{near}`?")),
             _ => error,
         }
-    };
-    if wants_json() {
-        Printer::new(Format::Json, true, 0).error(&error());
-    } else if kind == Kind::Invalid {
-        // One line, as every bad value gets; clap's usage lines are for
-        // a bad command line.
-        Printer::new(Format::Table, true, 0).error(&error());
     } else {
-        let _ = e.print();
-    }
+        usage_hints(&e).into_iter().fold(error, Error::with_hint)
+    };
+    let format = if wants_json() {
+        Format::Json
+    } else {
+        Format::Table
+    };
+    Printer::new(format, true, 0).error(&error);
     kind.exit_code()
+}
+
+/// What clap prints below its message, as hints: its tips ("a similar
+/// argument exists: '--filter'", "to pass '-x' as a value, use '-- -x'"),
+/// the usage line of the command the error is in, and which `--help` to
+/// read, in place of clap's blank lines, `Usage:` and "For more
+/// information, try '--help'." (audit: the SPEC's "one clear line").
+fn usage_hints(e: &clap::Error) -> Vec<String> {
+    let text = e.render().to_string();
+    let mut hints: Vec<String> = (text.lines())
+        .filter_map(|line| line.trim().strip_prefix("tip: "))
+        .map(String::from)
+        .collect();
+    if let Some(ContextValue::StyledStr(usage)) = e.get(ContextKind::Usage) {
+        let usage = usage.to_string();
+        let lines: Vec<&str> = (usage.trim().trim_start_matches("Usage:").lines())
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        hints.push(format!("usage: {}", lines.join(" | ")));
+    }
+    let command = match cmd::subcommand_on_line() {
+        Some(name) => format!("strata {name}"),
+        None => "strata".to_string(),
+    };
+    hints.push(format!("see `{command} --help`"));
+    hints
 }
 
 /// Whether clap refused a value given on the line, rather than the line

@@ -4,7 +4,7 @@
 use crate::config as settings;
 use crate::printer::{Format, Printer};
 use crate::store::{self, Error, Result, Store};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 pub mod apply;
@@ -269,6 +269,18 @@ fn subcommand_named(args: &[std::ffi::OsString]) -> Option<&str> {
         }
     }
     None
+}
+
+/// The subcommand the process's command line names, by its name (also when
+/// the line has an alias: `remove` is `rm`), where `main` points a usage
+/// error's reader to its `--help`. None when the line names none, or
+/// something that is not one.
+pub fn subcommand_on_line() -> Option<String> {
+    let args = crate::argv::args_os();
+    let name = subcommand_named(&args)?;
+    let all = Cli::command();
+    all.find_subcommand(name)
+        .map(|sub| sub.get_name().to_string())
 }
 
 /// A cluster of the global short flags, as clap reads it: `-q` and `-v`

@@ -105,7 +105,7 @@ fn usage_lines_do_not_show_the_environment_root() {
     let root = s.root.to_str().unwrap();
     let usage = |run: Run| {
         assert_eq!(run.code, 2, "{}", run.session());
-        let line = run.stderr.lines().find(|l| l.starts_with("Usage: "));
+        let line = run.stderr.lines().find(|l| l.starts_with("hint: usage: "));
         line.unwrap_or_else(|| panic!("{}", run.session()))
             .to_string()
     };
@@ -254,6 +254,76 @@ fn usage_errors() {
         }
     }
     // Nothing was created by a command line that does not parse.
+    assert!(!s.root.exists(), "a usage error created the store");
+}
+
+/// A bad command line in the table form is one `error:` line and `hint:`
+/// lines, as every error is (SPEC: "one clear line"): clap's tips ("a
+/// similar argument exists"), the usage line and which `--help` to read,
+/// named by the command's name when the line has an alias. It was clap's
+/// block: `error:`, a blank line, `Usage:`, "For more information, try
+/// '--help'.". The JSON form carries the same hints. Help, version and
+/// bare `strata` (help on stderr, exit 2) are not such errors.
+#[test]
+fn usage_errors_are_one_line_with_hints() {
+    let s = Store::uninitialized("none");
+    for (args, hint) in [
+        (&["ls", "--nope"][..], "hint: see `strata ls --help`"),
+        (&["prepare"], "hint: usage: strata prepare <KEY> [PARENT]"),
+        (&["remove"], "hint: see `strata rm --help`"),
+        (
+            &["lss"],
+            "hint: some similar subcommands exist: 'list', 'ls'",
+        ),
+        (
+            &["ls", "--fliter", "x"],
+            "hint: a similar argument exists: '--filter'",
+        ),
+        (
+            &["prepare", "-x"],
+            "hint: to pass '-x' as a value, use '-- -x'",
+        ),
+        (&["ls", "--kind"], "hint: see `strata ls --help`"),
+        (&["-v"], "hint: see `strata --help`"),
+    ] {
+        let run = s.strata(args).fails_with(2, hint);
+        let mut lines = run.stderr.lines();
+        let first = lines.next().unwrap_or_default();
+        assert!(first.starts_with("error: "), "{}", run.session());
+        assert!(lines.all(|l| l.starts_with("hint: ")), "{}", run.session());
+        assert!(
+            !run.stderr.contains("For more information"),
+            "{}",
+            run.session()
+        );
+        let json = s.fails(args, "usage").json_error();
+        let hint = hint.trim_start_matches("hint: ");
+        assert!(
+            json["hints"].as_array().unwrap().contains(&hint.into()),
+            "{json}"
+        );
+    }
+    // Help and version are not errors; they go to stdout.
+    for args in [&["--help"][..], &["-h"], &["ls", "--help"], &["help", "ls"]] {
+        let run = s.strata(args).success();
+        assert!(run.stdout.contains("Usage: strata"), "{}", run.session());
+        assert_eq!(run.stderr, "", "{}", run.session());
+    }
+    let run = s.strata(&["--version"]).success();
+    assert!(run.stdout.starts_with("strata "), "{}", run.session());
+    // Bare `strata` shows the help on stderr, as a usage error (exit 2).
+    let out = Command::new(BIN)
+        .env_clear()
+        .env(CONFIG_VAR, no_config(&s.root))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains("Usage: strata") && stderr.contains("Commands:"),
+        "{stderr}"
+    );
     assert!(!s.root.exists(), "a usage error created the store");
 }
 
