@@ -90,6 +90,11 @@ pub struct Global {
     pub quiet: bool,
 
     /// More detail on stderr (repeatable)
+    ///
+    /// `-v` adds an error's causes, one `caused by:` line each (with `-o
+    /// json`, the error object always carries them as `causes`). It may be
+    /// given more than once, but there is one level of detail so far:
+    /// `-vv` and more show what `-v` shows.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }

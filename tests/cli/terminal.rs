@@ -188,6 +188,30 @@ fn verbose_shows_the_cause_chain_and_hints_help() {
         "{}",
         verbose.session()
     );
+    // One level of detail: `-vv` and `-vvv` show what `-v` shows.
+    for more in ["-vv", "-vvv"] {
+        let run = store.strata(&[more, "mount", "c", target]);
+        assert_eq!(run.code, 1, "{}", run.session());
+        assert_eq!(run.stderr, verbose.stderr, "{}", run.session());
+    }
+}
+
+/// `-v`'s help says what it shows, and that repeating it shows nothing more
+/// (the SPEC has it "repeatable"; there is one level of detail).
+#[test]
+fn verbose_help_says_what_each_level_shows() {
+    let store = Store::uninitialized("native");
+    for args in [&["--help"][..], &["ls", "--help"]] {
+        let help = store.strata(args).success().stdout;
+        let (_, verbose) = help.split_once("--verbose").unwrap();
+        let verbose = verbose.split("\n\n").take(2).collect::<Vec<_>>().join(" ");
+        let verbose = verbose.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(verbose.contains("`caused by:` line"), "{verbose}");
+        assert!(
+            verbose.contains("`-vv` and more show what `-v` shows"),
+            "{verbose}"
+        );
+    }
 }
 
 #[test]
