@@ -179,11 +179,17 @@ pub fn load(named: Option<&Path>) -> Result<(Lookup, File)> {
                 path.display()
             )));
         }
-        Err(e) => {
+        // Text that is not UTF-8 is a bad file; a file that cannot be
+        // read (permissions, a directory) is an I/O failure (audit).
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             return Err(Error::invalid(format!(
-                "cannot read the config file {}: {e}",
+                "bad config file {}: it is not UTF-8 text",
                 path.display()
             )));
+        }
+        Err(e) => {
+            let what = format!("cannot read the config file {}", path.display());
+            return Err(Error::io(what, e));
         }
     };
     if text.trim().is_empty() {

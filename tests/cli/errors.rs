@@ -594,6 +594,16 @@ fn config_file_errors() {
     let run = s.fails(&["--config", empty_root.to_str().unwrap(), "ls"], "invalid");
     assert!(run.stderr.contains("`root` is empty"), "{}", run.session());
     assert!(!s.root.exists(), "a bad config created the store");
+    // One that cannot be read is an I/O failure; one not UTF-8, a bad file.
+    let dir = s.scratch_dir("config-dir");
+    s.strata(&["--config", dir.to_str().unwrap(), "ls"])
+        .fails_with(1, "cannot read the config file")
+        .fails_with(1, "Is a directory");
+    let latin1 = s.scratch("latin1.yaml");
+    fs::write(&latin1, b"root: /tmp/caf\xe9\n").unwrap();
+    s.strata(&["--config", latin1.to_str().unwrap(), "ls"])
+        .fails_with(6, "it is not UTF-8 text");
+    assert!(!s.root.exists(), "a bad config created the store");
     // `root: ~/…` is under $HOME (it made `./~/store`); a relative `root`
     // would depend on the current directory, and is refused naming the
     // file and the key. Neither creates anything where strata runs.
