@@ -6,8 +6,9 @@ use crate::store::{Error, Result};
 ///
 /// Reports every mismatch, one line each: rows whose directory is missing,
 /// directories without rows, broken parent links, parents that form a
-/// cycle, directories whose shape does not fit their kind, mount records
-/// that disagree with the mount table, leftovers of interrupted work. Work
+/// cycle, directories whose shape does not fit their kind, short links in
+/// l/ that are not the ones strata makes, mount records that disagree with
+/// the mount table, leftovers of interrupted work. Work
 /// that other strata processes are still doing is not reported (or
 /// touched), so check may run alongside them. Exits 0 only when the store
 /// is consistent. --repair fixes what is safe to fix and says what it could

@@ -15,7 +15,6 @@
 //! rename after the row is gone, so a crash leaves either state and at worst
 //! a `new-*`/`rm-*`/row-less directory that `prune` deletes.
 
-use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
@@ -138,12 +137,14 @@ impl Layout {
         self.root.join("l")
     }
 
-    /// Creates `l/<short id>` -> `../snapshots/ID/fs` for each of `ids`
-    /// where missing. Links are derived data: made on demand, removed with
-    /// their snapshot. A deep chain's links are mostly there already (its
-    /// parent's prepare made them), so `l/` is read once when that is cheaper
-    /// than a `symlinkat` per layer that finds its link (see [`worth_listing`]);
-    /// the rest get one `symlinkat` each, relative to `l/` opened once.
+    /// Makes `l/<short id>` -> `../snapshots/ID/fs` for each of `ids`, and
+    /// replaces one that is there but points elsewhere (or is no symlink):
+    /// the printed mount lines go through these links, so a wrong one
+    /// would mount another tree (audit: `l/2 -> /etc` showed /etc). Links
+    /// are derived data: made on demand, removed with their snapshot. One
+    /// `readlinkat` per layer, relative to `l/` opened once, finds a right
+    /// link (a deep chain's are mostly there: its parent's prepare made
+    /// them); only a missing or wrong one costs more.
     pub fn ensure_links(&self, ids: &[i64]) -> io::Result<()> {
         let path = self.links();
         match fs::DirBuilder::new().mode(0o700).create(&path) {
@@ -151,27 +152,52 @@ impl Layout {
             _ => {}
         }
         let dir = File::open(&path)?;
-        let present: HashSet<OsString> = if worth_listing(&dir, ids.len())? {
-            super::copy::names_in(&dir, &path, &mut Vec::new())?
-                .into_iter()
-                .collect()
-        } else {
-            HashSet::new()
-        };
+        // Reused for every layer: no allocation per layer.
+        let (mut want, mut found) = (Vec::new(), Vec::new());
         for &id in ids {
-            // Spelled on the stack: no allocation per layer.
             let mut buf = [0; 20];
             let name = OsStr::from_bytes(digits(id.unsigned_abs(), 36, &mut buf));
-            if present.contains(name) {
-                continue;
-            }
-            let target = format!("../snapshots/{id}/fs");
-            match rustix::fs::symlinkat(target.as_str(), &dir, name) {
-                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            link_target_into(id, &mut want);
+            match rustix::fs::readlinkat(&dir, name, std::mem::take(&mut found)) {
+                Ok(target) if target.as_bytes() == want.as_slice() => {
+                    found = target.into_bytes();
+                }
+                Err(rustix::io::Errno::NOENT) => {
+                    match rustix::fs::symlinkat(want.as_slice(), &dir, name) {
+                        // Made meanwhile by another strata: the same link.
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                // Wrong, or not a symlink (EINVAL).
+                Ok(_) | Err(rustix::io::Errno::INVAL) => replace_link(&dir, name, &want)?,
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(())
+    }
+
+    /// What is at snapshot `id`'s short link, next to what strata makes.
+    pub fn link_state(&self, id: i64) -> io::Result<LinkState> {
+        let mut want = Vec::new();
+        link_target_into(id, &mut want);
+        match fs::read_link(self.links().join(link_name(id))) {
+            Ok(target) if target.as_os_str().as_bytes() == want.as_slice() => Ok(LinkState::Right),
+            Ok(target) => Ok(LinkState::Wrong(format!("points to {}", target.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(LinkState::Missing),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Ok(LinkState::Wrong("is not a symlink".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces snapshot `id`'s short link with the one strata makes.
+    pub fn repair_link(&self, id: i64) -> io::Result<()> {
+        let dir = File::open(self.links())?;
+        let mut want = Vec::new();
+        link_target_into(id, &mut want);
+        replace_link(&dir, OsStr::new(&link_name(id)), &want)
     }
 
     /// A fresh, locked staging directory for a snapshot being built.
@@ -351,6 +377,42 @@ pub fn link_name(id: i64) -> String {
     std::str::from_utf8(name).expect("ascii").to_owned()
 }
 
+/// What [`Layout::link_state`] found at a snapshot's short link.
+pub enum LinkState {
+    /// The link strata makes.
+    Right,
+    /// No link (made on demand: not a problem).
+    Missing,
+    /// Something else, said for a report: where it points, or what it is.
+    Wrong(String),
+}
+
+/// Writes into `out` the target of snapshot `id`'s short link,
+/// `../snapshots/ID/fs`, relative to `l/`.
+fn link_target_into(id: i64, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(b"../snapshots/");
+    if id < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(digits(id.unsigned_abs(), 10, &mut [0; 20]));
+    out.extend_from_slice(b"/fs");
+}
+
+/// Puts link `name` -> `target` in directory `dir` in place of what is
+/// there, in one step: made under a staging name, then renamed over it, so
+/// a concurrent mount line never finds the name missing or half made.
+/// `prune` leaves a staging name alone while its maker may still rename it.
+fn replace_link(dir: &File, name: &OsStr, target: &[u8]) -> io::Result<()> {
+    let temp = format!("{STAGING_PREFIX}{}", unique());
+    rustix::fs::symlinkat(target, dir, temp.as_str())?;
+    if let Err(e) = rustix::fs::renameat(dir, temp.as_str(), dir, name) {
+        let _ = rustix::fs::unlinkat(dir, temp.as_str(), rustix::fs::AtFlags::empty());
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 /// `n` written in `base` (at most 36) at the end of `buf`, which holds any
 /// u64 in base 10 or more.
 fn digits(mut n: u64, base: u64, buf: &mut [u8; 20]) -> &[u8] {
@@ -365,16 +427,6 @@ fn digits(mut n: u64, base: u64, buf: &mut [u8; 20]) -> &[u8] {
         }
     }
     &buf[start..]
-}
-
-/// Whether reading the link directory `dir` costs less than one
-/// `symlinkat` for each of `wanted` links. A directory's size is its blocks,
-/// and a 4 KiB block of ext4 holds ~170 short links; reading an entry costs
-/// a fraction of a `symlinkat` that finds its link, so the directory is read
-/// unless it holds many times more links than are wanted.
-fn worth_listing(dir: &File, wanted: usize) -> io::Result<bool> {
-    let entries = dir.metadata()?.len() / 24;
-    Ok(entries <= 4 * wanted as u64)
 }
 
 /// A name unique among concurrent processes: pid, time and a counter.
@@ -415,36 +467,43 @@ mod tests {
         fs::read_link(layout.links().join(link_name(id))).ok()
     }
 
-    /// Missing links are made and present ones kept, whether `l/` is read
-    /// first (a few links, a long chain) or not (many links, a short one).
+    /// Missing links are made, right ones kept, and wrong ones (pointing
+    /// at another snapshot's tree, out of the store, or not a symlink)
+    /// replaced, leaving no staging name behind.
     #[test]
-    fn ensure_links_makes_the_missing_ones() {
+    fn ensure_links_makes_missing_and_replaces_wrong_ones() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::create(dir.path()).unwrap();
         let chain: Vec<i64> = (1..=300).collect();
         layout.ensure_links(&chain[..100]).unwrap();
-        // A link made by hand that points elsewhere is left alone.
-        fs::remove_file(layout.links().join(link_name(7))).unwrap();
-        std::os::unix::fs::symlink("elsewhere", layout.links().join(link_name(7))).unwrap();
-        let listed = File::open(layout.links()).unwrap();
-        assert!(worth_listing(&listed, chain.len()).unwrap());
+        let at = |id| layout.links().join(link_name(id));
+        fs::remove_file(at(7)).unwrap();
+        std::os::unix::fs::symlink("../snapshots/8/fs", at(7)).unwrap();
+        fs::remove_file(at(9)).unwrap();
+        std::os::unix::fs::symlink("/etc", at(9)).unwrap();
+        fs::remove_file(at(11)).unwrap();
+        fs::write(at(11), "").unwrap();
+        assert!(
+            matches!(layout.link_state(7).unwrap(), LinkState::Wrong(w) if w == "points to ../snapshots/8/fs")
+        );
+        assert!(
+            matches!(layout.link_state(11).unwrap(), LinkState::Wrong(w) if w == "is not a symlink")
+        );
+        assert!(matches!(
+            layout.link_state(200).unwrap(),
+            LinkState::Missing
+        ));
         layout.ensure_links(&chain).unwrap();
         for &id in &chain {
-            let want = if id == 7 {
-                PathBuf::from("elsewhere")
-            } else {
-                PathBuf::from(format!("../snapshots/{id}/fs"))
-            };
+            let want = PathBuf::from(format!("../snapshots/{id}/fs"));
             assert_eq!(link(&layout, id), Some(want), "{id}");
+            assert!(matches!(layout.link_state(id).unwrap(), LinkState::Right));
         }
-        let many: Vec<i64> = (1000..6000).collect();
-        layout.ensure_links(&many).unwrap();
-        let listed = File::open(layout.links()).unwrap();
-        assert!(!worth_listing(&listed, 3).unwrap());
-        layout.ensure_links(&[1, 2, 9000]).unwrap();
-        assert_eq!(
-            link(&layout, 9000),
-            Some(PathBuf::from("../snapshots/9000/fs"))
-        );
+        fs::remove_file(at(300)).unwrap();
+        std::os::unix::fs::symlink("/", at(300)).unwrap();
+        layout.repair_link(300).unwrap();
+        assert!(matches!(layout.link_state(300).unwrap(), LinkState::Right));
+        let names = fs::read_dir(layout.links()).unwrap().count();
+        assert_eq!(names, chain.len(), "a staging name was left");
     }
 }

@@ -18,7 +18,7 @@
 
 use super::error::{IoContext, Result};
 use super::index::{self, SnapshotKind};
-use super::layout::{self, Layout, STAGING_PREFIX, TRASH_PREFIX};
+use super::layout::{self, Layout, LinkState, STAGING_PREFIX, TRASH_PREFIX};
 use super::usage::{Usage, disk_usage};
 use super::{Driver, Store, crash, mount};
 use std::collections::{HashMap, HashSet};
@@ -63,7 +63,8 @@ pub struct Undeleted {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Problem {
     /// `missing-directory`, `orphan-directory`, `leftover`, `broken-parent`,
-    /// `parent-not-committed`, `parent-cycle`, `bad-shape`,
+    /// `parent-not-committed`, `parent-cycle`, `bad-shape`, `bad-link`
+    /// (a snapshot's short link in `l/` that is not the one strata makes),
     /// `stale-mount-record`, `index-corrupt`.
     pub kind: &'static str,
     /// The snapshot concerned, if any.
@@ -204,14 +205,16 @@ impl Store {
             .filter(|r| look(&self.layout, r, driver).is_some())
             .map(|r| r.id)
             .collect();
+        let links = wrong_links(&self.layout, &by_id)?;
         let (_, stale) = super::live_and_stale(records, None)?;
         // The kinds of the rows left (--repair may forget some).
         let mut known: HashMap<i64, SnapshotKind> = rows.iter().map(|r| (r.id, r.kind)).collect();
-        if !suspects.is_empty() || !stale.is_empty() {
+        if !suspects.is_empty() || !stale.is_empty() || !links.is_empty() {
             let tx = self.index.write()?;
             for id in judge_rows(&self.layout, &tx, &suspects, driver, repair, &mut problems)? {
                 known.remove(&id);
             }
+            judge_links(&self.layout, &tx, &links, repair, &mut problems)?;
             if !stale.is_empty() {
                 judge_records(&self.layout, &tx, repair, &mut problems)?;
             }
@@ -571,6 +574,82 @@ fn judge_records(
     Ok(())
 }
 
+/// The ids of the snapshots of `rows` whose short link in `l/` is there
+/// but is not the one strata makes (see [`Layout::ensure_links`]): the
+/// printed mount lines of deep chains go through them. Only the names
+/// strata gives are a snapshot's link; the others are leftovers.
+fn wrong_links(layout: &Layout, rows: &HashMap<i64, &index::Row>) -> Result<Vec<i64>> {
+    let links = layout.links();
+    let entries = match fs::read_dir(&links) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).ctx(|| format!("cannot read {}", links.display())),
+    };
+    let mut wrong = Vec::new();
+    for entry in entries {
+        let entry = entry.ctx(|| format!("cannot read {}", links.display()))?;
+        let Some(id) = link_id(&entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        if rows.contains_key(&id) && !matches!(layout.link_state(id), Ok(LinkState::Right)) {
+            wrong.push(id);
+        }
+    }
+    wrong.sort_unstable();
+    Ok(wrong)
+}
+
+/// The snapshot whose short link is named `name`, if strata gives that
+/// name (`a`, never `A` or `0a`).
+fn link_id(name: &str) -> Option<i64> {
+    i64::from_str_radix(name, 36)
+        .ok()
+        .filter(|&id| layout::link_name(id) == name)
+}
+
+/// Reports (with `repair`, replaces) the short links of `ids` still wrong
+/// under the write lock `tx`: a snapshot removed meanwhile took its link.
+fn judge_links(
+    layout: &Layout,
+    tx: &index::Transaction<'_>,
+    ids: &[i64],
+    repair: bool,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
+    for &id in ids {
+        let Some(row) = index::find_id(tx, id)? else {
+            continue;
+        };
+        let what = match layout.link_state(id) {
+            Ok(LinkState::Wrong(what)) => what,
+            Ok(_) => continue,
+            Err(e) => format!("cannot be looked at ({e})"),
+        };
+        let mut p = problem(
+            "bad-link",
+            Some(&row.name),
+            format!(
+                "snapshot `{}`'s short link {} {what}, not ../snapshots/{id}/fs",
+                row.name,
+                layout.links().join(layout::link_name(id)).display()
+            ),
+        );
+        if repair {
+            match layout.repair_link(id) {
+                Ok(()) => {
+                    p.repaired = true;
+                    p.message.push_str("; it was replaced");
+                }
+                Err(e) => p
+                    .message
+                    .push_str(&format!("; it could not be replaced: {e}")),
+            }
+        }
+        problems.push(p);
+    }
+    Ok(())
+}
+
 /// What is at a snapshot's directory.
 enum Shape {
     Dir,
@@ -710,7 +789,11 @@ fn candidates(
     if let Ok(entries) = fs::read_dir(layout.links()) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let id = i64::from_str_radix(&name, 36).ok();
+            // A link being made to replace a wrong one, about to be renamed.
+            if name.strip_prefix(STAGING_PREFIX).is_some_and(just_made) {
+                continue;
+            }
+            let id = link_id(&name);
             if id.is_some_and(|id| known.contains_key(&id)) {
                 continue;
             }

@@ -696,6 +696,166 @@ both_drivers!(
     a_parent_cycle_is_reported_and_walks_end
 );
 
+/// An overlay store whose path holds a comma, so `mounts` prints the
+/// relative form through the short links in `l/` however short the chain:
+/// layers `l1` ← `l2` ← `l3`, layer i writing `f{i}` and `top` (= i), and
+/// active `top` on `l3`. Returns the store and the ids of `l1`, `l2`, `l3`.
+fn store_with_short_links() -> Option<(Store, Vec<u64>)> {
+    let s = Store::setup_named("overlay", "st,ore")?;
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        let key = format!("w{i}");
+        let mut args = vec!["prepare".to_string(), key.clone()];
+        if i > 1 {
+            args.push(format!("l{}", i - 1));
+        }
+        s.strata(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .success();
+        // Mount options escape the store's comma.
+        let dir = writable_dir(&s, &key).to_str().unwrap().replace("\\,", ",");
+        let dir = std::path::Path::new(&dir);
+        fs::write(dir.join(format!("f{i}")), i.to_string()).unwrap();
+        fs::write(dir.join("top"), i.to_string()).unwrap();
+        let id = dir.parent().unwrap().file_name().unwrap().to_str().unwrap();
+        ids.push(id.parse().unwrap());
+        s.strata(&["commit", &format!("l{i}"), &key]).success();
+    }
+    s.strata(&["prepare", "top", "l3"]).success();
+    Some((s, ids))
+}
+
+/// `l/NAME` of snapshot `id`: its id in base 36.
+fn short_link(s: &Store, id: u64) -> std::path::PathBuf {
+    let mut name = String::new();
+    let mut n = id;
+    loop {
+        name.insert(0, char::from_digit((n % 36) as u32, 36).unwrap());
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    s.root.join("l").join(name)
+}
+
+/// Points `l1`'s short link at `l2`'s tree and `l2`'s at /etc.
+fn corrupt_short_links(s: &Store, ids: &[u64]) {
+    let (l1, l2) = (short_link(s, ids[0]), short_link(s, ids[1]));
+    fs::remove_file(&l1).unwrap();
+    std::os::unix::fs::symlink(format!("../snapshots/{}/fs", ids[1]), &l1).unwrap();
+    fs::remove_file(&l2).unwrap();
+    std::os::unix::fs::symlink("/etc", &l2).unwrap();
+}
+
+/// Mounts `top` by pasting what `strata mounts` prints (the relative form,
+/// through `l/`) and asserts it shows the chain's files, not /etc's.
+#[track_caller]
+fn pasted_shows_the_chain(s: &Store) {
+    let guard = MountGuard::new(&s.scratch_dir("pasted"));
+    let lines = s
+        .strata(&["mounts", "top", guard.path.to_str().unwrap()])
+        .success();
+    assert!(lines.stdout.starts_with("(cd "), "{}", lines.session());
+    sh_ok(&lines.stdout, &lines.session());
+    for (file, content) in [("f1", "1"), ("f2", "2"), ("f3", "3"), ("top", "3")] {
+        assert_eq!(
+            fs::read_to_string(guard.join(file)).ok().as_deref(),
+            Some(content),
+            "{file} through {}",
+            lines.stdout
+        );
+    }
+    assert!(
+        !guard.join("passwd").exists(),
+        "/etc shows through the mount"
+    );
+    drop(guard);
+}
+
+/// `check` verifies the short links in `l/` that the printed mount lines
+/// go through: one pointing at another snapshot's tree, or out of the
+/// store, is a `bad-link` (exit 1), and `--repair` puts back the link
+/// strata makes. (Audit: `check` said consistent, and the pasted line
+/// mounted /etc's files.)
+#[test]
+fn check_finds_and_replaces_wrong_short_links() {
+    let Some((s, ids)) = store_with_short_links() else {
+        return;
+    };
+    pasted_shows_the_chain(&s);
+    corrupt_short_links(&s, &ids);
+    let run = s.strata(&["check", "-o", "json"]).fails_json("internal");
+    let report = run.json();
+    assert_eq!(report["consistent"], false, "{}", run.session());
+    let bad: Vec<&serde_json::Value> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "bad-link")
+        .collect();
+    assert_eq!(bad.len(), 2, "{}", run.session());
+    for (p, snapshot, points) in [
+        (
+            bad[0],
+            "l1",
+            format!("points to ../snapshots/{}/fs", ids[1]),
+        ),
+        (bad[1], "l2", "points to /etc".to_string()),
+    ] {
+        assert_eq!(p["snapshot"], snapshot, "{p}");
+        assert_eq!(p["repaired"], false, "{p}");
+        let message = p["message"].as_str().unwrap();
+        assert!(message.contains(&points), "{message}");
+    }
+    // One line each in the table, saying where the link points.
+    let table = s.strata(&["check"]);
+    let line = format!("points to /etc, not ../snapshots/{}/fs\n", ids[1]);
+    table
+        .fails_reporting(1, "bad-link: snapshot `l2`'s short link")
+        .fails_reporting(1, &line);
+
+    let repaired = s.strata(&["check", "--repair", "-o", "json"]).success();
+    let problems = repaired.json()["problems"].clone();
+    assert_eq!(
+        problems.as_array().unwrap().len(),
+        2,
+        "{}",
+        repaired.session()
+    );
+    for p in problems.as_array().unwrap() {
+        assert_eq!(p["kind"], "bad-link", "{p}");
+        assert_eq!(p["repaired"], true, "{p}");
+        assert!(
+            p["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("; it was replaced"),
+            "{p}"
+        );
+    }
+    s.strata(&["check"]).success();
+    for (id, link) in ids.iter().map(|&id| (id, short_link(&s, id))) {
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            std::path::PathBuf::from(format!("../snapshots/{id}/fs"))
+        );
+    }
+    pasted_shows_the_chain(&s);
+}
+
+/// The printed mount lines do not trust a short link that is there: one
+/// that points elsewhere is replaced before the line is printed.
+#[test]
+fn printed_mount_lines_replace_wrong_short_links() {
+    let Some((s, ids)) = store_with_short_links() else {
+        return;
+    };
+    pasted_shows_the_chain(&s);
+    corrupt_short_links(&s, &ids);
+    pasted_shows_the_chain(&s);
+    s.strata(&["check"]).success();
+}
+
 /// The driver is chosen by the first write and recorded for good: a store
 /// that cannot hold the overlay test's scratch directories fails that write,
 /// and does not make the store native.
