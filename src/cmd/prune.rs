@@ -49,7 +49,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
             human_size(r.size)
         ));
         for f in &r.failed {
-            out.push_str(&format!("not deleted  {}: {}\n", shown(&f.path), f.error));
+            out.push_str(&format!("not deleted {}: {}\n", shown(&f.path), f.error));
         }
         out
     })?;

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// One leftover that prune deletes (or would, with `--dry-run`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Leftover {
-    /// What it is: `orphan` (directory with no index row), `staging`
+    /// What it is: `orphan` (directory, or file, with no index row), `staging`
     /// (half-made snapshot), `trash` (half-removed snapshot), `work` (work
     /// directory of a committed snapshot), `link` (short link of a removed
     /// snapshot), `mount-record` (record of a mount that is gone).
@@ -55,6 +55,8 @@ pub struct PruneReport {
 /// A leftover prune could not delete, and why.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Undeleted {
+    /// Where it is left: an orphan or a half-made snapshot is moved to an
+    /// `rm-*` name first, and stays there.
     pub path: String,
     pub error: String,
 }
@@ -114,7 +116,10 @@ impl Store {
                     size: swept.usage.size,
                     inodes: swept.usage.inodes,
                 }),
-                Some(error) => failed.push(Undeleted { path, error }),
+                Some(error) => failed.push(Undeleted {
+                    path: swept.left.display().to_string(),
+                    error,
+                }),
             }
         }
         failed.sort_by(|a, b| a.path.cmp(&b.path));
@@ -227,7 +232,8 @@ impl Store {
         };
         for swept in self.sweep(&known, how)? {
             let what = match swept.kind {
-                "orphan" => "a directory with no index row",
+                "orphan" if swept.dir => "a directory with no index row",
+                "orphan" => "a file with no index row",
                 "staging" => "a half-made snapshot",
                 "trash" => "a half-removed snapshot",
                 "work" => "the work directory of a committed snapshot",
@@ -242,13 +248,20 @@ impl Store {
                 None,
                 format!("{} is {what}", swept.path.display()),
             );
-            p.repaired = repair;
-            if let Some(error) = swept.error {
-                p.repaired = false;
-                p.message.push_str(&format!(
+            match swept.error {
+                None if repair => {
+                    p.repaired = true;
+                    p.message.push_str("; it was deleted");
+                }
+                None => {}
+                Some(error) if swept.left != swept.path => p.message.push_str(&format!(
+                    "; it was moved to {} but could not be deleted: {error}",
+                    swept.left.display()
+                )),
+                Some(error) => p.message.push_str(&format!(
                     "; it could not be {}: {error}",
                     if repair { "deleted" } else { "looked at" }
-                ));
+                )),
             }
             problems.push(p);
         }
@@ -298,7 +311,8 @@ impl Store {
                     }
                     Claim::Gone => continue,
                     Claim::Failed(e) => {
-                        swept.push(Swept::failed(kind, path.clone(), e.to_string()));
+                        let (path, left) = (path.clone(), path.clone());
+                        swept.push(Swept::failed(kind, path, left, e.to_string()));
                         continue;
                     }
                 }
@@ -568,7 +582,10 @@ fn judge_records(
                 r.target
             ),
         );
-        p.repaired = repair;
+        if repair {
+            p.repaired = true;
+            p.message.push_str("; the record was dropped");
+        }
         problems.push(p);
     }
     Ok(())
@@ -725,6 +742,11 @@ struct Swept {
     kind: &'static str,
     /// Where it was found.
     path: PathBuf,
+    /// Where what could not be deleted is left: an orphan or a half-made
+    /// snapshot is moved to an `rm-*` name before it is deleted.
+    left: PathBuf,
+    /// Whether it is a directory (a file may have a snapshot's name).
+    dir: bool,
     /// Measured only when asked.
     usage: Usage,
     /// Why it could not be looked at or deleted; the others are.
@@ -732,10 +754,12 @@ struct Swept {
 }
 
 impl Swept {
-    fn failed(kind: &'static str, path: PathBuf, error: String) -> Swept {
+    fn failed(kind: &'static str, path: PathBuf, left: PathBuf, error: String) -> Swept {
         Swept {
             kind,
+            dir: is_dir(&left),
             path,
+            left,
             usage: Usage::default(),
             error: Some(error),
         }
@@ -827,12 +851,12 @@ fn delete(taken: Vec<(&'static str, PathBuf, PathBuf)>, how: Sweep) -> Vec<Swept
         } else {
             Usage::default()
         };
+        // By what is there, not by the name: a file named like a snapshot
+        // directory, a directory among the links.
+        let dir = is_dir(&trash);
         if how.delete {
             unmount_below(&trash, &points);
-            // By what is there, not by the name: a file named like a
-            // snapshot directory, a directory among the links.
-            let is_dir = fs::symlink_metadata(&trash).is_ok_and(|m| m.is_dir());
-            let gone = if is_dir {
+            let gone = if dir {
                 layout::remove_tree(&trash)
             } else {
                 fs::remove_file(&trash)
@@ -845,7 +869,7 @@ fn delete(taken: Vec<(&'static str, PathBuf, PathBuf)>, how: Sweep) -> Vec<Swept
                     continue;
                 }
                 Err(e) => {
-                    swept.push(Swept::failed(kind, original, e.to_string()));
+                    swept.push(Swept::failed(kind, original, trash, e.to_string()));
                     continue;
                 }
             }
@@ -853,11 +877,18 @@ fn delete(taken: Vec<(&'static str, PathBuf, PathBuf)>, how: Sweep) -> Vec<Swept
         swept.push(Swept {
             kind,
             path: original,
+            left: trash,
+            dir,
             usage,
             error: None,
         });
     }
     swept
+}
+
+/// Whether `path` is a directory (not following a symlink).
+fn is_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 /// The cycles of the parent links `parent` (child to parent), each listed

@@ -1411,6 +1411,72 @@ fn rm_of_immutable_files(driver: &str) {
     assert_eq!(store.snapshot_dirs(), Vec::<String>::new());
 }
 
+/// A leftover prune cannot delete (an immutable file in it) is reported
+/// where it is left: an orphan `snapshots/50` is moved to an `rm-*` name
+/// before it is deleted, and stays there (audit: `failed[].path` named
+/// `snapshots/50`, which was gone, while the error named the new path;
+/// the table said `not deleted  PATH` with two spaces).
+#[test]
+fn a_failed_prune_names_what_is_left() {
+    let store = Store::uninitialized("native");
+    store.strata(&["init", "--driver", "native"]).success();
+    let _unflag = Unflag(store.root.clone());
+    if !chattr_works(store.tmp()) {
+        return;
+    }
+    let snaps = store.root.join("snapshots");
+    let orphan = |id: &str| {
+        let sub = snaps.join(id).join("fs/sub");
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(sub.join("f"), "x").unwrap();
+        let f = sub.join("f");
+        sh_ok(
+            &format!("chattr +i {}", shell_quote(f.to_str().unwrap())),
+            "chattr",
+        );
+    };
+    orphan("50");
+    let run = store.strata(&["prune", "--json"]).fails_json("internal");
+    let failed = run.json()["failed"].clone();
+    let left = failed[0]["path"].as_str().unwrap().to_string();
+    assert_eq!(failed.as_array().unwrap().len(), 1, "{}", run.session());
+    assert!(
+        left.starts_with(&format!("{}/rm-", snaps.display())),
+        "{}",
+        run.session()
+    );
+    assert!(fs::symlink_metadata(&left).is_ok(), "{left} is not there");
+    assert!(!snaps.join("50").exists());
+    assert!(
+        run.json_error()["message"]
+            .as_str()
+            .unwrap()
+            .contains(&left)
+    );
+
+    orphan("51");
+    let run = store.strata(&["prune"]);
+    assert_eq!(run.code, 1, "{}", run.session());
+    let lines: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("not deleted"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", run.session());
+    for line in lines {
+        let path = line
+            .strip_prefix("not deleted ")
+            .and_then(|rest| rest.split(": ").next())
+            .unwrap();
+        assert!(
+            path.starts_with(&format!("{}/rm-", snaps.display())),
+            "{}",
+            run.session()
+        );
+        assert!(fs::symlink_metadata(path).is_ok(), "{}", run.session());
+    }
+}
+
 /// A native store holding committed `base` (empty).
 fn native_with_base() -> Store {
     let s = Store::uninitialized("native");

@@ -144,6 +144,14 @@ fn check_reports_and_repairs(driver: &str) {
         "{}",
         repaired.stdout
     );
+    // Each repaired line says what was done, the dropped record too.
+    assert!(
+        repaired
+            .stdout
+            .contains("which is not mounted; the record was dropped\n"),
+        "{}",
+        repaired.stdout
+    );
     s.strata(&["check"]).success();
     assert!(
         !s.names(&[]).contains(&"leaf".to_string()),
@@ -298,6 +306,14 @@ fn leftovers_of_the_wrong_type(driver: &str) {
     fs::write(snaps.join("99"), "junk").unwrap();
     fs::create_dir_all(snaps.join("77/fs")).unwrap();
     fs::create_dir_all(s.root.join("l/zz")).unwrap();
+    // Each called what it is (audit: a file was "a directory").
+    let snaps_at = snaps.display();
+    s.strata(&["check"])
+        .fails_reporting(1, &format!("{snaps_at}/99 is a file with no index row\n"))
+        .fails_reporting(
+            1,
+            &format!("{snaps_at}/77 is a directory with no index row\n"),
+        );
     let run = s.strata(&["prune", "--json"]).success();
     let report = run.json();
     assert_eq!(report["count"], 4, "{}", run.session());
@@ -315,7 +331,11 @@ fn leftovers_of_the_wrong_type(driver: &str) {
         );
     }
     fs::write(snaps.join("rm-again"), "junk").unwrap();
-    s.strata(&["check", "--repair"]).success();
+    let repaired = s.strata(&["check", "--repair"]).success();
+    let line = format!(
+        "repaired leftover: {snaps_at}/rm-again is a half-removed snapshot; it was deleted\n"
+    );
+    assert!(repaired.stdout.contains(&line), "{}", repaired.session());
     s.strata(&["check"]).success();
     assert_eq!(s.names(&[]), ["act", "base"]);
     // Names strata never gives are not snapshots' (`007` read as 7 was
