@@ -331,13 +331,23 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 
 /// Makes directory `path` with the owner and mode of `like` (a parent
 /// snapshot's root), or root-owned 0755 for a snapshot without a parent.
+/// A `like` that is not a directory (a symlink out of the store put in
+/// place of a parent's tree) is a [`NotATree`] error: `lstat` instead of
+/// `stat` tells it at no cost.
 pub fn make_root_dir(path: &Path, like: Option<&Path>) -> io::Result<()> {
+    let like = match like {
+        Some(like) => {
+            let m = like.symlink_metadata()?;
+            if !m.is_dir() {
+                return Err(NotATree::error(like));
+            }
+            Some(m)
+        }
+        None => None,
+    };
     fs::create_dir(path)?;
     let (mode, uid, gid) = match like {
-        Some(like) => {
-            let m = like.metadata()?;
-            (m.mode() & 0o7777, Some(m.uid()), Some(m.gid()))
-        }
+        Some(m) => (m.mode() & 0o7777, Some(m.uid()), Some(m.gid())),
         None => (0o755, None, None),
     };
     if uid.is_some() {
@@ -345,6 +355,37 @@ pub fn make_root_dir(path: &Path, like: Option<&Path>) -> io::Result<()> {
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
+
+/// A snapshot's tree (`snapshots/ID/fs`) that is not a directory: a
+/// symlink or a file put in its place. Mounting or committing it would
+/// take whatever it points at as the layer, so it is refused as a damaged
+/// store (`check` reports it as `bad-shape`).
+#[derive(Debug)]
+pub struct NotATree(pub PathBuf);
+
+impl NotATree {
+    pub fn error(path: &Path) -> io::Error {
+        io::Error::new(io::ErrorKind::NotADirectory, NotATree(path.to_path_buf()))
+    }
+
+    /// The path of the tree `e` is about, if it is one.
+    pub fn of(e: &io::Error) -> Option<&Path> {
+        let inner = e.get_ref()?.downcast_ref::<NotATree>()?;
+        Some(&inner.0)
+    }
+}
+
+impl std::fmt::Display for NotATree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is not a directory (a symlink or a file in its place)",
+            self.0.display()
+        )
+    }
+}
+
+impl std::error::Error for NotATree {}
 
 /// Sets the modification time of `path` (not following a symlink), leaving
 /// its access time alone.

@@ -393,6 +393,10 @@ impl Store {
             if let (Some(p), Some(name)) = (&parent_row, parent) {
                 self.parent_still_there(p.id, name, key)?;
             }
+            if let Some(tree) = layout::NotATree::of(&e) {
+                let on = parent.unwrap_or_default();
+                return Err(not_a_tree(format!("cannot make `{key}` on `{on}`"), tree));
+            }
             return Err(Error::io(format!("cannot build snapshot `{key}`"), e));
         }
         crash::point("create:built");
@@ -544,6 +548,30 @@ impl Store {
         plan.driver != Driver::Overlay || plan.chain.len() * shortest <= MAX_MOUNT_DATA + 1
     }
 
+    /// Refuses to mount `plan` when a tree it mounts (its own, or a layer
+    /// of its chain) is not a directory: the kernel would follow a symlink
+    /// put in its place and mount what it points at. One `lstat` per tree,
+    /// next to the path walk the mount makes of each anyway.
+    fn refuse_bad_trees(&self, key: &str, plan: &Plan) -> Result<()> {
+        let own = (plan.kind == SnapshotKind::Active).then_some(plan.id);
+        // Native mounts one tree: an active's own, a view's parent.
+        let layers = match plan.driver {
+            Driver::Overlay => plan.chain.len(),
+            Driver::Native => usize::from(plan.kind == SnapshotKind::View),
+        };
+        for id in own
+            .into_iter()
+            .chain(plan.chain.iter().take(layers).copied())
+        {
+            let tree = self.layout.fs(id);
+            // A tree that is not there fails the mount, which says so.
+            if std::fs::symlink_metadata(&tree).is_ok_and(|m| !m.is_dir()) {
+                return Err(not_a_tree(format!("cannot mount `{key}`"), &tree));
+            }
+        }
+        Ok(())
+    }
+
     /// Mounts `key` at `target` (created if missing) and records the mount.
     /// Returns the absolute target.
     pub fn mount(&mut self, key: &str, target: &Path) -> Result<PathBuf> {
@@ -577,6 +605,7 @@ impl Store {
         if overlay_upper {
             self.refuse_other_mounts(&mount_table()?, [(id, key)], &[], "mount")?;
         }
+        self.refuse_bad_trees(key, &plan)?;
         let mounts = self.mounts_of(&plan);
         // Checked before anything is created, and again once resolved.
         let not_a_dir = || {
@@ -1055,8 +1084,12 @@ impl Store {
             })?;
         }
         crash::point("commit:unmounted");
-        let usage = usage::disk_usage(&self.layout.fs(row.id))
-            .ctx(|| format!("cannot measure the disk usage of `{key}`"))?;
+        let usage = usage::tree_usage(&self.layout.fs(row.id)).map_err(|e| {
+            match layout::NotATree::of(&e) {
+                Some(tree) => not_a_tree(format!("cannot commit `{key}`"), tree),
+                None => Error::io(format!("cannot measure the disk usage of `{key}`"), e),
+            }
+        })?;
         crash::point("commit:measured");
         // Committed content must be on disk before the index says so.
         syncfs(&self.layout.fs(row.id)).ctx(|| format!("cannot sync `{key}`"))?;
@@ -2004,6 +2037,16 @@ fn live_and_stale(
 /// The other mount namespace a record's mount was made in, if it was.
 fn foreign(r: &MountRecord, own: Option<u64>) -> Option<u64> {
     r.namespace().filter(|ns| own.is_some_and(|own| own != *ns))
+}
+
+/// A snapshot's tree at `tree` that is not a directory: the store is
+/// damaged, and `what` (the operation) is refused.
+fn not_a_tree(what: String, tree: &Path) -> Error {
+    Error::internal(format!(
+        "{what}: {} is not a directory (a symlink or a file in its place); the store is damaged",
+        tree.display()
+    ))
+    .with_hint("run `strata check`, which reports it; put the snapshot's directory back, or remove the snapshots concerned")
 }
 
 fn replaced(key: &str) -> Error {

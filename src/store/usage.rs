@@ -46,6 +46,7 @@ use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RawDir, Stat};
 use rustix::io::Errno;
 
+use super::layout::NotATree;
 use super::longpath::{PathContext, open_dir, reach};
 
 /// Space and inodes used by a directory tree.
@@ -64,11 +65,24 @@ pub fn disk_usage(root: &Path) -> io::Result<Usage> {
     disk_usage_at(CWD, root, root)
 }
 
+/// [`disk_usage`] of a snapshot's tree, which must be a directory of its
+/// own: a symlink or a file in its place is a [`NotATree`] error (what
+/// the walk's first open tells, at no cost), not a one-inode tree.
+pub fn tree_usage(root: &Path) -> io::Result<Usage> {
+    walk(CWD, root, root, false)
+}
+
 /// [`disk_usage`] of the tree at `rel` under directory `base`, whose path is
 /// `root` (for its subdirectories and for errors). Measuring thousands of
 /// small trees under one directory (`usage` of every snapshot) this way
 /// saves resolving the long common prefix for each of them.
 pub fn disk_usage_at(base: BorrowedFd<'_>, rel: &Path, root: &Path) -> io::Result<Usage> {
+    walk(base, rel, root, true)
+}
+
+/// [`disk_usage_at`]; a root that is not a directory counts as its one
+/// inode if `any_root`, else is a [`NotATree`] error.
+fn walk(base: BorrowedFd<'_>, rel: &Path, root: &Path, any_root: bool) -> io::Result<Usage> {
     let shared = Shared {
         queue: Mutex::new(Queue::default()),
         wake: Condvar::new(),
@@ -77,6 +91,7 @@ pub fn disk_usage_at(base: BorrowedFd<'_>, rel: &Path, root: &Path) -> io::Resul
     let mut main = Worker::new();
     let fd = match rustix::fs::openat(base, rel, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => fd,
+        Err(Errno::NOTDIR | Errno::LOOP) if !any_root => return Err(NotATree::error(root)),
         // Not a directory: that single inode.
         Err(Errno::NOTDIR | Errno::LOOP) => {
             let st = rustix::fs::statat(base, rel, AtFlags::SYMLINK_NOFOLLOW).ctx(root)?;

@@ -701,6 +701,7 @@ fn a_parent_with_no_row_stops_every_walk(driver: &str) {
 
 both_drivers!(
     a_parent_with_no_row_stops_every_walk,
+    a_tree_that_is_a_symlink_is_refused,
     a_lost_index_is_refused,
     prune_finds_every_leftover,
     check_reports_and_repairs,
@@ -715,6 +716,81 @@ both_drivers!(
     many_leftovers_in_few_files,
     a_parent_cycle_is_reported_and_walks_end
 );
+
+/// A snapshot's tree that is a symlink (`snapshots/ID/fs -> /elsewhere`,
+/// which `check` calls `bad-shape`) is refused as a damaged store by
+/// `mount` and `commit` of that snapshot, and by `prepare`, `view` and
+/// the mounts on it when it is a parent's: the kernel would follow it and
+/// the layer would be what it points at. (Audit: `mount` showed
+/// /elsewhere, and `commit` made a layer of it with a usage of 0 B.)
+fn a_tree_that_is_a_symlink_is_refused(driver: &str) {
+    if !require_root_and_overlay() {
+        return;
+    }
+    let s = store(driver);
+    let elsewhere = s.scratch_dir("elsewhere");
+    fs::write(elsewhere.join("outside"), "x").unwrap();
+    let snaps = s.root.join("snapshots");
+    // Puts the symlink in place of snapshot `id`'s tree; undone when dropped.
+    struct Swapped(std::path::PathBuf);
+    impl Drop for Swapped {
+        fn drop(&mut self) {
+            fs::remove_file(self.0.join("fs")).unwrap();
+            fs::rename(self.0.join("fs.real"), self.0.join("fs")).unwrap();
+        }
+    }
+    let swap = |id: String| {
+        let dir = snaps.join(id);
+        fs::rename(dir.join("fs"), dir.join("fs.real")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join("fs")).unwrap();
+        Swapped(dir)
+    };
+    let refused = |args: &[&str]| {
+        let run = s.strata(args).fails_json("internal");
+        let error = run.json_error();
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("/fs is not a directory") && message.contains("damaged"),
+            "{}",
+            run.session()
+        );
+        assert!(
+            error["hints"].to_string().contains("strata check"),
+            "{}",
+            run.session()
+        );
+    };
+    let target = s.scratch("mnt");
+    let t = target.to_str().unwrap();
+    let _guard = MountGuard::new(&target);
+    let usage = s.strata(&["usage", "--json", "act"]).success().json()[0].clone();
+    {
+        let _act = swap(snapshot_dir(&s, Newest));
+        refused(&["--json", "mount", "act", t]);
+        assert!(!is_mount_point(&target));
+        refused(&["--json", "commit", "c", "act"]);
+        assert_eq!(s.info("act")["kind"], "active");
+        s.strata(&["check"]).fails_reporting(1, "bad-shape");
+    }
+    s.strata(&["commit", "c", "act"]).success();
+    assert_eq!(s.info("c")["usage"]["inodes"], usage["inodes"]);
+    s.strata(&["prepare", "act", "base"]).success();
+    {
+        let _base = swap(snapshot_dir(&s, Oldest));
+        refused(&["--json", "prepare", "p", "base"]);
+        refused(&["--json", "view", "v", "base"]);
+        if driver == "overlay" {
+            refused(&["--json", "mount", "act", t]);
+        }
+        assert_eq!(s.names(&[]), ["act", "base", "c"]);
+    }
+    s.strata(&["prepare", "p", "base"]).success();
+    s.strata(&["view", "v", "base"]).success();
+    let m = s.mount("v");
+    assert!(m.join("f").exists() && !m.join("outside").exists());
+    s.unmount(&m);
+    s.strata(&["check"]).success();
+}
 
 /// An overlay store whose path holds a comma, so `mounts` prints the
 /// relative form through the short links in `l/` however short the chain:
