@@ -939,19 +939,6 @@ fn check_finds_and_replaces_wrong_short_links() {
     pasted_shows_the_chain(&s);
 }
 
-/// The printed mount lines do not trust a short link that is there: one
-/// that points elsewhere is replaced before the line is printed.
-#[test]
-fn printed_mount_lines_replace_wrong_short_links() {
-    let Some((s, ids)) = store_with_short_links() else {
-        return;
-    };
-    pasted_shows_the_chain(&s);
-    corrupt_short_links(&s, &ids);
-    pasted_shows_the_chain(&s);
-    s.strata(&["check"]).success();
-}
-
 /// The driver is chosen by the first write and recorded for good: a store
 /// that cannot hold the overlay test's scratch directories fails that write,
 /// and does not make the store native.
