@@ -31,7 +31,7 @@ pub struct Args {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let name = args.name.clone().unwrap_or_else(|| args.source.clone());
-    crate::store::key::validate_key(&name)?;
+    oci::validate_image_name(&name)?;
     let (dir, tag) = split_dir_tag(&args.source);
     let mut layout = Layout::open(&dir, tag)?;
     let printer = ctx.printer.clone();

@@ -49,7 +49,7 @@ pub fn pulled_text(p: &oci::Pulled) -> String {
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let access = args.registry.access()?;
     let name = args.name.clone().unwrap_or_else(|| args.reference.clone());
-    crate::store::key::validate_key(&name)?;
+    oci::validate_image_name(&name)?;
     let mut registry = Registry::open(
         &args.reference,
         &access,

@@ -979,7 +979,7 @@ pub fn pull(
     reference: &str,
     printer: &Printer,
 ) -> Result<Pulled> {
-    crate::store::key::validate_key(name)?;
+    validate_image_name(name)?;
     let what = source.describe();
     let (bytes, digest) = source.manifest(None)?;
     let named = digest.clone();
@@ -1029,13 +1029,11 @@ pub fn pull(
         sha256_hex(d, &format!("a diff_id in the image config of {what}"))?;
     }
     let chain = chain_ids(&diff_ids);
-    // Checked before a layer is read: the layers would be committed first,
-    // and then the name found taken by one of them.
-    if chain.iter().any(|id| id == name) {
-        return Err(Error::invalid(format!(
-            "`{name}` is the chain ID of a layer of {what}, which is that layer's snapshot: it cannot also name the image"
-        ))
-        .with_hint("give the image another NAME, the command's last argument"));
+    // Conflicts are found before a layer is downloaded; each layer is
+    // looked at again below, since other processes change the store.
+    for (i, chain_id) in chain.iter().enumerate() {
+        let below = i.checked_sub(1).map(|b| chain[b].as_str());
+        existing_layer(store, chain_id, below)?;
     }
     alias_plan(store, name, chain.last().map(String::as_str))?;
     let mut layers = Vec::with_capacity(descs.len());
@@ -1049,36 +1047,9 @@ pub fn pull(
             .unwrap_or(MT_LAYER_GZIP);
         let compression = compression_of(media_type)?;
         let size = size_of(desc, "layer descriptor")?;
-        let mut labels = Labels::new();
-        let present = match store.stat(chain_id) {
-            // A chain ID names its parents' too: a layer under it on
-            // another parent is not this one (made by hand, say), and
-            // building on it would give the image a wrong tree.
-            Ok(info) if info.kind == SnapshotKind::Committed && info.parent != parent => {
-                return Err(Error::already_exists(format!(
-                    "`{chain_id}` exists on {} but the image has it on {}",
-                    info.parent
-                        .map_or("no parent".to_string(), |p| format!("`{p}`")),
-                    parent
-                        .as_ref()
-                        .map_or("no parent".to_string(), |p| format!("`{p}`")),
-                ))
-                .with_hint(format!(
-                    "remove it (strata rm -r {chain_id}) and pull again"
-                )));
-            }
-            Ok(info) if info.kind == SnapshotKind::Committed => {
-                labels = info.labels;
-                true
-            }
-            Ok(_) => {
-                return Err(Error::already_exists(format!(
-                    "`{chain_id}` exists but is not a committed layer"
-                )));
-            }
-            Err(e) if e.kind() == Kind::NotFound => false,
-            Err(e) => return Err(e),
-        };
+        let found = existing_layer(store, chain_id, parent.as_deref())?;
+        let present = found.is_some();
+        let mut labels = found.unwrap_or_default();
         if !present {
             let bar = printer.progress(
                 &format!(
@@ -1133,9 +1104,10 @@ pub fn pull(
                         },
                     )?;
                 }
-                // Another process pulled the same layer meanwhile.
+                // Another process made the chain ID meanwhile: a pull
+                // of the same layer, or not (an alias, a layer by hand).
                 Err(e) if e.kind() == Kind::AlreadyExists => {
-                    labels = store.stat(chain_id)?.labels;
+                    labels = existing_layer(store, chain_id, parent.as_deref())?.ok_or(e)?;
                 }
                 // The layer below, there a moment ago, was removed.
                 Err(e) if e.kind() == Kind::NotFound && parent.is_some() => {
@@ -1166,6 +1138,66 @@ pub fn pull(
         name: name.to_string(),
         layers,
     })
+}
+
+/// Refuses an image NAME that has the form of a chain ID (`sha256:` and 64
+/// hex digits), besides what a key may not be: such a name is a layer's
+/// key to any later pull of an image with that layer, which would take the
+/// alias for the layer (audit: its files were missing from the image).
+pub fn validate_image_name(name: &str) -> Result<()> {
+    crate::store::key::validate_key(name)?;
+    let hex = name.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::invalid(format!(
+            "`{name}` has the form of a layer's chain ID, which names that layer's snapshot: it cannot name an image"
+        ))
+        .with_hint("give the image another NAME, the command's last argument"));
+    }
+    Ok(())
+}
+
+/// The labels of the layer snapshot `chain_id` on `parent`, or `None` when
+/// there is none yet; `already_exists` when the key holds something else.
+fn existing_layer(
+    store: &mut Store,
+    chain_id: &str,
+    parent: Option<&str>,
+) -> Result<Option<Labels>> {
+    let info = match store.stat(chain_id) {
+        Ok(info) => info,
+        Err(e) if e.kind() == Kind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let named = |p: Option<&str>| p.map_or("no parent".to_string(), |p| format!("`{p}`"));
+    if info.kind != SnapshotKind::Committed {
+        return Err(Error::already_exists(format!(
+            "`{chain_id}` exists but is not a committed layer"
+        )));
+    }
+    // An alias has no files of its own: taken for the layer, it would
+    // leave the layer's files out of the image.
+    if is_alias(&info.labels) {
+        return Err(Error::already_exists(format!(
+            "`{chain_id}` is an image's name, not a layer"
+        ))
+        .with_hint(format!(
+            "remove that name (strata rm {chain_id}; the layers of its image stay) and pull again"
+        )));
+    }
+    // A chain ID names its parents' too: a layer under it on another
+    // parent is not this one (made by hand, say), and building on it would
+    // give the image a wrong tree.
+    if info.parent.as_deref() != parent {
+        return Err(Error::already_exists(format!(
+            "`{chain_id}` exists on {} but the image has it on {}",
+            named(info.parent.as_deref()),
+            named(parent),
+        ))
+        .with_hint(format!(
+            "remove it (strata rm -r {chain_id}) and pull again"
+        )));
+    }
+    Ok(Some(info.labels))
 }
 
 /// How many times a pull looks again at a NAME other processes change.

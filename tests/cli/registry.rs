@@ -626,7 +626,7 @@ fn pull_into_a_taken_or_contested_name() {
     for id in &ids {
         let run = b.fails(&["import", &v2, id], "invalid");
         assert!(
-            run.stderr.contains("chain ID of a layer"),
+            run.stderr.contains("form of a layer's chain ID"),
             "{}",
             run.session()
         );
@@ -645,6 +645,70 @@ fn pull_into_a_taken_or_contested_name() {
     assert_eq!(b.info("img")["labels"]["strata.image.ref"], v1.as_str());
     b.view_tree("img")
         .assert_eq(&a.view_tree("base"), "the last import's image");
+    b.strata(&["check"]).success();
+}
+
+/// A snapshot with an image's alias label under one of an image's chain IDs
+/// is an image's name, not the layer (audit: `pull REG/c C1`, C1 the chain
+/// ID of a layer of `big`, then `pull REG/big` took the empty alias for
+/// that layer, exit 0, its files missing). Such a NAME is refused now
+/// (`invalid`, whichever image's chain ID it is); one made before is
+/// `already_exists`, found before any layer is applied.
+#[test]
+fn an_alias_under_a_chain_id_is_not_taken_for_the_layer() {
+    let Some((a, layout)) = exported_base("v1") else {
+        return;
+    };
+    a.layer("app", Some("base"), &app_ops("v2"));
+    let dir = layout.to_str().unwrap();
+    a.strata(&["export", "app", dir, "--tag", "v2"]).success();
+    let (v1, v2) = (format!("{dir}:v1"), format!("{dir}:v2"));
+    let probe = Store::setup("native").unwrap();
+    probe.strata(&["import", &v2, "probe"]).success();
+    let chain = probe.info("probe")["parent"].as_str().unwrap().to_string();
+    let root = probe.info(&chain)["parent"].as_str().unwrap().to_string();
+
+    // The audit's NAME, the chain ID of another image's layer.
+    let b = Store::setup("native").unwrap();
+    let run = b.fails(&["import", &v1, &chain], "invalid");
+    assert!(
+        run.stderr.contains("form of a layer's chain ID"),
+        "{}",
+        run.session()
+    );
+    assert!(b.names(&[]).is_empty(), "{}", run.session());
+
+    // An alias made so before: the right parent, the alias label.
+    b.strata(&["import", &v1, "small"]).success();
+    b.strata(&["prepare", "k", &root]).success();
+    b.strata(&["commit", &chain, "k", "--label", "strata.image.ref=old"])
+        .success();
+    let before = b.names(&[]);
+    let run = b.fails(&["import", &v2, "big"], "already_exists");
+    assert!(
+        run.stderr
+            .contains(&format!("`{chain}` is an image's name, not a layer")),
+        "{}",
+        run.session()
+    );
+    assert!(run.stderr.contains("strata rm"), "{}", run.session());
+    assert_eq!(b.names(&[]), before, "{}", run.session());
+
+    // On no parent, with the layer below missing: refused before that
+    // layer is applied.
+    let c = Store::setup("native").unwrap();
+    c.strata(&["prepare", "k"]).success();
+    c.strata(&["commit", &chain, "k", "--label", "strata.image.ref=old"])
+        .success();
+    let run = c.fails(&["import", &v2, "big"], "already_exists");
+    assert!(run.stderr.contains("image's name"), "{}", run.session());
+    assert_eq!(c.names(&[]), [chain.as_str()], "{}", run.session());
+
+    // Once the name is removed, the image is whole.
+    b.strata(&["rm", &chain]).success();
+    b.strata(&["import", &v2, "big"]).success();
+    b.view_tree("big")
+        .assert_eq(&a.view_tree("app"), "the image");
     b.strata(&["check"]).success();
 }
 
