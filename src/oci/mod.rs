@@ -1229,8 +1229,20 @@ fn alias_plan(store: &mut Store, name: &str, top: Option<&str>) -> Result<AliasP
             .with_hint("give the image another NAME, the command's last argument"))
         }
         Ok(info) if info.parent.as_deref() == top => Ok(AliasPlan::Refresh),
+        // Refused here, before any layer is downloaded; the removal that
+        // replaces it refuses it too when something is built on it later.
+        Ok(_) if store.has_children(name)? => Err(built_on(name)),
         Ok(_) => Ok(AliasPlan::Replace),
     }
+}
+
+/// The alias `name` of another image cannot be replaced: snapshots are
+/// built on it.
+fn built_on(name: &str) -> Error {
+    Error::already_exists(format!(
+        "`{name}` names another image and has snapshots built on it"
+    ))
+    .with_hint("give another NAME, or remove what is built on it")
 }
 
 /// Makes `name` an empty committed snapshot on `top` (or a root, for an
@@ -1258,12 +1270,7 @@ fn make_alias(
                 done => return done.map(drop),
             },
             AliasPlan::Replace => match store.remove(name, false, false) {
-                Err(e) if e.kind() == Kind::FailedPrecondition => {
-                    return Err(Error::already_exists(format!(
-                        "`{name}` names another image and has snapshots built on it"
-                    ))
-                    .with_hint("give another NAME, or remove what is built on it"));
-                }
+                Err(e) if e.kind() == Kind::FailedPrecondition => return Err(built_on(name)),
                 Err(e) if !gone(&e) => return Err(e),
                 _ => {}
             },

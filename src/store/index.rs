@@ -821,6 +821,13 @@ pub fn children(tx: &Transaction<'_>, id: i64) -> Result<Vec<String>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// Whether snapshot `id` has a child (uses the `parent_id` index).
+pub fn has_children(tx: &Transaction<'_>, id: i64) -> Result<bool> {
+    let mut stmt =
+        tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM snapshots WHERE parent_id = ?1)")?;
+    Ok(stmt.query_row([id], |r| r.get(0))?)
+}
+
 pub fn labels(tx: &Transaction<'_>, id: i64) -> Result<Labels> {
     let mut stmt =
         tx.prepare_cached("SELECT key, value FROM labels WHERE snapshot_id = ?1 ORDER BY key")?;

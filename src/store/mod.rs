@@ -1451,6 +1451,15 @@ impl Store {
         Ok(info(row, labels, at))
     }
 
+    /// Whether anything (a committed snapshot, an active, a view) is built
+    /// on `key`: what makes [`Store::remove`] refuse it, asked without
+    /// removing (one indexed lookup).
+    pub fn has_children(&mut self, key: &str) -> Result<bool> {
+        let tx = self.index.read()?;
+        let row = existing(&tx, key)?;
+        index::has_children(&tx, row.id)
+    }
+
     /// Sets labels of `key`; an empty value removes a label.
     pub fn update_labels(&mut self, key: &str, changes: &Labels) -> Result<Info> {
         for (k, v) in changes {

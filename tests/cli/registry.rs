@@ -712,6 +712,31 @@ fn an_alias_under_a_chain_id_is_not_taken_for_the_layer() {
     b.strata(&["check"]).success();
 }
 
+/// Importing onto an alias of another image that has something built on it
+/// is `already_exists` before any layer is applied (audit: the whole image
+/// was downloaded and its layers committed, then refused).
+#[test]
+fn a_name_with_snapshots_on_it_is_refused_before_any_layer() {
+    let Some((a, layout)) = exported_base("v1") else {
+        return;
+    };
+    a.layer("app", Some("base"), &app_ops("v2"));
+    let dir = layout.to_str().unwrap();
+    a.strata(&["export", "app", dir, "--tag", "v2"]).success();
+    let b = Store::setup("native").unwrap();
+    b.strata(&["import", &format!("{dir}:v1"), "img"]).success();
+    b.strata(&["prepare", "work", "img"]).success();
+    let before = b.names(&[]);
+    let run = b.fails(&["import", &format!("{dir}:v2"), "img"], "already_exists");
+    assert!(
+        run.stderr.contains("has snapshots built on it"),
+        "{}",
+        run.session()
+    );
+    assert_eq!(b.names(&[]), before, "a layer was committed first");
+    b.strata(&["check"]).success();
+}
+
 /// Rewrites the one image of OCI layout `layout`: `edit` changes its
 /// manifest and its config, which are stored again under their new digests
 /// (the index then points at the new manifest).
