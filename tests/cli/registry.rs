@@ -1392,7 +1392,7 @@ fn import_takes_entries_without_a_platform() {
     let no = "an entry without a platform";
     assert!(
         message.contains(&format!(
-            "(it has: linux/{other}, {no} (an artifact), {no} (an artifact), {no} (a manifest for ?/?))"
+            "(it has: linux/{other}, {no} (an artifact) ×2, {no} (a manifest for ?/?))"
         )),
         "{}",
         run.session()
@@ -2773,6 +2773,52 @@ fn pull_walks_index_entries_without_a_platform() {
     assert_eq!(out["digest"], want_top.as_str(), "{out}");
     assert_eq!(out["manifest"], want_manifest.as_str(), "{out}");
     assert_eq!(s.info("img")["kind"], "committed");
+}
+
+/// An index of thousands of entries for platforms strata does not run, each with a
+/// long name: `not_found`, one short line naming the first few, each clipped, and
+/// how many more (audit: 150,000 entries of 200 characters made one 33 MB line).
+#[test]
+fn an_index_of_many_unknown_platforms_is_listed_briefly() {
+    const ENTRIES: usize = 3000;
+    let s = setup!("native");
+    let manifests: Vec<serde_json::Value> = (0..ENTRIES)
+        .map(|i| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": format!("sha256:{:064x}", i),
+                "size": 1,
+                "platform": {"os": "linux", "architecture": format!("{i}{}", "z".repeat(300))},
+            })
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    })
+    .to_string();
+    let reg = Hostile::start(move |head, c| {
+        if path_of(head) != "/v2/x/y/manifests/t" {
+            return false;
+        }
+        answer_ok(c, index.as_bytes());
+        true
+    });
+    let run = s.strata(&["pull", "--plain-http", &reg.reference(), "img"]);
+    assert_eq!(run.code, 3, "{}", run.session());
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.session());
+    assert!(
+        run.stderr.len() < 16 * 1024,
+        "{} bytes on stderr",
+        run.stderr.len()
+    );
+    assert!(
+        run.stderr.contains(&format!("… and {} more", ENTRIES - 16)),
+        "{}",
+        &run.stderr[..run.stderr.len().min(4000)]
+    );
+    assert_eq!(s.names(&[]), Vec::<String>::new());
 }
 
 /// A manifest pulled by digest whose bytes have another digest is named a manifest
