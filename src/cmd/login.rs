@@ -1,5 +1,6 @@
 use super::Context;
-use crate::oci::{self, auth::Credentials, registry::Access};
+use crate::oci::registry::{Access, is_registry_host};
+use crate::oci::{self, auth::Credentials};
 use crate::store::{Error, Kind, Result};
 
 /// Log in to an OCI registry: check the credentials and store them.
@@ -52,10 +53,12 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         .with_hint("add --password-stdin: echo \"$PASSWORD\" | strata login REGISTRY -u USER --password-stdin"));
     }
     if !is_registry_host(&args.registry) {
-        return Err(
-            Error::invalid(format!("`{}` is not a registry host", args.registry))
-                .with_hint("give HOST[:PORT], e.g. registry.example.com or 127.0.0.1:5000"),
-        );
+        return Err(Error::invalid(format!(
+            "`{}` is not a registry host ({})",
+            args.registry,
+            oci::registry::HOST_FORM
+        ))
+        .with_hint("give HOST[:PORT], e.g. registry.example.com or 127.0.0.1:5000"));
     }
     // Refused before the user name is asked.
     oci::registry::timeout_setting()?;
@@ -113,30 +116,9 @@ fn ask_username(ctx: &Context) -> Result<String> {
     Ok(name.to_string())
 }
 
-/// Whether `text` is `HOST[:PORT]` as image references write a registry: a
-/// DNS name or IPv4 address (letters, digits, `.`, `-`, `_`), optionally a
-/// port. Anything else (`user@host`, `host#x`, a space, a path) would be
-/// stored as credentials no reference could ever use.
-fn is_registry_host(text: &str) -> bool {
-    let (host, port) = match text.rsplit_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (text, None),
-    };
-    let host_ok = !host.is_empty()
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    let port_ok =
-        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    host_ok && port_ok
-}
-
 #[cfg(test)]
 mod tests {
-    use super::is_registry_host;
+    use crate::oci::registry::is_registry_host;
 
     #[test]
     fn registry_hosts() {
@@ -144,7 +126,11 @@ mod tests {
             "registry.example.com",
             "127.0.0.1:5000",
             "localhost",
-            "my-reg_1:443",
+            "my-reg1:443",
+            "h:1",
+            "h:65535",
+            "255.255.255.255",
+            "1.2.3.example",
         ] {
             assert!(is_registry_host(ok), "{ok}");
         }
@@ -161,6 +147,15 @@ mod tests {
             ".h",
             "h..i",
             "[::1]:5000",
+            "h:0",
+            "h:65536",
+            "h:99999",
+            "h:+80",
+            "-x",
+            "a-.b",
+            "my-reg_1:443",
+            "999.1.1.1",
+            "1.2.3",
         ] {
             assert!(!is_registry_host(bad), "{bad:?}");
         }

@@ -110,12 +110,60 @@ fn client(plain_http: bool, monolithic: bool) -> Client {
     })
 }
 
-/// Parses an image reference (`host[:port]/repo[:tag][@digest]`).
+/// Parses an image reference (`host[:port]/repo[:tag][@digest]`); its
+/// registry must be one [`is_registry_host`] accepts (the parser takes any
+/// digits for a port: `:99999` failed later as an internal error).
 pub fn parse_reference(text: &str) -> Result<Reference> {
-    Reference::try_from(text).map_err(|e| {
-        Error::invalid(format!("`{text}` is not an image reference: {e}"))
-            .with_hint("write HOST[:PORT]/REPOSITORY[:TAG], e.g. registry.example.com/app:v1")
-    })
+    const HINT: &str = "write HOST[:PORT]/REPOSITORY[:TAG], e.g. registry.example.com/app:v1";
+    let reference = Reference::try_from(text).map_err(|e| {
+        Error::invalid(format!("`{text}` is not an image reference: {e}")).with_hint(HINT)
+    })?;
+    if !is_registry_host(reference.registry()) {
+        return Err(Error::invalid(format!(
+            "`{text}` is not an image reference: `{}` is not a registry ({HOST_FORM})",
+            reference.registry()
+        ))
+        .with_hint(HINT));
+    }
+    Ok(reference)
+}
+
+/// What [`is_registry_host`] accepts, for messages.
+pub const HOST_FORM: &str = "a DNS name or IPv4 address, and maybe a port from 1 to 65535";
+
+/// Whether `text` is `HOST[:PORT]` as image references write a registry: a
+/// DNS name (labels of letters and digits, `-` inside) or an IPv4 address,
+/// and a port from 1 to 65535. Anything else could never be reached (a
+/// port of 99999, an address of 999.1.1.1), or, for `login`, would be
+/// stored under a name no reference matches (`user@host`, `host#x`).
+pub fn is_registry_host(text: &str) -> bool {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    let labels: Vec<&str> = host.split('.').collect();
+    let numeric = labels
+        .iter()
+        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
+    let host_ok = if numeric {
+        labels.len() == 4 && labels.iter().all(|l| l.parse::<u8>().is_ok())
+    } else {
+        labels.iter().all(|l| is_dns_label(l))
+    };
+    port_ok && host_ok
+}
+
+/// A DNS label: 1 to 63 letters, digits and `-`, not first or last.
+fn is_dns_label(label: &str) -> bool {
+    (1..=63).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
 }
 
 /// The runtime every registry operation runs on; making it also readies the

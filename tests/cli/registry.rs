@@ -2821,6 +2821,39 @@ fn an_index_of_many_unknown_platforms_is_listed_briefly() {
     assert_eq!(s.names(&[]), Vec::<String>::new());
 }
 
+/// A registry that could never be reached (a port past 65535 or 0, an address of
+/// 999.1.1.1, a host starting with `-`) is `invalid` before any request, for pull,
+/// push and login alike (they were `internal`: the parser took any digits, and
+/// login tried the DNS), and nothing is stored.
+#[test]
+fn unreachable_registry_names_are_invalid() {
+    let s = setup!("native");
+    s.layer("top", None, &base_ops());
+    let auth = s.scratch("auth.json");
+    let env = [("REGISTRY_AUTH_FILE", auth.to_str().unwrap())];
+    let fails = |args: &[&str]| {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let run = s.strata_with(
+            &all,
+            With {
+                stdin: Some(b"pw\n"),
+                env: &env,
+                ..Default::default()
+            },
+        );
+        run.fails_json("invalid");
+    };
+    for r in ["127.0.0.1:99999/app", "127.0.0.1:0/app", "999.1.1.1/app"] {
+        fails(&["pull", "--plain-http", r]);
+        fails(&["push", "--plain-http", "top", r]);
+    }
+    for host in ["127.0.0.1:99999", "999.1.1.1", "-x", "h:0", "a-.example"] {
+        fails(&["login", "-u", "a", "--password-stdin", "--", host]);
+    }
+    assert!(!auth.exists());
+}
+
 /// A manifest pulled by digest whose bytes have another digest is named a manifest
 /// (it was "blob sha256:… has digest …"), `invalid`, and nothing is committed.
 #[test]
