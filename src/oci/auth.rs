@@ -132,9 +132,16 @@ pub fn lookup(registry: &str) -> Result<Option<Credentials>> {
 pub fn password_from_stdin() -> Result<String> {
     use std::io::Read;
     let mut s = String::new();
-    std::io::stdin()
-        .read_to_string(&mut s)
-        .map_err(|e| Error::io("cannot read the password from stdin", e))?;
+    std::io::stdin().read_to_string(&mut s).map_err(|e| {
+        // Not UTF-8: the value given is wrong, not the machine (it was
+        // internal, "stream did not contain valid UTF-8").
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            Error::invalid("the password must be UTF-8")
+                .with_hint("give the password (or token) on stdin as UTF-8 text")
+        } else {
+            Error::io("cannot read the password from stdin", e)
+        }
+    })?;
     let p = s.strip_suffix('\n').unwrap_or(&s);
     let p = p.strip_suffix('\r').unwrap_or(p);
     if p.is_empty() {

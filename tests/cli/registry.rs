@@ -2854,6 +2854,34 @@ fn unreachable_registry_names_are_invalid() {
     assert!(!auth.exists());
 }
 
+/// A password on stdin that is not UTF-8 is `invalid`, said so, before any request
+/// (it was `internal`: "stream did not contain valid UTF-8").
+#[test]
+fn a_password_that_is_not_utf8_is_invalid() {
+    let s = setup!("native");
+    let auth = s.scratch("auth.json");
+    let env = [("REGISTRY_AUTH_FILE", auth.to_str().unwrap())];
+    let run = s.strata_with(
+        &[
+            "-o",
+            "json",
+            "login",
+            "127.0.0.1:1",
+            "-u",
+            "alice",
+            "--password-stdin",
+        ],
+        With {
+            stdin: Some(b"p\xff\n"),
+            env: &env,
+            ..Default::default()
+        },
+    );
+    let run = run.fails_json("invalid");
+    assert!(run.stderr.contains("must be UTF-8"), "{}", run.session());
+    assert!(!auth.exists());
+}
+
 /// A manifest pulled by digest whose bytes have another digest is named a manifest
 /// (it was "blob sha256:… has digest …"), `invalid`, and nothing is committed.
 #[test]
