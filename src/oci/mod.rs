@@ -578,15 +578,39 @@ impl Wanted {
     /// `{}`, was taken for the image).
     fn fit(&self, platform: &Value) -> Fit {
         let field = |name: &str| platform.get(name).and_then(Value::as_str);
-        if field("os") != Some("linux") || field("architecture") != Some(self.arch) {
+        let os = field("os").is_some_and(|os| os.eq_ignore_ascii_case("linux"));
+        let arch = field("architecture").map(normal_arch);
+        if !os || arch != Some(self.arch) {
             return Fit::No;
         }
         match field("variant") {
             None | Some("") => Fit::Best,
-            Some(v) if v == self.baseline => Fit::Best,
+            // containerd writes arm64's baseline `8` or `v8` alike.
+            Some(v) if v.trim_start_matches('v') == self.baseline.trim_start_matches('v') => {
+                Fit::Best
+            }
             Some(_) => Fit::Variant,
         }
     }
+}
+
+/// The GOARCH name of an architecture as images spell it, as containerd's
+/// `platforms.Normalize` reads it: `x86_64` is `amd64`, `aarch64` is
+/// `arm64`, in any case (an index written by other tools than Go's says
+/// what `uname -m` says).
+fn normal_arch(arch: &str) -> &str {
+    const ALIASES: [(&str, &str); 6] = [
+        ("x86_64", "amd64"),
+        ("x86-64", "amd64"),
+        ("amd64", "amd64"),
+        ("aarch64", "arm64"),
+        ("arm64", "arm64"),
+        ("i386", "386"),
+    ];
+    ALIASES
+        .iter()
+        .find(|(alias, _)| arch.eq_ignore_ascii_case(alias))
+        .map_or(arch, |(_, name)| name)
 }
 
 /// How an index entry without a platform is shown among what an index has.
@@ -1318,4 +1342,49 @@ fn make_alias(
         "`{name}` was changed by other processes each time it was to be made"
     ))
     .with_hint("pull again once the other pulls are done"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Platforms as other tools than Go's spell them fit as containerd's
+    /// `platforms.Normalize` reads them (review: `x86_64` fitted nothing).
+    #[test]
+    fn platforms_fit_as_containerd_normalizes_them() {
+        let amd64 = Wanted {
+            arch: "amd64",
+            baseline: "v1",
+        };
+        let arm64 = Wanted {
+            arch: "arm64",
+            baseline: "v8",
+        };
+        let fit = |wanted: &Wanted, os: &str, arch: &str, variant: &str| {
+            let mut p = json!({"os": os, "architecture": arch});
+            if !variant.is_empty() {
+                p["variant"] = variant.into();
+            }
+            wanted.fit(&p)
+        };
+        for (os, arch) in [("linux", "amd64"), ("linux", "x86_64"), ("Linux", "X86_64")] {
+            assert!(
+                matches!(fit(&amd64, os, arch, ""), Fit::Best),
+                "{os}/{arch}"
+            );
+        }
+        assert!(matches!(fit(&amd64, "linux", "x86-64", "v1"), Fit::Best));
+        assert!(matches!(fit(&amd64, "linux", "amd64", "v3"), Fit::Variant));
+        assert!(matches!(fit(&amd64, "windows", "amd64", ""), Fit::No));
+        assert!(matches!(fit(&amd64, "linux", "arm64", ""), Fit::No));
+        for variant in ["", "v8", "8"] {
+            assert!(
+                matches!(fit(&arm64, "linux", "aarch64", variant), Fit::Best),
+                "{variant}"
+            );
+        }
+        assert!(matches!(fit(&arm64, "linux", "arm64", "v9"), Fit::Variant));
+        assert!(matches!(fit(&arm64, "linux", "arm", "v7"), Fit::No));
+    }
 }
