@@ -316,13 +316,25 @@ impl Registry {
     }
 
     fn error(&self, what: &str, e: OciDistributionError, tries: u32) -> Error {
-        map_error(&self.given, what, self.plain_http, tries, e)
+        map_error(
+            &self.given,
+            self.reference.registry(),
+            what,
+            self.plain_http,
+            tries,
+            e,
+        )
     }
 
     /// [`Registry::error`] of a request for blob `digest`, which it names.
     fn blob_error(&self, what: &str, digest: &str, e: OciDistributionError, tries: u32) -> Error {
         let blob = format!("blob {digest}");
-        map_error_about(&self.given, what, Some(&blob), self.plain_http, tries, e)
+        let asked = Asked {
+            given: &self.given,
+            registry: self.reference.registry(),
+            about: Some(&blob),
+        };
+        map_error_about(&asked, what, self.plain_http, tries, e)
     }
 
     /// `HOST[:PORT]/REPOSITORY` of this reference.
@@ -569,20 +581,76 @@ fn cause_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Maps a registry failure to the contract's error kinds.
-/// `tries` is how many times the request was made (said when more than one).
+/// Maps a registry failure to the contract's error kinds. `given` is the
+/// reference (or host) as written, `registry` the one contacted
+/// (`docker.io` for `ubuntu`), which the login hint and a registry that
+/// cannot be reached name. `tries` is how many times the request was made
+/// (said when more than one).
 pub fn map_error(
     given: &str,
+    registry: &str,
     what: &str,
     plain_http: bool,
     tries: u32,
     e: OciDistributionError,
 ) -> Error {
-    map_error_about(given, what, None, plain_http, tries, e)
+    let asked = Asked {
+        given,
+        registry,
+        about: None,
+    };
+    map_error_about(&asked, what, plain_http, tries, e)
 }
 
-/// [`map_error`] of a request about `about` (`blob sha256:…`), which the
-/// message names after the reference.
+/// What a failed request was for.
+struct Asked<'a> {
+    /// The reference (or host) as written.
+    given: &'a str,
+    /// The registry contacted.
+    registry: &'a str,
+    /// What the request fetched (`blob sha256:…`), named after `given`.
+    about: Option<&'a str>,
+}
+
+impl Asked<'_> {
+    /// "the registry", naming it when `given` does not start with it (a
+    /// reference without a registry part).
+    fn the_registry(&self) -> String {
+        if self.registry_written() {
+            "the registry".to_string()
+        } else {
+            format!("the registry {}", self.registry)
+        }
+    }
+
+    /// Whether `given` starts with the registry (or is it, for `login`).
+    fn registry_written(&self) -> bool {
+        self.given
+            .strip_prefix(self.registry)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// A hint for a reference taken as a Docker Hub repository whose name
+    /// looks like a registry (`127.0.0.1:5000`, `localhost`, `reg.example`):
+    /// a registry reference needs a repository after it.
+    fn repository_hint(&self) -> Option<String> {
+        let name = self.given.split([':', '@']).next().unwrap_or(self.given);
+        let like_host = !self.registry_written()
+            && !self.given.contains('/')
+            && (name.contains('.') || name == "localhost")
+            && is_registry_host(self.given.split('@').next().unwrap_or(self.given));
+        like_host.then(|| {
+            format!(
+                "`{}` was taken as a repository on {}: a registry reference needs a \
+                 repository, HOST:PORT/REPOSITORY[:TAG]",
+                self.given, self.registry
+            )
+        })
+    }
+}
+
+/// [`map_error`] of a request about `asked.about` (`blob sha256:…`), which
+/// the message names after the reference.
 ///
 /// The registry's own text (an error envelope's messages, an error page, a
 /// token service's answer) is quoted clipped in the message; the
@@ -590,18 +658,46 @@ pub fn map_error(
 /// which the printer would show after it (and again whole: a registry
 /// could make that line as long as it liked).
 fn map_error_about(
-    given: &str,
+    asked: &Asked,
     what: &str,
-    about: Option<&str>,
     plain_http: bool,
     tries: u32,
     e: OciDistributionError,
 ) -> Error {
-    let host = given.split('/').next().unwrap_or(given);
+    let err = map_error_kind(asked, what, plain_http, tries, &e);
+    let err = match asked.repository_hint() {
+        Some(h) => err.with_hint(h),
+        None => err,
+    };
+    match e {
+        // Refused: the page the registry sent with it is the cause, clipped.
+        OciDistributionError::ServerError {
+            code: 401 | 403,
+            message,
+            ..
+        } if !message.trim().is_empty() => err.with_source(Said(clipped(message.trim()).into())),
+        // Quoted in the message already.
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::RegistryError { .. }
+        | OciDistributionError::ServerError { .. } => err,
+        e => err.with_source(e),
+    }
+}
+
+/// The error [`map_error_about`] returns, before its hints and cause.
+fn map_error_kind(
+    asked: &Asked,
+    what: &str,
+    plain_http: bool,
+    tries: u32,
+    e: &OciDistributionError,
+) -> Error {
     let login = format!(
-        "log in first: strata login {host}{} --username USER --password-stdin",
+        "log in first: strata login {}{} --username USER --password-stdin",
+        asked.registry,
         if plain_http { " --plain-http" } else { "" }
     );
+    let (given, about) = (asked.given, asked.about);
     let subject = match about {
         Some(about) => format!("{given}: {about}"),
         None => given.to_string(),
@@ -613,7 +709,7 @@ fn map_error_about(
             format!("cannot {what} {subject}: {m}")
         }
     };
-    let err = match &e {
+    match e {
         OciDistributionError::AuthenticationFailure(m) => Error::invalid(msg(&format!(
             "authentication failed: {}",
             clipped(m.trim())
@@ -663,7 +759,7 @@ fn map_error_about(
                 clipped(message)
             ))),
         },
-        _ if is_digest_error(&e) => Error::invalid(msg(
+        _ if is_digest_error(e) => Error::invalid(msg(
             "a blob does not match its digest: it is corrupt or was tampered with",
         ))
         .with_hint("nothing was committed from it"),
@@ -680,43 +776,29 @@ fn map_error_about(
         }
         OciDistributionError::RequestError(r) => {
             let chain = cause_chain(r);
+            let the_registry = asked.the_registry();
             let failed = if is_certificate_error(r) {
-                "its TLS certificate is not trusted"
-            } else if r.is_connect() {
-                "the registry cannot be reached"
-            } else if r.is_timeout() {
-                "the registry stopped answering (timed out)"
+                "its TLS certificate is not trusted".to_string()
+            } else if r.is_timeout() && !r.is_connect() {
+                format!("{the_registry} stopped answering (timed out)")
             } else if r.is_body() || r.is_decode() {
                 // An answer's body broke off: the connection closed (or
                 // was reset) before its end.
                 if what == "pull" {
-                    "the download was cut off before its end"
+                    "the download was cut off before its end".to_string()
                 } else {
-                    "the connection was cut off before the end"
+                    "the connection was cut off before the end".to_string()
                 }
             } else {
-                "the registry cannot be reached"
+                format!("{the_registry} cannot be reached")
             };
-            let err = Error::internal(msg(failed));
+            let err = Error::internal(msg(&failed));
             match tls_hint(&chain, plain_http) {
                 Some(h) => err.with_hint(h),
                 None => err,
             }
         }
         _ => Error::internal(msg("the registry request failed")),
-    };
-    match e {
-        // Refused: the page the registry sent with it is the cause, clipped.
-        OciDistributionError::ServerError {
-            code: 401 | 403,
-            message,
-            ..
-        } if !message.trim().is_empty() => err.with_source(Said(clipped(message.trim()).into())),
-        // Quoted in the message already.
-        OciDistributionError::AuthenticationFailure(_)
-        | OciDistributionError::RegistryError { .. }
-        | OciDistributionError::ServerError { .. } => err,
-        e => err.with_source(e),
     }
 }
 
@@ -907,7 +989,14 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
                 );
                 Err(Error::invalid(msg).with_hint(REFUSED_HINT).with_source(e))
             }
-            Err(e) => Err(map_error(registry, "log in to", access.plain_http, 1, e)),
+            Err(e) => Err(map_error(
+                registry,
+                registry,
+                "log in to",
+                access.plain_http,
+                1,
+                e,
+            )),
         };
     }
     let res = rt
@@ -1055,6 +1144,33 @@ mod tests {
         assert_eq!(realm(r#"Basic realm="registry""#), None);
         assert_eq!(realm(""), None);
         assert_eq!(realm("Bearer service=x"), None);
+    }
+
+    #[test]
+    fn a_registry_like_docker_hub_name_is_hinted() {
+        let hint = |given: &str, registry: &str| {
+            let asked = Asked {
+                given,
+                registry,
+                about: None,
+            };
+            (asked.repository_hint().is_some(), asked.the_registry())
+        };
+        let docker = "the registry docker.io".to_string();
+        assert_eq!(hint("127.0.0.1:15000", "docker.io"), (true, docker.clone()));
+        assert_eq!(hint("localhost", "docker.io"), (true, docker.clone()));
+        assert_eq!(hint("ubuntu:22.04", "docker.io"), (false, docker.clone()));
+        assert_eq!(hint("myuser/app:v1", "docker.io"), (false, docker));
+        // `login HOST`, and references that name their registry.
+        let written = "the registry".to_string();
+        assert_eq!(
+            hint("127.0.0.1:5000", "127.0.0.1:5000"),
+            (false, written.clone())
+        );
+        assert_eq!(
+            hint("127.0.0.1:5000/app", "127.0.0.1:5000"),
+            (false, written)
+        );
     }
 
     #[test]

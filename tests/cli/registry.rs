@@ -2854,6 +2854,75 @@ fn unreachable_registry_names_are_invalid() {
     assert!(!auth.exists());
 }
 
+/// A reference without a registry is a Docker Hub one: refused there, the login hint
+/// names `docker.io` (it named the reference's first part: `strata login ubuntu:22.04`,
+/// `strata login myuser`). `127.0.0.1:PORT` alone is a Docker Hub repository too: the
+/// registry that cannot be reached is named docker.io (it read as if 127.0.0.1:PORT
+/// could not be), with a hint that a registry reference needs a repository. Docker Hub
+/// is reached only through `HTTP_PROXY` (a fake answering 401, or a closed port), so
+/// nothing leaves the machine.
+#[test]
+fn a_reference_without_a_registry_names_docker_hub() {
+    use std::sync::{Arc, Mutex};
+    let s = setup!("native");
+    s.layer("top", None, &base_ops());
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let proxy = Hostile::start(move |head, c| {
+        seen.lock().unwrap().push(path_of(head).to_string());
+        let _ = write!(
+            c,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        true
+    });
+    let via = |proxy: &str, args: &[&str]| {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let env = [("HTTP_PROXY", proxy), ("NO_PROXY", "")];
+        s.strata_with(
+            &all,
+            With {
+                env: &env,
+                ..Default::default()
+            },
+        )
+    };
+    let fake = format!("http://{}", proxy.host);
+    let login = "strata login docker.io --plain-http --username USER";
+    let repository_hint = "a registry reference needs a repository, HOST:PORT/REPOSITORY[:TAG]";
+    for r in ["ubuntu:22.04", "myuser/app:v1"] {
+        let run = via(&fake, &["pull", "--plain-http", r]).fails_json("invalid");
+        assert!(run.stderr.contains(login), "{}", run.session());
+        assert!(!run.stderr.contains(repository_hint), "{}", run.session());
+    }
+    let paths = asked.lock().unwrap().join(" ");
+    assert!(
+        paths.contains("http://index.docker.io/v2/library/ubuntu/manifests/22.04")
+            && paths.contains("http://index.docker.io/v2/myuser/app/manifests/v1"),
+        "{paths}"
+    );
+    let run = via(&fake, &["pull", "--plain-http", "127.0.0.1:15000"]).fails_json("invalid");
+    assert!(
+        run.stderr.contains(login) && run.stderr.contains(repository_hint),
+        "{}",
+        run.session()
+    );
+
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let run = via(&nobody, &["push", "--plain-http", "top", "127.0.0.1:15000"]);
+    let run = run.fails_json("internal");
+    assert!(
+        run.stderr.contains(
+            "cannot authenticate 127.0.0.1:15000: the registry docker.io cannot be reached"
+        ) && run.stderr.contains(repository_hint),
+        "{}",
+        run.session()
+    );
+}
+
 /// A password on stdin that is not UTF-8 is `invalid`, said so, before any request
 /// (it was `internal`: "stream did not contain valid UTF-8").
 #[test]
