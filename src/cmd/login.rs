@@ -66,6 +66,9 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         Some(name) => name,
         None => ask_username(ctx)?,
     };
+    // Before the password is read: nothing is asked or written for a name
+    // that could not be stored.
+    oci::auth::check_username(&username)?;
     let creds = Credentials {
         username: username.clone(),
         password: oci::auth::password_from_stdin()?,
@@ -108,12 +111,7 @@ fn ask_username(ctx: &Context) -> Result<String> {
         )
         .with_hint("echo \"$PASSWORD\" | strata login REGISTRY --username USER --password-stdin"));
     };
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(Error::invalid("the user name is empty")
-            .with_hint("type the user name at the prompt, or give --username USER"));
-    }
-    Ok(name.to_string())
+    Ok(name.trim().to_string())
 }
 
 #[cfg(test)]

@@ -55,6 +55,9 @@ pub struct RegistryArgs {
 
 impl RegistryArgs {
     pub fn access(&self) -> Result<Access> {
+        if let Some(name) = &self.username {
+            oci::auth::check_username(name)?;
+        }
         let password = if self.password_stdin {
             Some(oci::auth::password_from_stdin()?)
         } else {

@@ -128,6 +128,31 @@ pub fn lookup(registry: &str) -> Result<Option<Credentials>> {
     Ok(None)
 }
 
+/// Refuses a user name that the auth files could not give back: they keep
+/// `base64(user:password)` and split it at the first `:`, so `al:ice` with
+/// `pw` would be read back as user `al` with password `ice:pw` (RFC 7617
+/// forbids `:` in a user-id, and control characters in both). Empty is
+/// refused too: it names nobody.
+pub fn check_username(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("the user name is empty")
+            .with_hint("type the user name at the prompt, or give --username USER"));
+    }
+    let problem = if name.contains(':') {
+        "contains `:`, which separates it from the password in HTTP basic auth"
+    } else if name.chars().any(char::is_control) {
+        "contains a control character"
+    } else {
+        return Ok(());
+    };
+    let quoted = format!("{name:?}");
+    Err(Error::invalid(format!(
+        "the user name {} {problem}",
+        super::clipped(&quoted)
+    ))
+    .with_hint("give the registry account's user name (or the token's), without `:`"))
+}
+
 /// Reads a password from stdin (one line, the newline dropped).
 pub fn password_from_stdin() -> Result<String> {
     use std::io::Read;

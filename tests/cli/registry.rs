@@ -1761,6 +1761,17 @@ fn login_asks_the_user_name_on_the_terminal() {
     }
     // On a terminal (`script`): the name typed at the prompt, the password
     // from stdin.
+    let tty = login_on_a_terminal(&s, &host, &auth, b"me\n");
+    assert!(tty.contains("Username: "), "{tty}");
+    assert!(tty.contains(&format!("logged in to {host} as me")), "{tty}");
+    let saved: serde_json::Value = serde_json::from_slice(&fs::read(&auth).unwrap()).unwrap();
+    // base64("me:s3cret")
+    assert_eq!(saved["auths"][&host]["auth"], "bWU6czNjcmV0", "{tty}");
+}
+
+/// `echo s3cret | strata login HOST --password-stdin --plain-http` on a terminal
+/// (`script`), `typed` at its prompt; what the terminal showed.
+fn login_on_a_terminal(s: &Store, host: &str, auth: &Path, typed: &[u8]) -> String {
     let line = format!(
         "echo s3cret | {BIN} --root {} login {host} --password-stdin --plain-http",
         shell_quote(s.root.to_str().unwrap())
@@ -1771,21 +1782,53 @@ fn login_asks_the_user_name_on_the_terminal() {
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("TERM", "xterm")
         .env("NO_COLOR", "1")
-        .env("REGISTRY_AUTH_FILE", &auth)
+        .env("REGISTRY_AUTH_FILE", auth)
         .env(CONFIG_VAR, no_config(&s.root))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("script(1) from util-linux");
-    child.stdin.take().unwrap().write_all(b"me\n").unwrap();
+    child.stdin.take().unwrap().write_all(typed).unwrap();
     let out = child.wait_with_output().unwrap();
-    let tty = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-    assert!(tty.contains("Username: "), "{tty}");
-    assert!(tty.contains(&format!("logged in to {host} as me")), "{tty}");
-    let saved: serde_json::Value = serde_json::from_slice(&fs::read(&auth).unwrap()).unwrap();
-    // base64("me:s3cret")
-    assert_eq!(saved["auths"][&host]["auth"], "bWU6czNjcmV0", "{tty}");
+    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+}
+
+/// A user name with `:` is `invalid` and nothing is stored or sent, given with
+/// `-u` to login, push or pull, or typed at login's prompt: the auth file keeps
+/// `base64(user:password)`, so `al:ice` with `pw` was stored, then read back as
+/// user `al` with password `ice:pw` (RFC 7617 forbids `:` in a user-id).
+#[test]
+fn a_user_name_with_a_colon_is_refused() {
+    let s = setup!("native");
+    s.layer("top", None, &base_ops());
+    // A registry that asks for no credentials: every command would succeed.
+    let reg = Hostile::start(|_, _| false);
+    let auth = s.scratch("auth.json");
+    let env = [("REGISTRY_AUTH_FILE", auth.to_str().unwrap())];
+    let r = reg.reference();
+    let pushed = format!("{}/x/pushed:t", reg.host);
+    let u = ["-u", "al:ice", "--password-stdin", "--plain-http"];
+    for args in [
+        vec!["login", &reg.host],
+        vec!["pull", &r],
+        vec!["push", "top", &pushed],
+    ] {
+        let mut args = args.clone();
+        args.extend_from_slice(&u);
+        let run = with_env(&s, &args, &env, Some(b"pw\n")).fails_json("invalid");
+        assert!(
+            run.stderr
+                .contains(r#"the user name \"al:ice\" contains `:`"#),
+            "{}",
+            run.session()
+        );
+    }
+    assert!(!auth.exists());
+    assert_eq!(s.names(&[]), vec!["top".to_string()]);
+    let tty = login_on_a_terminal(&s, &reg.host, &auth, b"al:ice\n");
+    assert!(tty.contains("contains `:`"), "{tty}");
+    assert!(!auth.exists(), "{tty}");
 }
 
 /// `strata -o json ARGS…` with `env` (and stdin), for commands that read credentials.
