@@ -212,10 +212,32 @@ impl Registry {
         if !reg.plain_http && matches!(reg.auth, RegistryAuth::Basic(..)) {
             reg.refuse_plain_token_service()?;
         }
-        reg.token = reg.retry("authenticate", || {
-            reg.client.auth(&reg.reference, &reg.auth, op)
-        })?;
+        reg.token = reg
+            .retry("authenticate", || {
+                reg.client.auth(&reg.reference, &reg.auth, op)
+            })
+            .map_err(|e| reg.bad_token_realm().unwrap_or(e))?;
         Ok(reg)
+    }
+
+    /// Why authentication failed when the registry's token service is not
+    /// an http(s) address (see [`check_token_realm`]), which oci-client
+    /// reports as a request that could not be made. Asked only once it
+    /// failed: one more `GET /v2/`, and any failure of it is left to the
+    /// first error.
+    fn bad_token_realm(&self) -> Option<Error> {
+        let _in_runtime = self.rt.enter();
+        let http = self.http().ok()?;
+        let url = format!(
+            "{}://{}/v2/",
+            if self.plain_http { "http" } else { "https" },
+            self.reference.resolve_registry()
+        );
+        let res = self
+            .rt
+            .block_on(http.get(&url).timeout(timeout(60)).send())
+            .ok()?;
+        check_token_realm(self.reference.registry(), &challenge_of(&res)).err()
     }
 
     /// Refuses credentials for a registry on HTTPS whose token service is
@@ -969,6 +991,7 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
         return Ok(false);
     }
     let challenge = challenge_of(&res);
+    check_token_realm(registry, &challenge)?;
     if !access.plain_http {
         check_token_service(registry, &challenge)?;
     }
@@ -1097,11 +1120,30 @@ fn token_service(challenge: &str) -> Option<String> {
         .map(|(_, v)| v.to_unescaped())
 }
 
+/// Refuses a token service that is not an `http://` or `https://`
+/// address (`file:///etc/passwd`): no token can come from there, and
+/// asking failed as if the registry could not be reached (`internal`).
+fn check_token_realm(registry: &str, challenge: &str) -> Result<()> {
+    let Some(realm) = token_service(challenge) else {
+        return Ok(());
+    };
+    let scheme = realm.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if matches!(scheme.as_deref(), Some("http" | "https")) {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{registry} names a token service that is not an http:// or https:// address ({})",
+        clipped(&realm)
+    ))
+    .with_hint("its token realm should be an https:// address: ask the registry's operator"))
+}
+
 /// Refuses a token service on plain HTTP named by a registry reached over
 /// HTTPS: the credentials would cross the network unencrypted, where the
 /// user asked for TLS. Anonymous requests carry nothing secret and are not
 /// checked.
 fn check_token_service(registry: &str, challenge: &str) -> Result<()> {
+    check_token_realm(registry, challenge)?;
     match token_service(challenge) {
         Some(realm)
             if realm
@@ -1171,6 +1213,22 @@ mod tests {
             hint("127.0.0.1:5000/app", "127.0.0.1:5000"),
             (false, written)
         );
+    }
+
+    #[test]
+    fn token_services_not_on_http_are_refused() {
+        for realm in ["file:///etc/passwd", "ftp://a/t", "/token", "", "httpx://a"] {
+            let challenge = format!(r#"Bearer realm="{realm}",service="x""#);
+            let err = check_token_realm("reg.example", &challenge).unwrap_err();
+            assert_eq!(err.kind(), crate::store::Kind::Invalid);
+            assert!(err.to_string().contains(&format!("({realm})")), "{err}");
+            assert!(check_token_service("reg.example", &challenge).is_err());
+        }
+        for ok in ["HTTPS://a/t", "http://a/t", "https://a/t"] {
+            let challenge = format!(r#"Bearer realm="{ok}""#);
+            assert!(check_token_realm("reg.example", &challenge).is_ok(), "{ok}");
+        }
+        assert!(check_token_realm("reg.example", r#"Basic realm="file:///x""#).is_ok());
     }
 
     #[test]

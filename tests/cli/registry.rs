@@ -2966,6 +2966,52 @@ fn a_reference_without_a_registry_names_docker_hub() {
     );
 }
 
+/// A token service that is not an http(s) address (`Bearer realm="file:///etc/passwd"`)
+/// is `invalid`, named, for pull, push and login, with and without credentials (it was
+/// `internal`, "the registry cannot be reached: URL scheme is not allowed").
+#[test]
+fn a_token_realm_not_on_http_is_invalid() {
+    let s = setup!("native");
+    s.layer("top", None, &base_ops());
+    // Every request is refused with the challenge.
+    let reg = Hostile::start(|_, c| {
+        let _ = write!(
+            c,
+            "HTTP/1.1 401 Unauthorized\r\n\
+             WWW-Authenticate: Bearer realm=\"file:///etc/passwd\",service=\"x\"\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        true
+    });
+    let auth = s.scratch("auth.json");
+    let env = [("REGISTRY_AUTH_FILE", auth.to_str().unwrap())];
+    let r = reg.reference();
+    let u = ["-u", "a", "--password-stdin"];
+    let login = ["login", "--plain-http", &reg.host];
+    let pull = ["pull", "--plain-http", &r];
+    let push = ["push", "--plain-http", "top", &r];
+    for (args, creds) in [
+        (&login[..], true),
+        (&pull, false),
+        (&pull, true),
+        (&push, false),
+    ] {
+        let mut args = args.to_vec();
+        if creds {
+            args.extend_from_slice(&u);
+        }
+        let run = with_env(&s, &args, &env, Some(b"pw\n")).fails_json("invalid");
+        assert!(
+            run.stderr
+                .contains("not an http:// or https:// address (file:///etc/passwd)"),
+            "{}",
+            run.session()
+        );
+    }
+    assert!(!auth.exists());
+    assert_eq!(s.names(&[]), vec!["top".to_string()]);
+}
+
 /// A password on stdin that is not UTF-8 is `invalid`, said so, before any request
 /// (it was `internal`: "stream did not contain valid UTF-8").
 #[test]
