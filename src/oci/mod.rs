@@ -387,6 +387,16 @@ pub fn locations(labels: &Labels) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// `e` with a hint to pull again when it is a layer of the image (found or
+/// just applied) that is gone: another process removed it meanwhile.
+fn removed_meanwhile(e: Error) -> Error {
+    if e.kind() == Kind::NotFound {
+        e.with_hint("another process removed a layer of this image meanwhile: pull again")
+    } else {
+        e
+    }
+}
+
 /// Records on layer `name` that `location` has its blob `digest` (first in
 /// the list; the oldest entries beyond [`MAX_LOCATIONS`] are dropped).
 /// Writes only when that changes the label.
@@ -1140,17 +1150,20 @@ pub fn pull(
             bar.finish_and_clear();
             match applied {
                 Ok(d) => {
-                    store.remember_digests(
-                        chain_id,
-                        compression,
-                        None,
-                        &Digests {
-                            digest: blob_digest.clone(),
-                            diff_id: d.diff_id.clone(),
-                            compression: compression.as_str(),
-                            size: d.size,
-                        },
-                    )?;
+                    crate::store::crash::point("pull:applied");
+                    store
+                        .remember_digests(
+                            chain_id,
+                            compression,
+                            None,
+                            &Digests {
+                                digest: blob_digest.clone(),
+                                diff_id: d.diff_id.clone(),
+                                compression: compression.as_str(),
+                                size: d.size,
+                            },
+                        )
+                        .map_err(removed_meanwhile)?;
                 }
                 // Another process made the chain ID meanwhile: a pull
                 // of the same layer, or not (an alias, a layer by hand).
@@ -1158,16 +1171,13 @@ pub fn pull(
                     labels = existing_layer(store, chain_id, parent.as_deref())?.ok_or(e)?;
                 }
                 // The layer below, there a moment ago, was removed.
-                Err(e) if e.kind() == Kind::NotFound && parent.is_some() => {
-                    return Err(e.with_hint(
-                        "another process removed a layer of this image meanwhile: pull again",
-                    ));
-                }
+                Err(e) if parent.is_some() => return Err(removed_meanwhile(e)),
                 Err(e) => return Err(e),
             }
         }
         if let Some(location) = source.location() {
-            remember_location(store, chain_id, &labels, &location, &blob_digest)?;
+            remember_location(store, chain_id, &labels, &location, &blob_digest)
+                .map_err(removed_meanwhile)?;
         }
         layers.push(PulledLayer {
             chain_id: chain_id.clone(),

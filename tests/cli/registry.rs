@@ -3012,6 +3012,36 @@ fn a_token_realm_not_on_http_is_invalid() {
     assert_eq!(s.names(&[]), vec!["top".to_string()]);
 }
 
+/// A layer removed just after its pull applied it (`rm` while the pull is paused at
+/// `pull:applied`): the pull fails `not_found` with the hint to pull again, as when the
+/// layer below goes (it was a bare "snapshot `sha256:…` does not exist"); pulling
+/// again then works.
+#[test]
+fn a_layer_removed_after_its_apply_says_pull_again() {
+    let s = setup!("native");
+    let reg = Hostile::start(|_, _| false);
+    let r = reg.reference();
+    let pull = ["-o", "json", "pull", "--plain-http", &r, "app"];
+    let paused = Paused::start(&s, &pull, "pull:applied");
+    // One layer: its chain ID is its diff ID, the digest of the uncompressed blob.
+    s.strata(&["rm", &Hostile::layer_digest()]).success();
+    let out = paused.resume();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let err: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap();
+    assert_eq!(err["error"]["kind"], "not_found", "{stderr}");
+    assert!(
+        err["error"]["hints"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|h| h.as_str().is_some_and(|h| h
+                .contains("another process removed a layer")
+                && h.contains("pull again")))),
+        "{stderr}"
+    );
+    assert_eq!(s.names(&[]), Vec::<String>::new());
+    s.strata(&pull[2..]).success();
+}
+
 /// A password on stdin that is not UTF-8 is `invalid`, said so, before any request
 /// (it was `internal`: "stream did not contain valid UTF-8").
 #[test]
