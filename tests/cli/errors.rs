@@ -878,13 +878,11 @@ fn a_user_s_default_config_file_and_strata_config() {
 #[test]
 fn unsupported_mount_without_privilege() {
     // Reachable by running strata as an unprivileged user (via util-linux setpriv).
-    let Some(s) = store_for_nobody("native", 0o777) else {
+    let Some(s) = nobodys_store_with_a() else {
         return;
     };
     let tmp = s.tmp().to_path_buf();
     let nobody = |args: &[&str]| as_nobody(&s.root, &tmp, args);
-    nobody(&["init", "--driver", "native"]).success();
-    nobody(&["prepare", "a"]).success();
     let target = tmp.join("m");
     let _guard = MountGuard::new(&target);
     nobody(&["-o", "json", "mount", "a", target.to_str().unwrap()]).fails_json("unsupported");
@@ -1100,14 +1098,12 @@ fn a_store_no_one_can_make_is_not_another_users() {
 /// immutable output file gave 7). An unmount without privilege stays 7.
 #[test]
 fn eperm_is_unsupported_only_for_mounting() {
-    let Some(s) = store_for_nobody("native", 0o777) else {
+    // The store is the unprivileged user's, for it to try an unmount.
+    let Some(s) = nobodys_store_with_a() else {
         return;
     };
-    // The store is the unprivileged user's, for it to try an unmount.
     let tmp = s.tmp().to_path_buf();
     let nobody = |args: &[&str]| as_nobody(&s.root, &tmp, args);
-    nobody(&["init", "--driver", "native"]).success();
-    nobody(&["prepare", "a"]).success();
     nobody(&["commit", "base", "a"]).success();
     nobody(&["view", "v", "base"]).success();
     let out = s.scratch("immutable.tar");
@@ -1237,6 +1233,16 @@ fn a_layer_cut_off_on_stdout_is_a_failure() {
         stderr,
         "error: the layer written to standard output was cut off: its reader closed the pipe\n"
     );
+}
+
+/// A native store made by user 65534 in a temporary directory open to all,
+/// with an active `a`; `None` as for [`store_for_nobody`].
+fn nobodys_store_with_a() -> Option<Store> {
+    let s = store_for_nobody("native", 0o777)?;
+    let tmp = s.tmp().to_path_buf();
+    as_nobody(&s.root, &tmp, &["init", "--driver", "native"]).success();
+    as_nobody(&s.root, &tmp, &["prepare", "a"]).success();
+    Some(s)
 }
 
 /// A store not made yet, for a test that runs strata as user 65534, its

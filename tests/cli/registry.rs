@@ -587,6 +587,18 @@ fn exported_base(tag: &str) -> Option<(Store, PathBuf)> {
     Some((a, layout))
 }
 
+/// [`exported_base`] as `v1`, and `app` on `base` exported to the same
+/// layout as `v2`: the store and the two tagged sources, `LAYOUT:v1` and
+/// `LAYOUT:v2`.
+fn base_and_app_tags() -> Option<(Store, String, String)> {
+    let (a, layout) = exported_base("v1")?;
+    a.layer("app", Some("base"), &app_ops("v2"));
+    let dir = layout.to_str().unwrap();
+    a.strata(&["export", "app", dir, "--tag", "v2"]).success();
+    let (v1, v2) = (format!("{dir}:v1"), format!("{dir}:v2"));
+    Some((a, v1, v2))
+}
+
 /// A NAME held by something other than an image's alias is refused before
 /// any layer is fetched (audit: the whole image was downloaded and
 /// committed first). Two imports naming different images with one NAME at
@@ -594,13 +606,9 @@ fn exported_base(tag: &str) -> Option<(Store, PathBuf)> {
 /// other would (audit: the loser failed with a bare "already exists").
 #[test]
 fn pull_into_a_taken_or_contested_name() {
-    let Some((a, layout)) = exported_base("v1") else {
+    let Some((a, v1, v2)) = base_and_app_tags() else {
         return;
     };
-    a.layer("app", Some("base"), &app_ops("v2"));
-    let dir = layout.to_str().unwrap();
-    a.strata(&["export", "app", dir, "--tag", "v2"]).success();
-    let (v1, v2) = (format!("{dir}:v1"), format!("{dir}:v2"));
 
     let b = Store::setup("native").unwrap();
     b.strata(&["prepare", "taken"]).success();
@@ -656,13 +664,9 @@ fn pull_into_a_taken_or_contested_name() {
 /// `already_exists`, found before any layer is applied.
 #[test]
 fn an_alias_under_a_chain_id_is_not_taken_for_the_layer() {
-    let Some((a, layout)) = exported_base("v1") else {
+    let Some((a, v1, v2)) = base_and_app_tags() else {
         return;
     };
-    a.layer("app", Some("base"), &app_ops("v2"));
-    let dir = layout.to_str().unwrap();
-    a.strata(&["export", "app", dir, "--tag", "v2"]).success();
-    let (v1, v2) = (format!("{dir}:v1"), format!("{dir}:v2"));
     let probe = Store::setup("native").unwrap();
     probe.strata(&["import", &v2, "probe"]).success();
     let chain = probe.info("probe")["parent"].as_str().unwrap().to_string();
@@ -717,17 +721,14 @@ fn an_alias_under_a_chain_id_is_not_taken_for_the_layer() {
 /// was downloaded and its layers committed, then refused).
 #[test]
 fn a_name_with_snapshots_on_it_is_refused_before_any_layer() {
-    let Some((a, layout)) = exported_base("v1") else {
+    let Some((_a, v1, v2)) = base_and_app_tags() else {
         return;
     };
-    a.layer("app", Some("base"), &app_ops("v2"));
-    let dir = layout.to_str().unwrap();
-    a.strata(&["export", "app", dir, "--tag", "v2"]).success();
     let b = Store::setup("native").unwrap();
-    b.strata(&["import", &format!("{dir}:v1"), "img"]).success();
+    b.strata(&["import", &v1, "img"]).success();
     b.strata(&["prepare", "work", "img"]).success();
     let before = b.names(&[]);
-    let run = b.fails(&["import", &format!("{dir}:v2"), "img"], "already_exists");
+    let run = b.fails(&["import", &v2, "img"], "already_exists");
     assert!(
         run.stderr.contains("has snapshots built on it"),
         "{}",
