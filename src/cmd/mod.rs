@@ -380,7 +380,10 @@ impl Context {
     /// empty store reported consistent.
     pub fn existing_store(&mut self) -> Result<&mut Store> {
         let root = &self.settings.root.value;
-        if self.store.is_none() && std::fs::symlink_metadata(root).is_err() {
+        let missing = std::fs::symlink_metadata(root)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        // Out of reach (another user's) is said by the open, with its hint.
+        if self.store.is_none() && missing {
             return Err(crate::store::Error::not_found(format!(
                 "there is no store at {}",
                 root.display()

@@ -150,7 +150,7 @@ impl Store {
             let err = Error::new(Kind::Internal, what).with_source(e);
             if missing {
                 return err.with_hint(format!(
-                    "if {}/snapshots is on a file system not mounted yet, mount it; if the snapshots are lost, make it again (mode 0700) and `strata check --repair` forgets them",
+                    "if {}/snapshots is on a file system not mounted yet, mount it; if the snapshots are lost, make it again (mode 0700), and remove the snapshots `strata check` then lists with `strata rm -r`",
                     root.display()
                 ));
             }

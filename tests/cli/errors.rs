@@ -1050,18 +1050,29 @@ fn another_users_store_is_out_of_reach() {
         return;
     };
     s.strata(&["init", "--driver", "native"]).success();
-    let run = as_nobody(&s.root, Path::new("/nonexistent"), &["ls"]);
-    let stderr = &run.stderr;
-    assert_eq!(run.code, 1, "{stderr}");
-    assert!(
-        stderr.starts_with("error: cannot open the store"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("Permission denied"), "{stderr}");
-    assert!(
-        stderr.contains("hint: the store, or a directory above it, belongs to another user"),
-        "{stderr}"
-    );
+    let out_of_reach = |args: &[&str]| {
+        // The config named outside the directory made unsearchable below.
+        let mut cmd = nobody_command(&s.root, Path::new("/nonexistent"), args);
+        let run = run_as_nobody(cmd.env(CONFIG_VAR, "/nonexistent/strata.yaml"), args);
+        let stderr = &run.stderr;
+        assert_eq!(run.code, 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: cannot open the store"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("Permission denied"), "{stderr}");
+        assert!(
+            stderr.contains("hint: the store, or a directory above it, belongs to another user"),
+            "{stderr}"
+        );
+    };
+    out_of_reach(&["ls"]);
+    // Behind a directory the user cannot search, the store is still there,
+    // not missing (review: `check` said "there is no store").
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(s.tmp(), fs::Permissions::from_mode(0o700)).unwrap();
+    out_of_reach(&["ls"]);
+    out_of_reach(&["check"]);
 }
 
 /// A store the kernel will not let anyone make (sysfs refuses `mkdir` with

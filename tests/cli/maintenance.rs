@@ -371,7 +371,7 @@ fn check_forgets_no_snapshot_whose_data_may_be_there(driver: &str) {
     for args in [&["prepare", "new"][..], &["ls"], &["check"]] {
         s.strata(args)
             .fails_with(1, "it has an index but no snapshots/ directory")
-            .fails_with(1, "hint: if ");
+            .fails_with(1, "`strata check` then lists with `strata rm -r`");
     }
     assert!(!snaps.exists(), "snapshots/ was made again");
     fs::create_dir(&snaps).unwrap();
