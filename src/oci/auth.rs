@@ -6,7 +6,8 @@
 //! `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`,
 //! `$DOCKER_CONFIG/config.json` (else `~/.docker/config.json`). Each has
 //! `{"auths": {"HOST": {"auth": base64("user:password")}}}`; credential
-//! helpers are not run.
+//! helpers are not run. `strata logout` removes entries from `strata
+//! login`'s file only.
 
 use crate::store::{Error, Result};
 use base64::Engine as _;
@@ -178,9 +179,6 @@ pub fn password_from_stdin() -> Result<String> {
 /// Stores credentials for `registry` in `path` (created with mode 0600;
 /// other entries kept). Returns the file written.
 pub fn store(path: &Path, registry: &str, c: &Credentials) -> Result<()> {
-    use crate::store::newfile::NewFile;
-    use std::io::Write;
-    use std::os::unix::fs::DirBuilderExt;
     let mut v = read_file(path)?.unwrap_or_else(|| json!({}));
     if !v.is_object() {
         v = json!({});
@@ -196,15 +194,114 @@ pub fn store(path: &Path, registry: &str, c: &Credentials) -> Result<()> {
         .as_object_mut()
         .expect("an object")
         .insert(registry.to_string(), json!({ "auth": auth }));
+    write(path, &v)
+}
+
+/// What [`remove`] took out of an auth file.
+pub struct Removed {
+    /// The entries' keys, in the order [`lookup`] tries them.
+    pub keys: Vec<String>,
+    /// The user name of the first entry with one (the one push and pull
+    /// would have used).
+    pub username: Option<String>,
+}
+
+/// Removes `registry`'s entries from `path`: every key [`lookup`] would
+/// take for it (`HOST`, `https://HOST`, Docker Hub's aliases…), with or
+/// without credentials in them; the file's other entries and fields are
+/// kept. None, and nothing written, when the file or the entry is missing.
+pub fn remove(path: &Path, registry: &str) -> Result<Option<Removed>> {
+    let Some(mut v) = read_file(path)? else {
+        return Ok(None);
+    };
+    let Some(auths) = v.get_mut("auths").and_then(Value::as_object_mut) else {
+        return Ok(None);
+    };
+    let mut removed = Removed {
+        keys: Vec::new(),
+        username: None,
+    };
+    for k in host_keys(registry) {
+        if let Some(entry) = auths.remove(&k) {
+            if removed.username.is_none() {
+                removed.username = decode(&entry).map(|c| c.username);
+            }
+            removed.keys.push(k);
+        }
+    }
+    if removed.keys.is_empty() {
+        return Ok(None);
+    }
+    write(path, &v)?;
+    Ok(Some(removed))
+}
+
+/// The auth files other than `except` that hold credentials for
+/// `registry`, which push and pull would still use: Podman's other files,
+/// Docker's. A file that cannot be read is left out (`except` is the one
+/// asked about).
+pub fn holding_elsewhere(registry: &str, except: &Path) -> Vec<PathBuf> {
+    let keys = host_keys(registry);
+    files()
+        .into_iter()
+        .filter(|f| f != except)
+        .filter(|f| {
+            let Ok(Some(v)) = read_file(f) else {
+                return false;
+            };
+            let Some(auths) = v.get("auths") else {
+                return false;
+            };
+            keys.iter().any(|k| auths.get(k).and_then(decode).is_some())
+        })
+        .collect()
+}
+
+/// The registries with an entry in `strata login`'s file, as `logout`
+/// takes them (`https://HOST/v1/` is HOST): for completion. Empty when
+/// there is no file or it cannot be read.
+pub fn logged_in() -> Vec<String> {
+    let Ok(file) = login_file() else {
+        return Vec::new();
+    };
+    let Ok(Some(v)) = read_file(&file) else {
+        return Vec::new();
+    };
+    let Some(auths) = v.get("auths").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let mut hosts: Vec<String> = auths
+        .keys()
+        .map(|k| {
+            let k = k
+                .strip_prefix("https://")
+                .or_else(|| k.strip_prefix("http://"))
+                .unwrap_or(k);
+            k.split('/').next().unwrap_or(k).to_string()
+        })
+        .filter(|h| super::registry::is_registry_host(h))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+/// Writes `v` as the auth file `path`: mode 0600, its directory made
+/// (0700) when missing, atomically.
+fn write(path: &Path, v: &Value) -> Result<()> {
+    use crate::store::newfile::NewFile;
+    use std::io::Write;
+    use std::os::unix::fs::DirBuilderExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    let text = serde_json::to_vec_pretty(&v).map_err(|e| Error::internal(e.to_string()))?;
+    let text = serde_json::to_vec_pretty(v).map_err(|e| Error::internal(e.to_string()))?;
     // Written unnamed and synced before it replaces the file (which other
-    // tools share): a killed login leaves the old file and no temporary.
+    // tools share): a killed login or logout leaves the old file and no
+    // temporary.
     let write = || -> std::io::Result<()> {
         let mut f = NewFile::create_in(dir, 0o600)?;
         f.as_file_mut().write_all(&text)?;
