@@ -19,6 +19,7 @@ pub mod info;
 pub mod init;
 pub mod label;
 pub mod login;
+pub mod logout;
 pub mod ls;
 pub mod mount;
 pub mod mounts;
@@ -136,6 +137,7 @@ pub enum Command {
     Push(Lazy<push::Args>),
     Pull(Lazy<pull::Args>),
     Login(Lazy<login::Args>),
+    Logout(Lazy<logout::Args>),
     Export(Lazy<export::Args>),
     Import(Lazy<import::Args>),
     Prune(Lazy<prune::Args>),
@@ -443,6 +445,7 @@ pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
         Command::Push(args) => push::run(args.0, ctx),
         Command::Pull(args) => pull::run(args.0, ctx),
         Command::Login(args) => login::run(args.0, ctx),
+        Command::Logout(args) => logout::run(args.0, ctx),
         Command::Export(args) => export::run(args.0, ctx),
         Command::Import(args) => import::run(args.0, ctx),
         Command::Prune(args) => prune::run(args.0, ctx),
@@ -528,6 +531,7 @@ mod tests {
             &["strata", "diff", "k", "--output-file", "f.tar"],
             &["strata", "push", "k", "reg/x:1", "--plain-http"],
             &["strata", "completions", "bash"],
+            &["strata", "logout", "127.0.0.1:5000", "--json"],
             // Global options before the subcommand, one with a subcommand's
             // name as its value; short clusters; an alias.
             &["strata", "--root", "info", "info", "base"],
