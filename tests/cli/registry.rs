@@ -1832,6 +1832,223 @@ fn a_user_name_with_a_colon_is_refused() {
     assert!(!auth.exists(), "{tty}");
 }
 
+/// `logout HOST` removes that registry's entries (also one under `http://HOST`, a key
+/// push and pull read too) from login's file, rewritten with mode 0600, other entries
+/// and unknown fields kept: a push there is refused with the login hint again, while
+/// a push through the registry's other name (`localhost:PORT`) still works with that
+/// name's credentials. A second logout is `not_found` and leaves the file as it was,
+/// byte for byte (not rewritten).
+#[test]
+fn logout_removes_one_registry() {
+    let a = setup!("native");
+    let Some(reg) = Registry::start_with(Auth::Htpasswd("ci", "s3cret"), false) else {
+        return;
+    };
+    let (home, r) = app_with_home(&a, &reg);
+    let env = [("HOME", home.to_str().unwrap())];
+    let auth = home.join(".config/containers/auth.json");
+    let other = format!("localhost:{}", reg.port);
+    for host in [reg.host(), other.clone()] {
+        assert_logged_in(login_as_ci(&a, &host, &env, b"s3cret\n"), &auth);
+    }
+    // Fields login does not write, and a Docker-style key for the same registry.
+    let mut saved: serde_json::Value = serde_json::from_slice(&fs::read(&auth).unwrap()).unwrap();
+    saved["credHelpers"] = serde_json::json!({"example.com": "pass"});
+    saved["auths"][&other]["email"] = "ci@example.com".into();
+    saved["auths"][format!("http://{}", reg.host())] = saved["auths"][reg.host()].clone();
+    fs::write(&auth, serde_json::to_vec(&saved).unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&auth, fs::Permissions::from_mode(0o644)).unwrap();
+
+    let out = with_env(&a, &["logout", &reg.host()], &env, None)
+        .success()
+        .json();
+    assert_eq!(
+        out,
+        serde_json::json!({
+            "registry": reg.host(),
+            "username": "ci",
+            "auth_file": auth.to_str().unwrap(),
+            "removed": [reg.host(), format!("http://{}", reg.host())],
+            "elsewhere": [],
+        })
+    );
+    let after: serde_json::Value = serde_json::from_slice(&fs::read(&auth).unwrap()).unwrap();
+    let mut want = saved.clone();
+    let auths = want["auths"].as_object_mut().unwrap();
+    auths.remove(&reg.host());
+    auths.remove(&format!("http://{}", reg.host()));
+    assert_eq!(after, want, "only the registry's entries go");
+    assert_eq!(
+        fs::metadata(&auth).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Logged out: refused, with the hint to log in (the 401 path).
+    let run = with_env(&a, &["push", "--plain-http", "app", &r], &env, None).fails_json("invalid");
+    let hint = format!("strata login {} --plain-http", reg.host());
+    assert!(run.stderr.contains(&hint), "{}", run.session());
+    // Still logged in under the other name.
+    let elsewhere = format!("{other}/team/app:v1");
+    with_env(&a, &["push", "--plain-http", "app", &elsewhere], &env, None).success();
+
+    // Again: not logged in, nothing written.
+    let before = fs::read(&auth).unwrap();
+    let meta = fs::metadata(&auth).unwrap();
+    let run = a.strata_with(
+        &["logout", &reg.host()],
+        With {
+            env: &env,
+            ..With::default()
+        },
+    );
+    let run = run.fails_with(3, &format!("not logged in to {}", reg.host()));
+    assert!(run.stdout.is_empty(), "{}", run.session());
+    assert_eq!(fs::read(&auth).unwrap(), before, "{}", run.session());
+    use std::os::unix::fs::MetadataExt;
+    let now = fs::metadata(&auth).unwrap();
+    assert_eq!(
+        (now.ino(), now.mtime_nsec()),
+        (meta.ino(), meta.mtime_nsec())
+    );
+    with_env(&a, &["logout", &reg.host()], &env, None).fails_json("not_found");
+    assert_eq!(fs::read(&auth).unwrap(), before);
+}
+
+/// `logout` without a registry to ask: a host login would refuse is `invalid` before
+/// anything, also with no auth file; with no auth file (or no entry) it is
+/// `not_found` and creates nothing, neither the file's directory nor the store; an
+/// entry under Docker Hub's key goes for `docker.io`; the JSON object and the note
+/// (silent with `-q`); and credentials left in Docker's file are named, on success
+/// and in the `not_found` hint, which is left as it was.
+#[test]
+fn logout_without_a_registry() {
+    let s = Store::uninitialized("none");
+    let home = s.scratch_dir("home");
+    let env = [("HOME", home.to_str().unwrap())];
+    let logout = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["logout"];
+        all.extend_from_slice(args);
+        with_env(&s, &all, env, None)
+    };
+    let bad = [
+        "user@host",
+        "host#x",
+        " host",
+        "host:port",
+        "https://reg.example",
+        "a/b",
+    ];
+    for host in bad {
+        logout(&[host], &env).fails_json("invalid");
+    }
+    logout(&["--", "-x"], &env).fails_json("invalid");
+    let run = logout(&["127.0.0.1:5000"], &env).fails_json("not_found");
+    let err = run.json_error();
+    assert_eq!(
+        err["message"],
+        format!(
+            "not logged in to 127.0.0.1:5000 (no entry in {})",
+            home.join(".config/containers/auth.json").display()
+        )
+    );
+    assert!(
+        err["hints"].as_array().unwrap().is_empty(),
+        "{}",
+        run.session()
+    );
+    let dir = s.scratch("containers");
+    let file = dir.join("auth.json");
+    let file_env = [
+        ("HOME", home.to_str().unwrap()),
+        ("REGISTRY_AUTH_FILE", file.to_str().unwrap()),
+    ];
+    logout(&["127.0.0.1:5000"], &file_env).fails_json("not_found");
+    assert_eq!(fs::read_dir(&home).unwrap().count(), 0, "created in HOME");
+    assert!(!dir.exists(), "created {}", dir.display());
+
+    // base64("me:pw")
+    let me = serde_json::json!({"auth": "bWU6cHc="});
+    let saved = serde_json::json!({"auths": {
+        "reg.example": me,
+        "https://index.docker.io/v1/": me,
+        "other.example:5000": me,
+    }});
+    fs::create_dir(&dir).unwrap();
+    fs::write(&file, saved.to_string()).unwrap();
+    let docker = home.join(".docker/config.json");
+    fs::create_dir(home.join(".docker")).unwrap();
+    let docker_saved = serde_json::json!({"auths": {"reg.example": me, "ghcr.io": me}});
+    fs::write(&docker, docker_saved.to_string()).unwrap();
+    for host in bad {
+        logout(&[host], &file_env).fails_json("invalid");
+    }
+    assert_eq!(fs::read(&file).unwrap(), saved.to_string().as_bytes());
+
+    let out = logout(&["docker.io"], &file_env).success().json();
+    assert_eq!(
+        out,
+        serde_json::json!({
+            "registry": "docker.io",
+            "username": "me",
+            "auth_file": file.to_str().unwrap(),
+            "removed": ["https://index.docker.io/v1/"],
+            "elsewhere": [],
+        })
+    );
+    let run = s
+        .strata_with(
+            &["logout", "reg.example"],
+            With {
+                env: &file_env,
+                ..With::default()
+            },
+        )
+        .success();
+    assert_eq!(run.stdout, "", "{}", run.session());
+    assert_eq!(
+        run.stderr,
+        format!(
+            "removed the credentials for reg.example from {}\npush and pull still take credentials for reg.example from {}\n",
+            file.display(),
+            docker.display()
+        )
+    );
+    let run = s
+        .strata_with(
+            &["-q", "logout", "other.example:5000"],
+            With {
+                env: &file_env,
+                ..With::default()
+            },
+        )
+        .success();
+    assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("", ""));
+    let after: serde_json::Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+    assert_eq!(after, serde_json::json!({"auths": {}}));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Only in Docker's file: named in the hint, with the way to remove it there.
+    let run = logout(&["ghcr.io"], &file_env).fails_json("not_found");
+    let hints = run.json_error()["hints"].to_string();
+    assert!(
+        hints.contains(&format!(
+            "REGISTRY_AUTH_FILE={} strata logout ghcr.io",
+            docker.display()
+        )),
+        "{}",
+        run.session()
+    );
+    assert_eq!(
+        fs::read(&docker).unwrap(),
+        docker_saved.to_string().as_bytes()
+    );
+    assert!(!s.root.exists(), "logout made the store");
+}
+
 /// `strata -o json ARGS…` with `env` (and stdin), for commands that read credentials.
 fn with_env(s: &Store, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Run {
     let mut all = vec!["-o", "json"];
