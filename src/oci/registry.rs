@@ -216,7 +216,10 @@ impl Registry {
             .retry("authenticate", || {
                 reg.client.auth(&reg.reference, &reg.auth, op)
             })
-            .map_err(|e| reg.bad_token_realm().unwrap_or(e))?;
+            .map_err(|e| match unbuildable(&e) {
+                true => reg.bad_token_realm().unwrap_or(e),
+                false => e,
+            })?;
         Ok(reg)
     }
 
@@ -801,6 +804,8 @@ fn map_error_kind(
             let the_registry = asked.the_registry();
             let failed = if is_certificate_error(r) {
                 "its TLS certificate is not trusted".to_string()
+            } else if r.is_builder() {
+                UNBUILDABLE.to_string()
             } else if r.is_timeout() && !r.is_connect() {
                 format!("{the_registry} stopped answering (timed out)")
             } else if r.is_body() || r.is_decode() {
@@ -1142,6 +1147,18 @@ fn check_token_realm(registry: &str, challenge: &str) -> Result<()> {
 /// HTTPS: the credentials would cross the network unencrypted, where the
 /// user asked for TLS. Anonymous requests carry nothing secret and are not
 /// checked.
+/// What a request that could not even be made (reqwest refused to build
+/// it) failed with, as one to a token service that is not an http(s)
+/// address does.
+const UNBUILDABLE: &str = "a request for it could not be made";
+
+/// Whether `e` is [`UNBUILDABLE`]'s: only then is the challenge asked again
+/// to tell why (review: every failure, timeouts too, asked once more and
+/// waited once more).
+fn unbuildable(e: &Error) -> bool {
+    e.message().ends_with(UNBUILDABLE)
+}
+
 fn check_token_service(registry: &str, challenge: &str) -> Result<()> {
     check_token_realm(registry, challenge)?;
     match token_service(challenge) {

@@ -3341,6 +3341,32 @@ fn a_download_cut_off_is_said_to_be_cut_off() {
     assert_eq!(s.names(&[]), Vec::<String>::new());
 }
 
+/// A registry that takes connections and never answers is asked as many times
+/// as a request is tried, and no more: the second look at a token service's
+/// address is for a request that could not be made (review: a fourth `GET
+/// /v2/` after the three timed out, waited for as long again).
+#[test]
+fn a_silent_registry_is_not_asked_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s = setup!("native");
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(c);
+        }
+    });
+    let env = [("STRATA_REGISTRY_TIMEOUT", "1")];
+    let r = format!("{host}/x/y:t");
+    with_env(&s, &["pull", "--plain-http", &r], &env, None).fails_json("internal");
+    assert_eq!(asked.load(Ordering::SeqCst), 3, "tries of one request");
+}
+
 /// `STRATA_REGISTRY_TIMEOUT` that is not a whole number of seconds from 1 up (or is
 /// past what a deadline can hold) is refused, one `error:` line, `invalid`, before
 /// any request (it was ignored, and `0` failed every request; a huge one panicked).
