@@ -756,14 +756,12 @@ impl Store {
         {
             // Records are only handled once found live: strata's mount is
             // below this one.
+            let hint = self.unmount_first(target);
             return Err(Error::precondition(format!(
-                "cannot unmount {}: another filesystem is mounted on top of strata's mount there",
+                "cannot unmount {}: another file system is mounted on top of strata's mount there",
                 target.display()
             ))
-            .with_hint(format!(
-                "unmount that one first: umount {}",
-                target.display()
-            )));
+            .with_hint(hint));
         }
         // A mount inside strata's is someone else's: a lazy unmount would
         // detach it too, and its files with it (audit: a tmpfs the user
@@ -771,15 +769,13 @@ impl Store {
         if let Some(ours) = rec.mount_id {
             let table = mount_table()?;
             if let Some(inner) = table.inside(ours).first() {
+                let hint = self.unmount_first(inner);
                 return Err(Error::precondition(format!(
-                    "cannot unmount {}: another filesystem is mounted inside it, at {}",
+                    "cannot unmount {}: another file system is mounted inside it, at {}",
                     target.display(),
                     inner.display()
                 ))
-                .with_hint(format!(
-                    "unmount that one first: umount {}",
-                    inner.display()
-                )));
+                .with_hint(hint));
             }
         }
         match mount::unmount(target, lazy) {
@@ -1020,8 +1016,14 @@ impl Store {
                 None => return Ok(()),
             },
         };
-        // strata's own mount (of another snapshot) is undone by strata,
-        // which also forgets its record.
+        let hint = self.unmount_first(&point);
+        Err(Error::precondition(message).with_hint(hint))
+    }
+
+    /// The hint to undo the mount at `point` first: with `strata unmount`
+    /// when it is strata's own (of another snapshot), which also forgets
+    /// its record (review: `umount` left the record stale), else `umount`.
+    fn unmount_first(&mut self, point: &Path) -> String {
         let strata_mount = self
             .read_mounts()
             .is_ok_and(|records| records.iter().any(|r| Path::new(&r.target) == point));
@@ -1030,10 +1032,7 @@ impl Store {
         } else {
             "umount"
         };
-        Err(Error::precondition(message).with_hint(format!(
-            "unmount it first (`{command} {}`)",
-            point.display()
-        )))
+        format!("unmount it first (`{command} {}`)", point.display())
     }
 
     /// Turns active `key` into committed `name`, recording its usage.
@@ -1841,15 +1840,13 @@ fn mountable(tx: &Transaction<'_>, key: &str) -> Result<Row> {
     Ok(row)
 }
 
-/// Refuses to `verb` (commit, remove) `rows` while a file system is
-/// mounted inside one of strata's mounts of them, `mounted`: the unmount
-/// of that mount would refuse (see [`Store::unmount_target`]), after the
-/// mounts before it were undone (audit: a native snapshot mounted twice
-/// lost its first mount, and the error's hint said to close what uses the
-/// mount; `rm -f` the same, review).
 /// The first file system mounted inside one of strata's mounts
 /// `mounted` of `rows`: the snapshot's key, where it is, and strata's
-/// mount it is in.
+/// mount it is in. A commit or removal is refused while there is one: the
+/// unmount of that mount would refuse (see [`Store::unmount_target`]),
+/// after the mounts before it were undone (audit: a native snapshot
+/// mounted twice lost its first mount, and the error's hint said to close
+/// what uses the mount; `rm -f` the same, review).
 fn mount_inside_ours<'a>(
     table: &mount::MountTable,
     rows: &'a [Row],

@@ -839,6 +839,18 @@ fn a_strata_mount_inside_is_undone_with_strata_unmount() {
     let point = inner.path.to_str().unwrap();
     store.strata(&["mount", "b", point]).success();
     refused_for_mount_inside_with_hint(&store, point, "strata unmount");
+    // And `unmount` of the outer one says the same (review: `umount`).
+    let run = store.fails(
+        &["unmount", outer.path.to_str().unwrap()],
+        "failed_precondition",
+    );
+    assert!(
+        run.json_error()["hints"]
+            .to_string()
+            .contains(&format!("(`strata unmount {point}`)")),
+        "{}",
+        run.session()
+    );
     store.strata(&["unmount", point]).success();
     store.strata(&["commit", "c", "a"]).success();
     assert!(!is_mount_point(&outer.path));
