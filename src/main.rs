@@ -79,13 +79,8 @@ fn open_standard_fds() {
 fn keep_owner_permissions() {
     // SAFETY: umask(2) cannot fail; it is read by setting it.
     let old = unsafe { libc::umask(0o077) };
-    if old & 0o700 == 0 {
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-    } else {
-        // SAFETY: as above.
-        unsafe { libc::umask(old & 0o077) };
-    }
+    // SAFETY: as above.
+    unsafe { libc::umask(old & 0o077) };
 }
 
 fn run() -> Status {

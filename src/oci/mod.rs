@@ -1204,8 +1204,10 @@ pub fn pull(
 /// alias for the layer (audit: its files were missing from the image).
 pub fn validate_image_name(name: &str) -> Result<()> {
     crate::store::key::validate_key(name)?;
+    // Lowercase only, as chain IDs are spelled: `sha256:` and uppercase
+    // hex can never be one (review).
     let hex = name.strip_prefix("sha256:").unwrap_or_default();
-    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err(Error::invalid(format!(
             "`{name}` has the form of a layer's chain ID, which names that layer's snapshot: it cannot name an image"
         ))
@@ -1289,8 +1291,18 @@ fn alias_plan(store: &mut Store, name: &str, top: Option<&str>) -> Result<AliasP
         Ok(info) if info.parent.as_deref() == top => Ok(AliasPlan::Refresh),
         // Refused here, before any layer is downloaded; the removal that
         // replaces it refuses it too when something is built on it later.
-        Ok(_) if store.has_children(name)? => Err(built_on(name)),
+        // Gone meanwhile (another pull replaced it): replacing finds it
+        // gone too, and `make_alias` looks again.
+        Ok(_) if has_children_if_there(store, name)? => Err(built_on(name)),
         Ok(_) => Ok(AliasPlan::Replace),
+    }
+}
+
+/// Whether snapshot `name` has children; false when it is gone.
+fn has_children_if_there(store: &mut Store, name: &str) -> Result<bool> {
+    match store.has_children(name) {
+        Err(e) if e.kind() == Kind::NotFound => Ok(false),
+        other => other,
     }
 }
 
@@ -1396,5 +1408,22 @@ mod tests {
         }
         assert!(matches!(fit(&arm64, "linux", "arm64", "v9"), Fit::Variant));
         assert!(matches!(fit(&arm64, "linux", "arm", "v7"), Fit::No));
+    }
+
+    /// Only what could be a chain ID is refused as an image's NAME:
+    /// `sha256:` and 64 lowercase hex digits (review: uppercase too).
+    #[test]
+    fn an_image_name_is_refused_only_in_a_chain_ids_form() {
+        let lower = format!("sha256:{}", "ab".repeat(32));
+        let err = validate_image_name(&lower).expect_err("a chain ID's form");
+        assert_eq!(err.kind(), Kind::Invalid);
+        for name in [
+            format!("sha256:{}", "AB".repeat(32)),
+            format!("sha256:{}", "ab".repeat(31)),
+            format!("sha512:{}", "ab".repeat(32)),
+            "sha256".to_string(),
+        ] {
+            assert!(validate_image_name(&name).is_ok(), "{name}");
+        }
     }
 }

@@ -737,9 +737,6 @@ pub fn cycle_error(tx: &Transaction<'_>, ids: &[i64]) -> Error {
     cycle_named(names)
 }
 
-/// What to do about parent ids no command can mend.
-const DAMAGED_PARENTS_HINT: &str = "`strata check` reports it; no command can repair it: restore the index from a backup, or correct a parent_id with sqlite3";
-
 /// The error of a walk of parents that met a parent id (`parent`, of
 /// snapshot `child`) with no row.
 fn missing_parent_error(tx: &Transaction<'_>, child: i64, parent: i64) -> Error {
@@ -750,14 +747,14 @@ fn missing_parent_error(tx: &Transaction<'_>, child: i64, parent: i64) -> Error 
     Error::internal(format!(
         "the index is damaged: the parent of snapshot `{name}` (id {parent}) does not exist"
     ))
-    .with_hint(DAMAGED_PARENTS_HINT)
+    .with_hint(format!("`strata check` reports it; `strata rm -r {name}` removes it and what is built on it, or correct its parent_id with sqlite3, or restore the index from a backup"))
 }
 
 /// [`cycle_error`] of snapshots named `names`, each a child of the next
 /// (and the last of the first).
 pub fn cycle_named(names: Vec<String>) -> Error {
     Error::internal(format!("the index is damaged: {}", parent_cycle(names)))
-        .with_hint(DAMAGED_PARENTS_HINT)
+        .with_hint("`strata check` reports it; no command can repair it: restore the index from a backup, or correct a parent_id with sqlite3")
 }
 
 /// How a cycle of parents (`names`, each a child of the next) is described,
