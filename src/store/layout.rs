@@ -42,6 +42,22 @@ impl std::fmt::Display for SnapshotsMissing {
 
 impl std::error::Error for SnapshotsMissing {}
 
+/// Refuses `path` when it is a symlink to nowhere, naming where it points:
+/// making the directory would fail with a bare "File exists" (review).
+fn refuse_dangling(path: &Path) -> io::Result<()> {
+    match fs::read_link(path) {
+        Ok(dest) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} is a symbolic link to {}, which does not exist",
+                path.display(),
+                dest.display()
+            ),
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Makes directory `path` with mode 0700 exactly (`mkdir` applies the
 /// umask: under 0077 the mode would be 0700 anyway, under 0777 it would be
 /// 0000 and the store unusable). Another process making it meanwhile is
@@ -73,6 +89,7 @@ impl Layout {
     pub fn create(root: &Path) -> io::Result<Layout> {
         let layout = Layout::at(root);
         if !root.exists() {
+            refuse_dangling(root)?;
             // Directories above the store as `mkdir -p` makes them (the
             // umask's mode); the store alone is 0700.
             if let Some(parent) = root.parent() {
@@ -84,6 +101,7 @@ impl Layout {
         // permission denied) is returned as it is, not hidden by a mkdir.
         match fs::metadata(&layout.snapshots) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                refuse_dangling(&layout.snapshots)?;
                 // An index without `snapshots/`: the directories are on a
                 // file system not mounted yet, or lost. An empty one made
                 // here would take new snapshots onto the wrong disk and

@@ -1256,6 +1256,59 @@ fn nobodys_store_with_a() -> Option<Store> {
     Some(s)
 }
 
+/// A store path, or its `snapshots/`, that is a symlink to nowhere is named as
+/// such, by every command, `check` too (review: "File exists"; "no
+/// snapshots/ directory").
+#[test]
+fn a_store_or_snapshots_that_is_a_dangling_symlink_is_named() {
+    let s = Store::uninitialized("native");
+    let link = s.scratch("link");
+    let nowhere = s.tmp().join("nowhere");
+    std::os::unix::fs::symlink(&nowhere, &link).unwrap();
+    let run = |root: &Path, args: &[&str]| {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .env(CONFIG_VAR, "/nonexistent/strata.yaml")
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [&["ls"][..], &["check"]] {
+        let (code, stderr) = run(&link, args);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert_eq!(
+            stderr,
+            format!(
+                "error: cannot create the store {0}: {0} is a symbolic link to {1}, which does not exist\n",
+                link.display(),
+                nowhere.display()
+            )
+        );
+    }
+    assert!(!nowhere.exists(), "made where the link points");
+    s.strata(&["init", "--driver", "native"]).success();
+    let snapshots = s.root.join("snapshots");
+    fs::remove_dir(&snapshots).unwrap();
+    std::os::unix::fs::symlink(&nowhere, &snapshots).unwrap();
+    let (code, stderr) = run(&s.root, &["ls"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} is a symbolic link to {}, which does not exist",
+            snapshots.display(),
+            nowhere.display()
+        )),
+        "{stderr}"
+    );
+}
+
 /// A store not made yet, for a test that runs strata as user 65534, its
 /// temporary directory opened to `mode`; `None` (the test is skipped, or
 /// fails in CI) without root and overlay or without util-linux `setpriv`.
