@@ -5,6 +5,7 @@
 use super::error::{Error, IoContext, Result};
 use super::index::{self, SnapshotKind};
 use super::layer::{self, ApplyOptions, Changes, Compression, Digests, LayerError, Whiteouts};
+use super::layout::NotATree;
 use super::{Driver, Labels, Store, crash, mount};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -178,9 +179,10 @@ impl Store {
                              mount snapshots by hand without them",
                         )
                     }
-                    LayerError::Io { what, source } => {
-                        Error::io(format!("cannot diff `{key}`: {what}"), source)
-                    }
+                    LayerError::Io { what, source } => match NotATree::of(&source) {
+                        Some(tree) => super::not_a_tree(format!("cannot diff `{key}`"), tree),
+                        None => Error::io(format!("cannot diff `{key}`: {what}"), source),
+                    },
                 },
             )
         };
@@ -212,6 +214,11 @@ impl Store {
             Driver::Overlay => {
                 let mut new_layers = vec![row.id];
                 new_layers.extend(&chain);
+                // The kernel would follow a symlink in a tree's place.
+                let layers = new_layers.iter().chain(&base_chain).copied();
+                if let Some(tree) = self.bad_tree(layers) {
+                    return Err(super::not_a_tree(format!("cannot diff `{key}`"), &tree));
+                }
                 let new = self.merged(&new_layers)?;
                 let old = self.merged(&base_chain)?;
                 write(

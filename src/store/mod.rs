@@ -559,17 +559,22 @@ impl Store {
             Driver::Overlay => plan.chain.len(),
             Driver::Native => usize::from(plan.kind == SnapshotKind::View),
         };
-        for id in own
+        let trees = own
             .into_iter()
-            .chain(plan.chain.iter().take(layers).copied())
-        {
-            let tree = self.layout.fs(id);
-            // A tree that is not there fails the mount, which says so.
-            if std::fs::symlink_metadata(&tree).is_ok_and(|m| !m.is_dir()) {
-                return Err(not_a_tree(format!("cannot mount `{key}`"), &tree));
-            }
+            .chain(plan.chain.iter().take(layers).copied());
+        match self.bad_tree(trees) {
+            Some(tree) => Err(not_a_tree(format!("cannot mount `{key}`"), &tree)),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The first tree of snapshots `ids` that is not a directory (a
+    /// symlink or a file in its place), by one `lstat` each. A tree that
+    /// is not there is not one: the mount that follows fails, and says so.
+    fn bad_tree(&self, ids: impl IntoIterator<Item = i64>) -> Option<PathBuf> {
+        ids.into_iter()
+            .map(|id| self.layout.fs(id))
+            .find(|tree| std::fs::symlink_metadata(tree).is_ok_and(|m| !m.is_dir()))
     }
 
     /// Mounts `key` at `target` (created if missing) and records the mount.

@@ -722,7 +722,11 @@ both_drivers!(
 /// `mount` and `commit` of that snapshot, and by `prepare`, `view` and
 /// the mounts on it when it is a parent's: the kernel would follow it and
 /// the layer would be what it points at. (Audit: `mount` showed
-/// /elsewhere, and `commit` made a layer of it with a usage of 0 B.)
+/// /elsewhere, and `commit` made a layer of it with a usage of 0 B.) So
+/// are `diff` and `export` of it, and of a snapshot whose layer is read
+/// against it (native: its child; overlay: a diff against another
+/// snapshot, which mounts both chains), writing no layer and no blob
+/// (review: `diff` wrote /elsewhere's files, and `push` published them).
 fn a_tree_that_is_a_symlink_is_refused(driver: &str) {
     if !require_root_and_overlay() {
         return;
@@ -764,17 +768,38 @@ fn a_tree_that_is_a_symlink_is_refused(driver: &str) {
     let t = target.to_str().unwrap();
     let _guard = MountGuard::new(&target);
     let usage = s.strata(&["usage", "--json", "act"]).success().json()[0].clone();
+    // `diff KEY [--parent P]` to a file, refused, the file not written.
+    let out = s.scratch("layer.tar");
+    let diff_refused = |key: &str, parent: &[&str]| {
+        let o = out.to_str().unwrap();
+        refused(&[&["--json", "diff", key, "--output-file", o], parent].concat());
+        assert!(!out.exists(), "diff {key} {parent:?} wrote a layer");
+    };
+    // An existing layout gets no blob; a new one is not left behind.
+    let layout = s.scratch_dir("layout");
+    let export_refused = |key: &str| {
+        refused(&["--json", "export", key, layout.to_str().unwrap()]);
+        let blobs = fs::read_dir(layout.join("blobs/sha256")).map_or(0, |d| d.count());
+        assert_eq!(blobs, 0, "export {key} wrote a blob");
+        let fresh = s.scratch("fresh-layout");
+        refused(&["--json", "export", key, fresh.to_str().unwrap()]);
+        assert!(!fresh.exists(), "export {key} left a layout");
+    };
     {
         let _act = swap(snapshot_dir(&s, Newest));
         refused(&["--json", "mount", "act", t]);
         assert!(!is_mount_point(&target));
         refused(&["--json", "commit", "c", "act"]);
         assert_eq!(s.info("act")["kind"], "active");
+        diff_refused("act", &[]);
+        diff_refused("act", &["--parent", "base"]);
         s.strata(&["check"]).fails_reporting(1, "bad-shape");
     }
     s.strata(&["commit", "c", "act"]).success();
     assert_eq!(s.info("c")["usage"]["inodes"], usage["inodes"]);
     s.strata(&["prepare", "act", "base"]).success();
+    s.strata(&["prepare", "w2", "c"]).success();
+    s.strata(&["commit", "c2", "w2"]).success();
     {
         let _base = swap(snapshot_dir(&s, Oldest));
         refused(&["--json", "prepare", "p", "base"]);
@@ -782,7 +807,23 @@ fn a_tree_that_is_a_symlink_is_refused(driver: &str) {
         if driver == "overlay" {
             refused(&["--json", "mount", "act", t]);
         }
-        assert_eq!(s.names(&[]), ["act", "base", "c"]);
+        diff_refused("base", &[]);
+        export_refused("base");
+        // The image of `c` holds `base`'s layer.
+        export_refused("c");
+        if driver == "native" {
+            // A native layer is its tree compared with its parent's.
+            diff_refused("c", &[]);
+        } else {
+            // An overlay layer is its upper directory alone; against
+            // another snapshot, both chains are mounted and compared.
+            let o = out.to_str().unwrap();
+            s.strata(&["diff", "c", "--output-file", o]).success();
+            fs::remove_file(&out).unwrap();
+            diff_refused("c2", &["--parent", "base"]);
+            diff_refused("act", &["--parent", "c"]);
+        }
+        assert_eq!(s.names(&[]), ["act", "base", "c", "c2"]);
     }
     s.strata(&["prepare", "p", "base"]).success();
     s.strata(&["view", "v", "base"]).success();

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
 
+use crate::store::layout::NotATree;
 use crate::store::{copy, longpath};
 
 use super::reader::read_up_to;
@@ -57,6 +58,33 @@ pub(super) fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
     for ent in std::fs::read_dir(&*reach(dir)?).map_err(read_err(dir))? {
         names.push(ent.map_err(read_err(dir))?.file_name());
     }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+/// Sorted names of directory `dir` of a walk, at `rel` in it: the root
+/// (`rel` empty) through [`tree_names`].
+fn names_at(dir: &Path, rel: &[u8]) -> Result<Vec<std::ffi::OsString>> {
+    if rel.is_empty() {
+        tree_names(dir)
+    } else {
+        sorted_names(dir)
+    }
+}
+
+/// Sorted names in `root`, the root of a tree a layer is read from (a
+/// snapshot's tree or upper directory), opened without following a
+/// symlink: one put in the tree's place (or a file) is a [`NotATree`]
+/// error, not the tree it points at (audit: `diff` wrote a symlink's
+/// target's files as the layer, and `push` published them). The open is
+/// the one `read_dir` makes, with `O_NOFOLLOW`.
+fn tree_names(root: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let fd = match longpath::open_dir(root) {
+        Ok(fd) => fd,
+        Err(Errno::LOOP | Errno::NOTDIR) => return Err(read_err(root)(NotATree::error(root))),
+        Err(e) => return Err(read_err(root)(e.into())),
+    };
+    let mut names = copy::names_in(&fd, root, &mut Vec::new()).map_err(read_err(root))?;
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok(names)
 }
@@ -206,7 +234,7 @@ pub(super) fn walk_upper(upper: &Path) -> Result<Vec<Item>> {
     items.extend(upper_dir_marker(upper, b".")?);
     let mut stack = vec![(Vec::new(), upper.to_path_buf())];
     while let Some((rel, dir)) = stack.pop() {
-        for name in sorted_names(&dir)? {
+        for name in names_at(&dir, &rel)? {
             let path = dir.join(&name);
             let md = lstat(&path)?;
             let crel = join(&rel, name.as_bytes());
@@ -427,9 +455,9 @@ pub(super) fn walk_compare(old: Option<&Path>, new: &Path) -> Result<Vec<Item>> 
         }
     };
     while let Some((rel, odir, ndir)) = stack.pop() {
-        let nnames = sorted_names(&ndir)?;
+        let nnames = names_at(&ndir, &rel)?;
         let onames = match &odir {
-            Some(o) => sorted_names(o)?,
+            Some(o) => names_at(o, &rel)?,
             None => Vec::new(),
         };
         // Sockets are never in a layer: treat them as absent on both sides.
