@@ -1057,6 +1057,15 @@ impl Store {
         };
         crash::point("commit:read");
         let _lock = self.lock(row.id, key)?;
+        // Opened (for the usage walk and the sync) before anything is
+        // changed: a tree that is not a directory is refused with its
+        // mounts and their records kept (review: they were undone, and
+        // nothing committed).
+        let path = self.layout.fs(row.id);
+        let tree = usage::open_tree(&path).map_err(|e| match layout::NotATree::of(&e) {
+            Some(tree) => not_a_tree(format!("cannot commit `{key}`"), tree),
+            None => Error::io(format!("cannot measure the disk usage of `{key}`"), e),
+        })?;
         let table = mount_table()?;
         // Read before the lock: a `strata mount` that held it, recorded
         // since, would look like a mount strata did not record (as in
@@ -1088,15 +1097,14 @@ impl Store {
             })?;
         }
         crash::point("commit:unmounted");
-        let usage = usage::tree_usage(&self.layout.fs(row.id)).map_err(|e| {
-            match layout::NotATree::of(&e) {
-                Some(tree) => not_a_tree(format!("cannot commit `{key}`"), tree),
-                None => Error::io(format!("cannot measure the disk usage of `{key}`"), e),
-            }
-        })?;
+        let usage = usage::tree_usage(&tree, &path)
+            .ctx(|| format!("cannot measure the disk usage of `{key}`"))?;
         crash::point("commit:measured");
         // Committed content must be on disk before the index says so.
-        syncfs(&self.layout.fs(row.id)).ctx(|| format!("cannot sync `{key}`"))?;
+        rustix::fs::syncfs(&*tree)
+            .map_err(std::io::Error::from)
+            .ctx(|| format!("cannot sync `{key}`"))?;
+        drop(tree);
         let tx = self.index.write()?;
         let now = active(&tx, key, "commit")?;
         if now.id != row.id {

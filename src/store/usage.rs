@@ -65,11 +65,21 @@ pub fn disk_usage(root: &Path) -> io::Result<Usage> {
     disk_usage_at(CWD, root, root)
 }
 
-/// [`disk_usage`] of a snapshot's tree, which must be a directory of its
-/// own: a symlink or a file in its place is a [`NotATree`] error (what
-/// the walk's first open tells, at no cost), not a one-inode tree.
-pub fn tree_usage(root: &Path) -> io::Result<Usage> {
-    walk(CWD, root, root, false)
+/// Opens snapshot tree `root` for [`tree_usage`]. It must be a directory
+/// of its own: a symlink or a file in its place is a [`NotATree`] error
+/// (what the open tells, at no cost), not a one-inode tree.
+pub fn open_tree(root: &Path) -> io::Result<Arc<OwnedFd>> {
+    match rustix::fs::openat(CWD, root, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => Ok(Arc::new(fd)),
+        Err(Errno::NOTDIR | Errno::LOOP) => Err(NotATree::error(root)),
+        Err(e) => Err(e).ctx(root),
+    }
+}
+
+/// [`disk_usage`] of the tree [`open_tree`] opened at `root`. The caller
+/// keeps `fd` (`commit` syncs through it after).
+pub fn tree_usage(fd: &Arc<OwnedFd>, root: &Path) -> io::Result<Usage> {
+    walk(Arc::clone(fd), root)
 }
 
 /// [`disk_usage`] of the tree at `rel` under directory `base`, whose path is
@@ -77,29 +87,27 @@ pub fn tree_usage(root: &Path) -> io::Result<Usage> {
 /// small trees under one directory (`usage` of every snapshot) this way
 /// saves resolving the long common prefix for each of them.
 pub fn disk_usage_at(base: BorrowedFd<'_>, rel: &Path, root: &Path) -> io::Result<Usage> {
-    walk(base, rel, root, true)
+    match rustix::fs::openat(base, rel, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => walk(Arc::new(fd), root),
+        // Not a directory: that single inode.
+        Err(Errno::NOTDIR | Errno::LOOP) => {
+            let st = rustix::fs::statat(base, rel, AtFlags::SYMLINK_NOFOLLOW).ctx(root)?;
+            let mut usage = Usage::default();
+            count(&mut usage, &st, &Mutex::default());
+            Ok(usage)
+        }
+        Err(e) => Err(e).ctx(root),
+    }
 }
 
-/// [`disk_usage_at`]; a root that is not a directory counts as its one
-/// inode if `any_root`, else is a [`NotATree`] error.
-fn walk(base: BorrowedFd<'_>, rel: &Path, root: &Path, any_root: bool) -> io::Result<Usage> {
+/// The usage of the tree of open directory `fd`, whose path is `root`.
+fn walk(fd: Arc<OwnedFd>, root: &Path) -> io::Result<Usage> {
     let shared = Shared {
         queue: Mutex::new(Queue::default()),
         wake: Condvar::new(),
         links: Mutex::new(HashSet::new()),
     };
     let mut main = Worker::new();
-    let fd = match rustix::fs::openat(base, rel, DIR_FLAGS, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::NOTDIR | Errno::LOOP) if !any_root => return Err(NotATree::error(root)),
-        // Not a directory: that single inode.
-        Err(Errno::NOTDIR | Errno::LOOP) => {
-            let st = rustix::fs::statat(base, rel, AtFlags::SYMLINK_NOFOLLOW).ctx(root)?;
-            count(&mut main.usage, &st, &shared.links);
-            return Ok(main.usage);
-        }
-        Err(e) => return Err(e).ctx(root),
-    };
     let st = rustix::fs::fstat(&fd).ctx(root)?;
     count(&mut main.usage, &st, &shared.links);
 
@@ -308,14 +316,13 @@ impl Worker {
             let st = rustix::fs::fstat(&fd).ctx(&dir.path)?;
             count(&mut self.usage, &st, &shared.links);
         }
-        self.read(fd, &dir.path, shared)
+        self.read(Arc::new(fd), &dir.path, shared)
     }
 
     /// Counts the entries of open directory `fd` (at `path`), collecting its
     /// subdirectories into `self.found` (or handing them out with batches of
     /// names).
-    fn read(&mut self, fd: OwnedFd, path: &Path, shared: &Shared) -> io::Result<()> {
-        let fd = Arc::new(fd);
+    fn read(&mut self, fd: Arc<OwnedFd>, path: &Path, shared: &Shared) -> io::Result<()> {
         let mut shared_path: Option<Arc<Path>> = None;
         let mut pending: Vec<u8> = Vec::new();
         let mut pending_len = 0;

@@ -722,8 +722,10 @@ both_drivers!(
 /// `mount` and `commit` of that snapshot, and by `prepare`, `view` and
 /// the mounts on it when it is a parent's: the kernel would follow it and
 /// the layer would be what it points at. (Audit: `mount` showed
-/// /elsewhere, and `commit` made a layer of it with a usage of 0 B.) So
-/// are `diff` and `export` of it, and of a snapshot whose layer is read
+/// /elsewhere, and `commit` made a layer of it with a usage of 0 B.)
+/// `commit` of it mounted is refused before the mount is undone (review:
+/// the mount was lost). So are `diff` and `export` of it, and of a
+/// snapshot whose layer is read
 /// against it (native: its child; overlay: a diff against another
 /// snapshot, which mounts both chains), writing no layer and no blob
 /// (review: `diff` wrote /elsewhere's files, and `push` published them).
@@ -785,6 +787,18 @@ fn a_tree_that_is_a_symlink_is_refused(driver: &str) {
         refused(&["--json", "export", key, fresh.to_str().unwrap()]);
         assert!(!fresh.exists(), "export {key} left a layout");
     };
+    // Swapped while mounted: commit refuses before it unmounts anything.
+    let m = s.mount("act");
+    {
+        let _act = swap(snapshot_dir(&s, Newest));
+        refused(&["--json", "commit", "c", "act"]);
+        assert!(is_mount_point(&m.path), "commit unmounted `act`");
+    }
+    // Looked at once the tree is back: a native bind mount of the renamed
+    // tree is not the one recorded (its root in mountinfo moved with it).
+    assert_eq!(s.info("act")["kind"], "active");
+    // Its record kept: strata unmounts it.
+    s.unmount(&m);
     {
         let _act = swap(snapshot_dir(&s, Newest));
         refused(&["--json", "mount", "act", t]);
