@@ -201,23 +201,50 @@ impl Layout {
     pub fn link_state(&self, id: i64) -> io::Result<LinkState> {
         let mut want = Vec::new();
         link_target_into(id, &mut want);
-        match fs::read_link(self.links().join(link_name(id))) {
+        let path = self.links().join(link_name(id));
+        let want_shown = String::from_utf8_lossy(&want);
+        match fs::read_link(&path) {
             Ok(target) if target.as_os_str().as_bytes() == want.as_slice() => Ok(LinkState::Right),
-            Ok(target) => Ok(LinkState::Wrong(format!("points to {}", target.display()))),
+            Ok(target) => Ok(LinkState::Wrong(format!(
+                "points to {}, not {want_shown}",
+                target.display()
+            ))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(LinkState::Missing),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                Ok(LinkState::Wrong("is not a symlink".into()))
+                let what = match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => "is a directory",
+                    Ok(m) if m.is_file() => "is a file",
+                    _ => "is not a symlink",
+                };
+                Ok(LinkState::Wrong(format!(
+                    "{what}, not a link to {want_shown}"
+                )))
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Replaces snapshot `id`'s short link with the one strata makes.
+    /// Replaces snapshot `id`'s short link with the one strata makes. A
+    /// link cannot be renamed over a directory (`EISDIR`): one there is
+    /// moved aside to an `rm-*` name first, and deleted once the link is
+    /// made (review: it could not be replaced, and the printed mount lines
+    /// took it for the layer).
     pub fn repair_link(&self, id: i64) -> io::Result<()> {
         let dir = File::open(self.links())?;
         let mut want = Vec::new();
         link_target_into(id, &mut want);
-        replace_link(&dir, OsStr::new(&link_name(id)), &want)
+        let name = link_name(id);
+        match replace_link(&dir, OsStr::new(&name), &want) {
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
+            done => return done,
+        }
+        let trash = format!("{TRASH_PREFIX}{}", unique());
+        rustix::fs::renameat(&dir, name.as_str(), &dir, trash.as_str())?;
+        replace_link(&dir, OsStr::new(&name), &want)?;
+        // What is not deleted now is a leftover in `l/`, which `prune` and
+        // `check`'s sweep (after this repair) report and delete.
+        let _ = remove_tree(&self.links().join(trash));
+        Ok(())
     }
 
     /// A fresh, locked staging directory for a snapshot being built.
@@ -540,9 +567,9 @@ mod tests {
 
     /// Missing links are made and present ones kept, whether `l/` is read
     /// first (a few links, a long chain) or not (many links, a short one);
-    /// a wrong one (another snapshot's tree, out of the store, not a
-    /// symlink) is what `check` finds and `repair_link` replaces, leaving
-    /// no staging name behind.
+    /// a wrong one (another snapshot's tree, out of the store, a file, a
+    /// directory) is what `check` finds and `repair_link` replaces, leaving
+    /// no staging or trash name behind.
     #[test]
     fn ensure_links_makes_the_missing_ones_and_check_finds_wrong_ones() {
         let dir = tempfile::tempdir().unwrap();
@@ -556,16 +583,27 @@ mod tests {
         std::os::unix::fs::symlink("/etc", at(9)).unwrap();
         fs::remove_file(at(11)).unwrap();
         fs::write(at(11), "").unwrap();
+        // A directory cannot be renamed over: it is moved aside.
+        fs::remove_file(at(13)).unwrap();
+        fs::create_dir(at(13)).unwrap();
+        fs::write(at(13).join("f"), "").unwrap();
         let listed = File::open(layout.links()).unwrap();
         assert!(worth_listing(&listed, chain.len()).unwrap());
         layout.ensure_links(&chain).unwrap();
-        assert!(
-            matches!(layout.link_state(7).unwrap(), LinkState::Wrong(w) if w == "points to ../snapshots/8/fs")
+        let wrong = |id| match layout.link_state(id).unwrap() {
+            LinkState::Wrong(w) => w,
+            _ => panic!("link {id} is not wrong"),
+        };
+        assert_eq!(
+            wrong(7),
+            "points to ../snapshots/8/fs, not ../snapshots/7/fs"
         );
-        assert!(
-            matches!(layout.link_state(11).unwrap(), LinkState::Wrong(w) if w == "is not a symlink")
+        assert_eq!(wrong(11), "is a file, not a link to ../snapshots/11/fs");
+        assert_eq!(
+            wrong(13),
+            "is a directory, not a link to ../snapshots/13/fs"
         );
-        for id in [7, 9, 11] {
+        for id in [7, 9, 11, 13] {
             layout.repair_link(id).unwrap();
         }
         for &id in &chain {
@@ -578,7 +616,7 @@ mod tests {
             LinkState::Missing
         ));
         let names = fs::read_dir(layout.links()).unwrap().count();
-        assert_eq!(names, chain.len(), "a staging name was left");
+        assert_eq!(names, chain.len(), "a staging or trash name was left");
         let many: Vec<i64> = (1000..6000).collect();
         layout.ensure_links(&many).unwrap();
         let listed = File::open(layout.links()).unwrap();

@@ -33,8 +33,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Leftover {
     /// What it is: `orphan` (directory, or file, with no index row), `staging`
     /// (half-made snapshot), `trash` (half-removed snapshot), `work` (work
-    /// directory of a committed snapshot), `link` (short link of a removed
-    /// snapshot), `mount-record` (record of a mount that is gone).
+    /// directory of a committed snapshot), `link` (what is in `l/` and is
+    /// no snapshot's short link: a link of a removed snapshot, a directory,
+    /// a file), `mount-record` (record of a mount that is gone).
     pub kind: &'static str,
     pub path: String,
     pub size: u64,
@@ -232,12 +233,19 @@ impl Store {
         };
         for swept in self.sweep(&known, how)? {
             let what = match swept.kind {
-                "orphan" if swept.dir => "a directory with no index row",
+                "orphan" if swept.node == Node::Dir => "a directory with no index row",
                 "orphan" => "a file with no index row",
                 "staging" => "a half-made snapshot",
                 "trash" => "a half-removed snapshot",
                 "work" => "the work directory of a committed snapshot",
-                _ => "a short link of a removed snapshot",
+                _ => match swept.node {
+                    Node::Symlink if link_id(&swept.name()).is_some() => {
+                        "a short link of a removed snapshot"
+                    }
+                    Node::Symlink => "a symlink among the short links, not one strata makes",
+                    Node::Dir => "a directory among the short links, not a link",
+                    Node::Other => "a file among the short links, not a link",
+                },
             };
             let mut p = problem(
                 if swept.kind == "orphan" {
@@ -646,7 +654,7 @@ fn judge_links(
             "bad-link",
             Some(&row.name),
             format!(
-                "snapshot `{}`'s short link {} {what}, not ../snapshots/{id}/fs",
+                "snapshot `{}`'s short link {} {what}",
                 row.name,
                 layout.links().join(layout::link_name(id)).display()
             ),
@@ -745,8 +753,9 @@ struct Swept {
     /// Where what could not be deleted is left: an orphan or a half-made
     /// snapshot is moved to an `rm-*` name before it is deleted.
     left: PathBuf,
-    /// Whether it is a directory (a file may have a snapshot's name).
-    dir: bool,
+    /// What it is (a file may have a snapshot's name, a directory be
+    /// among the links).
+    node: Node,
     /// Measured only when asked.
     usage: Usage,
     /// Why it could not be looked at or deleted; the others are.
@@ -754,10 +763,18 @@ struct Swept {
 }
 
 impl Swept {
+    /// The name it was found under.
+    fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     fn failed(kind: &'static str, path: PathBuf, left: PathBuf, error: String) -> Swept {
         Swept {
             kind,
-            dir: is_dir(&left),
+            node: Node::of(&left),
             path,
             left,
             usage: Usage::default(),
@@ -853,10 +870,10 @@ fn delete(taken: Vec<(&'static str, PathBuf, PathBuf)>, how: Sweep) -> Vec<Swept
         };
         // By what is there, not by the name: a file named like a snapshot
         // directory, a directory among the links.
-        let dir = is_dir(&trash);
+        let node = Node::of(&trash);
         if how.delete {
             unmount_below(&trash, &points);
-            let gone = if dir {
+            let gone = if node == Node::Dir {
                 layout::remove_tree(&trash)
             } else {
                 fs::remove_file(&trash)
@@ -878,7 +895,7 @@ fn delete(taken: Vec<(&'static str, PathBuf, PathBuf)>, how: Sweep) -> Vec<Swept
             kind,
             path: original,
             left: trash,
-            dir,
+            node,
             usage,
             error: None,
         });
@@ -886,9 +903,23 @@ fn delete(taken: Vec<(&'static str, PathBuf, PathBuf)>, how: Sweep) -> Vec<Swept
     swept
 }
 
-/// Whether `path` is a directory (not following a symlink).
-fn is_dir(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+/// What a leftover is, by one `lstat` (not following a symlink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    Dir,
+    Symlink,
+    /// A file, or nothing that can be looked at.
+    Other,
+}
+
+impl Node {
+    fn of(path: &Path) -> Node {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Node::Dir,
+            Ok(m) if m.file_type().is_symlink() => Node::Symlink,
+            _ => Node::Other,
+        }
+    }
 }
 
 /// The cycles of the parent links `parent` (child to parent), each listed

@@ -994,6 +994,70 @@ fn check_finds_and_replaces_wrong_short_links() {
     pasted_shows_the_chain(&s);
 }
 
+/// A directory or a file in place of a short link is a `bad-link` that
+/// says what it is, and `--repair` replaces both (a directory cannot be
+/// renamed over: it is moved aside and deleted), so the pasted mount line
+/// shows the chain, not the empty directory. A directory at the link name
+/// of no snapshot is a leftover called a directory. (Review: "is not a
+/// symlink, not ../snapshots/…; it could not be replaced: Is a
+/// directory", and "a short link of a removed snapshot".)
+#[test]
+fn check_replaces_a_directory_or_a_file_at_a_short_link() {
+    let Some((s, ids)) = store_with_short_links() else {
+        return;
+    };
+    let (l1, l2) = (short_link(&s, ids[0]), short_link(&s, ids[1]));
+    fs::remove_file(&l1).unwrap();
+    fs::create_dir(&l1).unwrap();
+    fs::write(l1.join("passwd"), "x").unwrap();
+    fs::remove_file(&l2).unwrap();
+    fs::write(&l2, "x").unwrap();
+    // No snapshot has id 46655 (`zzz`).
+    let stray = s.root.join("l").join("zzz");
+    fs::create_dir(&stray).unwrap();
+    fs::write(stray.join("f"), "x").unwrap();
+    let table = s.strata(&["check"]);
+    let said = |p: &std::path::Path, what: &str| format!("{} {what}\n", p.display());
+    table
+        .fails_reporting(
+            1,
+            &said(
+                &l1,
+                &format!("is a directory, not a link to ../snapshots/{}/fs", ids[0]),
+            ),
+        )
+        .fails_reporting(
+            1,
+            &said(
+                &l2,
+                &format!("is a file, not a link to ../snapshots/{}/fs", ids[1]),
+            ),
+        )
+        .fails_reporting(
+            1,
+            &said(&stray, "is a directory among the short links, not a link"),
+        );
+    let repaired = s.strata(&["check", "--repair", "-o", "json"]).success();
+    let problems = repaired.json()["problems"].clone();
+    let problems = problems.as_array().unwrap();
+    assert_eq!(problems.len(), 3, "{}", repaired.session());
+    assert!(
+        problems.iter().all(|p| p["repaired"] == true),
+        "{}",
+        repaired.session()
+    );
+    s.strata(&["check"]).success();
+    let names: Vec<String> = fs::read_dir(s.root.join("l"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with("rm-") && n != "zzz"),
+        "{names:?}"
+    );
+    pasted_shows_the_chain(&s);
+}
+
 /// The driver is chosen by the first write and recorded for good: a store
 /// that cannot hold the overlay test's scratch directories fails that write,
 /// and does not make the store native.
