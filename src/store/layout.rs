@@ -565,11 +565,12 @@ mod tests {
         fs::read_link(layout.links().join(link_name(id))).ok()
     }
 
-    /// Missing links are made and present ones kept, whether `l/` is read
-    /// first (a few links, a long chain) or not (many links, a short one);
-    /// a wrong one (another snapshot's tree, out of the store, a file, a
-    /// directory) is what `check` finds and `repair_link` replaces, leaving
-    /// no staging or trash name behind.
+    /// Missing links are made and present ones kept, wrong ones too (see
+    /// `ensure_links`), whether `l/` is read first (a few links, a long
+    /// chain) or not (many links, a short one); a wrong one (another
+    /// snapshot's tree, out of the store, a file, a directory) is what
+    /// `check` finds and `repair_link` replaces, leaving no staging or
+    /// trash name behind.
     #[test]
     fn ensure_links_makes_the_missing_ones_and_check_finds_wrong_ones() {
         let dir = tempfile::tempdir().unwrap();
@@ -589,7 +590,19 @@ mod tests {
         fs::write(at(13).join("f"), "").unwrap();
         let listed = File::open(layout.links()).unwrap();
         assert!(worth_listing(&listed, chain.len()).unwrap());
+        // Trusted as they are (reading each back cost deep prepares 5%):
+        // `check` finds them.
+        let as_is = || {
+            (
+                link(&layout, 7),
+                link(&layout, 9),
+                fs::read(at(11)).ok(),
+                fs::read(at(13).join("f")).ok(),
+            )
+        };
+        let wrong_ones = as_is();
         layout.ensure_links(&chain).unwrap();
+        assert_eq!(as_is(), wrong_ones);
         let wrong = |id| match layout.link_state(id).unwrap() {
             LinkState::Wrong(w) => w,
             _ => panic!("link {id} is not wrong"),
@@ -621,7 +634,11 @@ mod tests {
         layout.ensure_links(&many).unwrap();
         let listed = File::open(layout.links()).unwrap();
         assert!(!worth_listing(&listed, 3).unwrap());
+        // Not listed: the `symlinkat` that finds a name there trusts it too.
+        fs::remove_file(at(2)).unwrap();
+        std::os::unix::fs::symlink("/etc", at(2)).unwrap();
         layout.ensure_links(&[1, 2, 9000]).unwrap();
+        assert_eq!(link(&layout, 2), Some(PathBuf::from("/etc")));
         assert_eq!(
             link(&layout, 9000),
             Some(PathBuf::from("../snapshots/9000/fs"))
