@@ -1,5 +1,5 @@
 use super::Context;
-use crate::oci::registry::{Access, is_registry_host};
+use crate::oci::registry::Access;
 use crate::oci::{self, auth::Credentials};
 use crate::store::{Error, Kind, Result};
 
@@ -52,14 +52,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         )
         .with_hint("add --password-stdin: echo \"$PASSWORD\" | strata login REGISTRY -u USER --password-stdin"));
     }
-    if !is_registry_host(&args.registry) {
-        return Err(Error::invalid(format!(
-            "`{}` is not a registry host ({})",
-            args.registry,
-            oci::registry::HOST_FORM
-        ))
-        .with_hint("give HOST[:PORT], e.g. registry.example.com or 127.0.0.1:5000"));
-    }
+    oci::registry::check_registry_host(&args.registry)?;
     // Refused before the user name is asked.
     oci::registry::timeout_setting()?;
     let username = match args.username {

@@ -1,6 +1,5 @@
 use super::Context;
 use crate::oci;
-use crate::oci::registry::is_registry_host;
 use crate::printer::shell_quote;
 use crate::store::{Error, Result};
 
@@ -49,14 +48,7 @@ fn registries() -> Vec<clap_complete::engine::CompletionCandidate> {
 }
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
-    if !is_registry_host(&args.registry) {
-        return Err(Error::invalid(format!(
-            "`{}` is not a registry host ({})",
-            args.registry,
-            oci::registry::HOST_FORM
-        ))
-        .with_hint("give HOST[:PORT], e.g. registry.example.com or 127.0.0.1:5000"));
-    }
+    oci::registry::check_registry_host(&args.registry)?;
     let file = oci::auth::login_file()?;
     let removed = oci::auth::remove(&file, &args.registry)?;
     let elsewhere: Vec<String> = oci::auth::holding_elsewhere(&args.registry, &file)

@@ -128,6 +128,18 @@ pub fn parse_reference(text: &str) -> Result<Reference> {
     Ok(reference)
 }
 
+/// Refuses `text` given as a registry (`login`, `logout`) unless
+/// [`is_registry_host`] takes it, before anything is asked or written.
+pub fn check_registry_host(text: &str) -> Result<()> {
+    if is_registry_host(text) {
+        return Ok(());
+    }
+    Err(
+        Error::invalid(format!("`{text}` is not a registry host ({HOST_FORM})"))
+            .with_hint("give HOST[:PORT], e.g. registry.example.com or 127.0.0.1:5000"),
+    )
+}
+
 /// What [`is_registry_host`] accepts, for messages.
 pub const HOST_FORM: &str = "a DNS name or IPv4 address, and maybe a port from 1 to 65535";
 
