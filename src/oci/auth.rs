@@ -115,18 +115,21 @@ fn read_file(path: &Path) -> Result<Option<Value>> {
 
 /// Credentials for `registry` from the auth files, if any.
 pub fn lookup(registry: &str) -> Result<Option<Credentials>> {
+    let keys = host_keys(registry);
     for f in files() {
         let Some(v) = read_file(&f)? else { continue };
-        let Some(auths) = v.get("auths") else {
-            continue;
-        };
-        for k in host_keys(registry) {
-            if let Some(c) = auths.get(&k).and_then(decode) {
-                return Ok(Some(c));
-            }
+        if let Some(c) = held(&v, &keys) {
+            return Ok(Some(c));
         }
     }
     Ok(None)
+}
+
+/// The credentials auth file `v` holds under the first of `keys` that has
+/// some.
+fn held(v: &Value, keys: &[String]) -> Option<Credentials> {
+    let auths = v.get("auths")?;
+    keys.iter().find_map(|k| auths.get(k).and_then(decode))
 }
 
 /// Refuses a user name that the auth files could not give back: they keep
@@ -245,15 +248,7 @@ pub fn holding_elsewhere(registry: &str, except: &Path) -> Vec<PathBuf> {
     files()
         .into_iter()
         .filter(|f| f != except)
-        .filter(|f| {
-            let Ok(Some(v)) = read_file(f) else {
-                return false;
-            };
-            let Some(auths) = v.get("auths") else {
-                return false;
-            };
-            keys.iter().any(|k| auths.get(k).and_then(decode).is_some())
-        })
+        .filter(|f| matches!(read_file(f), Ok(Some(v)) if held(&v, &keys).is_some()))
         .collect()
 }
 

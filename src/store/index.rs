@@ -727,23 +727,22 @@ fn walk_parents<T>(
 /// The error of a walk of parents or children that met a cycle of parents
 /// (snapshots `ids`): only a damaged index has one, and no walk of it ends.
 pub fn cycle_error(tx: &Transaction<'_>, ids: &[i64]) -> Error {
-    let mut names = Vec::with_capacity(ids.len());
-    for &id in ids {
-        match find_id(tx, id) {
-            Ok(Some(row)) => names.push(row.name),
-            _ => names.push(format!("#{id}")),
-        }
+    cycle_named(ids.iter().map(|&id| name_or_id(tx, id)).collect())
+}
+
+/// Snapshot `id`'s name for an error about a damaged index, or `#ID` when
+/// it cannot be read.
+fn name_or_id(tx: &Transaction<'_>, id: i64) -> String {
+    match find_id(tx, id) {
+        Ok(Some(row)) => row.name,
+        _ => format!("#{id}"),
     }
-    cycle_named(names)
 }
 
 /// The error of a walk of parents that met a parent id (`parent`, of
 /// snapshot `child`) with no row.
 fn missing_parent_error(tx: &Transaction<'_>, child: i64, parent: i64) -> Error {
-    let name = match find_id(tx, child) {
-        Ok(Some(row)) => row.name,
-        _ => format!("#{child}"),
-    };
+    let name = name_or_id(tx, child);
     Error::internal(format!(
         "the index is damaged: the parent of snapshot `{name}` (id {parent}) does not exist"
     ))
