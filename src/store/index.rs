@@ -817,6 +817,11 @@ pub fn children(tx: &Transaction<'_>, id: i64) -> Result<Vec<String>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// Whether the index lists any snapshot.
+pub fn any(tx: &Transaction<'_>) -> Result<bool> {
+    Ok(tx.query_row("SELECT EXISTS (SELECT 1 FROM snapshots)", [], |r| r.get(0))?)
+}
+
 /// Whether snapshot `id` has a child (uses the `parent_id` index).
 pub fn has_children(tx: &Transaction<'_>, id: i64) -> Result<bool> {
     let mut stmt =

@@ -352,6 +352,7 @@ impl Store {
             if index::find(&tx, key)?.is_some() {
                 return Err(exists(key));
             }
+            refuse_bare_snapshots(&self.layout, &tx)?;
             let parent_row = match parent {
                 Some(p) => Some(committed_parent(&tx, p)?),
                 None => None,
@@ -1637,6 +1638,38 @@ fn untouched_usage(base: BorrowedFd<'_>, rel: &Path, created: Timestamp) -> Opti
             inodes: 1,
         },
     )
+}
+
+/// Errs when `snapshots/` holds no snapshot directory while the index
+/// lists snapshots: a mount point whose file system is not mounted, so
+/// that a new snapshot would land on the disk below it and be lost from
+/// view when it is mounted, or directories lost. A directory's link
+/// count is 2 exactly when it has no subdirectory, so a create pays one
+/// `stat` for this; only then is the directory read (a file system may
+/// not count subdirectories: btrfs says 1 always).
+fn refuse_bare_snapshots(layout: &Layout, tx: &Transaction<'_>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let snapshots = layout.snapshots();
+    let cannot = |e| Error::io(format!("cannot read {}", snapshots.display()), e);
+    if std::fs::metadata(snapshots).map_err(cannot)?.nlink() != 2 || !index::any(tx)? {
+        return Ok(());
+    }
+    let has_dirs = std::fs::read_dir(snapshots)
+        .map_err(cannot)?
+        .flatten()
+        .any(|e| e.file_type().is_ok_and(|t| t.is_dir()));
+    if has_dirs {
+        return Ok(());
+    }
+    Err(Error::internal(format!(
+        "the store {} lists snapshots in its index, but {} holds none of their directories",
+        layout.root().display(),
+        snapshots.display()
+    ))
+    .with_hint(format!(
+        "if {} is on a file system not mounted yet, mount it; if the snapshots are lost, remove the snapshots `strata check` lists with `strata rm -r`",
+        snapshots.display()
+    )))
 }
 
 fn read_driver(tx: &Transaction<'_>) -> Result<Option<Driver>> {

@@ -375,6 +375,18 @@ fn check_forgets_no_snapshot_whose_data_may_be_there(driver: &str) {
     }
     assert!(!snaps.exists(), "snapshots/ was made again");
     fs::create_dir(&snaps).unwrap();
+    // An empty `snapshots/` (a mount point whose disk is not mounted) takes
+    // no new snapshot either, whether on a parent or not.
+    for args in [&["prepare", "new"][..], &["prepare", "new", "base"]] {
+        s.strata(args)
+            .fails_with(1, "holds none of their directories")
+            .fails_with(1, "mount it;");
+    }
+    assert_eq!(
+        fs::read_dir(&snaps).unwrap().count(),
+        0,
+        "a snapshot was made"
+    );
     s.strata(&["check", "--repair"]).fails_reporting(
         1,
         "not repaired: no snapshot of the store has its directory",
