@@ -1,5 +1,5 @@
 use super::Context;
-use crate::store::Result;
+use crate::store::{Kind, Result, SnapshotKind};
 
 /// Turn active snapshot KEY into committed snapshot NAME.
 ///
@@ -27,7 +27,18 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let labels = super::labels_of_options(&args.labels)?;
     ctx.store()?;
     let store = ctx.store.as_mut().expect("opened");
-    ctx.printer.spin(&format!("committing `{}`", args.key), || {
-        store.commit(&args.name, &args.key, &labels)
-    })
+    ctx.printer
+        .spin(&format!("committing `{}`", args.key), || {
+            store.commit(&args.name, &args.key, &labels)
+        })
+        .map_err(|e| {
+            super::swapped(
+                store,
+                e,
+                Kind::NotFound,
+                |s| super::is_kind(s, &args.name, &[SnapshotKind::Active]),
+                &["commit", &args.key, &args.name],
+                "the new name comes first, then the active snapshot (as in ctr)",
+            )
+        })
 }

@@ -455,6 +455,54 @@ pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
     }
 }
 
+/// `e`, a command's refusal of its first snapshot argument, with a hint
+/// that the two arguments are the wrong way round when `swap_fits` says
+/// swapping them would work (ctr writes `mounts TARGET KEY`; git and btrfs
+/// users write SOURCE before DESTINATION). `command` is the command line
+/// with them swapped, `order` the rule. The hint replaces a near-miss one
+/// ("did you mean `b`?"), which was about the wrong argument (audit).
+pub fn swapped(
+    store: &mut Store,
+    e: Error,
+    refused: store::Kind,
+    swap_fits: impl FnOnce(&mut Store) -> bool,
+    command: &[&str],
+    order: &str,
+) -> Error {
+    if e.kind() != refused || !swap_fits(store) {
+        return e;
+    }
+    let line: Vec<String> = command
+        .iter()
+        .map(|a| crate::printer::shell_quote(a))
+        .collect();
+    Error::new(e.kind(), e.message())
+        .with_hint(format!("did you mean `strata {}`? {order}", line.join(" ")))
+}
+
+/// A prepare or view of `key` on `parent` refused because `key` exists:
+/// the hint when they are the wrong way round (`key` committed, `parent`
+/// no snapshot).
+pub fn key_first(store: &mut Store, e: Error, command: &str, key: &str, parent: &str) -> Error {
+    swapped(
+        store,
+        e,
+        store::Kind::AlreadyExists,
+        |s| {
+            is_kind(s, key, &[store::SnapshotKind::Committed])
+                && s.stat(parent)
+                    .is_err_and(|e| e.kind() == store::Kind::NotFound)
+        },
+        &[command, parent, key],
+        "the new key comes first, then its parent",
+    )
+}
+
+/// Whether `key` is a snapshot of one of `kinds`.
+pub fn is_kind(store: &mut Store, key: &str, kinds: &[store::SnapshotKind]) -> bool {
+    store.stat(key).is_ok_and(|info| kinds.contains(&info.kind))
+}
+
 /// The labels of `--label K=V` options (prepare, view, commit, apply). The
 /// option takes a value starting with `-` (`--label -x=1`, as `--label=-x=1`
 /// always did), so a `--label` left without its value takes the next

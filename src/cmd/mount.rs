@@ -23,7 +23,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
-    let at = ctx.store()?.mount(&args.key, &args.target)?;
+    let at = match ctx.store()?.mount(&args.key, &args.target) {
+        Ok(at) => at,
+        Err(e) => {
+            let target = args.target.to_string_lossy();
+            return Err(super::mounts::target_first(
+                ctx, e, "mount", &args.key, &target,
+            ));
+        }
+    };
     // A target's control characters escaped, as errors and `ls` show them.
     ctx.printer.note(&format!(
         "mounted `{}` at {}",

@@ -1,6 +1,6 @@
 use super::Context;
 use crate::printer::{Format, shell_quote, shown};
-use crate::store::{Error, Kind, Mount, Plan, Result, Store};
+use crate::store::{Error, Kind, Mount, Plan, Result, SnapshotKind, Store};
 use std::path::Path;
 
 /// Print the mounts of an active snapshot or a view.
@@ -24,12 +24,39 @@ pub struct Args {
 }
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
-    if ctx.printer.format() != Format::Table {
+    let done = if ctx.printer.format() != Format::Table {
         // Scripts get absolute paths, always.
-        let list = ctx.store()?.mounts(&args.key)?;
-        return print(ctx, &list, &args.target);
-    }
-    print_for_shell(ctx, &args.key, &args.target, None)
+        match ctx.store()?.mounts(&args.key) {
+            Ok(list) => return print(ctx, &list, &args.target),
+            Err(e) => Err(e),
+        }
+    } else {
+        print_for_shell(ctx, &args.key, &args.target, None)
+    };
+    done.map_err(|e| target_first(ctx, e, "mounts", &args.key, &args.target))
+}
+
+/// `mounts` or `mount` of `key` refused because there is no such snapshot:
+/// the hint when `target` is the snapshot (ctr's order is `mounts TARGET
+/// KEY`).
+pub fn target_first(ctx: &mut Context, e: Error, command: &str, key: &str, target: &str) -> Error {
+    let Ok(store) = ctx.store() else {
+        return e;
+    };
+    let mountable = [SnapshotKind::Active, SnapshotKind::View];
+    super::swapped(
+        store,
+        e,
+        Kind::NotFound,
+        |s| super::is_kind(s, target, &mountable),
+        &[command, target, key],
+        match command {
+            "mounts" => {
+                "the snapshot comes first, then the mount point (ctr's order is the other way round)"
+            }
+            _ => "the snapshot comes first, then the mount point",
+        },
+    )
 }
 
 /// Prints the mounts of `key` as commands a shell can run (shortened for

@@ -36,6 +36,10 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         .spin(&format!("preparing `{}`", args.key), || {
             store.prepare(&args.key, args.parent.as_deref(), &labels)
         })
-        .map_err(|e| mounts::past_alias(store, args.parent.as_deref(), e))?;
+        .map_err(|e| mounts::past_alias(store, args.parent.as_deref(), e))
+        .map_err(|e| match args.parent.as_deref() {
+            Some(parent) => super::key_first(store, e, "prepare", &args.key, parent),
+            None => e,
+        })?;
     mounts::finish_create(ctx, &args.key, list, args.mount.as_deref())
 }

@@ -30,6 +30,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let store = ctx.store()?;
     let list = store
         .view(&args.key, &args.parent, &labels)
-        .map_err(|e| mounts::past_alias(store, Some(&args.parent), e))?;
+        .map_err(|e| mounts::past_alias(store, Some(&args.parent), e))
+        .map_err(|e| super::key_first(store, e, "view", &args.key, &args.parent))?;
     mounts::finish_create(ctx, &args.key, list, args.mount.as_deref())
 }

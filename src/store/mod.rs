@@ -1814,7 +1814,9 @@ fn missing(tx: &Transaction<'_>, key: &str, what: &str) -> Error {
     let best = rows
         .iter()
         .map(|r| (edit_distance(key, &r.name), &r.name))
-        .filter(|(d, name)| *d <= (key.chars().count().max(name.chars().count()) / 3).max(1))
+        // A third of the longer name may differ: none of a one- or
+        // two-letter name (audit: `d` was "did you mean `b`?").
+        .filter(|(d, name)| *d <= key.chars().count().max(name.chars().count()) / 3)
         .min();
     match best {
         Some((_, name)) => err.with_hint(format!("did you mean `{name}`?")),

@@ -57,6 +57,7 @@ both_drivers!(
     table_errors_are_one_line,
     outputs_inside_the_store_are_invalid,
     rm_of_immutable_files,
+    arguments_the_wrong_way_round,
 );
 
 /// What strata writes at a path the user names never lands in the store:
@@ -362,6 +363,72 @@ fn not_found(driver: &str) {
         !std::path::Path::new(target).exists(),
         "a failed mount created its target"
     );
+}
+
+/// Two arguments in ctr's, git's or btrfs's order instead of strata's: the
+/// hint gives the line the other way round, in place of a near-miss name
+/// about the wrong argument; nothing changes. Where swapping would not fit
+/// either, no such hint.
+fn arguments_the_wrong_way_round(driver: &str) {
+    let Some(s) = populated(driver) else { return };
+    s.strata(&["prepare", "b"]).success();
+    let before = state(&s);
+    let target = s.scratch("t");
+    let t = target.to_str().unwrap();
+    for (args, code, hint) in [
+        (
+            &["commit", "solo", "solo-v1"][..],
+            3,
+            "hint: did you mean `strata commit solo-v1 solo`? the new name comes first".to_string(),
+        ),
+        (
+            &["mounts", t, "child"],
+            3,
+            format!("hint: did you mean `strata mounts child {t}`? the snapshot comes first"),
+        ),
+        (
+            &["mount", t, "look"],
+            3,
+            format!("hint: did you mean `strata mount look {t}`? the snapshot comes first"),
+        ),
+        (
+            &["prepare", "base", "work 2"],
+            4,
+            "hint: did you mean `strata prepare 'work 2' base`? the new key comes first".into(),
+        ),
+        (
+            &["view", "base", "v2"],
+            4,
+            "hint: did you mean `strata view v2 base`? the new key comes first".into(),
+        ),
+    ] {
+        let run = s.strata(args).fails_with(code, &hint);
+        assert_eq!(run.stderr.lines().count(), 2, "{}", run.session());
+        let json = s.strata(&[&["-o", "json"], args].concat());
+        assert!(
+            json.stderr.contains("did you mean `strata"),
+            "{}",
+            json.session()
+        );
+    }
+    // Not when the other order would not work either (`base` is no active,
+    // `child` exists as well as `base`), nor a near miss for a one-letter
+    // key (audit: `commit d-work d` said "did you mean `b`?").
+    for args in [
+        &["commit", "base", "nope"][..],
+        &["commit", "d-work", "d"],
+        &["prepare", "child", "base"],
+        &["mounts", "nope", "base"],
+    ] {
+        let run = s.strata(args);
+        assert!(
+            run.code > 0 && !run.stderr.contains("hint:"),
+            "{}",
+            run.session()
+        );
+    }
+    assert_unchanged(&s, &before, "arguments the wrong way round");
+    assert!(!target.exists(), "a failed mount created its target");
 }
 
 fn already_exists(driver: &str) {
