@@ -221,13 +221,18 @@ impl Registry {
             token: None,
             http: std::cell::OnceCell::new(),
         };
+        // Said as what the user asked for: "cannot authenticate" read as
+        // a credentials problem where the registry could not be reached
+        // (audit).
+        let verb = match op {
+            RegistryOperation::Pull => "pull",
+            RegistryOperation::Push => "push to",
+        };
         if !reg.plain_http && matches!(reg.auth, RegistryAuth::Basic(..)) {
-            reg.refuse_plain_token_service()?;
+            reg.refuse_plain_token_service(verb)?;
         }
         reg.token = reg
-            .retry("authenticate", || {
-                reg.client.auth(&reg.reference, &reg.auth, op)
-            })
+            .retry(verb, || reg.client.auth(&reg.reference, &reg.auth, op))
             .map_err(|e| match unbuildable(&e) {
                 true => reg.bad_token_realm().unwrap_or(e),
                 false => e,
@@ -259,11 +264,11 @@ impl Registry {
     /// on plain HTTP: oci-client would send the user name and password
     /// there as they are. The service is named in the challenge of
     /// `GET /v2/`, asked here once more before oci-client asks.
-    fn refuse_plain_token_service(&self) -> Result<()> {
+    fn refuse_plain_token_service(&self, verb: &str) -> Result<()> {
         let _in_runtime = self.rt.enter();
         let http = self.http()?;
         let url = format!("https://{}/v2/", self.reference.resolve_registry());
-        let challenge = self.retry("authenticate", || async {
+        let challenge = self.retry(verb, || async {
             let res = http.get(&url).timeout(timeout(300)).send().await?;
             Ok(challenge_of(&res))
         })?;
@@ -556,6 +561,18 @@ fn is_digest_error(e: &OciDistributionError) -> bool {
     }
 }
 
+/// What to do about a registry that cannot be reached: check its address,
+/// and, unless it was already given, try `--plain-http` (audit: the hint
+/// said to add it to a line that had it).
+fn address_hint(registry: &str, plain_http: bool) -> String {
+    match plain_http {
+        true => format!("is `{registry}` the registry's HOST[:PORT], and is it running?"),
+        false => format!(
+            "is `{registry}` the registry's HOST[:PORT]? for a registry without TLS, add --plain-http"
+        ),
+    }
+}
+
 /// What to do about a TLS failure whose causes are `chain`.
 fn tls_hint(chain: &str, plain_http: bool) -> Option<&'static str> {
     if plain_http {
@@ -834,6 +851,9 @@ fn map_error_kind(
             let err = Error::internal(msg(&failed));
             match tls_hint(&chain, plain_http) {
                 Some(h) => err.with_hint(h),
+                None if failed.ends_with("cannot be reached") => {
+                    err.with_hint(address_hint(asked.registry, plain_http))
+                }
                 None => err,
             }
         }
@@ -998,8 +1018,10 @@ pub fn verify_login(registry: &str, access: &Access, creds: &Credentials) -> Res
         let err = Error::internal(format!(
             "cannot log in to {registry}: the registry cannot be reached"
         ));
-        let hint = tls_hint(&cause_chain(&e), access.plain_http)
-            .unwrap_or("is HOST[:PORT] right? for a registry without TLS, add --plain-http");
+        let hint = match tls_hint(&cause_chain(&e), access.plain_http) {
+            Some(h) => h.to_string(),
+            None => address_hint(registry, access.plain_http),
+        };
         err.with_hint(hint).with_source(e)
     };
     let res = rt.block_on(http.get(&url).send()).map_err(unreachable)?;

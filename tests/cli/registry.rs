@@ -2620,6 +2620,47 @@ fn retries() {
         "{}",
         run.session()
     );
+    // Said as what was asked (it was "cannot authenticate", read as a
+    // credentials problem), and the hint does not ask for the
+    // --plain-http the line has.
+    let running = format!("is `127.0.0.1:{dead}` the registry's HOST[:PORT], and is it running?");
+    let run = b.strata(&["push", "--plain-http", "app", &dead_ref]);
+    assert!(
+        run.stderr.contains(&format!(
+            "error: cannot push to {dead_ref}: the registry cannot be reached"
+        )) && run.stderr.contains(&running)
+            && !run.stderr.contains("add --plain-http"),
+        "{}",
+        run.session()
+    );
+    let dead_host = format!("127.0.0.1:{dead}");
+    let login = [
+        "login",
+        "-u",
+        "u",
+        "--password-stdin",
+        "--plain-http",
+        &dead_host,
+    ];
+    let pw = || With {
+        stdin: Some(b"pw"),
+        ..Default::default()
+    };
+    let run = b.strata_with(&login, pw());
+    assert!(
+        run.code == 1 && run.stderr.contains(&running) && !run.stderr.contains("add --plain-http"),
+        "{}",
+        run.session()
+    );
+    let run = b.strata_with(&["login", "-u", "u", "--password-stdin", &dead_host], pw());
+    assert!(
+        run.code == 1
+            && run
+                .stderr
+                .contains("for a registry without TLS, add --plain-http"),
+        "{}",
+        run.session()
+    );
     // 0.5 s then 1 s between the tries.
     assert!(
         start.elapsed() >= Duration::from_millis(1400),
@@ -3176,9 +3217,9 @@ fn a_reference_without_a_registry_names_docker_hub() {
     let run = via(&nobody, &["push", "--plain-http", "top", "127.0.0.1:15000"]);
     let run = run.fails_json("internal");
     assert!(
-        run.stderr.contains(
-            "cannot authenticate 127.0.0.1:15000: the registry docker.io cannot be reached"
-        ) && run.stderr.contains(repository_hint),
+        run.stderr
+            .contains("cannot push to 127.0.0.1:15000: the registry docker.io cannot be reached")
+            && run.stderr.contains(repository_hint),
         "{}",
         run.session()
     );
