@@ -52,5 +52,5 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     if pushed.is_err() && fresh {
         let _ = std::fs::remove_dir_all(&args.dir);
     }
-    ctx.printer.data(&pushed?, |p| pushed_text(p, "wrote "))
+    ctx.printer.data(&pushed?, |p| pushed_text(p, "wrote"))
 }

@@ -37,8 +37,8 @@ pub fn pulled_text(p: &oci::Pulled) -> String {
     let mut out = String::new();
     for l in &p.layers {
         out.push_str(&format!(
-            "{} {}\n",
-            if l.downloaded { "fetched" } else { "exists " },
+            "{:<7} {}\n",
+            if l.downloaded { "fetched" } else { "exists" },
             l.chain_id
         ));
     }

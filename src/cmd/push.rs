@@ -90,8 +90,10 @@ impl From<LayerCompression> for Compression {
 pub fn pushed_text(p: &oci::Pushed, verb: &str) -> String {
     let mut out = String::new();
     for l in &p.layers {
+        // One column for the verb, whatever its length (audit: export's
+        // `wrote` and `exists` lines did not line up).
         out.push_str(&format!(
-            "{} {}  {}  {}\n",
+            "{:<7} {}  {}  {}\n",
             if l.uploaded {
                 verb
             } else if l.mounted {

@@ -1789,7 +1789,10 @@ fn has_children(key: &str, children: &[String]) -> Error {
             .join(", ")
             + if n > 5 { ", …" } else { "" }
     ))
-    .with_hint("remove them first, or use `rm -r`")
+    .with_hint(match n {
+        1 => "remove it first, or use `rm -r`",
+        _ => "remove them first, or use `rm -r`",
+    })
 }
 
 /// A snapshot that must exist.

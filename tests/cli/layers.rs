@@ -402,8 +402,33 @@ fn paths_longer_than_path_max(driver: &str) {
     assert_eq!(read("again2"), "x 0o600 y\n");
 
     let layout = s.scratch("layout");
-    s.strata(&["export", "c2", layout.to_str().unwrap()])
-        .success();
+    // The digests stand in one column, whatever the verb (audit: `wrote`
+    // and `exists` lines did not line up); import's lines the same.
+    let column = |run: Run, verbs: &[&str]| {
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        for line in &lines[..lines.len() - 1] {
+            assert!(
+                verbs
+                    .iter()
+                    .any(|v| line.starts_with(&format!("{v:<7} sha256:"))),
+                "{}",
+                run.session()
+            );
+        }
+    };
+    for verb in ["wrote", "exists"] {
+        column(
+            s.strata(&["export", "c2", layout.to_str().unwrap()])
+                .success(),
+            &[verb],
+        );
+    }
+    column(
+        s.strata(&["import", layout.to_str().unwrap(), "twice"])
+            .success(),
+        &["exists", "fetched"],
+    );
+    s.strata(&["rm", "twice"]).success();
     s.strata(&[
         "import",
         &format!("{}:latest", layout.display()),

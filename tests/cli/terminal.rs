@@ -165,8 +165,7 @@ fn verbose_shows_the_cause_chain_and_hints_help() {
     );
     let run = store.strata(&["rm", "base-v2"]);
     assert!(
-        run.stderr
-            .contains("hint: remove them first, or use `rm -r`"),
+        run.stderr.contains("hint: remove it first, or use `rm -r`"),
         "{}",
         run.session()
     );
