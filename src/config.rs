@@ -304,7 +304,21 @@ pub struct Settings {
     pub root: Setting<PathBuf>,
     pub driver: Setting<Option<DriverName>>,
     pub output: Setting<Format>,
+    /// Shown as the config file spells it, `overlay: {mount_options: …}`
+    /// (audit: JSON said `overlay_mount_options` where the file and the
+    /// table say `overlay.mount_options`).
+    #[serde(rename = "overlay", serialize_with = "as_mount_options")]
     pub overlay_mount_options: Setting<Vec<String>>,
+}
+
+fn as_mount_options<S: serde::Serializer>(
+    setting: &Setting<Vec<String>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(1))?;
+    map.serialize_entry("mount_options", setting)?;
+    map.end()
 }
 
 impl Settings {

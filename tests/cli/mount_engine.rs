@@ -1100,6 +1100,27 @@ fn overlay_mount_options_come_from_the_config_file() {
     );
     let bind = opts("r");
     assert_eq!(bind, vec!["rbind", "rw"], "never applied to binds");
+    // `config` names the setting as the file does, in every form.
+    let shown = store
+        .strata(&["--config", config, "config", "--json"])
+        .success()
+        .json();
+    assert_eq!(
+        shown["overlay"]["mount_options"],
+        serde_json::json!({"value": ["xino=off", "index=on"], "source": "file"}),
+        "{shown}"
+    );
+    let table = store
+        .strata(&["--config", config, "config"])
+        .success()
+        .stdout;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["overlay.mount_options", "xino=off,index=on", "file"]),
+        "{table}"
+    );
     // And the mount really takes them.
     let target = store.scratch("mnt");
     let guard = MountGuard::new(&target);
