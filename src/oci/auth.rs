@@ -182,22 +182,74 @@ pub fn password_from_stdin() -> Result<String> {
 /// Stores credentials for `registry` in `path` (created with mode 0600;
 /// other entries kept). Returns the file written.
 pub fn store(path: &Path, registry: &str, c: &Credentials) -> Result<()> {
-    let mut v = read_file(path)?.unwrap_or_else(|| json!({}));
-    if !v.is_object() {
-        v = json!({});
-    }
     let auth =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
-    let obj = v.as_object_mut().expect("an object");
-    let auths = obj.entry("auths").or_insert_with(|| json!({}));
-    if !auths.is_object() {
-        *auths = json!({});
+    change(path, |path, v| {
+        let mut v = v.unwrap_or_else(|| json!({}));
+        auths_of(path, &mut v)?.insert(registry.to_string(), json!({ "auth": auth }));
+        write(path, &v)
+    })
+}
+
+/// Runs `f` on auth file `path` (through a symlink to the file it names,
+/// as docker does) and its content (None when missing), under an
+/// exclusive lock on its directory: a login or logout reads, changes and
+/// replaces the whole file, and two at once lost one's entry, or brought
+/// back the credentials a logout said it removed (audit). The lock is on
+/// the directory, not a file of its own, so nothing is left beside the
+/// file, which other tools share.
+fn change<T>(path: &Path, f: impl FnOnce(&Path, Option<Value>) -> Result<T>) -> Result<T> {
+    use std::os::unix::fs::DirBuilderExt;
+    let path = through_links(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let locked = std::fs::File::open(dir)
+        .and_then(|d| d.lock().map(|()| d))
+        .map_err(|e| Error::io(format!("cannot lock {}", dir.display()), e))?;
+    let done = f(&path, read_file(&path)?);
+    drop(locked);
+    done
+}
+
+/// `path`, or the file it names when it is a symlink (followed as the
+/// kernel does, at most 40 times), which may not exist yet.
+fn through_links(path: &Path) -> Result<PathBuf> {
+    let mut path = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::read_link(&path) {
+            Ok(dest) => path = path.parent().unwrap_or(Path::new("/")).join(dest),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(path),
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+        }
     }
-    auths
+    Err(Error::invalid(format!(
+        "{} is a loop of symbolic links",
+        path.display()
+    )))
+}
+
+/// The `auths` object of auth file `v` (made when missing). A file whose
+/// top level or `auths` is not an object is not one strata may rewrite
+/// (audit: `[1,2]` was replaced by strata's entry), as JSON that does not
+/// parse is not.
+fn auths_of<'a>(path: &Path, v: &'a mut Value) -> Result<&'a mut serde_json::Map<String, Value>> {
+    let not_auth = |what: &str| {
+        Error::invalid(format!(
+            "{} is not an auth file: {what} is not a JSON object",
+            path.display()
+        ))
+        .with_hint("fix or move the file; strata rewrites only auth files it can read")
+    };
+    let obj = v.as_object_mut().ok_or_else(|| not_auth("its top level"))?;
+    obj.entry("auths")
+        .or_insert_with(|| json!({}))
         .as_object_mut()
-        .expect("an object")
-        .insert(registry.to_string(), json!({ "auth": auth }));
-    write(path, &v)
+        .ok_or_else(|| not_auth("its `auths`"))
 }
 
 /// What [`remove`] took out of an auth file.
@@ -214,12 +266,17 @@ pub struct Removed {
 /// without credentials in them; the file's other entries and fields are
 /// kept. None, and nothing written, when the file or the entry is missing.
 pub fn remove(path: &Path, registry: &str) -> Result<Option<Removed>> {
-    let Some(mut v) = read_file(path)? else {
+    change(path, |path, v| remove_from(path, v, registry))
+}
+
+fn remove_from(path: &Path, v: Option<Value>, registry: &str) -> Result<Option<Removed>> {
+    let Some(mut v) = v else {
         return Ok(None);
     };
-    let Some(auths) = v.get_mut("auths").and_then(Value::as_object_mut) else {
+    if v.as_object().is_some_and(|o| !o.contains_key("auths")) {
         return Ok(None);
-    };
+    }
+    let auths = auths_of(path, &mut v)?;
     let mut removed = Removed {
         keys: Vec::new(),
         username: None,
@@ -281,18 +338,12 @@ pub fn logged_in() -> Vec<String> {
     hosts
 }
 
-/// Writes `v` as the auth file `path`: mode 0600, its directory made
-/// (0700) when missing, atomically.
+/// Writes `v` as the auth file `path` (no symlink; its directory exists:
+/// see [`change`]): mode 0600, atomically.
 fn write(path: &Path, v: &Value) -> Result<()> {
     use crate::store::newfile::NewFile;
     use std::io::Write;
-    use std::os::unix::fs::DirBuilderExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     let text = serde_json::to_vec_pretty(v).map_err(|e| Error::internal(e.to_string()))?;
     // Written unnamed and synced before it replaces the file (which other
     // tools share): a killed login or logout leaves the old file and no

@@ -1914,6 +1914,72 @@ fn logout_removes_one_registry() {
     assert_eq!(fs::read(&auth).unwrap(), before);
 }
 
+/// Logins and logouts at once on one auth file each keep the others' entries (audit:
+/// two logins lost one; a logout said it removed credentials a login wrote back); a
+/// symlinked auth file is written through, as docker does, and stays a link; a file
+/// that is JSON but not an auth file is refused, not replaced.
+#[test]
+fn logins_at_once_keep_every_entry() {
+    let s = Store::uninitialized("none");
+    let dir = s.scratch_dir("auth");
+    let real = dir.join("real.json");
+    let link = dir.join("link.json");
+    std::os::unix::fs::symlink("real.json", &link).unwrap();
+    let env = [("REGISTRY_AUTH_FILE", link.to_str().unwrap())];
+    // Registries that ask for no credentials: each login is kept anyway.
+    let regs: Vec<Hostile> = (0..6).map(|_| Hostile::start(|_, _| false)).collect();
+    let login = |host: &str| {
+        let args = [
+            "login",
+            host,
+            "-u",
+            "ci",
+            "--password-stdin",
+            "--plain-http",
+        ];
+        with_env(&s, &args, &env, Some(b"pw"))
+    };
+    let hosts = |path: &Path| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+        let mut keys: Vec<String> = v["auths"].as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let mut want: Vec<String> = regs[1..].iter().map(|r| r.host.clone()).collect();
+    want.sort();
+    for round in 0..4 {
+        login(&regs[0].host).success();
+        std::thread::scope(|t| {
+            let logout = t.spawn(|| with_env(&s, &["logout", &regs[0].host], &env, None));
+            let runs: Vec<_> = regs[1..]
+                .iter()
+                .map(|r| t.spawn(|| login(&r.host)))
+                .collect();
+            for run in runs {
+                run.join().unwrap().success();
+            }
+            logout.join().unwrap().success();
+        });
+        assert_eq!(hosts(&real), want, "round {round}");
+    }
+    assert!(
+        fs::symlink_metadata(&link).unwrap().is_symlink(),
+        "the link was replaced"
+    );
+
+    for bad in ["[1,2]", r#"{"auths":[1]}"#] {
+        fs::write(&real, bad).unwrap();
+        let run = login(&regs[0].host).fails_json("invalid");
+        assert!(
+            run.stderr.contains("is not an auth file"),
+            "{}",
+            run.session()
+        );
+        with_env(&s, &["logout", &regs[0].host], &env, None).fails_json("invalid");
+        assert_eq!(fs::read_to_string(&real).unwrap(), bad);
+    }
+}
+
 /// `logout` without a registry to ask: a host login would refuse is `invalid` before
 /// anything, also with no auth file; with no auth file (or no entry) it is
 /// `not_found` and creates nothing, neither the file's directory nor the store; an
