@@ -311,7 +311,13 @@ impl Store {
                     },
                     None => *kind,
                 };
+                crate::store::crash::point("sweep:judged");
                 match claim(path) {
+                    // A commit removes its work directory holding the
+                    // lock, after its row says committed: one that ended
+                    // since the look above took it (audit: reported as a
+                    // leftover, and its deletion failed with ENOENT).
+                    Claim::Held(_) if kind == "work" && !path.join("work").exists() => continue,
                     Claim::Held(lock) => locks.push(lock),
                     Claim::Busy => {
                         busy.extend(*id);

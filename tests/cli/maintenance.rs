@@ -729,6 +729,37 @@ both_drivers!(
     a_parent_cycle_is_reported_and_walks_end
 );
 
+/// A commit that ends while `check`, `check --repair` or `prune` sweeps (its row
+/// committed, its work directory still there when the sweep looked, gone once the
+/// sweep holds its lock) is no leftover: nothing reported, exit 0. (Audit: `check`
+/// reported the work directory, and the others failed to delete it, exit 1.)
+#[test]
+fn a_commit_ending_during_a_sweep_is_no_leftover() {
+    let Some(s) = Store::setup("overlay") else {
+        return;
+    };
+    s.layer("base", None, &[file("f", "x", 0o644)]);
+    for (n, sweep) in [&["check"][..], &["check", "--repair"], &["prune"]]
+        .into_iter()
+        .enumerate()
+    {
+        let act = format!("act{n}");
+        s.strata(&["prepare", &act, "base"]).success();
+        let name = format!("c{n}");
+        let commit = Paused::start(&s, &["commit", &name, &act], "commit:committed");
+        let sweeping = Paused::start(&s, sweep, "sweep:judged");
+        let committed = commit.resume();
+        assert!(committed.status.success(), "{committed:?}");
+        let out = sweeping.resume();
+        assert!(
+            out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("work"),
+            "{sweep:?}: {out:?}"
+        );
+        assert_eq!(s.info(&name)["kind"], "committed");
+    }
+    s.strata(&["check"]).success();
+}
+
 /// A snapshot's tree that is a symlink (`snapshots/ID/fs -> /elsewhere`,
 /// which `check` calls `bad-shape`) is refused as a damaged store by
 /// `mount` and `commit` of that snapshot, and by `prepare`, `view` and
