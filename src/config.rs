@@ -205,16 +205,14 @@ pub fn load(named: Option<&Path>) -> Result<(Lookup, File)> {
         let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
         Error::invalid(format!("bad config file {}{at} {msg}", path.display()))
     })?;
-    if let Some(option) = file.overlay.mount_options.iter().find(|o| {
-        let o = o.trim();
-        o == "metacopy=on" || o == "redirect_dir=on"
-    }) {
-        return Err(Error::invalid(format!(
-            "bad config file {}: overlay.mount_options: `{option}` would leave a changed \
-             file's data or a renamed directory's content in the lower layer, where a \
-             snapshot's own changes (diff, export, push) would miss it",
-            path.display()
-        )));
+    for option in &file.overlay.mount_options {
+        if let Some(why) = refused_mount_option(option) {
+            return Err(Error::invalid(format!(
+                "bad config file {}: overlay.mount_options: `{}` {why}",
+                path.display(),
+                crate::store::key::shorten(option)
+            )));
+        }
     }
     // An empty `--root` is a usage error and an empty STRATA_ROOT counts as
     // unset; in the file, where nothing else would catch it, it is a bad value.
@@ -228,6 +226,32 @@ pub fn load(named: Option<&Path>) -> Result<(Lookup, File)> {
         file.root = Some(root_in_file(root, path)?);
     }
     Ok((lookup, file))
+}
+
+/// Why an element of `overlay.mount_options` is refused, if it is. Each is
+/// one option as the kernel takes it, added to every overlay mount and
+/// printed line: refused when loaded, not left to fail every mount or, worse,
+/// to mount (audit: `"xino=off,metacopy=on"` passed the check for
+/// `metacopy=on` and the printed line mounted with it; `lowerdir=/etc`
+/// added /etc as a layer of every mount; `""` made `,,`).
+fn refused_mount_option(option: &str) -> Option<&'static str> {
+    let key = option.split('=').next().unwrap_or(option);
+    if option.is_empty() {
+        Some("is empty")
+    } else if option.contains(',') {
+        Some("holds a comma: give each option as an element of its own")
+    } else if option.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("holds a space or a control character")
+    } else if matches!(key, "lowerdir" | "upperdir" | "workdir" | "datadir" | "lowerdir+") {
+        Some("names a directory of the mount, which strata sets itself")
+    } else if option == "metacopy=on" || option == "redirect_dir=on" {
+        Some(
+            "would leave a changed file's data or a renamed directory's content in the lower \
+             layer, where a snapshot's own changes (diff, export, push) would miss it",
+        )
+    } else {
+        None
+    }
 }
 
 /// The file's `root` as the store's path: a leading `~` or `~/` is $HOME

@@ -1138,6 +1138,26 @@ fn overlay_mount_options_come_from_the_config_file() {
         let run = store.fails(&["--config", bad.to_str().unwrap(), "ls"], "invalid");
         assert!(run.stderr.contains(option), "{}", run.stderr);
     }
+    // Each element is one option, and not one strata sets: refused when the
+    // file loads, for every command (audit: a comma smuggled `metacopy=on`
+    // into the printed line; `lowerdir=/etc` added /etc as a layer).
+    for (option, why) in [
+        ("'xino=off,metacopy=on'", "holds a comma"),
+        ("''", "is empty"),
+        ("'index=on '", "holds a space"),
+        ("lowerdir=/etc", "strata sets itself"),
+        ("'upperdir=/tmp'", "strata sets itself"),
+        ("workdir=/tmp", "strata sets itself"),
+    ] {
+        let bad = store.config_file(&format!("overlay:\n  mount_options: [{option}]\n"));
+        for args in [&["mounts", "p"][..], &["prepare", "q", "app"]] {
+            let mut all = vec!["--config", bad.to_str().unwrap()];
+            all.extend_from_slice(args);
+            let run = store.fails(&all, "invalid");
+            assert!(run.stderr.contains(why), "{option}: {}", run.stderr);
+        }
+    }
+    assert!(!store.names(&[]).contains(&"q".to_string()));
 }
 
 /// `unshare --user --map-root-user --mount`: overlay in a user namespace,
