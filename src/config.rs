@@ -242,7 +242,10 @@ fn refused_mount_option(option: &str) -> Option<&'static str> {
         Some("holds a comma: give each option as an element of its own")
     } else if option.chars().any(|c| c.is_whitespace() || c.is_control()) {
         Some("holds a space or a control character")
-    } else if matches!(key, "lowerdir" | "upperdir" | "workdir" | "datadir" | "lowerdir+") {
+    } else if matches!(
+        key,
+        "lowerdir" | "upperdir" | "workdir" | "datadir" | "lowerdir+"
+    ) {
         Some("names a directory of the mount, which strata sets itself")
     } else if option == "metacopy=on" || option == "redirect_dir=on" {
         Some(

@@ -4,7 +4,9 @@
 
 use super::error::{Error, IoContext, Result};
 use super::index::{self, SnapshotKind};
-use super::layer::{self, ApplyOptions, Changes, Compression, Digests, LayerError, Whiteouts};
+use super::layer::{
+    self, ApplyOptions, Changes, Compression, Digests, LayerError, Unfit, Whiteouts,
+};
 use super::layout::NotATree;
 use super::{Driver, Labels, Store, crash, mount};
 use std::io::{Read, Write};
@@ -155,18 +157,21 @@ impl Store {
                     LayerError::Invalid(msg) => {
                         Error::invalid(format!("cannot diff `{key}`: {msg}"))
                     }
-                    LayerError::Reserved { deleted, .. } => {
+                    LayerError::Reserved { unfit, .. } => {
                         // A committed snapshot cannot be changed: its
                         // changes must be made again (review).
-                        let hint = match (deleted, row.kind) {
-                            (true, _) => {
+                        let hint = match (unfit, row.kind) {
+                            (Unfit::Deleted, _) => {
                                 "the snapshot that has the file cannot go into a layer either; \
                                  rename such files in the active snapshot before committing it"
                             }
-                            (false, SnapshotKind::Active) => {
+                            (Unfit::Named, SnapshotKind::Active) => {
                                 "rename it in the active snapshot before committing it"
                             }
-                            (false, _) => {
+                            (Unfit::WhiteoutDevice, SnapshotKind::Active) => {
+                                "remove it in the active snapshot before committing it"
+                            }
+                            (_, _) => {
                                 "a committed snapshot cannot change: prepare an active on its \
                                  parent, make the change again without such names, and commit that"
                             }

@@ -154,6 +154,8 @@
 //!   found once the walk is done and before a byte is written, on both
 //!   drivers (an overlay upper's char 0/0 devices are still read as the
 //!   whiteouts they are), as Go's writer refuses what a header cannot hold.
+//!   So is a char 0/0 device in a tree that is not an overlay upper (the
+//!   native driver's): it is overlayfs's whiteout, which readers refuse.
 //! * The root directory itself is never emitted (its metadata is not part of
 //!   a layer, as with containerd).
 //! * `Compare` also emits every parent directory of an emitted entry (with
@@ -220,8 +222,8 @@ pub enum LayerError {
     /// (OCI layers take such names for deletions, so every reader would
     /// take it for a whiteout), or the deletion of one (`deleted`). Refused
     /// before a byte is written (`invalid`). `path` is in the snapshot.
-    #[error("{}", reserved_message(.path, *.deleted))]
-    Reserved { path: Vec<u8>, deleted: bool },
+    #[error("{}", reserved_message(.path, *.unfit))]
+    Reserved { path: Vec<u8>, unfit: Unfit },
     /// I/O failure on our side (disk full, permission…): `internal`.
     #[error("{what}: {source}")]
     Io {
@@ -237,12 +239,37 @@ fn invalid(msg: impl Into<String>) -> LayerError {
     LayerError::Invalid(msg.into())
 }
 
-fn reserved_message(path: &[u8], deleted: bool) -> String {
-    format!(
-        "{}`{}` cannot go into a layer: OCI layers take names beginning with `.wh.` for deletions",
-        if deleted { "the deletion of " } else { "" },
-        show(path)
-    )
+/// Why a change cannot go into a layer (see [`LayerError::Reserved`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfit {
+    /// A file whose name begins with `.wh.`.
+    Named,
+    /// The deletion of such a file.
+    Deleted,
+    /// A character device 0/0 in a tree that is not an overlay upper (the
+    /// native driver's, made with `mknod` through a mount): overlayfs's
+    /// whiteout, which every reader of a layer, strata's `apply` too,
+    /// refuses or takes for a deletion (audit: `diff` wrote it, exit 0,
+    /// and `apply` of that layer was `invalid`).
+    WhiteoutDevice,
+}
+
+fn reserved_message(path: &[u8], unfit: Unfit) -> String {
+    let path = show(path);
+    match unfit {
+        Unfit::Named | Unfit::Deleted => format!(
+            "{}`{path}` cannot go into a layer: OCI layers take names beginning with `.wh.` for deletions",
+            if unfit == Unfit::Deleted {
+                "the deletion of "
+            } else {
+                ""
+            },
+        ),
+        Unfit::WhiteoutDevice => format!(
+            "`{path}` cannot go into a layer: a character device 0/0 is an overlay whiteout, \
+             which layers do not carry"
+        ),
+    }
 }
 
 fn io_err(what: impl Into<String>, source: impl Into<io::Error>) -> LayerError {

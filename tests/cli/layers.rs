@@ -1547,6 +1547,50 @@ fn names_kept_for_whiteouts_cannot_go_into_a_layer() {
     }
 }
 
+/// A character device 0/0 made through a native snapshot's mount (on overlay, where
+/// it is the whiteout, `mknod` of one is refused) cannot go into a layer: it is
+/// overlayfs's whiteout, which every reader, strata's `apply` too, refuses or takes
+/// for a deletion. `diff` and `export` refuse it as `invalid`, naming it, with nothing
+/// written (audit: `diff` wrote it, exit 0, and `apply` of that layer was `invalid`).
+/// Other devices go, as before.
+#[test]
+fn a_whiteout_device_in_a_native_tree_cannot_go_into_a_layer() {
+    let s = setup!("native");
+    s.layer("base", None, &[file("/f", "f\n", 0o644)]);
+    s.layer(
+        "dev",
+        Some("base"),
+        &[
+            dir("/d", 0o755),
+            device("/d/wh", 'c', 0, 0),
+            device("/null", 'c', 1, 3),
+        ],
+    );
+    let want = "`d/wh` cannot go into a layer: a character device 0/0 is an overlay whiteout";
+    let out = s.scratch("dev.tar");
+    s.strata(&["diff", "dev", "--output-file", out.to_str().unwrap()])
+        .fails_with(exit_code("invalid"), want)
+        .fails_with(exit_code("invalid"), "hint: a committed snapshot cannot change");
+    assert!(!out.exists(), "a refused diff left its output file");
+    let fresh = s.scratch("layout");
+    let run = s.fails(&["export", "dev", fresh.to_str().unwrap()], "invalid");
+    assert!(run.stderr.contains(want), "{}", run.session());
+    assert!(!fresh.exists(), "a refused export left a layout");
+    // In an active: the hint says what to do there.
+    s.strata(&["prepare", "act", "base"]).success();
+    let m = s.mount("act");
+    apply(&m.path, &[device("/wh", 'c', 0, 0)]);
+    s.unmount(&m);
+    s.strata(&["diff", "act"])
+        .fails_with(exit_code("invalid"), "`wh` cannot go into a layer")
+        .fails_with(exit_code("invalid"), "hint: remove it in the active snapshot");
+    // Without it, the other device goes, and comes back.
+    s.layer("other", Some("base"), &[device("/null", 'c', 1, 3)]);
+    let (tar, _) = diff_to(&s, "other", "none");
+    with_stdin(&s, &["apply", "again", "base"], &tar).success();
+    s.strata(&["check"]).success();
+}
+
 /// A POSIX ACL xattr with Linux's header but 8 zeros for its ids (UTF-8 as it is, so
 /// Python's tarfile writes it byte for byte): owner rw, group r, others r.
 const GOOD_ACL: &str = r"'\x02\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x04\x00\x04\x00\x00\x00\x00\x00\x20\x00\x04\x00\x00\x00\x00\x00'";

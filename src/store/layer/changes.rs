@@ -23,8 +23,8 @@ use crate::store::{copy, longpath};
 
 use super::reader::read_up_to;
 use super::{
-    LayerError, OPAQUE_MARKER, Pairs, Result, WHITEOUT_PREFIX, cstr, io_err, is_overlay_xattr,
-    join, show,
+    LayerError, OPAQUE_MARKER, Pairs, Result, Unfit, WHITEOUT_PREFIX, cstr, io_err,
+    is_overlay_xattr, join, show,
 };
 
 pub(super) enum Item {
@@ -205,25 +205,32 @@ fn whiteout(dir: &[u8], name: &[u8]) -> Result<Item> {
     if name.starts_with(WHITEOUT_PREFIX) {
         return Err(LayerError::Reserved {
             path: join(dir, name),
-            deleted: true,
+            unfit: Unfit::Deleted,
         });
     }
     Ok(Item::Marker(join(dir, &[WHITEOUT_PREFIX, name].concat())))
 }
 
 /// Refuses the first entry (in `items`' order) whose name begins with
-/// `.wh.`: a layer cannot carry it, since every reader takes it for a
-/// whiteout or an opaque marker and deletes what it names.
+/// `.wh.`, or that is a character device 0/0: a layer cannot carry it,
+/// since every reader takes it for a whiteout or an opaque marker and
+/// deletes what it names (or refuses the device). An overlay upper's
+/// devices 0/0 are its whiteouts, made markers before this.
 pub(super) fn refuse_reserved(items: &[Item]) -> Result<()> {
     for item in items {
-        if let Item::Node(rel, _) = item {
+        if let Item::Node(rel, md) = item {
             let base = rel.rsplit(|b| *b == b'/').next().unwrap_or(rel);
-            if base.starts_with(WHITEOUT_PREFIX) {
-                return Err(LayerError::Reserved {
-                    path: rel.clone(),
-                    deleted: false,
-                });
-            }
+            let unfit = if base.starts_with(WHITEOUT_PREFIX) {
+                Unfit::Named
+            } else if is_whiteout_dev(md) {
+                Unfit::WhiteoutDevice
+            } else {
+                continue;
+            };
+            return Err(LayerError::Reserved {
+                path: rel.clone(),
+                unfit,
+            });
         }
     }
     Ok(())
