@@ -107,6 +107,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(std::path::Path::new("."));
+            refuse_unwritable(path, dir)?;
             let cannot = |e| Error::io(format!("cannot write {}", path.display()), e);
             // Unnamed until written and synced (a killed diff leaves no
             // temporary); mode 0666 less the umask, as File::create gives.
@@ -181,4 +182,30 @@ fn cut_off(e: Error) -> Error {
 /// directory: a device, FIFO or socket.
 fn is_special(path: &std::path::Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// Refuses, before any work, an --output-file that names a directory
+/// (`invalid`, as `apply` of a directory and `export` onto a file are) or
+/// one in a directory that does not exist (`not_found`, as `apply` of a
+/// missing file is). Audit: both were `internal`, with the kernel's words.
+fn refuse_unwritable(path: &std::path::Path, dir: &std::path::Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(
+            Error::invalid(format!("the output file {} is a directory", path.display()))
+                .with_hint("--output-file names the layer's file: add a file name"),
+        );
+    }
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::not_found(format!(
+            "cannot write {}: the directory {} does not exist",
+            path.display(),
+            dir.display()
+        ))),
+        Ok(m) if !m.is_dir() => Err(Error::invalid(format!(
+            "cannot write {}: {} is not a directory",
+            path.display(),
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
 }

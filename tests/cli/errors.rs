@@ -95,6 +95,23 @@ fn outputs_inside_the_store_are_invalid(driver: &str) {
     assert!(!s.root.join("index.json").exists() && !snapshots.join("layout").exists());
     assert_unchanged(&s, &before, "writes refused inside the store");
     s.strata(&["check"]).success();
+    // An output file that is a directory is a bad value, one in a directory
+    // that does not exist is not found (audit: both `internal`).
+    let dir = s.scratch_dir("outdir");
+    let file = s.scratch("a-file");
+    fs::write(&file, "x").unwrap();
+    for (path, kind, said) in [
+        (dir.clone(), "invalid", "is a directory"),
+        (dir.join("no/such/l.tar"), "not_found", "does not exist"),
+        (file.join("l.tar"), "invalid", "is not a directory"),
+    ] {
+        let run = s.fails(
+            &["diff", "base", "--output-file", path.to_str().unwrap()],
+            kind,
+        );
+        assert!(run.stderr.contains(said), "{}", run.session());
+    }
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
 }
 
 /// A store named by `$STRATA_ROOT` is no part of the command line: a usage

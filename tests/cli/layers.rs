@@ -1570,7 +1570,10 @@ fn a_whiteout_device_in_a_native_tree_cannot_go_into_a_layer() {
     let out = s.scratch("dev.tar");
     s.strata(&["diff", "dev", "--output-file", out.to_str().unwrap()])
         .fails_with(exit_code("invalid"), want)
-        .fails_with(exit_code("invalid"), "hint: a committed snapshot cannot change");
+        .fails_with(
+            exit_code("invalid"),
+            "hint: a committed snapshot cannot change",
+        );
     assert!(!out.exists(), "a refused diff left its output file");
     let fresh = s.scratch("layout");
     let run = s.fails(&["export", "dev", fresh.to_str().unwrap()], "invalid");
@@ -1583,7 +1586,10 @@ fn a_whiteout_device_in_a_native_tree_cannot_go_into_a_layer() {
     s.unmount(&m);
     s.strata(&["diff", "act"])
         .fails_with(exit_code("invalid"), "`wh` cannot go into a layer")
-        .fails_with(exit_code("invalid"), "hint: remove it in the active snapshot");
+        .fails_with(
+            exit_code("invalid"),
+            "hint: remove it in the active snapshot",
+        );
     // Without it, the other device goes, and comes back.
     s.layer("other", Some("base"), &[device("/null", 'c', 1, 3)]);
     let (tar, _) = diff_to(&s, "other", "none");
