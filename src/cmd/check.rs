@@ -1,5 +1,6 @@
 use super::Context;
 use crate::printer::shown;
+use crate::store::repair::Problem;
 use crate::store::{Error, Result};
 
 /// Verify that the index and the disk agree.
@@ -66,10 +67,28 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         // --repair does nothing with a damaged index.
         err.with_hint("restore index.db from a backup, or recover it with `sqlite3 index.db .recover`, then check again")
     } else if args.repair {
-        err.with_hint("these need a person: restore the missing data from a backup, or remove the snapshots concerned")
+        // What is left says what it needs (audit: a leftover that could not
+        // be deleted got the hint about missing data).
+        let left = || report.problems.iter().filter(|p| !p.repaired);
+        let leftover = |p: &&Problem| matches!(p.kind, "leftover" | "orphan-directory");
+        let mut err = err;
+        if left().any(|p| leftover(&p)) {
+            err = err.with_hint(
+                "a leftover that could not be deleted is named with the reason: remove that \
+                 (an immutable file: chattr -i; a mount inside: umount), then run `strata prune`",
+            );
+        }
+        if left().any(|p| !leftover(&p)) {
+            err = err.with_hint(
+                "the rest need a person: restore the missing data from a backup, or remove the \
+                 snapshots concerned",
+            );
+        }
+        err
     } else {
         err.with_hint(
-            "`strata check --repair` fixes what is safe to fix; `strata prune` deletes leftovers",
+            "`strata check --repair` fixes what is safe to fix and says what it cannot; \
+             `strata prune` deletes leftovers",
         )
     })
 }
