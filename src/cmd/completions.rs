@@ -55,7 +55,16 @@ impl Shell {
 
 /// The registration script for `shell`: it calls `COMPLETE=SHELL strata`
 /// back for every completion.
+///
+/// Bash's is strata's own (`completions.bash`), not clap_complete's: that
+/// one passed the words as bash split them at `:` and `=` (`strata info
+/// sha256:e<TAB>` asked for `e`, `--root=DIR` was `--root = DIR`) and
+/// inserted candidates unquoted (a key `my key` became two words). It keeps
+/// clap_complete's protocol (`_CLAP_COMPLETE_INDEX`, `_CLAP_IFS`, …).
 pub fn script(shell: Shell) -> Result<String> {
+    if shell == Shell::Bash {
+        return Ok(BASH.to_owned());
+    }
     let shells = Shells::builtins();
     let completer = shells
         .completer(shell.name())
@@ -67,6 +76,9 @@ pub fn script(shell: Shell) -> Result<String> {
     String::from_utf8(buf)
         .map_err(|e| Error::internal("completion script is not UTF-8").with_source(e))
 }
+
+/// The bash registration script (see [`script`]).
+const BASH: &str = include_str!("completions.bash");
 
 /// The command tree the shell's completion requests (`COMPLETE=SHELL
 /// strata -- WORDS…`) are answered from: the CLI's, with the subcommands'

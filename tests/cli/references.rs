@@ -269,6 +269,176 @@ echo "--- pre"; complete_words strata pre"#;
     assert_eq!(keys(on_line), ["alpha", "beta"], "{text}");
 }
 
+/// A store under a new temporary directory with the keys bash splits or
+/// would split: `sha256:abcd`, `sha256:ef12` (at the `:`), `my key` and
+/// `it's $x` (at the space, and shell characters).
+fn store_with_awkward_keys() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .env(CONFIG_VAR, no_config(&root))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    run(&["init", "--driver", "native"]);
+    for key in ["sha256:abcd", "sha256:ef12", "my key", "it's $x"] {
+        run(&["prepare", key]);
+    }
+    (tmp, root)
+}
+
+/// Runs the bash script's completion function once per case, as bash
+/// calls it on TAB with the cursor at the end of `line`: `words` split as
+/// bash splits them (at `:` and `=` too), `cur` the text bash will replace.
+/// Gives each COMPREPLY, its items in brackets: `[sha256:ef12]`.
+fn bash_complete(tmp: &Path, strata_root: &Path, cases: &[(&str, &str, &[&str])]) -> Vec<String> {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut script = String::from(
+        r#"source <(strata completions bash)
+complete_line() {
+    COMP_LINE=$1 COMP_POINT=${#1}
+    local cur=$2
+    shift 2
+    COMP_WORDS=("$@") COMP_CWORD=$(($# - 1)) COMPREPLY=()
+    _clap_complete_strata strata "$cur" "${COMP_WORDS[COMP_CWORD-1]}"
+    local c
+    for c in "${COMPREPLY[@]}"; do printf '[%s]' "$c"; done
+    echo
+}
+"#,
+    );
+    for (line, cur, words) in cases {
+        let words: Vec<String> = words.iter().map(|w| quote(w)).collect();
+        script += &format!(
+            "complete_line {} {} {}\n",
+            quote(line),
+            quote(cur),
+            words.join(" ")
+        );
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_strata"));
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", bin.parent().unwrap().display()),
+        )
+        .env("HOME", tmp)
+        .env(CONFIG_VAR, tmp.join("no-config.yaml"))
+        .env("STRATA_ROOT", strata_root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), cases.len(), "{text}");
+    text.lines().map(String::from).collect()
+}
+
+/// Keys with a `:` (every pulled layer's `sha256:…`) complete although bash
+/// splits the word at it: strata is asked for the whole word, and the
+/// candidates are trimmed of the part up to the `:` that bash keeps.
+#[test]
+fn bash_completion_completes_keys_with_colons() {
+    let (tmp, root) = store_with_awkward_keys();
+    let got = bash_complete(
+        tmp.path(),
+        &root,
+        &[
+            ("strata info sha", "sha", &["strata", "info", "sha"]),
+            (
+                "strata info sha256:e",
+                "e",
+                &["strata", "info", "sha256", ":", "e"],
+            ),
+            // The cursor right after the colon: bash's word is `:`, the
+            // text it replaces empty.
+            (
+                "strata info sha256:",
+                "",
+                &["strata", "info", "sha256", ":"],
+            ),
+            (
+                "strata rm sha256:ef12 sha256:a",
+                "a",
+                &["strata", "rm", "sha256", ":", "ef12", "sha256", ":", "a"],
+            ),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            "[sha256:abcd][sha256:ef12]",
+            "[ef12]",
+            "[abcd][ef12]",
+            "[abcd]"
+        ]
+    );
+}
+
+/// `--root=DIR` names the store keys complete from, as `--root DIR` does,
+/// though bash splits it at the `=`; the directory itself still completes
+/// after `--root=`.
+#[test]
+fn bash_completion_reads_root_given_with_equals() {
+    let (tmp, root) = store_with_awkward_keys();
+    let empty = tmp.path().join("empty");
+    let dir = root.to_str().unwrap();
+    let line = format!("strata rm --root={dir} sha");
+    let partial = &dir[..dir.len() - 2];
+    let partial_line = format!("strata --root={partial}");
+    let got = bash_complete(
+        tmp.path(),
+        &empty,
+        &[
+            (&line, "sha", &["strata", "rm", "--root", "=", dir, "sha"]),
+            (&partial_line, partial, &["strata", "--root", "=", partial]),
+        ],
+    );
+    assert_eq!(got, ["[sha256:abcd][sha256:ef12]", &format!("[{dir}/]")]);
+}
+
+/// Keys with spaces and shell characters are inserted quoted, as one word:
+/// with backslashes, or in the quotes the word was opened with.
+#[test]
+fn bash_completion_quotes_keys_with_spaces() {
+    let (tmp, root) = store_with_awkward_keys();
+    let got = bash_complete(
+        tmp.path(),
+        &root,
+        &[
+            ("strata info my", "my", &["strata", "info", "my"]),
+            (
+                r"strata info my\ k",
+                r"my\ k",
+                &["strata", "info", r"my\ k"],
+            ),
+            ("strata info 'my k", "my k", &["strata", "info", "'my k"]),
+            ("strata info \"my k", "my k", &["strata", "info", "\"my k"]),
+            ("strata info it", "it", &["strata", "info", "it"]),
+            ("strata info 'it", "it", &["strata", "info", "'it"]),
+            ("strata info \"it", "it", &["strata", "info", "\"it"]),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            r"[my\ key]",
+            r"[my\ key]",
+            "[my key]",
+            "[my key]",
+            r"[it\'s\ \$x]",
+            r"[it'\''s $x]",
+            r#"[it's \$x]"#,
+        ]
+    );
+}
+
 /// Dynamic completions offer only the snapshots an argument takes: committed
 /// ones as a PARENT (`prepare`, `view`, `apply`, `diff --parent`) and for
 /// `push`/`export`, actives for `commit`, actives and views for
