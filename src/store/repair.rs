@@ -234,6 +234,7 @@ impl Store {
         for swept in self.sweep(&known, how)? {
             let what = match swept.kind {
                 "orphan" if swept.node == Node::Dir => "a directory with no index row",
+                "orphan" if swept.node == Node::Symlink => "a symlink with no index row",
                 "orphan" => "a file with no index row",
                 "staging" => "a half-made snapshot",
                 "trash" => "a half-removed snapshot",

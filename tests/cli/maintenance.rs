@@ -306,21 +306,29 @@ fn leftovers_of_the_wrong_type(driver: &str) {
     fs::write(snaps.join("99"), "junk").unwrap();
     fs::create_dir_all(snaps.join("77/fs")).unwrap();
     fs::create_dir_all(s.root.join("l/zz")).unwrap();
-    // Each called what it is (audit: a file was "a directory").
+    std::os::unix::fs::symlink("/etc", snaps.join("98")).unwrap();
+    // Each called what it is (audit: a file was "a directory", a symlink
+    // "a file").
     let snaps_at = snaps.display();
     s.strata(&["check"])
         .fails_reporting(1, &format!("{snaps_at}/99 is a file with no index row\n"))
+        .fails_reporting(
+            1,
+            &format!("{snaps_at}/98 is a symlink with no index row\n"),
+        )
         .fails_reporting(
             1,
             &format!("{snaps_at}/77 is a directory with no index row\n"),
         );
     let run = s.strata(&["prune", "--json"]).success();
     let report = run.json();
-    assert_eq!(report["count"], 4, "{}", run.session());
+    assert_eq!(report["count"], 5, "{}", run.session());
     assert_eq!(report["failed"], serde_json::json!([]), "{}", run.session());
+    assert!(std::path::Path::new("/etc/passwd").exists());
     for gone in [
         snaps.join("rm-file"),
         snaps.join("99"),
+        snaps.join("98"),
         snaps.join("77"),
         s.root.join("l/zz"),
     ] {
