@@ -184,7 +184,7 @@ pub fn password_from_stdin() -> Result<String> {
 pub fn store(path: &Path, registry: &str, c: &Credentials) -> Result<()> {
     let auth =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
-    change(path, |path, v| {
+    change(path, true, |path, v| {
         let mut v = v.unwrap_or_else(|| json!({}));
         auths_of(path, &mut v)?.insert(registry.to_string(), json!({ "auth": auth }));
         write(path, &v)
@@ -197,11 +197,20 @@ pub fn store(path: &Path, registry: &str, c: &Credentials) -> Result<()> {
 /// replaces the whole file, and two at once lost one's entry, or brought
 /// back the credentials a logout said it removed (audit). The lock is on
 /// the directory, not a file of its own, so nothing is left beside the
-/// file, which other tools share.
-fn change<T>(path: &Path, f: impl FnOnce(&Path, Option<Value>) -> Result<T>) -> Result<T> {
+/// file, which other tools share. The directory is made (0700) when
+/// missing if `make`; else there is no file to change (`logout` creates
+/// nothing).
+fn change<T>(
+    path: &Path,
+    make: bool,
+    f: impl FnOnce(&Path, Option<Value>) -> Result<T>,
+) -> Result<T> {
     use std::os::unix::fs::DirBuilderExt;
     let path = through_links(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
+    if !make && !dir.exists() {
+        return f(&path, None);
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -266,7 +275,7 @@ pub struct Removed {
 /// without credentials in them; the file's other entries and fields are
 /// kept. None, and nothing written, when the file or the entry is missing.
 pub fn remove(path: &Path, registry: &str) -> Result<Option<Removed>> {
-    change(path, |path, v| remove_from(path, v, registry))
+    change(path, false, |path, v| remove_from(path, v, registry))
 }
 
 fn remove_from(path: &Path, v: Option<Value>, registry: &str) -> Result<Option<Removed>> {

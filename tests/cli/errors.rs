@@ -1119,7 +1119,7 @@ fn missing_inputs_are_named_as_the_user_gave_them() {
     assert!(!run.stderr.contains("hint:"), "{}", run.session());
     let out = s.tmp().join("no-dir/layer.tar");
     let run = s.strata(&["diff", "base", "--output-file", out.to_str().unwrap()]);
-    let run = run.fails_with(1, "No such file or directory");
+    let run = run.fails_with(3, "no-dir does not exist");
     assert!(!run.stderr.contains(".tmp"), "{}", run.session());
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.session());
 }
