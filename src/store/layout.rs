@@ -101,12 +101,19 @@ impl Layout {
         // permission denied) is returned as it is, not hidden by a mkdir.
         match fs::metadata(&layout.snapshots) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                super::crash::point("layout:no-snapshots");
                 refuse_dangling(&layout.snapshots)?;
                 // An index without `snapshots/`: the directories are on a
                 // file system not mounted yet, or lost. An empty one made
                 // here would take new snapshots onto the wrong disk and
                 // show the old ones missing (audit).
-                if fs::symlink_metadata(layout.index()).is_ok() {
+                // Looked for again once the index is seen: a process making
+                // the store makes `snapshots/` before its index, so one
+                // that did both since the first look is not a lost
+                // directory (it failed 1 run in 10 of 5 first uses at once).
+                if fs::symlink_metadata(layout.index()).is_ok()
+                    && fs::symlink_metadata(&layout.snapshots).is_err()
+                {
                     return Err(io::Error::new(io::ErrorKind::NotFound, SnapshotsMissing));
                 }
                 make_private_dir(&layout.snapshots)?;

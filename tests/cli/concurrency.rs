@@ -614,6 +614,20 @@ fn first_use_races() {
     }
 }
 
+/// A process that finds no `snapshots/` in a store another process is making, and
+/// then finds its index, made since, goes on: `snapshots/` is made first, so it is
+/// there (it failed "it has an index but no snapshots/ directory", 1 run in 10 of
+/// [`first_use_races`] on a busy host).
+#[test]
+fn a_store_made_meanwhile_is_no_lost_snapshots_dir() {
+    let store = Store::uninitialized("none");
+    let first = Paused::start(&store, &["prepare", "a"], "layout:no-snapshots");
+    store.strata(&["prepare", "b"]).success();
+    let out = first.resume();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(store.names(&[]), ["a", "b"]);
+}
+
 /// Two overlays on one upper directory are undefined behaviour, so an
 /// active overlay snapshot is mounted once; a view (and a bind) any number
 /// of times, a parentless active too, which is a bind on either driver
