@@ -197,7 +197,7 @@ fn usage_error(e: clap::Error) -> Status {
 
 /// What clap prints below its message, as hints: its tips ("a similar
 /// argument exists: '--filter'", "to pass '-x' as a value, use '-- -x'"),
-/// the usage line of the command the error is in, and which `--help` to
+/// the usage line of the command the line names, and which `--help` to
 /// read, in place of clap's blank lines, `Usage:` and "For more
 /// information, try '--help'." (audit: the SPEC's "one clear line").
 fn usage_hints(e: &clap::Error) -> Vec<String> {
@@ -206,15 +206,9 @@ fn usage_hints(e: &clap::Error) -> Vec<String> {
         .filter_map(|line| line.trim().strip_prefix("tip: "))
         .map(String::from)
         .collect();
-    if let Some(ContextValue::StyledStr(usage)) = e.get(ContextKind::Usage) {
-        let usage = usage.to_string();
-        let lines: Vec<&str> = (usage.trim().trim_start_matches("Usage:").lines())
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        hints.push(format!("usage: {}", lines.join(" | ")));
-    }
-    let command = match cmd::subcommand_on_line() {
+    let name = cmd::subcommand_on_line();
+    hints.push(format!("usage: {}", cmd::plain_usage(name.as_deref())));
+    let command = match name {
         Some(name) => format!("strata {name}"),
         None => "strata".to_string(),
     };

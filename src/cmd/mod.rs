@@ -290,6 +290,31 @@ pub fn subcommand_on_line() -> Option<String> {
         .map(|sub| sub.get_name().to_string())
 }
 
+/// The usage line of subcommand `name` (the top level's for None), as its
+/// `--help` shows it: `strata commit [OPTIONS] <NAME> <KEY>`, without the
+/// `Usage: ` before it.
+///
+/// A usage error shows this line, not clap's: clap's names the options the
+/// line used (`strata commit --quiet <NAME> <KEY>` for `commit -q`,
+/// `strata rm --root <DIR> <KEY>...` for `rm --root=/x`) and leaves out
+/// `[OPTIONS]` where arguments are missing, so the line read as if those
+/// options were required (audit); and for some errors (a missing value:
+/// `--root ''`) clap gives none at all.
+pub fn plain_usage(name: Option<&str>) -> String {
+    let mut all = Cli::command();
+    all.build();
+    let mut cmd = match name.and_then(|name| all.find_subcommand(name)) {
+        Some(sub) => sub.clone(),
+        None => all,
+    };
+    let usage = cmd.render_usage().to_string();
+    let lines: Vec<&str> = (usage.trim().trim_start_matches("Usage:").lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(" | ")
+}
+
 /// A cluster of the global short flags, as clap reads it: `-q` and `-v`
 /// in any number, and `-o` last with its value.
 pub enum ShortFlags<'a> {

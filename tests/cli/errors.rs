@@ -287,7 +287,10 @@ fn usage_errors_are_one_line_with_hints() {
     let s = Store::uninitialized("none");
     for (args, hint) in [
         (&["ls", "--nope"][..], "hint: see `strata ls --help`"),
-        (&["prepare"], "hint: usage: strata prepare <KEY> [PARENT]"),
+        (
+            &["prepare"],
+            "hint: usage: strata prepare [OPTIONS] <KEY> [PARENT]",
+        ),
         (&["remove"], "hint: see `strata rm --help`"),
         (
             &["lss"],
@@ -342,6 +345,103 @@ fn usage_errors_are_one_line_with_hints() {
         stderr.contains("Usage: strata") && stderr.contains("Commands:"),
         "{stderr}"
     );
+    assert!(!s.root.exists(), "a usage error created the store");
+}
+
+/// The `usage:` hint of a bad command line is the command's own usage line,
+/// as its `--help` shows it, whatever options the line gave: clap's named
+/// them (`strata commit --quiet <NAME> <KEY>` for `commit -q`, `strata rm
+/// --root <DIR> <KEY>...` for `rm --root=/x`), as if they were required,
+/// and left out `[OPTIONS]` where arguments were missing (audit).
+#[test]
+fn usage_lines_are_the_plain_ones_whatever_the_line_gives() {
+    let s = Store::uninitialized("none");
+    for (args, usage) in [
+        (
+            &["commit", "-q"][..],
+            "strata commit [OPTIONS] <NAME> <KEY>",
+        ),
+        (&["commit"], "strata commit [OPTIONS] <NAME> <KEY>"),
+        (&["rm", "--root=/x"], "strata rm [OPTIONS] <KEY>..."),
+        (&["rm", "-f", "-v"], "strata rm [OPTIONS] <KEY>..."),
+        (
+            &["-q", "prepare", "--label", "a=b"],
+            "strata prepare [OPTIONS] <KEY> [PARENT]",
+        ),
+        (
+            &["view", "k", "--mount", "/mnt"],
+            "strata view [OPTIONS] <KEY> <PARENT>",
+        ),
+        (&["ls", "--kind", "active", "--nope"], "strata ls [OPTIONS]"),
+        (
+            &["label", "k", "-q"],
+            "strata label [OPTIONS] <KEY> <K=V>...",
+        ),
+        (&["-q", "--nope"], "strata [OPTIONS] <COMMAND>"),
+    ] {
+        let run = s.strata(args).fails_with(2, "hint: usage: ");
+        let want = format!("hint: usage: {usage}");
+        assert!(
+            run.stderr.lines().any(|l| l == want),
+            "no {want:?} in\n{}",
+            run.session()
+        );
+        let json = s
+            .fails(&[args, &["--json"][..]].concat(), "usage")
+            .json_error();
+        let want = format!("usage: {usage}");
+        assert!(
+            json["hints"]
+                .as_array()
+                .unwrap()
+                .contains(&want.as_str().into()),
+            "{json}"
+        );
+    }
+    assert!(!s.root.exists(), "a usage error created the store");
+}
+
+/// Every usage error (exit 2) has the `usage:` hint, also those clap gives
+/// no usage line for: a missing value (`--root ''`, `ls --kind`) had only
+/// the `see … --help` hint (audit).
+#[test]
+fn every_usage_error_has_a_usage_line() {
+    let s = Store::uninitialized("none");
+    let root = s.root.to_str().unwrap();
+    for (args, usage) in [
+        (&["--root", "", "ls"][..], "strata ls [OPTIONS]"),
+        (&["--root=", "info", "k"], "strata info [OPTIONS] <KEY>"),
+        (&["ls", "--root", ""], "strata ls [OPTIONS]"),
+        (&["--root", root, "ls", "--kind"], "strata ls [OPTIONS]"),
+        (&["--root", root, "ls", "--kind="], "strata ls [OPTIONS]"),
+        (
+            &["--root", root, "init", "--driver"],
+            "strata init [OPTIONS]",
+        ),
+        (&["--root"], "strata [OPTIONS] <COMMAND>"),
+        (&["-o"], "strata [OPTIONS] <COMMAND>"),
+    ] {
+        let no_root = With {
+            no_root: true,
+            ..Default::default()
+        };
+        let run = s
+            .strata_with(args, no_root)
+            .fails_with(2, "a value is required");
+        let want = format!("hint: usage: {usage}");
+        assert!(
+            run.stderr.lines().any(|l| l == want),
+            "no {want:?} in\n{}",
+            run.session()
+        );
+        let mut lines = run.stderr.lines();
+        assert!(
+            lines.next().unwrap().starts_with("error: "),
+            "{}",
+            run.session()
+        );
+        assert!(lines.all(|l| l.starts_with("hint: ")), "{}", run.session());
+    }
     assert!(!s.root.exists(), "a usage error created the store");
 }
 
