@@ -179,9 +179,9 @@ fn usage_error(e: clap::Error) -> Status {
     let error = if kind == Kind::Invalid {
         // One line naming the value and the values taken; a near miss
         // gets a hint.
-        match e.get(ContextKind::SuggestedValue) {
-            Some(ContextValue::String(near)) => error.with_hint(format!("did you mean `{near}`?")),
-            _ => error,
+        match near_value(&e) {
+            Some(near) => error.with_hint(format!("did you mean `{near}`?")),
+            None => error,
         }
     } else {
         usage_hints(&e).into_iter().fold(error, Error::with_hint)
@@ -214,6 +214,28 @@ fn usage_hints(e: &clap::Error) -> Vec<String> {
     };
     hints.push(format!("see `{command} --help`"));
     hints
+}
+
+/// The value taken that a refused one was likely meant as: one differing
+/// only in case (`-o JSON`: `json`, `--kind Active`: `active`), else
+/// clap's suggestion (`-o xml`: `yaml`). Values are matched by case, as
+/// the config file's are, so `JSON` stays refused (`invalid`); clap's
+/// suggestion compares by case too and had none for it (audit).
+fn near_value(e: &clap::Error) -> Option<String> {
+    let Some(ContextValue::String(given)) = e.get(ContextKind::InvalidValue) else {
+        return None;
+    };
+    let taken = match e.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(taken)) => taken.as_slice(),
+        _ => &[],
+    };
+    match taken.iter().find(|v| v.eq_ignore_ascii_case(given)) {
+        Some(same) => Some(same.clone()),
+        None => match e.get(ContextKind::SuggestedValue) {
+            Some(ContextValue::String(near)) => Some(near.clone()),
+            _ => None,
+        },
+    }
 }
 
 /// Whether clap refused a value given on the line, rather than the line

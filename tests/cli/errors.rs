@@ -445,6 +445,36 @@ fn every_usage_error_has_a_usage_line() {
     assert!(!s.root.exists(), "a usage error created the store");
 }
 
+/// A value that differs from one taken only in case (`-o JSON`) is still
+/// refused, as the config file refuses it (`invalid`, exit 6), but gets
+/// the "did you mean" hint a near miss (`-o xml`) gets: clap compares by
+/// case and suggested nothing (audit).
+#[test]
+fn values_in_another_case_get_did_you_mean() {
+    let s = Store::uninitialized("none");
+    for (args, near) in [
+        (&["info", "base", "-o", "JSON"][..], "json"),
+        (&["-o", "Yaml", "ls"], "yaml"),
+        (&["ls", "--kind", "ACTIVE"], "active"),
+        (&["init", "--driver", "Native"], "native"),
+        (&["diff", "k", "--compression", "GZIP"], "gzip"),
+        (&["completions", "BASH"], "bash"),
+    ] {
+        let run = s
+            .strata(args)
+            .fails_with(6, &format!("hint: did you mean `{near}`?"));
+        assert_eq!(run.stderr.lines().count(), 2, "{}", run.session());
+    }
+    // A near miss keeps clap's suggestion; a value like none gets no hint.
+    s.strata(&["info", "base", "-o", "xml"])
+        .fails_with(6, "hint: did you mean `yaml`?");
+    let run = s
+        .strata(&["ls", "--kind", "bogus"])
+        .fails_with(6, "'bogus'");
+    assert!(!run.stderr.contains("did you mean"), "{}", run.session());
+    assert!(!s.root.exists(), "a bad value created the store");
+}
+
 fn not_found(driver: &str) {
     let Some(s) = populated(driver) else { return };
     let before = state(&s);
