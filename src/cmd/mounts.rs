@@ -5,12 +5,13 @@ use std::path::Path;
 
 /// Print the mounts of an active snapshot or a view.
 ///
-/// As a table: shell commands to paste into a root shell. As JSON or YAML:
+/// As a table: shell commands to paste into a root shell, which mount at
+/// TARGET; it must exist (`strata mount` makes it). As JSON or YAML:
 /// mount objects (type, source, options) with absolute paths, the shape of
 /// containerd's and the OCI runtime spec's mounts.
 ///
 /// Examples:
-///   strata mounts build /mnt/build | sudo sh
+///   sudo mkdir -p /mnt/build && strata mounts build /mnt/build | sudo sh
 ///   strata mounts build --json
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -18,7 +19,7 @@ pub struct Args {
     /// An active snapshot or a view
     #[arg(add = clap_complete::engine::ArgValueCandidates::new(super::completions::mountable))]
     pub key: String,
-    /// The mount point to print in the commands
+    /// The mount point to print in the commands (it must exist when they run)
     #[arg(default_value = "TARGET")]
     pub target: String,
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 /// Create an active (writable) snapshot KEY on committed PARENT.
 ///
-/// Prints the mounts that expose it (or mounts it at TARGET with --mount).
+/// Prints the mounts that expose it, as `mounts` does (commands for a root
+/// shell, at a TARGET that must exist), or mounts it at TARGET with
+/// --mount (made if missing).
 /// Without PARENT the snapshot starts empty.
 ///
 /// Examples:

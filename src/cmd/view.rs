@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 /// Create a read-only view KEY of committed snapshot PARENT.
 ///
-/// Prints the mounts that expose it (or mounts it at TARGET with --mount).
+/// Prints the mounts that expose it, as `mounts` does (commands for a root
+/// shell, at a TARGET that must exist), or mounts it at TARGET with
+/// --mount (made if missing).
 ///
 /// Examples:
 ///   strata view look base

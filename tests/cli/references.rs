@@ -542,3 +542,53 @@ fn completions_offer_command_names_not_aliases() {
     assert_eq!(complete("st"), ["stat"]);
     assert_eq!(complete("rem"), ["remove"]);
 }
+
+/// An example that pipes printed mount commands into a shell makes their
+/// target first: the printed `mount` line does not, and fails on a
+/// missing one ("mount point does not exist", exit 32). `mounts --help`
+/// showed `strata mounts build /mnt/build | sudo sh` (audit). The help of
+/// the commands that print such lines says the target must exist.
+#[test]
+fn examples_piping_mounts_to_a_shell_make_the_target() {
+    use clap::CommandFactory;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = no_config(&tmp.path().join("store"));
+    let cmd = strata::cmd::Cli::command();
+    let names = std::iter::once(None).chain(cmd.get_subcommands().map(|s| Some(s.get_name())));
+    let helps: Vec<(Option<&str>, String)> = names
+        .map(|name| {
+            let mut args: Vec<&str> = name.into_iter().collect();
+            args.push("--help");
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+                .args(&args)
+                .env(CONFIG_VAR, &config)
+                .output()
+                .unwrap();
+            (name, String::from_utf8_lossy(&out.stdout).into_owned())
+        })
+        .collect();
+    let mut piped = 0;
+    for (name, help) in &helps {
+        for line in help
+            .lines()
+            .filter(|l| l.contains("| sh") || l.contains("| sudo sh"))
+        {
+            piped += 1;
+            let (before, _) = line.split_once("strata").unwrap();
+            assert!(
+                before.contains("mkdir -p "),
+                "strata {name:?} --help: {line:?} does not make the target first"
+            );
+        }
+    }
+    for (name, help) in &helps {
+        if let Some(name @ ("mounts" | "prepare" | "view")) = name {
+            let description = help.split("\nUsage:").next().unwrap().replace('\n', " ");
+            assert!(
+                description.contains("must exist"),
+                "strata {name} --help does not say the target must exist:\n{help}"
+            );
+        }
+    }
+    assert!(piped > 0, "no example pipes mounts into a shell");
+}
