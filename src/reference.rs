@@ -3,8 +3,8 @@
 //! `completions/`; a test fails when they are stale, and
 //! `STRATA_UPDATE_REFERENCES=1 cargo test --test cli references` rewrites them.
 
-use crate::cmd::Cli;
 use crate::cmd::completions::{Shell, script};
+use crate::cmd::{Cli, GLOBAL_OPTIONS};
 use clap::CommandFactory;
 
 /// Every generated file: its path relative to the repository and contents.
@@ -123,14 +123,17 @@ fn synopsis(cmd: &clap::Command) -> String {
         .get_arguments()
         .filter(|a| !a.is_positional() && !a.is_hide_set())
         .collect();
-    // clap_mangen's order: display order, then the name; optional ones first.
+    // clap_mangen's order: display order, then the name; optional ones
+    // first, and the command's own before the global ones, as in its
+    // OPTIONS and GLOBAL OPTIONS sections and in `--help`.
     options.sort_by_key(|a| {
         let name = match (a.get_short(), a.get_long()) {
             (Some(short), _) => short.to_ascii_lowercase().to_string(),
             (None, Some(long)) => long.to_string(),
             (None, None) => a.get_id().to_string(),
         };
-        (a.is_required_set(), a.get_display_order(), name)
+        let global = a.get_help_heading() == Some(GLOBAL_OPTIONS);
+        (a.is_required_set(), global, a.get_display_order(), name)
     });
     for arg in options {
         let mut text = match (arg.get_short(), arg.get_long()) {

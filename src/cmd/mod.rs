@@ -33,6 +33,10 @@ pub mod unmount;
 pub mod usage;
 pub mod view;
 
+/// The heading of the global options in `--help` (and, upper case, the
+/// section of the man pages).
+pub const GLOBAL_OPTIONS: &str = "Global options";
+
 /// strata: layered filesystem snapshots, without a daemon.
 ///
 /// One store directory, a SQLite index of the parent chain, and overlay or
@@ -54,7 +58,13 @@ pub struct Cli {
 }
 
 /// The options every command takes, before or after its name.
+///
+/// Shown under their own heading ("Global options", a GLOBAL OPTIONS
+/// section in the man pages), after the command's own options: clap
+/// ordered each command's options by their place in their own struct, so
+/// `rm --help` read `-r`, `--root`, `--config`, `-f`, `-o`… (audit).
 #[derive(Debug, clap::Args)]
+#[command(next_help_heading = GLOBAL_OPTIONS)]
 pub struct Global {
     /// The store directory; else $STRATA_ROOT, else the config file's
     /// `root` [default: /var/lib/strata as root, else

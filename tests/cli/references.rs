@@ -543,6 +543,135 @@ fn completions_offer_command_names_not_aliases() {
     assert_eq!(complete("rem"), ["remove"]);
 }
 
+/// The page `man/NAME.1` as generated from the CLI definition.
+fn man_page(name: &str) -> String {
+    let files = strata::reference::files();
+    let (_, page) = files
+        .iter()
+        .find(|(path, _)| *path == format!("man/{name}.1"))
+        .unwrap_or_else(|| panic!("no page for {name}"));
+    String::from_utf8_lossy(page).into_owned()
+}
+
+/// The text of section `heading` of a man page, None when it has none.
+fn man_section(page: &str, heading: &str) -> Option<String> {
+    let start = [
+        format!("\n.SH {heading}\n"),
+        format!("\n.SH \"{heading}\"\n"),
+    ]
+    .iter()
+    .find_map(|h| page.find(h.as_str()).map(|at| at + h.len()))?;
+    let text = &page[start..];
+    Some(text.split("\n.SH ").next().unwrap().to_string())
+}
+
+/// Each command's `--help` and man page list its own options first, under
+/// "Options:" (OPTIONS), then the global ones under "Global options:"
+/// (GLOBAL OPTIONS); the synopsis has them in that order too. They were
+/// interleaved: `rm --help` read `-r`, `--root`, `--config`, `-f`, `-o`…
+/// (audit).
+#[test]
+fn own_options_come_before_the_global_ones() {
+    use clap::CommandFactory;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = no_config(&tmp.path().join("store"));
+    let global = [
+        "--root",
+        "--config",
+        "--output",
+        "--json",
+        "--quiet",
+        "--verbose",
+    ];
+    let mut cmd = strata::cmd::Cli::command();
+    cmd.build();
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = sub.get_name();
+        let own: Vec<String> = sub
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|long| !global.contains(&format!("--{long}").as_str()))
+            .map(|long| format!("--{long}"))
+            .collect();
+        assert!(own.iter().any(|o| o == "--help"), "{name}: {own:?}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args([name, "--help"])
+            .env(CONFIG_VAR, &config)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let (before, after) = help
+            .split_once("\nGlobal options:\n")
+            .unwrap_or_else(|| panic!("strata {name} --help: no Global options:\n{help}"));
+        let (_, options) = before
+            .split_once("\nOptions:\n")
+            .unwrap_or_else(|| panic!("strata {name} --help: no Options:\n{help}"));
+        let has = |text: &str, option: &str| {
+            text.lines()
+                .any(|l| l.trim_start().split([',', ' ', '.']).any(|w| w == option))
+        };
+        for option in &own {
+            assert!(
+                has(options, option),
+                "strata {name} --help: {option} not under Options:\n{help}"
+            );
+            assert!(
+                !has(after, option),
+                "strata {name} --help: {option} under Global options:\n{help}"
+            );
+        }
+        for option in global {
+            assert!(
+                has(after, option),
+                "strata {name} --help: {option} not under Global options:\n{help}"
+            );
+            assert!(
+                !has(options, option),
+                "strata {name} --help: {option} under Options:\n{help}"
+            );
+        }
+        // The man page: OPTIONS, then GLOBAL OPTIONS, and the synopsis in
+        // that order.
+        let page = man_page(&format!("strata-{name}"));
+        let options = man_section(&page, "OPTIONS").unwrap();
+        let globals = man_section(&page, "GLOBAL OPTIONS")
+            .unwrap_or_else(|| panic!("strata-{name}: no GLOBAL OPTIONS in\n{page}"));
+        assert!(page.find(".SH OPTIONS").unwrap() < page.find(".SH \"GLOBAL OPTIONS\"").unwrap());
+        let synopsis = man_section(&page, "SYNOPSIS").unwrap();
+        let escape = |o: &str| format!("\\fB{}\\fR", o.replace('-', "\\-"));
+        let first_global = synopsis.find(&escape("--root")).unwrap();
+        for option in &own {
+            let option = escape(option);
+            assert!(
+                options.contains(&option),
+                "strata-{name}: {option} not in OPTIONS"
+            );
+            assert!(
+                !globals.contains(&option),
+                "strata-{name}: {option} in GLOBAL OPTIONS"
+            );
+            let at = synopsis
+                .find(&option)
+                .unwrap_or_else(|| panic!("{option}: {synopsis}"));
+            assert!(
+                at < first_global,
+                "strata-{name}: {option} after --root in\n{synopsis}"
+            );
+        }
+        for option in global {
+            let option = escape(option);
+            assert!(
+                globals.contains(&option),
+                "strata-{name}: {option} not in GLOBAL OPTIONS"
+            );
+            assert!(
+                !options.contains(&option),
+                "strata-{name}: {option} in OPTIONS"
+            );
+        }
+    }
+}
+
 /// An example that pipes printed mount commands into a shell makes their
 /// target first: the printed `mount` line does not, and fails on a
 /// missing one ("mount point does not exist", exit 32). `mounts --help`
