@@ -5,6 +5,7 @@
 
 use crate::cmd::completions::{Shell, script};
 use crate::cmd::{Cli, GLOBAL_OPTIONS};
+use crate::store::Kind;
 use clap::CommandFactory;
 
 /// Every generated file: its path relative to the repository and contents.
@@ -23,19 +24,164 @@ pub fn files() -> Vec<(String, Vec<u8>)> {
     }
     let mut cmd = Cli::command();
     cmd.build();
-    out.push(("man/strata.1".to_string(), render(cmd.clone())));
+    let top = cmd.get_name().to_string();
+    let mut page = render(cmd.clone());
+    page = with_sections_at_end(
+        &page,
+        &[
+            ("EXIT STATUS", exit_status()),
+            ("ENVIRONMENT", environment()),
+        ],
+    );
+    out.push(("man/strata.1".to_string(), page.into_bytes()));
     for sub in cmd.get_subcommands() {
         let name = format!("strata-{}", sub.get_name());
         let page = sub
             .clone()
             .name(name.clone())
             .bin_name(format!("strata {}", sub.get_name()));
-        out.push((format!("man/{name}.1"), render(page)));
+        let page = with_sections_at_end(
+            &render(page),
+            &[("EXIT STATUS", exit_status()), ("SEE ALSO", see_also(&top))],
+        );
+        out.push((format!("man/{name}.1"), page.into_bytes()));
     }
     out
 }
 
-fn render(cmd: clap::Command) -> Vec<u8> {
+/// The exit codes (SPEC "Errors and exit codes"), in roff: every page has
+/// them, as git's and systemd's pages do. clap_mangen writes no such
+/// section (audit).
+fn exit_status() -> String {
+    let kinds = [
+        (
+            Kind::Internal,
+            "an I/O failure, a corrupt store, anything else unexpected",
+        ),
+        (
+            Kind::Usage,
+            "a bad command line (an unknown flag or command, a missing argument)",
+        ),
+        (
+            Kind::NotFound,
+            "a named snapshot, parent or mount does not exist",
+        ),
+        (Kind::AlreadyExists, "the key or name is taken"),
+        (
+            Kind::FailedPrecondition,
+            "the operation does not fit the snapshot's state (it has children, is mounted, \
+             is not active, is a view...)",
+        ),
+        (
+            Kind::Invalid,
+            "a bad value: a key, label or filter, a flag's value (--kind bogus), \
+             a malformed or unsafe tarball",
+        ),
+        (
+            Kind::Unsupported,
+            "the driver or kernel cannot do it (overlay unavailable, a mount without privilege)",
+        ),
+    ];
+    let mut items = vec![
+        roff_escape("An error's kind is also in its JSON form (-o json): error.kind."),
+        format!(".TP\n{}\nSuccess.", bold("0")),
+    ];
+    for (kind, when) in kinds {
+        items.push(format!(
+            ".TP\n{}\n{}: {}.",
+            bold(&kind.exit_code().to_string()),
+            bold(kind.as_str()),
+            roff_escape(when)
+        ));
+    }
+    items.join("\n")
+}
+
+/// The environment variables strata reads, in roff (strata(1) only; the
+/// other pages point there). The crash and pause points of the tests are
+/// not among them (release builds have none), nor the tests' switches
+/// (`STRATA_PROGRESS_DELAY_MS`, `STRATA_MOUNT_FALLBACK`).
+fn environment() -> String {
+    let vars: [(&[&str], &str); 8] = [
+        (
+            &["STRATA_ROOT"],
+            "The store directory when --root is not given (the config file's root \
+             counts only without either). An empty value counts as unset.",
+        ),
+        (
+            &["STRATA_CONFIG"],
+            "The config file read when --config is not given, in place of the default \
+             one. It may be missing: then no file is read. An empty value counts as unset.",
+        ),
+        (
+            &["XDG_DATA_HOME", "XDG_CONFIG_HOME", "HOME"],
+            "Where the default store and config file are for a user other than root: \
+             ${XDG_DATA_HOME:-~/.local/share}/strata and \
+             ${XDG_CONFIG_HOME:-~/.config}/strata/config.yaml.",
+        ),
+        (
+            &["NO_COLOR"],
+            "When set (to any value, even empty), no colours, also on a terminal.",
+        ),
+        (
+            &["SOURCE_DATE_EPOCH"],
+            "A whole number of seconds since 1970: the time of the layers and images \
+             diff, export and push write (later file times are clamped to it), for \
+             reproducible digests. Any other value is an invalid error.",
+        ),
+        (
+            &["REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "DOCKER_CONFIG"],
+            "Where login writes registry credentials and push, pull and logout find \
+             them: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, \
+             ${XDG_CONFIG_HOME:-~/.config}/containers/auth.json, then \
+             ${DOCKER_CONFIG:-~/.docker}/config.json.",
+        ),
+        (
+            &["SSL_CERT_FILE"],
+            "A PEM file of the certificate authorities to trust for registries, in \
+             place of the system's.",
+        ),
+        (
+            &["STRATA_REGISTRY_TIMEOUT"],
+            "Seconds to wait for a registry: for each read of a pull or push (300 \
+             without it) and for all of a login (60). A whole number from 1 to \
+             4294967295, else an invalid error.",
+        ),
+    ];
+    let items: Vec<String> = (vars.iter())
+        .map(|(names, what)| {
+            let names: Vec<String> = names.iter().map(|n| bold(n)).collect();
+            format!(".TP\n{}\n{}", names.join(", "), roff_escape(what))
+        })
+        .collect();
+    items.join("\n")
+}
+
+/// The SEE ALSO section of a subcommand's page: strata(1), for the global
+/// options, the environment and the other commands.
+fn see_also(top: &str) -> String {
+    format!(
+        "{}(1) for the global options, the environment and the other commands.",
+        bold(top)
+    )
+}
+
+/// `page` with `sections` (heading and roff text) added before its VERSION
+/// and AUTHORS sections, or at its end: clap_mangen's pages end with them.
+fn with_sections_at_end(page: &str, sections: &[(&str, String)]) -> String {
+    let at = ["\n.SH VERSION\n", "\n.SH AUTHORS\n"]
+        .iter()
+        .filter_map(|heading| page.find(heading).map(|at| at + 1))
+        .min()
+        .unwrap_or(page.len());
+    let added: String = sections
+        .iter()
+        .map(|(heading, text)| format!(".SH \"{heading}\"\n{text}\n"))
+        .collect();
+    format!("{}{added}{}", &page[..at], &page[at..])
+}
+
+fn render(cmd: clap::Command) -> String {
     let mut buf = Vec::new();
     let synopsis = synopsis(&cmd);
     let aliases = aliases(&cmd);
@@ -62,7 +208,7 @@ fn render(cmd: clap::Command) -> Vec<u8> {
         assert!(page.contains(&line), "clap_mangen lists {name}");
         page = page.replace(&line, &format!("\n.TP\n{name} [alias: {aliases}]\n"));
     }
-    page.into_bytes()
+    page
 }
 
 /// The ALIASES section of a subcommand's page, in roff: the other names it

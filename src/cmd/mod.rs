@@ -37,7 +37,7 @@ pub mod view;
 /// section of the man pages).
 pub const GLOBAL_OPTIONS: &str = "Global options";
 
-/// strata: layered filesystem snapshots, without a daemon.
+/// Layered filesystem snapshots, without a daemon.
 ///
 /// One store directory, a SQLite index of the parent chain, and overlay or
 /// bind mounts that strata performs itself or prints. Commands follow

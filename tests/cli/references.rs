@@ -565,6 +565,85 @@ fn man_section(page: &str, heading: &str) -> Option<String> {
     Some(text.split("\n.SH ").next().unwrap().to_string())
 }
 
+/// strata(1) has the SPEC's exit codes (EXIT STATUS) and the environment
+/// variables strata reads (ENVIRONMENT); every command's page has the exit
+/// codes and points at strata(1). The NAME line says what strata is once
+/// (it read `strata - strata: layered filesystem snapshots, …`). clap_mangen
+/// writes none of these sections (audit).
+#[test]
+fn man_pages_have_exit_status_and_environment() {
+    use clap::CommandFactory;
+    let top = man_page("strata");
+    let name = man_section(&top, "NAME").unwrap();
+    assert_eq!(
+        name.trim(),
+        "strata \\- Layered filesystem snapshots, without a daemon"
+    );
+    let codes = [
+        (1, "internal"),
+        (2, "usage"),
+        (3, "not_found"),
+        (4, "already_exists"),
+        (5, "failed_precondition"),
+        (6, "invalid"),
+        (7, "unsupported"),
+    ];
+    let mut cmd = strata::cmd::Cli::command();
+    cmd.build();
+    let pages = std::iter::once("strata".to_string()).chain(
+        cmd.get_subcommands()
+            .map(|s| format!("strata-{}", s.get_name())),
+    );
+    for name in pages {
+        let page = man_page(&name);
+        let exit = man_section(&page, "EXIT STATUS")
+            .unwrap_or_else(|| panic!("{name}: no EXIT STATUS in\n{page}"));
+        assert!(exit.contains(".TP\n\\fB0\\fR\nSuccess."), "{name}: {exit}");
+        for (code, kind) in codes {
+            let want = format!(".TP\n\\fB{code}\\fR\n\\fB{kind}\\fR: ");
+            assert!(exit.contains(&want), "{name}: no {want:?} in\n{exit}");
+        }
+        if name != "strata" {
+            let see = man_section(&page, "SEE ALSO")
+                .unwrap_or_else(|| panic!("{name}: no SEE ALSO in\n{page}"));
+            assert!(see.contains("\\fBstrata\\fR(1)"), "{name}: {see}");
+        }
+    }
+    let env = man_section(&top, "ENVIRONMENT").unwrap_or_else(|| panic!("no ENVIRONMENT:\n{top}"));
+    for var in [
+        "STRATA_ROOT",
+        "STRATA_CONFIG",
+        "NO_COLOR",
+        "SOURCE_DATE_EPOCH",
+        "STRATA_REGISTRY_TIMEOUT",
+        "REGISTRY_AUTH_FILE",
+        "XDG_DATA_HOME",
+    ] {
+        let var = format!("\\fB{var}\\fR");
+        assert!(env.contains(&var), "no {var} in\n{env}");
+    }
+    // Not the tests' crash points, compiled out of release builds.
+    assert!(!env.contains("STRATA_CRASH") && !env.contains("STRATA_PAUSE"));
+    // The rendered page has the sections, before VERSION.
+    let rendered = std::process::Command::new("man")
+        .args(["-l", "-"])
+        .env("MANWIDTH", "80")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    if let Ok(mut man) = rendered {
+        use std::io::Write;
+        man.stdin.take().unwrap().write_all(top.as_bytes()).unwrap();
+        let out = man.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && !text.is_empty() {
+            let at = |s: &str| text.find(s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
+            assert!(at("EXIT STATUS") < at("ENVIRONMENT"), "{text}");
+            assert!(at("ENVIRONMENT") < at("VERSION"), "{text}");
+        }
+    }
+}
+
 /// Each command's `--help` and man page list its own options first, under
 /// "Options:" (OPTIONS), then the global ones under "Global options:"
 /// (GLOBAL OPTIONS); the synopsis has them in that order too. They were
