@@ -207,7 +207,7 @@ fn change<T>(
 ) -> Result<T> {
     use std::os::unix::fs::DirBuilderExt;
     let path = through_links(path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = dir_of(&path);
     if !make && !dir.exists() {
         return f(&path, None);
     }
@@ -216,12 +216,32 @@ fn change<T>(
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    let locked = std::fs::File::open(dir)
-        .and_then(|d| d.lock().map(|()| d))
-        .map_err(|e| Error::io(format!("cannot lock {}", dir.display()), e))?;
+    // A directory its owner cannot read (`d-wx`) cannot be opened to be
+    // locked, nor can every file system lock: the file is then changed
+    // unlocked, as it always was before (review).
+    let unlockable = |e: &std::io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EACCES | libc::ENOLCK | libc::EOPNOTSUPP)
+        )
+    };
+    let locked = match std::fs::File::open(dir).and_then(|d| d.lock().map(|()| d)) {
+        Ok(d) => Some(d),
+        Err(e) if unlockable(&e) => None,
+        Err(e) => return Err(Error::io(format!("cannot lock {}", dir.display()), e)),
+    };
     let done = f(&path, read_file(&path)?);
     drop(locked);
     done
+}
+
+/// The directory of file `path`: "." for a bare name, whose parent is ""
+/// (review: `REGISTRY_AUTH_FILE=auth.json` could not be locked, and
+/// logout took it for missing).
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// `path`, or the file it names when it is a symlink (followed as the
@@ -352,7 +372,7 @@ pub fn logged_in() -> Vec<String> {
 fn write(path: &Path, v: &Value) -> Result<()> {
     use crate::store::newfile::NewFile;
     use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = dir_of(path);
     let text = serde_json::to_vec_pretty(v).map_err(|e| Error::internal(e.to_string()))?;
     // Written unnamed and synced before it replaces the file (which other
     // tools share): a killed login or logout leaves the old file and no

@@ -1967,6 +1967,35 @@ fn logins_at_once_keep_every_entry() {
         "the link was replaced"
     );
 
+    // A bare name is in the working directory (review: "cannot lock : No such
+    // file", and logout took the file for missing).
+    let bare = |args: &[&str], stdin: &[u8]| {
+        let mut cmd = command(&s.root, args);
+        cmd.current_dir(&dir).env("REGISTRY_AUTH_FILE", "bare.json");
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    let host = regs[0].host.as_str();
+    bare(
+        &[
+            "login",
+            host,
+            "-u",
+            "ci",
+            "--password-stdin",
+            "--plain-http",
+        ],
+        b"pw",
+    );
+    assert_eq!(hosts(&dir.join("bare.json")), [host]);
+    bare(&["logout", host], b"");
+    assert_eq!(hosts(&dir.join("bare.json")), Vec::<String>::new());
+
     for bad in ["[1,2]", r#"{"auths":[1]}"#] {
         fs::write(&real, bad).unwrap();
         let run = login(&regs[0].host).fails_json("invalid");
