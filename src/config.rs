@@ -331,20 +331,23 @@ pub struct Settings {
     pub root: Setting<PathBuf>,
     pub driver: Setting<Option<DriverName>>,
     pub output: Setting<Format>,
-    /// Shown as the config file spells it, `overlay: {mount_options: …}`
-    /// (audit: JSON said `overlay_mount_options` where the file and the
-    /// table say `overlay.mount_options`).
-    #[serde(rename = "overlay", serialize_with = "as_mount_options")]
+    /// Shown both as first released (`overlay_mount_options`: fields are
+    /// only ever added) and as the config file spells it, `overlay:
+    /// {mount_options: …}` (audit: JSON said only the first, where the file
+    /// and the table say `overlay.mount_options`).
+    #[serde(flatten, serialize_with = "both_spellings")]
     pub overlay_mount_options: Setting<Vec<String>>,
 }
 
-fn as_mount_options<S: serde::Serializer>(
+fn both_spellings<S: serde::Serializer>(
     setting: &Setting<Vec<String>>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
-    let mut map = s.serialize_map(Some(1))?;
-    map.serialize_entry("mount_options", setting)?;
+    let mut map = s.serialize_map(Some(2))?;
+    map.serialize_entry("overlay_mount_options", setting)?;
+    let nested: std::collections::BTreeMap<&str, _> = [("mount_options", setting)].into();
+    map.serialize_entry("overlay", &nested)?;
     map.end()
 }
 
