@@ -74,6 +74,9 @@ fn make_private_dir(path: &Path) -> io::Result<()> {
 pub struct Layout {
     root: PathBuf,
     snapshots: PathBuf,
+    /// Whether `snapshots/` had no subdirectory when the store was opened
+    /// (a link count of 2; see [`Layout::looked_bare`]).
+    bare: bool,
 }
 
 impl Layout {
@@ -82,12 +85,13 @@ impl Layout {
         Layout {
             root: root.to_path_buf(),
             snapshots: root.join("snapshots"),
+            bare: false,
         }
     }
 
     /// Creates the store's directories if missing. `root` must be absolute.
     pub fn create(root: &Path) -> io::Result<Layout> {
-        let layout = Layout::at(root);
+        let mut layout = Layout::at(root);
         if !root.exists() {
             refuse_dangling(root)?;
             // Directories above the store as `mkdir -p` makes them (the
@@ -117,11 +121,31 @@ impl Layout {
                     return Err(io::Error::new(io::ErrorKind::NotFound, SnapshotsMissing));
                 }
                 make_private_dir(&layout.snapshots)?;
+                layout.bare = true;
             }
             Err(e) => return Err(e),
-            Ok(_) => {}
+            Ok(meta) => layout.bare = meta.nlink() == 2,
         }
         Ok(layout)
+    }
+
+    /// Whether `snapshots/` had no subdirectory (no snapshot, and no work
+    /// in progress) when the store was opened: its link count was 2, read
+    /// from the `stat` opening makes anyway. A file system that does not
+    /// count subdirectories (btrfs: 1) never looks bare.
+    pub fn looked_bare(&self) -> bool {
+        self.bare
+    }
+
+    /// This layout, with [`Layout::looked_bare`] as `other` found it.
+    pub fn bare_as(mut self, other: &Layout) -> Layout {
+        self.bare = other.bare;
+        self
+    }
+
+    /// Once a snapshot is made, `snapshots/` is not bare.
+    pub fn not_bare(&mut self) {
+        self.bare = false;
     }
 
     pub fn root(&self) -> &Path {

@@ -139,7 +139,7 @@ impl Store {
         // Not there, rather than there but out of reach (another user's).
         let existed =
             !matches!(std::fs::metadata(&root), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
-        Layout::create(&root).map_err(|e| {
+        let made = Layout::create(&root).map_err(|e| {
             let verb = if existed { "open" } else { "create" };
             // EACCES is another user's directory; EPERM (a read-only kernel
             // file system such as /sys) is not, and neither is a failure of
@@ -165,7 +165,7 @@ impl Store {
         let root = root
             .canonicalize()
             .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
-        let layout = Layout::at(&root);
+        let layout = Layout::at(&root).bare_as(&made);
         let index = Index::open_guarded(&layout.index(), layout.snapshots())?;
         Ok(Store {
             layout,
@@ -345,6 +345,9 @@ impl Store {
         for (k, v) in labels {
             key::validate_label(k, v)?;
         }
+        if self.layout.looked_bare() {
+            self.refuse_bare_snapshots()?;
+        }
         // Check first without the write lock, so the common errors are cheap.
         let (recorded, parent_row, chain) = {
             let tx = self.index.read()?;
@@ -352,7 +355,6 @@ impl Store {
             if index::find(&tx, key)?.is_some() {
                 return Err(exists(key));
             }
-            refuse_bare_snapshots(&self.layout, &tx)?;
             let parent_row = match parent {
                 Some(p) => Some(committed_parent(&tx, p)?),
                 None => None,
@@ -460,7 +462,44 @@ impl Store {
             return Err(e.into());
         }
         crash::point("create:committed");
+        self.layout.not_bare();
         Ok(Made { driver, id, chain })
+    }
+
+    /// Errs when `snapshots/` holds no snapshot directory while the index
+    /// lists snapshots: a mount point whose file system is not mounted, so
+    /// that a new snapshot would land on the disk below it and be lost from
+    /// view when it is mounted, or directories lost. Asked only when
+    /// `snapshots/` looked bare as the store was opened (see
+    /// [`Layout::looked_bare`]), so a store with snapshots pays nothing for
+    /// it. Decided under the write lock: the index is then current, and a
+    /// row's directory is installed before its insert commits and removed
+    /// only after its delete does (review: in WAL mode a read could show a
+    /// row whose directory an `rm` had since removed, and refuse a healthy
+    /// store).
+    fn refuse_bare_snapshots(&mut self) -> Result<()> {
+        let snapshots = self.layout.snapshots().to_path_buf();
+        let root = self.root().to_path_buf();
+        let tx = self.index.write()?;
+        if !index::any(&tx)? {
+            return Ok(());
+        }
+        let has_dirs = std::fs::read_dir(&snapshots)
+            .map_err(|e| Error::io(format!("cannot read {}", snapshots.display()), e))?
+            .flatten()
+            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()));
+        if has_dirs {
+            return Ok(());
+        }
+        Err(Error::internal(format!(
+            "the store {} lists snapshots in its index, but {} holds none of their directories",
+            root.display(),
+            snapshots.display()
+        ))
+        .with_hint(format!(
+            "if {} is on a file system not mounted yet, mount it; if the snapshots are lost, remove the snapshots `strata check` lists with `strata rm -r`",
+            snapshots.display()
+        )))
     }
 
     fn parent_still_there(&mut self, id: i64, name: &str, key: &str) -> Result<()> {
@@ -1638,38 +1677,6 @@ fn untouched_usage(base: BorrowedFd<'_>, rel: &Path, created: Timestamp) -> Opti
             inodes: 1,
         },
     )
-}
-
-/// Errs when `snapshots/` holds no snapshot directory while the index
-/// lists snapshots: a mount point whose file system is not mounted, so
-/// that a new snapshot would land on the disk below it and be lost from
-/// view when it is mounted, or directories lost. A directory's link
-/// count is 2 exactly when it has no subdirectory, so a create pays one
-/// `stat` for this; only then is the directory read (a file system may
-/// not count subdirectories: btrfs says 1 always).
-fn refuse_bare_snapshots(layout: &Layout, tx: &Transaction<'_>) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let snapshots = layout.snapshots();
-    let cannot = |e| Error::io(format!("cannot read {}", snapshots.display()), e);
-    if std::fs::metadata(snapshots).map_err(cannot)?.nlink() != 2 || !index::any(tx)? {
-        return Ok(());
-    }
-    let has_dirs = std::fs::read_dir(snapshots)
-        .map_err(cannot)?
-        .flatten()
-        .any(|e| e.file_type().is_ok_and(|t| t.is_dir()));
-    if has_dirs {
-        return Ok(());
-    }
-    Err(Error::internal(format!(
-        "the store {} lists snapshots in its index, but {} holds none of their directories",
-        layout.root().display(),
-        snapshots.display()
-    ))
-    .with_hint(format!(
-        "if {} is on a file system not mounted yet, mount it; if the snapshots are lost, remove the snapshots `strata check` lists with `strata rm -r`",
-        snapshots.display()
-    )))
 }
 
 fn read_driver(tx: &Transaction<'_>) -> Result<Option<Driver>> {
