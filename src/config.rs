@@ -244,10 +244,15 @@ fn refused_mount_option(option: &str) -> Option<&'static str> {
         Some("holds a space or a control character")
     } else if matches!(
         key,
-        "lowerdir" | "upperdir" | "workdir" | "datadir" | "lowerdir+"
+        "lowerdir" | "upperdir" | "workdir" | "datadir" | "lowerdir+" | "datadir+"
     ) {
         Some("names a directory of the mount, which strata sets itself")
-    } else if option == "metacopy=on" || option == "redirect_dir=on" {
+    } else if option == "metacopy=on"
+        || option == "redirect_dir=on"
+        // The kernel turns metacopy on for these (review).
+        || option == "verity=on"
+        || option == "verity=require"
+    {
         Some(
             "would leave a changed file's data or a renamed directory's content in the lower \
              layer, where a snapshot's own changes (diff, export, push) would miss it",

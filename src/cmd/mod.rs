@@ -511,7 +511,7 @@ pub fn swapped(
         .iter()
         .map(|a| crate::printer::shell_quote(a))
         .collect();
-    Error::new(e.kind(), e.message())
+    e.without_hints()
         .with_hint(format!("did you mean `strata {}`? {order}", line.join(" ")))
 }
 

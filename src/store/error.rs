@@ -118,6 +118,12 @@ impl Error {
         self
     }
 
+    /// This error without its hints, for a caller that knows better.
+    pub fn without_hints(mut self) -> Self {
+        self.hints.clear();
+        self
+    }
+
     pub fn with_source(mut self, source: impl Into<Source>) -> Self {
         self.source = Some(source.into());
         self

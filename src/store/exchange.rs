@@ -171,6 +171,11 @@ impl Store {
                             (Unfit::WhiteoutDevice, SnapshotKind::Active) => {
                                 "remove it in the active snapshot before committing it"
                             }
+                            (Unfit::WhiteoutDevice, _) => {
+                                "a committed snapshot cannot change: prepare an active on its \
+                                 parent, make the change again without that device, and commit \
+                                 that"
+                            }
                             (_, _) => {
                                 "a committed snapshot cannot change: prepare an active on its \
                                  parent, make the change again without such names, and commit that"

@@ -1572,7 +1572,7 @@ fn a_whiteout_device_in_a_native_tree_cannot_go_into_a_layer() {
         .fails_with(exit_code("invalid"), want)
         .fails_with(
             exit_code("invalid"),
-            "hint: a committed snapshot cannot change",
+            "make the change again without that device",
         );
     assert!(!out.exists(), "a refused diff left its output file");
     let fresh = s.scratch("layout");

@@ -1132,7 +1132,12 @@ fn overlay_mount_options_come_from_the_config_file() {
     assert!(run.stderr.contains("mount_option"), "{}", run.stderr);
     // With these an upper directory is no longer a snapshot's change (a
     // file's data, a renamed directory's content stay below): refused.
-    for option in ["metacopy=on", "redirect_dir=on"] {
+    for option in [
+        "metacopy=on",
+        "redirect_dir=on",
+        "verity=on",
+        "verity=require",
+    ] {
         let bad = store.config_file(&format!("overlay:\n  mount_options: [{option}]\n"));
         let run = store.fails(&["--config", bad.to_str().unwrap(), "ls"], "invalid");
         assert!(run.stderr.contains(option), "{}", run.stderr);
@@ -1147,6 +1152,7 @@ fn overlay_mount_options_come_from_the_config_file() {
         ("lowerdir=/etc", "strata sets itself"),
         ("'upperdir=/tmp'", "strata sets itself"),
         ("workdir=/tmp", "strata sets itself"),
+        ("datadir+=/tmp", "strata sets itself"),
     ] {
         let bad = store.config_file(&format!("overlay:\n  mount_options: [{option}]\n"));
         for args in [&["mounts", "p"][..], &["prepare", "q", "app"]] {
