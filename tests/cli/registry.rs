@@ -1928,17 +1928,7 @@ fn logins_at_once_keep_every_entry() {
     let env = [("REGISTRY_AUTH_FILE", link.to_str().unwrap())];
     // Registries that ask for no credentials: each login is kept anyway.
     let regs: Vec<Hostile> = (0..6).map(|_| Hostile::start(|_, _| false)).collect();
-    let login = |host: &str| {
-        let args = [
-            "login",
-            host,
-            "-u",
-            "ci",
-            "--password-stdin",
-            "--plain-http",
-        ];
-        with_env(&s, &args, &env, Some(b"pw"))
-    };
+    let login = |host: &str| login_as_ci(&s, host, &env, b"pw");
     let hosts = |path: &Path| -> Vec<String> {
         let v: serde_json::Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
         let mut keys: Vec<String> = v["auths"].as_object().unwrap().keys().cloned().collect();
