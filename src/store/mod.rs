@@ -882,11 +882,17 @@ impl Store {
             )));
         }
         let root = self.layout.root();
-        if target.starts_with(root) || root.starts_with(target) {
+        let by_name = target.starts_with(root) || root.starts_with(target);
+        if by_name || reaches_by_identity(root, target) {
             return Err(Error::invalid(format!(
-                "cannot mount `{key}` at {}: the target must be outside the store {}, and not above it",
+                "cannot mount `{key}` at {}: the target must be outside the store {}, and not above it{}",
                 target.display(),
-                root.display()
+                root.display(),
+                if by_name {
+                    ""
+                } else {
+                    " (it is there under another name: a bind mount of the store or above it)"
+                }
             )));
         }
         Ok(())
@@ -1677,6 +1683,30 @@ fn untouched_usage(base: BorrowedFd<'_>, rel: &Path, created: Timestamp) -> Opti
             inodes: 1,
         },
     )
+}
+
+/// Whether mount target `target` is in store `root` or is the store or a
+/// directory above it, by identity (device and inode) rather than by name:
+/// a bind mount of the store (or of a directory above it) names the same
+/// directories by other paths, and a mount there covers the store's own
+/// (audit: `mount v ALIAS/snapshots`, with `/` shared, covered the store's
+/// `snapshots/`). Paths that cannot be read are passed over: the name check
+/// and the mount itself judge them.
+fn reaches_by_identity(root: &Path, target: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let Some(store) = id(root) else {
+        return false;
+    };
+    // In the store: the store is the target or one of its ancestors.
+    if target.ancestors().any(|a| id(a) == Some(store)) {
+        return true;
+    }
+    // Above it: the target is one of the store's ancestors.
+    match id(target) {
+        Some(t) => root.ancestors().skip(1).any(|a| id(a) == Some(t)),
+        None => false,
+    }
 }
 
 fn read_driver(tx: &Transaction<'_>) -> Result<Option<Driver>> {

@@ -1045,6 +1045,44 @@ fn bad_mount_targets_are_invalid() {
     assert!(!odd.exists(), "the refused target was created");
     assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
     store.strata(&["check"]).success();
+
+    // The store, or a directory above it, under another name (a bind mount):
+    // judged by what it is, not its path (audit: `mount v ALIAS/snapshots`
+    // covered the store's own `snapshots/` where `/` is shared).
+    let alias = store.scratch_dir("alias");
+    let alias_guard = MountGuard::new(&alias);
+    sh_ok(
+        &format!(
+            "mount --bind {} {}",
+            shell_quote(root),
+            shell_quote(alias.to_str().unwrap())
+        ),
+        "bind the store",
+    );
+    let above = store.scratch_dir("above");
+    let above_guard = MountGuard::new(&above);
+    let tmp = store.tmp().to_str().unwrap().to_string();
+    sh_ok(
+        &format!(
+            "mount --bind {} {}",
+            shell_quote(&tmp),
+            shell_quote(above.to_str().unwrap())
+        ),
+        "bind the store's directory",
+    );
+    for target in [
+        alias.clone(),
+        alias.join("snapshots"),
+        alias.join("snapshots/new-target"),
+        above.clone(),
+    ] {
+        let run = store.fails(&["mount", "a", target.to_str().unwrap()], "invalid");
+        assert!(run.stderr.contains("under another name"), "{}", run.stderr);
+    }
+    assert!(!inside.exists(), "nothing was created in the store");
+    drop(above_guard);
+    drop(alias_guard);
+    assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
 }
 
 #[test]
