@@ -861,11 +861,16 @@ impl Store {
     pub fn refuse_inside(&self, path: &Path, what: &str) -> Result<()> {
         let root = self.layout.root();
         match TargetPath::resolve(path) {
-            Ok(resolved) if resolved.path.starts_with(root) => Err(Error::invalid(format!(
-                "cannot write {what} to {}: it is inside the store {}",
-                path.display(),
-                root.display()
-            ))),
+            Ok(resolved)
+                if resolved.path.starts_with(root)
+                    || in_store_by_identity(root, &resolved.path) =>
+            {
+                Err(Error::invalid(format!(
+                    "cannot write {what} to {}: it is inside the store {}",
+                    path.display(),
+                    root.display()
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -1693,20 +1698,29 @@ fn untouched_usage(base: BorrowedFd<'_>, rel: &Path, created: Timestamp) -> Opti
 /// `snapshots/`). Paths that cannot be read are passed over: the name check
 /// and the mount itself judge them.
 fn reaches_by_identity(root: &Path, target: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let Some(store) = id(root) else {
-        return false;
-    };
-    // In the store: the store is the target or one of its ancestors.
-    if target.ancestors().any(|a| id(a) == Some(store)) {
+    if in_store_by_identity(root, target) {
         return true;
     }
     // Above it: the target is one of the store's ancestors.
-    match id(target) {
-        Some(t) => root.ancestors().skip(1).any(|a| id(a) == Some(t)),
+    match identity(target) {
+        Some(t) => root.ancestors().skip(1).any(|a| identity(a) == Some(t)),
         None => false,
     }
+}
+
+/// Whether `path` is in store `root` by identity: the store is `path` or
+/// one of its ancestors (see [`reaches_by_identity`]).
+fn in_store_by_identity(root: &Path, path: &Path) -> bool {
+    let Some(store) = identity(root) else {
+        return false;
+    };
+    path.ancestors().any(|a| identity(a) == Some(store))
+}
+
+/// A directory's device and inode, if it can be read.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn read_driver(tx: &Transaction<'_>) -> Result<Option<Driver>> {

@@ -93,6 +93,27 @@ fn outputs_inside_the_store_are_invalid(driver: &str) {
     );
     assert!(!tree.join("evil.tar").exists());
     assert!(!s.root.join("index.json").exists() && !snapshots.join("layout").exists());
+    // Nor through a bind mount of the store, which names it otherwise.
+    let alias = s.scratch_dir("alias");
+    let guard = MountGuard::new(&alias);
+    sh_ok(
+        &format!(
+            "mount --bind {} {}",
+            shell_quote(s.root.to_str().unwrap()),
+            shell_quote(alias.to_str().unwrap())
+        ),
+        "bind the store",
+    );
+    let aliased = alias.join("snapshots/1/fs/evil.tar");
+    let run = s.fails(
+        &["diff", "base", "--output-file", aliased.to_str().unwrap()],
+        "invalid",
+    );
+    assert!(run.stderr.contains("inside the store"), "{}", run.session());
+    let layout = alias.join("snapshots/layout");
+    s.fails(&["export", "base", layout.to_str().unwrap()], "invalid");
+    drop(guard);
+    assert!(!tree.join("evil.tar").exists() && !snapshots.join("layout").exists());
     assert_unchanged(&s, &before, "writes refused inside the store");
     s.strata(&["check"]).success();
     // An output file that is a directory is a bad value, one in a directory
