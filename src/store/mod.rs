@@ -136,6 +136,7 @@ impl Store {
     pub fn open(root: &Path, options: Options) -> Result<Store> {
         let root = std::path::absolute(root)
             .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
+        refuse_non_utf8(&root)?;
         // Not there, rather than there but out of reach (another user's).
         let existed =
             !matches!(std::fs::metadata(&root), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
@@ -165,6 +166,7 @@ impl Store {
         let root = root
             .canonicalize()
             .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
+        refuse_non_utf8(&root)?;
         let layout = Layout::at(&root).bare_as(&made);
         let index = Index::open_guarded(&layout.index(), layout.snapshots())?;
         Ok(Store {
@@ -1721,6 +1723,21 @@ fn in_store_by_identity(root: &Path, path: &Path) -> bool {
 fn identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Refuses a store path that is not UTF-8, before anything is made there:
+/// mount options, printed mount lines and JSON name its directories as
+/// text, and a lossy name is another path (audit: `mount` failed with a
+/// bare ENOENT, `mounts` printed a path that does not exist with exit 0,
+/// and the overlay test mount failed, so the store was made native).
+fn refuse_non_utf8(root: &Path) -> Result<()> {
+    if root.to_str().is_some() {
+        return Ok(());
+    }
+    Err(
+        Error::invalid(format!("the store path {} is not UTF-8", root.display()))
+            .with_hint("mounts name the store's directories as text: use a UTF-8 path for --root"),
+    )
 }
 
 fn read_driver(tx: &Transaction<'_>) -> Result<Option<Driver>> {

@@ -1801,3 +1801,30 @@ fn native_with_base() -> Store {
     s.strata(&["commit", "base", "a"]).success();
     s
 }
+
+/// A store path that is not UTF-8 is `invalid`, from `--root` or
+/// `$STRATA_ROOT`, and nothing is made there (audit: the store was made, its
+/// mounts named a lossy path that does not exist, and the overlay test mount
+/// failed, so it became native).
+#[test]
+fn a_store_path_that_is_not_utf8_is_invalid() {
+    use std::os::unix::ffi::OsStrExt;
+    let s = Store::uninitialized("none");
+    let odd = s.tmp().join(std::ffi::OsStr::from_bytes(b"st-\xff"));
+    for via_env in [false, true] {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .env("NO_COLOR", "1")
+            .env(CONFIG_VAR, no_config(&s.root));
+        if via_env {
+            cmd.env("STRATA_ROOT", &odd);
+        } else {
+            cmd.arg("--root").arg(&odd);
+        }
+        let out = cmd.args(["prepare", "a"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{stderr}");
+        assert!(stderr.contains("is not UTF-8"), "{stderr}");
+        assert!(!odd.exists(), "the store was made");
+    }
+}
