@@ -43,8 +43,15 @@ impl Driver {
         let fs = dir.join("fs");
         make_root_dir(&fs, parent_fs)?;
         match (self, kind) {
-            (Driver::Overlay, SnapshotKind::Active) => {
-                std::fs::create_dir(dir.join("work"))?;
+            (Driver::Overlay, SnapshotKind::Active | SnapshotKind::Committed) => {
+                if kind == SnapshotKind::Active {
+                    std::fs::create_dir(dir.join("work"))?;
+                }
+                // The root is the merged tree's: it carries the parent
+                // root's xattrs, as the native driver's copy does.
+                if let Some(parent_fs) = parent_fs {
+                    crate::store::copy::copy_root_xattrs(parent_fs, &fs)?;
+                }
             }
             // A committed snapshot is built only by apply, on a copy of its
             // parent when layers are whole trees.

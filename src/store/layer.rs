@@ -369,7 +369,7 @@ const XATTR_PAX_PREFIX: &[u8] = b"SCHILY.xattr.";
 
 /// Whether an xattr belongs to overlayfs (never copied into or out of a
 /// layer).
-fn is_overlay_xattr(name: &[u8]) -> bool {
+pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
     name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
 }
 
