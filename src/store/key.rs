@@ -91,6 +91,20 @@ pub fn shorten(text: &str) -> String {
     }
 }
 
+/// Quotes `arg` for a POSIX shell when it needs it: the keys and paths in
+/// printed mount lines and in hints' command lines.
+pub fn shell_quote(arg: &str) -> String {
+    let safe = !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=,:+@%".contains(&b));
+    if safe {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -646,7 +646,7 @@ impl Store {
             ))
             .with_hint(format!(
                 "use that mount, or unmount it first: strata unmount {}",
-                rec.target
+                key::shell_quote(&rec.target)
             )));
         }
         if overlay_upper {
@@ -715,7 +715,7 @@ impl Store {
             ))
             .with_hint(format!(
                 "unmount it first: strata unmount {}",
-                target.display()
+                key::shell_quote(&target.to_string_lossy())
             )));
         }
         let row = mountable(&tx, key)?;
@@ -1028,7 +1028,7 @@ impl Store {
         ))
         .with_hint(format!(
             "unmount it first (`umount {}`); a mount made from `strata mounts` or left by a killed `strata mount` is not strata's to undo",
-            point.display()
+            key::shell_quote(&point.to_string_lossy())
         )))
     }
 
@@ -1090,7 +1090,8 @@ impl Store {
         } else {
             "umount"
         };
-        format!("unmount it first (`{command} {}`)", point.display())
+        let point = key::shell_quote(&point.to_string_lossy());
+        format!("unmount it first (`{command} {point}`)")
     }
 
     /// Turns active `key` into committed `name`, recording its usage.
@@ -1992,7 +1993,8 @@ fn mounted_meanwhile(key: &str, target: &str) -> Error {
         "snapshot `{key}` was mounted at {target} by another process meanwhile; nothing was changed"
     ))
     .with_hint(format!(
-        "unmount it (`strata unmount {target}`) and try again"
+        "unmount it (`strata unmount {}`) and try again",
+        key::shell_quote(target)
     ))
 }
 
@@ -2095,7 +2097,7 @@ fn mounted_error(rows: &[Row], first: &MountRecord, key: &str) -> Error {
     Error::precondition(format!("snapshot `{name}` is mounted at {}", first.target)).with_hint(
         format!(
             "unmount it first (`strata unmount {}`), or use `rm -f`",
-            first.target
+            key::shell_quote(&first.target)
         ),
     )
 }
@@ -2123,7 +2125,7 @@ fn refuse_foreign_mounts(rows: &[Row], mounted: &[MountRecord]) -> Result<()> {
     ))
     .with_hint(format!(
         "unmount it from a shell in that namespace (nsenter --mount=/proc/PID/ns/mnt strata unmount {}), then remove it again",
-        rec.target
+        key::shell_quote(&rec.target)
     )))
 }
 

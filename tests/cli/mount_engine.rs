@@ -1495,3 +1495,34 @@ fn store_path_longer_than_fsconfig_takes() {
     assert!(std::env::temp_dir().join(&name).as_os_str().len() > 255);
     store_paths_the_kernel_reads_specially(&name, true);
 }
+
+/// The command lines hints give for a mount point are quoted for a shell: a
+/// target with a space and a quote pastes as one word (audit: `strata
+/// unmount /tmp/sp ace's` was two words and an open quote).
+#[test]
+fn hints_quote_the_mount_points_they_name() {
+    let store = setup!("overlay");
+    store.strata(&["prepare", "a"]).success();
+    let target = store.scratch("sp ace's");
+    let t = target.to_str().unwrap();
+    let _guard = MountGuard::new(&target);
+    store.strata(&["mount", "a", t]).success();
+    let quoted = shell_quote(t);
+    assert_ne!(quoted, t);
+    store.strata(&["mount", "a", t]).fails_with(
+        4,
+        &format!("hint: unmount it first: strata unmount {quoted}\n"),
+    );
+    store
+        .strata(&["rm", "a"])
+        .fails_with(5, &format!("(`strata unmount {quoted}`), or use `rm -f`"));
+    // The quoted line works as it is.
+    sh_ok(
+        &format!(
+            "{BIN} --root {} unmount {quoted}",
+            shell_quote(store.root.to_str().unwrap())
+        ),
+        "the hint's line",
+    );
+    assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
+}
