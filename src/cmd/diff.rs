@@ -68,6 +68,13 @@ struct Written {
 
 pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     let sde = crate::oci::source_date_epoch()?;
+    // Against another parent the overlay driver mounts the trees it
+    // compares, in a mount namespace of the process's own: entered before
+    // the output file is opened, for a file opened in one namespace cannot
+    // be linked into place through the other's mounts (EXDEV).
+    if args.parent.is_some() {
+        crate::store::mount::private_namespace();
+    }
     let compression = Compression::from(args.compression);
     let bar = ctx.printer.progress(
         &format!("writing the changes of `{}`", args.key),

@@ -231,6 +231,7 @@ impl Store {
                 }
                 let new = self.merged(&new_layers)?;
                 let old = self.merged(&base_chain)?;
+                crash::point("diff:merged");
                 write(
                     Changes::Compare {
                         old: Some(old.path()),
@@ -277,12 +278,16 @@ impl Store {
         // A read-only view of the chain, as the overlay driver mounts one.
         let layers: Vec<PathBuf> = ids.iter().map(|id| self.layout.fs(*id)).collect();
         let mounts = Driver::Overlay.mounts(SnapshotKind::View, staging.path(), &layers, &[]);
-        mount::mount_all(&mounts, &target).map_err(|e| {
-            Error::unsupported("cannot mount the trees to compare")
+        mount::private_namespace();
+        mount::mount_all(&mounts, &target).map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM) => Error::unsupported("cannot mount the trees to compare")
                 .with_hint(
                     "a diff against another parent on the overlay driver needs mount privilege",
                 )
-                .with_source(e)
+                .with_source(e),
+            // Out of descriptors, memory…: said as it is (audit: EMFILE
+            // was "needs mount privilege", exit 7).
+            _ => Error::io("cannot mount the trees to compare", e),
         })?;
         Ok(Merged {
             _staging: staging,

@@ -720,6 +720,20 @@ impl Store {
         }
         let row = mountable(&tx, key)?;
         mount::mount_all(mounts, &target).map_err(|e| mount_error(key, &target, e))?;
+        // overlayfs mounts an upper directory read-only, with only a line
+        // in the kernel log, when it cannot make `work/work` (a full disk):
+        // an active must be writable (audit: "mounted" with exit 0, and
+        // read-only until mounted again).
+        if row.kind == SnapshotKind::Active && mount::read_only(&target).unwrap_or(false) {
+            let _ = mount::unmount(&target, false);
+            return Err(Error::internal(format!(
+                "cannot mount `{key}` at {}: the kernel mounted it read-only",
+                target.display()
+            ))
+            .with_hint(
+                "overlayfs does that when it cannot write its work directory: is the store's disk full, or its file system read-only? (see dmesg)",
+            ));
+        }
         crash::point("mount:mounted");
         // Without an id (a kernel before 5.8) the record is of the target.
         let table = mount::MountTable::read().ok();

@@ -78,6 +78,47 @@ pub(crate) fn mount_all_with(
     Ok(())
 }
 
+/// Moves this process (its calling thread, and the threads it starts after)
+/// into a mount namespace of its own, with every mount private, once: for
+/// scratch mounts that must not outlive it. A namespace goes with its last
+/// process, and its mounts with it, however the process ends (audit: a
+/// `diff --parent` stopped by Ctrl-C left both its overlays mounted in the
+/// store, and `rm` of a snapshot under them was refused). Private, so that
+/// they do not propagate back where `/` is shared. Returns whether it is in
+/// one; where it cannot be (no privilege), mounts stay in the namespace the
+/// process started in, as before.
+pub fn private_namespace() -> bool {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DONE.get_or_init(|| {
+        use rustix::mount::{MountPropagationFlags, mount_change};
+        use rustix::thread::{LinkNameSpaceType, UnshareFlags};
+        let Ok(home) = std::fs::File::open("/proc/self/ns/mnt") else {
+            return false;
+        };
+        // SAFETY: NEWNS (with the FS it implies) unshares no descriptor table.
+        if unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS) }.is_err() {
+            return false;
+        }
+        let private = MountPropagationFlags::PRIVATE | MountPropagationFlags::REC;
+        if mount_change("/", private).is_ok() {
+            return true;
+        }
+        // Copies of shared mounts that cannot be made private would still
+        // propagate: back to where it started.
+        let _ = rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&home),
+            Some(LinkNameSpaceType::Mount),
+        );
+        false
+    })
+}
+
+/// Whether the file system mounted at `target` is read-only (statvfs).
+pub fn read_only(target: &Path) -> io::Result<bool> {
+    let st = rustix::fs::statvfs(target)?;
+    Ok(st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+}
+
 /// Unmount `target` with umount2(2); `lazy` adds `MNT_DETACH`.
 ///
 /// The error is the plain OS error, so `raw_os_error()` is e.g. `EBUSY`

@@ -1526,3 +1526,57 @@ fn hints_quote_the_mount_points_they_name() {
     );
     assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
 }
+
+/// An active whose overlay the kernel mounts read-only, because it cannot make
+/// its work directory on a full disk, is not said to be mounted: `internal`, the
+/// mount undone, no record; once there is room it mounts writable. (Audit:
+/// "mounted" with exit 0, and read-only until mounted again.)
+#[test]
+fn an_active_the_kernel_mounts_read_only_is_refused() {
+    if !require_root_and_overlay() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk");
+    fs::create_dir(&disk).unwrap();
+    let _disk = MountGuard::new(&disk);
+    sh_ok(
+        &format!(
+            "mount -t tmpfs -o size=4m,nr_inodes=48 tmpfs {}",
+            disk.display()
+        ),
+        "a small tmpfs",
+    );
+    let root = disk.join("store");
+    let strata = |args: &[&str]| {
+        let out = command(&root, args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(strata(&["init", "--driver", "overlay"]).0, Some(0));
+    assert_eq!(strata(&["prepare", "a"]).0, Some(0));
+    assert_eq!(strata(&["commit", "base", "a"]).0, Some(0));
+    assert_eq!(strata(&["prepare", "b", "base"]).0, Some(0));
+    // Every inode taken.
+    let mut n = 0;
+    while fs::write(disk.join(format!("fill{n}")), "").is_ok() {
+        n += 1;
+    }
+    let target = tmp.path().join("mnt");
+    let _target = MountGuard::new(&target);
+    let (code, stderr) = strata(&["mount", "b", target.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the kernel mounted it read-only"),
+        "{stderr}"
+    );
+    assert!(!is_mount_point(&target), "the read-only mount was left");
+    for i in 0..n {
+        fs::remove_file(disk.join(format!("fill{i}"))).unwrap();
+    }
+    assert_eq!(strata(&["mount", "b", target.to_str().unwrap()]).0, Some(0));
+    fs::write(target.join("f"), "x").unwrap();
+    assert_eq!(strata(&["unmount", target.to_str().unwrap()]).0, Some(0));
+}

@@ -1260,6 +1260,16 @@ impl Paused {
         Paused { child, flag }
     }
 
+    /// Sends signal `signal` (e.g. `libc::SIGINT`) to the paused process,
+    /// which ends it (strata handles none), and returns its output.
+    pub fn signal(self, signal: i32) -> std::process::Output {
+        let Paused { child, flag } = self;
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let out = child.wait_with_output().unwrap();
+        let _ = std::fs::remove_file(&flag);
+        out
+    }
+
     pub fn resume(self) -> std::process::Output {
         std::fs::remove_file(&self.flag).unwrap();
         self.child.wait_with_output().unwrap()
