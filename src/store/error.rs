@@ -151,8 +151,41 @@ impl Error {
 }
 
 impl From<rusqlite::Error> for Error {
+    /// What a failure of the index means for the user, where SQLite's code
+    /// says (audit: "the store's index failed: Error code 8: attempt to
+    /// write a readonly database", for every write on a read-only store).
     fn from(err: rusqlite::Error) -> Self {
-        Error::internal("the store's index failed").with_source(err)
+        use rusqlite::ErrorCode;
+        let code = match &err {
+            rusqlite::Error::SqliteFailure(e, _) => Some(e.code),
+            _ => None,
+        };
+        let (what, hint) = match code {
+            Some(ErrorCode::ReadOnly) => (
+                "the store's index cannot be written: it is read-only",
+                Some(
+                    "the store's file system is mounted read-only, or index.db (or its directory) is not writable by this user",
+                ),
+            ),
+            Some(ErrorCode::DiskFull) => (
+                "the store's index cannot grow: its disk is full",
+                Some(
+                    "free some space on the store's disk, then run the command again; nothing was changed",
+                ),
+            ),
+            Some(ErrorCode::CannotOpen) => (
+                "the store's index cannot be opened",
+                Some(
+                    "is the process out of file descriptors (ulimit -n), or the store's directory not readable?",
+                ),
+            ),
+            _ => ("the store's index failed", None),
+        };
+        let error = Error::internal(what).with_source(err);
+        match hint {
+            Some(hint) => error.with_hint(hint),
+            None => error,
+        }
     }
 }
 

@@ -565,7 +565,24 @@ fn refuse_lost_index(path: &Path, snapshots: &Path) -> Result<()> {
     Ok(())
 }
 
+/// An index that could not be read: corrupt or not strata's, unless
+/// SQLite's code says the machine is in the way (audit: out of
+/// descriptors, "unable to open database file", was said to be a corrupt
+/// index).
 fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode as C;
+    let environment = matches!(
+        &e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                C::CannotOpen | C::ReadOnly | C::DiskFull | C::PermissionDenied
+                    | C::SystemIoFailure | C::OutOfMemory
+            )
+    );
+    if environment {
+        return e.into();
+    }
     Error::internal(format!(
         "the index {} cannot be read: it is corrupt or not a strata index",
         path.display()

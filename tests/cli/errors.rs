@@ -1828,3 +1828,55 @@ fn a_store_path_that_is_not_utf8_is_invalid() {
         assert!(!odd.exists(), "the store was made");
     }
 }
+
+/// An index the machine keeps from being opened or written is said to be that,
+/// not corrupt, with what to look at (audit: out of descriptors was "corrupt or
+/// not a strata index"; every write on a read-only store was "the store's index
+/// failed: Error code 8").
+#[test]
+fn an_index_that_cannot_be_opened_or_written_says_why() {
+    if !require_root_and_overlay() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk");
+    fs::create_dir(&disk).unwrap();
+    let _disk = MountGuard::new(&disk);
+    sh_ok(
+        &format!("mount -t tmpfs tmpfs {}", disk.display()),
+        "a tmpfs",
+    );
+    let root = disk.join("store");
+    let run = |args: &[&str], files: Option<u64>| {
+        let mut cmd = command(&root, args);
+        if let Some(n) = files {
+            limit_open_files(&mut cmd, n, None);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(run(&["prepare", "a"], None).0, Some(0));
+    assert_eq!(run(&["commit", "base", "a"], None).0, Some(0));
+    let (code, stderr) = run(&["ls"], Some(4));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the store's index cannot be opened") && !stderr.contains("corrupt"),
+        "{stderr}"
+    );
+    sh_ok(
+        &format!("mount -o remount,ro {}", disk.display()),
+        "read-only",
+    );
+    let (code, stderr) = run(&["label", "base", "x=1"], None);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("it is read-only"), "{stderr}");
+    assert!(
+        stderr.contains("hint: the store's file system is mounted read-only"),
+        "{stderr}"
+    );
+    // Reads still work.
+    assert_eq!(run(&["ls"], None).0, Some(0));
+}
