@@ -394,7 +394,13 @@ impl Store {
         let digests = self
             .diff(key, None, out, compression, source_date_epoch, progress)?
             .digests;
-        self.remember_digests(key, compression, source_date_epoch, &digests)?;
+        // Remembering them is an optimisation: an index that cannot be
+        // written (a read-only store) does not fail an export or a push
+        // that only reads it (audit). A snapshot removed meanwhile does.
+        match self.remember_digests(key, compression, source_date_epoch, &digests) {
+            Err(e) if e.kind() != super::Kind::Internal => return Err(e),
+            _ => {}
+        }
         Ok(digests)
     }
 

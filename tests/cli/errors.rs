@@ -1877,6 +1877,11 @@ fn an_index_that_cannot_be_opened_or_written_says_why() {
         stderr.contains("hint: the store's file system is mounted read-only"),
         "{stderr}"
     );
-    // Reads still work.
+    // Reads still work, and so does an export, which only reads the store
+    // (audit: it failed remembering the layer's digests).
     assert_eq!(run(&["ls"], None).0, Some(0));
+    let layout = tmp.path().join("layout");
+    let (code, stderr) = run(&["export", "base", layout.to_str().unwrap()], None);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(layout.join("index.json").exists());
 }
