@@ -279,12 +279,16 @@ impl Store {
         let layers: Vec<PathBuf> = ids.iter().map(|id| self.layout.fs(*id)).collect();
         let mounts = Driver::Overlay.mounts(SnapshotKind::View, staging.path(), &layers, &[]);
         mount::private_namespace();
-        mount::mount_all(&mounts, &target).map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM) => Error::unsupported("cannot mount the trees to compare")
-                .with_hint(
-                    "a diff against another parent on the overlay driver needs mount privilege",
-                )
-                .with_source(e),
+        mount::mount_all(&mounts, &target).map_err(|e| match mount::errno(&e) {
+            // As `strata mount` says them (review: the new mount API's
+            // errors carry no raw errno, and EPERM came out `internal`).
+            Some(libc::EPERM | libc::EACCES | libc::ENODEV) => {
+                Error::unsupported("cannot mount the trees to compare")
+                    .with_hint(
+                        "a diff against another parent on the overlay driver needs mount privilege",
+                    )
+                    .with_source(e)
+            }
             // Out of descriptors, memory…: said as it is (audit: EMFILE
             // was "needs mount privilege", exit 7).
             _ => Error::io("cannot mount the trees to compare", e),

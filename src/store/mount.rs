@@ -87,29 +87,25 @@ pub(crate) fn mount_all_with(
 /// they do not propagate back where `/` is shared. Returns whether it is in
 /// one; where it cannot be (no privilege), mounts stay in the namespace the
 /// process started in, as before.
+///
+/// Where `/` cannot be made private (a chroot whose root is no mount
+/// point), the process stays in the new namespace, whose shared mounts
+/// still propagate: its scratch mounts are seen as before, and undone as
+/// before when it ends normally. It does not go back with `setns`: that
+/// would reset its root and working directory to the namespace's, out of
+/// a chroot (review: a `diff --parent` in a chroot made a store at the
+/// host's path).
 pub fn private_namespace() -> bool {
     static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *DONE.get_or_init(|| {
         use rustix::mount::{MountPropagationFlags, mount_change};
-        use rustix::thread::{LinkNameSpaceType, UnshareFlags};
-        let Ok(home) = std::fs::File::open("/proc/self/ns/mnt") else {
-            return false;
-        };
+        use rustix::thread::UnshareFlags;
         // SAFETY: NEWNS (with the FS it implies) unshares no descriptor table.
         if unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS) }.is_err() {
             return false;
         }
         let private = MountPropagationFlags::PRIVATE | MountPropagationFlags::REC;
-        if mount_change("/", private).is_ok() {
-            return true;
-        }
-        // Copies of shared mounts that cannot be made private would still
-        // propagate: back to where it started.
-        let _ = rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&home),
-            Some(LinkNameSpaceType::Mount),
-        );
-        false
+        mount_change("/", private).is_ok()
     })
 }
 
