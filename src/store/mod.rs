@@ -1715,6 +1715,9 @@ fn untouched_usage(base: BorrowedFd<'_>, rel: &Path, created: Timestamp) -> Opti
 /// `snapshots/`). Paths that cannot be read are passed over: the name check
 /// and the mount itself judge them.
 fn reaches_by_identity(root: &Path, target: &Path) -> bool {
+    if let Some(inside) = in_store_within_file_system(root, target, true) {
+        return inside;
+    }
     if in_store_by_identity(root, target) {
         return true;
     }
@@ -1728,10 +1731,40 @@ fn reaches_by_identity(root: &Path, target: &Path) -> bool {
 /// Whether `path` is in store `root` by identity: the store is `path` or
 /// one of its ancestors (see [`reaches_by_identity`]).
 fn in_store_by_identity(root: &Path, path: &Path) -> bool {
+    if let Some(inside) = in_store_within_file_system(root, path, false) {
+        return inside;
+    }
     let Some(store) = identity(root) else {
         return false;
     };
     path.ancestors().any(|a| identity(a) == Some(store))
+}
+
+/// Whether `path` (which may not exist yet) is in store `root`, or with
+/// `or_above` is the store or a directory above it, by where both are
+/// within their file system (see [`mount::MountTable::within_file_system`]):
+/// a bind mount of any directory of the store, `snapshots/` or a tree as
+/// well as the store itself, names it by another path (review: a mount at
+/// a bind of `snapshots/` covered it). None where that cannot be told (no
+/// mount ids, an unreadable mount table); the caller then compares
+/// identities.
+fn in_store_within_file_system(root: &Path, path: &Path, or_above: bool) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let mut existing = path;
+    let mut below = Vec::new();
+    while std::fs::symlink_metadata(existing).is_err() {
+        below.push(existing.file_name()?);
+        existing = existing.parent()?;
+    }
+    let table = mount::MountTable::read().ok()?;
+    let dev = |p: &Path| std::fs::metadata(p).ok().map(|m| m.dev());
+    if dev(existing)? != dev(root)? {
+        return Some(false);
+    }
+    let store = table.within_file_system(root)?;
+    let mut at = table.within_file_system(existing)?;
+    at.extend(below.iter().rev());
+    Some(at.starts_with(&store) || (or_above && below.is_empty() && store.starts_with(&at)))
 }
 
 /// A directory's device and inode, if it can be read.

@@ -176,6 +176,18 @@ impl MountTable {
         })
     }
 
+    /// Where `path` (which exists) is within its file system: the root of
+    /// the mount it is on (mountinfo's field 4) joined with the rest of the
+    /// path below that mount's point. A bind mount of a directory names it
+    /// by another path; this is the same for both. None on a kernel without
+    /// mount ids (before 5.8).
+    pub fn within_file_system(&self, path: &Path) -> Option<PathBuf> {
+        let id = mount_id(path).ok()?;
+        let m = self.mounts.iter().find(|m| m.id == id)?;
+        let rest = path.strip_prefix(&m.point).ok()?;
+        Some(m.root.join(rest))
+    }
+
     /// Whether mount `id` with `identity` is at `point`; with no id (a
     /// record older than schema 3), whether anything is.
     pub fn has(&self, id: Option<u64>, identity: Option<&str>, point: &Path) -> bool {

@@ -1150,16 +1150,39 @@ fn bad_mount_targets_are_invalid() {
         ),
         "bind the store's directory",
     );
+    // A bind of a directory inside the store, too (review: a mount at a bind
+    // of `snapshots/` covered it).
+    let inner = store.scratch_dir("inner");
+    let inner_guard = MountGuard::new(&inner);
+    sh_ok(
+        &format!(
+            "mount --bind {} {}",
+            shell_quote(store.root.join("snapshots").to_str().unwrap()),
+            shell_quote(inner.to_str().unwrap())
+        ),
+        "bind the store's snapshots/",
+    );
     for target in [
         alias.clone(),
         alias.join("snapshots"),
         alias.join("snapshots/new-target"),
         above.clone(),
+        inner.clone(),
+        inner.join("new-target"),
     ] {
         let run = store.fails(&["mount", "a", target.to_str().unwrap()], "invalid");
         assert!(run.stderr.contains("under another name"), "{}", run.stderr);
     }
     assert!(!inside.exists(), "nothing was created in the store");
+    // A directory beside the store, on the same file system, is fine.
+    let beside = store.scratch_dir("beside");
+    store
+        .strata(&["mount", "a", beside.to_str().unwrap()])
+        .success();
+    store
+        .strata(&["unmount", beside.to_str().unwrap()])
+        .success();
+    drop(inner_guard);
     drop(above_guard);
     drop(alias_guard);
     assert_eq!(store.info("a")["mounted_at"], serde_json::json!([]));
