@@ -98,8 +98,11 @@ pub fn copy_root_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
         let Some(vlen) = get_xattr(Node::Path(src), name, &mut value).ctx(src)? else {
             continue;
         };
+        // One this user may not set (`security.*` without the privilege)
+        // is passed over: a prepare that worked before these were copied
+        // must still work (containerd copies none).
         match Node::Path(dst).set_xattr(name, &value[..vlen]) {
-            Ok(()) | Err(Errno::OPNOTSUPP) => {}
+            Ok(()) | Err(Errno::OPNOTSUPP | Errno::PERM | Errno::ACCESS) => {}
             Err(e) => return Err(io::Error::from(e)).ctx(dst),
         }
     }

@@ -41,17 +41,14 @@ impl Driver {
     /// tree is `parent_fs`.
     pub fn build(self, dir: &Path, kind: SnapshotKind, parent_fs: Option<&Path>) -> io::Result<()> {
         let fs = dir.join("fs");
-        make_root_dir(&fs, parent_fs)?;
+        // On overlay an active's or an applied layer's root is the merged
+        // tree's: it carries the parent root's xattrs, as the native
+        // driver's copy does.
+        let xattrs = self == Driver::Overlay && kind != SnapshotKind::View;
+        make_root_dir(&fs, parent_fs, xattrs)?;
         match (self, kind) {
-            (Driver::Overlay, SnapshotKind::Active | SnapshotKind::Committed) => {
-                if kind == SnapshotKind::Active {
-                    std::fs::create_dir(dir.join("work"))?;
-                }
-                // The root is the merged tree's: it carries the parent
-                // root's xattrs, as the native driver's copy does.
-                if let Some(parent_fs) = parent_fs {
-                    crate::store::copy::copy_root_xattrs(parent_fs, &fs)?;
-                }
+            (Driver::Overlay, SnapshotKind::Active) => {
+                std::fs::create_dir(dir.join("work"))?;
             }
             // A committed snapshot is built only by apply, on a copy of its
             // parent when layers are whole trees.

@@ -408,11 +408,13 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 }
 
 /// Makes directory `path` with the owner and mode of `like` (a parent
-/// snapshot's root), or root-owned 0755 for a snapshot without a parent.
+/// snapshot's root), and with `xattrs` its extended attributes but
+/// overlayfs's own; or root-owned 0755 for a snapshot without a parent.
 /// A `like` that is not a directory (a symlink out of the store put in
 /// place of a parent's tree) is a [`NotATree`] error: `lstat` instead of
 /// `stat` tells it at no cost.
-pub fn make_root_dir(path: &Path, like: Option<&Path>) -> io::Result<()> {
+pub fn make_root_dir(path: &Path, like: Option<&Path>, xattrs: bool) -> io::Result<()> {
+    let like_path = like;
     let like = match like {
         Some(like) => {
             let m = like.symlink_metadata()?;
@@ -424,6 +426,12 @@ pub fn make_root_dir(path: &Path, like: Option<&Path>) -> io::Result<()> {
         None => None,
     };
     fs::create_dir(path)?;
+    // Before its mode is the parent's: a `user.*` xattr needs write
+    // permission on the directory, which a mode such as 0555 takes from
+    // its (unprivileged) owner (review).
+    if let (true, Some(like)) = (xattrs, like_path) {
+        super::copy::copy_root_xattrs(like, path)?;
+    }
     let (mode, uid, gid) = match like {
         Some(m) => (m.mode() & 0o7777, Some(m.uid()), Some(m.gid())),
         None => (0o755, None, None),

@@ -939,23 +939,8 @@ fn the_root_s_xattrs_reach_children_and_views(driver: &str) {
     let s = setup!(driver);
     s.strata(&["prepare", "a"]).success();
     let m = s.mount("a");
-    let set = |path: &Path, name: &str, value: &[u8]| {
-        let c = |p: &[u8]| std::ffi::CString::new(p).unwrap();
-        use std::os::unix::ffi::OsStrExt;
-        let (p, n) = (c(path.as_os_str().as_bytes()), c(name.as_bytes()));
-        let r = unsafe {
-            libc::setxattr(
-                p.as_ptr(),
-                n.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        assert_eq!(r, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
-    };
-    set(&m.path, "user.k", b"v");
-    set(&m.path, "trusted.t", b"w");
+    set_xattr(&m.path, "user.k", b"v");
+    set_xattr(&m.path, "trusted.t", b"w");
     fs::write(m.join("f"), "x").unwrap();
     s.unmount(&m);
     s.strata(&["commit", "ac", "a"]).success();
@@ -979,6 +964,23 @@ fn the_root_s_xattrs_reach_children_and_views(driver: &str) {
             "{driver} {key}"
         );
     }
+}
+
+/// Sets xattr `name` of `path` to `value`.
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &[u8]| std::ffi::CString::new(p).unwrap();
+    let (p, n) = (c(path.as_os_str().as_bytes()), c(name.as_bytes()));
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
 }
 
 /// The xattrs of `path` (not following a symlink), sorted by name.
@@ -1602,4 +1604,47 @@ fn an_active_the_kernel_mounts_read_only_is_refused() {
     assert_eq!(strata(&["mount", "b", target.to_str().unwrap()]).0, Some(0));
     fs::write(target.join("f"), "x").unwrap();
     assert_eq!(strata(&["unmount", target.to_str().unwrap()]).0, Some(0));
+}
+
+/// A store's owner who is not root prepares on an overlay parent whose root is
+/// read-only to them and has a `user.*` xattr: the xattr is copied before the
+/// root takes the parent's mode (review: EACCES, where the prepare had always
+/// worked).
+#[test]
+fn a_read_only_parent_root_with_xattrs_is_prepared_on_by_its_owner() {
+    if !require_root_and_overlay() || !require(&["setpriv"]) {
+        return;
+    }
+    let s = setup!("overlay");
+    s.strata(&["prepare", "a"]).success();
+    s.strata(&["commit", "base", "a"]).success();
+    let tree = s.root.join("snapshots/1/fs");
+    set_xattr(&tree, "user.x", b"1");
+    sh_ok(
+        &format!(
+            "chmod 0555 {t} && chown -R 65534:65534 {r}",
+            t = shell_quote(tree.to_str().unwrap()),
+            r = shell_quote(s.root.to_str().unwrap())
+        ),
+        "a read-only parent root",
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(BIN)
+        .env_clear()
+        .env(CONFIG_VAR, no_config(&s.root))
+        .arg("--root")
+        .arg(&s.root)
+        .args(["prepare", "b", "base"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let root_b = s.root.join("snapshots/2/fs");
+    let got = xattrs(&root_b);
+    assert_eq!(got, [("user.x".to_string(), b"1".to_vec())]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&root_b).unwrap().permissions().mode() & 0o7777,
+        0o555
+    );
 }
