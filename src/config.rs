@@ -247,6 +247,10 @@ fn refused_mount_option(option: &str) -> Option<&'static str> {
         "lowerdir" | "upperdir" | "workdir" | "datadir" | "lowerdir+" | "datadir+"
     ) {
         Some("names a directory of the mount, which strata sets itself")
+    } else if option == "ro" {
+        // Views are mounted read-only whatever is given; an active must
+        // be writable (review: it was then refused as "mounted read-only").
+        Some("would mount active snapshots read-only; views are read-only already")
     } else if option == "metacopy=on"
         || option == "redirect_dir=on"
         // The kernel turns metacopy on for these (review).

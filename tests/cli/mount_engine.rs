@@ -1296,6 +1296,7 @@ fn overlay_mount_options_come_from_the_config_file() {
         ("'upperdir=/tmp'", "strata sets itself"),
         ("workdir=/tmp", "strata sets itself"),
         ("datadir+=/tmp", "strata sets itself"),
+        ("ro", "views are read-only already"),
     ] {
         let bad = store.config_file(&format!("overlay:\n  mount_options: [{option}]\n"));
         for args in [&["mounts", "p"][..], &["prepare", "q", "app"]] {
