@@ -71,8 +71,11 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     // Against another parent the overlay driver mounts the trees it
     // compares, in a mount namespace of the process's own: entered before
     // the output file is opened, for a file opened in one namespace cannot
-    // be linked into place through the other's mounts (EXDEV).
-    if args.parent.is_some() {
+    // be linked into place through the other's mounts (EXDEV); and only
+    // then (review: every `--parent` paid for a copy of the mount table).
+    if let Some(parent) = &args.parent
+        && ctx.store()?.diff_mounts(&args.key, parent)
+    {
         crate::store::mount::private_namespace();
     }
     let compression = Compression::from(args.compression);

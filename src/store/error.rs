@@ -173,6 +173,12 @@ impl From<rusqlite::Error> for Error {
                     "free some space on the store's disk, then run the command again; nothing was changed",
                 ),
             ),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => (
+                "the store's index is busy: another process held it too long",
+                Some(
+                    "run the command again; `strata check` tells whether a process left it locked",
+                ),
+            ),
             Some(ErrorCode::CannotOpen) => (
                 "the store's index cannot be opened",
                 Some(

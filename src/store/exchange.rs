@@ -117,6 +117,23 @@ impl Store {
         digests.ok_or_else(|| Error::internal(format!("applying `{name}` produced no digest")))
     }
 
+    /// Whether [`Store::diff`] of `key` against `base` mounts the trees it
+    /// compares: on the overlay driver, against a snapshot other than
+    /// `key`'s parent. Unknown snapshots say yes: the diff will say what is
+    /// wrong with them.
+    pub fn diff_mounts(&mut self, key: &str, base: &str) -> bool {
+        let Ok(Some(Driver::Overlay)) = self.driver() else {
+            return false;
+        };
+        let Ok(tx) = self.index.read() else {
+            return true;
+        };
+        match (index::find(&tx, key), index::find(&tx, base)) {
+            (Ok(Some(row)), Ok(Some(b))) => row.parent_id != Some(b.id),
+            _ => true,
+        }
+    }
+
     /// Writes the changes of `key` (active or committed) against its parent,
     /// or against committed `base`, as a layer tarball to `out`.
     pub fn diff(

@@ -577,7 +577,7 @@ fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
             if matches!(
                 f.code,
                 C::CannotOpen | C::ReadOnly | C::DiskFull | C::PermissionDenied
-                    | C::SystemIoFailure | C::OutOfMemory
+                    | C::SystemIoFailure | C::OutOfMemory | C::DatabaseBusy | C::DatabaseLocked
             )
     );
     if environment {

@@ -140,7 +140,18 @@ impl Store {
         // Not there, rather than there but out of reach (another user's).
         let existed =
             !matches!(std::fs::metadata(&root), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
-        let made = Layout::create(&root).map_err(|e| {
+        // An existing store is resolved before anything is made in it, so
+        // that a symlink to a path that is not UTF-8 is refused first
+        // (review); a new one once it is made. One resolution either way.
+        let real = if existed {
+            root.canonicalize().ok()
+        } else {
+            None
+        };
+        if let Some(real) = &real {
+            refuse_non_utf8(real)?;
+        }
+        let made = Layout::create(real.as_deref().unwrap_or(&root)).map_err(|e| {
             let verb = if existed { "open" } else { "create" };
             // EACCES is another user's directory; EPERM (a read-only kernel
             // file system such as /sys) is not, and neither is a failure of
@@ -163,9 +174,12 @@ impl Store {
             }
         })?;
         // Absolute, symlink-free paths: printed mounts must work from anywhere.
-        let root = root
-            .canonicalize()
-            .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
+        let root = match real {
+            Some(real) => real,
+            None => root
+                .canonicalize()
+                .ctx(|| format!("cannot resolve the store path {}", root.display()))?,
+        };
         refuse_non_utf8(&root)?;
         let layout = Layout::at(&root).bare_as(&made);
         let index = Index::open_guarded(&layout.index(), layout.snapshots())?;

@@ -1827,6 +1827,20 @@ fn a_store_path_that_is_not_utf8_is_invalid() {
         assert!(stderr.contains("is not UTF-8"), "{stderr}");
         assert!(!odd.exists(), "the store was made");
     }
+    // Nor through a symlink to one (review: `snapshots/` was made there
+    // before the path was refused).
+    fs::create_dir(&odd).unwrap();
+    let link = s.tmp().join("link");
+    std::os::unix::fs::symlink(&odd, &link).unwrap();
+    let run = s.strata_with(
+        &["--root", link.to_str().unwrap(), "prepare", "a"],
+        With {
+            no_root: true,
+            ..Default::default()
+        },
+    );
+    let run = run.fails_with(6, "is not UTF-8");
+    assert_eq!(fs::read_dir(&odd).unwrap().count(), 0, "{}", run.session());
 }
 
 /// An index the machine keeps from being opened or written is said to be that,

@@ -1714,7 +1714,13 @@ fn diff_against_another_parent_leaves_no_mount() {
             .map(String::from)
             .collect()
     };
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    // Against its own parent nothing is mounted: no namespace of its own.
+    let plain = Paused::start(&s, &["diff", "y", "--parent", "base"], "diff:read");
+    assert_eq!(ns(&plain.pid().to_string()), ns("self"));
+    assert!(plain.resume().status.success());
     let paused = Paused::start(&s, &["diff", "y", "--parent", "k"], "diff:merged");
+    assert_ne!(ns(&paused.pid().to_string()), ns("self"));
     assert_eq!(
         ours(),
         Vec::<String>::new(),

@@ -1270,6 +1270,11 @@ impl Paused {
         out
     }
 
+    /// The paused process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn resume(self) -> std::process::Output {
         std::fs::remove_file(&self.flag).unwrap();
         self.child.wait_with_output().unwrap()
