@@ -687,7 +687,12 @@ impl Store {
                 return Err(Error::io(what, e));
             }
         };
-        self.usable_target(key, &resolved.path)?;
+        // A target that is a mount point already (maybe a strata mount
+        // being made by another process) is judged by identity under the
+        // write lock, after the check that says it is a strata mount.
+        let mounted_on = live.iter().any(|r| Path::new(&r.target) == resolved.path)
+            || is_mount_point(&resolved.path);
+        usable_target(self.layout.root(), key, &resolved.path, mounted_on)?;
         if target.metadata().is_ok_and(|m| !m.is_dir()) {
             return Err(not_a_dir());
         }
@@ -712,7 +717,7 @@ impl Store {
         let target = target
             .canonicalize()
             .ctx(|| format!("cannot resolve the mount target {}", target.display()))?;
-        self.usable_target(key, &target)?;
+        usable_target(self.layout.root(), key, &target, true)?;
         let tx = self.index.write()?;
         let at_target: Vec<MountRecord> = index::mounts(&tx)?
             .into_iter()
@@ -732,6 +737,8 @@ impl Store {
                 key::shell_quote(&target.to_string_lossy())
             )));
         }
+        // By identity once no strata mount is there (see `usable_target`).
+        usable_target(self.layout.root(), key, &target, false)?;
         let row = mountable(&tx, key)?;
         mount::mount_all(mounts, &target).map_err(|e| mount_error(key, &target, e))?;
         // overlayfs mounts an upper directory read-only, with only a line
@@ -903,34 +910,6 @@ impl Store {
             }
             _ => Ok(()),
         }
-    }
-
-    /// Refuses a mount target that is not UTF-8 (its record, `ls` and JSON
-    /// name it as text), or is inside the store (it would cover
-    /// snapshots), the store itself or a directory above it (it would hide
-    /// the store from every later command).
-    fn usable_target(&self, key: &str, target: &Path) -> Result<()> {
-        if target.to_str().is_none() {
-            return Err(Error::invalid(format!(
-                "cannot mount `{key}` at {}: the target's path is not UTF-8",
-                target.display()
-            )));
-        }
-        let root = self.layout.root();
-        let by_name = target.starts_with(root) || root.starts_with(target);
-        if by_name || reaches_by_identity(root, target) {
-            return Err(Error::invalid(format!(
-                "cannot mount `{key}` at {}: the target must be outside the store {}, and not above it{}",
-                target.display(),
-                root.display(),
-                if by_name {
-                    ""
-                } else {
-                    " (it is there under another name: a bind mount of the store or above it)"
-                }
-            )));
-        }
-        Ok(())
     }
 
     /// Takes snapshot `id`'s lock (see [`Layout::lock`]); `key` names it
@@ -1800,6 +1779,45 @@ fn refuse_non_utf8(root: &Path) -> Result<()> {
         Error::invalid(format!("the store path {} is not UTF-8", root.display()))
             .with_hint("mounts name the store's directories as text: use a UTF-8 path for --root"),
     )
+}
+
+/// Refuses a mount target that is not UTF-8 (its record, `ls` and JSON
+/// name it as text), or is inside store `root` (it would cover
+/// snapshots), the store itself or a directory above it (it would hide
+/// the store from every later command), by name and by identity. A
+/// target where a strata mount is (`strata_mount`: a bind of a snapshot's
+/// tree, which is inside the store by identity) is left to the check that
+/// says it is already one (`already_exists`).
+fn usable_target(root: &Path, key: &str, target: &Path, strata_mount: bool) -> Result<()> {
+    if target.to_str().is_none() {
+        return Err(Error::invalid(format!(
+            "cannot mount `{key}` at {}: the target's path is not UTF-8",
+            target.display()
+        )));
+    }
+    let by_name = target.starts_with(root) || root.starts_with(target);
+    if by_name || (!strata_mount && reaches_by_identity(root, target)) {
+        return Err(Error::invalid(format!(
+            "cannot mount `{key}` at {}: the target must be outside the store {}, and not above it{}",
+            target.display(),
+            root.display(),
+            if by_name {
+                ""
+            } else {
+                " (it is there under another name: a bind mount of the store or above it)"
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `path` is the root of a mount: its mount differs from its
+/// parent's. False where that cannot be told.
+fn is_mount_point(path: &Path) -> bool {
+    match (path.parent(), mount::mount_id(path)) {
+        (Some(parent), Ok(id)) => mount::mount_id(parent).is_ok_and(|p| p != id),
+        _ => false,
+    }
 }
 
 fn read_driver(tx: &Transaction<'_>) -> Result<Option<Driver>> {
