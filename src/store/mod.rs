@@ -687,12 +687,12 @@ impl Store {
                 return Err(Error::io(what, e));
             }
         };
-        // A target that is a mount point already (maybe a strata mount
-        // being made by another process) is judged by identity under the
-        // write lock, after the check that says it is a strata mount.
-        let mounted_on = live.iter().any(|r| Path::new(&r.target) == resolved.path)
-            || is_mount_point(&resolved.path);
-        usable_target(self.layout.root(), key, &resolved.path, mounted_on)?;
+        // The target itself is judged by identity under the write lock,
+        // after the check that says it is a strata mount already: another
+        // process may be mounting there now (review: two mounts racing for
+        // one target gave `invalid`). Its directory is judged here, before
+        // anything is made in it.
+        usable_target(self.layout.root(), key, &resolved.path, Judge::Directory)?;
         if target.metadata().is_ok_and(|m| !m.is_dir()) {
             return Err(not_a_dir());
         }
@@ -717,7 +717,7 @@ impl Store {
         let target = target
             .canonicalize()
             .ctx(|| format!("cannot resolve the mount target {}", target.display()))?;
-        usable_target(self.layout.root(), key, &target, true)?;
+        usable_target(self.layout.root(), key, &target, Judge::Name)?;
         let tx = self.index.write()?;
         let at_target: Vec<MountRecord> = index::mounts(&tx)?
             .into_iter()
@@ -738,7 +738,7 @@ impl Store {
             )));
         }
         // By identity once no strata mount is there (see `usable_target`).
-        usable_target(self.layout.root(), key, &target, false)?;
+        usable_target(self.layout.root(), key, &target, Judge::Identity)?;
         let row = mountable(&tx, key)?;
         mount::mount_all(mounts, &target).map_err(|e| mount_error(key, &target, e))?;
         // overlayfs mounts an upper directory read-only, with only a line
@@ -1781,14 +1781,22 @@ fn refuse_non_utf8(root: &Path) -> Result<()> {
     )
 }
 
+/// How far [`usable_target`] judges a target beyond its name.
+#[derive(Clone, Copy, PartialEq)]
+enum Judge {
+    Name,
+    /// Its directory by identity, in the store (a bind of it).
+    Directory,
+    /// Itself by identity, in the store or above it.
+    Identity,
+}
+
 /// Refuses a mount target that is not UTF-8 (its record, `ls` and JSON
 /// name it as text), or is inside store `root` (it would cover
 /// snapshots), the store itself or a directory above it (it would hide
-/// the store from every later command), by name and by identity. A
-/// target where a strata mount is (`strata_mount`: a bind of a snapshot's
-/// tree, which is inside the store by identity) is left to the check that
-/// says it is already one (`already_exists`).
-fn usable_target(root: &Path, key: &str, target: &Path, strata_mount: bool) -> Result<()> {
+/// the store from every later command): by name, and as `judge` says by
+/// identity (see [`reaches_by_identity`]).
+fn usable_target(root: &Path, key: &str, target: &Path, judge: Judge) -> Result<()> {
     if target.to_str().is_none() {
         return Err(Error::invalid(format!(
             "cannot mount `{key}` at {}: the target's path is not UTF-8",
@@ -1796,7 +1804,14 @@ fn usable_target(root: &Path, key: &str, target: &Path, strata_mount: bool) -> R
         )));
     }
     let by_name = target.starts_with(root) || root.starts_with(target);
-    if by_name || (!strata_mount && reaches_by_identity(root, target)) {
+    let by_identity = match judge {
+        Judge::Name => false,
+        Judge::Directory => target
+            .parent()
+            .is_some_and(|dir| in_store_by_identity(root, dir)),
+        Judge::Identity => reaches_by_identity(root, target),
+    };
+    if by_name || by_identity {
         return Err(Error::invalid(format!(
             "cannot mount `{key}` at {}: the target must be outside the store {}, and not above it{}",
             target.display(),
@@ -1809,15 +1824,6 @@ fn usable_target(root: &Path, key: &str, target: &Path, strata_mount: bool) -> R
         )));
     }
     Ok(())
-}
-
-/// Whether `path` is the root of a mount: its mount differs from its
-/// parent's. False where that cannot be told.
-fn is_mount_point(path: &Path) -> bool {
-    match (path.parent(), mount::mount_id(path)) {
-        (Some(parent), Ok(id)) => mount::mount_id(parent).is_ok_and(|p| p != id),
-        _ => false,
-    }
 }
 
 fn read_driver(tx: &Transaction<'_>) -> Result<Option<Driver>> {
