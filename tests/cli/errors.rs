@@ -1852,14 +1852,8 @@ fn an_index_that_cannot_be_opened_or_written_says_why() {
     if !require_root_and_overlay() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = tmp.path().join("disk");
-    fs::create_dir(&disk).unwrap();
-    let _disk = MountGuard::new(&disk);
-    sh_ok(
-        &format!("mount -t tmpfs tmpfs {}", disk.display()),
-        "a tmpfs",
-    );
+    let tmpfs = Disk::tmpfs("size=16m");
+    let disk = &tmpfs.path;
     let root = disk.join("store");
     let run = |args: &[&str], files: Option<u64>| {
         let mut cmd = command(&root, args);
@@ -1894,7 +1888,8 @@ fn an_index_that_cannot_be_opened_or_written_says_why() {
     // Reads still work, and so does an export, which only reads the store
     // (audit: it failed remembering the layer's digests).
     assert_eq!(run(&["ls"], None).0, Some(0));
-    let layout = tmp.path().join("layout");
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("layout");
     let (code, stderr) = run(&["export", "base", layout.to_str().unwrap()], None);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(layout.join("index.json").exists());

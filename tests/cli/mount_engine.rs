@@ -1562,17 +1562,8 @@ fn an_active_the_kernel_mounts_read_only_is_refused() {
     if !require_root_and_overlay() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = tmp.path().join("disk");
-    fs::create_dir(&disk).unwrap();
-    let _disk = MountGuard::new(&disk);
-    sh_ok(
-        &format!(
-            "mount -t tmpfs -o size=4m,nr_inodes=48 tmpfs {}",
-            disk.display()
-        ),
-        "a small tmpfs",
-    );
+    let tmpfs = Disk::tmpfs("size=4m,nr_inodes=48");
+    let disk = &tmpfs.path;
     let root = disk.join("store");
     let strata = |args: &[&str]| {
         let out = command(&root, args).output().unwrap();
@@ -1590,7 +1581,8 @@ fn an_active_the_kernel_mounts_read_only_is_refused() {
     while fs::write(disk.join(format!("fill{n}")), "").is_ok() {
         n += 1;
     }
-    let target = tmp.path().join("mnt");
+    let scratch = tempfile::tempdir().unwrap();
+    let target = scratch.path().join("mnt");
     let _target = MountGuard::new(&target);
     let (code, stderr) = strata(&["mount", "b", target.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{stderr}");

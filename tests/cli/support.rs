@@ -649,6 +649,34 @@ impl Drop for MountGuard {
     }
 }
 
+/// A tmpfs mounted with `options` in a temporary directory: a disk of its
+/// own for a store (to fill, or to make read-only). Unmounted, then its
+/// directory removed, when dropped (the fields drop in this order).
+pub struct Disk {
+    _guard: MountGuard,
+    pub path: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Disk {
+    #[track_caller]
+    pub fn tmpfs(options: &str) -> Disk {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let guard = MountGuard::new(&path);
+        sh_ok(
+            &format!("mount -t tmpfs -o {options} tmpfs {}", path.display()),
+            "a tmpfs",
+        );
+        Disk {
+            _guard: guard,
+            path,
+            _tmp: tmp,
+        }
+    }
+}
+
 /// `umount PATH`, behind strata's back, failing the test if it does not
 /// unmount. As with [`Store::unmount`], a fork in another test thread can
 /// hold a file of the mount for an instant: a busy mount is retried.
