@@ -1971,17 +1971,7 @@ fn logins_at_once_keep_every_entry() {
         assert!(out.status.success(), "{args:?}: {out:?}");
     };
     let host = regs[0].host.as_str();
-    bare(
-        &[
-            "login",
-            host,
-            "-u",
-            "ci",
-            "--password-stdin",
-            "--plain-http",
-        ],
-        b"pw",
-    );
+    bare(&ci_login(host), b"pw");
     assert_eq!(hosts(&dir.join("bare.json")), [host]);
     bare(&["logout", host], b"");
     assert_eq!(hosts(&dir.join("bare.json")), Vec::<String>::new());
@@ -2148,17 +2138,21 @@ fn with_env(s: &Store, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>
     )
 }
 
-/// `strata login HOST -u ci --password-stdin --plain-http`, `pass` on stdin.
-fn login_as_ci(s: &Store, host: &str, env: &[(&str, &str)], pass: &[u8]) -> Run {
-    let args = [
+/// `login HOST -u ci --password-stdin --plain-http`.
+fn ci_login(host: &str) -> [&str; 6] {
+    [
         "login",
         host,
         "-u",
         "ci",
         "--password-stdin",
         "--plain-http",
-    ];
-    with_env(s, &args, env, Some(pass))
+    ]
+}
+
+/// `strata login HOST -u ci --password-stdin --plain-http`, `pass` on stdin.
+fn login_as_ci(s: &Store, host: &str, env: &[(&str, &str)], pass: &[u8]) -> Run {
+    with_env(s, &ci_login(host), env, Some(pass))
 }
 
 /// A login that succeeded: verified, and the credentials in `auth`, mode 0600.
