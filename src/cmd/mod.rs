@@ -525,8 +525,8 @@ pub fn key_first(store: &mut Store, e: Error, command: &str, key: &str, parent: 
         store::Kind::AlreadyExists,
         |s| {
             is_kind(s, key, &[store::SnapshotKind::Committed])
-                && s.stat(parent)
-                    .is_err_and(|e| e.kind() == store::Kind::NotFound)
+                && store::key::validate_key(parent).is_ok()
+                && matches!(s.kind_of(parent), Ok(None))
         },
         &[command, parent, key],
         "the new key comes first, then its parent",
@@ -535,7 +535,7 @@ pub fn key_first(store: &mut Store, e: Error, command: &str, key: &str, parent: 
 
 /// Whether `key` is a snapshot of one of `kinds`.
 pub fn is_kind(store: &mut Store, key: &str, kinds: &[store::SnapshotKind]) -> bool {
-    store.stat(key).is_ok_and(|info| kinds.contains(&info.kind))
+    matches!(store.kind_of(key), Ok(Some(kind)) if kinds.contains(&kind))
 }
 
 /// The labels of `--label K=V` options (prepare, view, commit, apply). The

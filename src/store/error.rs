@@ -150,6 +150,22 @@ impl Error {
     }
 }
 
+/// Whether SQLite's error says the machine is in the way (descriptors,
+/// permissions, a read-only or full disk, another process), not that the
+/// index is damaged.
+pub(crate) fn in_the_way(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                C::CannotOpen | C::ReadOnly | C::DiskFull | C::PermissionDenied
+                    | C::SystemIoFailure | C::OutOfMemory | C::DatabaseBusy | C::DatabaseLocked
+            )
+    )
+}
+
 impl From<rusqlite::Error> for Error {
     /// What a failure of the index means for the user, where SQLite's code
     /// says (audit: "the store's index failed: Error code 8: attempt to

@@ -129,7 +129,9 @@ impl Store {
             return true;
         };
         match (index::find(&tx, key), index::find(&tx, base)) {
-            (Ok(Some(row)), Ok(Some(b))) => row.parent_id != Some(b.id),
+            (Ok(Some(row)), Ok(Some(b))) => {
+                compares_mounted(Driver::Overlay, row.parent_id, Some(b.id))
+            }
             _ => true,
         }
     }
@@ -164,10 +166,7 @@ impl Store {
             (row, base_row, chain, base_chain)
         };
         crash::point("diff:read");
-        let against_parent = match &base_row {
-            None => true,
-            Some(b) => Some(b.id) == row.parent_id,
-        };
+        let mounted = compares_mounted(driver, row.parent_id, base_row.as_ref().map(|b| b.id));
         let write = |changes: Changes<'_>, out: &mut dyn Write, progress: &mut dyn FnMut(u64)| {
             layer::write(changes, out, compression, source_date_epoch, progress).map_err(
                 |e| match e {
@@ -216,7 +215,7 @@ impl Store {
         let written = match driver {
             // The upper directory is exactly the change against the parent:
             // cost proportional to the change, not to the tree.
-            Driver::Overlay if against_parent => {
+            Driver::Overlay if !mounted => {
                 write(Changes::Upper(&self.layout.fs(row.id)), out, progress)
             }
             // Every native layer is a whole tree.
@@ -458,6 +457,14 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Whether a diff of a snapshot with parent `parent_id` against `base_id`
+/// compares two mounted trees: on the overlay driver, against another
+/// snapshot than its parent (against its parent, its upper directory is
+/// the change).
+fn compares_mounted(driver: Driver, parent_id: Option<i64>, base_id: Option<i64>) -> bool {
+    driver == Driver::Overlay && base_id.is_some_and(|b| Some(b) != parent_id)
 }
 
 fn variant(compression: Compression, source_date_epoch: Option<i64>) -> String {

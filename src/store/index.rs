@@ -570,17 +570,7 @@ fn refuse_lost_index(path: &Path, snapshots: &Path) -> Result<()> {
 /// descriptors, "unable to open database file", was said to be a corrupt
 /// index).
 fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
-    use rusqlite::ErrorCode as C;
-    let environment = matches!(
-        &e,
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(
-                f.code,
-                C::CannotOpen | C::ReadOnly | C::DiskFull | C::PermissionDenied
-                    | C::SystemIoFailure | C::OutOfMemory | C::DatabaseBusy | C::DatabaseLocked
-            )
-    );
-    if environment {
+    if super::error::in_the_way(&e) {
         return e.into();
     }
     Error::internal(format!(

@@ -414,8 +414,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 /// place of a parent's tree) is a [`NotATree`] error: `lstat` instead of
 /// `stat` tells it at no cost.
 pub fn make_root_dir(path: &Path, like: Option<&Path>, xattrs: bool) -> io::Result<()> {
-    let like_path = like;
-    let like = match like {
+    let like_md = match like {
         Some(like) => {
             let m = like.symlink_metadata()?;
             if !m.is_dir() {
@@ -429,10 +428,10 @@ pub fn make_root_dir(path: &Path, like: Option<&Path>, xattrs: bool) -> io::Resu
     // Before its mode is the parent's: a `user.*` xattr needs write
     // permission on the directory, which a mode such as 0555 takes from
     // its (unprivileged) owner (review).
-    if let (true, Some(like)) = (xattrs, like_path) {
+    if let (true, Some(like)) = (xattrs, like) {
         super::copy::copy_root_xattrs(like, path)?;
     }
-    let (mode, uid, gid) = match like {
+    let (mode, uid, gid) = match like_md {
         Some(m) => (m.mode() & 0o7777, Some(m.uid()), Some(m.gid())),
         None => (0o755, None, None),
     };

@@ -161,9 +161,9 @@ impl Store {
             let missing = e.get_ref().is_some_and(|e| e.is::<layout::SnapshotsMissing>());
             let err = Error::new(Kind::Internal, what).with_source(e);
             if missing {
-                return err.with_hint(format!(
-                    "if {}/snapshots is on a file system not mounted yet, mount it; if the snapshots are lost, make it again (mode 0700), and remove the snapshots `strata check` then lists with `strata rm -r`",
-                    root.display()
+                return err.with_hint(snapshots_lost_hint(
+                    &root.join("snapshots"),
+                    "make it again (mode 0700), and remove the snapshots `strata check` then lists",
                 ));
             }
             match denied {
@@ -512,9 +512,9 @@ impl Store {
             root.display(),
             snapshots.display()
         ))
-        .with_hint(format!(
-            "if {} is on a file system not mounted yet, mount it; if the snapshots are lost, remove the snapshots `strata check` lists with `strata rm -r`",
-            snapshots.display()
+        .with_hint(snapshots_lost_hint(
+            &snapshots,
+            "remove the snapshots `strata check` lists",
         )))
     }
 
@@ -717,7 +717,6 @@ impl Store {
         let target = target
             .canonicalize()
             .ctx(|| format!("cannot resolve the mount target {}", target.display()))?;
-        usable_target(self.layout.root(), key, &target, Judge::Name)?;
         let tx = self.index.write()?;
         let at_target: Vec<MountRecord> = index::mounts(&tx)?
             .into_iter()
@@ -1524,6 +1523,13 @@ impl Store {
         Ok(info(row, labels, at))
     }
 
+    /// The kind of snapshot `key`, if there is one: one indexed lookup, for
+    /// callers that need no more of it (no labels, no mount records).
+    pub fn kind_of(&mut self, key: &str) -> Result<Option<SnapshotKind>> {
+        let tx = self.index.read()?;
+        Ok(index::find(&tx, key)?.map(|row| row.kind))
+    }
+
     /// Whether anything (a committed snapshot, an active, a view) is built
     /// on `key`: what makes [`Store::remove`] refuse it, asked without
     /// removing (one indexed lookup).
@@ -1708,29 +1714,25 @@ fn untouched_usage(base: BorrowedFd<'_>, rel: &Path, created: Timestamp) -> Opti
 /// `snapshots/`). Paths that cannot be read are passed over: the name check
 /// and the mount itself judge them.
 fn reaches_by_identity(root: &Path, target: &Path) -> bool {
-    if let Some(inside) = in_store_within_file_system(root, target, true) {
-        return inside;
-    }
-    if in_store_by_identity(root, target) {
-        return true;
-    }
-    // Above it: the target is one of the store's ancestors.
-    match identity(target) {
-        Some(t) => root.ancestors().skip(1).any(|a| identity(a) == Some(t)),
-        None => false,
-    }
+    in_store_within_file_system(root, target, true).unwrap_or_else(|| {
+        // Above it: the target is one of the store's ancestors.
+        store_on_the_way(root, target)
+            || identity(target)
+                .is_some_and(|t| root.ancestors().skip(1).any(|a| identity(a) == Some(t)))
+    })
 }
 
-/// Whether `path` is in store `root` by identity: the store is `path` or
-/// one of its ancestors (see [`reaches_by_identity`]).
+/// Whether `path` is in store `root` by identity (see
+/// [`reaches_by_identity`]).
 fn in_store_by_identity(root: &Path, path: &Path) -> bool {
-    if let Some(inside) = in_store_within_file_system(root, path, false) {
-        return inside;
-    }
-    let Some(store) = identity(root) else {
-        return false;
-    };
-    path.ancestors().any(|a| identity(a) == Some(store))
+    in_store_within_file_system(root, path, false).unwrap_or_else(|| store_on_the_way(root, path))
+}
+
+/// Whether the store's directory is `path` or one of its ancestors, by
+/// device and inode: where mountinfo cannot tell (see
+/// [`in_store_within_file_system`]).
+fn store_on_the_way(root: &Path, path: &Path) -> bool {
+    identity(root).is_some_and(|store| path.ancestors().any(|a| identity(a) == Some(store)))
 }
 
 /// Whether `path` (which may not exist yet) is in store `root`, or with
@@ -1784,7 +1786,6 @@ fn refuse_non_utf8(root: &Path) -> Result<()> {
 /// How far [`usable_target`] judges a target beyond its name.
 #[derive(Clone, Copy, PartialEq)]
 enum Judge {
-    Name,
     /// Its directory by identity, in the store (a bind of it).
     Directory,
     /// Itself by identity, in the store or above it.
@@ -1805,7 +1806,6 @@ fn usable_target(root: &Path, key: &str, target: &Path, judge: Judge) -> Result<
     }
     let by_name = target.starts_with(root) || root.starts_with(target);
     let by_identity = match judge {
-        Judge::Name => false,
         Judge::Directory => target
             .parent()
             .is_some_and(|dir| in_store_by_identity(root, dir)),
@@ -1824,6 +1824,16 @@ fn usable_target(root: &Path, key: &str, target: &Path, judge: Judge) -> Result<
         )));
     }
     Ok(())
+}
+
+/// The hint for a `snapshots/` directory that is missing or bare while the
+/// index lists snapshots: mount its disk, or, the snapshots lost, `then`
+/// (what to do) with `strata rm -r`.
+fn snapshots_lost_hint(snapshots: &Path, then: &str) -> String {
+    format!(
+        "if {} is on a file system not mounted yet, mount it; if the snapshots are lost, {then} with `strata rm -r`",
+        snapshots.display()
+    )
 }
 
 fn read_driver(tx: &Transaction<'_>) -> Result<Option<Driver>> {

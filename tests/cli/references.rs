@@ -55,13 +55,8 @@ fn man_page_renders_with_man() {
 #[test]
 fn man_synopses_show_values_and_repetition() {
     use clap::CommandFactory;
-    let files = strata::reference::files();
     let synopsis = |name: &str| -> String {
-        let (_, page) = files
-            .iter()
-            .find(|(path, _)| *path == format!("man/{name}.1"))
-            .unwrap_or_else(|| panic!("no page for {name}"));
-        let page = String::from_utf8_lossy(page);
+        let page = man_page(name);
         let (_, rest) = page.split_once(".SH SYNOPSIS\n").unwrap();
         rest.split("\n.SH ").next().unwrap().to_string()
     };
@@ -128,14 +123,7 @@ fn man_synopses_show_values_and_repetition() {
 /// command in strata(1)'s list.
 #[test]
 fn man_pages_show_the_aliases() {
-    let files = strata::reference::files();
-    let page = |name: &str| -> String {
-        let (_, page) = files
-            .iter()
-            .find(|(path, _)| *path == format!("man/{name}.1"))
-            .unwrap_or_else(|| panic!("no page for {name}"));
-        String::from_utf8_lossy(page).into_owned()
-    };
+    let page = man_page;
     let top = page("strata");
     for (name, alias) in [
         ("unmount", "umount"),
