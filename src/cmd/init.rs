@@ -1,5 +1,5 @@
 use super::Context;
-use crate::store::{Driver, Result};
+use crate::store::{Driver, Result, Store};
 
 /// Create the store explicitly, choosing its driver.
 ///
@@ -41,6 +41,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         DriverArg::Overlay => Driver::Overlay,
         DriverArg::Native => Driver::Native,
     });
+    refuse_overlay_before_making(asked.or(ctx.options.driver), &ctx.settings.root.value)?;
     let store = ctx.store()?;
     let (driver, created) = store.init(asked)?;
     let out = Initialized {
@@ -58,4 +59,15 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         format!("store {} uses the {} driver", out.root, out.driver.as_str())
     };
     ctx.printer.data_or_note(&out, &note)
+}
+
+/// A new store for which overlay is asked is not made where overlay cannot
+/// be mounted: the store's own test would come too late to take it back.
+fn refuse_overlay_before_making(wanted: Option<Driver>, root: &std::path::Path) -> Result<()> {
+    let new =
+        std::fs::symlink_metadata(root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    if wanted == Some(Driver::Overlay) && new && Store::overlay_works_for_new(root) == Some(false) {
+        return Err(Store::overlay_refused(root));
+    }
+    Ok(())
 }

@@ -400,6 +400,28 @@ impl Drop for Staging {
     }
 }
 
+/// A private scratch directory outside any store, deleted when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Makes `.strata-scratch-<unique>` (mode 0700) in `dir`.
+    pub fn make(dir: &Path) -> io::Result<Scratch> {
+        let path = dir.join(format!(".strata-scratch-{}", unique()));
+        fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(Scratch(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.0);
+    }
+}
+
 /// Removes a tree, tolerating entries that vanish meanwhile (prune may be
 /// deleting the same tree), with a bounded number of directories open
 /// however deep it is (see [`super::remover`]).

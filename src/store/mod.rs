@@ -223,11 +223,7 @@ impl Store {
         let wanted = match driver.or(self.options.driver) {
             Some(Driver::Overlay) => {
                 if !self.overlay_works()? {
-                    return Err(Error::unsupported(format!(
-                        "the overlay driver cannot be used for {}: a test overlay mount failed",
-                        self.root().display()
-                    ))
-                    .with_hint("run as root on a kernel with overlayfs, or use --driver native"));
+                    return Err(Store::overlay_refused(self.root()));
                 }
                 Driver::Overlay
             }
@@ -237,6 +233,15 @@ impl Store {
         let (recorded, chosen) = self.record_driver(wanted)?;
         // Another process may have chosen meanwhile.
         Ok((self.driver_as_asked(recorded, driver)?, chosen))
+    }
+
+    /// The error of `init --driver overlay` where overlay does not work.
+    pub fn overlay_refused(root: &Path) -> Error {
+        Error::unsupported(format!(
+            "the overlay driver cannot be used for {}: a test overlay mount failed",
+            root.display()
+        ))
+        .with_hint("run as root on a kernel with overlayfs, or use --driver native")
     }
 
     /// `current`, unless the caller asked for another driver.
@@ -284,9 +289,8 @@ impl Store {
         })
     }
 
-    /// Mounts a two-lower overlay in a scratch directory of the store: the
-    /// only reliable test of overlay support on this filesystem, kernel and
-    /// privilege. A store that cannot even hold the scratch directories is
+    /// Tries an overlay mount in a scratch directory of the store
+    /// ([`overlay_mounts_in`]). A store that cannot even hold the scratch directories is
     /// an error, not a "no": the driver is recorded for good, and a broken
     /// store must not make it native.
     fn overlay_works(&self) -> Result<bool> {
@@ -294,28 +298,24 @@ impl Store {
             .layout
             .staging()
             .ctx(|| "cannot test overlay support in the store".to_string())?;
-        let dir = staging.path();
-        for name in ["l1", "l2", "upper", "work", "merged"] {
-            std::fs::create_dir(dir.join(name))
-                .ctx(|| "cannot test overlay support in the store".to_string())?;
+        overlay_mounts_in(staging.path())
+            .ctx(|| "cannot test overlay support in the store".to_string())
+    }
+
+    /// Whether the overlay driver would work for a store not made yet at
+    /// `root`, tried in a scratch directory in the nearest directory above it
+    /// that exists, so that `init --driver overlay` refused there leaves
+    /// nothing behind: a store once made may already be in use by another
+    /// process and cannot be taken back. `None` when no scratch directory
+    /// can be made there; opening the store then says why.
+    pub fn overlay_works_for_new(root: &Path) -> Option<bool> {
+        let root = std::path::absolute(root).ok()?;
+        let mut above = root.parent()?;
+        while std::fs::symlink_metadata(above).is_err() {
+            above = above.parent()?;
         }
-        let m = Mount {
-            kind: "overlay".into(),
-            source: "overlay".into(),
-            // Escaped as the store's own mounts are: its path may hold a
-            // `:`, `,` or `\`.
-            options: vec![
-                mount::overlay_path_option("workdir", &dir.join("work")),
-                mount::overlay_path_option("upperdir", &dir.join("upper")),
-                mount::lowerdir_option(&[dir.join("l1"), dir.join("l2")]),
-            ],
-        };
-        let merged = dir.join("merged");
-        let ok = mount::mount_all(std::slice::from_ref(&m), &merged).is_ok();
-        if ok {
-            let _ = mount::unmount(&merged, true);
-        }
-        Ok(ok)
+        let scratch = layout::Scratch::make(above).ok()?;
+        overlay_mounts_in(scratch.path()).ok()
     }
 
     /// Creates active snapshot `key` on `parent` and returns its mounts.
@@ -2317,6 +2317,31 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// Mounts a two-lower overlay in scratch directory `dir`: the only reliable
+/// test of overlay support on its file system, kernel and privilege.
+fn overlay_mounts_in(dir: &Path) -> std::io::Result<bool> {
+    for name in ["l1", "l2", "upper", "work", "merged"] {
+        std::fs::create_dir(dir.join(name))?;
+    }
+    let m = Mount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        // Escaped as the store's own mounts are: its path may hold a
+        // `:`, `,` or `\`.
+        options: vec![
+            mount::overlay_path_option("workdir", &dir.join("work")),
+            mount::overlay_path_option("upperdir", &dir.join("upper")),
+            mount::lowerdir_option(&[dir.join("l1"), dir.join("l2")]),
+        ],
+    };
+    let merged = dir.join("merged");
+    let ok = mount::mount_all(std::slice::from_ref(&m), &merged).is_ok();
+    if ok {
+        let _ = mount::unmount(&merged, true);
+    }
+    Ok(ok)
 }
 
 #[cfg(test)]

@@ -1145,6 +1145,26 @@ fn unsupported_mount_without_privilege() {
         &["-o", "json", "init", "--driver", "overlay"],
     )
     .fails_json("unsupported");
+    // Refused before anything is made: no store without a driver, no
+    // directories above it, no scratch directory of the test mount.
+    let deep = s2.tmp().join("above/store");
+    as_nobody(&deep, s2.tmp(), &["init", "--driver", "overlay"])
+        .fails_with(7, "a test overlay mount failed");
+    let left: Vec<_> = fs::read_dir(s2.tmp())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !s2.root.exists(),
+        "the refused init made {}",
+        s2.root.display()
+    );
+    assert!(
+        !left
+            .iter()
+            .any(|n| n == "above" || n.to_string_lossy().starts_with(".strata")),
+        "the refused init left {left:?}"
+    );
 }
 
 fn failed_create_leaves_nothing(driver: &str) {
