@@ -136,7 +136,7 @@ impl Store {
     pub fn open(root: &Path, options: Options) -> Result<Store> {
         let root = std::path::absolute(root)
             .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
-        refuse_non_utf8(&root)?;
+        refuse_unusable_root(&root)?;
         // Not there, rather than there but out of reach (another user's).
         let existed =
             !matches!(std::fs::metadata(&root), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
@@ -149,7 +149,7 @@ impl Store {
             None
         };
         if let Some(real) = &real {
-            refuse_non_utf8(real)?;
+            refuse_unusable_root(real)?;
         }
         let made = Layout::create(real.as_deref().unwrap_or(&root)).map_err(|e| {
             let verb = if existed { "open" } else { "create" };
@@ -180,7 +180,7 @@ impl Store {
                 .canonicalize()
                 .ctx(|| format!("cannot resolve the store path {}", root.display()))?,
         };
-        refuse_non_utf8(&root)?;
+        refuse_unusable_root(&root)?;
         let layout = Layout::at(&root).bare_as(&made);
         let index = Index::open_guarded(&layout.index(), layout.snapshots())?;
         Ok(Store {
@@ -1768,20 +1768,37 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Refuses a store path that is not UTF-8, before anything is made there:
-/// mount options, printed mount lines and JSON name its directories as
+/// Refuses a store path that is not UTF-8 or too long, before anything is
+/// made there. Not UTF-8: mount options, printed mount lines and JSON name its directories as
 /// text, and a lossy name is another path (audit: `mount` failed with a
 /// bare ENOENT, `mounts` printed a path that does not exist with exit 0,
 /// and the overlay test mount failed, so the store was made native).
-fn refuse_non_utf8(root: &Path) -> Result<()> {
-    if root.to_str().is_some() {
-        return Ok(());
+fn refuse_unusable_root(root: &Path) -> Result<()> {
+    let Some(text) = root.to_str() else {
+        return Err(
+            Error::invalid(format!("the store path {} is not UTF-8", root.display())).with_hint(
+                "mounts name the store's directories as text: use a UTF-8 path for --root",
+            ),
+        );
+    };
+    // Checked before anything is made: past it, `mkdir -p` would make the
+    // directories above the store and then fail on the store itself.
+    if text.len() > MAX_ROOT_LEN {
+        return Err(Error::invalid(format!(
+            "the store path {} is too long: {} bytes, at most {MAX_ROOT_LEN}",
+            key::shorten(text),
+            text.len()
+        ))
+        .with_hint("SQLite opens files by paths of at most 512 bytes: use a shorter --root"));
     }
-    Err(
-        Error::invalid(format!("the store path {} is not UTF-8", root.display()))
-            .with_hint("mounts name the store's directories as text: use a UTF-8 path for --root"),
-    )
+    Ok(())
 }
+
+/// The longest store path: SQLite's unix VFS takes paths of at most 512
+/// bytes (`MAX_PATHNAME`, fixed in its source), and the longest it opens is
+/// the journal's. A longer root failed with "unable to open database file"
+/// after making the directories (measured: 495 bytes work, 496 do not).
+const MAX_ROOT_LEN: usize = 512 - "/index.db-journal".len();
 
 /// How far [`usable_target`] judges a target beyond its name.
 #[derive(Clone, Copy, PartialEq)]

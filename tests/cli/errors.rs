@@ -1863,6 +1863,48 @@ fn a_store_path_that_is_not_utf8_is_invalid() {
     assert_eq!(fs::read_dir(&odd).unwrap().count(), 0, "{}", run.session());
 }
 
+/// A store path longer than SQLite can open (495 bytes with the journal's
+/// name) is `invalid` before anything is made (audit: the directories above
+/// it were made, then "unable to open database file"); one of 495 bytes works.
+#[test]
+fn a_store_path_too_long_for_the_index_is_invalid() {
+    let s = Store::uninitialized("native");
+    let at = |len: usize| {
+        let base = s.tmp().join("long");
+        let mut path = base.to_str().unwrap().to_string();
+        while path.len() < len {
+            let room = (len - path.len() - 1).min(100);
+            path = format!("{path}/{}", "d".repeat(room.max(1)));
+        }
+        assert_eq!(path.len(), len);
+        path
+    };
+    let run = |root: &str, args: &[&str]| {
+        let mut all = vec!["--root", root];
+        all.extend_from_slice(args);
+        s.strata_with(
+            &all,
+            With {
+                no_root: true,
+                ..Default::default()
+            },
+        )
+    };
+    let long = at(496);
+    run(&long, &["init", "--driver", "native"])
+        .fails_with(6, "is too long: 496 bytes, at most 495");
+    assert!(
+        !s.tmp().join("long").exists(),
+        "the refused store made its directories"
+    );
+    let longest = at(495);
+    run(&longest, &["init", "--driver", "native"]).success();
+    run(&longest, &["prepare", "a"]).success();
+    run(&longest, &["commit", "b", "a"]).success();
+    let listed = run(&longest, &["ls", "--json"]).success().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+}
+
 /// An index the machine keeps from being opened or written is said to be that,
 /// not corrupt, with what to look at (audit: out of descriptors was "corrupt or
 /// not a strata index"; every write on a read-only store was "the store's index
