@@ -362,6 +362,16 @@ impl Layout {
         self.discard_path(&self.dir(id))
     }
 
+    /// Whether this process may move directories out of `snapshots/`, the
+    /// first step of deleting a snapshot's files: asked before `rm` deletes
+    /// any row, so that a `snapshots/` it cannot write (another owner's
+    /// mode, `chattr +i`) refuses the `rm` whole (audit: the rows went, then
+    /// the files could not, and `check` found orphan directories).
+    pub fn may_discard(&self) -> io::Result<()> {
+        use rustix::fs::Access;
+        rustix::fs::access(&self.snapshots, Access::WRITE_OK | Access::EXEC_OK).map_err(Into::into)
+    }
+
     /// A fresh `rm-*` name to move a doomed directory to.
     pub fn trash_path(&self) -> PathBuf {
         self.snapshots.join(format!("{TRASH_PREFIX}{}", unique()))

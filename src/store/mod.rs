@@ -1408,6 +1408,9 @@ impl Store {
         }
         let names: HashSet<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         let mut deleted = Vec::with_capacity(rows.len());
+        self.layout
+            .may_discard()
+            .map_err(|e| files_kept(rows, key, self.layout.snapshots(), e))?;
         let tx = self.index.write()?;
         for row in rows {
             match index::find_id(&tx, row.id)? {
@@ -1933,6 +1936,30 @@ impl Removed {
 /// The error of snapshot `name`, removed from the index, whose files could
 /// not all be deleted (`e`): what is left is an `rm-*` directory, or its
 /// own without a row, which `prune` deletes once what refused is fixed.
+/// The error of an `rm` of `key` refused before any of `rows` went, for
+/// their files could not be moved out of `snapshots`.
+fn files_kept(rows: &[Row], key: &str, snapshots: &Path, e: std::io::Error) -> Error {
+    let name = rows.first().map_or(key, |r| r.name.as_str());
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) => format!(
+            "{} is immutable or append-only (`lsattr -d` shows it): take that off with `chattr -i -a`",
+            snapshots.display()
+        ),
+        _ => format!(
+            "the store's snapshots/ directory must be writable to remove a snapshot: run as its owner ({})",
+            snapshots.display()
+        ),
+    };
+    Error::io(
+        format!(
+            "cannot remove `{name}`: its files cannot be moved out of {}",
+            snapshots.display()
+        ),
+        e,
+    )
+    .with_hint(hint)
+}
+
 fn files_left(name: &str, e: std::io::Error) -> Error {
     let hint = match remover::held_by_attribute(&e) {
         Some(path) => format!(

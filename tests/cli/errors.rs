@@ -1734,6 +1734,54 @@ fn rm_of_immutable_files(driver: &str) {
     store.strata(&["prune"]).success();
     store.strata(&["check"]).success();
     assert_eq!(store.snapshot_dirs(), Vec::<String>::new());
+
+    // An immutable `snapshots/` refuses the `rm` before any row goes
+    // (audit: "removed `c`", then its files could not be moved).
+    let _unflag = Unflag(store.root.clone());
+    store.strata(&["prepare", "c"]).success();
+    let snaps = shell_quote(store.root.join("snapshots").to_str().unwrap());
+    sh_ok(&format!("chattr +i {snaps}"), "chattr");
+    let run = store.fails(&["rm", "c"], "internal");
+    let error = run.json_error();
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot remove `c`: its files cannot be moved out of"),
+        "{}",
+        run.session()
+    );
+    assert!(
+        error["hints"].to_string().contains("chattr -i -a"),
+        "{}",
+        run.session()
+    );
+    sh_ok(&format!("chattr -i {snaps}"), "chattr");
+    assert_eq!(store.names(&[]), vec!["c".to_string()]);
+    store.strata(&["check"]).success();
+}
+
+/// A `snapshots/` its user cannot write refuses `rm` before any row goes
+/// (audit: the row went, then "deleting its files failed", and `check`
+/// found an orphan directory).
+#[test]
+fn rm_where_snapshots_is_not_writable_removes_nothing() {
+    let Some(s) = nobodys_store_with_a() else {
+        return;
+    };
+    let tmp = s.tmp().to_path_buf();
+    let nobody = |args: &[&str]| as_nobody(&s.root, &tmp, args);
+    let snaps = s.root.join("snapshots");
+    let mode = |m: u32| {
+        fs::set_permissions(&snaps, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
+    };
+    mode(0o500);
+    let run = nobody(&["rm", "a"]);
+    mode(0o700);
+    run.fails_with(1, "cannot remove `a`: its files cannot be moved out of");
+    assert!(nobody(&["ls"]).success().stdout.contains("a "));
+    nobody(&["check"]).success();
+    nobody(&["rm", "a"]).success();
 }
 
 /// A leftover prune cannot delete (an immutable file in it) is reported
