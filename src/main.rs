@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use strata::cmd::{self, Cli};
 use strata::printer::{self, Format, Printer};
-use strata::store::{Error, Kind};
+use strata::store::{Error, Kind, interrupt};
 
 /// The process's exit status.
 type Status = u8;
@@ -138,7 +138,14 @@ fn run() -> Status {
             return e.kind().exit_code();
         }
     };
-    let code = match cmd::run(cli.command, &mut ctx) {
+    let result = cmd::run(cli.command, &mut ctx);
+    // Stopped by Ctrl-C or SIGTERM: what the command made is deleted by now;
+    // it ends by that signal, without an error of its own.
+    if let (Err(_), Some(signal)) = (&result, interrupt::caught()) {
+        ctx.close();
+        interrupt::die_of(signal);
+    }
+    let code = match result {
         Ok(()) => 0,
         // `strata ls | head -1`: the reader is gone, nothing is wrong.
         Err(e) if cmd::is_broken_pipe(&e) => 0,

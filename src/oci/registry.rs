@@ -433,6 +433,9 @@ impl Registry {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
             let mut n = 0u64;
             while let Some(chunk) = res.chunk().await? {
+                if let Err(e) = crate::store::interrupt::check() {
+                    return Ok(Err(local(e)));
+                }
                 n += chunk.len() as u64;
                 if size > 0 && n > size {
                     return Ok(Err(larger()));

@@ -177,6 +177,7 @@ impl Copier {
                 }
                 continue;
             };
+            super::interrupt::check()?;
             let s = src_dir.join(&name);
             let d = dst_dir.join(&name);
             let md = fs::symlink_metadata(&*reach(&s).ctx(&s)?).ctx(&s)?;

@@ -14,6 +14,7 @@ pub mod error;
 pub mod exchange;
 pub mod filter;
 pub mod index;
+pub mod interrupt;
 pub mod key;
 pub mod layer;
 pub mod layout;

@@ -599,8 +599,62 @@ both_drivers!(
     deep_layers,
     old_style_directory_entries,
     blank_numeric_fields_are_zero,
-    gnu_sparse_files
+    gnu_sparse_files,
+    a_stopped_build_leaves_nothing
 );
+
+/// Ctrl-C or SIGTERM in the middle of a command that builds something
+/// deletes what it had made and ends the process by that signal (audit: an
+/// `apply` stopped so left its `new-*` directory, which `check` reported
+/// until `prune`; a stopped `diff` left its temporary output file).
+fn a_stopped_build_leaves_nothing(driver: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let s = setup!(driver);
+    s.layer("base", None, &[file("/f", "f\n", 0o644)]);
+    let tar = s.scratch("base.tar");
+    let tar = tar.to_str().unwrap();
+    s.strata(&["diff", "base", "--output-file", tar]).success();
+    let outdir = s.scratch_dir("out");
+    let out = outdir.join("layer.tar");
+    let out = out.to_str().unwrap();
+    let mut cases = vec![
+        (
+            vec!["apply", "lay", "base", tar],
+            "create:staging-made",
+            libc::SIGINT,
+        ),
+        (
+            vec!["diff", "base", "--output-file", out],
+            "diff:read",
+            libc::SIGTERM,
+        ),
+    ];
+    // Only the native driver copies the parent's tree: on overlay a
+    // prepare has no step left to stop at.
+    if driver == "native" {
+        cases.push((
+            vec!["prepare", "act", "base"],
+            "create:staging-made",
+            libc::SIGINT,
+        ));
+    }
+    for (args, at, signal) in cases {
+        let stopped = Paused::start(&s, &args, at).signal(signal);
+        assert_eq!(
+            stopped.status.signal(),
+            Some(signal),
+            "{args:?}: {stopped:?}"
+        );
+        assert!(stopped.stdout.is_empty(), "{args:?}: {stopped:?}");
+        // Consistent without a `prune`: nothing was left behind.
+        s.strata(&["check"]).success();
+        assert_eq!(s.names(&[]), vec!["base".to_string()], "{args:?}");
+        assert_eq!(fs::read_dir(&outdir).unwrap().count(), 0, "{args:?}");
+    }
+    // Not stopped, the same commands work.
+    s.strata(&["apply", "lay", "base", tar]).success();
+    s.strata(&["diff", "base", "--output-file", out]).success();
+}
 
 /// A tarball written by Python's tarfile, which writes whatever it is told.
 fn python_tar(out: &Path, body: &str) {

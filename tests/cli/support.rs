@@ -1289,13 +1289,13 @@ impl Paused {
     }
 
     /// Sends signal `signal` (e.g. `libc::SIGINT`) to the paused process,
-    /// which ends it (strata handles none), and returns its output.
+    /// lets it go on (a command that builds something stops at its next
+    /// step; the others end at once) and returns its output.
     pub fn signal(self, signal: i32) -> std::process::Output {
         let Paused { child, flag } = self;
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-        let out = child.wait_with_output().unwrap();
         let _ = std::fs::remove_file(&flag);
-        out
+        child.wait_with_output().unwrap()
     }
 
     /// The paused process's id.

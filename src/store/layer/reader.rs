@@ -286,6 +286,10 @@ impl Stream {
                 self.hashing.feed(used);
             }
             self.pos = 0;
+            crate::store::interrupt::check().map_err(|e| LayerError::Io {
+                what: "stopped reading the layer".into(),
+                source: e,
+            })?;
             match self.chunks.recv() {
                 Ok(Ok(next)) => {
                     self.count += next.len() as u64;

@@ -419,6 +419,7 @@ pub fn write(
     };
     let mut first: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     for item in &items {
+        crate::store::interrupt::check().map_err(out_err)?;
         match item {
             Item::Marker(rel) => tw.marker(rel)?,
             Item::Node(rel, md) => {
