@@ -212,6 +212,23 @@ impl Store {
                 },
             )
         };
+        // The trees read in place must be the store's own directories, not
+        // what a symlink in their place points at (the mounted case checks
+        // its layers below).
+        let in_place = match driver {
+            Driver::Overlay if !mounted => vec![row.id],
+            Driver::Native => [
+                Some(row.id),
+                base_row.as_ref().map(|b| b.id).or(row.parent_id),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            Driver::Overlay => Vec::new(),
+        };
+        if let Some(tree) = self.bad_tree(in_place) {
+            return Err(super::not_a_tree(format!("cannot diff `{key}`"), &tree));
+        }
         let written = match driver {
             // The upper directory is exactly the change against the parent:
             // cost proportional to the change, not to the tree.

@@ -400,6 +400,16 @@ impl Store {
             .with_hint("commit fewer, larger layers, or use a store with the native driver"));
         }
         let parent_fs = parent_row.as_ref().map(|p| self.layout.fs(p.id));
+        // The trees read (the parent's, copied or its root's xattrs; apply's
+        // lowers) are the store's own, not what a symlink points at.
+        let read = match kind {
+            SnapshotKind::Committed => &chain[..],
+            _ => &chain[..chain.len().min(1)],
+        };
+        if let Some(tree) = self.bad_tree(read.iter().copied()) {
+            let on = parent.unwrap_or_default();
+            return Err(not_a_tree(format!("cannot make `{key}` on `{on}`"), &tree));
+        }
         crash::point("create:validated");
         let staging = self.layout.staging().ctx(|| {
             format!(
@@ -619,19 +629,39 @@ impl Store {
         let trees = own
             .into_iter()
             .chain(plan.chain.iter().take(layers).copied());
-        match self.bad_tree(trees) {
+        // An overlay's work directory too: the kernel empties it at the
+        // mount, through a symlink as well (audit: a `work` linked
+        // elsewhere had that directory's files deleted).
+        let work = match plan.driver {
+            Driver::Overlay if plan.kind == SnapshotKind::Active && !plan.chain.is_empty() => {
+                Some(self.layout.dir(plan.id).join("work"))
+            }
+            _ => None,
+        };
+        let bad = self
+            .bad_tree(trees)
+            .or_else(|| work.filter(|w| not_a_dir(w)));
+        match bad {
             Some(tree) => Err(not_a_tree(format!("cannot mount `{key}`"), &tree)),
             None => Ok(()),
         }
     }
 
     /// The first tree of snapshots `ids` that is not a directory (a
-    /// symlink or a file in its place), by one `lstat` each. A tree that
-    /// is not there is not one: the mount that follows fails, and says so.
+    /// symlink or a file in its place), or whose snapshot directory is not
+    /// one (the tree would be read through the symlink; audit: a linked
+    /// `snapshots/ID` was mounted, exported and diffed), by two `lstat`s
+    /// each. A tree that is not there is not one: the work that follows
+    /// fails, and says so.
     fn bad_tree(&self, ids: impl IntoIterator<Item = i64>) -> Option<PathBuf> {
-        ids.into_iter()
-            .map(|id| self.layout.fs(id))
-            .find(|tree| std::fs::symlink_metadata(tree).is_ok_and(|m| !m.is_dir()))
+        ids.into_iter().find_map(|id| {
+            let dir = self.layout.dir(id);
+            if not_a_dir(&dir) {
+                return Some(dir);
+            }
+            let tree = self.layout.fs(id);
+            not_a_dir(&tree).then_some(tree)
+        })
     }
 
     /// Mounts `key` at `target` (created if missing) and records the mount.
@@ -917,6 +947,16 @@ impl Store {
     fn lock(&self, id: i64, key: &str) -> Result<std::fs::File> {
         match self.layout.lock(id) {
             Ok(lock) => Ok(lock),
+            // The lock is taken through a symlink, then found not to be the
+            // directory there (audit: "removed by another process").
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && not_a_dir(&self.layout.dir(id)) =>
+            {
+                Err(not_a_tree(
+                    format!("cannot lock snapshot `{key}`"),
+                    &self.layout.dir(id),
+                ))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(replaced(key)),
             Err(e) => Err(Error::io(format!("cannot lock snapshot `{key}`"), e)),
         }
@@ -2308,6 +2348,12 @@ fn foreign(r: &MountRecord, own: Option<u64>) -> Option<u64> {
 
 /// A snapshot's tree at `tree` that is not a directory: the store is
 /// damaged, and `what` (the operation) is refused.
+/// Whether `path` is there but not a directory: a symlink (not followed)
+/// or a file in its place.
+fn not_a_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir())
+}
+
 fn not_a_tree(what: String, tree: &Path) -> Error {
     Error::internal(format!(
         "{what}: {} is not a directory (a symlink or a file in its place); the store is damaged",

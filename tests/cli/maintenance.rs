@@ -807,7 +807,7 @@ fn a_tree_that_is_a_symlink_is_refused(driver: &str) {
         let error = run.json_error();
         let message = error["message"].as_str().unwrap();
         assert!(
-            message.contains("/fs is not a directory") && message.contains("damaged"),
+            message.contains(" is not a directory (a symlink") && message.contains("damaged"),
             "{}",
             run.session()
         );
@@ -889,6 +889,64 @@ fn a_tree_that_is_a_symlink_is_refused(driver: &str) {
             diff_refused("act", &["--parent", "c"]);
         }
         assert_eq!(s.names(&[]), ["act", "base", "c", "c2"]);
+    }
+    // The snapshot's directory itself a symlink to one with a tree (audit:
+    // it was followed: `view --mount`, `export` and `diff` showed what it
+    // points at).
+    struct Moved(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Moved {
+        fn drop(&mut self) {
+            fs::remove_file(&self.0).unwrap();
+            fs::rename(&self.1, &self.0).unwrap();
+        }
+    }
+    let other = s.scratch_dir("other-snapshot");
+    fs::create_dir(other.join("fs")).unwrap();
+    fs::write(other.join("fs/outside"), "x").unwrap();
+    let swap_dir = |id: String| {
+        let dir = snaps.join(&id);
+        let aside = s.scratch(&format!("aside-{id}"));
+        fs::rename(&dir, &aside).unwrap();
+        std::os::unix::fs::symlink(&other, &dir).unwrap();
+        Moved(dir, aside)
+    };
+    {
+        let _base = swap_dir(snapshot_dir(&s, Oldest));
+        refused(&["--json", "prepare", "p", "base"]);
+        refused(&["--json", "view", "v", "base"]);
+        if driver == "overlay" {
+            refused(&["--json", "mount", "act", t]);
+        }
+        diff_refused("base", &[]);
+        export_refused("c");
+        s.strata(&["check"]).fails_reporting(1, "bad-shape");
+    }
+    // A new active on `base`: the newest snapshot.
+    s.strata(&["prepare", "act2", "base"]).success();
+    {
+        let _act = swap_dir(snapshot_dir(&s, Newest));
+        refused(&["--json", "mount", "act2", t]);
+        refused(&["--json", "commit", "c3", "act2"]);
+        assert!(!is_mount_point(&target));
+    }
+    // An overlay active's work directory a symlink: the kernel would empty
+    // what it points at (audit: that directory's files were deleted).
+    if driver == "overlay" {
+        let work = snaps.join(snapshot_dir(&s, Newest)).join("work");
+        let victim = s.scratch_dir("victim");
+        fs::create_dir_all(victim.join("work/sub")).unwrap();
+        fs::write(victim.join("work/sub/f"), "x").unwrap();
+        fs::remove_dir_all(&work).unwrap();
+        std::os::unix::fs::symlink(&victim, &work).unwrap();
+        refused(&["--json", "mount", "act2", t]);
+        assert!(!is_mount_point(&target));
+        assert!(
+            victim.join("work/sub/f").exists(),
+            "the mount emptied {}",
+            victim.display()
+        );
+        fs::remove_file(&work).unwrap();
+        fs::create_dir(&work).unwrap();
     }
     s.strata(&["prepare", "p", "base"]).success();
     s.strata(&["view", "v", "base"]).success();
