@@ -203,7 +203,9 @@ impl Layout {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
-        let dir = File::open(&path)?;
+        let dir = self
+            .open_links()?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let present: HashSet<OsString> = if worth_listing(&dir, ids.len())? {
             super::copy::names_in(&dir, &path, &mut Vec::new())?
                 .into_iter()
@@ -226,6 +228,24 @@ impl Layout {
             }
         }
         Ok(())
+    }
+
+    /// The short links' directory `l/`, opened without following a symlink
+    /// in its place (`None` when there is none): a link there would take
+    /// the links made, listed and deleted to wherever it points (audit:
+    /// `prune` emptied the directory a planted `l` pointed at).
+    pub fn open_links(&self) -> io::Result<Option<File>> {
+        let path = self.links();
+        let flags = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC;
+        match rustix::fs::open(&path, flags, rustix::fs::Mode::empty()) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => Err(NotATree::error(&path)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// What is at snapshot `id`'s short link, next to what strata makes.
@@ -261,7 +281,9 @@ impl Layout {
     /// made (review: it could not be replaced, and the printed mount lines
     /// took it for the layer).
     pub fn repair_link(&self, id: i64) -> io::Result<()> {
-        let dir = File::open(self.links())?;
+        let dir = self
+            .open_links()?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let mut want = Vec::new();
         link_target_into(id, &mut want);
         let name = link_name(id);
@@ -355,9 +377,14 @@ impl Layout {
     /// the row is already gone, so whichever name a power loss leaves the
     /// directory under (`rm-*` or its own, row-less), `prune` deletes it.
     pub fn discard(&self, id: i64) -> io::Result<()> {
-        match fs::remove_file(self.links().join(link_name(id))) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        // An `l` that is not a directory is `check`'s to report, and never
+        // written through.
+        if let Ok(Some(links)) = self.open_links() {
+            let name = link_name(id);
+            match rustix::fs::unlinkat(&links, name.as_str(), rustix::fs::AtFlags::empty()) {
+                Err(e) if e != rustix::io::Errno::NOENT => return Err(e.into()),
+                _ => {}
+            }
         }
         self.discard_path(&self.dir(id))
     }

@@ -581,9 +581,19 @@ impl Store {
         {
             return Ok(shell);
         }
-        self.layout
-            .ensure_links(&plan.chain)
-            .ctx(|| format!("cannot create the short links of the layers of `{key}`"))?;
+        self.layout.ensure_links(&plan.chain).map_err(|e| {
+            let what = format!("cannot create the short links of the layers of `{key}`");
+            match layout::NotATree::of(&e) {
+                Some(links) => Error::internal(format!(
+                    "{what}: {} is not a directory (a symlink or a file in its place)",
+                    links.display()
+                ))
+                .with_hint(
+                    "`strata prune` deletes it; strata makes the directory again when it needs it",
+                ),
+                None => Error::io(what, e),
+            }
+        })?;
         let short: Vec<PathBuf> = plan
             .chain
             .iter()

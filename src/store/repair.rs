@@ -239,6 +239,9 @@ impl Store {
                 "staging" => "a half-made snapshot",
                 "trash" => "a half-removed snapshot",
                 "work" => "the work directory of a committed snapshot",
+                _ if swept.path == self.layout.links() => {
+                    "not a directory: a symlink or a file in place of the short links' directory"
+                }
                 _ => match swept.node {
                     Node::Symlink if link_id(&swept.name()).is_some() => {
                         "a short link of a removed snapshot"
@@ -612,6 +615,13 @@ fn judge_records(
 /// strata gives are a snapshot's link; the others are leftovers.
 fn wrong_links(layout: &Layout, rows: &HashMap<i64, &index::Row>) -> Result<Vec<i64>> {
     let links = layout.links();
+    // An `l` that is not a directory is a leftover of the sweep's.
+    match layout.open_links() {
+        Ok(Some(_)) => {}
+        Ok(None) => return Ok(Vec::new()),
+        Err(e) if layout::NotATree::of(&e).is_some() => return Ok(Vec::new()),
+        Err(e) => return Err(e).ctx(|| format!("cannot read {}", links.display())),
+    }
     let entries = match fs::read_dir(&links) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -834,19 +844,28 @@ fn candidates(
         dirs.push((kind, path, id));
     }
     let mut links = Vec::new();
-    if let Ok(entries) = fs::read_dir(layout.links()) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // A link being made to replace a wrong one, about to be renamed.
-            if name.strip_prefix(STAGING_PREFIX).is_some_and(just_made) {
-                continue;
+    let path = layout.links();
+    match layout.open_links() {
+        Ok(Some(dir)) => {
+            let names = super::copy::names_in(&dir, &path, &mut Vec::new()).unwrap_or_default();
+            for name in names {
+                let name = name.to_string_lossy().into_owned();
+                // A link being made to replace a wrong one, about to be renamed.
+                if name.strip_prefix(STAGING_PREFIX).is_some_and(just_made) {
+                    continue;
+                }
+                let id = link_id(&name);
+                if id.is_some_and(|id| known.contains_key(&id)) {
+                    continue;
+                }
+                links.push((id, path.join(name)));
             }
-            let id = link_id(&name);
-            if id.is_some_and(|id| known.contains_key(&id)) {
-                continue;
-            }
-            links.push((id, entry.path()));
         }
+        // A symlink or a file in place of `l/` is a leftover itself, deleted
+        // as what it is and never followed (audit: `prune` deleted what a
+        // planted `l` pointed at).
+        Err(e) if layout::NotATree::of(&e).is_some() => links.push((None, path)),
+        _ => {}
     }
     Ok((dirs, links))
 }

@@ -1037,6 +1037,44 @@ fn pasted_shows_the_chain(s: &Store) {
 /// store, is a `bad-link` (exit 1), and `--repair` puts back the link
 /// strata makes. (Audit: `check` said consistent, and the pasted line
 /// mounted /etc's files.)
+/// An `l` that is a symlink (to a directory with files named like short
+/// links) is never followed: `check` reports it as a leftover, `prune`
+/// deletes the link alone, `rm` does not delete through it, and a mount
+/// line that needs the short links is refused until it is gone (audit:
+/// `prune` emptied the directory it pointed at, root's too).
+#[test]
+fn a_links_directory_that_is_a_symlink_is_not_followed() {
+    let Some((s, ids)) = store_with_short_links() else {
+        return;
+    };
+    let victim = s.scratch_dir("victim");
+    fs::create_dir(victim.join("sub")).unwrap();
+    for id in &ids {
+        fs::write(victim.join(format!("{id}")), "x").unwrap();
+    }
+    let l = s.root.join("l");
+    fs::remove_dir_all(&l).unwrap();
+    std::os::unix::fs::symlink(&victim, &l).unwrap();
+    let entries = || fs::read_dir(&victim).unwrap().count();
+    s.strata(&["check"])
+        .fails_reporting(1, "in place of the short links' directory");
+    // The JSON form names the trees themselves; the shell form needs `l/`.
+    s.strata(&["--json", "mounts", "top"]).success();
+    s.strata(&["mounts", "top"]).fails_with(1, "strata prune");
+    s.strata(&["prepare", "x", "l3"])
+        .fails_with(1, "is not a directory");
+    s.strata(&["rm", "x"]).success();
+    assert_eq!(entries(), ids.len() + 1);
+    s.strata(&["prune"]).success();
+    assert_eq!(entries(), ids.len() + 1, "prune deleted through the link");
+    assert!(
+        fs::symlink_metadata(&l).is_err(),
+        "the planted link is still there"
+    );
+    s.strata(&["check"]).success();
+    pasted_shows_the_chain(&s);
+}
+
 #[test]
 fn check_finds_and_replaces_wrong_short_links() {
     let Some((s, ids)) = store_with_short_links() else {
