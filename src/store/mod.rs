@@ -139,8 +139,11 @@ impl Store {
             .ctx(|| format!("cannot resolve the store path {}", root.display()))?;
         refuse_unusable_root(&root)?;
         // Not there, rather than there but out of reach (another user's).
-        let existed =
-            !matches!(std::fs::metadata(&root), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        let found = std::fs::metadata(&root);
+        let existed = !matches!(&found, Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        if let Ok(meta) = &found {
+            refuse_foreign_store(&root, std::os::unix::fs::MetadataExt::uid(meta))?;
+        }
         // An existing store is resolved before anything is made in it, so
         // that a symlink to a path that is not UTF-8 is refused first
         // (review); a new one once it is made. One resolution either way.
@@ -1820,6 +1823,33 @@ fn in_store_within_file_system(root: &Path, path: &Path, or_above: bool) -> Opti
 fn identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Refuses root a store that another user owns, unless that user is the
+/// one who ran `sudo` (`SUDO_UID`), as git refuses a repository owned by
+/// someone else. The owner of a store can rename, replace and link what is
+/// in it at any moment, and root follows the paths: an audit made root's
+/// `prepare` write the copied files into a directory outside the store and
+/// give root's directories there to the owner, by swapping `new-*` for a
+/// symlink while the copy ran. Another user's store is already out of
+/// reach of anyone but root (mode 0700).
+fn refuse_foreign_store(root: &Path, owner: u32) -> Result<()> {
+    if !rustix::process::geteuid().is_root() || owner == 0 {
+        return Ok(());
+    }
+    let sudo_uid = std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|u| u.parse::<u32>().ok());
+    if sudo_uid == Some(owner) {
+        return Ok(());
+    }
+    Err(Error::precondition(format!(
+        "the store {} belongs to another user (uid {owner}), and root uses only its own stores",
+        root.display()
+    ))
+    .with_hint(
+        "run strata as that user, or through sudo from that user's account (SUDO_UID is trusted, as git does); or chown -R the store to root first",
+    ))
 }
 
 /// Refuses a store path that is not UTF-8 or too long, before anything is

@@ -1330,6 +1330,44 @@ fn another_users_store_is_out_of_reach() {
     out_of_reach(&["check"]);
 }
 
+/// Root uses another user's store only when that user is the one who ran
+/// `sudo` (`SUDO_UID`), as git does: its owner could swap what is in it for
+/// symlinks while root works (audit: root's `prepare` wrote the copied
+/// files outside the store and gave root's directories there to the owner).
+#[test]
+fn root_refuses_another_users_store() {
+    let Some(s) = nobodys_store_with_a() else {
+        return;
+    };
+    let with_sudo = |uid: Option<&str>, args: &[&str]| {
+        let env: Vec<(&str, &str)> = uid.map(|u| ("SUDO_UID", u)).into_iter().collect();
+        s.strata_with(
+            args,
+            With {
+                env: &env,
+                ..Default::default()
+            },
+        )
+    };
+    for uid in [None, Some("1000"), Some("x")] {
+        for args in [&["ls"][..], &["prepare", "b", "a"], &["prune"]] {
+            with_sudo(uid, args).fails_with(5, "belongs to another user (uid 65534)");
+        }
+    }
+    assert!(
+        !with_sudo(Some("65534"), &["ls"])
+            .success()
+            .stdout
+            .is_empty()
+    );
+    // Its owner is not refused, nor is root its own store.
+    let tmp = s.tmp().to_path_buf();
+    as_nobody(&s.root, &tmp, &["ls"]).success();
+    let own = Store::uninitialized("native");
+    own.strata(&["init", "--driver", "native"]).success();
+    own.strata(&["ls"]).success();
+}
+
 /// A store the kernel will not let anyone make (sysfs refuses `mkdir` with
 /// EPERM even to root) is an I/O failure with the kernel's reason, and not
 /// another user's (audit: exit 7, no reason, and that user's hint).
@@ -1378,12 +1416,23 @@ fn eperm_is_unsupported_only_for_mounting() {
         let status = Command::new("chattr").arg(flag).arg(&out).status();
         assert!(status.is_ok_and(|s| s.success()), "chattr {flag}");
     };
+    // Root acts on nobody's store as `sudo` from nobody's account would.
+    let as_sudo = |args: &[&str]| {
+        s.strata_with(
+            args,
+            With {
+                env: &[("SUDO_UID", "65534")],
+                ..Default::default()
+            },
+        )
+    };
     chattr("+i");
-    let run = s.strata(&["diff", "base", "--output-file", out.to_str().unwrap()]);
+    let run = as_sudo(&["diff", "base", "--output-file", out.to_str().unwrap()]);
     chattr("-i");
     run.fails_with(1, "Operation not permitted");
 
-    let m = s.mount("v");
+    let m = MountGuard::new(&s.scratch("mnt"));
+    as_sudo(&["mount", "v", m.path.to_str().unwrap()]).success();
     nobody(&["unmount", m.path.to_str().unwrap()])
         .fails_with(7, "cannot unmount")
         .fails_with(7, "hint: unmounting needs root");
