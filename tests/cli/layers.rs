@@ -600,8 +600,58 @@ both_drivers!(
     old_style_directory_entries,
     blank_numeric_fields_are_zero,
     gnu_sparse_files,
-    a_stopped_build_leaves_nothing
+    a_stopped_build_leaves_nothing,
+    a_socket_over_a_lower_entry_deletes_it
 );
+
+/// A socket in place of a lower file or directory is that entry's deletion
+/// in the layer, on both drivers alike (audit: on overlay the layer was
+/// empty, and the deleted files came back in its image). Sockets are never
+/// in a layer themselves.
+fn a_socket_over_a_lower_entry_deletes_it(driver: &str) {
+    let s = setup!(driver);
+    s.layer(
+        "l1",
+        None,
+        &[
+            dir("/run", 0o755),
+            file("/run/app", "secret\n", 0o644),
+            file("/f", "f\n", 0o644),
+        ],
+    );
+    s.strata(&["prepare", "w", "l1"]).success();
+    let m = s.mount("w");
+    fs::remove_dir_all(m.join("run")).unwrap();
+    fs::remove_file(m.join("f")).unwrap();
+    let sockets =
+        ["run", "f", "new"].map(|n| std::os::unix::net::UnixListener::bind(m.join(n)).unwrap());
+    // Bound sockets hold the mount busy; the socket files stay.
+    drop(sockets);
+    s.unmount(&m);
+    s.strata(&["commit", "l2", "w"]).success();
+    let tar = s.scratch("l2.tar");
+    s.strata(&["diff", "l2", "--output-file", tar.to_str().unwrap()])
+        .success();
+    let listed = tar_list(&tar);
+    for gone in [".wh.run", ".wh.f"] {
+        assert!(listed.contains(&gone.to_string()), "{listed:?}");
+    }
+    assert!(
+        !listed.iter().any(|n| n == "run" || n == "f" || n == "new"),
+        "{listed:?}"
+    );
+    s.strata(&["apply", "l2b", "l1", tar.to_str().unwrap()])
+        .success();
+    let tree = s.view_tree("l2b");
+    let names: Vec<&String> = tree.entries.keys().collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.trim_start_matches('/').starts_with("run")
+                || n.trim_start_matches('/') == "f"),
+        "the deleted entries came back: {names:?}"
+    );
+}
 
 /// Ctrl-C or SIGTERM in the middle of a command that builds something
 /// deletes what it had made and ends the process by that signal (audit: an

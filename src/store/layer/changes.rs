@@ -249,7 +249,15 @@ pub(super) fn walk_upper(upper: &Path) -> Result<Vec<Item>> {
                 items.push(whiteout(&rel, name.as_bytes())?);
                 continue;
             }
+            // A socket is never in a layer, but in an upper directory it
+            // hides whatever the layers below have under its name: that is
+            // a deletion, written as one (audit: a file or directory
+            // replaced by a socket came back in the layer's image, where
+            // the native driver, comparing trees, writes the whiteout). A
+            // lower may have nothing there; the whiteout then deletes
+            // nothing.
             if md.file_type().is_socket() {
+                items.push(whiteout(&rel, name.as_bytes())?);
                 continue;
             }
             if md.is_dir() {
