@@ -750,9 +750,35 @@ impl<'o> Extractor<'o> {
         if !make {
             return Ok(None);
         }
+        // As overlayfs's copy-up, a directory copied up into its parent
+        // leaves the parent's times as they were (it restores them): the
+        // merged tree shows no change there, and neither does the native
+        // tree (audit: a layer adding `d/s/new` left `d`'s mtime the time of
+        // the apply on overlay only).
+        let parent_times = match below {
+            Below::Dir => rustix::fs::fstat(cur).ok().map(|st| Timestamps {
+                last_access: Timespec {
+                    tv_sec: st.st_atime,
+                    tv_nsec: st.st_atime_nsec as _,
+                },
+                last_modification: Timespec {
+                    tv_sec: st.st_mtime,
+                    tv_nsec: st.st_mtime_nsec as _,
+                },
+            }),
+            _ => None,
+        };
         let fd = self.make_dir(cur, sub, missing == Missing::Merged)?;
         if below == Below::Dir {
             self.copy_up(&fd, sub)?;
+            if let Some(times) = parent_times {
+                rustix::fs::futimens(cur, &times).map_err(|e| {
+                    io_err(
+                        format!("cannot set the times of the parent of `{entry}`"),
+                        e,
+                    )
+                })?;
+            }
         }
         Ok(Some(fd))
     }
