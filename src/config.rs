@@ -139,6 +139,23 @@ pub fn unnamed_path() -> (PathBuf, Source) {
     }
 }
 
+/// The most bytes of a config file strata reads: one is a few lines of
+/// YAML, and reading `--config /dev/zero` whole grew without bound (audit).
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads file `path` whole, or None when it has more than `limit` bytes
+/// (only `limit + 1` are read: `/dev/zero` ends too). A pipe is read as a
+/// file is (`--config <(…)`); a FIFO without a writer blocks in `open`,
+/// as `cat`'s does.
+pub(crate) fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
 /// The config file looked for: its path, where that came from (`flag`,
 /// `environment` or `default`), and whether it was there to read.
 #[derive(Debug, Clone)]
@@ -163,8 +180,21 @@ pub fn load(named: Option<&Path>) -> Result<(Lookup, File)> {
         found: true,
     };
     let path = &lookup.path;
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    let text = match read_at_most(path, MAX_FILE_BYTES) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| {
+            Error::invalid(format!(
+                "bad config file {}: it is not UTF-8 text",
+                path.display()
+            ))
+        })?,
+        Ok(None) => {
+            return Err(Error::invalid(format!(
+                "bad config file {}: it is larger than {} MiB, the most strata reads",
+                path.display(),
+                MAX_FILE_BYTES >> 20
+            ))
+            .with_hint("a config file is a few lines of YAML: is it the right file?"));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
             let missing = Lookup {
                 found: false,
@@ -179,14 +209,8 @@ pub fn load(named: Option<&Path>) -> Result<(Lookup, File)> {
                 path.display()
             )));
         }
-        // Text that is not UTF-8 is a bad file; a file that cannot be
-        // read (permissions, a directory) is an I/O failure (audit).
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(Error::invalid(format!(
-                "bad config file {}: it is not UTF-8 text",
-                path.display()
-            )));
-        }
+        // A file that cannot be read (permissions, a directory) is an I/O
+        // failure (audit); text that is not UTF-8 is a bad file (above).
         Err(e) => {
             let what = format!("cannot read the config file {}", path.display());
             return Err(Error::io(what, e));

@@ -103,11 +103,22 @@ fn decode(entry: &Value) -> Option<Credentials> {
     })
 }
 
+/// The most bytes of an auth file strata reads. Docker's and Podman's
+/// hold about 100 bytes a registry, so this is some 40,000 registries;
+/// reading `REGISTRY_AUTH_FILE=/dev/zero` whole grew without bound (audit).
+const MAX_FILE_BYTES: u64 = 4 << 20;
+
 fn read_file(path: &Path) -> Result<Option<Value>> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+    match crate::config::read_at_most(path, MAX_FILE_BYTES) {
+        Ok(Some(b)) => serde_json::from_slice(&b).map(Some).map_err(|e| {
             Error::invalid(format!("{} is not valid JSON", path.display())).with_source(e)
         }),
+        Ok(None) => Err(Error::invalid(format!(
+            "the auth file {}: it is larger than {} MiB, the most strata reads",
+            path.display(),
+            MAX_FILE_BYTES >> 20
+        ))
+        .with_hint("an auth file holds about 100 bytes a registry: is it the right file?")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
     }

@@ -923,6 +923,72 @@ fn config_root_tilde_needs_an_absolute_home() {
     assert_eq!(fs::read_dir(&cwd).unwrap().count(), 0, "made in the cwd");
 }
 
+/// A config file is read up to 1 MiB and an auth file up to 4 MiB: a
+/// larger one is `invalid`, one line naming the file and the limit
+/// (audit: `--config /dev/zero`, `STRATA_CONFIG=/dev/zero` and
+/// `REGISTRY_AUTH_FILE=/dev/zero` grew without bound, 8 GB in 8 s). Run
+/// with 1 GiB of address space, so that they fail rather than eat the
+/// machine's memory if they read on. A pipe (`--config <(…)`) still works.
+#[test]
+fn config_and_auth_files_are_read_up_to_a_limit() {
+    let s = Store::uninitialized("native");
+    s.strata(&["init", "--driver", "native"]).success();
+    let limited = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = command(&s.root, args);
+        cmd.envs(env.iter().copied());
+        limit_memory(&mut cmd, 1 << 30);
+        let out = cmd.output().unwrap();
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        Run {
+            cmdline: format!("{}strata {}", env.concat(), args.join(" ")),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    // One byte over, and YAML that would parse (a comment).
+    let over = s.scratch("over.yaml");
+    let mut text = "# ".to_string() + &"x".repeat((1 << 20) - 2) + "\n";
+    fs::write(&over, &text).unwrap();
+    let over = over.to_str().unwrap();
+    let too_large = |run: Run, file: &str, limit: &str| {
+        let run = run.fails_with(6, &format!("{file}: it is larger than {limit}"));
+        let error_lines = run.stderr.lines().filter(|l| l.starts_with("error:"));
+        assert_eq!(error_lines.count(), 1, "{}", run.session());
+    };
+    for config in ["/dev/zero", over] {
+        too_large(limited(&[], &["--config", config, "ls"]), config, "1 MiB");
+        too_large(limited(&[(CONFIG_VAR, config)], &["ls"]), config, "1 MiB");
+    }
+    // At the limit it is read.
+    text.pop();
+    fs::write(over, &text).unwrap();
+    limited(&[], &["--config", over, "ls"]).success();
+    let script = format!(
+        "{BIN} --root {} --config <(echo 'output: json') config",
+        s.root.display()
+    );
+    let out = run_ok(
+        Command::new("bash").args(["-c", &script]),
+        "strata --config <(…)",
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["output"]["source"], "file", "{v}");
+    // An auth file is read before any connection: none is needed here.
+    let auth = s.scratch("auth.json");
+    fs::write(
+        &auth,
+        format!("{{\"auths\": {{}}, \"x\": \"{}\"}}", "x".repeat(4 << 20)),
+    )
+    .unwrap();
+    for file in ["/dev/zero", auth.to_str().unwrap()] {
+        let env = [("REGISTRY_AUTH_FILE", file)];
+        let pull = ["pull", "--plain-http", "127.0.0.1:9/app:v1"];
+        too_large(limited(&env, &pull), file, "4 MiB");
+        too_large(limited(&env, &["logout", "127.0.0.1:9"]), file, "4 MiB");
+    }
+}
+
 /// `config` reports an existing store's driver, the one it recorded (source
 /// `store`), over the config file's (for new stores, said in a note) and
 /// the default "detect"; it does not create a store to ask.

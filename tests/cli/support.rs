@@ -1246,6 +1246,23 @@ pub fn limit_open_files(cmd: &mut Command, soft: u64, hard: Option<u64>) {
     }
 }
 
+/// Sets `cmd`'s address space limit (`ulimit -v`) to `bytes`: a process
+/// that reads without bound then fails instead of filling the machine.
+pub fn limit_memory(cmd: &mut Command, bytes: u64) {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = Rlimit {
+                current: Some(bytes),
+                maximum: Some(bytes),
+            };
+            setrlimit(Resource::As, limit).map_err(Into::into)
+        });
+    }
+}
+
 /// A strata process stopped at crash point `at` (`STRATA_PAUSE_AT`), so a
 /// test can run another command exactly there; [`Paused::resume`] lets it
 /// go on and returns its output.
