@@ -143,6 +143,9 @@ pub fn unnamed_path() -> (PathBuf, Source) {
 /// YAML, and reading `--config /dev/zero` whole grew without bound (audit).
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
+/// The most `[` and `{` a config file may have (see [`load`]).
+const MAX_FLOW_OPENERS: usize = 64;
+
 /// Reads file `path` whole, or None when it has more than `limit` bytes
 /// (only `limit + 1` are read: `/dev/zero` ends too). A pipe is read as a
 /// file is (`--config <(…)`); a FIFO without a writer blocks in `open`,
@@ -218,6 +221,17 @@ pub fn load(named: Option<&Path>) -> Result<(Lookup, File)> {
     };
     if text.trim().is_empty() {
         return Ok((lookup, File::default()));
+    }
+    // The YAML parser takes time quadratic in how deep `[` and `{` nest
+    // (100,000 deep, 200 KB: over 30 s); which of them nest only a parser
+    // knows (quotes, comments), so all are counted, which bounds the depth.
+    let openers = text.bytes().filter(|b| matches!(b, b'[' | b'{')).count();
+    if openers > MAX_FLOW_OPENERS {
+        return Err(Error::invalid(format!(
+            "bad config file {}: it has {openers} `[` and `{{`, more than the {MAX_FLOW_OPENERS} \
+             strata parses (a config file nests lists and maps 3 deep at most)",
+            path.display()
+        )));
     }
     let mut file: File = serde_yaml::from_str(&text).map_err(|e| {
         let at = e

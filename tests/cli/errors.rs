@@ -989,6 +989,38 @@ fn config_and_auth_files_are_read_up_to_a_limit() {
     }
 }
 
+/// A config file with more than 64 `[` and `{` is `invalid` before it is
+/// parsed: the parser takes time quadratic in how deep they nest (audit:
+/// `root: [[[…]]]` 100,000 deep, 200 KB, took over 30 s).
+#[test]
+fn a_config_file_nested_deep_is_refused_at_once() {
+    let s = Store::uninitialized("native");
+    let deep = s.config_file(&format!(
+        "root: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    ));
+    let started = std::time::Instant::now();
+    let run = s
+        .strata(&["--config", deep.to_str().unwrap(), "ls"])
+        .fails_with(6, "has 100000 `[` and `{`, more than the 64 strata parses");
+    assert!(
+        run.stderr.contains(deep.to_str().unwrap()),
+        "{}",
+        run.session()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // 64 are parsed (and this `root` is a list, not a path).
+    let config = s.config_file(&format!("root: {}{}\n", "[".repeat(64), "]".repeat(64)));
+    s.strata(&["--config", config.to_str().unwrap(), "ls"])
+        .fails_with(6, "root: invalid type: sequence");
+    assert!(!s.root.exists(), "a bad config created the store");
+}
+
 /// `config` reports an existing store's driver, the one it recorded (source
 /// `store`), over the config file's (for new stores, said in a note) and
 /// the default "detect"; it does not create a store to ask.
