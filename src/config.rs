@@ -89,10 +89,42 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
+/// The user's home directory, for the defaults: `$HOME` when it is an
+/// absolute path, else (unset, empty or relative: audit, `HOME=` made the
+/// store `.local/share/strata` in the current directory) the home the
+/// passwd database gives the effective user (getpwuid_r), when that is an
+/// absolute path. None when neither is.
+pub(crate) fn home_dir() -> Option<PathBuf> {
+    let absolute = |p: &PathBuf| p.is_absolute();
+    let env = std::env::var_os("HOME").map(PathBuf::from);
+    env.filter(absolute).or_else(|| {
+        let user = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok()??;
+        Some(user.dir).filter(absolute)
+    })
+}
+
+/// The XDG base directory `$name` (`XDG_DATA_HOME`…) when it is an
+/// absolute path: the XDG Base Directory spec has a relative one ignored,
+/// as an unset one is (audit: `XDG_DATA_HOME=x` made the store `x/strata`
+/// in the current directory).
+pub(crate) fn xdg_dir(name: &str) -> Option<PathBuf> {
+    env_path(name).filter(|p| p.is_absolute())
+}
+
+/// The error for a default that needs a home directory when there is
+/// none ([`home_dir`]).
+fn no_home(what: &str) -> Error {
+    let home = match std::env::var_os("HOME") {
+        None => "unset".to_string(),
+        Some(h) if h.is_empty() => "empty".to_string(),
+        Some(h) => format!("`{}`, not an absolute path", h.to_string_lossy()),
+    };
+    Error::invalid(format!(
+        "no home directory for the default {what}: $HOME is {home}, and user {} has no \
+         home directory in the passwd database",
+        nix::unistd::geteuid()
+    ))
+    .with_hint("give the store with --root DIR or STRATA_ROOT=DIR, or set $HOME")
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -106,36 +138,42 @@ fn env_path(name: &str) -> Option<PathBuf> {
 pub const CONFIG_VAR: &str = "STRATA_CONFIG";
 
 /// The default config file: `/etc/strata/config.yaml` as root, else
-/// `${XDG_CONFIG_HOME:-~/.config}/strata/config.yaml`.
-pub fn default_path() -> PathBuf {
+/// `${XDG_CONFIG_HOME:-~/.config}/strata/config.yaml`; None for a user
+/// without a home directory ([`home_dir`]), who has no default file.
+pub fn default_path() -> Option<PathBuf> {
     if is_root() {
-        PathBuf::from("/etc/strata/config.yaml")
+        Some(PathBuf::from("/etc/strata/config.yaml"))
     } else {
-        env_path("XDG_CONFIG_HOME")
-            .unwrap_or_else(|| home().join(".config"))
-            .join("strata/config.yaml")
+        let dir = xdg_dir("XDG_CONFIG_HOME").or_else(|| Some(home_dir()?.join(".config")))?;
+        Some(dir.join("strata/config.yaml"))
     }
 }
 
 /// The default store: `/var/lib/strata` as root, else
-/// `${XDG_DATA_HOME:-$HOME/.local/share}/strata`.
-pub fn default_root() -> PathBuf {
+/// `${XDG_DATA_HOME:-$HOME/.local/share}/strata`; `invalid` for a user
+/// without a home directory ([`home_dir`]).
+pub fn default_root() -> Result<PathBuf> {
     if is_root() {
-        PathBuf::from("/var/lib/strata")
+        Ok(PathBuf::from("/var/lib/strata"))
     } else {
-        env_path("XDG_DATA_HOME")
-            .unwrap_or_else(|| home().join(".local/share"))
-            .join("strata")
+        let dir = match xdg_dir("XDG_DATA_HOME") {
+            Some(dir) => dir,
+            None => home_dir()
+                .ok_or_else(|| no_home("store"))?
+                .join(".local/share"),
+        };
+        Ok(dir.join("strata"))
     }
 }
 
 /// The config file read without `--config`, and where its name came from:
 /// `$STRATA_CONFIG` when set and not empty (source `environment`), else
-/// [`default_path`] (source `default`). Either may be missing.
-pub fn unnamed_path() -> (PathBuf, Source) {
+/// [`default_path`] (source `default`). Either may be missing; None when
+/// there is no default file.
+pub fn unnamed_path() -> Option<(PathBuf, Source)> {
     match env_path(CONFIG_VAR) {
-        Some(path) => (path, Source::Environment),
-        None => (default_path(), Source::Default),
+        Some(path) => Some((path, Source::Environment)),
+        None => Some((default_path()?, Source::Default)),
     }
 }
 
@@ -174,7 +212,20 @@ pub struct Lookup {
 pub fn load(named: Option<&Path>) -> Result<(Lookup, File)> {
     let (path, source) = match named {
         Some(p) => (p.to_path_buf(), Source::Flag),
-        None => unnamed_path(),
+        None => match unnamed_path() {
+            Some(unnamed) => unnamed,
+            // No home directory: no file to read (and no relative path
+            // to read one at); a store it would have named is given on
+            // the line or in the environment, else refused (`resolve`).
+            None => {
+                let missing = Lookup {
+                    path: PathBuf::from("~/.config/strata/config.yaml"),
+                    source: Source::Default,
+                    found: false,
+                };
+                return Ok((missing, File::default()));
+            }
+        },
     };
     let required = source == Source::Flag;
     let lookup = Lookup {
@@ -451,7 +502,7 @@ pub fn resolve(given: Given<'_>) -> Result<Settings> {
                 source: Source::File,
             },
             None => Setting {
-                value: default_root(),
+                value: default_root()?,
                 source: Source::Default,
             },
         },

@@ -187,9 +187,13 @@ fn snapshots() -> Vec<crate::store::Info> {
         Ok(settings) => settings.root.value,
         // A config file that does not load: the flag, the environment or
         // the default.
-        Err(_) => (flag.or(env))
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(config::default_root),
+        Err(_) => match (flag.or(env)).filter(|p| !p.as_os_str().is_empty()) {
+            Some(root) => root,
+            None => match config::default_root() {
+                Ok(root) => root,
+                Err(_) => return Vec::new(),
+            },
+        },
     };
     if !root.join("index.db").exists() {
         return Vec::new();

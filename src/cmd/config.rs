@@ -73,6 +73,10 @@ pub fn run(_args: Args, ctx: &mut Context) -> Result<()> {
             (false, Source::Environment) => {
                 format!("config file: none (${CONFIG_VAR} names {path}, which does not exist)\n")
             }
+            // `config::load`'s stand-in for a user without a home.
+            (false, _) if !looked.path.is_absolute() => {
+                "config file: none (no home directory to look in)\n".to_string()
+            }
             (false, _) => format!("config file: none ({path} does not exist)\n"),
         };
         out.push_str(&printer.table(&["SETTING", "VALUE", "SOURCE"], rows));

@@ -21,10 +21,14 @@ pub struct Credentials {
     pub password: String,
 }
 
+/// `$HOME` when it is an absolute path: a relative one named files in the
+/// current directory (audit). Unset, there is no home here (the passwd
+/// entry is not asked, as it is for the store: the tests rely on an unset
+/// `HOME` reading no file of the machine's).
 fn home() -> Option<PathBuf> {
     std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
         .map(PathBuf::from)
+        .filter(|h| h.is_absolute())
 }
 
 fn env_path(var: &str) -> Option<PathBuf> {
@@ -39,10 +43,12 @@ pub fn files() -> Vec<PathBuf> {
     if let Some(p) = env_path("REGISTRY_AUTH_FILE") {
         out.push(p);
     }
-    if let Some(d) = env_path("XDG_RUNTIME_DIR") {
+    if let Some(d) = crate::config::xdg_dir("XDG_RUNTIME_DIR") {
         out.push(d.join("containers/auth.json"));
     }
-    if let Some(d) = env_path("XDG_CONFIG_HOME").or_else(|| home().map(|h| h.join(".config"))) {
+    if let Some(d) =
+        crate::config::xdg_dir("XDG_CONFIG_HOME").or_else(|| home().map(|h| h.join(".config")))
+    {
         out.push(d.join("containers/auth.json"));
     }
     match env_path("DOCKER_CONFIG") {
@@ -61,9 +67,11 @@ pub fn files() -> Vec<PathBuf> {
 /// `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`.
 pub fn login_file() -> Result<PathBuf> {
     env_path("REGISTRY_AUTH_FILE")
-        .or_else(|| env_path("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")))
         .or_else(|| {
-            env_path("XDG_CONFIG_HOME")
+            crate::config::xdg_dir("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json"))
+        })
+        .or_else(|| {
+            crate::config::xdg_dir("XDG_CONFIG_HOME")
                 .or_else(|| home().map(|h| h.join(".config")))
                 .map(|d| d.join("containers/auth.json"))
         })

@@ -1208,6 +1208,142 @@ fn a_user_s_default_config_file_and_strata_config() {
     assert_eq!(v["driver"], from_file("native"), "{v}");
 }
 
+/// A user's default store and config file are under an absolute home:
+/// `$HOME` when absolute, else (unset, empty, relative) the passwd
+/// entry's, else none, and a store that needs one is `invalid`, saying to
+/// give `--root`. A relative `XDG_DATA_HOME` or `XDG_CONFIG_HOME` is
+/// ignored, as the XDG spec says (audit: `HOME=` made the store
+/// `.local/share/strata`, `HOME=rel` `rel/.local/share/strata`,
+/// `XDG_DATA_HOME=x` `x/strata`, all in the current directory, where `ls`
+/// made them). Run as user 65534, and as a user without a passwd entry.
+#[test]
+fn a_user_s_defaults_need_an_absolute_home() {
+    let Some(s) = store_for_nobody("native", 0o777) else {
+        return;
+    };
+    let cwd = s.scratch_dir("cwd");
+    fs::set_permissions(&cwd, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let home = s.scratch_dir("home");
+    let home = home.to_str().unwrap();
+    let passwd = sh_ok("getent passwd 65534", "nobody's passwd entry");
+    let passwd_home = passwd.trim().split(':').nth(5).unwrap().to_string();
+    assert!(passwd_home.starts_with('/'), "{passwd}");
+    // `strata ARGS…` without --root or $STRATA_CONFIG as user `uid`, in
+    // `cwd`, with `env` (None: unset).
+    let run = |uid: u32, env: &[(&str, Option<&str>)], args: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+            BIN.into(),
+        ])
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("NO_COLOR", "1")
+        .current_dir(&cwd);
+        for (name, value) in env {
+            if let Some(value) = value {
+                cmd.env(name, value);
+            }
+        }
+        let out = cmd.output().unwrap();
+        let env: Vec<String> = env
+            .iter()
+            .map(|(k, v)| format!("{k}={} ", v.unwrap_or("(unset)")))
+            .collect();
+        Run {
+            cmdline: format!(
+                "{}setpriv --reuid={uid} … strata {}",
+                env.concat(),
+                args.join(" ")
+            ),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let root_of = |env: &[(&str, Option<&str>)]| {
+        let run = run(65534, env, &["config", "--json"]).success();
+        let v = run.json();
+        assert_eq!(v["root"]["source"], "default", "{}", run.session());
+        v["root"]["value"].as_str().unwrap().to_string()
+    };
+    let from_passwd = format!("{passwd_home}/.local/share/strata");
+    for bad in [None, Some(""), Some("rel"), Some("./rel")] {
+        assert_eq!(root_of(&[("HOME", bad)]), from_passwd);
+        // `ls` does not make a store in the current directory.
+        run(65534, &[("HOME", bad)], &["ls"]);
+    }
+    assert_eq!(
+        root_of(&[("HOME", Some(home)), ("XDG_DATA_HOME", Some("xrel"))]),
+        format!("{home}/.local/share/strata")
+    );
+    assert_eq!(
+        root_of(&[("HOME", Some(home)), ("XDG_DATA_HOME", Some("/x"))]),
+        "/x/strata"
+    );
+    // A relative XDG_CONFIG_HOME is not looked in: the home's file is read.
+    for dir in [
+        format!("{home}/.config/strata"),
+        cwd.join("crel/strata").to_str().unwrap().into(),
+    ] {
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(format!("{dir}/config.yaml"), "driver: overlay\n").unwrap();
+    }
+    let v = run(
+        65534,
+        &[("HOME", Some(home)), ("XDG_CONFIG_HOME", Some("crel"))],
+        &["config", "--json"],
+    )
+    .success()
+    .json();
+    assert_eq!(
+        v["config_file"],
+        format!("{home}/.config/strata/config.yaml"),
+        "{v}"
+    );
+    fs::remove_dir_all(cwd.join("crel")).unwrap();
+    assert_eq!(fs::read_dir(&cwd).unwrap().count(), 0, "made in the cwd");
+    // A user the passwd database does not know, without a home: refused,
+    // unless the store is given.
+    let stranger = 54_321;
+    if Command::new("getent")
+        .args(["passwd", "54321"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        panic!("user {stranger} has a passwd entry: pick another for this test");
+    }
+    for bad in [None, Some(""), Some("rel")] {
+        let ls = run(stranger, &[("HOME", bad)], &["ls"])
+            .fails_with(6, "no home directory for the default store: $HOME is ")
+            .fails_with(6, "hint: give the store with --root DIR or STRATA_ROOT=DIR");
+        assert_eq!(ls.stderr.lines().count(), 2, "{}", ls.session());
+        let given = s.root.to_str().unwrap();
+        let v = run(
+            stranger,
+            &[("HOME", bad), ("STRATA_ROOT", Some(given))],
+            &["config", "--json"],
+        )
+        .success()
+        .json();
+        assert_eq!(v["root"]["value"], given, "{v}");
+        let table = run(stranger, &[("HOME", bad)], &["--root", given, "config"]).success();
+        assert!(
+            table
+                .stdout
+                .starts_with("config file: none (no home directory to look in)\n"),
+            "{}",
+            table.session()
+        );
+    }
+    assert_eq!(fs::read_dir(&cwd).unwrap().count(), 0, "made in the cwd");
+}
+
 #[test]
 fn unsupported_mount_without_privilege() {
     // Reachable by running strata as an unprivileged user (via util-linux setpriv).
