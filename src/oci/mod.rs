@@ -225,8 +225,29 @@ pub fn is_alias(labels: &Labels) -> bool {
     labels.contains_key(LABEL_REF)
 }
 
+/// An unlinked temporary file in `$TMPDIR` (else /tmp). A failure names
+/// the directory and where it came from (audit: "cannot create a
+/// temporary file: No such file or directory" named neither).
 fn temp_file() -> Result<File> {
-    tempfile::tempfile().map_err(|e| Error::io("cannot create a temporary file", e))
+    tempfile::tempfile().map_err(|e| {
+        let dir = std::env::temp_dir();
+        let from = match std::env::var_os("TMPDIR") {
+            Some(_) => " (from $TMPDIR)",
+            None => "",
+        };
+        Error::io(
+            format!(
+                "cannot create a temporary file in `{}`{from}",
+                dir.display()
+            ),
+            e,
+        )
+        .with_hint(if from.is_empty() {
+            "set TMPDIR to a directory this user can write"
+        } else {
+            "set TMPDIR to a directory this user can write, or unset it for /tmp"
+        })
+    })
 }
 
 /// Publishes the chain ending at committed `key` to `target` as an image.

@@ -1344,6 +1344,43 @@ fn a_user_s_defaults_need_an_absolute_home() {
     assert_eq!(fs::read_dir(&cwd).unwrap().count(), 0, "made in the cwd");
 }
 
+/// A temporary file that cannot be made names the directory, and that it
+/// came from `$TMPDIR` (audit: "cannot create a temporary file: No such
+/// file or directory"), one line and a hint; `export` makes one for
+/// each layer.
+#[test]
+fn a_bad_tmpdir_is_named() {
+    let s = Store::uninitialized("native");
+    s.strata(&["init", "--driver", "native"]).success();
+    s.strata(&["prepare", "a"]).success();
+    s.strata(&["commit", "c", "a"]).success();
+    let file = s.config_file("");
+    let missing = s.scratch("missing");
+    let layout = s.scratch("layout");
+    for (tmpdir, why) in [
+        (missing.to_str().unwrap(), "No such file or directory"),
+        ("rel", "No such file or directory"),
+        (file.to_str().unwrap(), "Not a directory"),
+    ] {
+        let env = [("TMPDIR", tmpdir)];
+        let with = With {
+            env: &env,
+            ..With::default()
+        };
+        let run = s
+            .strata_with(&["export", "c", layout.to_str().unwrap()], with)
+            .fails_with(
+                1,
+                &format!(
+                    "error: cannot create a temporary file in `{tmpdir}` (from $TMPDIR): {why}"
+                ),
+            )
+            .fails_with(1, "hint: set TMPDIR to a directory this user can write");
+        assert_eq!(run.stderr.lines().count(), 2, "{}", run.session());
+        assert!(!layout.exists(), "{}", run.session());
+    }
+}
+
 #[test]
 fn unsupported_mount_without_privilege() {
     // Reachable by running strata as an unprivileged user (via util-linux setpriv).
