@@ -141,6 +141,7 @@ impl Store {
         // Not there, rather than there but out of reach (another user's).
         let found = std::fs::metadata(&root);
         let existed = !matches!(&found, Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        refuse_non_directory(&root, &found)?;
         if let Ok(meta) = &found {
             refuse_foreign_store(&root, std::os::unix::fs::MetadataExt::uid(meta))?;
         }
@@ -1876,6 +1877,33 @@ fn refuse_unusable_root(root: &Path) -> Result<()> {
         .with_hint("SQLite opens files by paths of at most 512 bytes: use a shorter --root"));
     }
     Ok(())
+}
+
+/// Refuses store `root` (`found`, its metadata) when it, or a path above
+/// it, is there but not a directory: `invalid`, as such a mount target
+/// is, naming that path (audit: `STRATA_ROOT=/a/file/x` said "File exists
+/// (os error 17)", from `mkdir -p`).
+fn refuse_non_directory(root: &Path, found: &std::io::Result<std::fs::Metadata>) -> Result<()> {
+    let not_a_dir = match found {
+        Ok(m) if !m.is_dir() => root,
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            let mut above = root.ancestors().skip(1);
+            match above.find(|p| std::fs::metadata(p).is_ok()) {
+                Some(p) if !p.is_dir() => p,
+                _ => return Ok(()),
+            }
+        }
+        _ => return Ok(()),
+    };
+    let what = if not_a_dir == root {
+        "it is not a directory".to_string()
+    } else {
+        format!("{} is not a directory", not_a_dir.display())
+    };
+    Err(
+        Error::invalid(format!("cannot use the store {}: {what}", root.display()))
+            .with_hint("give --root or STRATA_ROOT a directory, or a path to make one at"),
+    )
 }
 
 /// The longest store path: SQLite's unix VFS takes paths of at most 512

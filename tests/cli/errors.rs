@@ -1668,6 +1668,58 @@ fn a_store_no_one_can_make_is_not_another_users() {
     );
 }
 
+/// A store path that is a file, or is under one (itself, or through a
+/// symlink to one), is `invalid`, one line naming the path that is not a
+/// directory (audit: `STRATA_ROOT=/a/file/x` said "File exists (os error
+/// 17)"); nothing is made.
+#[test]
+fn a_store_path_under_a_file_is_invalid() {
+    let s = Store::uninitialized("native");
+    let file = s.config_file("");
+    let link = s.scratch("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let f = file.to_str().unwrap();
+    let l = link.to_str().unwrap();
+    for (root, culprit) in [
+        (format!("{f}/x"), f),
+        (format!("{f}/x/y"), f),
+        (format!("{l}/x"), l),
+        ("/dev/null/x".to_string(), "/dev/null"),
+    ] {
+        let env = [("STRATA_ROOT", root.as_str())];
+        let with = |env| With {
+            env,
+            no_root: true,
+            ..With::default()
+        };
+        let run = s.strata_with(&["ls"], with(&env)).fails_with(
+            6,
+            &format!("error: cannot use the store {root}: {culprit} is not a directory\n"),
+        );
+        assert_eq!(run.stderr.lines().count(), 2, "{}", run.session());
+        assert!(
+            run.stderr.contains("hint: give --root"),
+            "{}",
+            run.session()
+        );
+        s.strata_with(&["-o", "json", "init"], with(&env))
+            .fails_json("invalid");
+    }
+    s.strata_with(
+        &["ls"],
+        With {
+            env: &[("STRATA_ROOT", f)],
+            no_root: true,
+            ..With::default()
+        },
+    )
+    .fails_with(
+        6,
+        &format!("error: cannot use the store {f}: it is not a directory\n"),
+    );
+    assert_eq!(fs::read(&file).unwrap(), b"", "the file was changed");
+}
+
 /// EPERM from a file, not from mount(2), is an I/O failure (1), not
 /// `unsupported` (7), which says to use root or the native driver (audit: an
 /// immutable output file gave 7). An unmount without privilege stays 7.
