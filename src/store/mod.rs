@@ -784,7 +784,24 @@ impl Store {
         // By identity once no strata mount is there (see `usable_target`).
         usable_target(self.layout.root(), key, &target, Judge::Identity)?;
         let row = mountable(&tx, key)?;
-        mount::mount_all(mounts, &target).map_err(|e| mount_error(key, &target, e))?;
+        mount::mount_all(mounts, &target).map_err(|e| {
+            // overlayfs refuses an upper directory on a read-only mount
+            // with EINVAL only (audit: "Invalid argument (os error 22)" for
+            // a store bind-mounted read-only).
+            let root = self.layout.root();
+            let rofs = matches!(mount::errno(&e), Some(libc::EINVAL | libc::EROFS))
+                && mount::read_only(root).unwrap_or(false);
+            if !rofs {
+                return mount_error(key, &target, e);
+            }
+            // Not with the kernel's EINVAL as its cause: that is not why.
+            Error::internal(format!(
+                "cannot mount `{key}` at {}: the store {} is on a read-only file system",
+                target.display(),
+                root.display()
+            ))
+            .with_hint(STORE_READ_ONLY_HINT)
+        })?;
         // overlayfs mounts an upper directory read-only, with only a line
         // in the kernel log, when it cannot make `work/work` (a full disk):
         // an active must be writable (audit: "mounted" with exit 0, and
@@ -2441,6 +2458,10 @@ fn article(kind: SnapshotKind) -> &'static str {
         SnapshotKind::Committed => "committed",
     }
 }
+
+/// The hint for a store on a read-only file system, where a snapshot is
+/// to be written or mounted.
+const STORE_READ_ONLY_HINT: &str = "the store's file system is mounted read-only: remount it read-write (mount -o remount,rw), or use a store on a writable disk";
 
 fn mount_error(key: &str, target: &Path, e: std::io::Error) -> Error {
     let msg = format!("cannot mount `{key}` at {}", target.display());

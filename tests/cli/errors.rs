@@ -1720,6 +1720,43 @@ fn a_store_path_under_a_file_is_invalid() {
     assert_eq!(fs::read(&file).unwrap(), b"", "the file was changed");
 }
 
+/// Mounting an active of a store on a read-only file system (here a
+/// read-only bind of the store's directory) says so, with a hint, not
+/// overlayfs's bare "Invalid argument (os error 22)" (audit); nothing is
+/// left mounted or made.
+#[test]
+fn a_mount_in_a_read_only_store_says_so() {
+    let Some(s) = Store::setup("overlay") else {
+        return;
+    };
+    s.strata(&["prepare", "a"]).success();
+    s.strata(&["commit", "base", "a"]).success();
+    s.strata(&["prepare", "c", "base"]).success();
+    let ro = s.scratch_dir("ro");
+    let _ro = MountGuard::new(&ro);
+    sh_ok(
+        &format!("mount --bind -o ro {} {}", s.root.display(), ro.display()),
+        "a read-only bind of the store",
+    );
+    let target = s.scratch("target");
+    let _target = MountGuard::new(&target);
+    let t = target.to_str().unwrap();
+    let run = command(&ro, &["mount", "c", t]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "error: cannot mount `c` at {t}: the store {} is on a read-only file system\n\
+             hint: the store's file system is mounted read-only: remount it read-write \
+             (mount -o remount,rw), or use a store on a writable disk\n",
+            ro.display()
+        )
+    );
+    assert!(!is_mount_point(&target), "{stderr}");
+    assert!(!target.exists(), "the failed mount left its target");
+}
+
 /// EPERM from a file, not from mount(2), is an I/O failure (1), not
 /// `unsupported` (7), which says to use root or the native driver (audit: an
 /// immutable output file gave 7). An unmount without privilege stays 7.
