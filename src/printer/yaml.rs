@@ -84,6 +84,136 @@ fn entry(out: &mut String, v: &Value, indent: usize) {
     }
 }
 
+/// Nodes at this depth and below are written in flow style (see
+/// [`Forest`]).
+pub const FLOW_DEPTH: usize = 32;
+
+/// Writes a forest given in pre-order (see `Printer::forest`) as the
+/// sequence of nested mappings whose last key is `children`, a node at a
+/// time. Block style indents each level two more columns, so a chain of
+/// 69,000 layers would have taken 4.7 GB of spaces: nodes [`FLOW_DEPTH`]
+/// deep and more are written in flow style instead, a node a line at one
+/// indentation (`{name: a, kind: committed, children: [` … `]}`), strings
+/// quoted unless plain in flow too. A reader reads the same values.
+#[derive(Default)]
+pub struct Forest {
+    /// Whether a node was written (else the document is `[]`).
+    any: bool,
+    /// The depth of the last node written, if any.
+    last: Option<usize>,
+    /// How many `children` lists are open in flow style: that of a block
+    /// node at `FLOW_DEPTH - 1` first, then those of flow nodes.
+    flow: usize,
+}
+
+/// Where flow nodes are written: deeper than the keys of their block
+/// ancestor (column `2 * (FLOW_DEPTH - 1) + 2`), as YAML wants.
+const FLOW_INDENT: usize = 2 * FLOW_DEPTH + 2;
+
+impl Forest {
+    /// Writes the node at `depth` whose own fields are `fields` (a
+    /// mapping); `parent` says the next node is its child.
+    pub fn node(&mut self, out: &mut String, depth: usize, fields: &Value, parent: bool) {
+        self.any = true;
+        let after = self.last.replace(depth);
+        if depth < FLOW_DEPTH {
+            self.close_flow(out, 0);
+            out.extend(std::iter::repeat_n(' ', 2 * depth));
+            out.push_str("- ");
+            let indent = 2 * depth + 2;
+            match fields {
+                Value::Mapping(map) if !map.is_empty() => {
+                    block(out, fields, indent, false);
+                    out.extend(std::iter::repeat_n(' ', indent));
+                }
+                _ => {}
+            }
+            out.push_str("children:");
+            if !parent {
+                out.push_str(" []\n");
+            } else if depth + 1 < FLOW_DEPTH {
+                out.push('\n');
+            } else {
+                out.push_str(" [");
+                self.flow = 1;
+            }
+            return;
+        }
+        // The lists open are those of its ancestors from `FLOW_DEPTH - 1`.
+        self.close_flow(out, depth + 1 - FLOW_DEPTH);
+        if after.is_some_and(|d| d >= depth) {
+            out.push(',');
+        }
+        out.push('\n');
+        out.extend(std::iter::repeat_n(' ', FLOW_INDENT));
+        out.push('{');
+        if let Value::Mapping(map) = fields {
+            for (key, v) in map {
+                flow(out, key);
+                out.push_str(": ");
+                flow(out, v);
+                out.push_str(", ");
+            }
+        }
+        out.push_str("children: [");
+        if parent {
+            self.flow += 1;
+        } else {
+            out.push_str("]}");
+        }
+    }
+
+    /// Closes the flow lists open until `keep` are left.
+    fn close_flow(&mut self, out: &mut String, keep: usize) {
+        while self.flow > keep {
+            self.flow -= 1;
+            // The outermost list is a block node's value: its line ends.
+            out.push_str(if self.flow == 0 { "]\n" } else { "]}" });
+        }
+    }
+
+    /// Ends the document.
+    pub fn end(&mut self, out: &mut String) {
+        self.close_flow(out, 0);
+        if !self.any {
+            out.push_str("[]\n");
+        }
+    }
+}
+
+/// `v` in flow style: a node's own fields are shallow (a list of mount
+/// targets), so recursion is bounded here.
+fn flow(out: &mut String, v: &Value) {
+    match v {
+        Value::Mapping(map) => {
+            out.push('{');
+            for (i, (key, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                flow(out, key);
+                out.push_str(": ");
+                flow(out, v);
+            }
+            out.push('}');
+        }
+        Value::Sequence(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                flow(out, v);
+            }
+            out.push(']');
+        }
+        // `,` ends a plain scalar in flow style, and `:` may (YAML 1.1).
+        Value::String(s) if s.contains([',', ':']) => quoted(out, s),
+        Value::Tagged(t) => flow(out, &t.value),
+        _ => scalar(out, v),
+    }
+}
+
 fn scalar(out: &mut String, v: &Value) {
     match v {
         Value::Null => out.push_str("null"),
@@ -120,6 +250,11 @@ fn string(out: &mut String, s: &str) {
         out.push_str(s);
         return;
     }
+    quoted(out, s);
+}
+
+/// `s` double-quoted, with JSON-style escapes.
+fn quoted(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

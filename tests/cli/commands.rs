@@ -575,3 +575,68 @@ fn store_from_environment() {
     s.strata_with(&["--root", "", "ls"], flag)
         .fails_with(2, "--root");
 }
+
+/// `tree` of a chain of 20,000 layers in every format, in bounded stack and
+/// in memory and output that grow with the layers, not their square
+/// (audit: `-o yaml` and `--json` died of a stack overflow, SIGSEGV, and
+/// the table of a chain of 69,000 took 9.3 GB). The table starts again at
+/// the left every 32 levels after `[+N] `; YAML goes to flow style 32
+/// levels down; JSON stops indenting (its nested shape is the same).
+#[test]
+fn tree_of_a_very_deep_chain() {
+    const N: usize = 20_000;
+    let s = setup!("native");
+    chain_by_sql(&s, N);
+    let started = std::time::Instant::now();
+
+    let table = s.strata(&["tree"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), N);
+    assert_eq!(lines[0], "l0");
+    assert_eq!(lines[1], "└── l1");
+    assert_eq!(lines[32], format!("{}└── l32", " ".repeat(4 * 31)));
+    assert_eq!(lines[33], "[+32] └── l33");
+    assert_eq!(lines[34], "[+32]     └── l34");
+    assert_eq!(lines[65], "[+64] └── l65");
+    let widest = lines.iter().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest < 150, "a line of {widest} characters");
+
+    let json = s.strata(&["tree", "--json"]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let mut want = String::from("[");
+    for i in 0..N {
+        want.push_str(&format!(
+            r#"{{"name":"l{i}","kind":"committed","children":["#
+        ));
+    }
+    want.push_str(&"]}".repeat(N));
+    want.push(']');
+    let bare: String = json.stdout.split_whitespace().collect();
+    assert!(bare == want, "not the nested chain");
+    assert!(json.stdout.len() < 500 * N, "{} bytes", json.stdout.len());
+
+    let yaml = s.strata(&["tree", "-o", "yaml"]);
+    assert_eq!(yaml.code, 0, "{}", yaml.stderr);
+    let mut want = String::new();
+    for d in 0..32 {
+        let pad = " ".repeat(2 * d + 2);
+        want.push_str(&format!(
+            "{}- name: l{d}\n{pad}kind: committed\n{pad}children:{}",
+            &pad[2..],
+            if d < 31 { "\n" } else { " [" }
+        ));
+    }
+    let pad = " ".repeat(66);
+    for d in 32..N {
+        want.push_str(&format!(
+            "\n{pad}{{name: l{d}, kind: committed, children: ["
+        ));
+    }
+    want.push_str(&"]}".repeat(N - 32));
+    want.push_str("]\n");
+    assert!(yaml.stdout == want, "{}", &yaml.stdout[..2000]);
+
+    let took = started.elapsed();
+    assert!(took.as_secs() < 20, "{took:?}");
+}
