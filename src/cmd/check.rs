@@ -65,7 +65,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
         .any(|p| p.kind == "index-corrupt" && !p.repaired);
     Err(if damaged {
         // --repair does nothing with a damaged index.
-        err.with_hint("restore index.db from a backup, or recover it with `sqlite3 index.db .recover`, then check again")
+        err.with_hint("correct what is named with sqlite3, or restore index.db from a backup (a damaged file: recover it with `sqlite3 index.db .recover`), then check again")
     } else if args.repair {
         // What is left says what it needs (audit: a leftover that could not
         // be deleted got the hint about missing data).

@@ -229,16 +229,33 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
             .into(),
         )
     })?;
-    Ok(Row {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        kind,
-        parent_id: r.get(3)?,
-        parent: r.get(4)?,
-        created: Timestamp(r.get(5)?),
-        updated: Timestamp(r.get(6)?),
-        size: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-        inodes: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+    let row = || {
+        Ok(Row {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            kind,
+            parent_id: r.get(3)?,
+            parent: r.get(4)?,
+            created: Timestamp(r.get(5)?),
+            updated: Timestamp(r.get(6)?),
+            size: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            inodes: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+        })
+    };
+    // A value of another type (the table is not STRICT: a parent_id holding
+    // text) names the snapshot, as a bad kind does (audit: "Invalid column
+    // type Text at index: 3, name: parent_id").
+    row().map_err(|e| match e {
+        rusqlite::Error::InvalidColumnType(at, column, ty) => {
+            let name: String = r.get(1).unwrap_or_default();
+            rusqlite::Error::FromSqlConversionFailure(
+                at,
+                ty,
+                format!("snapshot `{name}` has a {column} of type {ty}, which is not an integer")
+                    .into(),
+            )
+        }
+        e => e,
     })
 }
 
@@ -866,15 +883,57 @@ pub fn insert(
     labels: &Labels,
     created: Timestamp,
 ) -> Result<i64> {
-    tx.execute(
+    let inserted = tx.execute(
         "INSERT INTO snapshots (name, kind, parent_id, created, updated)
          VALUES (?1, ?2, ?3, ?4, ?4)",
         params![name, kind.as_str(), parent_id, created.0],
-    )?;
+    );
+    if let Err(e) = inserted {
+        // SQLITE_FULL is a full disk, or AUTOINCREMENT out of ids (audit:
+        // "its disk is full … free some space", where the disk had room).
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            && let Ok(Some(last)) = ids_used_up(tx)
+        {
+            return Err(Error::internal(format!(
+                "no snapshot can be made: {}",
+                ids_used_up_message(last).trim_start_matches("index: ")
+            ))
+            .with_hint(format!("`strata check` reports it; {IDS_USED_UP_HINT}")));
+        }
+        return Err(e.into());
+    }
     let id = tx.last_insert_rowid();
     set_labels(tx, id, labels)?;
     Ok(id)
 }
+
+/// The last snapshot id given, when it is the largest SQLite has: no
+/// snapshot can be made (AUTOINCREMENT never gives an id twice), only
+/// after an edit by hand (a row inserted with that id, even deleted since).
+pub fn ids_used_up(tx: &Transaction<'_>) -> Result<Option<i64>> {
+    let last: Option<i64> = tx
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'snapshots' AND typeof(seq) = 'integer'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(last.filter(|&last| last == i64::MAX))
+}
+
+/// What `check` says of ids used up ([`ids_used_up`]) to `last`.
+pub fn ids_used_up_message(last: i64) -> String {
+    format!(
+        "index: the snapshot ids are used up: the last one given is {last}, the largest SQLite \
+         has, and ids are never given twice"
+    )
+}
+
+/// How ids used up are given back, by a person who knows the history.
+pub const IDS_USED_UP_HINT: &str = "if no snapshot ever had an id above those in use, \
+     `sqlite3 index.db \"UPDATE sqlite_sequence SET seq = (SELECT max(id) FROM snapshots) \
+     WHERE name = 'snapshots'\"` lets ids be given again (a row with the largest id must be \
+     removed first)";
 
 fn set_labels(tx: &Transaction<'_>, id: i64, labels: &Labels) -> Result<()> {
     let mut stmt = tx.prepare_cached(

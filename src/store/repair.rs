@@ -137,11 +137,6 @@ impl Store {
     pub fn check(&mut self, repair: bool) -> Result<CheckReport> {
         let mut problems = Vec::new();
         if !self.check_index(&mut problems, repair)? {
-            problems.push(problem(
-                "index-corrupt",
-                None,
-                "index: damaged; nothing else was checked or repaired: restore index.db from a backup (or `sqlite3 index.db .recover`)".into(),
-            ));
             return Ok(CheckReport {
                 consistent: false,
                 problems,
@@ -413,6 +408,73 @@ impl Store {
             }
             // Nothing more is read from a damaged index (a damaged table
             // fails every query on it), and nothing repaired from it.
+            problems.push(problem(
+                "index-corrupt",
+                None,
+                "index: damaged; nothing else was checked or repaired: restore index.db from a backup (or `sqlite3 index.db .recover`)".into(),
+            ));
+            return Ok(false);
+        }
+        // What SQLite's check passes but strata cannot read or trust: rows
+        // edited past the types (the table is not STRICT) or past
+        // constraints a table rebuilt by hand no longer has, and ids used
+        // up. Only here: no other command pays for these scans.
+        let unreadable = bad_rows(&tx)?;
+        let cannot = if repair {
+            "; it cannot be repaired: correct or delete the row with sqlite3, or restore index.db from a backup"
+        } else {
+            ""
+        };
+        for (id, name, faults) in &unreadable {
+            problems.push(problem(
+                "index-corrupt",
+                name.as_deref(),
+                format!(
+                    "index: snapshot {} (id {id}) {}{cannot}",
+                    name.as_deref()
+                        .map_or_else(|| "with no name".to_string(), |n| format!("`{n}`")),
+                    faults.join(", and ")
+                ),
+            ));
+        }
+        for (name, ids) in duplicate_names(&tx)? {
+            let mut p = problem(
+                "index-corrupt",
+                Some(&name),
+                format!(
+                    "index: {} snapshots are named `{name}` (ids {}): the index's snapshots table \
+                     lost its UNIQUE constraint, and commands take either",
+                    ids.len(),
+                    ids.iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            if repair {
+                p.message.push_str(
+                    "; it cannot be repaired: rename or delete all but one of the rows with sqlite3",
+                );
+            }
+            problems.push(p);
+        }
+        if let Some(last) = index::ids_used_up(&tx)? {
+            let mut p = problem("index-corrupt", None, index::ids_used_up_message(last));
+            if repair {
+                p.message.push_str(&format!(
+                    "; it cannot be repaired safely: {}",
+                    index::IDS_USED_UP_HINT
+                ));
+            }
+            problems.push(p);
+        }
+        if !unreadable.is_empty() {
+            // Every reading of all the rows fails on them.
+            problems.push(problem(
+                "index-corrupt",
+                None,
+                "index: rows strata cannot read; nothing else was checked or repaired: correct them with sqlite3 (or restore index.db from a backup)".into(),
+            ));
             return Ok(false);
         }
         // Rows of a snapshot that does not exist (an index edited with
@@ -462,6 +524,96 @@ impl Store {
         }
         Ok(true)
     }
+}
+
+/// A row [`bad_rows`] found: its id, its name (when it is text), and what
+/// is wrong with it.
+type BadRow = (i64, Option<String>, Vec<String>);
+
+/// The rows of `snapshots` that [`index`]'s reading fails on, or that hold
+/// a kind strata does not know. A full scan, for `check` only.
+fn bad_rows(tx: &index::Transaction<'_>) -> Result<Vec<BadRow>> {
+    // Each column's type as read (`rows`), and the values shown as SQL.
+    const INTEGER: &[&str] = &["integer"];
+    const OPTIONAL: &[&str] = &["integer", "null"];
+    const COLUMNS: [(&str, &[&str]); 5] = [
+        ("parent_id", OPTIONAL),
+        ("created", INTEGER),
+        ("updated", INTEGER),
+        ("size", OPTIONAL),
+        ("inodes", OPTIONAL),
+    ];
+    let typed = |(column, types): &(&str, &[&str])| {
+        let list: Vec<String> = types.iter().map(|t| format!("'{t}'")).collect();
+        format!("typeof({column}) NOT IN ({})", list.join(", "))
+    };
+    let sql = format!(
+        "SELECT id, CASE WHEN typeof(name) = 'text' THEN name END, quote(name),
+                typeof(kind) = 'text' AND kind IN ('active', 'view', 'committed'), quote(kind),
+                {}
+           FROM snapshots
+          WHERE typeof(name) != 'text' OR typeof(kind) != 'text'
+             OR kind NOT IN ('active', 'view', 'committed') OR {}",
+        COLUMNS
+            .iter()
+            .map(|(c, _)| format!("typeof({c}), quote({c})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        COLUMNS.iter().map(typed).collect::<Vec<_>>().join(" OR ")
+    );
+    let mut stmt = tx.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let name: Option<String> = r.get(1)?;
+        let mut faults = Vec::new();
+        if name.is_none() {
+            faults.push(format!(
+                "has name {}, which is not text",
+                r.get::<_, String>(2)?
+            ));
+        }
+        if !r.get::<_, bool>(3)? {
+            faults.push(format!(
+                "has kind {}, which is none of active, view, committed",
+                r.get::<_, String>(4)?
+            ));
+        }
+        for (at, (column, types)) in COLUMNS.iter().enumerate() {
+            let kind: String = r.get(5 + 2 * at)?;
+            if !types.contains(&kind.as_str()) {
+                faults.push(format!(
+                    "has {column} {} ({kind}), which is not {}",
+                    r.get::<_, String>(6 + 2 * at)?,
+                    if *column == "parent_id" {
+                        "a snapshot id"
+                    } else {
+                        "an integer"
+                    }
+                ));
+            }
+        }
+        out.push((id, name, faults));
+    }
+    Ok(out)
+}
+
+/// Names more than one row holds (a snapshots table rebuilt by hand
+/// without its UNIQUE constraint), with their ids. For `check` only: the
+/// constraint keeps every create from needing this.
+fn duplicate_names(tx: &index::Transaction<'_>) -> Result<Vec<(String, Vec<i64>)>> {
+    let mut stmt = tx.prepare(
+        "SELECT name, group_concat(id) FROM snapshots WHERE typeof(name) = 'text'
+          GROUP BY name HAVING count(*) > 1 ORDER BY name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let ids: String = r.get(1)?;
+        let mut ids: Vec<i64> = ids.split(',').filter_map(|i| i.parse().ok()).collect();
+        ids.sort_unstable();
+        Ok((r.get(0)?, ids))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Looks again, under the write lock `tx`, at the rows `suspects` whose
