@@ -257,6 +257,19 @@ impl Store {
             Driver::Overlay => {
                 let mut new_layers = vec![row.id];
                 new_layers.extend(&chain);
+                // Both trees are mounted read-only, every layer a lower:
+                // past overlayfs's limit the kernel says only EINVAL
+                // (audit: `internal`, "Invalid argument").
+                let base_key = base.unwrap_or_default();
+                for (what, layers) in [(key, new_layers.len()), (base_key, base_chain.len())] {
+                    if driver.check_depth(layers).is_err() {
+                        return Err(Error::unsupported(format!(
+                            "cannot diff `{key}` against `{base_key}`: `{what}` has {layers} layers to mount, more than the {} lower layers overlayfs can stack",
+                            super::driver::OVERLAY_MAX_LOWER
+                        ))
+                        .with_hint("diff each layer against its own parent (no mount needed), or use a store with the native driver"));
+                    }
+                }
                 // The kernel would follow a symlink in a tree's place.
                 let layers = new_layers.iter().chain(&base_chain).copied();
                 if let Some(tree) = self.bad_tree(layers) {

@@ -806,6 +806,60 @@ fn a_stopped_build_leaves_nothing(driver: &str) {
     s.strata(&["diff", "base", "--output-file", out]).success();
 }
 
+/// An overlay `diff --parent` that would mount more layers than overlayfs
+/// stacks is `unsupported` before anything is mounted, naming the snapshot
+/// (audit: `internal`, "Invalid argument (os error 22)").
+#[test]
+fn diff_against_another_parent_past_the_overlay_limit_is_unsupported() {
+    let s = setup!("overlay");
+    chain_by_sql(&s, 502);
+    let out = s.scratch("d.tar");
+    let o = out.to_str().unwrap();
+    for (key, base, deep) in [("l501", "l499", "l501"), ("l1", "l501", "l501")] {
+        s.strata(&["diff", key, "--parent", base, "--output-file", o])
+            .fails_with(
+                7,
+                &format!("`{deep}` has 502 layers to mount, more than the 500"),
+            );
+        assert!(!out.exists());
+    }
+    // Within the limit it works.
+    s.strata(&["diff", "l499", "--parent", "l497", "--output-file", o])
+        .success();
+}
+
+/// A zstd frame that asks for a window past the decoder's 128 MiB (as
+/// `zstd --long` writes for a big layer) is refused as that, not called
+/// corrupt (audit). The frame is written by hand: its header asks for a
+/// 256 MiB window, then one raw block holds an empty tar.
+#[test]
+fn zstd_with_a_long_window_is_named() {
+    let s = Store::uninitialized("native");
+    s.strata(&["init", "--driver", "native"]).success();
+    let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 18 << 3];
+    let block = (1024u32 << 3) | 1;
+    frame.extend_from_slice(&block.to_le_bytes()[..3]);
+    frame.extend_from_slice(&[0u8; 1024]);
+    s.strata_with(
+        &["apply", "x"],
+        With {
+            stdin: Some(&frame),
+            ..Default::default()
+        },
+    )
+    .fails_with(6, "needs a window larger than the 128 MiB strata decodes");
+    // The same frame with a 1 MiB window is an empty layer.
+    frame[5] = 10 << 3;
+    s.strata_with(
+        &["apply", "x"],
+        With {
+            stdin: Some(&frame),
+            ..Default::default()
+        },
+    )
+    .success();
+}
+
 /// A tarball written by Python's tarfile, which writes whatever it is told.
 fn python_tar(out: &Path, body: &str) {
     let script = format!(

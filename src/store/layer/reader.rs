@@ -333,6 +333,17 @@ impl Stream {
             io_err("cannot read the layer", e)
         } else if self.compression == Compression::None {
             invalid(format!("corrupt layer: {e}"))
+        } else if self.compression == Compression::Zstd
+            && e.to_string().contains("requires too much memory")
+        {
+            // Valid data, beyond the decoder's window limit: not "corrupt"
+            // (audit). The zstd tool refuses it too without `--long`.
+            invalid(
+                "the zstd data needs a window larger than the 128 MiB strata decodes \
+                 (it was written with `zstd --long` or a level above 19 with a long window): \
+                 recompress it without --long"
+                    .to_string(),
+            )
         } else {
             invalid(format!(
                 "corrupt or truncated {} data: {e}",
