@@ -170,7 +170,16 @@ fn usage_error(e: clap::Error) -> Status {
             | ClapKind::DisplayVersion
             | ClapKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
-        let _ = e.print();
+        // Help and version on stdout that cannot be written (`--help >
+        // /dev/full`) fail as every command's output does (audit: exit 0);
+        // a reader gone (`--help | head -1`) is not a failure.
+        if let Err(err) = e.print().and_then(|()| std::io::stdout().flush())
+            && err.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            let error = Error::io("cannot write to standard output", err);
+            Printer::new(Format::Table, true, 0).error(&error);
+            return error.kind().exit_code();
+        }
         return if e.kind() == ClapKind::DisplayHelpOnMissingArgumentOrSubcommand {
             2
         } else {

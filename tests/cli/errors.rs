@@ -2413,3 +2413,40 @@ fn an_index_that_cannot_be_opened_or_written_says_why() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(layout.join("index.json").exists());
 }
+
+/// Help and version to a stdout that cannot be written fail as every
+/// command's output does: one line, exit 1 (audit: exit 0). A reader that
+/// goes away is no failure.
+#[test]
+fn help_to_a_full_stdout_fails() {
+    if !Path::new("/dev/full").exists() {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "no /dev/full");
+        eprintln!("skipped: no /dev/full");
+        return;
+    }
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["help", "ls"],
+        &["ls", "--help"],
+    ] {
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .args(args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().next(),
+            Some("error: cannot write to standard output: No space left on device (os error 28)"),
+            "{args:?}"
+        );
+    }
+}
