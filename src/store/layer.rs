@@ -402,8 +402,23 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::NOFOLLOW);
 
 /// Path order of tar entries: component by component (`a/b` before `a-b`),
-/// so a directory's entries follow it directly.
+/// so a directory's entries follow it directly; among the entries of one
+/// directory, whiteouts and the opaque marker first, as the OCI image spec
+/// asks of writers ("whiteout files appear before sibling directory
+/// entries"; audit: `-x` came before `.wh.y`), each group in byte order.
 fn path_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
-    let key = |c: &u8| if *c == b'/' { 0u8 } else { *c };
-    a.iter().map(key).cmp(b.iter().map(key))
+    let (mut ca, mut cb) = (a.split(|c| *c == b'/'), b.split(|c| *c == b'/'));
+    loop {
+        match (ca.next(), cb.next()) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(x), Some(y)) => {
+                let (wx, wy) = (
+                    x.starts_with(WHITEOUT_PREFIX),
+                    y.starts_with(WHITEOUT_PREFIX),
+                );
+                return wy.cmp(&wx).then_with(|| x.cmp(y));
+            }
+            (x, y) => return x.is_some().cmp(&y.is_some()),
+        }
+    }
 }

@@ -2180,6 +2180,11 @@ fn pax_helpers() {
     assert_eq!(ustar_split(&[b'a'; 101]), None);
     assert!(path_order(b"a/b", b"a-b").is_lt());
     assert!(path_order(b"a", b"a/b").is_lt());
+    assert!(path_order(b"a", b"a").is_eq());
+    assert!(path_order(b"d/.wh.y", b"d/-x").is_lt());
+    assert!(path_order(b"d/.wh..wh..opq", b"d/.wh.a").is_lt());
+    assert!(path_order(b"d/-x", b"d/.wh.y/z").is_gt());
+    assert!(path_order(b"d", b"d/.wh.y").is_lt());
 }
 
 /// `path kind` of every entry under `root`, sorted; a char 0/0 is a

@@ -359,7 +359,8 @@ impl TarWriter<'_, '_> {
 }
 
 /// Write the layer tarball to `out`. Reproducible: entries sorted by path
-/// (parents before children, `.wh.` markers in path order), numeric uid/gid
+/// (parents before children, a directory's `.wh.` markers before its other
+/// entries; see `path_order`), numeric uid/gid
 /// only, mtimes clamped to `source_date_epoch` when Some, gzip header without
 /// mtime/name, same tree => same bytes. Hardlinks within the layer are
 /// emitted once as a file and then as hardlink entries (first path in sort
