@@ -139,9 +139,12 @@ fn run() -> Status {
         }
     };
     let result = cmd::run(cli.command, &mut ctx);
-    // Stopped by Ctrl-C or SIGTERM: what the command made is deleted by now;
-    // it ends by that signal, without an error of its own.
-    if let (Err(_), Some(signal)) = (&result, interrupt::caught()) {
+    // Stopped by Ctrl-C or SIGTERM: what the command made is deleted by now,
+    // and it ends by that signal, without an error of its own (the error is
+    // that of the step it stopped, or one that followed). A command that
+    // finished all the same ends by it too, after its output, so that a
+    // shell loop running it stops as the user asked.
+    if let Some(signal) = interrupt::caught() {
         ctx.close();
         interrupt::die_of(signal);
     }

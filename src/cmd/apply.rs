@@ -1,6 +1,7 @@
 use super::Context;
 use crate::printer::{Unit, human_size};
 use crate::store::exchange::ApplyChecks;
+use crate::store::interrupt::Stoppable;
 use crate::store::{Error, Kind, Result};
 use std::io::Read;
 use std::path::PathBuf;
@@ -78,7 +79,8 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
     // Send: the layer is read on a second thread. Unbuffered: that thread
     // reads 1 MiB at a time (a compressed layer through a buffer of the
     // decoder's own), so a buffer here would only add a copy.
-    let stdin = || Box::new(std::io::stdin());
+    // A pipe or a FIFO may stall: its reads look at a caught Ctrl-C.
+    let stdin = || Box::new(Stoppable(std::io::stdin()));
     let (mut input, total): (Box<dyn Read + Send>, Option<u64>) = match &args.file {
         None => (stdin(), None),
         Some(p) if p.as_os_str() == "-" => (stdin(), None),
@@ -100,7 +102,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                 )));
             }
             let len = meta.is_file().then_some(meta.len());
-            (Box::new(f), len)
+            (Box::new(Stoppable(f)), len)
         }
     };
     if args.file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdin()) {

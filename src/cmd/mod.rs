@@ -461,20 +461,19 @@ pub fn context(cli: &Cli) -> Result<Context> {
 
 /// Runs one command.
 pub fn run(command: Command, ctx: &mut Context) -> Result<()> {
-    // The commands that build something delete it when stopped (see
-    // `store::interrupt`); the others end at once, as before.
+    // The commands that build something delete it when stopped at one of
+    // their long steps (see `store::interrupt`); the others end at once.
     if matches!(
         command,
         Command::Apply(_)
             | Command::Import(_)
             | Command::Pull(_)
-            | Command::Push(_)
             | Command::Prepare(_)
             | Command::View(_)
             | Command::Diff(_)
             | Command::Export(_)
     ) {
-        store::interrupt::catch();
+        store::interrupt::allow();
     }
     match command {
         Command::Init(args) => init::run(args.0, ctx),

@@ -420,7 +420,10 @@ impl Registry {
             .with_hint(super::NOTHING_COMMITTED)
         };
         let url = self.url(&self.reference, "blobs", digest);
-        self.rt.block_on(async {
+        // The download is a long step: a caught Ctrl-C stops it at once,
+        // also while the registry sends nothing.
+        crate::store::interrupt::catch();
+        let fetch = async {
             let mut res = self.authorized(http.get(&url)).send().await?;
             let status = res.status();
             if status != reqwest::StatusCode::OK {
@@ -433,9 +436,6 @@ impl Registry {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
             let mut n = 0u64;
             while let Some(chunk) = res.chunk().await? {
-                if let Err(e) = crate::store::interrupt::check() {
-                    return Ok(Err(local(e)));
-                }
                 n += chunk.len() as u64;
                 if size > 0 && n > size {
                     return Ok(Err(larger()));
@@ -446,6 +446,15 @@ impl Registry {
                 bar.set_position(n);
             }
             Ok(w.flush().map_err(local))
+        };
+        self.rt.block_on(async {
+            tokio::select! {
+                biased;
+                () = crate::store::interrupt::stopped() => {
+                    Ok(Err(local(std::io::Error::other(crate::store::interrupt::Interrupted))))
+                }
+                done = fetch => done,
+            }
         })
     }
 

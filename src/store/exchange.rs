@@ -147,6 +147,9 @@ impl Store {
         source_date_epoch: Option<i64>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Diffed> {
+        // Writing the layer is the long step: it stops at a caught Ctrl-C,
+        // and the output file goes with the error.
+        super::interrupt::catch();
         let driver = self.driver()?.unwrap_or(Driver::Native);
         let (row, base_row, chain, base_chain) = {
             let tx = self.index.read()?;

@@ -1,45 +1,68 @@
-//! Ctrl-C, SIGTERM and SIGHUP during the commands that build something
-//! (`apply`, `import`, `pull`, a native `prepare`'s copy, `diff` and
-//! `export` writing their output): the first such signal asks the work to
-//! stop at its next step, so that what it made (a `new-*` directory, a
-//! temporary output file) is deleted as on any error, and the binary then
-//! dies of that signal, as the shell expects. A second one kills at once:
+//! Ctrl-C, SIGTERM and SIGHUP during the long steps of the commands that
+//! build something (`apply`, `import`, `pull`, `prepare` and `view` where
+//! the native driver copies a tree, `diff` and `export` writing their
+//! output): the first such signal asks the work to stop at its next step,
+//! so that what it made (a `new-*` directory, a temporary output file) is
+//! deleted as on any error, and the binary then dies of that signal, as
+//! the shell expects (a script's loop stops). A second one kills at once:
 //! the handler is reset by the first (`SA_RESETHAND`).
+//!
+//! The binary [`allow`]s it for those commands; the library [`catch`]es
+//! the signals only when a long step starts, so a command that never gets
+//! there (an overlay `prepare`) keeps the default action and pays nothing.
+//! A step blocked waiting for input looks at the signal at least every
+//! [`POLL`]: a layer read from a pipe ([`Stoppable`]), a download
+//! ([`stopped`]).
 //!
 //! Without this, a Ctrl-C in the middle of an `apply` left its `new-*`
 //! directory for `prune`, and `check` reported it until then (audit).
 
-use std::io;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
 
 /// The signal received, or 0.
 static CAUGHT: AtomicI32 = AtomicI32::new(0);
+/// Whether the command may catch the signals (see [`allow`]).
+static ALLOWED: AtomicBool = AtomicBool::new(false);
+/// Whether [`catch`] has installed the handlers.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// How often a step waiting for input looks at the signal.
+pub const POLL: Duration = Duration::from_millis(100);
 
 extern "C" fn note(signal: libc::c_int) {
     CAUGHT.store(signal, Ordering::Relaxed);
 }
 
-/// Catches the signals from now on. A signal the process ignores (a
-/// command started with `nohup`, or in the background by a shell without
-/// job control) stays ignored.
+/// Lets the library catch the signals at the long steps of this command.
+pub fn allow() {
+    ALLOWED.store(true, Ordering::Relaxed);
+}
+
+/// Catches the signals from now on, if the command [`allow`]s it; once
+/// per process. A signal the process ignores (a command started with
+/// `nohup`, or in the background by a shell without job control) stays
+/// ignored. One `sigaction` per signal (two for an ignored one).
 pub fn catch() {
+    if !ALLOWED.load(Ordering::Relaxed) || INSTALLED.swap(true, Ordering::Relaxed) {
+        return;
+    }
     for signal in SIGNALS {
-        // SAFETY: sigaction(2) with a zeroed struct filled in; the handler
+        // SAFETY: sigaction(2) with zeroed structs filled in; the handler
         // only stores to an atomic, which is async-signal-safe.
         unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(signal, std::ptr::null(), &mut old) != 0
-                || old.sa_sigaction == libc::SIG_IGN
-            {
-                continue;
-            }
             let mut new: libc::sigaction = std::mem::zeroed();
             new.sa_sigaction = note as extern "C" fn(libc::c_int) as libc::sighandler_t;
             new.sa_flags = libc::SA_RESTART | libc::SA_RESETHAND;
             libc::sigemptyset(&mut new.sa_mask);
-            libc::sigaction(signal, &new, std::ptr::null_mut());
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, &new, &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN {
+                libc::sigaction(signal, &old, std::ptr::null_mut());
+            }
         }
     }
 }
@@ -73,6 +96,44 @@ pub fn die_of(signal: libc::c_int) -> ! {
         libc::signal(signal, libc::SIG_DFL);
         libc::raise(signal);
         libc::_exit(128 + signal)
+    }
+}
+
+/// A reader of a pipe, a terminal or a file that looks at the signal while
+/// it waits for input (a layer piped from a stalled producer would
+/// otherwise keep a caught Ctrl-C waiting as long as the producer): it
+/// waits with `poll` for at most [`POLL`] at a time, once the signals are
+/// caught. A regular file is always ready: one `poll` per read.
+pub struct Stoppable<R>(pub R);
+
+impl<R: Read + AsFd> Read for Stoppable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while INSTALLED.load(Ordering::Relaxed) {
+            check()?;
+            let mut fds = [rustix::event::PollFd::new(
+                &self.0,
+                rustix::event::PollFlags::IN,
+            )];
+            let timeout = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: POLL.as_nanos() as _,
+            };
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                // Ready, at its end, or failed: the read says which.
+                _ => break,
+            }
+        }
+        self.0.read(buf)
+    }
+}
+
+/// Waits until a signal is caught, looking every [`POLL`]: raced against
+/// a download's next chunk, so that a stalled registry does not keep a
+/// caught Ctrl-C waiting for its timeout.
+pub async fn stopped() {
+    while caught().is_none() {
+        tokio::time::sleep(POLL).await;
     }
 }
 

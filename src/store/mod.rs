@@ -415,6 +415,14 @@ impl Store {
             return Err(not_a_tree(format!("cannot make `{key}` on `{on}`"), &tree));
         }
         crash::point("create:validated");
+        // The long steps (a copy of the parent, a layer unpacked) stop at a
+        // caught Ctrl-C, and the staging directory goes with
+        // the error.
+        if kind == SnapshotKind::Committed
+            || (driver == Driver::Native && kind != SnapshotKind::View && parent_fs.is_some())
+        {
+            interrupt::catch();
+        }
         let staging = self.layout.staging().ctx(|| {
             format!(
                 "cannot create a directory in {}",

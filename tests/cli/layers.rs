@@ -801,6 +801,42 @@ fn a_stopped_build_leaves_nothing(driver: &str) {
         assert_eq!(s.names(&[]), vec!["base".to_string()], "{args:?}");
         assert_eq!(fs::read_dir(&outdir).unwrap().count(), 0, "{args:?}");
     }
+    // A layer from a pipe whose writer sends nothing: the wait for input
+    // stops too, at once (review: a caught SIGTERM waited for the writer).
+    let fifo = s.scratch("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut cmd = command(&s.root, &["apply", "lay", "base", fifo.to_str().unwrap()]);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let writer = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    // Waited for at most 10 s, then killed: a regression fails, not hangs.
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() && started.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let waited = started.elapsed();
+    let _ = child.kill();
+    let stopped = child.wait_with_output().unwrap();
+    drop(writer);
+    assert_eq!(stopped.status.signal(), Some(libc::SIGTERM), "{stopped:?}");
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "it waited {waited:?} for input"
+    );
+    s.strata(&["check"]).success();
+    assert_eq!(s.names(&[]), vec!["base".to_string()]);
     // Not stopped, the same commands work.
     s.strata(&["apply", "lay", "base", tar]).success();
     s.strata(&["diff", "base", "--output-file", out]).success();
