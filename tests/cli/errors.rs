@@ -2450,3 +2450,120 @@ fn help_to_a_full_stdout_fails() {
         );
     }
 }
+
+/// The mode of every entry below `dir` (its path relative to `dir`),
+/// read as root, which may look into directories of mode 0000.
+fn modes_below(dir: &Path) -> std::collections::BTreeMap<String, u32> {
+    use std::os::unix::fs::MetadataExt;
+    let out = sh_ok(
+        &format!(
+            "cd {} && find . -mindepth 1",
+            shell_quote(dir.to_str().unwrap())
+        ),
+        "list the tree",
+    );
+    out.lines()
+        .map(|rel| {
+            let md = fs::symlink_metadata(dir.join(rel)).unwrap();
+            (rel.trim_start_matches("./").to_string(), md.mode() & 0o7777)
+        })
+        .collect()
+}
+
+/// A user other than root, on a native store, reads the files and
+/// directories of its own that it may not read or search (mode 0000, as
+/// Fedora's `etc/shadow`), lending itself the owner's bits for the one
+/// call, and leaves every mode exactly as it was (audit: `prepare`, `diff`,
+/// `export`, `usage`, `commit` and even `apply` failed with "Permission
+/// denied").
+#[test]
+fn entries_their_owner_may_not_read_are_read_as_non_root() {
+    let Some(s) = store_for_nobody("native", 0o777) else {
+        return;
+    };
+    let tmp = s.tmp().to_path_buf();
+    let nobody = |args: &[&str]| as_nobody(&s.root, &tmp, args);
+    nobody(&["init", "--driver", "native"]).success();
+    let src = tmp.join("src");
+    let layer = tmp.join("layer.tar");
+    sh_ok(
+        &format!(
+            "mkdir -p {src}/etc {src}/d000/sub && echo secret > {src}/etc/shadow && \
+             echo in > {src}/d000/f && echo deep > {src}/d000/sub/g && \
+             chmod 0000 {src}/etc/shadow {src}/d000/sub {src}/d000 && \
+             tar --numeric-owner --owner=65534 --group=65534 -cf {layer} -C {src} etc d000 && \
+             chmod 0644 {layer}",
+            src = shell_quote(src.to_str().unwrap()),
+            layer = shell_quote(layer.to_str().unwrap()),
+        ),
+        "make the layer",
+    );
+    let expected: std::collections::BTreeMap<String, u32> = [
+        ("d000", 0),
+        ("d000/f", 0o644),
+        ("d000/sub", 0),
+        ("d000/sub/g", 0o644),
+        ("etc", 0o755),
+        ("etc/shadow", 0),
+    ]
+    .into_iter()
+    .map(|(p, m)| (p.to_string(), m))
+    .collect();
+    let tree = |id: &str| s.root.join("snapshots").join(id).join("fs");
+
+    // apply: unpacked, then measured.
+    let args = ["apply", "base"];
+    let mut apply = nobody_command(&s.root, &tmp, &args);
+    apply.stdin(fs::File::open(&layer).unwrap());
+    run_as_nobody(&mut apply, &args).success();
+    assert_eq!(modes_below(&tree("1")), expected, "apply");
+    // prepare: the native copy.
+    nobody(&["prepare", "work", "base"]).success();
+    assert_eq!(modes_below(&tree("1")), expected, "prepare changed base");
+    assert_eq!(modes_below(&tree("2")), expected, "prepare copied");
+    // diff and export read every file.
+    let out = tmp.join("base.tar");
+    nobody(&["diff", "base", "--output-file", out.to_str().unwrap()]).success();
+    let listed = sh_ok(
+        &format!("tar -tvf {}", shell_quote(out.to_str().unwrap())),
+        "list the diff",
+    );
+    for line in ["---------- 65534/65534       7 ", "d--------- 65534/65534"] {
+        assert!(listed.contains(line), "{listed}");
+    }
+    let read = sh_ok(
+        &format!(
+            "tar -xOf {} etc/shadow d000/sub/g",
+            shell_quote(out.to_str().unwrap())
+        ),
+        "read the diff",
+    );
+    // In the layer's order: sorted by path.
+    assert_eq!(read, "deep\nsecret\n");
+    nobody(&["export", "base", tmp.join("layout").to_str().unwrap()]).success();
+    assert_eq!(modes_below(&tree("1")), expected, "diff or export");
+
+    // The user's own: a directory of mode 0000 made in an active.
+    sh_ok(
+        &format!(
+            "setpriv --reuid=65534 --regid=65534 --clear-groups sh -c \
+             'cd {} && mkdir -p mine/in && echo x > mine/in/h && chmod 0000 mine/in mine'",
+            shell_quote(tree("2").to_str().unwrap())
+        ),
+        "make an unreadable directory as nobody",
+    );
+    let mut mine = expected.clone();
+    mine.extend([
+        ("mine".to_string(), 0),
+        ("mine/in".to_string(), 0),
+        ("mine/in/h".to_string(), 0o644),
+    ]);
+    nobody(&["usage", "work"]).success();
+    nobody(&["commit", "c", "work"]).success();
+    let usage = nobody(&["usage", "--json"]).success().json();
+    assert_eq!(usage.as_array().unwrap().len(), 2, "{usage}");
+    let diff = nobody(&["diff", "c"]).success();
+    assert!(diff.stdout.contains("mine/in/h"), "{}", diff.session());
+    assert_eq!(modes_below(&tree("1")), expected, "base at the end");
+    assert_eq!(modes_below(&tree("2")), mine, "c at the end");
+}
