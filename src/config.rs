@@ -86,7 +86,7 @@ impl Source {
 }
 
 fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
+    crate::store::euid() == 0
 }
 
 /// The user's home directory, for the defaults: `$HOME` when it is an

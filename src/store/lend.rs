@@ -26,8 +26,8 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
 
 use rustix::fd::OwnedFd;
 use rustix::fs::{CWD, FileType, Mode, OFlags};
@@ -142,8 +142,7 @@ fn lock() -> Serial {
 }
 
 fn euid() -> u32 {
-    static EUID: OnceLock<u32> = OnceLock::new();
-    *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
+    super::euid()
 }
 
 fn is_root() -> bool {

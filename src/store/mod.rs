@@ -157,6 +157,17 @@ impl Store {
         if let Some(real) = &real {
             refuse_unusable_root(real)?;
         }
+        // As root, the way to the store is judged before anything is made:
+        // the store itself, or the nearest directory above a new one.
+        if euid() == 0 {
+            let base = match &real {
+                Some(real) => Some(real.clone()),
+                None => root.ancestors().skip(1).find_map(|a| a.canonicalize().ok()),
+            };
+            if let Some(base) = base {
+                refuse_unsafe_way(&root, base.ancestors())?;
+            }
+        }
         let made = Layout::create(real.as_deref().unwrap_or(&root)).map_err(|e| {
             let verb = if existed { "open" } else { "create" };
             // EACCES is another user's directory; EPERM (a read-only kernel
@@ -187,6 +198,12 @@ impl Store {
                 .ctx(|| format!("cannot resolve the store path {}", root.display()))?,
         };
         refuse_unusable_root(&root)?;
+        // And once made: the store and its `snapshots/`, which another user
+        // may have made meanwhile or been given.
+        if euid() == 0 {
+            let snapshots = root.join("snapshots");
+            refuse_unsafe_way(&root, [root.as_path(), snapshots.as_path()])?;
+        }
         let layout = Layout::at(&root).bare_as(&made);
         let index = Index::open_guarded(&layout.index(), layout.snapshots())?;
         Ok(Store {
@@ -319,6 +336,12 @@ impl Store {
         let mut above = root.parent()?;
         while std::fs::symlink_metadata(above).is_err() {
             above = above.parent()?;
+        }
+        // Root makes it only where no other user could swap it for a
+        // symlink (its overlay's work directory is emptied by the kernel).
+        if euid() == 0 {
+            let above = above.canonicalize().ok()?;
+            refuse_unsafe_way(&above, above.ancestors()).ok()?;
         }
         let scratch = layout::Scratch::make(above).ok()?;
         overlay_mounts_in(scratch.path()).ok()
@@ -1861,13 +1884,7 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 /// symlink while the copy ran. Another user's store is already out of
 /// reach of anyone but root (mode 0700).
 fn refuse_foreign_store(root: &Path, owner: u32) -> Result<()> {
-    if !rustix::process::geteuid().is_root() || owner == 0 {
-        return Ok(());
-    }
-    let sudo_uid = std::env::var("SUDO_UID")
-        .ok()
-        .and_then(|u| u.parse::<u32>().ok());
-    if sudo_uid == Some(owner) {
+    if owner == 0 || euid() != 0 || sudo_uid() == Some(owner) {
         return Ok(());
     }
     Err(Error::precondition(format!(
@@ -1877,6 +1894,56 @@ fn refuse_foreign_store(root: &Path, owner: u32) -> Result<()> {
     .with_hint(
         "run strata as that user, or through sudo from that user's account (SUDO_UID is trusted, as git does); or chown -R the store to root first",
     ))
+}
+
+/// The user who ran `sudo`, trusted by root as the owner of a store and
+/// of the directories above it.
+fn sudo_uid() -> Option<u32> {
+    std::env::var("SUDO_UID").ok()?.parse().ok()
+}
+
+/// The process's effective uid, asked of the kernel once.
+pub fn euid() -> u32 {
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
+}
+
+/// Refuses root the store at `root` when one of `dirs` (the store, the
+/// directories above it, its `snapshots/`) could be changed by a user other
+/// than root (or the `sudo` user): owned by one, or writable by group or
+/// others without the sticky bit (the rule OpenSSH and sudo apply to the
+/// files they trust). Such a user could rename a directory on the way and
+/// put a symlink in its place while root works (review: root's `prepare`
+/// in a store under a user's directory wrote into a directory outside the
+/// store). One `lstat` each; a directory not there is not judged.
+fn refuse_unsafe_way<'a>(root: &Path, dirs: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let trusted = sudo_uid();
+    for dir in dirs {
+        let Ok(meta) = std::fs::symlink_metadata(dir) else {
+            continue;
+        };
+        let owner = meta.uid();
+        let why = if owner != 0 && Some(owner) != trusted {
+            format!("{} belongs to another user (uid {owner})", dir.display())
+        } else if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            format!(
+                "{} may be changed by other users (mode {:o})",
+                dir.display(),
+                meta.mode() & 0o7777
+            )
+        } else {
+            continue;
+        };
+        return Err(Error::precondition(format!(
+            "root uses the store {} only where no other user can change the way to it: {why}",
+            root.display()
+        ))
+        .with_hint(
+            "use a store under directories only root may change (as /var/lib/strata), or run strata as that user, or through sudo from that user's account (SUDO_UID is trusted, as git does)",
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a store path that is not UTF-8 or too long, before anything is

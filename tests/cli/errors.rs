@@ -1637,6 +1637,65 @@ fn root_refuses_another_users_store() {
     let own = Store::uninitialized("native");
     own.strata(&["init", "--driver", "native"]).success();
     own.strata(&["ls"]).success();
+    // Nor root's store on a way another user can change (review: under a
+    // user's directory, the user renamed the store aside and put its own
+    // in place while root's prepare ran): a directory above it that another
+    // user owns, or that others may write without the sticky bit. A new
+    // store there is not made.
+    use std::os::unix::fs::PermissionsExt;
+    let theirs = s.tmp().join("theirs");
+    let open = s.tmp().join("open");
+    fs::create_dir(&theirs).unwrap();
+    fs::create_dir(&open).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    for (dir, why) in [
+        (&theirs, "belongs to another user (uid 65534)"),
+        (&open, "may be changed by other users (mode 777)"),
+    ] {
+        let store = dir.join("store");
+        let run = |args: &[&str]| {
+            let mut all = vec!["--root", store.to_str().unwrap()];
+            all.extend_from_slice(args);
+            s.strata_with(
+                &all,
+                With {
+                    no_root: true,
+                    ..Default::default()
+                },
+            )
+        };
+        run(&["init", "--driver", "native"]).fails_with(5, why);
+        assert!(!store.exists(), "a store was made under {}", dir.display());
+    }
+    let store = theirs.join("store");
+    let by_sudo = |args: &[&str]| {
+        let mut all = vec!["--root", store.to_str().unwrap()];
+        all.extend_from_slice(args);
+        s.strata_with(
+            &all,
+            With {
+                no_root: true,
+                env: &[("SUDO_UID", "65534")],
+                ..Default::default()
+            },
+        )
+    };
+    by_sudo(&["init", "--driver", "native"]).success();
+    s.strata_with(
+        &["--root", store.to_str().unwrap(), "ls"],
+        With {
+            no_root: true,
+            ..Default::default()
+        },
+    )
+    .fails_with(5, "belongs to another user (uid 65534)");
+    // `snapshots/` given to another user.
+    let mine = Store::uninitialized("native");
+    mine.strata(&["init", "--driver", "native"]).success();
+    std::os::unix::fs::chown(mine.root.join("snapshots"), Some(65534), None).unwrap();
+    mine.strata(&["ls"])
+        .fails_with(5, "snapshots belongs to another user (uid 65534)");
 }
 
 /// A store the kernel will not let anyone make (sysfs refuses `mkdir` with
@@ -1981,6 +2040,13 @@ fn store_for_nobody(driver: &str, mode: u32) -> Option<Store> {
         return None;
     }
     let s = Store::uninitialized(driver);
+    // World-writable with the sticky bit, as /tmp is: root may still use a
+    // store there (see `root_refuses_another_users_store`).
+    let mode = if mode & 0o002 != 0 {
+        mode | 0o1000
+    } else {
+        mode
+    };
     fs::set_permissions(s.tmp(), std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
     Some(s)
 }
