@@ -122,7 +122,7 @@ fn read_file(path: &Path) -> Result<Option<Value>> {
             Error::invalid(format!("{} is not valid JSON", path.display())).with_source(e)
         }),
         Ok(None) => Err(Error::invalid(format!(
-            "the auth file {}: it is larger than {} MiB, the most strata reads",
+            "cannot use the auth file {}: it is larger than {} MiB, the most strata reads",
             path.display(),
             MAX_FILE_BYTES >> 20
         ))

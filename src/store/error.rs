@@ -201,12 +201,19 @@ impl From<rusqlite::Error> for Error {
                     "is the process out of file descriptors (ulimit -n), or the store's directory not readable?",
                 ),
             ),
-            _ if matches!(err, rusqlite::Error::FromSqlConversionFailure(..)) => (
-                "the store's index holds a row strata cannot read",
-                Some(
-                    "`strata check` names it; correct it with sqlite3, or restore index.db from a backup",
-                ),
-            ),
+            _ if matches!(
+                err,
+                rusqlite::Error::FromSqlConversionFailure(..)
+                    | rusqlite::Error::InvalidColumnType(..)
+            ) =>
+            {
+                (
+                    "the store's index holds a row strata cannot read",
+                    Some(
+                        "`strata check` names it; correct it with sqlite3, or restore index.db from a backup",
+                    ),
+                )
+            }
             _ => ("the store's index failed", None),
         };
         let error = Error::internal(what).with_source(err);

@@ -20,7 +20,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -360,7 +360,16 @@ impl Layout {
     /// file is dropped or the process dies.
     pub fn lock(&self, id: i64) -> io::Result<File> {
         let path = self.dir(id);
-        let dir = File::open(&path)?;
+        // Not through a symlink or onto a file (a FIFO would hang the open):
+        // a damaged store, said as such.
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR) => NotATree::error(&path),
+                _ => e,
+            })?;
         dir.lock()?;
         // The holder waited for may have been an `rm`, which renamed the
         // directory away and emptied it: then it is gone, as at the open.
@@ -378,13 +387,18 @@ impl Layout {
     /// directory under (`rm-*` or its own, row-less), `prune` deletes it.
     pub fn discard(&self, id: i64) -> io::Result<()> {
         // An `l` that is not a directory is `check`'s to report, and never
-        // written through.
-        if let Ok(Some(links)) = self.open_links() {
-            let name = link_name(id);
-            match rustix::fs::unlinkat(&links, name.as_str(), rustix::fs::AtFlags::empty()) {
-                Err(e) if e != rustix::io::Errno::NOENT => return Err(e.into()),
+        // written through (one `lstat` more than the `unlink` alone; the
+        // only users who could swap `l` meanwhile are the store's owner and
+        // root, and root uses no store another user can change).
+        let links = self.links();
+        match fs::symlink_metadata(&links) {
+            Ok(m) if m.is_dir() => match fs::remove_file(links.join(link_name(id))) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
-            }
+            },
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         self.discard_path(&self.dir(id))
     }

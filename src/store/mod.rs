@@ -430,11 +430,17 @@ impl Store {
         let parent_fs = parent_row.as_ref().map(|p| self.layout.fs(p.id));
         // The trees read (the parent's, copied or its root's xattrs; apply's
         // lowers) are the store's own, not what a symlink points at.
-        let read = match kind {
-            SnapshotKind::Committed => &chain[..],
-            _ => &chain[..chain.len().min(1)],
+        // A prepare's or a view's parent tree itself is judged by the
+        // `lstat` its root's mode is taken with (`make_root_dir`): only its
+        // snapshot directory is looked at here, one `lstat`.
+        let bad = match kind {
+            SnapshotKind::Committed => self.bad_tree(chain.iter().copied()),
+            _ => chain
+                .first()
+                .map(|&id| self.layout.dir(id))
+                .filter(|d| not_a_dir(d)),
         };
-        if let Some(tree) = self.bad_tree(read.iter().copied()) {
+        if let Some(tree) = bad {
             let on = parent.unwrap_or_default();
             return Err(not_a_tree(format!("cannot make `{key}` on `{on}`"), &tree));
         }
@@ -1010,16 +1016,12 @@ impl Store {
     fn lock(&self, id: i64, key: &str) -> Result<std::fs::File> {
         match self.layout.lock(id) {
             Ok(lock) => Ok(lock),
-            // The lock is taken through a symlink, then found not to be the
-            // directory there (audit: "removed by another process").
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound && not_a_dir(&self.layout.dir(id)) =>
-            {
-                Err(not_a_tree(
-                    format!("cannot lock snapshot `{key}`"),
-                    &self.layout.dir(id),
-                ))
-            }
+            // A symlink or a file in the directory's place (audit: it was
+            // "removed by another process").
+            Err(e) if layout::NotATree::of(&e).is_some() => Err(not_a_tree(
+                format!("cannot lock snapshot `{key}`"),
+                &self.layout.dir(id),
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(replaced(key)),
             Err(e) => Err(Error::io(format!("cannot lock snapshot `{key}`"), e)),
         }
@@ -1043,7 +1045,15 @@ impl Store {
         rows.sort_by_key(|r| r.id);
         let mut locks = Vec::with_capacity(rows.len());
         for row in rows {
-            locks.extend(self.lock_if_there(row)?);
+            match self.layout.lock(row.id) {
+                Ok(lock) => locks.push(lock),
+                // A symlink or a file in the directory's place has no lock
+                // to take; removing it unlinks it, never following it (the
+                // review found such a snapshot could not be removed).
+                Err(e) if layout::NotATree::of(&e).is_some() => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("cannot lock snapshot `{}`", row.name), e)),
+            }
         }
         Ok(locks)
     }
@@ -2135,9 +2145,6 @@ impl Removed {
     }
 }
 
-/// The error of snapshot `name`, removed from the index, whose files could
-/// not all be deleted (`e`): what is left is an `rm-*` directory, or its
-/// own without a row, which `prune` deletes once what refused is fixed.
 /// The error of an `rm` of `key` refused before any of `rows` went, for
 /// their files could not be moved out of `snapshots`.
 fn files_kept(rows: &[Row], key: &str, snapshots: &Path, e: std::io::Error) -> Error {
@@ -2162,6 +2169,9 @@ fn files_kept(rows: &[Row], key: &str, snapshots: &Path, e: std::io::Error) -> E
     .with_hint(hint)
 }
 
+/// The error of snapshot `name`, removed from the index, whose files could
+/// not all be deleted (`e`): what is left is an `rm-*` directory, or its
+/// own without a row, which `prune` deletes once what refused is fixed.
 fn files_left(name: &str, e: std::io::Error) -> Error {
     let hint = match remover::held_by_attribute(&e) {
         Some(path) => format!(
@@ -2507,14 +2517,14 @@ fn foreign(r: &MountRecord, own: Option<u64>) -> Option<u64> {
     r.namespace().filter(|ns| own.is_some_and(|own| own != *ns))
 }
 
-/// A snapshot's tree at `tree` that is not a directory: the store is
-/// damaged, and `what` (the operation) is refused.
 /// Whether `path` is there but not a directory: a symlink (not followed)
 /// or a file in its place.
 fn not_a_dir(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir())
 }
 
+/// A snapshot's tree at `tree` that is not a directory: the store is
+/// damaged, and `what` (the operation) is refused.
 fn not_a_tree(what: String, tree: &Path) -> Error {
     Error::internal(format!(
         "{what}: {} is not a directory (a symlink or a file in its place); the store is damaged",

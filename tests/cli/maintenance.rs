@@ -948,6 +948,18 @@ fn a_tree_that_is_a_symlink_is_refused(driver: &str) {
         fs::remove_file(&work).unwrap();
         fs::create_dir(&work).unwrap();
     }
+    // `rm` of such a snapshot removes its row and unlinks the symlink,
+    // never following it (review: it could not be removed at all).
+    s.strata(&["prepare", "act3", "base"]).success();
+    let dir = snaps.join(snapshot_dir(&s, Newest));
+    fs::rename(&dir, s.scratch("act3-aside")).unwrap();
+    std::os::unix::fs::symlink(&other, &dir).unwrap();
+    s.strata(&["rm", "act3"]).success();
+    assert!(
+        other.join("fs/outside").exists(),
+        "rm deleted through the link"
+    );
+    assert!(fs::symlink_metadata(&dir).is_err());
     s.strata(&["prepare", "p", "base"]).success();
     s.strata(&["view", "v", "base"]).success();
     let m = s.mount("v");
@@ -1266,6 +1278,17 @@ fn check_names_a_row_it_cannot_read() {
         );
     }
     sql(&s, "UPDATE snapshots SET parent_id = NULL WHERE id = 50");
+    s.strata(&["check"]).success();
+    // A value of another table strata cannot read (review: a label value
+    // that is a blob made `ls` and `info` fail, and `check` said consistent).
+    sql(&s, "INSERT INTO labels VALUES (50, 'k', x'ff00')");
+    s.strata(&["check"]).fails_reporting(
+        1,
+        "index-corrupt: index: label 'k' of the snapshot with id 50 has value X'FF00' (blob), which is not text",
+    );
+    s.strata(&["info", "tp"])
+        .fails_with(1, "`strata check` names it");
+    sql(&s, "UPDATE labels SET value = 'v' WHERE snapshot_id = 50");
     s.strata(&["check"]).success();
 }
 

@@ -559,7 +559,9 @@ pub(super) fn walk_compare(old: Option<&Path>, new: &Path) -> Result<Vec<Item>> 
                 let p = o.join(&n);
                 let md = lstat(&p)?;
                 if !md.file_type().is_socket() {
-                    old_links.note(&join(&rel, n.as_bytes()), &md);
+                    if !md.is_dir() && md.nlink() > 1 {
+                        old_links.note(&join(&rel, n.as_bytes()), &md);
+                    }
                     olive.insert(n.as_bytes().to_vec(), (p, md));
                 }
             }
