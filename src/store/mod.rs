@@ -191,6 +191,7 @@ impl Store {
             }
         })?;
         // Absolute, symlink-free paths: printed mounts must work from anywhere.
+        let judged = real.is_some();
         let root = match real {
             Some(real) => real,
             None => root
@@ -198,11 +199,13 @@ impl Store {
                 .ctx(|| format!("cannot resolve the store path {}", root.display()))?,
         };
         refuse_unusable_root(&root)?;
-        // And once made: the store and its `snapshots/`, which another user
-        // may have made meanwhile or been given.
+        // And once made: its `snapshots/`, which another user may have been
+        // given, and a new store, which another user may have made meanwhile
+        // (an existing one was judged above).
         if euid() == 0 {
             let snapshots = root.join("snapshots");
-            refuse_unsafe_way(&root, [root.as_path(), snapshots.as_path()])?;
+            let new = (!judged).then_some(root.as_path());
+            refuse_unsafe_way(&root, new.into_iter().chain([snapshots.as_path()]))?;
         }
         let layout = Layout::at(&root).bare_as(&made);
         let index = Index::open_guarded(&layout.index(), layout.snapshots())?;
