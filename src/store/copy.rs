@@ -48,7 +48,6 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use super::lend;
 use super::longpath::{PathContext, reach};
 
 /// Copies the contents of the directory `src` into the existing, empty
@@ -181,7 +180,7 @@ impl Copier {
             super::interrupt::check()?;
             let s = src_dir.join(&name);
             let d = dst_dir.join(&name);
-            let md = lstat(&s)?;
+            let md = fs::symlink_metadata(&*reach(&s).ctx(&s)?).ctx(&s)?;
             if md.is_dir() {
                 if (md.dev(), md.ino()) == self.dst_root {
                     continue;
@@ -209,18 +208,13 @@ impl Copier {
             // Another name of an inode already copied: link to the copy.
             // `link(2)` does not dereference symlinks, so hardlinked
             // symlinks stay symlinks.
-            // The first may be in a directory already given a mode
-            // without its owner's search bit.
-            return lend::retry(first, lend::WAY, || {
-                fs::hard_link(&*reach(first)?, &*reach(d)?)
-            })
-            .ctx(d);
+            return fs::hard_link(&*reach(first).ctx(first)?, &*reach(d).ctx(d)?).ctx(d);
         }
         let ft = md.file_type();
         if ft.is_file() {
             self.copy_file(s, d, md)?;
         } else if ft.is_symlink() {
-            let target = lend::retry(s, lend::WAY, || fs::read_link(&*reach(s)?)).ctx(s)?;
+            let target = fs::read_link(&*reach(s).ctx(s)?).ctx(s)?;
             symlink(&target, &*reach(d).ctx(d)?).ctx(d)?;
             self.apply_attrs(s, d, md)?;
         } else {
@@ -260,11 +254,8 @@ impl Copier {
         // Same order as `apply_attrs`, but through the open descriptors,
         // which saves a path lookup per call.
         fchown(&dst, Some(md.uid()), Some(md.gid())).ctx(d)?;
-        // `user.*` xattrs are read with the file's read permission.
-        lend::retry(s, lend::READ, || {
-            self.copy_xattrs(Node::Fd(src.as_fd()), Node::Fd(dst.as_fd()))
-        })
-        .ctx(d)?;
+        self.copy_xattrs(Node::Fd(src.as_fd()), Node::Fd(dst.as_fd()))
+            .ctx(d)?;
         rustix::fs::fchmod(&dst, mode_of(md)).ctx(d)?;
         rustix::fs::futimens(&dst, &times_of(md)).ctx(d)?;
         Ok(())
@@ -365,15 +356,9 @@ impl Copier {
     /// Gives a non-regular-file node (directory, symlink, device, FIFO,
     /// socket) the ownership, xattrs, mode and times of its source.
     fn apply_attrs(&mut self, s: &Path, d: &Path, md: &Metadata) -> io::Result<()> {
-        let rd = reach(d).ctx(d)?;
+        let (rs, rd) = (reach(s).ctx(s)?, reach(d).ctx(d)?);
         lchown(&*rd, Some(md.uid()), Some(md.gid())).ctx(d)?;
-        // `user.*` xattrs are read with the read permission of `s` (and
-        // its path searched), which its owner may have to lend itself.
-        lend::retry(s, lend::READ, || {
-            let rs = reach(s)?;
-            self.copy_xattrs(Node::Path(&rs), Node::Path(&rd))
-        })
-        .ctx(d)?;
+        self.copy_xattrs(Node::Path(&rs), Node::Path(&rd)).ctx(d)?;
         // Symlink permission bits are fixed on Linux and cannot be changed.
         if !md.is_symlink() {
             rustix::fs::chmodat(CWD, &*rd, mode_of(md), AtFlags::empty()).ctx(d)?;
@@ -442,16 +427,12 @@ impl Copier {
 /// mid-copy would no longer match the copy.
 fn read_names(path: &Path, buf: &mut Vec<u8>) -> io::Result<Vec<OsString>> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    // One its owner may not read (or reach) is read all the same.
-    let fd = lend::retry(path, lend::READ, || {
-        let at = reach(path)?;
-        match rustix::fs::openat(CWD, &*at, flags | OFlags::NOATIME, Mode::empty()) {
-            // O_NOATIME needs ownership of the directory or CAP_FOWNER.
-            Err(Errno::PERM) => rustix::fs::openat(CWD, &*at, flags, Mode::empty()),
-            r => r,
-        }
-        .map_err(io::Error::from)
-    })
+    let at = reach(path).ctx(path)?;
+    let fd = match rustix::fs::openat(CWD, &*at, flags | OFlags::NOATIME, Mode::empty()) {
+        // O_NOATIME needs ownership of the directory or CAP_FOWNER.
+        Err(Errno::PERM) => rustix::fs::openat(CWD, &*at, flags, Mode::empty()),
+        r => r,
+    }
     .ctx(path)?;
     names_in(&fd, path, buf)
 }
@@ -476,30 +457,20 @@ pub(super) fn names_in(fd: impl AsFd, path: &Path, buf: &mut Vec<u8>) -> io::Res
 
 /// Opens a source file for reading without following a symlink that may
 /// have replaced it, and without touching its atime when permitted.
-/// One its owner may not read is read all the same (see [`lend`]).
 fn open_source(path: &Path) -> io::Result<File> {
-    lend::retry(path, lend::READ, || {
-        let at = reach(path)?;
-        let open = |extra: i32| {
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | extra)
-                .open(&*at)
-        };
-        match open(libc::O_NOATIME) {
-            // O_NOATIME needs ownership of the file or CAP_FOWNER.
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-            r => r,
-        }
-    })
+    let at = reach(path).ctx(path)?;
+    let open = |extra: i32| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | extra)
+            .open(&*at)
+    };
+    match open(libc::O_NOATIME) {
+        // O_NOATIME needs ownership of the file or CAP_FOWNER.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        r => r,
+    }
     .ctx(path)
-}
-
-/// `lstat` of a source entry, in a directory its owner may not search
-/// too; never a mode lent meanwhile (see [`lend::settled`]).
-fn lstat(path: &Path) -> io::Result<Metadata> {
-    lend::settled(|| lend::retry(path, lend::WAY, || fs::symlink_metadata(&*reach(path)?)))
-        .ctx(path)
 }
 
 fn mode_of(md: &Metadata) -> Mode {

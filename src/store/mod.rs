@@ -18,7 +18,6 @@ pub mod interrupt;
 pub mod key;
 pub mod layer;
 pub mod layout;
-pub(crate) mod lend;
 pub(crate) mod longpath;
 pub mod mount;
 pub mod newfile;

@@ -47,7 +47,6 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RawDir, Stat};
 use rustix::io::Errno;
 
 use super::layout::NotATree;
-use super::lend;
 use super::longpath::{PathContext, open_dir, reach};
 
 /// Space and inodes used by a directory tree.
@@ -70,9 +69,7 @@ pub fn disk_usage(root: &Path) -> io::Result<Usage> {
 /// of its own: a symlink or a file in its place is a [`NotATree`] error
 /// (what the open tells, at no cost), not a one-inode tree.
 pub fn open_tree(root: &Path) -> io::Result<Arc<OwnedFd>> {
-    match lend::retry(root, lend::READ, || {
-        rustix::fs::openat(CWD, root, DIR_FLAGS, Mode::empty())
-    }) {
+    match rustix::fs::openat(CWD, root, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => Ok(Arc::new(fd)),
         Err(Errno::NOTDIR | Errno::LOOP) => Err(NotATree::error(root)),
         Err(e) => Err(e).ctx(root),
@@ -90,9 +87,7 @@ pub fn tree_usage(fd: &Arc<OwnedFd>, root: &Path) -> io::Result<Usage> {
 /// small trees under one directory (`usage` of every snapshot) this way
 /// saves resolving the long common prefix for each of them.
 pub fn disk_usage_at(base: BorrowedFd<'_>, rel: &Path, root: &Path) -> io::Result<Usage> {
-    match lend::retry(root, lend::READ, || {
-        rustix::fs::openat(base, rel, DIR_FLAGS, Mode::empty())
-    }) {
+    match rustix::fs::openat(base, rel, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => walk(Arc::new(fd), root),
         // Not a directory: that single inode.
         Err(Errno::NOTDIR | Errno::LOOP) => {
@@ -300,9 +295,7 @@ impl Worker {
     /// Counts one directory and its entries, collecting its subdirectories
     /// into `self.found` (or handing them out with batches of names).
     fn visit(&mut self, dir: Dir, shared: &Shared) -> io::Result<()> {
-        // One its owner may not read or reach is read all the same: the
-        // descriptor keeps the right to read it once the mode is back.
-        let fd: OwnedFd = match lend::retry(&dir.path, lend::READ, || open_dir(&dir.path)) {
+        let fd: OwnedFd = match open_dir(&dir.path) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()),
             // Replaced by a non-directory since it was listed: count what is
@@ -397,15 +390,7 @@ fn stat_names(
         };
         let bytes = name.to_bytes();
         rest = &rest[bytes.len() + 1..];
-        let stat = || rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW);
-        let st = match stat() {
-            // In a directory its owner may not search.
-            Err(e @ Errno::ACCESS) => {
-                lend::again(&path.join(OsStr::from_bytes(bytes)), lend::WAY, e, stat)
-            }
-            r => r,
-        };
-        let st = match st {
+        let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => continue,
             Err(e) => return Err(e).ctx(&path.join(OsStr::from_bytes(bytes))),

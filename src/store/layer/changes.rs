@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use rustix::io::Errno;
 
 use crate::store::layout::NotATree;
-use crate::store::{copy, lend, longpath};
+use crate::store::{copy, longpath};
 
 use super::reader::read_up_to;
 use super::{
@@ -55,10 +55,7 @@ fn reach(p: &Path) -> Result<longpath::Reach<'_>> {
 /// Sorted names of a directory's entries.
 pub(super) fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
     let mut names = Vec::new();
-    // One its owner may not read or reach is read all the same: the open
-    // directory stays readable once its mode is back.
-    let open = || std::fs::read_dir(&*longpath::reach(dir)?);
-    for ent in lend::retry(dir, lend::READ, open).map_err(read_err(dir))? {
+    for ent in std::fs::read_dir(&*reach(dir)?).map_err(read_err(dir))? {
         names.push(ent.map_err(read_err(dir))?.file_name());
     }
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
@@ -82,7 +79,7 @@ fn names_at(dir: &Path, rel: &[u8]) -> Result<Vec<std::ffi::OsString>> {
 /// target's files as the layer, and `push` published them). The open is
 /// the one `read_dir` makes, with `O_NOFOLLOW`.
 fn tree_names(root: &Path) -> Result<Vec<std::ffi::OsString>> {
-    let fd = match lend::retry(root, lend::READ, || longpath::open_dir(root)) {
+    let fd = match longpath::open_dir(root) {
         Ok(fd) => fd,
         Err(Errno::LOOP | Errno::NOTDIR) => return Err(read_err(root)(NotATree::error(root))),
         Err(e) => return Err(read_err(root)(e.into())),
@@ -92,32 +89,21 @@ fn tree_names(root: &Path) -> Result<Vec<std::ffi::OsString>> {
     Ok(names)
 }
 
-/// `lstat` of an entry of the walk, in a directory its owner may not
-/// search too; never a mode lent meanwhile (see [`lend::settled`]).
 pub(super) fn lstat(p: &Path) -> Result<Metadata> {
-    lend::settled(|| {
-        lend::retry(p, lend::WAY, || {
-            std::fs::symlink_metadata(&*longpath::reach(p)?)
-        })
-    })
-    .map_err(read_err(p))
+    std::fs::symlink_metadata(&*reach(p)?).map_err(read_err(p))
 }
 
 pub(super) fn read_link(p: &Path) -> Result<PathBuf> {
-    lend::retry(p, lend::WAY, || std::fs::read_link(&*longpath::reach(p)?)).map_err(read_err(p))
+    std::fs::read_link(&*reach(p)?).map_err(read_err(p))
 }
 
-/// Opens a regular file of the walk for reading, one its owner may not
-/// read too (see [`lend`]): the file stays readable through the
-/// descriptor once its mode is back.
+/// Opens a regular file of the walk for reading.
 pub(super) fn open_file(p: &Path) -> Result<File> {
-    lend::retry(p, lend::READ, || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&*longpath::reach(p)?)
-    })
-    .map_err(read_err(p))
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&*reach(p)?)
+        .map_err(read_err(p))
 }
 
 pub(super) fn is_whiteout_dev(md: &Metadata) -> bool {
@@ -311,13 +297,7 @@ pub(super) fn xattrs_of(p: &Path) -> Result<Pairs> {
 /// `metacopy` is among the others.
 pub(super) fn xattrs_listed(p: &Path) -> Result<(Pairs, bool)> {
     let at = reach(p)?;
-    let listed = || xattr_call(|b| rustix::fs::llistxattr(&*at, b));
-    // In a directory its owner may not search.
-    let list = match listed() {
-        Err(e @ Errno::ACCESS) => lend::again(p, lend::WAY, e, listed),
-        r => r,
-    };
-    let list = match list {
+    let list = match xattr_call(|b| rustix::fs::llistxattr(&*at, b)) {
         Ok(list) => list,
         Err(Errno::NOTSUP) => return Ok((Vec::new(), false)),
         Err(e) => {
@@ -334,14 +314,7 @@ pub(super) fn xattrs_listed(p: &Path) -> Result<(Pairs, bool)> {
             continue;
         }
         let cname = cstr(name);
-        let get = || xattr_call(|b| rustix::fs::lgetxattr(&*at, cname.as_c_str(), b));
-        // `user.*` ones are read with the read permission, which the owner
-        // of `p` may have to lend itself.
-        let value = match get() {
-            Err(e @ Errno::ACCESS) => lend::again(p, lend::READ, e, get),
-            r => r,
-        };
-        match value {
+        match xattr_call(|b| rustix::fs::lgetxattr(&*at, cname.as_c_str(), b)) {
             Ok(value) => out.push((name.to_vec(), value)),
             // Removed meanwhile.
             Err(Errno::NODATA) => {}
