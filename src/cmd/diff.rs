@@ -1,5 +1,6 @@
 use super::Context;
 use crate::printer::Unit;
+use crate::store::interrupt::Stoppable;
 use crate::store::layer::{Compression, Digests};
 use crate::store::newfile::NewFile;
 use crate::store::{Error, Result};
@@ -106,7 +107,8 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                 .write(true)
                 .open(path)
                 .map_err(cannot)?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            // A FIFO may stall: its writes look at a caught Ctrl-C.
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, Stoppable(file));
             let diffed = layer(ctx, &mut out)?;
             out.flush().map_err(cannot)?;
             diffed
@@ -140,7 +142,7 @@ pub fn run(args: Args, ctx: &mut Context) -> Result<()> {
                     ),
                 );
             }
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, Stoppable(stdout.lock()));
             let written = layer(ctx, &mut out).and_then(|d| {
                 out.flush()
                     .map_err(|e| Error::io("cannot write to standard output", e))?;

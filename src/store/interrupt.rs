@@ -99,8 +99,8 @@ pub fn die_of(signal: libc::c_int) -> ! {
     }
 }
 
-/// A reader of a pipe, a terminal or a file that looks at the signal while
-/// it waits for input (a layer piped from a stalled producer would
+/// A reader (or writer) of a pipe, a terminal or a file that looks at the
+/// signal while it waits for input (or room) (a layer piped from a stalled producer would
 /// otherwise keep a caught Ctrl-C waiting as long as the producer): it
 /// waits with `poll` for at most [`POLL`] at a time, once the signals are
 /// caught. A regular file is always ready: one `poll` per read.
@@ -125,6 +125,33 @@ impl<R: Read + AsFd> Read for Stoppable<R> {
             }
         }
         self.0.read(buf)
+    }
+}
+
+impl<W: io::Write + AsFd> io::Write for Stoppable<W> {
+    /// Waits for room as a read waits for input (review: a `diff` into a
+    /// pipe no one read kept a caught SIGTERM waiting for the reader).
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        while INSTALLED.load(Ordering::Relaxed) {
+            check()?;
+            let mut fds = [rustix::event::PollFd::new(
+                &self.0,
+                rustix::event::PollFlags::OUT,
+            )];
+            let timeout = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: POLL.as_nanos() as _,
+            };
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                _ => break,
+            }
+        }
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
     }
 }
 

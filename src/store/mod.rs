@@ -203,8 +203,13 @@ impl Store {
         // (an existing one was judged above).
         if euid() == 0 {
             let snapshots = root.join("snapshots");
-            let new = (!judged).then_some(root.as_path());
-            refuse_unsafe_way(&root, new.into_iter().chain([snapshots.as_path()]))?;
+            // A new one with every directory above it again: the first
+            // judgement was of the way as it was before the store was made,
+            // which a user may have changed since (review: a symlink on the
+            // way flipped between the two made stores in a user's
+            // directory).
+            let new = root.ancestors().take(if judged { 0 } else { usize::MAX });
+            refuse_unsafe_way(&root, new.chain([snapshots.as_path()]))?;
         }
         let layout = Layout::at(&root).bare_as(&made);
         let index = Index::open_guarded(&layout.index(), layout.snapshots())?;
@@ -1896,7 +1901,7 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 /// symlink while the copy ran. Another user's store is already out of
 /// reach of anyone but root (mode 0700).
 fn refuse_foreign_store(root: &Path, owner: u32) -> Result<()> {
-    if owner == 0 || euid() != 0 || sudo_uid() == Some(owner) {
+    if owner == 0 || euid() != 0 || sudo_uid() == Some(owner) || rootless() {
         return Ok(());
     }
     Err(Error::precondition(format!(
@@ -1912,6 +1917,12 @@ fn refuse_foreign_store(root: &Path, owner: u32) -> Result<()> {
 /// of the directories above it.
 fn sudo_uid() -> Option<u32> {
     std::env::var("SUDO_UID").ok()?.parse().ok()
+}
+
+/// Whether the process is root in a user namespace other than the
+/// first, where it has only its user's powers.
+fn rootless() -> bool {
+    mount::in_user_namespace()
 }
 
 /// The process's effective uid, asked of the kernel once.
@@ -1932,8 +1943,19 @@ fn refuse_unsafe_way<'a>(root: &Path, dirs: impl IntoIterator<Item = &'a Path>) 
     use std::os::unix::fs::MetadataExt;
     let trusted = sudo_uid();
     for dir in dirs {
-        let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        let Ok(link) = std::fs::symlink_metadata(dir) else {
             continue;
+        };
+        // A symlink (a `snapshots/` on another disk) by its owner, then by
+        // the directory it leads to (review: "mode 777", the link's own).
+        let meta = match link.file_type().is_symlink() {
+            true if link.uid() == 0 || Some(link.uid()) == trusted => {
+                match std::fs::metadata(dir) {
+                    Ok(meta) => meta,
+                    Err(_) => continue,
+                }
+            }
+            _ => link,
         };
         let owner = meta.uid();
         let why = if owner != 0 && Some(owner) != trusted {
@@ -1947,6 +1969,13 @@ fn refuse_unsafe_way<'a>(root: &Path, dirs: impl IntoIterator<Item = &'a Path>) 
         } else {
             continue;
         };
+        // Root in a user namespace of its own has no more power than the
+        // user it maps to, and every file it does not map shows as owned
+        // by the overflow uid (review: every store was refused). Asked only
+        // here, where it would refuse.
+        if rootless() {
+            return Ok(());
+        }
         return Err(Error::precondition(format!(
             "root uses the store {} only where no other user can change the way to it: {why}",
             root.display()

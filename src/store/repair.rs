@@ -612,6 +612,8 @@ fn bad_rows(tx: &index::Transaction<'_>) -> Result<Vec<BadRow>> {
 fn bad_values(tx: &index::Transaction<'_>) -> Result<Vec<String>> {
     const TEXT: &[&str] = &["text"];
     const INTEGER: &[&str] = &["integer"];
+    const OPTIONAL_TEXT: &[&str] = &["text", "null"];
+    const OPTIONAL_INTEGER: &[&str] = &["integer", "null"];
     type Columns = &'static [(&'static str, &'static [&'static str])];
     const TABLES: [(&str, &str, Columns); 4] = [
         (
@@ -626,6 +628,8 @@ fn bad_values(tx: &index::Transaction<'_>) -> Result<Vec<String>> {
                 ("target", TEXT),
                 ("snapshot_id", INTEGER),
                 ("created", INTEGER),
+                ("mount_id", OPTIONAL_INTEGER),
+                ("mount_identity", OPTIONAL_TEXT),
             ],
         ),
         (
@@ -661,7 +665,11 @@ fn bad_values(tx: &index::Transaction<'_>) -> Result<Vec<String>> {
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
-                    if types == &TEXT { "text" } else { "an integer" }
+                    if types.contains(&"text") {
+                        "text"
+                    } else {
+                        "an integer"
+                    }
                 ))
             })?;
             out.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);

@@ -1005,7 +1005,7 @@ fn a_config_file_nested_deep_is_refused_at_once() {
         .strata(&["--config", deep.to_str().unwrap(), "ls"])
         .fails_with(
             6,
-            "its lists and maps (`[`, `{`) nest 100000 deep, more than the 64 strata parses",
+            "it opens 100000 lists and maps (`[`, `{`), more than the 64 strata parses",
         );
     assert!(
         run.stderr.contains(deep.to_str().unwrap()),
@@ -1034,6 +1034,15 @@ fn a_config_file_nested_deep_is_refused_at_once() {
         s.strata(&["--config", config.to_str().unwrap(), "config", "--json"])
             .success();
     }
+    // Closers in quoted strings do not hide the nesting (review: `["]",`
+    // 60,000 times nested all the same, and took 16 s).
+    let quoted = s.config_file(&format!(
+        "driver: {}1{}\n",
+        "[\"]\",".repeat(100),
+        "]".repeat(100)
+    ));
+    s.strata(&["--config", quoted.to_str().unwrap(), "config", "--json"])
+        .fails_with(6, "it opens 100 lists and maps");
 }
 
 /// `config` reports an existing store's driver, the one it recorded (source
@@ -1705,6 +1714,43 @@ fn root_refuses_another_users_store() {
         },
     )
     .fails_with(5, "belongs to another user (uid 65534)");
+    // Root in a user namespace of its own (`unshare -r` as nobody) is that
+    // user, with that user's stores (review: every store was refused, all
+    // files it does not map showing as the overflow uid).
+    if require(&["unshare"]) {
+        let own = s.tmp().join("rootless");
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "unshare",
+                "-r",
+            ])
+            .arg(BIN)
+            .arg("--root")
+            .arg(&own)
+            .args(["init", "--driver", "native"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env(CONFIG_VAR, no_config(&own))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A `snapshots/` that is root's symlink to root's directory is judged by
+    // that directory (review: "mode 777", the link's own).
+    let linked = Store::uninitialized("native");
+    let elsewhere = linked.scratch_dir("snapshots-elsewhere");
+    fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::create_dir(&linked.root).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, linked.root.join("snapshots")).unwrap();
+    linked.strata(&["init", "--driver", "native"]).success();
+    linked.strata(&["prepare", "a"]).success();
     // `snapshots/` given to another user.
     let mine = Store::uninitialized("native");
     mine.strata(&["init", "--driver", "native"]).success();

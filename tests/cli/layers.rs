@@ -896,6 +896,55 @@ fn zstd_with_a_long_window_is_named() {
     .success();
 }
 
+/// A `diff` writing into a FIFO that no one reads stops at a caught SIGTERM
+/// (review: it waited for the reader, so `timeout` or a service stop needed
+/// SIGKILL).
+#[test]
+fn diff_into_a_stalled_fifo_stops_at_sigterm() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    let s = setup!("native");
+    s.layer("base", None, &[file("/big", &"x".repeat(4 << 20), 0o644)]);
+    let fifo = s.scratch("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A reader that never reads, so the writer's open does not wait.
+    let reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let mut child = command(
+        &s.root,
+        &["diff", "base", "--output-file", fifo.to_str().unwrap()],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    // Waited for at most 10 s, then killed: a regression fails, not hangs.
+    while child.try_wait().unwrap().is_none() && started.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let waited = started.elapsed();
+    let _ = child.kill();
+    let stopped = child.wait_with_output().unwrap();
+    drop(reader);
+    assert_eq!(stopped.status.signal(), Some(libc::SIGTERM), "{stopped:?}");
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "it waited {waited:?} for the reader"
+    );
+}
+
 /// A tarball written by Python's tarfile, which writes whatever it is told.
 fn python_tar(out: &Path, body: &str) {
     let script = format!(

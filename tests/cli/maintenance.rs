@@ -1290,6 +1290,16 @@ fn check_names_a_row_it_cannot_read() {
         .fails_with(1, "`strata check` names it");
     sql(&s, "UPDATE labels SET value = 'v' WHERE snapshot_id = 50");
     s.strata(&["check"]).success();
+    sql(
+        &s,
+        "INSERT INTO mounts VALUES ('/nowhere', 50, 0, NULL, x'00ff')",
+    );
+    s.strata(&["check"]).fails_reporting(
+        1,
+        "index: the mount record of '/nowhere' has mount_identity X'00FF' (blob), which is not text",
+    );
+    sql(&s, "DELETE FROM mounts");
+    s.strata(&["check"]).success();
 }
 
 /// A snapshots table rebuilt by hand without its constraints: two rows of
