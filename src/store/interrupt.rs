@@ -108,22 +108,7 @@ pub struct Stoppable<R>(pub R);
 
 impl<R: Read + AsFd> Read for Stoppable<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while INSTALLED.load(Ordering::Relaxed) {
-            check()?;
-            let mut fds = [rustix::event::PollFd::new(
-                &self.0,
-                rustix::event::PollFlags::IN,
-            )];
-            let timeout = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: POLL.as_nanos() as _,
-            };
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
-                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-                // Ready, at its end, or failed: the read says which.
-                _ => break,
-            }
-        }
+        wait_for(&self.0, rustix::event::PollFlags::IN)?;
         self.0.read(buf)
     }
 }
@@ -132,27 +117,32 @@ impl<W: io::Write + AsFd> io::Write for Stoppable<W> {
     /// Waits for room as a read waits for input (review: a `diff` into a
     /// pipe no one read kept a caught SIGTERM waiting for the reader).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        while INSTALLED.load(Ordering::Relaxed) {
-            check()?;
-            let mut fds = [rustix::event::PollFd::new(
-                &self.0,
-                rustix::event::PollFlags::OUT,
-            )];
-            let timeout = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: POLL.as_nanos() as _,
-            };
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
-                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-                _ => break,
-            }
-        }
+        wait_for(&self.0, rustix::event::PollFlags::OUT)?;
         self.0.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
     }
+}
+
+/// Waits until `fd` is ready for `what` (or at its end, or failed: the
+/// read or write then says which), looking at the signal every [`POLL`]
+/// once the signals are caught; returns at once before.
+fn wait_for(fd: &impl AsFd, what: rustix::event::PollFlags) -> io::Result<()> {
+    while INSTALLED.load(Ordering::Relaxed) {
+        check()?;
+        let mut fds = [rustix::event::PollFd::new(fd, what)];
+        let timeout = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: POLL.as_nanos() as _,
+        };
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 /// Waits until a signal is caught, looking every [`POLL`]: raced against

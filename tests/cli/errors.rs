@@ -1673,47 +1673,31 @@ fn root_refuses_another_users_store() {
     fs::create_dir(&open).unwrap();
     std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
     fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    // `strata --root STORE ARGS…` as root, with `SUDO_UID` set or not.
+    let at = |store: &Path, sudo: Option<&str>, args: &[&str]| {
+        let mut all = vec!["--root", store.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let env: Vec<(&str, &str)> = sudo.map(|u| ("SUDO_UID", u)).into_iter().collect();
+        s.strata_with(
+            &all,
+            With {
+                no_root: true,
+                env: &env,
+                ..Default::default()
+            },
+        )
+    };
     for (dir, why) in [
         (&theirs, "belongs to another user (uid 65534)"),
         (&open, "may be changed by other users (mode 777)"),
     ] {
         let store = dir.join("store");
-        let run = |args: &[&str]| {
-            let mut all = vec!["--root", store.to_str().unwrap()];
-            all.extend_from_slice(args);
-            s.strata_with(
-                &all,
-                With {
-                    no_root: true,
-                    ..Default::default()
-                },
-            )
-        };
-        run(&["init", "--driver", "native"]).fails_with(5, why);
+        at(&store, None, &["init", "--driver", "native"]).fails_with(5, why);
         assert!(!store.exists(), "a store was made under {}", dir.display());
     }
     let store = theirs.join("store");
-    let by_sudo = |args: &[&str]| {
-        let mut all = vec!["--root", store.to_str().unwrap()];
-        all.extend_from_slice(args);
-        s.strata_with(
-            &all,
-            With {
-                no_root: true,
-                env: &[("SUDO_UID", "65534")],
-                ..Default::default()
-            },
-        )
-    };
-    by_sudo(&["init", "--driver", "native"]).success();
-    s.strata_with(
-        &["--root", store.to_str().unwrap(), "ls"],
-        With {
-            no_root: true,
-            ..Default::default()
-        },
-    )
-    .fails_with(5, "belongs to another user (uid 65534)");
+    at(&store, Some("65534"), &["init", "--driver", "native"]).success();
+    at(&store, None, &["ls"]).fails_with(5, "belongs to another user (uid 65534)");
     // Root in a user namespace of its own (`unshare -r` as nobody) is that
     // user, with that user's stores (review: every store was refused, all
     // files it does not map showing as the overflow uid).

@@ -818,23 +818,8 @@ fn a_stopped_build_leaves_nothing(driver: &str) {
         .spawn()
         .unwrap();
     let writer = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let started = std::time::Instant::now();
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    // Waited for at most 10 s, then killed: a regression fails, not hangs.
-    let mut child = child;
-    while child.try_wait().unwrap().is_none() && started.elapsed().as_secs() < 10 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let waited = started.elapsed();
-    let _ = child.kill();
-    let stopped = child.wait_with_output().unwrap();
+    terminated_at_once(child, "input");
     drop(writer);
-    assert_eq!(stopped.status.signal(), Some(libc::SIGTERM), "{stopped:?}");
-    assert!(
-        waited < std::time::Duration::from_secs(5),
-        "it waited {waited:?} for input"
-    );
     s.strata(&["check"]).success();
     assert_eq!(s.names(&[]), vec!["base".to_string()]);
     // Not stopped, the same commands work.
@@ -902,7 +887,6 @@ fn zstd_with_a_long_window_is_named() {
 #[test]
 fn diff_into_a_stalled_fifo_stops_at_sigterm() {
     use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::process::ExitStatusExt;
     let s = setup!("native");
     s.layer("base", None, &[file("/big", &"x".repeat(4 << 20), 0o644)]);
     let fifo = s.scratch("fifo");
@@ -919,7 +903,7 @@ fn diff_into_a_stalled_fifo_stops_at_sigterm() {
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo)
         .unwrap();
-    let mut child = command(
+    let child = command(
         &s.root,
         &["diff", "base", "--output-file", fifo.to_str().unwrap()],
     )
@@ -927,21 +911,28 @@ fn diff_into_a_stalled_fifo_stops_at_sigterm() {
     .stderr(std::process::Stdio::piped())
     .spawn()
     .unwrap();
+    terminated_at_once(child, "the reader");
+    drop(reader);
+}
+
+/// Sends SIGTERM to `child` (a strata blocked waiting for `what`) half a
+/// second after it started, and asserts it ends by that signal within 5 s.
+/// Waited for at most 10 s, then killed: a regression fails, not hangs.
+fn terminated_at_once(mut child: std::process::Child, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
     std::thread::sleep(std::time::Duration::from_millis(500));
     let started = std::time::Instant::now();
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    // Waited for at most 10 s, then killed: a regression fails, not hangs.
     while child.try_wait().unwrap().is_none() && started.elapsed().as_secs() < 10 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let waited = started.elapsed();
     let _ = child.kill();
     let stopped = child.wait_with_output().unwrap();
-    drop(reader);
     assert_eq!(stopped.status.signal(), Some(libc::SIGTERM), "{stopped:?}");
     assert!(
         waited < std::time::Duration::from_secs(5),
-        "it waited {waited:?} for the reader"
+        "it waited {waited:?} for {what}"
     );
 }
 
