@@ -803,14 +803,7 @@ fn a_stopped_build_leaves_nothing(driver: &str) {
     }
     // A layer from a pipe whose writer sends nothing: the wait for input
     // stops too, at once (review: a caught SIGTERM waited for the writer).
-    let fifo = s.scratch("fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let fifo = fifo_in(&s);
     let mut cmd = command(&s.root, &["apply", "lay", "base", fifo.to_str().unwrap()]);
     let child = cmd
         .stdout(std::process::Stdio::piped())
@@ -889,14 +882,7 @@ fn diff_into_a_stalled_fifo_stops_at_sigterm() {
     use std::os::unix::fs::OpenOptionsExt;
     let s = setup!("native");
     s.layer("base", None, &[file("/big", &"x".repeat(4 << 20), 0o644)]);
-    let fifo = s.scratch("fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let fifo = fifo_in(&s);
     // A reader that never reads, so the writer's open does not wait.
     let reader = fs::OpenOptions::new()
         .read(true)
@@ -913,6 +899,14 @@ fn diff_into_a_stalled_fifo_stops_at_sigterm() {
     .unwrap();
     terminated_at_once(child, "the reader");
     drop(reader);
+}
+
+/// A new FIFO in `s`'s scratch area.
+fn fifo_in(s: &Store) -> PathBuf {
+    let fifo = s.scratch("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    fifo
 }
 
 /// Sends SIGTERM to `child` (a strata blocked waiting for `what`) half a
