@@ -453,7 +453,9 @@ fn wait_when_busy(conn: &mut Connection) -> Result<()> {
             since = None;
         }
         let started: Instant = *since.get_or_insert_with(Instant::now);
-        if started.elapsed() >= BUSY_TIMEOUT {
+        // A caught Ctrl-C stops the wait as it stops the long steps (review:
+        // it waited up to the timeout); the command then fails and dies of it.
+        if started.elapsed() >= BUSY_TIMEOUT || super::interrupt::caught().is_some() {
             return false;
         }
         std::thread::sleep(nap(tries));

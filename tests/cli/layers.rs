@@ -815,6 +815,19 @@ fn a_stopped_build_leaves_nothing(driver: &str) {
     drop(writer);
     s.strata(&["check"]).success();
     assert_eq!(s.names(&[]), vec!["base".to_string()]);
+    // Waiting for the index another process holds: the wait stops too
+    // (review: it went on up to the 30 s timeout).
+    let holder = Paused::start(&s, &["prepare", "held"], "create:row-inserted");
+    let child = command(&s.root, &["apply", "lay", "base", tar])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    terminated_at_once(child, "the index");
+    assert!(holder.resume().status.success());
+    s.strata(&["check"]).success();
+    assert_eq!(s.names(&[]), vec!["base".to_string(), "held".to_string()]);
+    s.strata(&["rm", "held"]).success();
     // Not stopped, the same commands work.
     s.strata(&["apply", "lay", "base", tar]).success();
     s.strata(&["diff", "base", "--output-file", out]).success();
