@@ -215,21 +215,33 @@ impl Store {
                 },
             )
         };
-        // The trees read in place must be the store's own directories, not
-        // what a symlink in their place points at (the mounted case checks
-        // its layers below).
-        let in_place = match driver {
+        // The layers the walk reads: the upper directory alone, the two
+        // native trees, or both overlay chains, mounted read-only.
+        let old_id = base_row.as_ref().map(|b| b.id).or(row.parent_id);
+        let mut new_layers = vec![row.id];
+        let read: Vec<i64> = match driver {
             Driver::Overlay if !mounted => vec![row.id],
-            Driver::Native => [
-                Some(row.id),
-                base_row.as_ref().map(|b| b.id).or(row.parent_id),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-            Driver::Overlay => Vec::new(),
+            Driver::Native => std::iter::once(row.id).chain(old_id).collect(),
+            Driver::Overlay => {
+                new_layers.extend(&chain);
+                // Every layer a lower: past overlayfs's limit the kernel
+                // says only EINVAL (audit: `internal`, "Invalid argument").
+                let base_key = base.unwrap_or_default();
+                for (what, layers) in [(key, new_layers.len()), (base_key, base_chain.len())] {
+                    if driver.check_depth(layers).is_err() {
+                        return Err(Error::unsupported(format!(
+                            "cannot diff `{key}` against `{base_key}`: `{what}` has {layers} layers to mount, more than the {} lower layers overlayfs can stack",
+                            super::driver::OVERLAY_MAX_LOWER
+                        ))
+                        .with_hint("diff each layer against its own parent (no mount needed), or use a store with the native driver"));
+                    }
+                }
+                new_layers.iter().chain(&base_chain).copied().collect()
+            }
         };
-        if let Some(tree) = self.bad_tree(in_place) {
+        // They must be the store's own directories: the walk and the kernel
+        // would follow a symlink in their place.
+        if let Some(tree) = self.bad_tree(read) {
             return Err(super::not_a_tree(format!("cannot diff `{key}`"), &tree));
         }
         let written = match driver {
@@ -241,11 +253,7 @@ impl Store {
             // Every native layer is a whole tree.
             Driver::Native => {
                 let new = self.layout.fs(row.id);
-                let old = match (&base_row, row.parent_id) {
-                    (Some(b), _) => Some(self.layout.fs(b.id)),
-                    (None, Some(p)) => Some(self.layout.fs(p)),
-                    (None, None) => None,
-                };
+                let old = old_id.map(|id| self.layout.fs(id));
                 write(
                     Changes::Compare {
                         old: old.as_deref(),
@@ -255,29 +263,8 @@ impl Store {
                     progress,
                 )
             }
-            // Two overlay chains: compare their merged trees, mounted
-            // read-only for the walk.
+            // Two overlay chains: compare their merged trees.
             Driver::Overlay => {
-                let mut new_layers = vec![row.id];
-                new_layers.extend(&chain);
-                // Both trees are mounted read-only, every layer a lower:
-                // past overlayfs's limit the kernel says only EINVAL
-                // (audit: `internal`, "Invalid argument").
-                let base_key = base.unwrap_or_default();
-                for (what, layers) in [(key, new_layers.len()), (base_key, base_chain.len())] {
-                    if driver.check_depth(layers).is_err() {
-                        return Err(Error::unsupported(format!(
-                            "cannot diff `{key}` against `{base_key}`: `{what}` has {layers} layers to mount, more than the {} lower layers overlayfs can stack",
-                            super::driver::OVERLAY_MAX_LOWER
-                        ))
-                        .with_hint("diff each layer against its own parent (no mount needed), or use a store with the native driver"));
-                    }
-                }
-                // The kernel would follow a symlink in a tree's place.
-                let layers = new_layers.iter().chain(&base_chain).copied();
-                if let Some(tree) = self.bad_tree(layers) {
-                    return Err(super::not_a_tree(format!("cannot diff `{key}`"), &tree));
-                }
                 let new = self.merged(&new_layers)?;
                 let old = self.merged(&base_chain)?;
                 crash::point("diff:merged");

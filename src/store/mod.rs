@@ -142,9 +142,6 @@ impl Store {
         let found = std::fs::metadata(&root);
         let existed = !matches!(&found, Err(e) if e.kind() == std::io::ErrorKind::NotFound);
         refuse_non_directory(&root, &found)?;
-        if let Ok(meta) = &found {
-            refuse_foreign_store(&root, std::os::unix::fs::MetadataExt::uid(meta))?;
-        }
         // An existing store is resolved before anything is made in it, so
         // that a symlink to a path that is not UTF-8 is refused first
         // (review); a new one once it is made. One resolution either way.
@@ -157,7 +154,11 @@ impl Store {
             refuse_unusable_root(real)?;
         }
         // As root, the way to the store is judged before anything is made:
-        // the store itself, or the nearest directory above a new one.
+        // the store itself, or the nearest directory above a new one. Root
+        // uses only stores no other user can change (but the `sudo` user),
+        // as git refuses a repository another user owns: an audit made
+        // root's `prepare` on a user's store write the copied files outside
+        // it, by swapping `new-*` for a symlink while the copy ran.
         if euid() == 0 {
             let base = match &real {
                 Some(real) => Some(real.clone()),
@@ -1034,11 +1035,15 @@ impl Store {
         }
     }
 
-    /// `row`'s lock, or None when another process removed it.
+    /// `row`'s lock, or None when another process removed it, or when a
+    /// symlink or a file is in its directory's place: that has no lock to
+    /// take, and removing it unlinks it, never following it (the review
+    /// found such a snapshot could not be removed).
     fn lock_if_there(&self, row: &Row) -> Result<Option<std::fs::File>> {
         match self.lock(row.id, &row.name) {
             Ok(lock) => Ok(Some(lock)),
             Err(e) if e.kind() == Kind::NotFound => Ok(None),
+            Err(_) if not_a_dir(&self.layout.dir(row.id)) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -1052,15 +1057,7 @@ impl Store {
         rows.sort_by_key(|r| r.id);
         let mut locks = Vec::with_capacity(rows.len());
         for row in rows {
-            match self.layout.lock(row.id) {
-                Ok(lock) => locks.push(lock),
-                // A symlink or a file in the directory's place has no lock
-                // to take; removing it unlinks it, never following it (the
-                // review found such a snapshot could not be removed).
-                Err(e) if layout::NotATree::of(&e).is_some() => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("cannot lock snapshot `{}`", row.name), e)),
-            }
+            locks.extend(self.lock_if_there(row)?);
         }
         Ok(locks)
     }
@@ -1890,27 +1887,6 @@ fn in_store_within_file_system(root: &Path, path: &Path, or_above: bool) -> Opti
 fn identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-/// Refuses root a store that another user owns, unless that user is the
-/// one who ran `sudo` (`SUDO_UID`), as git refuses a repository owned by
-/// someone else. The owner of a store can rename, replace and link what is
-/// in it at any moment, and root follows the paths: an audit made root's
-/// `prepare` write the copied files into a directory outside the store and
-/// give root's directories there to the owner, by swapping `new-*` for a
-/// symlink while the copy ran. Another user's store is already out of
-/// reach of anyone but root (mode 0700).
-fn refuse_foreign_store(root: &Path, owner: u32) -> Result<()> {
-    if owner == 0 || euid() != 0 || sudo_uid() == Some(owner) || rootless() {
-        return Ok(());
-    }
-    Err(Error::precondition(format!(
-        "the store {} belongs to another user (uid {owner}), and root uses only its own stores",
-        root.display()
-    ))
-    .with_hint(
-        "run strata as that user, or through sudo from that user's account (SUDO_UID is trusted, as git does); or chown -R the store to root first",
-    ))
 }
 
 /// The user who ran `sudo`, trusted by root as the owner of a store and
